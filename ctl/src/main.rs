@@ -1,0 +1,227 @@
+//! `vswitchctl`: the command-line client of `vswitchd`.
+//!
+//! Exit status: 0 on success, 1 when the call failed (the reason is one line
+//! on stderr, `vswitchctl: ...`), 2 for a malformed command line.
+
+mod cli;
+mod client;
+mod render;
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Result};
+use clap::{CommandFactory, Parser};
+use serde::Serialize;
+use vswitch_api::{Reply, Response};
+
+use cli::{Cli, Command, EndpointCommand, FdbCommand, NetworkCommand, PortCommand, UsageError};
+
+const UNEXPECTED: &str = "unexpected reply from daemon";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let request = match cli.command.request() {
+        Ok(request) => request,
+        Err(err) => usage_error(err),
+    };
+    let result = client::call(&cli.socket, &request).and_then(|resp| output(&cli.command, resp));
+    match result {
+        Ok(text) => match io::stdout().lock().write_all(text.as_bytes()) {
+            // `vswitchctl ... | head` is not a failure.
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => fail(anyhow!("cannot write to stdout: {e}")),
+        },
+        Err(err) => fail(err),
+    }
+}
+
+fn fail(err: anyhow::Error) -> ExitCode {
+    // One line, whatever the daemon put in its message.
+    let text = format!("{err:#}").replace('\n', " ");
+    eprintln!("vswitchctl: {text}");
+    ExitCode::from(1)
+}
+
+/// Reports `err` the way clap reports its own errors, against the
+/// subcommand it concerns, and exits with status 2.
+fn usage_error(err: UsageError) -> ! {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut sub = &mut cmd;
+    for name in err.path {
+        sub = sub
+            .find_subcommand_mut(name)
+            .expect("UsageError names a real subcommand");
+    }
+    sub.error(clap::error::ErrorKind::ValueValidation, err.message)
+        .exit()
+}
+
+/// What to print for the daemon's answer to `command`.
+fn output(command: &Command, response: Response) -> Result<String> {
+    let reply = match response {
+        Response::Ok(reply) => reply,
+        Response::Error(err) => return Err(err.into()),
+    };
+    let text = match (command, reply) {
+        (Command::Network(NetworkCommand::Create(args)), Reply::Network(net)) => {
+            if args.format.json {
+                json(&net)?
+            } else {
+                line(render::network_created(&net))
+            }
+        }
+        (Command::Network(NetworkCommand::Ls(format)), Reply::Networks(nets)) => {
+            if format.json {
+                json(&nets)?
+            } else {
+                render::networks(&nets)
+            }
+        }
+        (Command::Network(NetworkCommand::Inspect { .. }), Reply::Network(net)) => json(&net)?,
+        (Command::Network(NetworkCommand::Rm { .. }), Reply::Removed { name }) => {
+            line(format!("removed network {name}"))
+        }
+        (Command::Endpoint(EndpointCommand::Create(args)), Reply::Endpoint(ep)) => {
+            if args.format.json {
+                json(&ep)?
+            } else {
+                line(render::endpoint_created(&ep))
+            }
+        }
+        (Command::Endpoint(EndpointCommand::Ls(format)), Reply::Endpoints(eps)) => {
+            if format.json {
+                json(&eps)?
+            } else {
+                render::endpoints(&eps)
+            }
+        }
+        (Command::Endpoint(EndpointCommand::Inspect { .. }), Reply::Endpoint(ep)) => json(&ep)?,
+        (Command::Endpoint(EndpointCommand::Rm { .. }), Reply::Removed { name }) => {
+            line(format!("removed endpoint {name}"))
+        }
+        (Command::Port(PortCommand::Ls(format)), Reply::Ports(ports)) => {
+            if format.json {
+                json(&ports)?
+            } else {
+                render::ports(&ports)
+            }
+        }
+        (Command::Stats { port, format }, Reply::Stats(stats)) => {
+            if format.json {
+                json(&stats)?
+            } else {
+                render::stats(&stats, port.is_some())
+            }
+        }
+        (Command::Fdb(FdbCommand::Show { format, .. }), Reply::Fdb(entries)) => {
+            if format.json {
+                json(&entries)?
+            } else {
+                render::fdb(&entries)
+            }
+        }
+        _ => return Err(anyhow!(UNEXPECTED)),
+    };
+    Ok(text)
+}
+
+/// Pretty JSON of a reply's payload (not of the `{"Ok": ...}` envelope).
+fn json<T: Serialize>(value: &T) -> Result<String> {
+    Ok(line(serde_json::to_string_pretty(value)?))
+}
+
+fn line(mut text: String) -> String {
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vswitch_api::{ApiError, ErrorKind};
+
+    fn command(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("vswitchctl").chain(args.iter().copied()))
+            .unwrap()
+            .command
+    }
+
+    #[test]
+    fn api_error_prints_field_and_message() {
+        let resp = Response::Error(ApiError::new(
+            ErrorKind::InvalidArgument,
+            Some("Type"),
+            "unknown driver 'bogus'",
+        ));
+        let err = output(&command(&["network", "ls"]), resp).unwrap_err();
+        assert_eq!(format!("{err:#}"), "Type: unknown driver 'bogus'");
+    }
+
+    #[test]
+    fn mismatched_reply_is_refused() {
+        let resp = Response::Ok(Reply::Removed { name: "x".into() });
+        let err = output(&command(&["network", "ls"]), resp).unwrap_err();
+        assert_eq!(err.to_string(), UNEXPECTED);
+        let resp = Response::Ok(Reply::Removed { name: "x".into() });
+        let err = output(&command(&["endpoint", "inspect", "x"]), resp).unwrap_err();
+        assert_eq!(err.to_string(), UNEXPECTED);
+        // Removed carries no noun, so any Removed answers any removal.
+        let resp = Response::Ok(Reply::Removed { name: "x".into() });
+        assert!(output(&command(&["network", "rm", "x"]), resp).is_ok());
+    }
+
+    #[test]
+    fn json_prints_the_payload_only() {
+        let net = render::tests::network();
+        let resp = Response::Ok(Reply::Networks(vec![net.clone()]));
+        let text = output(&command(&["network", "ls", "--json"]), resp).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(value.is_array(), "{text}");
+        assert_eq!(value[0]["Name"], "net1");
+        assert_eq!(value, serde_json::to_value(vec![net]).unwrap());
+    }
+
+    #[test]
+    fn inspect_is_pretty_json() {
+        let resp = Response::Ok(Reply::Endpoint(render::tests::endpoint()));
+        let text = output(&command(&["endpoint", "inspect", "ep1"]), resp).unwrap();
+        assert!(text.starts_with("{\n  \"ID\": \"77aa\",\n"), "{text}");
+        assert!(text.ends_with("}\n"));
+    }
+
+    #[test]
+    fn create_prints_one_line_or_json() {
+        let args = [
+            "endpoint",
+            "create",
+            "--network",
+            "net1",
+            "--netns",
+            "ns1",
+            "ep1",
+        ];
+        let resp = Response::Ok(Reply::Endpoint(render::tests::endpoint()));
+        assert_eq!(
+            output(&command(&args), resp).unwrap(),
+            "created endpoint ep1: 10.1.0.2/24 02:15:5d:12:34:56 in ns1 eth0\n"
+        );
+        let mut with_json = args.to_vec();
+        with_json.insert(2, "--json");
+        let resp = Response::Ok(Reply::Endpoint(render::tests::endpoint()));
+        let text = output(&command(&with_json), resp).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["MacAddress"], "02:15:5d:12:34:56");
+    }
+
+    #[test]
+    fn remove_prints_name() {
+        let resp = Response::Ok(Reply::Removed { name: "ep1".into() });
+        assert_eq!(
+            output(&command(&["endpoint", "remove", "ep1"]), resp).unwrap(),
+            "removed endpoint ep1\n"
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! The control API of `vswitchd`, shared by the daemon and `vswitchctl`.
+//!
+//! Wire protocol: the client connects to the daemon's Unix socket and writes
+//! one [`Request`] as a single line of JSON; the daemon answers with one
+//! [`Response`] as a single line of JSON. A connection may carry any number of
+//! request/response pairs, in order. Anything that is not a well-formed
+//! request is answered with an [`ApiError`] of kind [`ErrorKind::BadRequest`]
+//! and changes nothing.
+//!
+//! Field names follow the Windows Host Networking Service (HNS) where HNS
+//! has one (`Name`, `Type`, `Subnets`, `AddressPrefix`, `GatewayAddress`,
+//! `MacAddress`, `IPAddress`, `PrefixLength`...), PascalCase elsewhere.
+//!
+//! Requests carry addresses and CIDRs as strings on purpose: the daemon parses
+//! them, so a malformed value is refused with the name of the field it was in,
+//! whatever client sent it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Where `vswitchd` listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/vswitch/vswitchd.sock";
+/// Where `vswitchd` keeps its state unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/vswitch";
+/// Environment variable `vswitchctl` reads the socket path from.
+pub const SOCKET_ENV: &str = "VSWITCH_SOCKET";
+
+/// The network drivers, as named on the command line.
+pub const DRIVERS: &[&str] = &["internal", "private", "none"];
+
+/// One call to the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "Op", content = "Args", rename_all_fields = "PascalCase")]
+pub enum Request {
+    NetworkCreate(NetworkCreate),
+    NetworkList,
+    NetworkInspect { name: String },
+    NetworkRemove { name: String },
+    EndpointCreate(EndpointCreate),
+    EndpointList,
+    EndpointInspect { name: String },
+    EndpointRemove { name: String },
+    PortList,
+    /// Counters of one port (by name), or of every port.
+    Stats { port: Option<String> },
+    FdbShow { network: String },
+}
+
+/// `network create`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkCreate {
+    pub name: String,
+    /// One of [`DRIVERS`] (HNS calls it `Type`).
+    #[serde(rename = "Type")]
+    pub driver: String,
+    /// At most one IPv4 and one IPv6 CIDR, e.g. `10.1.0.0/24`, `fd00:1::/64`.
+    pub subnets: Vec<String>,
+    /// At most one gateway per address family; each inside its subnet.
+    pub gateways: Vec<String>,
+    pub mtu: Option<u32>,
+    /// `START-END`, e.g. `02:15:5d:00:00:00-02:15:5d:00:ff:ff`.
+    pub mac_pool: Option<String>,
+    /// Driver options (`-o key=value`).
+    pub options: BTreeMap<String, String>,
+}
+
+/// `endpoint create`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointCreate {
+    pub name: String,
+    /// Network name.
+    #[serde(rename = "VirtualNetworkName")]
+    pub network: String,
+    /// A name under `/run/netns`, or a path such as `/proc/PID/ns/net`.
+    #[serde(rename = "Namespace")]
+    pub netns: String,
+    /// Static IPv4 address; allocated from the subnet when absent.
+    #[serde(rename = "IPAddress")]
+    pub ip: Option<String>,
+    /// Static IPv6 address; allocated when absent and the network has an
+    /// IPv6 subnet.
+    #[serde(rename = "IPv6Address")]
+    pub ipv6: Option<String>,
+    pub mac_address: Option<String>,
+    /// Interface name inside the namespace; `eth0` when absent.
+    #[serde(rename = "InterfaceName")]
+    pub ifname: Option<String>,
+    /// Let the endpoint send with source MAC or IP addresses not its own.
+    pub allow_spoofing: bool,
+}
+
+/// What the daemon answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Ok(Reply),
+    Error(ApiError),
+}
+
+/// The payload of a successful call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    Network(Network),
+    Networks(Vec<Network>),
+    Endpoint(Endpoint),
+    Endpoints(Vec<Endpoint>),
+    Ports(Vec<Port>),
+    Stats(Vec<PortStats>),
+    Fdb(Vec<FdbEntry>),
+    /// A removal succeeded.
+    Removed { name: String },
+}
+
+/// A refused or failed call. `field` names the request field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub field: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request could not be decoded at all.
+    BadRequest,
+    /// A field's value is malformed or out of range.
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    /// The request is well-formed but clashes with current state.
+    Conflict,
+    /// The kernel or the filesystem refused; nothing was changed.
+    Internal,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, field: Option<&str>, message: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            field: field.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{field}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Subnet {
+    pub address_prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gateway_address: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MacPool {
+    pub start_mac_address: String,
+    pub end_mac_address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Network {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "Type")]
+    pub driver: String,
+    pub subnets: Vec<Subnet>,
+    pub mtu: u32,
+    pub mac_pool: MacPool,
+    pub options: BTreeMap<String, String>,
+    /// The host port's interface in the root namespace (`internal` only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub host_interface: Option<String>,
+    /// Names of the network's endpoints.
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointState {
+    /// The interface exists in its namespace and is connected to the switch.
+    Attached,
+    /// The namespace or the interface is gone; the endpoint keeps its
+    /// addresses until removed.
+    Detached { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Endpoint {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "VirtualNetworkName")]
+    pub network: String,
+    #[serde(rename = "Namespace")]
+    pub netns: String,
+    #[serde(rename = "InterfaceName")]
+    pub ifname: String,
+    pub mac_address: String,
+    #[serde(rename = "IPAddress", skip_serializing_if = "Option::is_none", default)]
+    pub ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub prefix_length: Option<u8>,
+    #[serde(rename = "IPv6Address", skip_serializing_if = "Option::is_none", default)]
+    pub ipv6: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ipv6_prefix_length: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gateway_address: Option<String>,
+    pub mtu: u32,
+    pub allow_spoofing: bool,
+    pub state: EndpointState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PortKind {
+    /// An endpoint's vNIC (a TAP inside its namespace).
+    Endpoint,
+    /// A network's host vNIC in the root namespace, holding the gateway.
+    Host,
+}
+
+impl fmt::Display for PortKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PortKind::Endpoint => "endpoint",
+            PortKind::Host => "host",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Port {
+    /// Port name: the endpoint's name, or `host:NETWORK` for a host port.
+    pub name: String,
+    pub kind: PortKind,
+    pub network: String,
+    /// The Linux interface behind the port.
+    pub interface: String,
+    /// The namespace the interface lives in; absent for the root namespace.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub netns: Option<String>,
+    pub mac_address: String,
+    /// `backend`: how frames reach the switch (`tap`).
+    pub backend: String,
+    /// Whether GSO/checksum offloads are negotiated with the kernel.
+    pub offload: bool,
+    pub state: EndpointState,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortStats {
+    pub port: String,
+    pub network: String,
+    /// Frames received from the port. A GSO frame counts once.
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Frames sent to the port.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Frames dropped, by reason; reasons with a zero count are included.
+    pub drops: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FdbEntry {
+    pub mac_address: String,
+    pub port: String,
+    /// Seconds since the address was last seen.
+    pub age_seconds: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_shape_is_stable() {
+        let req = Request::NetworkInspect { name: "n1".into() };
+        let text = serde_json::to_string(&req).unwrap();
+        assert_eq!(text, r#"{"Op":"NetworkInspect","Args":{"Name":"n1"}}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), req);
+        let list: Request = serde_json::from_str(r#"{"Op":"NetworkList"}"#).unwrap();
+        assert_eq!(list, Request::NetworkList);
+    }
+
+    #[test]
+    fn network_create_uses_hns_names() {
+        let req = Request::NetworkCreate(NetworkCreate {
+            name: "n".into(),
+            driver: "internal".into(),
+            subnets: vec!["10.0.0.0/24".into()],
+            ..Default::default()
+        });
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(v["Args"]["Type"], "internal");
+        assert_eq!(v["Args"]["Subnets"][0], "10.0.0.0/24");
+    }
+
+    #[test]
+    fn error_displays_field_first() {
+        let e = ApiError::new(ErrorKind::InvalidArgument, Some("subnet"), "expected a CIDR");
+        assert_eq!(e.to_string(), "subnet: expected a CIDR");
+    }
+}

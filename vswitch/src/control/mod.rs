@@ -1,0 +1,932 @@
+//! The control plane: validates requests, keeps the state, and drives the
+//! kernel (namespaces, TAPs) and the datapath to match it.
+//!
+//! Every mutating request is checked whole before anything changes; then
+//! the kernel and the datapath are changed, undoing what was done if a step
+//! fails; the state file is written last. A refused or failed request leaves
+//! state, kernel and datapath as they were.
+
+mod ipam;
+mod options;
+mod plumb;
+pub mod server;
+mod state;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::api::{self, ApiError, EndpointState, ErrorKind, Reply, Request, Response};
+use crate::datapath::{Datapath, DropReason, NetId, PortCounters, PortId, PortSecurity, PortSpec};
+use crate::sys::random_bytes;
+use crate::wire::MacAddr;
+
+pub use ipam::{Ipv4Cidr, Ipv6Cidr, MacPool};
+pub use options::NetworkOptions;
+use plumb::{TapConfig, TapOrigin};
+pub use state::{Driver, EndpointRecord, NetworkRecord, State, StateError, StateFile};
+
+/// Default MTU of a network.
+pub const DEFAULT_MTU: u32 = 1500;
+/// Default interface name of an endpoint inside its namespace.
+pub const DEFAULT_IFNAME: &str = "eth0";
+/// Subnets handed to networks created without `--subnet`: /24s from here.
+const DEFAULT_POOL: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 0);
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::InvalidArgument, Some(field), message)
+}
+
+fn internal(message: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorKind::Internal, None, message.to_string())
+}
+
+/// A port the datapath holds for us.
+struct PortHandle {
+    id: PortId,
+    counters: Arc<PortCounters>,
+}
+
+struct NetRuntime {
+    dp: NetId,
+    host: Option<PortHandle>,
+}
+
+struct EndpointRuntime {
+    port: Option<PortHandle>,
+    state: EndpointState,
+}
+
+pub struct Controller {
+    file: StateFile,
+    state: State,
+    datapath: Datapath,
+    nets: HashMap<String, NetRuntime>,
+    endpoints: HashMap<String, EndpointRuntime>,
+    next_id: u32,
+}
+
+impl Controller {
+    /// Loads the saved state and brings the kernel and datapath back to it.
+    /// Endpoints that cannot be re-attached are reported as detached.
+    pub fn open(state_dir: &Path) -> Result<Controller, StateError> {
+        let file = StateFile::new(state_dir);
+        let mut saved = file.load()?;
+        for net in &mut saved.networks {
+            // Options were validated when the network was created.
+            net.parsed = NetworkOptions::parse(&net.options).unwrap_or_default();
+        }
+        let datapath = Datapath::spawn().map_err(|source| StateError::Io {
+            op: "start datapath",
+            path: state_dir.to_owned(),
+            source,
+        })?;
+        let mut ctl = Controller {
+            file,
+            state: State {
+                version: state::FORMAT_VERSION,
+                ..State::default()
+            },
+            datapath,
+            nets: HashMap::new(),
+            endpoints: HashMap::new(),
+            next_id: 1,
+        };
+        ctl.restore(saved);
+        Ok(ctl)
+    }
+
+    fn restore(&mut self, saved: State) {
+        for net in saved.networks {
+            match self.start_network(&net, TapOrigin::Existing) {
+                Ok(rt) => {
+                    tracing::info!(network = %net.name, "network restored");
+                    self.nets.insert(net.id.clone(), rt);
+                }
+                // Keep the record: a network is never silently dropped. Its
+                // endpoints come back detached.
+                Err(e) => tracing::error!(network = %net.name, error = %e, "network not restored"),
+            }
+            self.state.networks.push(net);
+        }
+        for ep in saved.endpoints {
+            let rt = match self.state.network_by_id(&ep.network_id).cloned() {
+                Some(net) if self.nets.contains_key(&net.id) => {
+                    match self.start_endpoint(&net, &ep, TapOrigin::Existing) {
+                        Ok(port) => {
+                            tracing::info!(endpoint = %ep.name, "endpoint restored");
+                            EndpointRuntime { port, state: EndpointState::Attached }
+                        }
+                        Err(e) => {
+                            tracing::warn!(endpoint = %ep.name, reason = %e, "endpoint detached");
+                            EndpointRuntime {
+                                port: None,
+                                state: EndpointState::Detached { reason: e.to_string() },
+                            }
+                        }
+                    }
+                }
+                _ => EndpointRuntime {
+                    port: None,
+                    state: EndpointState::Detached {
+                        reason: "its network could not be restored".into(),
+                    },
+                },
+            };
+            self.endpoints.insert(ep.id.clone(), rt);
+            self.state.endpoints.push(ep);
+        }
+    }
+
+    /// Answers one request.
+    pub fn handle(&mut self, req: Request) -> Response {
+        let result = match req {
+            Request::NetworkCreate(c) => self.network_create(c).map(Reply::Network),
+            Request::NetworkList => Ok(Reply::Networks(
+                self.state.networks.iter().map(|n| self.network_view(n)).collect(),
+            )),
+            Request::NetworkInspect { name } => {
+                self.network(&name).map(|n| Reply::Network(self.network_view(n)))
+            }
+            Request::NetworkRemove { name } => self.network_remove(&name),
+            Request::EndpointCreate(c) => self.endpoint_create(c).map(Reply::Endpoint),
+            Request::EndpointList => Ok(Reply::Endpoints(
+                self.state.endpoints.iter().map(|e| self.endpoint_view(e)).collect(),
+            )),
+            Request::EndpointInspect { name } => {
+                self.endpoint(&name).map(|e| Reply::Endpoint(self.endpoint_view(e)))
+            }
+            Request::EndpointRemove { name } => self.endpoint_remove(&name),
+            Request::PortList => Ok(Reply::Ports(self.ports())),
+            Request::Stats { port } => self.stats(port.as_deref()).map(Reply::Stats),
+            Request::FdbShow { network } => self.fdb(&network).map(Reply::Fdb),
+        };
+        match result {
+            Ok(reply) => Response::Ok(reply),
+            Err(e) => Response::Error(e),
+        }
+    }
+
+    fn network(&self, name: &str) -> ApiResult<&NetworkRecord> {
+        self.state.network(name).ok_or_else(|| {
+            ApiError::new(ErrorKind::NotFound, Some("network"), format!("no network named '{name}'"))
+        })
+    }
+
+    fn endpoint(&self, name: &str) -> ApiResult<&EndpointRecord> {
+        self.state.endpoint(name).ok_or_else(|| {
+            ApiError::new(ErrorKind::NotFound, Some("name"), format!("no endpoint named '{name}'"))
+        })
+    }
+
+    fn save(&self) -> ApiResult<()> {
+        self.file.save(&self.state).map_err(internal)
+    }
+
+    fn next_port_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    // ---- networks ----
+
+    fn network_create(&mut self, req: api::NetworkCreate) -> ApiResult<api::Network> {
+        let rec = self.check_network(req)?;
+        let rt = self.start_network(&rec, TapOrigin::Fresh)?;
+        self.nets.insert(rec.id.clone(), rt);
+        self.state.networks.push(rec.clone());
+        if let Err(e) = self.save() {
+            self.state.networks.pop();
+            self.stop_network(&rec);
+            return Err(e);
+        }
+        tracing::info!(network = %rec.name, driver = rec.driver.name(), "network created");
+        Ok(self.network_view(&rec))
+    }
+
+    /// Validates a create request into the record it would add.
+    fn check_network(&self, req: api::NetworkCreate) -> ApiResult<NetworkRecord> {
+        check_name("name", &req.name)?;
+        if self.state.network(&req.name).is_some() {
+            return Err(ApiError::new(
+                ErrorKind::AlreadyExists,
+                Some("name"),
+                format!("a network named '{}' already exists", req.name),
+            ));
+        }
+        let driver = Driver::parse(&req.driver).ok_or_else(|| {
+            invalid(
+                "driver",
+                format!("unknown driver '{}'; expected one of: {}", req.driver, api::DRIVERS.join(", ")),
+            )
+        })?;
+        let mut subnet4 = None;
+        let mut subnet6 = None;
+        for s in &req.subnets {
+            if s.contains(':') {
+                let c: Ipv6Cidr = s.parse().map_err(|e| invalid("subnet", format!("{e}")))?;
+                if subnet6.replace(c).is_some() {
+                    return Err(invalid("subnet", "at most one IPv6 subnet per network"));
+                }
+            } else {
+                let c: Ipv4Cidr = s.parse().map_err(|e| invalid("subnet", format!("{e}")))?;
+                if subnet4.replace(c).is_some() {
+                    return Err(invalid("subnet", "at most one IPv4 subnet per network"));
+                }
+            }
+        }
+        if driver == Driver::None && (subnet4.is_some() || subnet6.is_some() || !req.gateways.is_empty()) {
+            return Err(invalid(
+                "subnet",
+                "the none driver gives endpoints loopback only: no subnet or gateway",
+            ));
+        }
+        if driver.switched() && subnet4.is_none() {
+            subnet4 = Some(self.default_subnet()?);
+        }
+        self.check_overlap(subnet4, subnet6)?;
+
+        let mut gateway4 = None;
+        let mut gateway6 = None;
+        for g in &req.gateways {
+            let ip: IpAddr = g
+                .parse()
+                .map_err(|_| invalid("gateway", format!("'{g}' is not an IP address")))?;
+            match ip {
+                IpAddr::V4(ip) => {
+                    let net = subnet4.ok_or_else(|| invalid("gateway", "no IPv4 subnet to put it in"))?;
+                    if !net.is_host(ip) {
+                        return Err(invalid(
+                            "gateway",
+                            format!("{ip} must be a host address of {net} (not its network or broadcast address)"),
+                        ));
+                    }
+                    if gateway4.replace(ip).is_some() {
+                        return Err(invalid("gateway", "at most one IPv4 gateway"));
+                    }
+                }
+                IpAddr::V6(ip) => {
+                    let net = subnet6.ok_or_else(|| invalid("gateway", "no IPv6 subnet to put it in"))?;
+                    if !net.is_host(ip) {
+                        return Err(invalid("gateway", format!("{ip} must be a host address of {net}")));
+                    }
+                    if gateway6.replace(ip).is_some() {
+                        return Err(invalid("gateway", "at most one IPv6 gateway"));
+                    }
+                }
+            }
+        }
+        if driver.has_host_port() {
+            // The host port holds the gateway; an internal network always has one.
+            gateway4 = gateway4.or(subnet4.map(|s| s.first_host()));
+            gateway6 = gateway6.or(subnet6.map(|s| s.first_host()));
+        }
+
+        let min_mtu = if subnet6.is_some() { 1280 } else { 68 };
+        let mtu = req.mtu.unwrap_or(DEFAULT_MTU);
+        if !(min_mtu..=65535).contains(&mtu) {
+            return Err(invalid("mtu", format!("expected {min_mtu}..=65535, got {mtu}")));
+        }
+        let mac_pool = match &req.mac_pool {
+            Some(p) => p.parse().map_err(|e| invalid("mac_pool", format!("{e}")))?,
+            None => MacPool::DEFAULT,
+        };
+        let parsed = NetworkOptions::parse(&req.options)?;
+
+        let id = new_id();
+        let (host_ifname, host_mac) = if driver.has_host_port() {
+            let mac = self.allocate_mac(&mac_pool)?;
+            (Some(format!("vsh{}", &id[..8])), Some(mac))
+        } else {
+            (None, None)
+        };
+        Ok(NetworkRecord {
+            id,
+            name: req.name,
+            driver,
+            subnet4,
+            gateway4,
+            subnet6,
+            gateway6,
+            mtu,
+            mac_pool,
+            options: req.options,
+            parsed,
+            host_ifname,
+            host_mac,
+        })
+    }
+
+    fn check_overlap(&self, subnet4: Option<Ipv4Cidr>, subnet6: Option<Ipv6Cidr>) -> ApiResult<()> {
+        for other in &self.state.networks {
+            let clash4 = matches!((subnet4, other.subnet4), (Some(a), Some(b)) if a.overlaps(&b));
+            let clash6 = matches!((subnet6, other.subnet6), (Some(a), Some(b)) if a.overlaps(&b));
+            if clash4 || clash6 {
+                let theirs = if clash4 {
+                    other.subnet4.map(|s| s.to_string())
+                } else {
+                    other.subnet6.map(|s| s.to_string())
+                };
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    Some("subnet"),
+                    format!(
+                        "overlaps {} of network '{}'",
+                        theirs.unwrap_or_default(),
+                        other.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn default_subnet(&self) -> ApiResult<Ipv4Cidr> {
+        (0..=255u32)
+            .filter_map(|i| Ipv4Cidr::new(Ipv4Addr::from(u32::from(DEFAULT_POOL) + (i << 8)), 24))
+            .find(|c| self.check_overlap(Some(*c), None).is_ok())
+            .ok_or_else(|| invalid("subnet", "no free /24 left in 172.30.0.0/16; give --subnet"))
+    }
+
+    /// Creates the network in the datapath, with its host port if any.
+    fn start_network(&mut self, net: &NetworkRecord, origin: TapOrigin) -> ApiResult<NetRuntime> {
+        let dp = self.next_port_id();
+        self.datapath
+            .add_network(dp, net.parsed.fdb.clone())
+            .map_err(internal)?;
+        let host = match (&net.host_ifname, net.host_mac) {
+            (Some(ifname), Some(mac)) => {
+                let cfg = TapConfig {
+                    ifname: ifname.clone(),
+                    mac,
+                    mtu: net.mtu,
+                    ipv4: net.gateway4.zip(net.subnet4.map(|s| s.prefix())),
+                    ipv6: net.gateway6.zip(net.subnet6.map(|s| s.prefix())),
+                    gateway4: None,
+                    gateway6: None,
+                    offload: net.parsed.offload,
+                };
+                match plumb::host_tap(&cfg, origin).and_then(|tap| {
+                    self.attach(dp, Box::new(tap), None, cfg.offload)
+                        .map_err(|e| plumb::PlumbError::Datapath(e.to_string()))
+                }) {
+                    Ok(port) => Some(port),
+                    Err(e) => {
+                        let _ = self.datapath.remove_network(dp);
+                        if origin == TapOrigin::Fresh {
+                            plumb::delete_host_tap(ifname);
+                        }
+                        return Err(e.into_api("host port"));
+                    }
+                }
+            }
+            _ => None,
+        };
+        Ok(NetRuntime { dp, host })
+    }
+
+    fn attach(
+        &mut self,
+        net: NetId,
+        io: Box<dyn crate::port::PortIo>,
+        security: Option<PortSecurity>,
+        gso: bool,
+    ) -> std::io::Result<PortHandle> {
+        let id = self.next_port_id();
+        let counters = Arc::new(PortCounters::default());
+        self.datapath.add_port(PortSpec {
+            id,
+            net,
+            io,
+            counters: counters.clone(),
+            security,
+            gso,
+        })?;
+        Ok(PortHandle { id, counters })
+    }
+
+    fn stop_network(&mut self, net: &NetworkRecord) {
+        if let Some(rt) = self.nets.remove(&net.id) {
+            if let Some(host) = rt.host {
+                let _ = self.datapath.remove_port(host.id);
+            }
+            let _ = self.datapath.remove_network(rt.dp);
+        }
+        if let Some(ifname) = &net.host_ifname {
+            plumb::delete_host_tap(ifname);
+        }
+    }
+
+    fn network_remove(&mut self, name: &str) -> ApiResult<Reply> {
+        let net = self.network(name)?.clone();
+        let users: Vec<&str> = self.state.endpoints_of(&net.id).map(|e| e.name.as_str()).collect();
+        if !users.is_empty() {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                Some("network"),
+                format!("network '{name}' still has endpoints: {}", users.join(", ")),
+            ));
+        }
+        let before = self.state.clone();
+        self.state.networks.retain(|n| n.id != net.id);
+        if let Err(e) = self.save() {
+            self.state = before;
+            return Err(e);
+        }
+        self.stop_network(&net);
+        tracing::info!(network = %name, "network removed");
+        Ok(Reply::Removed { name: name.to_owned() })
+    }
+
+    fn network_view(&self, n: &NetworkRecord) -> api::Network {
+        let mut subnets = Vec::new();
+        if let Some(s) = n.subnet4 {
+            subnets.push(api::Subnet {
+                address_prefix: s.to_string(),
+                gateway_address: n.gateway4.map(|g| g.to_string()),
+            });
+        }
+        if let Some(s) = n.subnet6 {
+            subnets.push(api::Subnet {
+                address_prefix: s.to_string(),
+                gateway_address: n.gateway6.map(|g| g.to_string()),
+            });
+        }
+        api::Network {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            driver: n.driver.name().into(),
+            subnets,
+            mtu: n.mtu,
+            mac_pool: api::MacPool {
+                start_mac_address: n.mac_pool.start.to_string(),
+                end_mac_address: n.mac_pool.end.to_string(),
+            },
+            options: n.options.clone(),
+            host_interface: n.host_ifname.clone(),
+            endpoints: self.state.endpoints_of(&n.id).map(|e| e.name.clone()).collect(),
+        }
+    }
+
+    // ---- endpoints ----
+
+    fn endpoint_create(&mut self, req: api::EndpointCreate) -> ApiResult<api::Endpoint> {
+        let (net, rec) = self.check_endpoint(req)?;
+        let port = self.start_endpoint(&net, &rec, TapOrigin::Fresh)?;
+        self.endpoints.insert(
+            rec.id.clone(),
+            EndpointRuntime { port, state: EndpointState::Attached },
+        );
+        self.state.endpoints.push(rec.clone());
+        if let Err(e) = self.save() {
+            self.state.endpoints.pop();
+            self.stop_endpoint(&net, &rec);
+            return Err(e);
+        }
+        tracing::info!(endpoint = %rec.name, network = %net.name, netns = %rec.netns, "endpoint created");
+        Ok(self.endpoint_view(&rec))
+    }
+
+    fn check_endpoint(&self, req: api::EndpointCreate) -> ApiResult<(NetworkRecord, EndpointRecord)> {
+        check_name("name", &req.name)?;
+        if self.state.endpoint(&req.name).is_some() {
+            return Err(ApiError::new(
+                ErrorKind::AlreadyExists,
+                Some("name"),
+                format!("an endpoint named '{}' already exists", req.name),
+            ));
+        }
+        let net = self.network(&req.network)?.clone();
+        if !self.nets.contains_key(&net.id) {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                Some("network"),
+                format!("network '{}' failed to start; see the daemon log", net.name),
+            ));
+        }
+        plumb::resolve_netns(&req.netns)?;
+        if !net.driver.switched() {
+            if req.ip.is_some() || req.ipv6.is_some() || req.mac_address.is_some() || req.ifname.is_some() {
+                return Err(invalid(
+                    "network",
+                    "the none driver gives endpoints loopback only: no --ip, --ipv6, --mac or --ifname",
+                ));
+            }
+            return Ok((
+                net.clone(),
+                EndpointRecord {
+                    id: new_id(),
+                    name: req.name,
+                    network_id: net.id,
+                    netns: req.netns,
+                    ifname: "lo".into(),
+                    mac: MacAddr([0; 6]),
+                    ipv4: None,
+                    ipv6: None,
+                    allow_spoofing: false,
+                },
+            ));
+        }
+        let ifname = req.ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_owned());
+        check_ifname(&ifname)?;
+        if let Some(other) = self
+            .state
+            .endpoints
+            .iter()
+            .find(|e| e.ifname == ifname && plumb::same_netns(&e.netns, &req.netns))
+        {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                Some("ifname"),
+                format!("{ifname} in {} is already endpoint '{}'", req.netns, other.name),
+            ));
+        }
+        let peers: Vec<&EndpointRecord> = self.state.endpoints_of(&net.id).collect();
+        let ipv4 = match (&req.ip, net.subnet4) {
+            (Some(s), subnet) => {
+                let ip: Ipv4Addr = s
+                    .parse()
+                    .map_err(|_| invalid("ip", format!("'{s}' is not an IPv4 address")))?;
+                let subnet = subnet.ok_or_else(|| invalid("ip", "the network has no IPv4 subnet"))?;
+                if !subnet.is_host(ip) {
+                    return Err(invalid(
+                        "ip",
+                        format!("{ip} is not a host address of the network's subnet {subnet}"),
+                    ));
+                }
+                if Some(ip) == net.gateway4 {
+                    return Err(conflict("ip", format!("{ip} is the network's gateway")));
+                }
+                if let Some(p) = peers.iter().find(|p| p.ipv4 == Some(ip)) {
+                    return Err(conflict("ip", format!("{ip} is already used by endpoint '{}'", p.name)));
+                }
+                Some(ip)
+            }
+            (None, Some(subnet)) => {
+                let mut taken: HashSet<Ipv4Addr> = peers.iter().filter_map(|p| p.ipv4).collect();
+                taken.extend(net.gateway4);
+                Some(subnet.allocate(&taken).ok_or_else(|| {
+                    conflict("ip", format!("no free address left in {subnet}"))
+                })?)
+            }
+            (None, None) => None,
+        };
+        let ipv6 = match (&req.ipv6, net.subnet6) {
+            (Some(s), subnet) => {
+                let ip: Ipv6Addr = s
+                    .parse()
+                    .map_err(|_| invalid("ipv6", format!("'{s}' is not an IPv6 address")))?;
+                let subnet = subnet.ok_or_else(|| invalid("ipv6", "the network has no IPv6 subnet"))?;
+                if !subnet.is_host(ip) || Some(ip) == net.gateway6 {
+                    return Err(invalid("ipv6", format!("{ip} is not a free host address of {subnet}")));
+                }
+                if let Some(p) = peers.iter().find(|p| p.ipv6 == Some(ip)) {
+                    return Err(conflict("ipv6", format!("{ip} is already used by endpoint '{}'", p.name)));
+                }
+                Some(ip)
+            }
+            (None, Some(subnet)) => {
+                let mut taken: HashSet<Ipv6Addr> = peers.iter().filter_map(|p| p.ipv6).collect();
+                taken.extend(net.gateway6);
+                Some(subnet.allocate(&taken).ok_or_else(|| {
+                    conflict("ipv6", format!("no free address left in {subnet}"))
+                })?)
+            }
+            (None, None) => None,
+        };
+        let mac = match &req.mac_address {
+            Some(s) => {
+                let mac = ipam::parse_unicast_mac(s).map_err(|e| invalid("mac", e.to_string()))?;
+                if self.macs_in_use().contains(&mac) {
+                    return Err(conflict("mac", format!("{mac} is already in use on this switch")));
+                }
+                mac
+            }
+            None => self.allocate_mac(&net.mac_pool)?,
+        };
+        Ok((
+            net.clone(),
+            EndpointRecord {
+                id: new_id(),
+                name: req.name,
+                network_id: net.id,
+                netns: req.netns,
+                ifname,
+                mac,
+                ipv4,
+                ipv6,
+                allow_spoofing: req.allow_spoofing,
+            },
+        ))
+    }
+
+    fn macs_in_use(&self) -> HashSet<MacAddr> {
+        let eps = self.state.endpoints.iter().map(|e| e.mac);
+        let hosts = self.state.networks.iter().filter_map(|n| n.host_mac);
+        eps.chain(hosts).collect()
+    }
+
+    fn allocate_mac(&self, pool: &MacPool) -> ApiResult<MacAddr> {
+        let mut seed = [0u8; 8];
+        random_bytes(&mut seed).map_err(internal)?;
+        pool.allocate(&self.macs_in_use(), u64::from_le_bytes(seed))
+            .ok_or_else(|| conflict("mac", format!("MAC pool {pool} is exhausted")))
+    }
+
+    /// Plumbs the endpoint's vNIC and connects it to the datapath. Returns
+    /// `None` for endpoints with no port (`none` driver).
+    fn start_endpoint(
+        &mut self,
+        net: &NetworkRecord,
+        ep: &EndpointRecord,
+        origin: TapOrigin,
+    ) -> ApiResult<Option<PortHandle>> {
+        let ns = plumb::resolve_netns(&ep.netns)?;
+        if !net.driver.switched() {
+            plumb::loopback_only(&ns).map_err(|e| e.into_api("netns"))?;
+            return Ok(None);
+        }
+        let cfg = TapConfig {
+            ifname: ep.ifname.clone(),
+            mac: ep.mac,
+            mtu: net.mtu,
+            ipv4: ep.ipv4.zip(net.subnet4.map(|s| s.prefix())),
+            ipv6: ep.ipv6.zip(net.subnet6.map(|s| s.prefix())),
+            gateway4: net.gateway4,
+            gateway6: net.gateway6,
+            offload: net.parsed.offload,
+        };
+        let tap = plumb::endpoint_tap(&ns, &cfg, origin).map_err(|e| e.into_api("ifname"))?;
+        let security = (!ep.allow_spoofing).then(|| PortSecurity {
+            mac: ep.mac,
+            ipv4: ep.ipv4,
+            ipv6: ep.ipv6,
+        });
+        let dp = self.nets.get(&net.id).map(|rt| rt.dp).ok_or_else(|| internal("network not running"))?;
+        match self.attach(dp, Box::new(tap), security, cfg.offload) {
+            Ok(port) => Ok(Some(port)),
+            Err(e) => {
+                if origin == TapOrigin::Fresh {
+                    plumb::delete_endpoint_tap(&ns, &cfg.ifname);
+                }
+                Err(internal(e))
+            }
+        }
+    }
+
+    fn stop_endpoint(&mut self, net: &NetworkRecord, ep: &EndpointRecord) {
+        if let Some(rt) = self.endpoints.remove(&ep.id) {
+            if let Some(port) = rt.port {
+                let _ = self.datapath.remove_port(port.id);
+            }
+        }
+        if net.driver.switched() {
+            if let Ok(ns) = plumb::resolve_netns(&ep.netns) {
+                plumb::delete_endpoint_tap(&ns, &ep.ifname);
+            }
+        }
+    }
+
+    fn endpoint_remove(&mut self, name: &str) -> ApiResult<Reply> {
+        let ep = self.endpoint(name)?.clone();
+        let net = self
+            .state
+            .network_by_id(&ep.network_id)
+            .cloned()
+            .ok_or_else(|| internal("endpoint's network is missing from the state"))?;
+        let before = self.state.clone();
+        self.state.endpoints.retain(|e| e.id != ep.id);
+        if let Err(e) = self.save() {
+            self.state = before;
+            return Err(e);
+        }
+        self.stop_endpoint(&net, &ep);
+        tracing::info!(endpoint = %name, "endpoint removed");
+        Ok(Reply::Removed { name: name.to_owned() })
+    }
+
+    fn endpoint_view(&self, e: &EndpointRecord) -> api::Endpoint {
+        let net = self.state.network_by_id(&e.network_id);
+        let state = self
+            .endpoints
+            .get(&e.id)
+            .map(|rt| rt.state.clone())
+            .unwrap_or(EndpointState::Detached { reason: "not started".into() });
+        api::Endpoint {
+            id: e.id.clone(),
+            name: e.name.clone(),
+            network: net.map(|n| n.name.clone()).unwrap_or_default(),
+            netns: e.netns.clone(),
+            ifname: e.ifname.clone(),
+            mac_address: e.mac.to_string(),
+            ip: e.ipv4.map(|ip| ip.to_string()),
+            prefix_length: e.ipv4.and(net.and_then(|n| n.subnet4)).map(|s| s.prefix()),
+            ipv6: e.ipv6.map(|ip| ip.to_string()),
+            ipv6_prefix_length: e.ipv6.and(net.and_then(|n| n.subnet6)).map(|s| s.prefix()),
+            gateway_address: net.and_then(|n| n.gateway4).map(|g| g.to_string()),
+            mtu: net.map(|n| n.mtu).unwrap_or(DEFAULT_MTU),
+            allow_spoofing: e.allow_spoofing,
+            state,
+        }
+    }
+
+    // ---- ports, counters, fdb ----
+
+    /// Every port: (view, counters).
+    fn port_table(&self) -> Vec<(api::Port, Option<&Arc<PortCounters>>)> {
+        let mut out = Vec::new();
+        for n in &self.state.networks {
+            let rt = self.nets.get(&n.id);
+            if let (Some(ifname), Some(mac)) = (&n.host_ifname, n.host_mac) {
+                let host = rt.and_then(|rt| rt.host.as_ref());
+                out.push((
+                    api::Port {
+                        name: host_port_name(&n.name),
+                        kind: api::PortKind::Host,
+                        network: n.name.clone(),
+                        interface: ifname.clone(),
+                        netns: None,
+                        mac_address: mac.to_string(),
+                        backend: "tap".into(),
+                        offload: n.parsed.offload,
+                        state: match host {
+                            Some(_) => EndpointState::Attached,
+                            None => EndpointState::Detached { reason: "network failed to start".into() },
+                        },
+                    },
+                    host.map(|h| &h.counters),
+                ));
+            }
+            for e in self.state.endpoints_of(&n.id) {
+                if !n.driver.switched() {
+                    continue;
+                }
+                let rt = self.endpoints.get(&e.id);
+                out.push((
+                    api::Port {
+                        name: e.name.clone(),
+                        kind: api::PortKind::Endpoint,
+                        network: n.name.clone(),
+                        interface: e.ifname.clone(),
+                        netns: Some(e.netns.clone()),
+                        mac_address: e.mac.to_string(),
+                        backend: "tap".into(),
+                        offload: n.parsed.offload,
+                        state: self.endpoint_view(e).state,
+                    },
+                    rt.and_then(|rt| rt.port.as_ref()).map(|p| &p.counters),
+                ));
+            }
+        }
+        out
+    }
+
+    fn ports(&self) -> Vec<api::Port> {
+        self.port_table().into_iter().map(|(p, _)| p).collect()
+    }
+
+    fn stats(&self, port: Option<&str>) -> ApiResult<Vec<api::PortStats>> {
+        let table = self.port_table();
+        if let Some(name) = port {
+            if !table.iter().any(|(p, _)| p.name == name) {
+                return Err(ApiError::new(
+                    ErrorKind::NotFound,
+                    Some("port"),
+                    format!("no port named '{name}' (see vswitchctl port ls)"),
+                ));
+            }
+        }
+        Ok(table
+            .into_iter()
+            .filter(|(p, _)| port.is_none_or(|name| p.name == name))
+            .map(|(p, counters)| {
+                let c = counters.map(|c| c.as_ref());
+                let get = |f: fn(&PortCounters) -> u64| c.map(f).unwrap_or(0);
+                api::PortStats {
+                    port: p.name,
+                    network: p.network,
+                    rx_packets: get(|c| PortCounters::get(&c.rx_packets)),
+                    rx_bytes: get(|c| PortCounters::get(&c.rx_bytes)),
+                    tx_packets: get(|c| PortCounters::get(&c.tx_packets)),
+                    tx_bytes: get(|c| PortCounters::get(&c.tx_bytes)),
+                    drops: DropReason::ALL
+                        .iter()
+                        .map(|&r| (r.name().to_owned(), c.map(|c| c.drops(r)).unwrap_or(0)))
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+
+    fn fdb(&self, network: &str) -> ApiResult<Vec<api::FdbEntry>> {
+        let net = self.network(network)?;
+        let Some(rt) = self.nets.get(&net.id) else {
+            return Ok(Vec::new());
+        };
+        let mut names: HashMap<PortId, String> = HashMap::new();
+        if let Some(h) = &rt.host {
+            names.insert(h.id, host_port_name(&net.name));
+        }
+        for e in self.state.endpoints_of(&net.id) {
+            if let Some(p) = self.endpoints.get(&e.id).and_then(|rt| rt.port.as_ref()) {
+                names.insert(p.id, e.name.clone());
+            }
+        }
+        let mut entries: Vec<api::FdbEntry> = self
+            .datapath
+            .fdb(rt.dp)
+            .map_err(internal)?
+            .into_iter()
+            .map(|(mac, port, age)| api::FdbEntry {
+                mac_address: mac.to_string(),
+                port: names.get(&port).cloned().unwrap_or_else(|| format!("#{port}")),
+                age_seconds: age.as_secs(),
+            })
+            .collect();
+        entries.sort_by(|a, b| a.mac_address.cmp(&b.mac_address));
+        Ok(entries)
+    }
+}
+
+fn conflict(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::Conflict, Some(field), message)
+}
+
+/// The name `vswitchctl` shows for a network's host port.
+pub fn host_port_name(network: &str) -> String {
+    format!("host:{network}")
+}
+
+/// Network and endpoint names: 1-64 of `[A-Za-z0-9_.-]`, starting with a
+/// letter or digit (safe in file names, interface listings and shells).
+fn check_name(field: &str, name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("'{name}' is not a valid name: 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"),
+        ))
+    }
+}
+
+/// Linux interface names: 1-15 bytes, no '/', ':' or whitespace.
+fn check_ifname(name: &str) -> ApiResult<()> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(invalid(
+            "ifname",
+            format!("'{name}' is {} bytes; interface names are 1-15 bytes", name.len()),
+        ));
+    }
+    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        return Err(invalid("ifname", format!("'{name}' may not contain '/', ':' or spaces")));
+    }
+    Ok(())
+}
+
+/// A random identifier in the GUID form HNS uses.
+fn new_id() -> String {
+    let mut b = [0u8; 16];
+    random_bytes(&mut b).expect("kernel random source");
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("name", "lab-1.a_b").is_ok());
+        assert!(check_name("name", "").is_err());
+        assert!(check_name("name", "-x").is_err());
+        assert!(check_name("name", "a b").is_err());
+        assert!(check_name("name", &"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn ifnames() {
+        assert!(check_ifname("eth0").is_ok());
+        assert!(check_ifname("a23456789012345").is_ok());
+        let e = check_ifname("a234567890123456").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("ifname"));
+        assert!(check_ifname("a/b").is_err());
+        assert!(check_ifname("").is_err());
+    }
+
+    #[test]
+    fn ids_look_like_guids() {
+        let id = new_id();
+        assert_eq!(id.len(), 36);
+        assert_ne!(id, new_id());
+    }
+}

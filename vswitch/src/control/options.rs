@@ -1,0 +1,110 @@
+//! Driver options (`-o key=value`), parsed and checked once at creation.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::api::{ApiError, ErrorKind};
+use crate::fdb::FdbConfig;
+
+/// Every option a network understands, with its meaning, for error messages.
+pub const KNOWN: &[(&str, &str)] = &[
+    ("fdb_aging", "seconds a learned MAC is kept without traffic (1..=86400, default 300)"),
+    ("fdb_max", "learned MACs kept per network (16..=1048576, default 8192)"),
+    ("offload", "GSO/checksum offload on the network's TAPs (on|off, default on)"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkOptions {
+    pub fdb: FdbConfig,
+    /// Negotiate TSO/checksum offload with the kernel on TAP ports, so TCP
+    /// crosses the switch in 64 KiB super-frames.
+    pub offload: bool,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        NetworkOptions {
+            fdb: FdbConfig {
+                aging: Duration::from_secs(300),
+                max_entries: 8192,
+            },
+            offload: true,
+        }
+    }
+}
+
+fn invalid(key: &str, expected: &str, got: &str) -> ApiError {
+    ApiError::new(
+        ErrorKind::InvalidArgument,
+        Some(&format!("options.{key}")),
+        format!("expected {expected}, got '{got}'"),
+    )
+}
+
+fn number(key: &str, value: &str, range: std::ops::RangeInclusive<u64>) -> Result<u64, ApiError> {
+    let expected = format!("a whole number in {}..={}", range.start(), range.end());
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| invalid(key, &expected, value))
+}
+
+impl NetworkOptions {
+    pub fn parse(options: &BTreeMap<String, String>) -> Result<NetworkOptions, ApiError> {
+        let mut parsed = NetworkOptions::default();
+        for (key, value) in options {
+            match key.as_str() {
+                "fdb_aging" => {
+                    parsed.fdb.aging = Duration::from_secs(number(key, value, 1..=86400)?);
+                }
+                "fdb_max" => parsed.fdb.max_entries = number(key, value, 16..=1 << 20)? as usize,
+                "offload" => {
+                    parsed.offload = match value.as_str() {
+                        "on" | "true" | "1" => true,
+                        "off" | "false" | "0" => false,
+                        _ => return Err(invalid(key, "on or off", value)),
+                    }
+                }
+                _ => {
+                    let known: Vec<&str> = KNOWN.iter().map(|(k, _)| *k).collect();
+                    return Err(ApiError::new(
+                        ErrorKind::InvalidArgument,
+                        Some(&format!("options.{key}")),
+                        format!("unknown option; known options: {}", known.join(", ")),
+                    ));
+                }
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let o = NetworkOptions::parse(&BTreeMap::new()).unwrap();
+        assert_eq!(o.fdb.aging, Duration::from_secs(300));
+        assert_eq!(o.fdb.max_entries, 8192);
+        assert!(o.offload);
+    }
+
+    #[test]
+    fn values_and_errors() {
+        let o = NetworkOptions::parse(&opts(&[("fdb_aging", "30"), ("offload", "off")])).unwrap();
+        assert_eq!(o.fdb.aging, Duration::from_secs(30));
+        assert!(!o.offload);
+        let e = NetworkOptions::parse(&opts(&[("fdb_aging", "0")])).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("options.fdb_aging"));
+        let e = NetworkOptions::parse(&opts(&[("colour", "blue")])).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("options.colour"));
+        assert!(e.message.contains("fdb_aging"));
+    }
+}

@@ -1,0 +1,170 @@
+//! Kernel plumbing for ports: namespaces, TAP devices, addresses, routes.
+//!
+//! Endpoint TAPs are created inside the endpoint's namespace and made
+//! persistent, so the endpoint keeps its interface, addresses and routes
+//! while the daemon is stopped or restarting; the daemon re-attaches to them
+//! by name.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::api::{ApiError, ErrorKind};
+use crate::netns::netlink::{LinkChange, Netlink, NetlinkError};
+use crate::netns::{ensure_loopback_up, Netns, NetnsError};
+use crate::port::tap::{Tap, TapError};
+use crate::wire::MacAddr;
+
+/// Whether a port's TAP is being made for the first time (it must not
+/// exist) or taken back after a restart (it may exist, and is reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapOrigin {
+    Fresh,
+    Existing,
+}
+
+/// How a TAP is configured on its side of the wire.
+pub struct TapConfig {
+    pub ifname: String,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    pub ipv4: Option<(Ipv4Addr, u8)>,
+    pub ipv6: Option<(Ipv6Addr, u8)>,
+    /// Default routes to add (endpoints only).
+    pub gateway4: Option<Ipv4Addr>,
+    pub gateway6: Option<Ipv6Addr>,
+    pub offload: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlumbError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error("{0} exists but is not a TAP device")]
+    NotTap(String),
+    #[error("datapath refused the port: {0}")]
+    Datapath(String),
+}
+
+impl PlumbError {
+    /// As an API error; `field` is the request field the failure concerns.
+    pub fn into_api(self, field: &str) -> ApiError {
+        match self {
+            PlumbError::Tap(TapError::Exists(name)) => ApiError::new(
+                ErrorKind::Conflict,
+                Some(field),
+                format!("a link named {name} already exists in the namespace"),
+            ),
+            PlumbError::Netns(e) => netns_error(e),
+            e => ApiError::new(ErrorKind::Internal, Some(field), e.to_string()),
+        }
+    }
+}
+
+fn netns_error(e: NetnsError) -> ApiError {
+    let kind = match e {
+        NetnsError::NotFound { .. } => ErrorKind::NotFound,
+        NetnsError::InvalidName { .. } | NetnsError::NotNetns { .. } => ErrorKind::InvalidArgument,
+        _ => ErrorKind::Internal,
+    };
+    ApiError::new(kind, Some("netns"), e.to_string())
+}
+
+pub fn resolve_netns(spec: &str) -> Result<Netns, ApiError> {
+    Netns::resolve(spec).map_err(netns_error)
+}
+
+/// Whether two namespace specs name the same namespace.
+pub fn same_netns(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    let inode = |s: &str| Netns::resolve(s).and_then(|n| n.inode()).ok();
+    matches!((inode(a), inode(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Makes (or takes back) an endpoint's TAP inside its namespace.
+pub fn endpoint_tap(ns: &Netns, cfg: &TapConfig, origin: TapOrigin) -> Result<Tap, PlumbError> {
+    ns.run(|| {
+        ensure_loopback_up()?;
+        make_tap(cfg, origin)
+    })?
+}
+
+/// Makes (or takes back) a network's host TAP in the daemon's namespace.
+pub fn host_tap(cfg: &TapConfig, origin: TapOrigin) -> Result<Tap, PlumbError> {
+    make_tap(cfg, origin)
+}
+
+/// Runs in the namespace the TAP lives in. The TAP is made persistent only
+/// once fully configured: if a step fails, dropping it removes the device.
+fn make_tap(cfg: &TapConfig, origin: TapOrigin) -> Result<Tap, PlumbError> {
+    let mut nl = Netlink::open()?;
+    let tap = match origin {
+        TapOrigin::Fresh => Tap::create(&cfg.ifname, cfg.offload)?,
+        TapOrigin::Existing => match nl.link_info(&cfg.ifname)? {
+            Some(info) if info.kind.as_deref() != Some("tun") => {
+                return Err(PlumbError::NotTap(cfg.ifname.clone()))
+            }
+            _ => Tap::open(&cfg.ifname, cfg.offload)?,
+        },
+    };
+    let index = nl
+        .link_index(&cfg.ifname)?
+        .ok_or_else(|| NetlinkError::NoSuchLink(cfg.ifname.clone()))?;
+    nl.link_set(
+        index,
+        &LinkChange {
+            mtu: Some(cfg.mtu),
+            mac: Some(cfg.mac.0),
+            up: Some(true),
+            ..LinkChange::default()
+        },
+    )?;
+    if let Some((ip, prefix)) = cfg.ipv4 {
+        nl.addr_add(index, IpAddr::V4(ip), prefix)?;
+        if let Some(gw) = cfg.gateway4 {
+            nl.route_add_default(index, IpAddr::V4(gw))?;
+        }
+    }
+    if let Some((ip, prefix)) = cfg.ipv6 {
+        nl.addr_add(index, IpAddr::V6(ip), prefix)?;
+        if let Some(gw) = cfg.gateway6 {
+            nl.route_add_default(index, IpAddr::V6(gw))?;
+        }
+    }
+    tap.set_persist(true)?;
+    Ok(tap)
+}
+
+/// Sets up an endpoint of the `none` driver: loopback only.
+pub fn loopback_only(ns: &Netns) -> Result<(), PlumbError> {
+    Ok(ns.run(ensure_loopback_up)??)
+}
+
+/// Deletes a TAP by name in the current namespace; anything else of that
+/// name is left alone. Failures are logged: the caller is already undoing.
+fn delete_tap(ifname: &str) -> Result<(), PlumbError> {
+    let mut nl = Netlink::open()?;
+    if let Some(info) = nl.link_info(ifname)? {
+        if info.kind.as_deref() == Some("tun") {
+            nl.link_del(info.index)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn delete_endpoint_tap(ns: &Netns, ifname: &str) {
+    let result = ns.run(|| delete_tap(ifname)).map_err(PlumbError::from);
+    if let Err(e) = result.and_then(|r| r) {
+        tracing::warn!(netns = %ns, ifname, error = %e, "could not delete TAP");
+    }
+}
+
+pub fn delete_host_tap(ifname: &str) {
+    if let Err(e) = delete_tap(ifname) {
+        tracing::warn!(ifname, error = %e, "could not delete host TAP");
+    }
+}

@@ -1,0 +1,307 @@
+//! The daemon's persistent state: what the user asked for (networks and
+//! endpoints), never what the kernel currently has. On start the daemon
+//! reconciles the kernel with it.
+//!
+//! The file is rewritten whole on every change: written to a temporary file
+//! in the same directory, fsynced, renamed over the old one, and the
+//! directory fsynced, so a crash leaves either the old or the new state.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ipam::{Ipv4Cidr, Ipv6Cidr, MacPool};
+use super::NetworkOptions;
+use crate::wire::MacAddr;
+
+/// Bumped when the file format changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// Endpoints and a host port holding the gateway.
+    Internal,
+    /// Endpoints only.
+    Private,
+    /// Endpoints get loopback only.
+    None,
+}
+
+impl Driver {
+    pub fn parse(s: &str) -> Option<Driver> {
+        match s {
+            "internal" => Some(Driver::Internal),
+            "private" => Some(Driver::Private),
+            "none" => Some(Driver::None),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Internal => "internal",
+            Driver::Private => "private",
+            Driver::None => "none",
+        }
+    }
+
+    /// Whether endpoints get a vNIC on the switch.
+    pub fn switched(self) -> bool {
+        self != Driver::None
+    }
+
+    pub fn has_host_port(self) -> bool {
+        self == Driver::Internal
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub id: String,
+    pub name: String,
+    pub driver: Driver,
+    pub subnet4: Option<Ipv4Cidr>,
+    pub gateway4: Option<Ipv4Addr>,
+    pub subnet6: Option<Ipv6Cidr>,
+    pub gateway6: Option<Ipv6Addr>,
+    pub mtu: u32,
+    pub mac_pool: MacPool,
+    /// The options as the user gave them (validated at creation).
+    pub options: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub parsed: NetworkOptions,
+    /// The host port's interface and MAC (`internal` only).
+    pub host_ifname: Option<String>,
+    #[serde(with = "opt_mac")]
+    pub host_mac: Option<MacAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub id: String,
+    pub name: String,
+    pub network_id: String,
+    /// As given: a name under /run/netns or a path.
+    pub netns: String,
+    pub ifname: String,
+    #[serde(with = "mac")]
+    pub mac: MacAddr,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub allow_spoofing: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    pub networks: Vec<NetworkRecord>,
+    pub endpoints: Vec<EndpointRecord>,
+}
+
+impl State {
+    pub fn network(&self, name: &str) -> Option<&NetworkRecord> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+
+    pub fn network_by_id(&self, id: &str) -> Option<&NetworkRecord> {
+        self.networks.iter().find(|n| n.id == id)
+    }
+
+    pub fn endpoint(&self, name: &str) -> Option<&EndpointRecord> {
+        self.endpoints.iter().find(|e| e.name == name)
+    }
+
+    pub fn endpoints_of<'a>(&'a self, network_id: &'a str) -> impl Iterator<Item = &'a EndpointRecord> {
+        self.endpoints.iter().filter(move |e| e.network_id == network_id)
+    }
+}
+
+/// Where the state lives, and the only code that reads or writes it.
+pub struct StateFile {
+    path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{path} is not a valid state file: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path} has format version {found}; this vswitchd reads version {FORMAT_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+}
+
+impl StateFile {
+    pub fn new(dir: &Path) -> StateFile {
+        StateFile {
+            path: dir.join("state.json"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io_err(&self, op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError {
+        let path = path.to_owned();
+        move |source| StateError::Io { op, path, source }
+    }
+
+    /// The saved state, or an empty one if there is none yet.
+    pub fn load(&self) -> Result<State, StateError> {
+        let text = match fs::read(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(State {
+                    version: FORMAT_VERSION,
+                    ..State::default()
+                })
+            }
+            Err(e) => return Err(self.io_err("read", &self.path)(e)),
+        };
+        let state: State = serde_json::from_slice(&text).map_err(|source| StateError::Corrupt {
+            path: self.path.clone(),
+            source,
+        })?;
+        if state.version != FORMAT_VERSION {
+            return Err(StateError::Version {
+                path: self.path.clone(),
+                found: state.version,
+            });
+        }
+        Ok(state)
+    }
+
+    /// Replaces the saved state atomically.
+    pub fn save(&self, state: &State) -> Result<(), StateError> {
+        let tmp = self.path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(state).expect("state serializes");
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(self.io_err("create", &tmp))?;
+        file.write_all(&text).map_err(self.io_err("write", &tmp))?;
+        file.sync_all().map_err(self.io_err("fsync", &tmp))?;
+        fs::rename(&tmp, &self.path).map_err(self.io_err("rename", &self.path))?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(self.io_err("fsync", dir))?;
+        Ok(())
+    }
+}
+
+mod mac {
+    use super::MacAddr;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mac: &MacAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(mac)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MacAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(|_| D::Error::custom(format!("bad MAC '{s}'")))
+    }
+}
+
+mod opt_mac {
+    use super::MacAddr;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mac: &Option<MacAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match mac {
+            Some(m) => super::mac::serialize(m, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MacAddr>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super::mac")] MacAddr);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> State {
+        State {
+            version: FORMAT_VERSION,
+            networks: vec![NetworkRecord {
+                id: "n-1".into(),
+                name: "lab".into(),
+                driver: Driver::Internal,
+                subnet4: Some("10.9.0.0/24".parse().unwrap()),
+                gateway4: Some(Ipv4Addr::new(10, 9, 0, 1)),
+                subnet6: None,
+                gateway6: None,
+                mtu: 1500,
+                mac_pool: MacPool::DEFAULT,
+                options: BTreeMap::new(),
+                parsed: NetworkOptions::default(),
+                host_ifname: Some("vsh12345678".into()),
+                host_mac: Some(MacAddr([2, 0x15, 0x5d, 1, 2, 3])),
+            }],
+            endpoints: vec![EndpointRecord {
+                id: "e-1".into(),
+                name: "ep1".into(),
+                network_id: "n-1".into(),
+                netns: "ns1".into(),
+                ifname: "eth0".into(),
+                mac: MacAddr([2, 0x15, 0x5d, 1, 2, 4]),
+                ipv4: Some(Ipv4Addr::new(10, 9, 0, 2)),
+                ipv6: None,
+                allow_spoofing: false,
+            }],
+        }
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vswitch-state-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn round_trip() {
+        let dir = tempdir("rt");
+        let file = StateFile::new(&dir);
+        assert_eq!(file.load().unwrap().networks.len(), 0);
+        let state = sample();
+        file.save(&state).unwrap();
+        assert_eq!(file.load().unwrap(), state);
+        assert!(!dir.join("state.json.tmp").exists());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_and_future_files_are_refused() {
+        let dir = tempdir("bad");
+        let file = StateFile::new(&dir);
+        fs::write(file.path(), b"{not json").unwrap();
+        assert!(matches!(file.load(), Err(StateError::Corrupt { .. })));
+        fs::write(file.path(), br#"{"version":99,"networks":[],"endpoints":[]}"#).unwrap();
+        assert!(matches!(file.load(), Err(StateError::Version { found: 99, .. })));
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

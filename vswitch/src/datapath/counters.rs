@@ -1,0 +1,122 @@
+//! Per-port counters: written by the datapath thread only, read by the
+//! control plane at any time without locks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a frame was dropped. The numbers are stable (they will be shared with
+/// the eBPF programs): add new reasons at the end, never renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Shorter than an Ethernet header, or a header that does not parse.
+    Malformed = 0,
+    /// Multicast, broadcast or all-zero source MAC.
+    InvalidSourceMac = 1,
+    /// Source MAC is not the endpoint's own.
+    MacSpoofing = 2,
+    /// Source IPv4/IPv6 address (or ARP sender) is not the endpoint's own.
+    IpSpoofing = 3,
+    /// The endpoint sent an 802.1Q-tagged frame.
+    VlanTagged = 4,
+    /// The destination port's queue was full or its device refused the frame.
+    TxFailed = 5,
+    /// Unicast to a MAC learned on the port it came from.
+    Hairpin = 6,
+    /// A GSO super-frame towards a port that cannot take one.
+    GsoUnsupported = 7,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 8] = [
+        DropReason::Malformed,
+        DropReason::InvalidSourceMac,
+        DropReason::MacSpoofing,
+        DropReason::IpSpoofing,
+        DropReason::VlanTagged,
+        DropReason::TxFailed,
+        DropReason::Hairpin,
+        DropReason::GsoUnsupported,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::InvalidSourceMac => "invalid_source_mac",
+            DropReason::MacSpoofing => "mac_spoofing",
+            DropReason::IpSpoofing => "ip_spoofing",
+            DropReason::VlanTagged => "vlan_tagged",
+            DropReason::TxFailed => "tx_failed",
+            DropReason::Hairpin => "hairpin",
+            DropReason::GsoUnsupported => "gso_unsupported",
+        }
+    }
+}
+
+/// One port's counters. Only the datapath thread writes them, so an
+/// increment is a relaxed load and store (no locked read-modify-write).
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+#[inline]
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + by, Ordering::Relaxed);
+}
+
+impl PortCounters {
+    #[inline]
+    pub fn rx(&self, bytes: usize) {
+        bump(&self.rx_packets, 1);
+        bump(&self.rx_bytes, bytes as u64);
+    }
+
+    #[inline]
+    pub fn tx(&self, bytes: usize) {
+        bump(&self.tx_packets, 1);
+        bump(&self.tx_bytes, bytes as u64);
+    }
+
+    #[inline]
+    pub fn dropped(&self, reason: DropReason) {
+        bump(&self.drops[reason as usize], 1);
+    }
+
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_numbered_in_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{} is out of place", r.name());
+        }
+    }
+
+    #[test]
+    fn counts_accumulate() {
+        let c = PortCounters::default();
+        c.rx(100);
+        c.rx(50);
+        c.tx(10);
+        c.dropped(DropReason::MacSpoofing);
+        assert_eq!(PortCounters::get(&c.rx_packets), 2);
+        assert_eq!(PortCounters::get(&c.rx_bytes), 150);
+        assert_eq!(PortCounters::get(&c.tx_bytes), 10);
+        assert_eq!(c.drops(DropReason::MacSpoofing), 1);
+        assert_eq!(c.drops(DropReason::Malformed), 0);
+    }
+}

@@ -1,0 +1,16 @@
+//! vswitch: a Linux software switch that reproduces the Hyper-V virtual
+//! switch and the Windows container networking stack.
+//!
+//! The crate is the daemon's library: `control` serves the API and owns the
+//! state, `datapath` moves frames between `port`s using the `fdb`, `netns`
+//! plumbs links and addresses over netlink, `wire` parses packets.
+
+pub use vswitch_api as api;
+
+pub mod control;
+pub mod datapath;
+pub mod fdb;
+pub mod netns;
+pub mod port;
+pub mod sys;
+pub mod wire;

@@ -1,0 +1,1184 @@
+//! A minimal synchronous rtnetlink client: the handful of link, address and
+//! route operations the switch needs, over a `NETLINK_ROUTE` socket.
+//!
+//! A [`Netlink`] acts in the namespace of the thread that opened it, so open
+//! it inside [`super::Netns::run`] to configure a container's links. Every
+//! request asks for an acknowledgement and waits for it; a kernel refusal
+//! comes back as [`NetlinkError::Kernel`] with the errno, the operation, and
+//! the kernel's extended-ack message when it gave one.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use thiserror::Error;
+
+/// Numbers from `<linux/netlink.h>`, `<linux/rtnetlink.h>`,
+/// `<linux/if_link.h>`, `<linux/if_addr.h>`, `<linux/veth.h>`.
+mod consts {
+    pub const NLMSG_HDRLEN: usize = 16;
+    pub const NLA_HDRLEN: usize = 4;
+
+    pub const NLMSG_NOOP: u16 = 1;
+    pub const NLMSG_ERROR: u16 = 2;
+    pub const NLMSG_DONE: u16 = 3;
+
+    pub const NLM_F_REQUEST: u16 = 0x1;
+    pub const NLM_F_ACK: u16 = 0x4;
+    pub const NLM_F_EXCL: u16 = 0x200;
+    pub const NLM_F_CREATE: u16 = 0x400;
+    /// In an NLMSG_ERROR: the echoed request was cut to its header.
+    pub const NLM_F_CAPPED: u16 = 0x100;
+    /// In an NLMSG_ERROR: extended-ack attributes follow.
+    pub const NLM_F_ACK_TLVS: u16 = 0x200;
+
+    pub const NLA_F_NESTED: u16 = 0x8000;
+    pub const NLA_TYPE_MASK: u16 = 0x3fff;
+
+    pub const SOL_NETLINK: libc::c_int = 270;
+    pub const NETLINK_CAP_ACK: libc::c_int = 10;
+    pub const NETLINK_EXT_ACK: libc::c_int = 11;
+    pub const NLMSGERR_ATTR_MSG: u16 = 1;
+
+    pub const RTM_NEWLINK: u16 = 16;
+    pub const RTM_DELLINK: u16 = 17;
+    pub const RTM_GETLINK: u16 = 18;
+    pub const RTM_NEWADDR: u16 = 20;
+    pub const RTM_NEWROUTE: u16 = 24;
+
+    pub const IFLA_ADDRESS: u16 = 1;
+    pub const IFLA_IFNAME: u16 = 3;
+    pub const IFLA_MTU: u16 = 4;
+    pub const IFLA_LINKINFO: u16 = 18;
+    pub const IFLA_NET_NS_FD: u16 = 28;
+    pub const IFLA_EXT_MASK: u16 = 29;
+    pub const IFLA_INFO_KIND: u16 = 1;
+    pub const IFLA_INFO_DATA: u16 = 2;
+    pub const VETH_INFO_PEER: u16 = 1;
+    pub const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
+
+    pub const IFF_UP: u32 = 0x1;
+
+    pub const IFA_ADDRESS: u16 = 1;
+    pub const IFA_LOCAL: u16 = 2;
+    pub const IFA_FLAGS: u16 = 8;
+    pub const IFA_F_NODAD: u32 = 0x02;
+
+    pub const RTA_OIF: u16 = 4;
+    pub const RTA_GATEWAY: u16 = 5;
+    pub const RT_TABLE_MAIN: u8 = 254;
+    pub const RTPROT_STATIC: u8 = 4;
+    pub const RT_SCOPE_UNIVERSE: u8 = 0;
+    pub const RTN_UNICAST: u8 = 1;
+
+    pub const IFNAMSIZ: usize = 16;
+}
+use consts::*;
+
+#[derive(Debug, Error)]
+pub enum NetlinkError {
+    #[error("{call} (netlink socket): {source}")]
+    Sys {
+        call: &'static str,
+        source: io::Error,
+    },
+    #[error("{op} {target}: {source}{}", ext_ack(.message))]
+    Kernel {
+        op: &'static str,
+        target: String,
+        source: io::Error,
+        /// The kernel's extended-ack text, e.g. "MTU greater than device maximum".
+        message: Option<String>,
+    },
+    #[error("{op} {target}: malformed reply: {what}")]
+    Malformed {
+        op: &'static str,
+        target: String,
+        what: &'static str,
+    },
+    #[error("invalid interface name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error("prefix length {prefix_len} is too long for {addr}")]
+    InvalidPrefix { addr: IpAddr, prefix_len: u8 },
+    #[error("no link named {0}")]
+    NoSuchLink(String),
+}
+
+fn ext_ack(message: &Option<String>) -> String {
+    match message {
+        Some(m) => format!(" ({m})"),
+        None => String::new(),
+    }
+}
+
+impl NetlinkError {
+    /// The errno of a kernel refusal or failed syscall.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Sys { source, .. } | NetlinkError::Kernel { source, .. } => {
+                source.raw_os_error()
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A link as `RTM_GETLINK` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    /// All zeros when the link has no 6-byte hardware address.
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// All `IFF_*` flags, e.g. `IFF_LOWER_UP`.
+    pub flags: u32,
+    /// `IFLA_INFO_KIND`: "veth", "tun" (TAP devices too), "dummy", ...;
+    /// `None` for links without a driver kind such as physical NICs and `lo`.
+    pub kind: Option<String>,
+}
+
+/// Changes applied to one link in one `RTM_NEWLINK` request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkChange {
+    pub mtu: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    pub up: Option<bool>,
+    /// New name; with `netns_fd`, the name the link takes in the target.
+    pub name: Option<String>,
+    /// Moves the link to the namespace open at this descriptor. The kernel
+    /// applies the move before the other changes, and a moved link is down
+    /// until set up again (here or later, from inside the target).
+    pub netns_fd: Option<RawFd>,
+}
+
+/// A `NETLINK_ROUTE` socket bound to the namespace of the thread that opened it.
+pub struct Netlink {
+    fd: OwnedFd,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Netlink {
+    pub fn open() -> Result<Netlink, NetlinkError> {
+        let sys = |call| NetlinkError::Sys {
+            call,
+            source: io::Error::last_os_error(),
+        };
+        // SAFETY: socket takes no pointers; the result is checked.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if raw < 0 {
+            return Err(sys("socket"));
+        }
+        // SAFETY: raw is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: addr is a valid sockaddr_nl of the given length.
+        let ret = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if ret < 0 {
+            return Err(sys("bind"));
+        }
+        // Extended acks carry the kernel's reason in text; capped acks keep
+        // error replies from echoing the whole request. Both are best effort:
+        // without them errors still carry the errno.
+        for opt in [NETLINK_EXT_ACK, NETLINK_CAP_ACK] {
+            let one: libc::c_int = 1;
+            // SAFETY: passes a live c_int of the stated size.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    SOL_NETLINK,
+                    opt,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+        }
+        Ok(Netlink {
+            fd,
+            seq: 0,
+            buf: vec![0; 32 * 1024],
+        })
+    }
+
+    /// The index of the link called `name`, or `None` when there is none.
+    pub fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        Ok(self.link_info(name)?.map(|l| l.index))
+    }
+
+    /// The link called `name`, or `None` when there is none.
+    pub fn link_info(&mut self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+        validate_ifname(name)?;
+        let mut req = Request::new(RTM_GETLINK, 0);
+        req.header(&ifinfomsg(0, 0, 0));
+        req.attr_str(IFLA_IFNAME, name);
+        req.attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+        self.get_link(req, || name.to_string())
+    }
+
+    /// The link with index `index`, or `None` when there is none.
+    pub fn link_info_by_index(&mut self, index: u32) -> Result<Option<LinkInfo>, NetlinkError> {
+        let mut req = Request::new(RTM_GETLINK, 0);
+        req.header(&ifinfomsg(index, 0, 0));
+        req.attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+        self.get_link(req, || format!("index {index}"))
+    }
+
+    fn get_link(
+        &mut self,
+        mut req: Request,
+        target: impl Fn() -> String,
+    ) -> Result<Option<LinkInfo>, NetlinkError> {
+        const OP: &str = "get link";
+        let mut found: Option<Result<LinkInfo, &'static str>> = None;
+        let res = self.transact(&mut req, |ty, payload| {
+            if ty == RTM_NEWLINK && found.is_none() {
+                found = Some(parse_link(payload));
+            }
+        });
+        match res {
+            Err(Failure::Errno(libc::ENODEV, _)) => return Ok(None),
+            Err(f) => return Err(f.into_error(OP, target())),
+            Ok(()) => {}
+        }
+        match found {
+            Some(Ok(info)) => Ok(Some(info)),
+            Some(Err(what)) => Err(NetlinkError::Malformed {
+                op: OP,
+                target: target(),
+                what,
+            }),
+            None => Err(NetlinkError::Malformed {
+                op: OP,
+                target: target(),
+                what: "acknowledged without a link",
+            }),
+        }
+    }
+
+    /// Applies `change` to link `index` in one request.
+    pub fn link_set(&mut self, index: u32, change: &LinkChange) -> Result<(), NetlinkError> {
+        let mut req = encode_link_set(index, change)?;
+        self.transact(&mut req, |_, _| ())
+            .map_err(|f| f.into_error("set link", format!("index {index}")))
+    }
+
+    /// Creates a link of a kind that needs no parameters ("bridge", "dummy",
+    /// ...), down.
+    pub fn link_add(&mut self, name: &str, kind: &str) -> Result<(), NetlinkError> {
+        validate_ifname(name)?;
+        let mut req = Request::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
+        req.header(&ifinfomsg(0, 0, 0));
+        req.attr_str(IFLA_IFNAME, name);
+        let info = req.nest_begin(IFLA_LINKINFO);
+        req.attr_str(IFLA_INFO_KIND, kind);
+        req.nest_end(info);
+        self.transact(&mut req, |_, _| ())
+            .map_err(|f| f.into_error("add link", format!("{name} ({kind})")))
+    }
+
+    /// Creates a veth pair `name` <-> `peer_name`, both down, in this namespace.
+    pub fn veth_create(&mut self, name: &str, peer_name: &str) -> Result<(), NetlinkError> {
+        let mut req = encode_veth_create(name, peer_name)?;
+        self.transact(&mut req, |_, _| ())
+            .map_err(|f| f.into_error("create veth", format!("{name}/{peer_name}")))
+    }
+
+    /// Deletes link `index` (both ends, for a veth).
+    pub fn link_del(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let mut req = Request::new(RTM_DELLINK, 0);
+        req.header(&ifinfomsg(index, 0, 0));
+        self.transact(&mut req, |_, _| ())
+            .map_err(|f| f.into_error("delete link", format!("index {index}")))
+    }
+
+    /// Adds `addr/prefix_len` to link `index`. An address already present is
+    /// success. IPv6 addresses skip duplicate detection so they are usable at
+    /// once.
+    pub fn addr_add(
+        &mut self,
+        index: u32,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut req = encode_addr_add(index, addr, prefix_len)?;
+        match self.transact(&mut req, |_, _| ()) {
+            Ok(()) | Err(Failure::Errno(libc::EEXIST, _)) => Ok(()),
+            Err(f) => Err(f.into_error(
+                "add address",
+                format!("{addr}/{prefix_len} to index {index}"),
+            )),
+        }
+    }
+
+    /// Adds a default route via `gateway` out of link `index` to the main
+    /// table. An existing default route of the same family (whatever its
+    /// gateway) counts as success. For IPv4 the link must be up and the
+    /// gateway on a connected subnet.
+    pub fn route_add_default(&mut self, index: u32, gateway: IpAddr) -> Result<(), NetlinkError> {
+        let mut req = encode_route_add_default(index, gateway);
+        match self.transact(&mut req, |_, _| ()) {
+            Ok(()) | Err(Failure::Errno(libc::EEXIST, _)) => Ok(()),
+            Err(f) => Err(f.into_error(
+                "add default route",
+                format!("via {gateway} dev index {index}"),
+            )),
+        }
+    }
+
+    /// Sends `req` with a fresh sequence number and reads replies until the
+    /// ack (or `NLMSG_DONE`), handing each data message to `on_reply`.
+    fn transact(
+        &mut self,
+        req: &mut Request,
+        mut on_reply: impl FnMut(u16, &[u8]),
+    ) -> Result<(), Failure> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let bytes = req.finish(seq, NLM_F_REQUEST | NLM_F_ACK);
+        loop {
+            // SAFETY: bytes is a live buffer of bytes.len() bytes.
+            let n =
+                unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
+            if n >= 0 {
+                break;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(Failure::Io("send", err));
+            }
+        }
+        loop {
+            let len = self.recv()?;
+            let mut done = None;
+            for msg in Messages::new(&self.buf[..len]) {
+                let msg = msg.map_err(Failure::Malformed)?;
+                // Replies to an earlier, abandoned request are not ours.
+                if msg.seq != seq {
+                    continue;
+                }
+                match msg.ty {
+                    NLMSG_NOOP => {}
+                    NLMSG_DONE => done = Some(Ok(())),
+                    NLMSG_ERROR => {
+                        done = Some(match parse_error(&msg) {
+                            Ok((0, _)) => Ok(()),
+                            Ok((errno, text)) => Err(Failure::Errno(errno, text)),
+                            Err(what) => Err(Failure::Malformed(what)),
+                        })
+                    }
+                    ty => on_reply(ty, msg.payload),
+                }
+                if done.is_some() {
+                    break;
+                }
+            }
+            if let Some(done) = done {
+                return done;
+            }
+        }
+    }
+
+    /// Receives one datagram into `self.buf`, growing it first if the
+    /// waiting datagram is larger.
+    fn recv(&mut self) -> Result<usize, Failure> {
+        loop {
+            // SAFETY: peeks into a live, writable buffer of its length;
+            // MSG_TRUNC makes the return value the datagram's full size.
+            let want = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    libc::MSG_PEEK | libc::MSG_TRUNC,
+                )
+            };
+            if want < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Failure::Io("recv", err));
+            }
+            if want as usize > self.buf.len() {
+                self.buf.resize(want as usize, 0);
+            }
+            // SAFETY: as above, without peeking; the buffer now fits.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    0,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Failure::Io("recv", err));
+            }
+            return Ok(n as usize);
+        }
+    }
+}
+
+/// How a request failed, before the operation's context is attached.
+#[derive(Debug)]
+enum Failure {
+    Io(&'static str, io::Error),
+    Errno(i32, Option<String>),
+    Malformed(&'static str),
+}
+
+impl Failure {
+    fn into_error(self, op: &'static str, target: String) -> NetlinkError {
+        match self {
+            Failure::Io(call, source) => NetlinkError::Sys { call, source },
+            Failure::Errno(errno, message) => NetlinkError::Kernel {
+                op,
+                target,
+                source: io::Error::from_raw_os_error(errno),
+                message,
+            },
+            Failure::Malformed(what) => NetlinkError::Malformed { op, target, what },
+        }
+    }
+}
+
+fn validate_ifname(name: &str) -> Result<(), NetlinkError> {
+    let reason = if name.is_empty() {
+        "empty"
+    } else if name.len() >= IFNAMSIZ {
+        "longer than 15 bytes"
+    } else if name == "." || name == ".." {
+        "not allowed"
+    } else if name
+        .bytes()
+        .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
+    {
+        "contains '/', ':', NUL or whitespace"
+    } else {
+        return Ok(());
+    };
+    Err(NetlinkError::InvalidName {
+        name: name.to_string(),
+        reason,
+    })
+}
+
+// ---- encoding ----
+
+/// A request under construction: header, fixed family header, attributes.
+struct Request {
+    buf: Vec<u8>,
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+impl Request {
+    fn new(ty: u16, flags: u16) -> Request {
+        let mut buf = vec![0u8; NLMSG_HDRLEN];
+        buf[4..6].copy_from_slice(&ty.to_ne_bytes());
+        buf[6..8].copy_from_slice(&flags.to_ne_bytes());
+        Request { buf }
+    }
+
+    fn pad(&mut self) {
+        self.buf.resize(align4(self.buf.len()), 0);
+    }
+
+    /// Appends the family header (`ifinfomsg`, `ifaddrmsg`, `rtmsg`).
+    fn header(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        self.pad();
+    }
+
+    fn attr(&mut self, ty: u16, payload: &[u8]) {
+        let len = (NLA_HDRLEN + payload.len()) as u16;
+        self.buf.extend_from_slice(&len.to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(payload);
+        self.pad();
+    }
+
+    fn attr_u32(&mut self, ty: u16, v: u32) {
+        self.attr(ty, &v.to_ne_bytes());
+    }
+
+    /// A NUL-terminated string, as the kernel's NLA_STRING policies expect.
+    fn attr_str(&mut self, ty: u16, s: &str) {
+        let start = self.buf.len();
+        let len = (NLA_HDRLEN + s.len() + 1) as u16;
+        self.buf.extend_from_slice(&len.to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(s.as_bytes());
+        self.buf.push(0);
+        debug_assert_eq!(self.buf.len() - start, len as usize);
+        self.pad();
+    }
+
+    fn nest_begin(&mut self, ty: u16) -> usize {
+        let at = self.buf.len();
+        self.attr(ty | NLA_F_NESTED, &[]);
+        at
+    }
+
+    fn nest_end(&mut self, at: usize) {
+        let len = (self.buf.len() - at) as u16;
+        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    /// Fills in length and sequence number and ORs in `flags`.
+    fn finish(&mut self, seq: u32, flags: u16) -> &[u8] {
+        let len = self.buf.len() as u32;
+        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        let old = u16::from_ne_bytes([self.buf[6], self.buf[7]]);
+        self.buf[6..8].copy_from_slice(&(old | flags).to_ne_bytes());
+        self.buf[8..12].copy_from_slice(&seq.to_ne_bytes());
+        &self.buf
+    }
+}
+
+/// `struct ifinfomsg` for AF_UNSPEC.
+fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[4..8].copy_from_slice(&index.to_ne_bytes());
+    m[8..12].copy_from_slice(&flags.to_ne_bytes());
+    m[12..16].copy_from_slice(&change.to_ne_bytes());
+    m
+}
+
+fn family(addr: &IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => libc::AF_INET as u8,
+        IpAddr::V6(_) => libc::AF_INET6 as u8,
+    }
+}
+
+fn addr_bytes(addr: &IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+fn encode_link_set(index: u32, change: &LinkChange) -> Result<Request, NetlinkError> {
+    if let Some(name) = &change.name {
+        validate_ifname(name)?;
+    }
+    let mut req = Request::new(RTM_NEWLINK, 0);
+    let (flags, mask) = match change.up {
+        Some(true) => (IFF_UP, IFF_UP),
+        Some(false) => (0, IFF_UP),
+        None => (0, 0),
+    };
+    req.header(&ifinfomsg(index, flags, mask));
+    if let Some(fd) = change.netns_fd {
+        req.attr_u32(IFLA_NET_NS_FD, fd as u32);
+    }
+    if let Some(name) = &change.name {
+        req.attr_str(IFLA_IFNAME, name);
+    }
+    if let Some(mtu) = change.mtu {
+        req.attr_u32(IFLA_MTU, mtu);
+    }
+    if let Some(mac) = &change.mac {
+        req.attr(IFLA_ADDRESS, mac);
+    }
+    Ok(req)
+}
+
+fn encode_veth_create(name: &str, peer_name: &str) -> Result<Request, NetlinkError> {
+    validate_ifname(name)?;
+    validate_ifname(peer_name)?;
+    let mut req = Request::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
+    req.header(&ifinfomsg(0, 0, 0));
+    req.attr_str(IFLA_IFNAME, name);
+    let info = req.nest_begin(IFLA_LINKINFO);
+    req.attr_str(IFLA_INFO_KIND, "veth");
+    let data = req.nest_begin(IFLA_INFO_DATA);
+    // The peer is described like a link of its own: ifinfomsg, then attrs.
+    let peer = req.nest_begin(VETH_INFO_PEER);
+    req.header(&ifinfomsg(0, 0, 0));
+    req.attr_str(IFLA_IFNAME, peer_name);
+    req.nest_end(peer);
+    req.nest_end(data);
+    req.nest_end(info);
+    Ok(req)
+}
+
+fn encode_addr_add(index: u32, addr: IpAddr, prefix_len: u8) -> Result<Request, NetlinkError> {
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix_len > max {
+        return Err(NetlinkError::InvalidPrefix { addr, prefix_len });
+    }
+    let ifa_flags = if addr.is_ipv6() { IFA_F_NODAD } else { 0 };
+    let mut req = Request::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL);
+    // struct ifaddrmsg: family, prefixlen, flags, scope, index.
+    let mut hdr = [0u8; 8];
+    hdr[0] = family(&addr);
+    hdr[1] = prefix_len;
+    hdr[2] = ifa_flags as u8;
+    hdr[3] = RT_SCOPE_UNIVERSE;
+    hdr[4..8].copy_from_slice(&index.to_ne_bytes());
+    req.header(&hdr);
+    let bytes = addr_bytes(&addr);
+    req.attr(IFA_LOCAL, &bytes);
+    req.attr(IFA_ADDRESS, &bytes);
+    if ifa_flags != 0 {
+        req.attr_u32(IFA_FLAGS, ifa_flags);
+    }
+    Ok(req)
+}
+
+fn encode_route_add_default(index: u32, gateway: IpAddr) -> Request {
+    let mut req = Request::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL);
+    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope,
+    // type, flags (u32).
+    let hdr = [
+        family(&gateway),
+        0,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        RTPROT_STATIC,
+        RT_SCOPE_UNIVERSE,
+        RTN_UNICAST,
+        0,
+        0,
+        0,
+        0,
+    ];
+    req.header(&hdr);
+    req.attr(RTA_GATEWAY, &addr_bytes(&gateway));
+    req.attr_u32(RTA_OIF, index);
+    req
+}
+
+// ---- parsing ----
+
+struct Message<'a> {
+    ty: u16,
+    flags: u16,
+    seq: u32,
+    payload: &'a [u8],
+}
+
+/// The messages of one datagram.
+struct Messages<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Messages<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Messages { buf }
+    }
+}
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = Result<Message<'a>, &'static str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        if self.buf.len() < NLMSG_HDRLEN {
+            self.buf = &[];
+            return Some(Err("truncated message header"));
+        }
+        let len = u32::from_ne_bytes(self.buf[0..4].try_into().unwrap()) as usize;
+        if len < NLMSG_HDRLEN || len > self.buf.len() {
+            self.buf = &[];
+            return Some(Err("bad message length"));
+        }
+        let msg = Message {
+            ty: u16::from_ne_bytes([self.buf[4], self.buf[5]]),
+            flags: u16::from_ne_bytes([self.buf[6], self.buf[7]]),
+            seq: u32::from_ne_bytes(self.buf[8..12].try_into().unwrap()),
+            payload: &self.buf[NLMSG_HDRLEN..len],
+        };
+        self.buf = &self.buf[align4(len).min(self.buf.len())..];
+        Some(Ok(msg))
+    }
+}
+
+/// The attributes in `buf`, as (type without flag bits, payload). Stops at
+/// the first malformed one.
+struct Attrs<'a> {
+    buf: &'a [u8],
+}
+
+fn attrs(buf: &[u8]) -> Attrs<'_> {
+    Attrs { buf }
+}
+
+impl<'a> Iterator for Attrs<'a> {
+    type Item = (u16, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buf.len() < NLA_HDRLEN {
+            return None;
+        }
+        let len = u16::from_ne_bytes([self.buf[0], self.buf[1]]) as usize;
+        let ty = u16::from_ne_bytes([self.buf[2], self.buf[3]]) & NLA_TYPE_MASK;
+        if len < NLA_HDRLEN || len > self.buf.len() {
+            self.buf = &[];
+            return None;
+        }
+        let payload = &self.buf[NLA_HDRLEN..len];
+        self.buf = &self.buf[align4(len).min(self.buf.len())..];
+        Some((ty, payload))
+    }
+}
+
+/// A string attribute, without its NUL terminator.
+fn attr_string(payload: &[u8]) -> String {
+    let end = payload
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(payload.len());
+    String::from_utf8_lossy(&payload[..end]).into_owned()
+}
+
+fn attr_u32(payload: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(payload.get(..4)?.try_into().ok()?))
+}
+
+/// An `RTM_NEWLINK` payload.
+fn parse_link(payload: &[u8]) -> Result<LinkInfo, &'static str> {
+    if payload.len() < 16 {
+        return Err("truncated ifinfomsg");
+    }
+    let index = u32::from_ne_bytes(payload[4..8].try_into().unwrap());
+    let flags = u32::from_ne_bytes(payload[8..12].try_into().unwrap());
+    let mut info = LinkInfo {
+        index,
+        name: String::new(),
+        mac: [0; 6],
+        mtu: 0,
+        up: flags & IFF_UP != 0,
+        flags,
+        kind: None,
+    };
+    for (ty, data) in attrs(&payload[16..]) {
+        match ty {
+            IFLA_IFNAME => info.name = attr_string(data),
+            IFLA_ADDRESS if data.len() == 6 => info.mac.copy_from_slice(data),
+            IFLA_MTU => info.mtu = attr_u32(data).ok_or("short IFLA_MTU")?,
+            IFLA_LINKINFO => {
+                info.kind = attrs(data)
+                    .find(|(t, _)| *t == IFLA_INFO_KIND)
+                    .map(|(_, k)| attr_string(k));
+            }
+            _ => {}
+        }
+    }
+    Ok(info)
+}
+
+/// An `NLMSG_ERROR`: the (positive) errno, 0 for an ack, and the
+/// extended-ack message if any.
+fn parse_error(msg: &Message<'_>) -> Result<(i32, Option<String>), &'static str> {
+    let p = msg.payload;
+    if p.len() < 4 + NLMSG_HDRLEN {
+        return Err("truncated error message");
+    }
+    let error = i32::from_ne_bytes(p[0..4].try_into().unwrap());
+    let mut text = None;
+    if msg.flags & NLM_F_ACK_TLVS != 0 {
+        let echoed = if msg.flags & NLM_F_CAPPED != 0 {
+            NLMSG_HDRLEN
+        } else {
+            u32::from_ne_bytes(p[4..8].try_into().unwrap()) as usize
+        };
+        if let Some(tlvs) = p.get(4 + align4(echoed)..) {
+            text = attrs(tlvs)
+                .find(|(t, _)| *t == NLMSGERR_ATTR_MSG)
+                .map(|(_, m)| attr_string(m));
+        }
+    }
+    Ok((-error, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn finished(mut req: Request) -> Vec<u8> {
+        req.finish(7, NLM_F_REQUEST | NLM_F_ACK).to_vec()
+    }
+
+    #[test]
+    fn addr_add_v4_encoding() {
+        let req = encode_addr_add(5, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 24).unwrap();
+        let mut want = Vec::new();
+        // nlmsghdr: len 40, RTM_NEWADDR, REQUEST|ACK|EXCL|CREATE, seq 7, pid 0.
+        want.extend_from_slice(&40u32.to_ne_bytes());
+        want.extend_from_slice(&20u16.to_ne_bytes());
+        want.extend_from_slice(&0x605u16.to_ne_bytes());
+        want.extend_from_slice(&7u32.to_ne_bytes());
+        want.extend_from_slice(&0u32.to_ne_bytes());
+        // ifaddrmsg: AF_INET, /24, no flags, universe, index 5.
+        want.extend_from_slice(&[2, 24, 0, 0]);
+        want.extend_from_slice(&5u32.to_ne_bytes());
+        // IFA_LOCAL, IFA_ADDRESS.
+        for ty in [2u16, 1] {
+            want.extend_from_slice(&8u16.to_ne_bytes());
+            want.extend_from_slice(&ty.to_ne_bytes());
+            want.extend_from_slice(&[10, 0, 0, 2]);
+        }
+        assert_eq!(finished(req), want);
+    }
+
+    #[test]
+    fn addr_add_v6_sets_nodad() {
+        let bytes = finished(encode_addr_add(1, "fd00::1".parse().unwrap(), 64).unwrap());
+        assert_eq!(bytes.len(), 16 + 8 + 20 + 20 + 8);
+        assert_eq!(&bytes[16..20], &[10, 64, IFA_F_NODAD as u8, 0]);
+        let flags: Vec<_> = attrs(&bytes[24..]).map(|(t, _)| t).collect();
+        assert_eq!(flags, [IFA_LOCAL, IFA_ADDRESS, IFA_FLAGS]);
+        assert!(matches!(
+            encode_addr_add(1, "fd00::1".parse().unwrap(), 129),
+            Err(NetlinkError::InvalidPrefix { .. })
+        ));
+        assert!(encode_addr_add(1, "10.0.0.1".parse().unwrap(), 33).is_err());
+    }
+
+    #[test]
+    fn string_attrs_are_nul_terminated_and_padded() {
+        let mut req = Request::new(RTM_GETLINK, 0);
+        req.header(&ifinfomsg(0, 0, 0));
+        req.attr_str(IFLA_IFNAME, "eth0");
+        req.attr_u32(IFLA_EXT_MASK, 8);
+        let bytes = finished(req);
+        // "eth0\0" is 5 bytes: attr len 9, padded to 12.
+        assert_eq!(&bytes[32..34], &9u16.to_ne_bytes());
+        assert_eq!(&bytes[36..41], b"eth0\0");
+        assert_eq!(&bytes[41..44], &[0, 0, 0]);
+        assert_eq!(&bytes[46..48], &IFLA_EXT_MASK.to_ne_bytes());
+        assert_eq!(bytes.len(), 52);
+        let got: Vec<_> = attrs(&bytes[32..]).collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!(attr_string(got[0].1), "eth0");
+        assert_eq!(attr_u32(got[1].1), Some(8));
+    }
+
+    #[test]
+    fn veth_nesting() {
+        let bytes = finished(encode_veth_create("va", "vb").unwrap());
+        let top: Vec<_> = attrs(&bytes[32..]).collect();
+        assert_eq!(top[0].0, IFLA_IFNAME);
+        let (ty, info) = top[1];
+        assert_eq!(ty, IFLA_LINKINFO);
+        // Nested flag set on the wire, masked when parsed.
+        assert_eq!(
+            u16::from_ne_bytes([bytes[32 + 8 + 2], bytes[32 + 8 + 3]]),
+            IFLA_LINKINFO | NLA_F_NESTED
+        );
+        let info: Vec<_> = attrs(info).collect();
+        assert_eq!(attr_string(info[0].1), "veth");
+        assert_eq!(info[1].0, IFLA_INFO_DATA);
+        let (pty, peer) = attrs(info[1].1).next().unwrap();
+        assert_eq!(pty, VETH_INFO_PEER);
+        assert_eq!(&peer[..16], &[0; 16]);
+        let (nty, name) = attrs(&peer[16..]).next().unwrap();
+        assert_eq!((nty, attr_string(name).as_str()), (IFLA_IFNAME, "vb"));
+        // Lengths add up to the whole message.
+        assert_eq!(
+            u32::from_ne_bytes(bytes[0..4].try_into().unwrap()) as usize,
+            bytes.len()
+        );
+    }
+
+    #[test]
+    fn link_set_encoding() {
+        let change = LinkChange {
+            mtu: Some(1400),
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            up: Some(false),
+            name: Some("eth1".into()),
+            netns_fd: Some(9),
+        };
+        let bytes = finished(encode_link_set(3, &change).unwrap());
+        assert_eq!(&bytes[16..32], &ifinfomsg(3, 0, IFF_UP));
+        let got: Vec<_> = attrs(&bytes[32..]).map(|(t, _)| t).collect();
+        assert_eq!(got, [IFLA_NET_NS_FD, IFLA_IFNAME, IFLA_MTU, IFLA_ADDRESS]);
+        let bad = LinkChange {
+            name: Some("a-name-longer-than-15".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            encode_link_set(3, &bad),
+            Err(NetlinkError::InvalidName { .. })
+        ));
+    }
+
+    #[test]
+    fn default_route_encoding() {
+        let gw = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1));
+        let bytes = finished(encode_route_add_default(4, gw));
+        assert_eq!(&bytes[16..24], &[10, 0, 0, 0, 254, 4, 0, 1]);
+        let got: Vec<_> = attrs(&bytes[28..]).collect();
+        assert_eq!(got[0], (RTA_GATEWAY, &gw_bytes(gw)[..]));
+        assert_eq!(got[1].0, RTA_OIF);
+        assert_eq!(attr_u32(got[1].1), Some(4));
+
+        fn gw_bytes(gw: IpAddr) -> Vec<u8> {
+            addr_bytes(&gw)
+        }
+    }
+
+    /// An NLMSG_ERROR as the kernel sends it with CAP_ACK and EXT_ACK.
+    fn error_reply(seq: u32, errno: i32, text: Option<&str>) -> Vec<u8> {
+        let mut tlv = Vec::new();
+        if let Some(t) = text {
+            let mut r = Request { buf: Vec::new() };
+            r.attr_str(NLMSGERR_ATTR_MSG, t);
+            tlv = r.buf;
+        }
+        let mut flags = NLM_F_CAPPED;
+        if !tlv.is_empty() {
+            flags |= NLM_F_ACK_TLVS;
+        }
+        let len = 16 + 4 + 16 + tlv.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&(-errno).to_ne_bytes());
+        // The echoed request header (its length says 60, but it is capped).
+        m.extend_from_slice(&60u32.to_ne_bytes());
+        m.extend_from_slice(&[0; 12]);
+        m.extend_from_slice(&tlv);
+        m
+    }
+
+    #[test]
+    fn parses_acks_and_errors() {
+        let mut dgram = error_reply(3, 0, None);
+        dgram.extend(error_reply(4, libc::EINVAL, Some("MTU too small")));
+        let msgs: Vec<_> = Messages::new(&dgram).map(Result::unwrap).collect();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!((msgs[0].ty, msgs[0].seq), (NLMSG_ERROR, 3));
+        assert_eq!(parse_error(&msgs[0]).unwrap(), (0, None));
+        assert_eq!(
+            parse_error(&msgs[1]).unwrap(),
+            (libc::EINVAL, Some("MTU too small".to_string()))
+        );
+        let err = Failure::Errno(libc::EINVAL, Some("MTU too small".into()))
+            .into_error("set link", "index 3".into());
+        assert_eq!(err.errno(), Some(libc::EINVAL));
+        let text = err.to_string();
+        assert!(text.starts_with("set link index 3: "), "{text}");
+        assert!(text.ends_with("(MTU too small)"), "{text}");
+    }
+
+    #[test]
+    fn truncated_input_does_not_panic() {
+        let dgram = error_reply(1, libc::EPERM, Some("nope"));
+        for cut in 0..dgram.len() {
+            for m in Messages::new(&dgram[..cut]).flatten() {
+                let _ = parse_error(&m);
+            }
+            let _ = attrs(&dgram[..cut]).count();
+            let _ = parse_link(&dgram[..cut]);
+        }
+    }
+
+    #[test]
+    fn parses_link_reply() {
+        let mut r = Request { buf: Vec::new() };
+        r.header(&ifinfomsg(7, IFF_UP | 0x10000, 0));
+        r.attr_str(IFLA_IFNAME, "tap0");
+        r.attr_u32(IFLA_MTU, 1500);
+        r.attr(IFLA_ADDRESS, &[2, 1, 2, 3, 4, 5]);
+        let li = r.nest_begin(IFLA_LINKINFO);
+        r.attr_str(IFLA_INFO_KIND, "tun");
+        r.nest_end(li);
+        let info = parse_link(&r.buf).unwrap();
+        assert_eq!(
+            info,
+            LinkInfo {
+                index: 7,
+                name: "tap0".into(),
+                mac: [2, 1, 2, 3, 4, 5],
+                mtu: 1500,
+                up: true,
+                flags: IFF_UP | 0x10000,
+                kind: Some("tun".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_ifnames() {
+        for bad in ["", "0123456789abcdef", "a/b", "a b", "a:b", "."] {
+            assert!(validate_ifname(bad).is_err(), "{bad:?}");
+        }
+        validate_ifname("0123456789abcde").unwrap();
+    }
+}
+
+/// Root tests: a fresh namespace per test, configured and checked with `ip`.
+#[cfg(test)]
+mod root_tests {
+    use super::*;
+    use crate::netns::testns::{root_or_skip, TestNetns};
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn configures_links_addresses_routes() {
+        if !root_or_skip("configures_links_addresses_routes") {
+            return;
+        }
+        let t = TestNetns::new("nl");
+        let ns = t.netns();
+        let (a, b) = ns
+            .run(|| {
+                let mut nl = Netlink::open().unwrap();
+                assert_eq!(nl.link_index("lo").unwrap(), Some(1));
+                assert_eq!(nl.link_index("vsnl-none").unwrap(), None);
+
+                nl.veth_create("vsnl-a", "vsnl-b").unwrap();
+                let err = nl.veth_create("vsnl-a", "vsnl-c").unwrap_err();
+                assert_eq!(err.errno(), Some(libc::EEXIST), "{err}");
+                let a = nl.link_info("vsnl-a").unwrap().unwrap();
+                assert_eq!(a.kind.as_deref(), Some("veth"));
+                assert!(!a.up);
+
+                let mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+                nl.link_set(
+                    a.index,
+                    &LinkChange {
+                        mtu: Some(1400),
+                        mac: Some(mac),
+                        up: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                let a2 = nl.link_info_by_index(a.index).unwrap().unwrap();
+                assert_eq!((a2.mtu, a2.mac, a2.up), (1400, mac, true));
+                assert_eq!(a2.name, "vsnl-a");
+
+                // A refusal carries the errno and, usually, the reason.
+                let err = nl
+                    .link_set(
+                        a.index,
+                        &LinkChange {
+                            mtu: Some(10),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap_err();
+                assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
+                eprintln!("expected refusal: {err}");
+
+                for _ in 0..2 {
+                    nl.addr_add(a.index, "10.77.0.2".parse().unwrap(), 24)
+                        .unwrap();
+                    nl.addr_add(a.index, "fd00:77::2".parse().unwrap(), 64)
+                        .unwrap();
+                    nl.route_add_default(a.index, "10.77.0.1".parse().unwrap())
+                        .unwrap();
+                    nl.route_add_default(a.index, "fd00:77::1".parse().unwrap())
+                        .unwrap();
+                }
+                let b = nl.link_index("vsnl-b").unwrap().unwrap();
+                (a.index, b)
+            })
+            .unwrap();
+
+        let addrs = t.ip(&["-j", "addr", "show", "dev", "vsnl-a"]);
+        assert!(
+            addrs.contains(r#""local":"10.77.0.2","prefixlen":24"#),
+            "{addrs}"
+        );
+        assert!(
+            addrs.contains(r#""local":"fd00:77::2","prefixlen":64"#),
+            "{addrs}"
+        );
+        assert!(!addrs.contains("tentative"), "{addrs}");
+        let r4 = t.ip(&["-j", "route", "show", "default"]);
+        assert!(
+            r4.contains(r#""gateway":"10.77.0.1","dev":"vsnl-a""#),
+            "{r4}"
+        );
+        let r6 = t.ip(&["-6", "-j", "route", "show", "default"]);
+        assert!(
+            r6.contains(r#""gateway":"fd00:77::1","dev":"vsnl-a""#),
+            "{r6}"
+        );
+
+        // Move the peer into a second namespace under a new name.
+        let t2 = TestNetns::new("nl2");
+        let ns2_fd = std::fs::File::open(format!("/run/netns/{}", t2.name)).unwrap();
+        ns.run(|| {
+            let mut nl = Netlink::open().unwrap();
+            nl.link_set(
+                b,
+                &LinkChange {
+                    name: Some("eth0".into()),
+                    netns_fd: Some(ns2_fd.as_raw_fd()),
+                    up: Some(true),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(nl.link_index("vsnl-b").unwrap(), None);
+        })
+        .unwrap();
+        let moved = t2
+            .netns()
+            .run(|| Netlink::open().unwrap().link_info("eth0").unwrap())
+            .unwrap()
+            .expect("eth0 in the second namespace");
+        assert_eq!(moved.kind.as_deref(), Some("veth"));
+        assert!(moved.up);
+
+        ns.run(|| {
+            let mut nl = Netlink::open().unwrap();
+            // "bridge" rather than "dummy": this kernel is built without dummy.
+            nl.link_add("vsnl-d", "bridge").unwrap();
+            let d = nl.link_info("vsnl-d").unwrap().unwrap();
+            assert_eq!(d.kind.as_deref(), Some("bridge"));
+            let d = d.index;
+            nl.link_del(d).unwrap();
+            assert_eq!(nl.link_index("vsnl-d").unwrap(), None);
+            nl.link_del(a).unwrap();
+            assert_eq!(nl.link_index("vsnl-a").unwrap(), None);
+            let err = nl.link_del(a).unwrap_err();
+            assert_eq!(err.errno(), Some(libc::ENODEV), "{err}");
+        })
+        .unwrap();
+        // Deleting one end removed the other from the second namespace.
+        let gone = t2
+            .netns()
+            .run(|| Netlink::open().unwrap().link_index("eth0").unwrap())
+            .unwrap();
+        assert_eq!(gone, None);
+    }
+}

@@ -1,0 +1,117 @@
+//! Port backends: how frames enter and leave the switch.
+//!
+//! Every backend implements [`PortIo`]; the datapath never sees which kind of
+//! port it drives. A frame travels as a [`Packet`]: the Ethernet frame plus
+//! the offload metadata the kernel attached to it (a virtio-net header), so a
+//! TCP super-frame read from one TAP can be written to another unchanged.
+
+pub mod tap;
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Largest frame a port hands the switch: a 64 KiB GSO super-frame plus its
+/// Ethernet and VLAN headers, with room to spare.
+pub const MAX_FRAME: usize = 65536 + 256;
+
+/// Frames a port receives per poll before the datapath moves on.
+pub const BATCH: usize = 32;
+
+/// `struct virtio_net_hdr` (10 bytes, host byte order), as the TAP driver
+/// reads and writes it in front of each frame with `IFF_VNET_HDR`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct VirtioNetHdr {
+    pub flags: u8,
+    pub gso_type: u8,
+    pub hdr_len: u16,
+    pub gso_size: u16,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+const _: () = assert!(std::mem::size_of::<VirtioNetHdr>() == 10);
+
+impl VirtioNetHdr {
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at csum_start+csum_offset
+    /// is still to be computed.
+    pub const F_NEEDS_CSUM: u8 = 1;
+    pub const GSO_NONE: u8 = 0;
+
+    /// True when the frame is a GSO super-frame the receiver must segment.
+    pub fn is_gso(&self) -> bool {
+        self.gso_type != Self::GSO_NONE
+    }
+}
+
+/// One frame and its offload metadata, in a buffer owned by the datapath and
+/// reused for every frame (no allocation per packet).
+pub struct Packet {
+    pub vnet: VirtioNetHdr,
+    buf: Box<[u8]>,
+    len: usize,
+}
+
+impl Packet {
+    pub fn new() -> Packet {
+        Packet {
+            vnet: VirtioNetHdr::default(),
+            buf: vec![0; MAX_FRAME].into_boxed_slice(),
+            len: 0,
+        }
+    }
+
+    /// The Ethernet frame.
+    pub fn frame(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub fn frame_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+
+    /// The whole buffer, for a backend to receive into; follow with
+    /// [`Packet::set_len`].
+    pub fn buffer_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.buf.len(), "frame length {len} exceeds buffer");
+        self.len = len;
+    }
+
+    /// Copies `frame` in, with no offload metadata (used by tests and by
+    /// frames the switch builds itself).
+    pub fn fill(&mut self, frame: &[u8]) {
+        self.buf[..frame.len()].copy_from_slice(frame);
+        self.len = frame.len();
+        self.vnet = VirtioNetHdr::default();
+    }
+}
+
+impl Default for Packet {
+    fn default() -> Self {
+        Packet::new()
+    }
+}
+
+/// A port as the datapath drives it: non-blocking, polled through a file
+/// descriptor.
+pub trait PortIo: Send {
+    /// Readable when frames are waiting (registered with epoll).
+    fn raw_fd(&self) -> RawFd;
+
+    /// Receives up to `batch.len()` frames; returns how many were filled.
+    /// Returns 0 when nothing is waiting.
+    fn recv_batch(&mut self, batch: &mut [Packet]) -> io::Result<usize>;
+
+    /// Sends one frame (or queues it until [`PortIo::flush`]).
+    fn send(&mut self, pkt: &Packet) -> io::Result<()>;
+
+    /// Pushes out anything `send` queued. The datapath calls it after each
+    /// batch.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
