@@ -13,8 +13,16 @@ fn refused(d: &Daemon, args: &[&str], expect: &str) {
         err.contains(expect),
         "vswitchctl {args:?}: expected the error to mention {expect:?}, got: {err}"
     );
-    assert_eq!(err.trim().lines().count(), 1, "error is not one line: {err}");
-    assert_eq!(before, d.snapshot(), "vswitchctl {args:?} changed state although refused");
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "error is not one line: {err}"
+    );
+    assert_eq!(
+        before,
+        d.snapshot(),
+        "vswitchctl {args:?} changed state although refused"
+    );
 }
 
 #[test]
@@ -25,41 +33,161 @@ fn bad_network_requests_are_refused_unchanged() {
     let d = Daemon::start();
     let (subnet, prefix) = unique_subnet();
     let net = format!("bn{}", tag());
-    d.ok(&["network", "create", "-d", "internal", "--subnet", &subnet, &net]);
+    d.ok(&[
+        "network", "create", "-d", "internal", "--subnet", &subnet, &net,
+    ]);
     let a = Netns::new("bi");
-    d.ok(&["endpoint", "create", "--network", &net, "--netns", &a.name, "bep"]);
+    d.ok(&[
+        "endpoint",
+        "create",
+        "--network",
+        &net,
+        "--netns",
+        &a.name,
+        "bep",
+    ]);
     let (other, other_prefix) = unique_subnet();
 
-    refused(&d, &["network", "create", "-d", "private", "--subnet", "10.0.0.0/33", "x1"], "subnet");
-    refused(&d, &["network", "create", "-d", "private", "--subnet", "banana", "x1"], "subnet");
-    refused(&d, &["network", "create", "-d", "private", "--subnet", "10.9.9.5/24", "x1"], "host bits");
     refused(
         &d,
-        &["network", "create", "-d", "private", "--subnet", &other, "--gateway", "192.0.2.1", "x1"],
+        &[
+            "network",
+            "create",
+            "-d",
+            "private",
+            "--subnet",
+            "10.0.0.0/33",
+            "x1",
+        ],
+        "subnet",
+    );
+    refused(
+        &d,
+        &[
+            "network", "create", "-d", "private", "--subnet", "banana", "x1",
+        ],
+        "subnet",
+    );
+    refused(
+        &d,
+        &[
+            "network",
+            "create",
+            "-d",
+            "private",
+            "--subnet",
+            "10.9.9.5/24",
+            "x1",
+        ],
+        "host bits",
+    );
+    refused(
+        &d,
+        &[
+            "network",
+            "create",
+            "-d",
+            "private",
+            "--subnet",
+            &other,
+            "--gateway",
+            "192.0.2.1",
+            "x1",
+        ],
         "gateway",
     );
     refused(
         &d,
-        &["network", "create", "-d", "private", "--subnet", &other, "--gateway", &format!("{other_prefix}.0"), "x1"],
+        &[
+            "network",
+            "create",
+            "-d",
+            "private",
+            "--subnet",
+            &other,
+            "--gateway",
+            &format!("{other_prefix}.0"),
+            "x1",
+        ],
         "gateway",
     );
     refused(
         &d,
-        &["network", "create", "-d", "private", "--subnet", &other, "--gateway", &format!("{other_prefix}.255"), "x1"],
+        &[
+            "network",
+            "create",
+            "-d",
+            "private",
+            "--subnet",
+            &other,
+            "--gateway",
+            &format!("{other_prefix}.255"),
+            "x1",
+        ],
         "gateway",
     );
     // Overlapping another network's subnet, exactly or partly.
-    refused(&d, &["network", "create", "-d", "private", "--subnet", &subnet, "x1"], "subnet");
     refused(
         &d,
-        &["network", "create", "-d", "private", "--subnet", &format!("{prefix}.128/25"), "x1"],
+        &[
+            "network", "create", "-d", "private", "--subnet", &subnet, "x1",
+        ],
+        "subnet",
+    );
+    refused(
+        &d,
+        &[
+            "network",
+            "create",
+            "-d",
+            "private",
+            "--subnet",
+            &format!("{prefix}.128/25"),
+            "x1",
+        ],
         "overlaps",
     );
-    refused(&d, &["network", "create", "-d", "private", "--subnet", &other, &net], "name");
-    refused(&d, &["network", "create", "-d", "warp", "--subnet", &other, "x1"], "driver");
-    refused(&d, &["network", "create", "-d", "private", "--subnet", &other, "-o", "colour=blue", "x1"], "options.colour");
-    refused(&d, &["network", "create", "-d", "private", "--subnet", &other, "--mtu", "10", "x1"], "mtu");
-    refused(&d, &["network", "create", "-d", "private", "--subnet", &other, "bad name"], "name");
+    refused(
+        &d,
+        &[
+            "network", "create", "-d", "private", "--subnet", &other, &net,
+        ],
+        "name",
+    );
+    refused(
+        &d,
+        &["network", "create", "-d", "warp", "--subnet", &other, "x1"],
+        "driver",
+    );
+    refused(
+        &d,
+        &[
+            "network",
+            "create",
+            "-d",
+            "private",
+            "--subnet",
+            &other,
+            "-o",
+            "colour=blue",
+            "x1",
+        ],
+        "options.colour",
+    );
+    refused(
+        &d,
+        &[
+            "network", "create", "-d", "private", "--subnet", &other, "--mtu", "10", "x1",
+        ],
+        "mtu",
+    );
+    refused(
+        &d,
+        &[
+            "network", "create", "-d", "private", "--subnet", &other, "bad name",
+        ],
+        "name",
+    );
     refused(&d, &["network", "rm", &net], "still has endpoints");
     refused(&d, &["network", "rm", "nosuchnet"], "nosuchnet");
     refused(&d, &["network", "inspect", "nosuchnet"], "nosuchnet");
@@ -73,11 +201,25 @@ fn bad_endpoint_requests_are_refused_unchanged() {
     let d = Daemon::start();
     let (subnet, prefix) = unique_subnet();
     let net = format!("be{}", tag());
-    d.ok(&["network", "create", "-d", "private", "--subnet", &subnet, &net]);
+    d.ok(&[
+        "network", "create", "-d", "private", "--subnet", &subnet, &net,
+    ]);
     let a = Netns::new("ba");
     let b = Netns::new("bb");
     let taken = format!("{prefix}.20");
-    d.ok(&["endpoint", "create", "--network", &net, "--netns", &a.name, "--ip", &taken, "--mac", "02:aa:00:00:00:01", "first"]);
+    d.ok(&[
+        "endpoint",
+        "create",
+        "--network",
+        &net,
+        "--netns",
+        &a.name,
+        "--ip",
+        &taken,
+        "--mac",
+        "02:aa:00:00:00:01",
+        "first",
+    ]);
     let ep = |extra: &[&str]| {
         let mut v: Vec<String> = ["endpoint", "create", "--network", &net, "--netns", &b.name]
             .iter()
@@ -92,9 +234,45 @@ fn bad_endpoint_requests_are_refused_unchanged() {
         refused(&d, &args, expect);
     };
     call(&["first"], "name"); // duplicate endpoint name
-    refused(&d, &["endpoint", "create", "--network", "nosuchnet", "--netns", &b.name, "x"], "network");
-    refused(&d, &["endpoint", "create", "--network", &net, "--netns", "vst-no-such-ns", "x"], "netns");
-    refused(&d, &["endpoint", "create", "--network", &net, "--netns", "/proc/999999999/ns/net", "x"], "netns");
+    refused(
+        &d,
+        &[
+            "endpoint",
+            "create",
+            "--network",
+            "nosuchnet",
+            "--netns",
+            &b.name,
+            "x",
+        ],
+        "network",
+    );
+    refused(
+        &d,
+        &[
+            "endpoint",
+            "create",
+            "--network",
+            &net,
+            "--netns",
+            "vst-no-such-ns",
+            "x",
+        ],
+        "netns",
+    );
+    refused(
+        &d,
+        &[
+            "endpoint",
+            "create",
+            "--network",
+            &net,
+            "--netns",
+            "/proc/999999999/ns/net",
+            "x",
+        ],
+        "netns",
+    );
     call(&["--ip", "192.0.2.7", "x"], "ip");
     call(&["--ip", &format!("{prefix}.0"), "x"], "ip");
     call(&["--ip", &format!("{prefix}.255"), "x"], "ip");
@@ -106,7 +284,9 @@ fn bad_endpoint_requests_are_refused_unchanged() {
     call(&["--mac", "02:aa:00:00:00:01", "x"], "already in use");
     call(&["--ifname", "a-very-long-name0", "x"], "ifname");
     // An interface name that already exists in the namespace.
-    b.ok(&["ip", "link", "add", "taken0", "type", "veth", "peer", "name", "taken1"]);
+    b.ok(&[
+        "ip", "link", "add", "taken0", "type", "veth", "peer", "name", "taken1",
+    ]);
     call(&["--ifname", "taken0", "x"], "ifname");
     refused(&d, &["endpoint", "rm", "nosuchendpoint"], "nosuchendpoint");
     // The endpoint that was refused left no interface behind.
@@ -120,7 +300,12 @@ fn malformed_json_on_the_socket_is_refused() {
     }
     let d = Daemon::start();
     let before = d.snapshot();
-    for line in [&b"{not json\n"[..], b"{\"Op\":\"Explode\"}\n", b"\n", b"[1,2,3]\n"] {
+    for line in [
+        &b"{not json\n"[..],
+        b"{\"Op\":\"Explode\"}\n",
+        b"\n",
+        b"[1,2,3]\n",
+    ] {
         let answer = d.raw(line);
         assert_eq!(answer["Error"]["Kind"], "BadRequest", "{answer}");
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use vswitch_systests::{require_root, run, unique_subnet, wait_until, Daemon, Netns};
+use vswitch_systests::{iperf3, require_root, run, unique_subnet, wait_until, Daemon, Netns};
 
 /// A network with two endpoints in two namespaces.
 struct Pair {
@@ -25,9 +25,35 @@ impl Pair {
         d.ok(&args);
         let a = Netns::new("a");
         let b = Netns::new("b");
-        d.ok(&["endpoint", "create", "--network", &net, "--netns", &a.name, "--ip", &format!("{prefix}.10"), "epa"]);
-        d.ok(&["endpoint", "create", "--network", &net, "--netns", &b.name, "--ip", &format!("{prefix}.11"), "epb"]);
-        Pair { d, net, a, b, prefix }
+        d.ok(&[
+            "endpoint",
+            "create",
+            "--network",
+            &net,
+            "--netns",
+            &a.name,
+            "--ip",
+            &format!("{prefix}.10"),
+            "epa",
+        ]);
+        d.ok(&[
+            "endpoint",
+            "create",
+            "--network",
+            &net,
+            "--netns",
+            &b.name,
+            "--ip",
+            &format!("{prefix}.11"),
+            "epb",
+        ]);
+        Pair {
+            d,
+            net,
+            a,
+            b,
+            prefix,
+        }
     }
 
     fn ip(&self, host: u8) -> String {
@@ -40,7 +66,9 @@ fn counter(d: &Daemon, port: &str, field: &str) -> u64 {
 }
 
 fn drop_count(d: &Daemon, port: &str, reason: &str) -> u64 {
-    d.json(&["stats", port])[0]["Drops"][reason].as_u64().unwrap()
+    d.json(&["stats", port])[0]["Drops"][reason]
+        .as_u64()
+        .unwrap()
 }
 
 #[test]
@@ -56,15 +84,26 @@ fn endpoints_ping_each_other_and_the_host() {
     let route = p.a.ok(&["ip", "route", "show", "default"]);
     assert!(route.contains(&format!("via {}", p.ip(1))), "{route}");
 
-    assert!(p.a.ping_within(&p.ip(11), Duration::from_secs(5)), "a cannot ping b");
+    assert!(
+        p.a.ping_within(&p.ip(11), Duration::from_secs(5)),
+        "a cannot ping b"
+    );
     assert!(p.b.ping(&p.ip(10)), "b cannot ping a");
     // The host port holds the gateway: endpoint -> host and host -> endpoint.
     assert!(p.a.ping(&p.ip(1)), "a cannot ping the gateway");
-    assert!(run("ping", &["-c1", "-W1", &p.ip(11)]).status.success(), "host cannot ping b");
+    assert!(
+        run("ping", &["-c1", "-W1", &p.ip(11)]).status.success(),
+        "host cannot ping b"
+    );
 
     // What the user sees: learned MACs, counters, ports.
     let fdb = p.d.json(&["fdb", "show", &p.net]);
-    let ports: Vec<&str> = fdb.as_array().unwrap().iter().map(|e| e["Port"].as_str().unwrap()).collect();
+    let ports: Vec<&str> = fdb
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Port"].as_str().unwrap())
+        .collect();
     assert!(ports.contains(&"epa") && ports.contains(&"epb"), "{fdb}");
     assert!(counter(&p.d, "epa", "RxPackets") >= 2);
     assert!(counter(&p.d, "epb", "TxPackets") >= 2);
@@ -77,43 +116,27 @@ fn ipv6_and_iperf3_cross_the_switch() {
     if !require_root("ipv6_and_iperf3_cross_the_switch") {
         return;
     }
-    let six = format!("fd{:02x}:{}::/64", vswitch_systests::unique() % 256, std::process::id() % 9999);
+    let six = format!(
+        "fd{:02x}:{}::/64",
+        vswitch_systests::unique() % 256,
+        std::process::id() % 9999
+    );
     let p = Pair::new("private", &["--subnet", &six]);
     let b = p.d.json(&["endpoint", "inspect", "epb"]);
-    let b6 = b["IPv6Address"].as_str().expect("endpoint got an IPv6 address").to_owned();
-    assert!(p.a.ping_within(&b6, Duration::from_secs(5)), "IPv6 ping (with NDP) failed");
+    let b6 = b["IPv6Address"]
+        .as_str()
+        .expect("endpoint got an IPv6 address")
+        .to_owned();
+    assert!(
+        p.a.ping_within(&b6, Duration::from_secs(5)),
+        "IPv6 ping (with NDP) failed"
+    );
     // Link-local too: NDP multicast is flooded like any frame.
     assert!(p.a.ping_within(&p.ip(11), Duration::from_secs(5)));
 
-    let server = std::process::Command::new("ip")
-        .args(["netns", "exec", &p.b.name, "iperf3", "-s", "-1", "-B", &p.ip(11)])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut server = KillOnDrop(server);
-    let mut out = None;
-    let ran = wait_until(Duration::from_secs(5), || {
-        let o = p.a.exec(&["iperf3", "-c", &p.ip(11), "-t", "2", "-J"]);
-        let ok = o.status.success();
-        out = Some(o);
-        ok
-    });
-    assert!(ran, "iperf3 failed: {:?}", out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()));
-    let report: serde_json::Value = serde_json::from_slice(&out.unwrap().stdout).unwrap();
-    let bps = report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+    let bps = iperf3(&p.a, &p.b, &p.ip(11), 2);
     eprintln!("iperf3 through vswitch: {:.2} Gbit/s", bps / 1e9);
     assert!(bps > 100e6, "TCP through the switch too slow: {bps} bit/s");
-    let _ = server.0.wait();
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -131,9 +154,39 @@ fn networks_are_isolated() {
     let a = Netns::new("ia");
     let b = Netns::new("ib");
     let c = Netns::new("ic");
-    d.ok(&["endpoint", "create", "--network", &n1, "--netns", &a.name, "--ip", &format!("{p1}.10"), "isoa"]);
-    d.ok(&["endpoint", "create", "--network", &n1, "--netns", &c.name, "--ip", &format!("{p1}.12"), "isoc"]);
-    d.ok(&["endpoint", "create", "--network", &n2, "--netns", &b.name, "--ip", &format!("{p2}.11"), "isob"]);
+    d.ok(&[
+        "endpoint",
+        "create",
+        "--network",
+        &n1,
+        "--netns",
+        &a.name,
+        "--ip",
+        &format!("{p1}.10"),
+        "isoa",
+    ]);
+    d.ok(&[
+        "endpoint",
+        "create",
+        "--network",
+        &n1,
+        "--netns",
+        &c.name,
+        "--ip",
+        &format!("{p1}.12"),
+        "isoc",
+    ]);
+    d.ok(&[
+        "endpoint",
+        "create",
+        "--network",
+        &n2,
+        "--netns",
+        &b.name,
+        "--ip",
+        &format!("{p2}.11"),
+        "isob",
+    ]);
     // Make the other subnet look on-link from both sides: without isolation
     // ARP would resolve across networks and the ping would succeed.
     a.ok(&["ip", "route", "add", &s2, "dev", "eth0"]);
@@ -146,7 +199,11 @@ fn networks_are_isolated() {
         assert!(!a.ping(&format!("{p2}.11")), "a reached b across networks");
     }
     assert!(!b.ping(&format!("{p1}.10")), "b reached a across networks");
-    assert_eq!(counter(&d, "isob", "TxPackets"), b_tx, "frames leaked into the other network");
+    assert_eq!(
+        counter(&d, "isob", "TxPackets"),
+        b_tx,
+        "frames leaked into the other network"
+    );
 }
 
 #[test]
@@ -161,9 +218,26 @@ fn spoofed_source_mac_is_dropped_and_counted() {
     assert!(!p.a.ping(&p.ip(11)), "spoofed MAC got through");
     assert!(drop_count(&p.d, "epa", "mac_spoofing") > 0);
     // A spoofed IP is dropped too.
-    p.a.ok(&["ip", "link", "set", "eth0", "address", &p.d.json(&["endpoint", "inspect", "epa"])["MacAddress"].as_str().unwrap().to_owned()]);
+    p.a.ok(&[
+        "ip",
+        "link",
+        "set",
+        "eth0",
+        "address",
+        &p.d.json(&["endpoint", "inspect", "epa"])["MacAddress"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    ]);
     p.a.ok(&["ip", "addr", "flush", "dev", "eth0"]);
-    p.a.ok(&["ip", "addr", "add", &format!("{}/24", p.ip(99)), "dev", "eth0"]);
+    p.a.ok(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{}/24", p.ip(99)),
+        "dev",
+        "eth0",
+    ]);
     assert!(!p.a.ping(&p.ip(11)), "spoofed IP got through");
     assert!(drop_count(&p.d, "epa", "ip_spoofing") > 0);
 }
@@ -179,10 +253,34 @@ fn allow_spoofing_lets_a_router_endpoint_forward() {
     d.ok(&["network", "create", "-d", "private", "--subnet", &s, &net]);
     let a = Netns::new("sa");
     let b = Netns::new("sb");
-    d.ok(&["endpoint", "create", "--network", &net, "--netns", &a.name, "--ip", &format!("{p}.10"), "--allow-spoofing", "spa"]);
-    d.ok(&["endpoint", "create", "--network", &net, "--netns", &b.name, "--ip", &format!("{p}.11"), "spb"]);
+    d.ok(&[
+        "endpoint",
+        "create",
+        "--network",
+        &net,
+        "--netns",
+        &a.name,
+        "--ip",
+        &format!("{p}.10"),
+        "--allow-spoofing",
+        "spa",
+    ]);
+    d.ok(&[
+        "endpoint",
+        "create",
+        "--network",
+        &net,
+        "--netns",
+        &b.name,
+        "--ip",
+        &format!("{p}.11"),
+        "spb",
+    ]);
     a.ok(&["ip", "addr", "add", &format!("{p}.50/24"), "dev", "eth0"]);
-    assert!(b.ping_within(&format!("{p}.50"), Duration::from_secs(5)), "allowed endpoint was filtered");
+    assert!(
+        b.ping_within(&format!("{p}.50"), Duration::from_secs(5)),
+        "allowed endpoint was filtered"
+    );
 }
 
 #[test]
@@ -195,7 +293,15 @@ fn none_driver_gives_loopback_only() {
     d.ok(&["network", "create", "-d", "none", &net]);
     let a = Netns::new("na");
     a.ok(&["ip", "link", "set", "lo", "down"]);
-    d.ok(&["endpoint", "create", "--network", &net, "--netns", &a.name, "nep"]);
+    d.ok(&[
+        "endpoint",
+        "create",
+        "--network",
+        &net,
+        "--netns",
+        &a.name,
+        "nep",
+    ]);
     let links = a.ok(&["ip", "-o", "link"]);
     assert_eq!(links.lines().count(), 1, "{links}");
     assert!(a.ping("127.0.0.1"), "loopback is not up");
@@ -223,7 +329,15 @@ fn kill9_and_restart_restores_everything() {
     assert!(p.a.ping(&p.ip(1)), "host port not restored");
     // A second endpoint can be added after the restart without collisions.
     let c = Netns::new("c");
-    let ep = p.d.json(&["endpoint", "create", "--network", &p.net, "--netns", &c.name, "epc"]);
+    let ep = p.d.json(&[
+        "endpoint",
+        "create",
+        "--network",
+        &p.net,
+        "--netns",
+        &c.name,
+        "epc",
+    ]);
     assert_ne!(ep["IPAddress"], before.1[0]["IPAddress"]);
     p.d.ok(&["endpoint", "rm", "epc"]);
 }
@@ -238,7 +352,10 @@ fn clean_stop_keeps_endpoints_configured() {
     assert!(status.success(), "vswitchd exited with {status}");
     assert!(!p.d.socket.exists(), "socket left behind");
     let addr = p.a.ok(&["ip", "addr", "show", "eth0"]);
-    assert!(addr.contains(&p.ip(10)), "endpoint lost its address on a clean stop: {addr}");
+    assert!(
+        addr.contains(&p.ip(10)),
+        "endpoint lost its address on a clean stop: {addr}"
+    );
     p.d.spawn();
     assert!(p.a.ping_within(&p.ip(11), Duration::from_secs(5)));
 }
@@ -269,10 +386,23 @@ fn removing_an_endpoint_deletes_its_interface() {
     }
     let p = Pair::new("private", &[]);
     p.d.ok(&["endpoint", "rm", "epb"]);
-    assert!(!p.b.exec(&["ip", "link", "show", "eth0"]).status.success(), "eth0 still in b");
+    assert!(
+        !p.b.exec(&["ip", "link", "show", "eth0"]).status.success(),
+        "eth0 still in b"
+    );
     // The address is free again.
     let c = Netns::new("c");
-    let ep = p.d.json(&["endpoint", "create", "--network", &p.net, "--netns", &c.name, "--ip", &p.ip(11), "epc"]);
+    let ep = p.d.json(&[
+        "endpoint",
+        "create",
+        "--network",
+        &p.net,
+        "--netns",
+        &c.name,
+        "--ip",
+        &p.ip(11),
+        "epc",
+    ]);
     assert_eq!(ep["IPAddress"].as_str().unwrap(), p.ip(11));
 }
 
@@ -283,9 +413,17 @@ fn fdb_entries_age_out() {
     }
     let p = Pair::new("private", &["-o", "fdb_aging=1"]);
     assert!(p.a.ping_within(&p.ip(11), Duration::from_secs(5)));
-    assert!(!p.d.json(&["fdb", "show", &p.net]).as_array().unwrap().is_empty());
+    assert!(!p
+        .d
+        .json(&["fdb", "show", &p.net])
+        .as_array()
+        .unwrap()
+        .is_empty());
     let aged = wait_until(Duration::from_secs(5), || {
-        p.d.json(&["fdb", "show", &p.net]).as_array().unwrap().is_empty()
+        p.d.json(&["fdb", "show", &p.net])
+            .as_array()
+            .unwrap()
+            .is_empty()
     });
     assert!(aged, "entries still learned after the aging time");
 }

@@ -85,7 +85,11 @@ impl Netns {
     pub fn new(prefix: &str) -> Netns {
         let name = format!("vst{prefix}{}", tag());
         let out = run("ip", &["netns", "add", &name]);
-        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let ns = Netns { name };
         ns.exec(&["ip", "link", "set", "lo", "up"]);
         ns
@@ -149,7 +153,11 @@ impl Daemon {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("vswitchd.sock");
-        let mut d = Daemon { dir, socket, child: None };
+        let mut d = Daemon {
+            dir,
+            socket,
+            child: None,
+        };
         d.spawn();
         d
     }
@@ -300,8 +308,63 @@ impl Drop for Daemon {
             self.kill9();
         }
         if std::thread::panicking() {
-            eprintln!("--- vswitchd log ({}) ---\n{}", self.dir.display(), self.log());
+            eprintln!(
+                "--- vswitchd log ({}) ---\n{}",
+                self.dir.display(),
+                self.log()
+            );
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A child process killed (by its PID) when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs an iperf3 TCP test from `client` to `server_addr` (served in
+/// `server`) for `secs` seconds; returns the received bit rate.
+pub fn iperf3(client: &Netns, server: &Netns, server_addr: &str, secs: u32) -> f64 {
+    let mut daemon = Command::new("ip");
+    daemon
+        .args([
+            "netns",
+            "exec",
+            &server.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            server_addr,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = KillOnDrop(daemon.spawn().expect("start iperf3 server"));
+    let listening = wait_until(Duration::from_secs(5), || {
+        server
+            .ok(&["ss", "-Hltn", "sport = :5201"])
+            .contains("5201")
+    });
+    assert!(listening, "iperf3 server did not start in {}", server.name);
+    let out = client.exec(&["iperf3", "-c", server_addr, "-t", &secs.to_string(), "-J"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "iperf3 gave no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        report.get("error").is_none(),
+        "iperf3 failed: {}",
+        report["error"]
+    );
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("iperf3 report has a received rate")
 }

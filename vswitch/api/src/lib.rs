@@ -36,16 +36,28 @@ pub const DRIVERS: &[&str] = &["internal", "private", "none"];
 pub enum Request {
     NetworkCreate(NetworkCreate),
     NetworkList,
-    NetworkInspect { name: String },
-    NetworkRemove { name: String },
+    NetworkInspect {
+        name: String,
+    },
+    NetworkRemove {
+        name: String,
+    },
     EndpointCreate(EndpointCreate),
     EndpointList,
-    EndpointInspect { name: String },
-    EndpointRemove { name: String },
+    EndpointInspect {
+        name: String,
+    },
+    EndpointRemove {
+        name: String,
+    },
     PortList,
     /// Counters of one port (by name), or of every port.
-    Stats { port: Option<String> },
-    FdbShow { network: String },
+    Stats {
+        port: Option<String>,
+    },
+    FdbShow {
+        network: String,
+    },
 }
 
 /// `network create`.
@@ -111,7 +123,9 @@ pub enum Reply {
     Stats(Vec<PortStats>),
     Fdb(Vec<FdbEntry>),
     /// A removal succeeded.
-    Removed { name: String },
+    Removed {
+        name: String,
+    },
 }
 
 /// A refused or failed call. `field` names the request field at fault.
@@ -219,7 +233,11 @@ pub struct Endpoint {
     pub ip: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub prefix_length: Option<u8>,
-    #[serde(rename = "IPv6Address", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "IPv6Address",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub ipv6: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ipv6_prefix_length: Option<u8>,
@@ -320,7 +338,11 @@ mod tests {
 
     #[test]
     fn error_displays_field_first() {
-        let e = ApiError::new(ErrorKind::InvalidArgument, Some("subnet"), "expected a CIDR");
+        let e = ApiError::new(
+            ErrorKind::InvalidArgument,
+            Some("subnet"),
+            "expected a CIDR",
+        );
         assert_eq!(e.to_string(), "subnet: expected a CIDR");
     }
 }

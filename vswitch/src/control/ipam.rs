@@ -106,7 +106,9 @@ impl Ipv4Cidr {
     pub fn allocate(&self, taken: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
         let first = u32::from(self.addr) + 1;
         let last = u32::from(self.broadcast()) - 1;
-        (first..=last).map(Ipv4Addr::from).find(|ip| !taken.contains(ip))
+        (first..=last)
+            .map(Ipv4Addr::from)
+            .find(|ip| !taken.contains(ip))
     }
 }
 
@@ -125,7 +127,9 @@ impl FromStr for Ipv4Cidr {
         }
         Ipv4Cidr::new(addr, prefix).ok_or_else(|| {
             let net = Ipv4Addr::from(u32::from(addr) & mask4(prefix));
-            ParseError(format!("{s} has host bits set; did you mean {net}/{prefix}?"))
+            ParseError(format!(
+                "{s} has host bits set; did you mean {net}/{prefix}?"
+            ))
         })
     }
 }
@@ -186,7 +190,9 @@ impl Ipv6Cidr {
     pub fn allocate(&self, taken: &HashSet<Ipv6Addr>) -> Option<Ipv6Addr> {
         let first = u128::from(self.addr) + 1;
         let last = u128::from(self.addr) | !mask6(self.prefix);
-        (first..=last).map(Ipv6Addr::from).find(|ip| !taken.contains(ip))
+        (first..=last)
+            .map(Ipv6Addr::from)
+            .find(|ip| !taken.contains(ip))
     }
 }
 
@@ -205,7 +211,9 @@ impl FromStr for Ipv6Cidr {
         }
         Ipv6Cidr::new(addr, prefix).ok_or_else(|| {
             let net = Ipv6Addr::from(u128::from(addr) & mask6(prefix));
-            ParseError(format!("{s} has host bits set; did you mean {net}/{prefix}?"))
+            ParseError(format!(
+                "{s} has host bits set; did you mean {net}/{prefix}?"
+            ))
         })
     }
 }
@@ -392,9 +400,15 @@ mod tests {
             taken.insert(m);
         }
         assert_eq!(p.allocate(&taken, 0), None);
-        assert!("03:00:00:00:00:00-03:00:00:00:00:03".parse::<MacPool>().is_err());
-        assert!("00:00:00:00:00:01-00:00:00:00:00:03".parse::<MacPool>().is_err());
-        assert!("02:00:00:00:00:09-02:00:00:00:00:03".parse::<MacPool>().is_err());
+        assert!("03:00:00:00:00:00-03:00:00:00:00:03"
+            .parse::<MacPool>()
+            .is_err());
+        assert!("00:00:00:00:00:01-00:00:00:00:00:03"
+            .parse::<MacPool>()
+            .is_err());
+        assert!("02:00:00:00:00:09-02:00:00:00:00:03"
+            .parse::<MacPool>()
+            .is_err());
     }
 
     #[test]

@@ -118,13 +118,18 @@ impl Controller {
                     match self.start_endpoint(&net, &ep, TapOrigin::Existing) {
                         Ok(port) => {
                             tracing::info!(endpoint = %ep.name, "endpoint restored");
-                            EndpointRuntime { port, state: EndpointState::Attached }
+                            EndpointRuntime {
+                                port,
+                                state: EndpointState::Attached,
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(endpoint = %ep.name, reason = %e, "endpoint detached");
                             EndpointRuntime {
                                 port: None,
-                                state: EndpointState::Detached { reason: e.to_string() },
+                                state: EndpointState::Detached {
+                                    reason: e.to_string(),
+                                },
                             }
                         }
                     }
@@ -146,19 +151,27 @@ impl Controller {
         let result = match req {
             Request::NetworkCreate(c) => self.network_create(c).map(Reply::Network),
             Request::NetworkList => Ok(Reply::Networks(
-                self.state.networks.iter().map(|n| self.network_view(n)).collect(),
+                self.state
+                    .networks
+                    .iter()
+                    .map(|n| self.network_view(n))
+                    .collect(),
             )),
-            Request::NetworkInspect { name } => {
-                self.network(&name).map(|n| Reply::Network(self.network_view(n)))
-            }
+            Request::NetworkInspect { name } => self
+                .network(&name)
+                .map(|n| Reply::Network(self.network_view(n))),
             Request::NetworkRemove { name } => self.network_remove(&name),
             Request::EndpointCreate(c) => self.endpoint_create(c).map(Reply::Endpoint),
             Request::EndpointList => Ok(Reply::Endpoints(
-                self.state.endpoints.iter().map(|e| self.endpoint_view(e)).collect(),
+                self.state
+                    .endpoints
+                    .iter()
+                    .map(|e| self.endpoint_view(e))
+                    .collect(),
             )),
-            Request::EndpointInspect { name } => {
-                self.endpoint(&name).map(|e| Reply::Endpoint(self.endpoint_view(e)))
-            }
+            Request::EndpointInspect { name } => self
+                .endpoint(&name)
+                .map(|e| Reply::Endpoint(self.endpoint_view(e))),
             Request::EndpointRemove { name } => self.endpoint_remove(&name),
             Request::PortList => Ok(Reply::Ports(self.ports())),
             Request::Stats { port } => self.stats(port.as_deref()).map(Reply::Stats),
@@ -172,13 +185,21 @@ impl Controller {
 
     fn network(&self, name: &str) -> ApiResult<&NetworkRecord> {
         self.state.network(name).ok_or_else(|| {
-            ApiError::new(ErrorKind::NotFound, Some("network"), format!("no network named '{name}'"))
+            ApiError::new(
+                ErrorKind::NotFound,
+                Some("network"),
+                format!("no network named '{name}'"),
+            )
         })
     }
 
     fn endpoint(&self, name: &str) -> ApiResult<&EndpointRecord> {
         self.state.endpoint(name).ok_or_else(|| {
-            ApiError::new(ErrorKind::NotFound, Some("name"), format!("no endpoint named '{name}'"))
+            ApiError::new(
+                ErrorKind::NotFound,
+                Some("name"),
+                format!("no endpoint named '{name}'"),
+            )
         })
     }
 
@@ -221,7 +242,11 @@ impl Controller {
         let driver = Driver::parse(&req.driver).ok_or_else(|| {
             invalid(
                 "driver",
-                format!("unknown driver '{}'; expected one of: {}", req.driver, api::DRIVERS.join(", ")),
+                format!(
+                    "unknown driver '{}'; expected one of: {}",
+                    req.driver,
+                    api::DRIVERS.join(", ")
+                ),
             )
         })?;
         let mut subnet4 = None;
@@ -239,7 +264,9 @@ impl Controller {
                 }
             }
         }
-        if driver == Driver::None && (subnet4.is_some() || subnet6.is_some() || !req.gateways.is_empty()) {
+        if driver == Driver::None
+            && (subnet4.is_some() || subnet6.is_some() || !req.gateways.is_empty())
+        {
             return Err(invalid(
                 "subnet",
                 "the none driver gives endpoints loopback only: no subnet or gateway",
@@ -258,7 +285,8 @@ impl Controller {
                 .map_err(|_| invalid("gateway", format!("'{g}' is not an IP address")))?;
             match ip {
                 IpAddr::V4(ip) => {
-                    let net = subnet4.ok_or_else(|| invalid("gateway", "no IPv4 subnet to put it in"))?;
+                    let net =
+                        subnet4.ok_or_else(|| invalid("gateway", "no IPv4 subnet to put it in"))?;
                     if !net.is_host(ip) {
                         return Err(invalid(
                             "gateway",
@@ -270,9 +298,13 @@ impl Controller {
                     }
                 }
                 IpAddr::V6(ip) => {
-                    let net = subnet6.ok_or_else(|| invalid("gateway", "no IPv6 subnet to put it in"))?;
+                    let net =
+                        subnet6.ok_or_else(|| invalid("gateway", "no IPv6 subnet to put it in"))?;
                     if !net.is_host(ip) {
-                        return Err(invalid("gateway", format!("{ip} must be a host address of {net}")));
+                        return Err(invalid(
+                            "gateway",
+                            format!("{ip} must be a host address of {net}"),
+                        ));
                     }
                     if gateway6.replace(ip).is_some() {
                         return Err(invalid("gateway", "at most one IPv6 gateway"));
@@ -289,7 +321,10 @@ impl Controller {
         let min_mtu = if subnet6.is_some() { 1280 } else { 68 };
         let mtu = req.mtu.unwrap_or(DEFAULT_MTU);
         if !(min_mtu..=65535).contains(&mtu) {
-            return Err(invalid("mtu", format!("expected {min_mtu}..=65535, got {mtu}")));
+            return Err(invalid(
+                "mtu",
+                format!("expected {min_mtu}..=65535, got {mtu}"),
+            ));
         }
         let mac_pool = match &req.mac_pool {
             Some(p) => p.parse().map_err(|e| invalid("mac_pool", format!("{e}")))?,
@@ -423,7 +458,11 @@ impl Controller {
 
     fn network_remove(&mut self, name: &str) -> ApiResult<Reply> {
         let net = self.network(name)?.clone();
-        let users: Vec<&str> = self.state.endpoints_of(&net.id).map(|e| e.name.as_str()).collect();
+        let users: Vec<&str> = self
+            .state
+            .endpoints_of(&net.id)
+            .map(|e| e.name.as_str())
+            .collect();
         if !users.is_empty() {
             return Err(ApiError::new(
                 ErrorKind::Conflict,
@@ -439,7 +478,9 @@ impl Controller {
         }
         self.stop_network(&net);
         tracing::info!(network = %name, "network removed");
-        Ok(Reply::Removed { name: name.to_owned() })
+        Ok(Reply::Removed {
+            name: name.to_owned(),
+        })
     }
 
     fn network_view(&self, n: &NetworkRecord) -> api::Network {
@@ -468,7 +509,11 @@ impl Controller {
             },
             options: n.options.clone(),
             host_interface: n.host_ifname.clone(),
-            endpoints: self.state.endpoints_of(&n.id).map(|e| e.name.clone()).collect(),
+            endpoints: self
+                .state
+                .endpoints_of(&n.id)
+                .map(|e| e.name.clone())
+                .collect(),
         }
     }
 
@@ -479,7 +524,10 @@ impl Controller {
         let port = self.start_endpoint(&net, &rec, TapOrigin::Fresh)?;
         self.endpoints.insert(
             rec.id.clone(),
-            EndpointRuntime { port, state: EndpointState::Attached },
+            EndpointRuntime {
+                port,
+                state: EndpointState::Attached,
+            },
         );
         self.state.endpoints.push(rec.clone());
         if let Err(e) = self.save() {
@@ -491,7 +539,10 @@ impl Controller {
         Ok(self.endpoint_view(&rec))
     }
 
-    fn check_endpoint(&self, req: api::EndpointCreate) -> ApiResult<(NetworkRecord, EndpointRecord)> {
+    fn check_endpoint(
+        &self,
+        req: api::EndpointCreate,
+    ) -> ApiResult<(NetworkRecord, EndpointRecord)> {
         check_name("name", &req.name)?;
         if self.state.endpoint(&req.name).is_some() {
             return Err(ApiError::new(
@@ -510,7 +561,11 @@ impl Controller {
         }
         plumb::resolve_netns(&req.netns)?;
         if !net.driver.switched() {
-            if req.ip.is_some() || req.ipv6.is_some() || req.mac_address.is_some() || req.ifname.is_some() {
+            if req.ip.is_some()
+                || req.ipv6.is_some()
+                || req.mac_address.is_some()
+                || req.ifname.is_some()
+            {
                 return Err(invalid(
                     "network",
                     "the none driver gives endpoints loopback only: no --ip, --ipv6, --mac or --ifname",
@@ -542,7 +597,10 @@ impl Controller {
             return Err(ApiError::new(
                 ErrorKind::Conflict,
                 Some("ifname"),
-                format!("{ifname} in {} is already endpoint '{}'", req.netns, other.name),
+                format!(
+                    "{ifname} in {} is already endpoint '{}'",
+                    req.netns, other.name
+                ),
             ));
         }
         let peers: Vec<&EndpointRecord> = self.state.endpoints_of(&net.id).collect();
@@ -551,7 +609,8 @@ impl Controller {
                 let ip: Ipv4Addr = s
                     .parse()
                     .map_err(|_| invalid("ip", format!("'{s}' is not an IPv4 address")))?;
-                let subnet = subnet.ok_or_else(|| invalid("ip", "the network has no IPv4 subnet"))?;
+                let subnet =
+                    subnet.ok_or_else(|| invalid("ip", "the network has no IPv4 subnet"))?;
                 if !subnet.is_host(ip) {
                     return Err(invalid(
                         "ip",
@@ -562,16 +621,21 @@ impl Controller {
                     return Err(conflict("ip", format!("{ip} is the network's gateway")));
                 }
                 if let Some(p) = peers.iter().find(|p| p.ipv4 == Some(ip)) {
-                    return Err(conflict("ip", format!("{ip} is already used by endpoint '{}'", p.name)));
+                    return Err(conflict(
+                        "ip",
+                        format!("{ip} is already used by endpoint '{}'", p.name),
+                    ));
                 }
                 Some(ip)
             }
             (None, Some(subnet)) => {
                 let mut taken: HashSet<Ipv4Addr> = peers.iter().filter_map(|p| p.ipv4).collect();
                 taken.extend(net.gateway4);
-                Some(subnet.allocate(&taken).ok_or_else(|| {
-                    conflict("ip", format!("no free address left in {subnet}"))
-                })?)
+                Some(
+                    subnet.allocate(&taken).ok_or_else(|| {
+                        conflict("ip", format!("no free address left in {subnet}"))
+                    })?,
+                )
             }
             (None, None) => None,
         };
@@ -580,21 +644,30 @@ impl Controller {
                 let ip: Ipv6Addr = s
                     .parse()
                     .map_err(|_| invalid("ipv6", format!("'{s}' is not an IPv6 address")))?;
-                let subnet = subnet.ok_or_else(|| invalid("ipv6", "the network has no IPv6 subnet"))?;
+                let subnet =
+                    subnet.ok_or_else(|| invalid("ipv6", "the network has no IPv6 subnet"))?;
                 if !subnet.is_host(ip) || Some(ip) == net.gateway6 {
-                    return Err(invalid("ipv6", format!("{ip} is not a free host address of {subnet}")));
+                    return Err(invalid(
+                        "ipv6",
+                        format!("{ip} is not a free host address of {subnet}"),
+                    ));
                 }
                 if let Some(p) = peers.iter().find(|p| p.ipv6 == Some(ip)) {
-                    return Err(conflict("ipv6", format!("{ip} is already used by endpoint '{}'", p.name)));
+                    return Err(conflict(
+                        "ipv6",
+                        format!("{ip} is already used by endpoint '{}'", p.name),
+                    ));
                 }
                 Some(ip)
             }
             (None, Some(subnet)) => {
                 let mut taken: HashSet<Ipv6Addr> = peers.iter().filter_map(|p| p.ipv6).collect();
                 taken.extend(net.gateway6);
-                Some(subnet.allocate(&taken).ok_or_else(|| {
-                    conflict("ipv6", format!("no free address left in {subnet}"))
-                })?)
+                Some(
+                    subnet.allocate(&taken).ok_or_else(|| {
+                        conflict("ipv6", format!("no free address left in {subnet}"))
+                    })?,
+                )
             }
             (None, None) => None,
         };
@@ -602,7 +675,10 @@ impl Controller {
             Some(s) => {
                 let mac = ipam::parse_unicast_mac(s).map_err(|e| invalid("mac", e.to_string()))?;
                 if self.macs_in_use().contains(&mac) {
-                    return Err(conflict("mac", format!("{mac} is already in use on this switch")));
+                    return Err(conflict(
+                        "mac",
+                        format!("{mac} is already in use on this switch"),
+                    ));
                 }
                 mac
             }
@@ -666,7 +742,11 @@ impl Controller {
             ipv4: ep.ipv4,
             ipv6: ep.ipv6,
         });
-        let dp = self.nets.get(&net.id).map(|rt| rt.dp).ok_or_else(|| internal("network not running"))?;
+        let dp = self
+            .nets
+            .get(&net.id)
+            .map(|rt| rt.dp)
+            .ok_or_else(|| internal("network not running"))?;
         match self.attach(dp, Box::new(tap), security, cfg.offload) {
             Ok(port) => Ok(Some(port)),
             Err(e) => {
@@ -706,7 +786,9 @@ impl Controller {
         }
         self.stop_endpoint(&net, &ep);
         tracing::info!(endpoint = %name, "endpoint removed");
-        Ok(Reply::Removed { name: name.to_owned() })
+        Ok(Reply::Removed {
+            name: name.to_owned(),
+        })
     }
 
     fn endpoint_view(&self, e: &EndpointRecord) -> api::Endpoint {
@@ -715,7 +797,9 @@ impl Controller {
             .endpoints
             .get(&e.id)
             .map(|rt| rt.state.clone())
-            .unwrap_or(EndpointState::Detached { reason: "not started".into() });
+            .unwrap_or(EndpointState::Detached {
+                reason: "not started".into(),
+            });
         api::Endpoint {
             id: e.id.clone(),
             name: e.name.clone(),
@@ -755,7 +839,9 @@ impl Controller {
                         offload: n.parsed.offload,
                         state: match host {
                             Some(_) => EndpointState::Attached,
-                            None => EndpointState::Detached { reason: "network failed to start".into() },
+                            None => EndpointState::Detached {
+                                reason: "network failed to start".into(),
+                            },
                         },
                     },
                     host.map(|h| &h.counters),
@@ -843,7 +929,10 @@ impl Controller {
             .into_iter()
             .map(|(mac, port, age)| api::FdbEntry {
                 mac_address: mac.to_string(),
-                port: names.get(&port).cloned().unwrap_or_else(|| format!("#{port}")),
+                port: names
+                    .get(&port)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{port}")),
                 age_seconds: age.as_secs(),
             })
             .collect();
@@ -866,8 +955,13 @@ pub fn host_port_name(network: &str) -> String {
 fn check_name(field: &str, name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if ok {
         Ok(())
     } else {
@@ -883,11 +977,22 @@ fn check_ifname(name: &str) -> ApiResult<()> {
     if name.is_empty() || name.len() > 15 {
         return Err(invalid(
             "ifname",
-            format!("'{name}' is {} bytes; interface names are 1-15 bytes", name.len()),
+            format!(
+                "'{name}' is {} bytes; interface names are 1-15 bytes",
+                name.len()
+            ),
         ));
     }
-    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
-        return Err(invalid("ifname", format!("'{name}' may not contain '/', ':' or spaces")));
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(invalid(
+            "ifname",
+            format!("'{name}' may not contain '/', ':' or spaces"),
+        ));
     }
     Ok(())
 }
@@ -897,7 +1002,14 @@ fn new_id() -> String {
     let mut b = [0u8; 16];
     random_bytes(&mut b).expect("kernel random source");
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 #[cfg(test)]

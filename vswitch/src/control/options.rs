@@ -8,9 +8,18 @@ use crate::fdb::FdbConfig;
 
 /// Every option a network understands, with its meaning, for error messages.
 pub const KNOWN: &[(&str, &str)] = &[
-    ("fdb_aging", "seconds a learned MAC is kept without traffic (1..=86400, default 300)"),
-    ("fdb_max", "learned MACs kept per network (16..=1048576, default 8192)"),
-    ("offload", "GSO/checksum offload on the network's TAPs (on|off, default on)"),
+    (
+        "fdb_aging",
+        "seconds a learned MAC is kept without traffic (1..=86400, default 300)",
+    ),
+    (
+        "fdb_max",
+        "learned MACs kept per network (16..=1048576, default 8192)",
+    ),
+    (
+        "offload",
+        "GSO/checksum offload on the network's TAPs (on|off, default on)",
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +94,10 @@ mod tests {
     use super::*;
 
     fn opts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

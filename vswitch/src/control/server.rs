@@ -47,7 +47,10 @@ impl Server {
     pub fn bind(path: &Path) -> io::Result<Server> {
         if let Some(dir) = path.parent() {
             if !dir.exists() {
-                fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
             }
         }
         if path.exists() {
@@ -153,7 +156,9 @@ pub fn answer(line: &[u8], controller: &Mutex<Controller>) -> Response {
     match serde_json::from_slice::<Request>(text) {
         Ok(req) => {
             tracing::debug!(request = ?req, "api request");
-            let mut ctl = controller.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut ctl = controller
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             ctl.handle(req)
         }
         Err(e) => Response::Error(ApiError::new(

@@ -117,8 +117,13 @@ impl State {
         self.endpoints.iter().find(|e| e.name == name)
     }
 
-    pub fn endpoints_of<'a>(&'a self, network_id: &'a str) -> impl Iterator<Item = &'a EndpointRecord> {
-        self.endpoints.iter().filter(move |e| e.network_id == network_id)
+    pub fn endpoints_of<'a>(
+        &'a self,
+        network_id: &'a str,
+    ) -> impl Iterator<Item = &'a EndpointRecord> {
+        self.endpoints
+            .iter()
+            .filter(move |e| e.network_id == network_id)
     }
 }
 
@@ -217,7 +222,8 @@ mod mac {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<MacAddr, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(|_| D::Error::custom(format!("bad MAC '{s}'")))
+        s.parse()
+            .map_err(|_| D::Error::custom(format!("bad MAC '{s}'")))
     }
 }
 
@@ -300,8 +306,15 @@ mod tests {
         let file = StateFile::new(&dir);
         fs::write(file.path(), b"{not json").unwrap();
         assert!(matches!(file.load(), Err(StateError::Corrupt { .. })));
-        fs::write(file.path(), br#"{"version":99,"networks":[],"endpoints":[]}"#).unwrap();
-        assert!(matches!(file.load(), Err(StateError::Version { found: 99, .. })));
+        fs::write(
+            file.path(),
+            br#"{"version":99,"networks":[],"endpoints":[]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            file.load(),
+            Err(StateError::Version { found: 99, .. })
+        ));
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -348,7 +348,7 @@ impl NdpRepr {
         msg.set_msg_type(msg_type);
         msg.set_code(0);
         {
-            let b = msg.buffer.as_mut();
+            let b = &mut *msg.buffer;
             b[field::RESERVED].fill(0);
             b[field::NA_FLAGS] = flags;
             b[field::TARGET].copy_from_slice(&target.octets());

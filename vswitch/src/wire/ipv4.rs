@@ -172,7 +172,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Sets version 4 and the header length in bytes (a multiple of 4).
     pub fn set_version_header_len(&mut self, header_len: usize) {
-        debug_assert!(header_len % 4 == 0 && (HEADER_LEN..=60).contains(&header_len));
+        debug_assert!(header_len & 3 == 0 && (HEADER_LEN..=60).contains(&header_len));
         self.buffer.as_mut()[field::VER_IHL] = 0x40 | ((header_len / 4) as u8 & 0x0f);
     }
 
