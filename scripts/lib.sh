@@ -1,0 +1,52 @@
+# Shared helpers for the scripts in this directory. Source it; do not run it.
+# shellcheck shell=bash
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN="$REPO/target/release"
+VSWITCHD="$BIN/vswitchd"
+VSWITCHCTL="$BIN/vswitchctl"
+
+# Debian packages the build, the tests, the lab and the benchmarks use.
+PACKAGES=(clang llvm libbpf-dev iproute2 iputils-ping iperf3 tcpdump ethtool procps python3 bpftool)
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+need_root() {
+    [ "$(id -u)" -eq 0 ] || die "run as root: vswitch creates namespaces, TAP devices and eBPF programs"
+}
+
+# Installs whatever of PACKAGES is missing (nothing when all are present).
+install_deps() {
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        say "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+    command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain"
+}
+
+# eBPF maps and programs are pinned under /sys/fs/bpf.
+ensure_bpffs() {
+    mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+}
+
+build() {
+    say "building (cargo build --release)"
+    (cd "$REPO" && cargo build --release --workspace --locked --quiet)
+}
+
+# wait_for SECONDS CMD...: runs CMD until it succeeds or the deadline passes.
+wait_for() {
+    local deadline=$((SECONDS + $1)); shift
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
