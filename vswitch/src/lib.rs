@@ -9,6 +9,7 @@ pub use vswitch_api as api;
 
 pub mod control;
 pub mod datapath;
+pub mod ebpf;
 pub mod fdb;
 pub mod netns;
 pub mod port;

@@ -13,6 +13,7 @@
 
 pub mod counters;
 mod forward;
+mod l2bridge;
 
 use std::collections::HashMap;
 use std::io;

@@ -5,6 +5,7 @@
 //! the offload metadata the kernel attached to it (a virtio-net header), so a
 //! TCP super-frame read from one TAP can be written to another unchanged.
 
+pub mod afxdp;
 pub mod tap;
 
 use std::io;

@@ -1,0 +1,383 @@
+#!/usr/bin/env bash
+# iperf3 TCP between two namespaces through three paths, in one run, on the
+# same topology shape (two namespaces, one switch between them):
+#
+#   bridge              two veth pairs into a Linux bridge (in a namespace of
+#                       its own, so nothing is added to the root namespace)
+#   vswitch             two vswitch TAP endpoints on a private network with the
+#                       default options (IFF_VNET_HDR: TSO/checksum offload on)
+#   vswitch-nooffload   the same with -o offload=off (MTU-sized frames, no GSO)
+#
+# Prints a table (Gbit/s, ratio to the bridge, vswitchd CPU time) and, as the
+# last line of stdout, one JSON object for scripts. Everything it creates has
+# $$ in its name and is removed on exit, failure or Ctrl-C.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: scripts/bench-iperf.sh [--duration N] [--repeat N] [--streams N] [--smoke]
+                              [--min-ratio R] [--build]
+
+Measures iperf3 TCP throughput between two network namespaces through a Linux
+bridge, through vswitch (TAP offloads on) and through vswitch with
+-o offload=off, and reports vswitch/bridge ratios. Needs root.
+
+Options:
+  --duration N   seconds per iperf3 test (default 10; the first second is
+                 omitted from the result as TCP warm-up when N >= 5)
+  --repeat N     run each path N times, interleaved, and report the median
+                 (default 1)
+  --streams N    parallel TCP streams, iperf3 -P (default 1)
+  --smoke        2-second tests and no thresholds: checks that the benchmark
+                 itself works (for CI)
+  --min-ratio R  fail (exit 3) when vswitch/bridge with offloads is below R
+                 (default 0.10; ignored with --smoke)
+  --build        run 'cargo build --release --workspace' even when the
+                 binaries exist (default: only when they are missing)
+  -h, --help     show this help
+
+Output: a table on stdout, then one JSON line, e.g.
+  {"bridge_gbps": 16.6, "vswitch_gbps": 5.1, "vswitch_nooffload_gbps": 1.2,
+   "ratio": 0.31, "ratio_nooffload": 0.07, ...}
+Exit status: 0 ok, 1 setup or measurement failed, 3 below --min-ratio.
+
+Topology (all names contain the script's PID; subnets 10.55.{1,2,3}.0/24,
+addressed only inside the script's own namespaces):
+  bridge:  vsb<PID>-b1 eth0 --veth-- [br0 in vsb<PID>-br] --veth-- eth0 vsb<PID>-b2
+  vswitch: vsb<PID>-o1 eth0 (TAP) -- vswitchd -- (TAP) eth0 vsb<PID>-o2
+  no offl: vsb<PID>-n1 eth0 (TAP) -- vswitchd -- (TAP) eth0 vsb<PID>-n2
+vswitchd is a private instance (own state dir and socket under /tmp).
+EOF
+}
+
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DURATION=10
+REPEAT=1
+STREAMS=1
+SMOKE=0
+MIN_RATIO=0.10
+FORCE_BUILD=0
+
+posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 expects a positive whole number, got '$2'"; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) [ $# -ge 2 ] || die "--duration needs a value"; posint "$1" "$2"; DURATION=$2; shift 2 ;;
+        --repeat) [ $# -ge 2 ] || die "--repeat needs a value"; posint "$1" "$2"; REPEAT=$2; shift 2 ;;
+        --streams) [ $# -ge 2 ] || die "--streams needs a value"; posint "$1" "$2"; STREAMS=$2; shift 2 ;;
+        --min-ratio)
+            [ $# -ge 2 ] || die "--min-ratio needs a value"
+            [[ "$2" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--min-ratio expects a number such as 0.25, got '$2'"
+            MIN_RATIO=$2; shift 2 ;;
+        --smoke) SMOKE=1; shift ;;
+        --build) FORCE_BUILD=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument '$1'" ;;
+    esac
+done
+[ "$SMOKE" -eq 1 ] && DURATION=2
+# The first second of a TCP test is slow start and ARP; leave it out when the
+# test is long enough for the rest to be representative.
+OMIT=0
+[ "$DURATION" -ge 5 ] && OMIT=1
+
+[ "$(id -u)" -eq 0 ] || die "run as root (e.g. sudo $0): the benchmark creates network namespaces, veths, a bridge and TAP endpoints"
+
+# ---------------------------------------------------------------- tools ----
+
+# Installs a Debian package only when the command it provides is missing.
+need_cmd() {
+    local cmd=$1 pkg=$2
+    command -v "$cmd" >/dev/null 2>&1 && return
+    say "installing $pkg (for $cmd)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "$pkg" >/dev/null
+    command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after installing $pkg"
+}
+need_cmd iperf3 iperf3
+need_cmd ip iproute2
+need_cmd ss iproute2
+need_cmd python3 python3
+need_cmd setsid util-linux
+need_cmd timeout coreutils
+
+if [ "$FORCE_BUILD" -eq 1 ] || [ ! -x "$VSWITCHD" ] || [ ! -x "$VSWITCHCTL" ]; then
+    command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+    command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain or build the binaries first"
+    say "building release binaries (cargo build --release --workspace in $REPO)"
+    # Unset CARGO_TARGET_DIR so the binaries land in $REPO/target/release,
+    # where lib.sh looks for them.
+    (cd "$REPO" && env -u CARGO_TARGET_DIR cargo build --release --workspace --quiet)
+    { [ -x "$VSWITCHD" ] && [ -x "$VSWITCHCTL" ]; } || die "build finished but $VSWITCHD or $VSWITCHCTL is missing"
+fi
+
+# ---------------------------------------------------- state and cleanup ----
+
+P="vsb$$"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/vswitch-bench-$$.XXXXXX")
+SOCK="$WORK/vswitchd.sock"
+STATE="$WORK/state"
+DLOG="$WORK/vswitchd.log"
+
+# Everything below is recorded right after it is created, and only what is
+# recorded is removed.
+CREATED_NS=()
+CREATED_EP=()
+CREATED_NET=()
+SERVER_PIDS=()
+DAEMON_PID=""
+CLEANED=0
+
+ctl() { "$VSWITCHCTL" --socket "$SOCK" "$@"; }
+
+# Sends SIGTERM to PID, waits up to 5 s for it to exit, then SIGKILLs it.
+stop_pid() {
+    local pid=$1
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 5))
+    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.05; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    [ "$CLEANED" -eq 1 ] && return
+    CLEANED=1
+    set +e
+    trap '' INT TERM
+    local i
+    for i in "${SERVER_PIDS[@]}"; do stop_pid "$i"; done
+    if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
+        for ((i = ${#CREATED_EP[@]} - 1; i >= 0; i--)); do
+            ctl endpoint rm "${CREATED_EP[i]}" >/dev/null 2>&1 || echo "warning: could not remove endpoint ${CREATED_EP[i]}" >&2
+        done
+        for ((i = ${#CREATED_NET[@]} - 1; i >= 0; i--)); do
+            ctl network rm "${CREATED_NET[i]}" >/dev/null 2>&1 || echo "warning: could not remove network ${CREATED_NET[i]}" >&2
+        done
+    fi
+    [ -n "$DAEMON_PID" ] && stop_pid "$DAEMON_PID"
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ] && [ -s "$DLOG" ]; then
+        echo "---- last lines of the vswitchd log ----" >&2
+        tail -n 20 "$DLOG" >&2
+    fi
+    # Deleting a namespace deletes the veths, the bridge and any TAP left in it.
+    for ((i = ${#CREATED_NS[@]} - 1; i >= 0; i--)); do
+        ip netns del "${CREATED_NS[i]}" 2>/dev/null || echo "warning: could not delete namespace ${CREATED_NS[i]}" >&2
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+# Exiting from the signal trap runs the EXIT trap, so cleanup happens once.
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+add_ns() {
+    ip netns add "$1"
+    CREATED_NS+=("$1")
+    ip -n "$1" link set lo up
+}
+
+# ------------------------------------------------------------- topology ----
+
+NS_BR="$P-br"
+NS_B1="$P-b1" NS_B2="$P-b2"
+NS_O1="$P-o1" NS_O2="$P-o2"
+NS_N1="$P-n1" NS_N2="$P-n2"
+IP_B1=10.55.1.11 IP_B2=10.55.1.12
+IP_O1=10.55.2.11 IP_O2=10.55.2.12
+IP_N1=10.55.3.11 IP_N2=10.55.3.12
+NET_O="${P}o" NET_N="${P}n"
+
+say "bridge topology: $NS_B1 <-> br0 in $NS_BR <-> $NS_B2 (10.55.1.0/24)"
+add_ns "$NS_BR"
+ip -n "$NS_BR" link add br0 type bridge
+ip -n "$NS_BR" link set br0 up
+n=1
+for pair in "$NS_B1:$IP_B1" "$NS_B2:$IP_B2"; do
+    ns=${pair%%:*} addr=${pair#*:}
+    add_ns "$ns"
+    # Both ends are created inside namespaces of ours: the bridge side in
+    # $NS_BR, the peer directly in the endpoint namespace as eth0.
+    ip -n "$NS_BR" link add "p$n" type veth peer name eth0 netns "$ns"
+    ip -n "$NS_BR" link set "p$n" master br0 up
+    ip -n "$ns" addr add "$addr/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    n=$((n + 1))
+done
+
+say "starting a private vswitchd (state and socket in $WORK)"
+mkdir -m 0700 "$STATE"
+# setsid: a Ctrl-C on the terminal must not reach the daemon before cleanup
+# has removed the endpoints through it.
+setsid "$VSWITCHD" --state-dir "$STATE" --socket "$SOCK" --log-level warn >"$DLOG" 2>&1 </dev/null &
+DAEMON_PID=$!
+daemon_ready() { kill -0 "$DAEMON_PID" 2>/dev/null && ctl network ls; }
+deadline=$((SECONDS + 15))
+until daemon_ready >/dev/null 2>&1; do
+    kill -0 "$DAEMON_PID" 2>/dev/null || die "vswitchd exited during start"
+    [ "$SECONDS" -lt "$deadline" ] || die "vswitchd did not answer on $SOCK within 15 s"
+    sleep 0.05
+done
+
+say "vswitch topologies: $NET_O (offload on, 10.55.2.0/24), $NET_N (offload=off, 10.55.3.0/24)"
+ctl network create -d private --subnet 10.55.2.0/24 "$NET_O" >/dev/null
+CREATED_NET+=("$NET_O")
+ctl network create -d private --subnet 10.55.3.0/24 -o offload=off "$NET_N" >/dev/null
+CREATED_NET+=("$NET_N")
+for spec in "$NET_O:$NS_O1:$IP_O1:${P}o1" "$NET_O:$NS_O2:$IP_O2:${P}o2" \
+    "$NET_N:$NS_N1:$IP_N1:${P}n1" "$NET_N:$NS_N2:$IP_N2:${P}n2"; do
+    IFS=: read -r net ns addr ep <<<"$spec"
+    add_ns "$ns"
+    ctl endpoint create --network "$net" --netns "$ns" --ip "$addr" "$ep" >/dev/null
+    CREATED_EP+=("$ep")
+done
+
+# ------------------------------------------------------------ readiness ----
+
+# Starts an iperf3 server in NS and waits until it listens on 5201.
+start_server() {
+    local ns=$1
+    ip netns exec "$ns" iperf3 -s -p 5201 >"$WORK/server-$ns.log" 2>&1 </dev/null &
+    SERVER_PIDS+=($!)
+    local pid=$! deadline=$((SECONDS + 10))
+    until [ -n "$(ip netns exec "$ns" ss -Hltn 'sport = :5201' 2>/dev/null)" ]; do
+        kill -0 "$pid" 2>/dev/null || die "iperf3 server in $ns exited: $(cat "$WORK/server-$ns.log")"
+        [ "$SECONDS" -lt "$deadline" ] || die "iperf3 server in $ns not listening within 10 s"
+        sleep 0.05
+    done
+}
+
+# Waits until NS reaches ADDR (links up, ARP answered, path forwarding).
+wait_path() {
+    local ns=$1 addr=$2 deadline=$((SECONDS + 10))
+    until ip netns exec "$ns" ping -c 1 -W 1 -q "$addr" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$deadline" ] || die "$ns cannot reach $addr within 10 s"
+        sleep 0.1
+    done
+}
+
+for ns in "$NS_B2" "$NS_O2" "$NS_N2"; do start_server "$ns"; done
+wait_path "$NS_B1" "$IP_B2"
+wait_path "$NS_O1" "$IP_O2"
+wait_path "$NS_N1" "$IP_N2"
+
+# ---------------------------------------------------------- measurement ----
+
+CLK_TCK=$(getconf CLK_TCK)
+# utime + stime of the daemon, all threads, in clock ticks. The command name
+# is "(vswitchd)" without spaces, so the fields can be split on whitespace.
+# Called in $(...): die prints its message, the failed assignment then stops
+# the script through set -e.
+daemon_ticks() {
+    local stat
+    stat=$(cat "/proc/$DAEMON_PID/stat" 2>/dev/null) || die "vswitchd (pid $DAEMON_PID) is no longer running"
+    awk '{ print $14 + $15 }' <<<"$stat"
+}
+
+# run_one NAME CLIENT_NS SERVER_ADDR ROUND: one iperf3 test; writes
+# $WORK/NAME.ROUND.json and $WORK/NAME.ROUND.cpu (vswitchd CPU seconds).
+run_one() {
+    local name=$1 ns=$2 addr=$3 round=$4 out="$WORK/$1.$4.json" t0 t1
+    kill -0 "$DAEMON_PID" 2>/dev/null || die "vswitchd is no longer running"
+    t0=$(daemon_ticks)
+    # --foreground: iperf3 stays in our process group, so a Ctrl-C stops the
+    # test at once instead of after it.
+    if ! timeout --foreground $((DURATION + OMIT + 30)) ip netns exec "$ns" \
+        iperf3 -c "$addr" -p 5201 -t "$DURATION" -O "$OMIT" -P "$STREAMS" -J >"$out" 2>"$WORK/$name.$round.err"; then
+        die "iperf3 $name (round $round) failed: $(python3 -c 'import json,sys
+try: print(json.load(open(sys.argv[1])).get("error","no error in JSON"))
+except Exception: print(open(sys.argv[2]).read().strip() or "no output")' "$out" "$WORK/$name.$round.err")"
+    fi
+    t1=$(daemon_ticks)
+    echo "$((t1 - t0))" >"$WORK/$name.$round.cpu"
+}
+
+say "running: ${DURATION}s per test, $STREAMS stream(s), $REPEAT round(s)$([ "$SMOKE" -eq 1 ] && echo ', smoke')"
+for ((r = 1; r <= REPEAT; r++)); do
+    # Interleaved rounds spread any drift of the machine over all paths.
+    run_one bridge "$NS_B1" "$IP_B2" "$r"
+    run_one vswitch "$NS_O1" "$IP_O2" "$r"
+    run_one vswitch_nooffload "$NS_N1" "$IP_N2" "$r"
+    say "round $r/$REPEAT done"
+done
+
+ctl stats --json >"$WORK/stats.json"
+
+# -------------------------------------------------------------- report ----
+
+set +e
+python3 - "$WORK" "$REPEAT" "$DURATION" "$OMIT" "$STREAMS" "$CLK_TCK" "$SMOKE" "$MIN_RATIO" \
+    "$NET_O" "$NET_N" <<'EOF'
+import json, statistics, sys
+
+work, repeat, duration, omit, streams, clk_tck, smoke, min_ratio, net_o, net_n = sys.argv[1:]
+repeat, duration, omit, streams, clk_tck = int(repeat), int(duration), int(omit), int(streams), int(clk_tck)
+smoke, min_ratio = smoke == "1", float(min_ratio)
+
+def result(name):
+    gbps, retr, cpu = [], [], []
+    for r in range(1, repeat + 1):
+        with open(f"{work}/{name}.{r}.json") as f:
+            end = json.load(f)["end"]
+        # Receiver side: what actually crossed the switch.
+        gbps.append(end["sum_received"]["bits_per_second"] / 1e9)
+        retr.append(end["sum_sent"].get("retransmits", 0))
+        with open(f"{work}/{name}.{r}.cpu") as f:
+            cpu.append(int(f.read()) / clk_tck)
+    return statistics.median(gbps), statistics.median(retr), statistics.median(cpu)
+
+with open(f"{work}/stats.json") as f:
+    stats = json.load(f)
+def drops(net):
+    return sum(sum(p.get("Drops", {}).values()) for p in stats if p.get("Network") == net)
+
+br, vs, vn = result("bridge"), result("vswitch"), result("vswitch_nooffload")
+ratio = vs[0] / br[0] if br[0] > 0 else 0.0
+ratio_n = vn[0] / br[0] if br[0] > 0 else 0.0
+
+secs = duration + omit  # the daemon's CPU is counted over the whole test
+def cpu(c):
+    return f"{c:6.2f} s ({100 * c / secs:3.0f}%)"
+print()
+print(f"iperf3 TCP, {duration} s{' (+1 s omitted)' if omit else ''}, {streams} stream(s), "
+      f"median of {repeat}")
+print(f"{'path':<20} {'Gbit/s':>8} {'ratio':>7} {'retrans':>8} {'vswitchd CPU':>16} {'drops':>6}")
+print(f"{'linux bridge':<20} {br[0]:8.2f} {1.0:7.2f} {br[1]:8.0f} {'-':>16} {'-':>6}")
+print(f"{'vswitch':<20} {vs[0]:8.2f} {ratio:7.2f} {vs[1]:8.0f} {cpu(vs[2]):>16} {drops(net_o):6d}")
+print(f"{'vswitch offload=off':<20} {vn[0]:8.2f} {ratio_n:7.2f} {vn[1]:8.0f} {cpu(vn[2]):>16} {drops(net_n):6d}")
+print("(vswitchd CPU: its user+system time during the test, % of one core)")
+print()
+
+failed = []
+if not smoke:
+    for name, g in (("bridge", br[0]), ("vswitch", vs[0]), ("vswitch offload=off", vn[0])):
+        if g <= 0:
+            failed.append(f"{name} moved no data")
+    if ratio < min_ratio:
+        failed.append(f"vswitch/bridge ratio {ratio:.2f} is below --min-ratio {min_ratio}")
+for msg in failed:
+    print(f"FAIL: {msg}", file=sys.stderr)
+
+print(json.dumps({
+    "bridge_gbps": round(br[0], 3),
+    "vswitch_gbps": round(vs[0], 3),
+    "vswitch_nooffload_gbps": round(vn[0], 3),
+    "ratio": round(ratio, 3),
+    "ratio_nooffload": round(ratio_n, 3),
+    "vswitchd_cpu_s": round(vs[2], 2),
+    "vswitchd_nooffload_cpu_s": round(vn[2], 2),
+    "duration_s": duration,
+    "streams": streams,
+    "repeat": repeat,
+    "smoke": smoke,
+}))
+sys.exit(3 if failed else 0)
+EOF
+report_rc=$?
+set -e
+[ "$report_rc" -eq 0 ] || exit "$report_rc"

@@ -1,0 +1,621 @@
+//! The uplink steering program (`xdp-prog/uplink.bpf.c`) and its maps.
+//!
+//! Contract: once attached, frames for registered endpoint MACs, and unicast
+//! IP / ARP / neighbour solicitations for registered endpoint IPs, go to the
+//! AF_XDP socket registered for the receive queue; everything else goes to
+//! the host stack, as does an endpoint frame arriving on a queue with no
+//! socket.
+//!
+//! Lifetime: the attachment is a BPF link pinned at
+//! `/sys/fs/bpf/vswitch/<ifname>/link`, with the maps pinned beside it for
+//! inspection (`bpftool map dump pinned ...`). Dropping an [`UplinkProgram`]
+//! leaves the program attached; the sockets close with the process, so it
+//! then hands every frame to the host. [`UplinkProgram::detach`] removes it.
+//!
+//! A previous instance's program is *replaced, not taken over*: `attach`
+//! unpins the old link (which detaches it once no process holds it) and
+//! attaches a fresh program. Taking over would keep the old maps and mode,
+//! but there is nothing to keep: the old sockets are gone (the old program
+//! was passing everything to the host, as no program does), the daemon
+//! re-registers endpoints from its state, and attaching fresh re-probes the
+//! mode and guarantees the map layouts match this loader.
+//!
+//! VLANs: the VID is read from the 802.1Q tag in the frame. A NIC that
+//! strips tags in hardware hides them from native XDP, so uplinks carrying
+//! VLANs need `ethtool -K IF rxvlan off`. Only one 802.1Q (0x8100) tag is
+//! parsed: 802.1ad (0x88a8) frames are looked up as untagged, and stacked
+//! tags by their outer VID, both by destination MAC only.
+//!
+//! Pins are named by interface only, so an uplink name must be unique across
+//! the network namespaces of one bpffs (the daemon's uplinks live in its own
+//! namespace).
+
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, XskMap};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{ProgramError, Xdp};
+use aya::Ebpf;
+
+use super::{check_ifname, ensure_bpffs, EbpfError, PIN_ROOT};
+
+static UPLINK_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/uplink.bpf.o"));
+
+const PROGRAM: &str = "vswitch_uplink";
+const MAP_XSKS: &str = "xsks";
+const MAP_MACS: &str = "endpoint_macs";
+const MAP_IPS: &str = "endpoint_ips";
+const MAP_STATS: &str = "stats";
+const LINK_PIN: &str = "link";
+
+/// `struct uplink_mac_key` (xdp-prog/uplink.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+struct MacKey {
+    vlan: u16,
+    mac: [u8; 6],
+}
+
+/// `struct uplink_ip_key` (xdp-prog/uplink.h): IPv4 in `addr[..4]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+struct IpKey {
+    vlan: u16,
+    family: u8,
+    pad: u8,
+    addr: [u8; 16],
+}
+
+const _: () = assert!(std::mem::size_of::<MacKey>() == 8);
+const _: () = assert!(std::mem::size_of::<IpKey>() == 20);
+
+// SAFETY: both are #[repr(C)] with only integer fields and no implicit
+// padding (sizes asserted above), so every byte pattern is a valid value.
+unsafe impl aya::Pod for MacKey {}
+// SAFETY: as for MacKey.
+unsafe impl aya::Pod for IpKey {}
+
+/// `UPLINK_FAMILY_*` (xdp-prog/uplink.h).
+const FAMILY_IPV4: u8 = 4;
+const FAMILY_IPV6: u8 = 6;
+
+/// `enum uplink_stat` (xdp-prog/uplink.h); never renumbered.
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+enum UplinkStat {
+    Redirected = 0,
+    Passed = 1,
+    Malformed = 2,
+    NoSocket = 3,
+}
+
+/// `UPLINK_STAT_MAX`.
+const STAT_COUNT: u32 = 4;
+const _: () = assert!(UplinkStat::NoSocket as u32 + 1 == STAT_COUNT);
+
+/// How the program runs on the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// In the driver, before an skb exists.
+    Native,
+    /// In the core stack on the skb (any interface; slower).
+    Generic,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        })
+    }
+}
+
+/// The program's counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XdpStats {
+    /// Frames handed to an AF_XDP socket.
+    pub redirected: u64,
+    /// Frames left to the host (not for an endpoint).
+    pub passed: u64,
+    /// Frames too short for their headers (left to the host).
+    pub malformed: u64,
+    /// Endpoint frames left to the host because no socket was registered on
+    /// their receive queue.
+    pub no_socket: u64,
+}
+
+/// The steering program attached to one uplink. See the module docs.
+pub struct UplinkProgram {
+    ifname: String,
+    mode: XdpMode,
+    pin_dir: PathBuf,
+    link: PinnedLink,
+    xsks: XskMap<MapData>,
+    macs: HashMap<MapData, MacKey, u32>,
+    ips: HashMap<MapData, IpKey, u32>,
+    stats: PerCpuArray<MapData, u64>,
+    /// Owns the loaded program; dropping it leaves the pinned link attached.
+    _ebpf: Ebpf,
+}
+
+impl fmt::Debug for UplinkProgram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UplinkProgram")
+            .field("ifname", &self.ifname)
+            .field("mode", &self.mode)
+            .field("pin_dir", &self.pin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UplinkProgram {
+    /// Loads the program and attaches it to `ifname` (in the calling thread's
+    /// network namespace): native (driver) mode if the driver supports it,
+    /// generic (skb) otherwise. Replaces a program a previous instance left
+    /// pinned (see the module docs).
+    pub fn attach(ifname: &str) -> Result<UplinkProgram, EbpfError> {
+        check_ifname(ifname)?;
+        let c_name = CString::new(ifname).expect("checked: no NUL");
+        // SAFETY: c_name is a valid NUL-terminated string for the call.
+        if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
+            return Err(EbpfError::NoSuchInterface(ifname.to_string()));
+        }
+        ensure_bpffs()?;
+        let pin_dir = Path::new(PIN_ROOT).join(ifname);
+        std::fs::create_dir_all(&pin_dir).map_err(|source| EbpfError::PinDir {
+            path: pin_dir.clone(),
+            source,
+        })?;
+        let replaced = remove_pins(&pin_dir)?;
+        if replaced {
+            tracing::info!(ifname, "replacing the XDP program of a previous instance");
+        }
+
+        let mut ebpf = Ebpf::load(UPLINK_OBJ).map_err(|source| EbpfError::Parse {
+            program: PROGRAM,
+            source: Box::new(source),
+        })?;
+        xdp_program(&mut ebpf)?
+            .load()
+            .map_err(|source| EbpfError::Load {
+                program: PROGRAM,
+                source: Box::new(source),
+            })?;
+
+        let pin_map = |ebpf: &mut Ebpf, name: &'static str| -> Result<Map, EbpfError> {
+            let map = ebpf.take_map(name).ok_or(EbpfError::Missing(name))?;
+            let path = pin_dir.join(name);
+            map.pin(&path).map_err(|source| EbpfError::Pin {
+                path,
+                source: Box::new(source),
+            })?;
+            Ok(map)
+        };
+        let typed = |name: &'static str, source: MapError| EbpfError::Map {
+            map: name,
+            op: "checking key and value sizes",
+            source: Box::new(source),
+        };
+        let xsks =
+            XskMap::try_from(pin_map(&mut ebpf, MAP_XSKS)?).map_err(|e| typed(MAP_XSKS, e))?;
+        let macs =
+            HashMap::try_from(pin_map(&mut ebpf, MAP_MACS)?).map_err(|e| typed(MAP_MACS, e))?;
+        let ips = HashMap::try_from(pin_map(&mut ebpf, MAP_IPS)?).map_err(|e| typed(MAP_IPS, e))?;
+        let stats = PerCpuArray::try_from(pin_map(&mut ebpf, MAP_STATS)?)
+            .map_err(|e| typed(MAP_STATS, e))?;
+
+        // Attach last, so that a failure before it leaves nothing attached.
+        let program = xdp_program(&mut ebpf)?;
+        let (link_id, mode) = attach_best_mode(program, ifname)?;
+        let link = program
+            .take_link(link_id)
+            .map_err(|source| EbpfError::Load {
+                program: PROGRAM,
+                source: Box::new(source),
+            })?;
+        // Until pinned, dropping the link (on an error) detaches it again.
+        let link = FdLink::try_from(link).map_err(|_| EbpfError::NotALink {
+            ifname: ifname.to_string(),
+        })?;
+        let link_path = pin_dir.join(LINK_PIN);
+        let link = link.pin(&link_path).map_err(|source| EbpfError::Pin {
+            path: link_path.clone(),
+            source: Box::new(source),
+        })?;
+
+        tracing::info!(ifname, %mode, pin = %pin_dir.display(), "attached the uplink XDP program");
+        Ok(UplinkProgram {
+            ifname: ifname.to_string(),
+            mode,
+            pin_dir,
+            link,
+            xsks,
+            macs,
+            ips,
+            stats,
+            _ebpf: ebpf,
+        })
+    }
+
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    pub fn mode(&self) -> XdpMode {
+        self.mode
+    }
+
+    /// Directory in bpffs holding the link and map pins.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Directs endpoint frames received on `queue` to the AF_XDP socket `fd`,
+    /// which must be bound to this interface and queue.
+    pub fn register_xsk(&mut self, queue: u32, fd: RawFd) -> Result<(), EbpfError> {
+        self.xsks
+            .set(queue, fd, 0)
+            .map_err(|source| EbpfError::Map {
+                map: MAP_XSKS,
+                op: "registering a socket",
+                source: Box::new(source),
+            })
+    }
+
+    /// Forgets the socket of `queue`; its frames go to the host again. (The
+    /// kernel also drops the entry when the socket closes.)
+    pub fn unregister_xsk(&mut self, queue: u32) -> Result<(), EbpfError> {
+        ignore_missing(self.xsks.unset(queue)).map_err(|source| EbpfError::Map {
+            map: MAP_XSKS,
+            op: "unregistering a socket",
+            source: Box::new(source),
+        })
+    }
+
+    /// Steers frames whose destination is `mac` on `vlan` (0 = untagged) to
+    /// the switch: an endpoint with its own MAC (transparent mode).
+    pub fn add_mac(&mut self, vlan: u16, mac: [u8; 6]) -> Result<(), EbpfError> {
+        let key = MacKey {
+            vlan: check_vlan(vlan)?,
+            mac,
+        };
+        self.macs
+            .insert(key, 0, 0)
+            .map_err(|source| EbpfError::Map {
+                map: MAP_MACS,
+                op: "adding an endpoint MAC",
+                source: Box::new(source),
+            })
+    }
+
+    /// Undoes [`UplinkProgram::add_mac`]; removing an absent MAC is not an
+    /// error.
+    pub fn remove_mac(&mut self, vlan: u16, mac: [u8; 6]) -> Result<(), EbpfError> {
+        let key = MacKey {
+            vlan: check_vlan(vlan)?,
+            mac,
+        };
+        ignore_missing(self.macs.remove(&key)).map_err(|source| EbpfError::Map {
+            map: MAP_MACS,
+            op: "removing an endpoint MAC",
+            source: Box::new(source),
+        })
+    }
+
+    /// Steers unicast IP to `ip`, ARP for it and neighbour solicitations for
+    /// it on `vlan` to the switch: an endpoint behind the uplink's MAC
+    /// (l2bridge mode).
+    pub fn add_ip(&mut self, vlan: u16, ip: IpAddr) -> Result<(), EbpfError> {
+        let key = ip_key(check_vlan(vlan)?, ip);
+        self.ips.insert(key, 0, 0).map_err(|source| EbpfError::Map {
+            map: MAP_IPS,
+            op: "adding an endpoint IP",
+            source: Box::new(source),
+        })
+    }
+
+    /// Undoes [`UplinkProgram::add_ip`]; removing an absent IP is not an
+    /// error.
+    pub fn remove_ip(&mut self, vlan: u16, ip: IpAddr) -> Result<(), EbpfError> {
+        let key = ip_key(check_vlan(vlan)?, ip);
+        ignore_missing(self.ips.remove(&key)).map_err(|source| EbpfError::Map {
+            map: MAP_IPS,
+            op: "removing an endpoint IP",
+            source: Box::new(source),
+        })
+    }
+
+    /// The program's counters, summed over CPUs.
+    pub fn stats(&self) -> Result<XdpStats, EbpfError> {
+        let read = |stat: UplinkStat| -> Result<u64, EbpfError> {
+            let per_cpu = self
+                .stats
+                .get(&(stat as u32), 0)
+                .map_err(|source| EbpfError::Map {
+                    map: MAP_STATS,
+                    op: "reading counters",
+                    source: Box::new(source),
+                })?;
+            Ok(per_cpu.iter().copied().fold(0u64, u64::wrapping_add))
+        };
+        Ok(XdpStats {
+            redirected: read(UplinkStat::Redirected)?,
+            passed: read(UplinkStat::Passed)?,
+            malformed: read(UplinkStat::Malformed)?,
+            no_socket: read(UplinkStat::NoSocket)?,
+        })
+    }
+
+    /// Removes the program from the interface and its pins from bpffs.
+    pub fn detach(self) -> Result<(), EbpfError> {
+        let UplinkProgram {
+            ifname,
+            pin_dir,
+            link,
+            _ebpf,
+            ..
+        } = self;
+        let link_path = pin_dir.join(LINK_PIN);
+        // Unpinning leaves this fd as the last reference; closing it (drop)
+        // detaches the program.
+        let link = link.unpin().map_err(|source| EbpfError::Unpin {
+            path: link_path,
+            source,
+        })?;
+        drop(link);
+        remove_pins(&pin_dir)?;
+        // Only succeeds when empty, which is all we want to clean up.
+        let _ = std::fs::remove_dir(&pin_dir);
+        tracing::info!(ifname, "detached the uplink XDP program");
+        Ok(())
+    }
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
+    ebpf.program_mut(PROGRAM)
+        .ok_or(EbpfError::Missing(PROGRAM))?
+        .try_into()
+        .map_err(|source| EbpfError::Load {
+            program: PROGRAM,
+            source: Box::new(source),
+        })
+}
+
+/// Tries native mode, then generic. A busy interface (another program
+/// attached) is reported as such instead of falling back.
+fn attach_best_mode(
+    program: &mut Xdp,
+    ifname: &str,
+) -> Result<(aya::programs::xdp::XdpLinkId, XdpMode), EbpfError> {
+    use aya::programs::XdpMode as Flags;
+
+    let native = match program.attach(ifname, Flags::Driver) {
+        Ok(id) => return Ok((id, XdpMode::Native)),
+        Err(e) if is_busy(&e) => {
+            return Err(EbpfError::ForeignProgram {
+                ifname: ifname.to_string(),
+            })
+        }
+        Err(e) => e,
+    };
+    tracing::debug!(ifname, error = %error_chain(&native), "native XDP refused, trying generic");
+    match program.attach(ifname, Flags::Skb) {
+        Ok(id) => Ok((id, XdpMode::Generic)),
+        Err(e) if is_busy(&e) => Err(EbpfError::ForeignProgram {
+            ifname: ifname.to_string(),
+        }),
+        Err(generic) => Err(EbpfError::Attach {
+            ifname: ifname.to_string(),
+            native: error_chain(&native),
+            generic: Box::new(generic),
+        }),
+    }
+}
+
+/// EBUSY: a link or program already holds the mode; EEXIST: a program holds
+/// the other mode (native and generic cannot coexist).
+fn is_busy(e: &ProgramError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::EBUSY) | Some(libc::EEXIST)) {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        source = err.source();
+    }
+    text
+}
+
+/// Removes the link and map pins in `dir`; true when a link was pinned
+/// (a previous instance's program, now detached unless a process still holds
+/// its link).
+fn remove_pins(dir: &Path) -> Result<bool, EbpfError> {
+    let mut had_link = false;
+    for name in [LINK_PIN, MAP_XSKS, MAP_MACS, MAP_IPS, MAP_STATS] {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => had_link |= name == LINK_PIN,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(EbpfError::Unpin { path, source }),
+        }
+    }
+    Ok(had_link)
+}
+
+fn check_vlan(vlan: u16) -> Result<u16, EbpfError> {
+    if vlan < 4095 {
+        Ok(vlan)
+    } else {
+        Err(EbpfError::InvalidVlan(vlan))
+    }
+}
+
+fn ip_key(vlan: u16, ip: IpAddr) -> IpKey {
+    let mut addr = [0u8; 16];
+    let family = match ip {
+        IpAddr::V4(v4) => {
+            addr[..4].copy_from_slice(&v4.octets());
+            FAMILY_IPV4
+        }
+        IpAddr::V6(v6) => {
+            addr.copy_from_slice(&v6.octets());
+            FAMILY_IPV6
+        }
+    };
+    IpKey {
+        vlan,
+        family,
+        pad: 0,
+        addr,
+    }
+}
+
+/// Map deletes report ENOENT for an absent key; removal is idempotent here.
+fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::SyscallError(ref e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(())
+        }
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn ip_keys_match_the_c_layout() {
+        let k = ip_key(7, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)));
+        assert_eq!((k.vlan, k.family, k.pad), (7, FAMILY_IPV4, 0));
+        assert_eq!(k.addr[..4], [10, 0, 0, 5]);
+        assert!(k.addr[4..].iter().all(|&b| b == 0));
+
+        let v6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x50);
+        let k = ip_key(0, IpAddr::V6(v6));
+        assert_eq!(k.family, FAMILY_IPV6);
+        assert_eq!(k.addr, v6.octets());
+    }
+
+    #[test]
+    fn vlan_range() {
+        assert!(check_vlan(0).is_ok());
+        assert!(check_vlan(4094).is_ok());
+        assert!(check_vlan(4095).is_err());
+    }
+
+    /// `ip -j link show` of `dev` in `ns` lists an "xdp" object when a
+    /// program is attached.
+    fn has_xdp(ns: &str, dev: &str) -> bool {
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns, "-j", "link", "show", "dev", dev])
+            .output()
+            .expect("ip link show");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).contains("\"xdp\"")
+    }
+
+    #[test]
+    fn attach_replaces_a_previous_instance_and_detach_removes_it() {
+        use super::super::testnet::{is_root, VethNet};
+        if !is_root() {
+            eprintln!("skipped: needs root (namespaces, XDP)");
+            return;
+        }
+        let net = VethNet::new().expect("building the veth topology");
+        let first = net
+            .in_a(|| UplinkProgram::attach(&net.a))
+            .expect("first attach");
+        assert_eq!(first.mode(), XdpMode::Native, "veth supports native XDP");
+        assert!(first.pin_dir().join(LINK_PIN).exists());
+        assert!(has_xdp(&net.ns_a, &net.a));
+
+        // A daemon that exits without detaching leaves the program pinned and
+        // attached.
+        drop(first);
+        assert!(has_xdp(&net.ns_a, &net.a));
+
+        // The next instance replaces it.
+        let mut second = net
+            .in_a(|| UplinkProgram::attach(&net.a))
+            .expect("re-attach");
+        second
+            .add_ip(
+                0,
+                IpAddr::V4(std::net::Ipv4Addr::new(10, 77, net.subnet, 9)),
+            )
+            .unwrap();
+        assert!(has_xdp(&net.ns_a, &net.a));
+        let pin_dir = second.pin_dir().to_path_buf();
+
+        second.detach().expect("detach");
+        assert!(!has_xdp(&net.ns_a, &net.a), "program still attached");
+        assert!(!pin_dir.exists(), "pins left behind");
+    }
+
+    #[test]
+    fn falls_back_to_generic_mode() {
+        use super::super::testnet::{is_root, VethNet};
+        if !is_root() {
+            eprintln!("skipped: needs root (namespaces, XDP)");
+            return;
+        }
+        let net = VethNet::new().expect("building the veth topology");
+        // The bridge driver has no native XDP (and this kernel has no dummy).
+        let dummy = format!("{}d", net.a);
+        net.ip(&net.ns_a, &["link", "add", &dummy, "type", "bridge"])
+            .unwrap();
+        let prog = net.in_a(|| UplinkProgram::attach(&dummy)).expect("attach");
+        assert_eq!(prog.mode(), XdpMode::Generic);
+        assert!(has_xdp(&net.ns_a, &dummy));
+        prog.detach().unwrap();
+        assert!(!has_xdp(&net.ns_a, &dummy));
+    }
+
+    #[test]
+    fn refuses_a_foreign_program() {
+        use super::super::testnet::{is_root, VethNet};
+        if !is_root() {
+            eprintln!("skipped: needs root (namespaces, XDP)");
+            return;
+        }
+        let net = VethNet::new().expect("building the veth topology");
+        // A program attached by someone else, without a vswitch pin.
+        let prog = net.in_a(|| UplinkProgram::attach(&net.a)).expect("attach");
+        let link_path = prog.pin_dir().join(LINK_PIN);
+        let held = prog.link;
+        let fd_link: FdLink = held.into();
+        std::fs::remove_file(&link_path).unwrap();
+        let err = net
+            .in_a(|| UplinkProgram::attach(&net.a))
+            .expect_err("must not steal the interface");
+        assert!(matches!(err, EbpfError::ForeignProgram { .. }), "{err}");
+        drop(fd_link);
+        assert!(!has_xdp(&net.ns_a, &net.a));
+        let _ = std::fs::remove_dir_all(Path::new(PIN_ROOT).join(&net.a));
+    }
+}

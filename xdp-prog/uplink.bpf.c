@@ -1,0 +1,299 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * XDP steering on an uplink: the interface is shared by the host (which keeps
+ * its own address on it) and the switch (which reads endpoint traffic through
+ * an AF_XDP socket). Per frame, the program decides which of the two gets it:
+ *
+ *   - destination MAC is an endpoint MAC (transparent mode)       -> switch
+ *   - ARP request/reply whose target IP is an endpoint IP          -> switch
+ *   - ICMPv6 neighbour solicitation whose target is an endpoint IP -> switch
+ *   - unicast IPv4/IPv6 whose destination is an endpoint IP
+ *     (l2bridge mode: the frame carries the uplink's own MAC)      -> switch
+ *   - everything else (host unicast, other broadcast/multicast)    -> host
+ *
+ * "Switch" means bpf_redirect_map into `xsks` at the receive queue, with
+ * XDP_PASS as the fallback so frames still reach the host when no socket is
+ * bound (the daemon is restarting, say). Lookups use the frame's 802.1Q VID,
+ * 0 when untagged. Every header is bounds-checked through a cursor before it
+ * is read; a frame too short for what it announces goes to the host.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "uplink.h"
+
+#define ARPHRD_ETHER 1
+#define ARPOP_REQUEST 1
+#define ARPOP_REPLY 2
+#define ICMPV6_NEIGHBOUR_SOLICITATION 135
+#define VLAN_VID_MASK 0x0fff
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, UPLINK_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, UPLINK_MAX_ENDPOINTS);
+	__type(key, struct uplink_mac_key);
+	__type(value, __u32);
+} endpoint_macs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, UPLINK_MAX_ENDPOINTS);
+	__type(key, struct uplink_ip_key);
+	__type(value, __u32);
+} endpoint_ips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, UPLINK_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* Parsing position in the frame; `pos` never passes `end`. */
+struct cursor {
+	void *pos;
+	void *end;
+};
+
+/* Returns the next `len` bytes and advances, or NULL when the frame is
+ * shorter. */
+static __always_inline void *cursor_take(struct cursor *c, __u32 len)
+{
+	void *p = c->pos;
+
+	if (p + len > c->end)
+		return NULL;
+	c->pos = p + len;
+	return p;
+}
+
+/* Outcome of a protocol helper. */
+enum verdict {
+	V_HOST = 0,
+	V_SWITCH = 1,
+	V_MALFORMED = 2,
+};
+
+static __always_inline int count(__u32 stat, int action)
+{
+	__u64 *n = bpf_map_lookup_elem(&stats, &stat);
+
+	/* Per-CPU slot: no other writer, no atomic needed. */
+	if (n)
+		*n += 1;
+	return action;
+}
+
+static __always_inline int to_switch(struct xdp_md *ctx)
+{
+	long action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+
+	if (action == XDP_REDIRECT)
+		return count(UPLINK_STAT_REDIRECTED, XDP_REDIRECT);
+	return count(UPLINK_STAT_NO_SOCKET, XDP_PASS);
+}
+
+static __always_inline int is_group_mac(const __u8 *mac)
+{
+	return mac[0] & 1;
+}
+
+/* --- Ethernet ----------------------------------------------------------- */
+
+static __always_inline int mac_is_endpoint(__u16 vlan, const __u8 *mac)
+{
+	struct uplink_mac_key key = { .vlan = vlan };
+
+	__builtin_memcpy(key.mac, mac, 6);
+	return bpf_map_lookup_elem(&endpoint_macs, &key) != NULL;
+}
+
+struct vlan_tag {
+	__be16 tci;
+	__be16 encapsulated_proto;
+};
+
+/* Consumes one 802.1Q tag if present; leaves the inner EtherType in *proto
+ * and the VID in *vlan (0 when untagged). */
+static __always_inline enum verdict parse_vlan(struct cursor *c, __be16 *proto, __u16 *vlan)
+{
+	struct vlan_tag *tag;
+
+	*vlan = 0;
+	if (*proto != bpf_htons(ETH_P_8021Q))
+		return V_HOST;
+	tag = cursor_take(c, sizeof(*tag));
+	if (!tag)
+		return V_MALFORMED;
+	*vlan = bpf_ntohs(tag->tci) & VLAN_VID_MASK;
+	*proto = tag->encapsulated_proto;
+	return V_HOST;
+}
+
+/* --- IP ------------------------------------------------------------------ */
+
+static __always_inline int ipv4_is_endpoint(__u16 vlan, const __be32 *addr)
+{
+	struct uplink_ip_key key = { .vlan = vlan, .family = UPLINK_FAMILY_IPV4 };
+
+	__builtin_memcpy(key.addr, addr, 4);
+	return bpf_map_lookup_elem(&endpoint_ips, &key) != NULL;
+}
+
+static __always_inline int ipv6_is_endpoint(__u16 vlan, const struct in6_addr *addr)
+{
+	struct uplink_ip_key key = { .vlan = vlan, .family = UPLINK_FAMILY_IPV6 };
+
+	__builtin_memcpy(key.addr, addr, 16);
+	return bpf_map_lookup_elem(&endpoint_ips, &key) != NULL;
+}
+
+/* --- ARP ----------------------------------------------------------------- */
+
+/* ARP for IPv4 over Ethernet (RFC 826), the only kind endpoints use. */
+struct arp_eth_ipv4 {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 op;
+	__u8 sender_mac[6];
+	__be32 sender_ip;
+	__u8 target_mac[6];
+	__be32 target_ip;
+} __attribute__((packed));
+
+_Static_assert(sizeof(struct arp_eth_ipv4) == 28, "ARP header layout");
+
+static __always_inline enum verdict parse_arp(struct cursor *c, __u16 vlan)
+{
+	struct arp_eth_ipv4 *arp = cursor_take(c, sizeof(*arp));
+	__be32 target;
+
+	if (!arp)
+		return V_MALFORMED;
+	if (arp->htype != bpf_htons(ARPHRD_ETHER) || arp->ptype != bpf_htons(ETH_P_IP) ||
+	    arp->hlen != 6 || arp->plen != 4)
+		return V_HOST;
+	if (arp->op != bpf_htons(ARPOP_REQUEST) && arp->op != bpf_htons(ARPOP_REPLY))
+		return V_HOST;
+	/* Packed struct: copy out before taking the address. */
+	target = arp->target_ip;
+	return ipv4_is_endpoint(vlan, &target) ? V_SWITCH : V_HOST;
+}
+
+/* --- IPv4 ---------------------------------------------------------------- */
+
+static __always_inline enum verdict parse_ipv4(struct cursor *c, __u16 vlan, int unicast)
+{
+	struct iphdr *ip = cursor_take(c, sizeof(*ip));
+
+	if (!ip || ip->ihl < 5)
+		return V_MALFORMED;
+	if (!unicast)
+		return V_HOST;
+	return ipv4_is_endpoint(vlan, &ip->daddr) ? V_SWITCH : V_HOST;
+}
+
+/* --- IPv6 ---------------------------------------------------------------- */
+
+/* ICMPv6 neighbour solicitation (RFC 4861 4.3) up to its target. */
+struct icmp6_ns {
+	__u8 type;
+	__u8 code;
+	__be16 checksum;
+	__be32 reserved;
+	struct in6_addr target;
+};
+
+_Static_assert(sizeof(struct icmp6_ns) == 24, "neighbour solicitation layout");
+
+static __always_inline enum verdict parse_ipv6(struct cursor *c, __u16 vlan, int unicast)
+{
+	struct ipv6hdr *ip6 = cursor_take(c, sizeof(*ip6));
+
+	if (!ip6)
+		return V_MALFORMED;
+	/* Neighbour discovery carries no extension headers (RFC 4861 hop
+	 * limit 255, nothing in between), so only the first next header is
+	 * looked at. */
+	if (ip6->nexthdr == IPPROTO_ICMPV6) {
+		__u8 *type = cursor_take(c, 1);
+
+		if (!type)
+			return V_MALFORMED;
+		if (*type == ICMPV6_NEIGHBOUR_SOLICITATION) {
+			struct icmp6_ns *ns;
+
+			c->pos = type;
+			ns = cursor_take(c, sizeof(*ns));
+			if (!ns)
+				return V_MALFORMED;
+			return ipv6_is_endpoint(vlan, &ns->target) ? V_SWITCH : V_HOST;
+		}
+	}
+	if (!unicast)
+		return V_HOST;
+	return ipv6_is_endpoint(vlan, &ip6->daddr) ? V_SWITCH : V_HOST;
+}
+
+/* --- Entry --------------------------------------------------------------- */
+
+SEC("xdp")
+int vswitch_uplink(struct xdp_md *ctx)
+{
+	struct cursor c = {
+		.pos = (void *)(long)ctx->data,
+		.end = (void *)(long)ctx->data_end,
+	};
+	struct ethhdr *eth = cursor_take(&c, sizeof(*eth));
+	enum verdict v;
+	__be16 proto;
+	__u16 vlan;
+	int unicast;
+
+	if (!eth)
+		return count(UPLINK_STAT_MALFORMED, XDP_PASS);
+	proto = eth->h_proto;
+	if (parse_vlan(&c, &proto, &vlan) == V_MALFORMED)
+		return count(UPLINK_STAT_MALFORMED, XDP_PASS);
+	if (mac_is_endpoint(vlan, eth->h_dest))
+		return to_switch(ctx);
+
+	unicast = !is_group_mac(eth->h_dest);
+	switch (proto) {
+	case bpf_htons(ETH_P_ARP):
+		v = parse_arp(&c, vlan);
+		break;
+	case bpf_htons(ETH_P_IP):
+		v = parse_ipv4(&c, vlan, unicast);
+		break;
+	case bpf_htons(ETH_P_IPV6):
+		v = parse_ipv6(&c, vlan, unicast);
+		break;
+	default:
+		v = V_HOST;
+		break;
+	}
+
+	if (v == V_SWITCH)
+		return to_switch(ctx);
+	if (v == V_MALFORMED)
+		return count(UPLINK_STAT_MALFORMED, XDP_PASS);
+	return count(UPLINK_STAT_PASSED, XDP_PASS);
+}
+
+/* Only non-GPL helpers are used (map lookup, redirect_map). */
+char _license[] SEC("license") = "Apache-2.0";

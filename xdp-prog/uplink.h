@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Types shared between uplink.bpf.c and its loader (vswitch/src/ebpf/uplink.rs).
+ *
+ * The Rust side mirrors every struct with #[repr(C)] and asserts the same
+ * sizes; change both together. Stat numbers are never renumbered: add new
+ * ones before UPLINK_STAT_MAX.
+ */
+#ifndef VSWITCH_UPLINK_H
+#define VSWITCH_UPLINK_H
+
+#include <linux/types.h>
+
+/* Per-CPU counters, indexes into the `stats` array. */
+enum uplink_stat {
+	/* Handed to the switch's AF_XDP socket. */
+	UPLINK_STAT_REDIRECTED = 0,
+	/* Not for an endpoint: left to the host stack. */
+	UPLINK_STAT_PASSED = 1,
+	/* Too short for the headers it announces: left to the host stack. */
+	UPLINK_STAT_MALFORMED = 2,
+	/* For an endpoint, but no socket is bound on the receive queue, so the
+	 * host stack got it. */
+	UPLINK_STAT_NO_SOCKET = 3,
+	UPLINK_STAT_MAX = 4,
+};
+
+/* `family` values of struct uplink_ip_key. */
+#define UPLINK_FAMILY_IPV4 4
+#define UPLINK_FAMILY_IPV6 6
+
+/* Key of `endpoint_macs`: a destination MAC on a VLAN (0 = untagged). */
+struct uplink_mac_key {
+	__u16 vlan;
+	__u8 mac[6];
+};
+
+/* Key of `endpoint_ips`: an IPv4 address lives in addr[0..4], the rest zero. */
+struct uplink_ip_key {
+	__u16 vlan;
+	__u8 family;
+	__u8 pad;
+	__u8 addr[16];
+};
+
+_Static_assert(sizeof(struct uplink_mac_key) == 8, "uplink_mac_key layout");
+_Static_assert(sizeof(struct uplink_ip_key) == 20, "uplink_ip_key layout");
+
+/* Largest number of receive queues an uplink can have sockets on. */
+#define UPLINK_MAX_QUEUES 64
+/* Entries of each endpoint map. */
+#define UPLINK_MAX_ENDPOINTS 4096
+
+#endif
