@@ -60,12 +60,13 @@ impl Epoll {
         Ok(())
     }
 
-    /// Waits up to `timeout_ms`; returns the tokens that are ready.
+    /// Waits up to `timeout_ms`; returns the ready tokens, each with
+    /// whether its descriptor reported an error or hang-up.
     pub fn wait<'a>(
         &self,
         events: &'a mut [libc::epoll_event],
         timeout_ms: i32,
-    ) -> io::Result<impl Iterator<Item = u64> + 'a> {
+    ) -> io::Result<impl Iterator<Item = (u64, bool)> + 'a> {
         // SAFETY: events is a valid, writable array of events.len() entries.
         let n = unsafe {
             libc::epoll_wait(
@@ -80,7 +81,10 @@ impl Epoll {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
             Err(e) => return Err(e),
         };
-        Ok(events[..n].iter().map(|ev| ev.u64))
+        let broken = (libc::EPOLLERR | libc::EPOLLHUP) as u32;
+        Ok(events[..n]
+            .iter()
+            .map(move |ev| (ev.u64, ev.events & broken != 0)))
     }
 }
 

@@ -18,7 +18,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::api::{self, ApiError, EndpointState, ErrorKind, Reply, Request, Response};
-use crate::datapath::{Datapath, DropReason, NetId, PortCounters, PortId, PortSecurity, PortSpec};
+use crate::datapath::{
+    Datapath, DropReason, NetId, PortCounters, PortId, PortKind, PortSecurity, PortSpec,
+};
 use crate::sys::random_bytes;
 use crate::wire::MacAddr;
 
@@ -406,8 +408,14 @@ impl Controller {
                     offload: net.parsed.offload,
                 };
                 match plumb::host_tap(&cfg, origin).and_then(|tap| {
-                    self.attach(dp, Box::new(tap), None, cfg.offload)
-                        .map_err(|e| plumb::PlumbError::Datapath(e.to_string()))
+                    self.attach(
+                        dp,
+                        PortKind::Local(Box::new(tap)),
+                        None,
+                        cfg.offload,
+                        Vec::new(),
+                    )
+                    .map_err(|e| plumb::PlumbError::Datapath(e.to_string()))
                 }) {
                     Ok(port) => Some(port),
                     Err(e) => {
@@ -427,19 +435,21 @@ impl Controller {
     fn attach(
         &mut self,
         net: NetId,
-        io: Box<dyn crate::port::PortIo>,
+        kind: PortKind,
         security: Option<PortSecurity>,
         gso: bool,
+        addrs: Vec<(IpAddr, MacAddr)>,
     ) -> std::io::Result<PortHandle> {
         let id = self.next_port_id();
         let counters = Arc::new(PortCounters::default());
         self.datapath.add_port(PortSpec {
             id,
             net,
-            io,
+            kind,
             counters: counters.clone(),
             security,
             gso,
+            addrs,
         })?;
         Ok(PortHandle { id, counters })
     }
@@ -747,7 +757,20 @@ impl Controller {
             .get(&net.id)
             .map(|rt| rt.dp)
             .ok_or_else(|| internal("network not running"))?;
-        match self.attach(dp, Box::new(tap), security, cfg.offload) {
+        let addrs = ep
+            .ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(ep.ipv6.map(IpAddr::V6))
+            .map(|ip| (ip, ep.mac))
+            .collect();
+        match self.attach(
+            dp,
+            PortKind::Local(Box::new(tap)),
+            security,
+            cfg.offload,
+            addrs,
+        ) {
             Ok(port) => Ok(Some(port)),
             Err(e) => {
                 if origin == TapOrigin::Fresh {

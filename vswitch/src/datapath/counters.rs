@@ -1,7 +1,7 @@
 //! Per-port counters: written by the datapath thread only, read by the
 //! control plane at any time without locks.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Why a frame was dropped. The numbers are stable (they will be shared with
 /// the eBPF programs): add new reasons at the end, never renumber.
@@ -24,10 +24,15 @@ pub enum DropReason {
     Hairpin = 6,
     /// A GSO super-frame towards a port that cannot take one.
     GsoUnsupported = 7,
+    /// Arrived on an uplink with a VLAN tag no network uses.
+    UnknownVlan = 8,
+    /// Arrived on an l2bridge uplink for the uplink's MAC but for no
+    /// endpoint's IP address.
+    NotLocal = 9,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::InvalidSourceMac,
         DropReason::MacSpoofing,
@@ -36,6 +41,8 @@ impl DropReason {
         DropReason::TxFailed,
         DropReason::Hairpin,
         DropReason::GsoUnsupported,
+        DropReason::UnknownVlan,
+        DropReason::NotLocal,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +55,8 @@ impl DropReason {
             DropReason::TxFailed => "tx_failed",
             DropReason::Hairpin => "hairpin",
             DropReason::GsoUnsupported => "gso_unsupported",
+            DropReason::UnknownVlan => "unknown_vlan",
+            DropReason::NotLocal => "not_local",
         }
     }
 }
@@ -61,6 +70,9 @@ pub struct PortCounters {
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    /// Set when the port's device failed (deleted under the switch); the
+    /// datapath has stopped polling it.
+    pub failed: AtomicBool,
 }
 
 #[inline]
@@ -88,6 +100,10 @@ impl PortCounters {
 
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

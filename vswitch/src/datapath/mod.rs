@@ -17,6 +17,7 @@ mod l2bridge;
 
 use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -26,33 +27,65 @@ pub use counters::{DropReason, PortCounters};
 pub use forward::PortSecurity;
 
 use crate::fdb::{Fdb, FdbConfig};
-use crate::port::{Packet, PortIo, BATCH};
+use crate::port::{Packet, PortIo, VirtioNetHdr, BATCH};
 use crate::sys::{Epoll, EventFd};
-use crate::wire::MacAddr;
+use crate::wire::{vlan_pop, vlan_push, MacAddr};
+use l2bridge::{Ingress, Locals};
 
 pub type PortId = u32;
 pub type NetId = u32;
+pub type TrunkId = u32;
 
 /// How often learned addresses are checked for expiry.
 const AGING_TICK: Duration = Duration::from_secs(1);
 const WAKE_TOKEN: u64 = u64::MAX;
+/// Epoll tokens of trunk queues: this bit, the trunk id and the queue.
+const TRUNK_TOKEN: u64 = 1 << 48;
+
+/// Where a port's frames come from and go to.
+pub enum PortKind {
+    /// A vNIC the datapath reads and writes itself (a TAP).
+    Local(Box<dyn PortIo>),
+    /// A network's attachment to an uplink trunk, on one VLAN (0 for
+    /// untagged). With `l2bridge`, frames leave with that MAC as their
+    /// source and arrive translated back (see [`l2bridge`]).
+    Uplink {
+        trunk: TrunkId,
+        vlan: u16,
+        l2bridge: Option<MacAddr>,
+    },
+}
 
 /// A port as handed to the datapath.
 pub struct PortSpec {
     pub id: PortId,
     pub net: NetId,
-    pub io: Box<dyn PortIo>,
+    pub kind: PortKind,
     pub counters: Arc<PortCounters>,
-    /// `None` for trusted ports (the host port); endpoints get their own
-    /// addresses here unless they may spoof.
+    /// `None` for trusted ports (host and uplink ports); endpoints get their
+    /// own addresses here unless they may spoof.
     pub security: Option<PortSecurity>,
     /// Whether the port accepts GSO super-frames (offloading TAPs do).
     pub gso: bool,
+    /// The endpoint's addresses, which an l2bridge network answers ARP and
+    /// neighbour solicitations for.
+    pub addrs: Vec<(IpAddr, MacAddr)>,
+}
+
+/// An uplink device as handed to the datapath: one AF_XDP socket per
+/// receive queue. Frames are sent through the first.
+pub struct TrunkSpec {
+    pub id: TrunkId,
+    pub queues: Vec<Box<dyn PortIo>>,
+    /// Frames on the wire side, before VLAN demultiplexing.
+    pub counters: Arc<PortCounters>,
 }
 
 enum Command {
     AddNetwork { net: NetId, fdb: FdbConfig },
     RemoveNetwork { net: NetId },
+    AddTrunk(TrunkSpec),
+    RemoveTrunk { trunk: TrunkId },
     AddPort(PortSpec),
     RemovePort { port: PortId },
     DumpFdb { net: NetId },
@@ -118,6 +151,16 @@ impl Datapath {
         self.call(Command::RemoveNetwork { net }).map(drop)
     }
 
+    /// Adds an uplink device; networks attach to it with uplink ports.
+    pub fn add_trunk(&self, spec: TrunkSpec) -> io::Result<()> {
+        self.call(Command::AddTrunk(spec)).map(drop)
+    }
+
+    /// Removes an uplink device; its sockets are closed when this returns.
+    pub fn remove_trunk(&self, trunk: TrunkId) -> io::Result<()> {
+        self.call(Command::RemoveTrunk { trunk }).map(drop)
+    }
+
     pub fn add_port(&self, spec: PortSpec) -> io::Result<()> {
         self.call(Command::AddPort(spec)).map(drop)
     }
@@ -147,12 +190,22 @@ impl Drop for Datapath {
     }
 }
 
+enum SlotKind {
+    Local(Box<dyn PortIo>),
+    Uplink {
+        trunk: TrunkId,
+        vlan: u16,
+        l2bridge: Option<MacAddr>,
+    },
+}
+
 struct PortSlot {
     net: NetId,
-    io: Box<dyn PortIo>,
+    kind: SlotKind,
     counters: Arc<PortCounters>,
     security: Option<PortSecurity>,
     gso: bool,
+    addrs: Vec<IpAddr>,
     /// Sent to since the last flush.
     dirty: bool,
 }
@@ -160,14 +213,31 @@ struct PortSlot {
 struct NetSlot {
     fdb: Fdb<PortId>,
     ports: Vec<PortId>,
+    /// Endpoint addresses, for l2bridge translation.
+    locals: Locals,
+    /// The network reaches the wire through an l2bridge uplink.
+    l2bridge: bool,
+}
+
+struct TrunkSlot {
+    queues: Vec<Box<dyn PortIo>>,
+    /// The uplink port of each VLAN using this trunk.
+    members: HashMap<u16, PortId>,
+    counters: Arc<PortCounters>,
+    dirty: bool,
 }
 
 /// The forwarding tables, apart from the receive batch so that frames in
 /// the batch can be read while ports are written.
-#[derive(Default)]
 struct Tables {
     ports: HashMap<PortId, PortSlot>,
     nets: HashMap<NetId, NetSlot>,
+    trunks: HashMap<TrunkId, TrunkSlot>,
+    /// Frames leaving through an uplink are composed here (translated,
+    /// tagged), so a flood can still hand the original to other ports.
+    egress: Packet,
+    /// Answers the switch makes itself (l2bridge ARP and NDP).
+    reply: Packet,
 }
 
 struct Worker {
@@ -184,14 +254,20 @@ impl Worker {
             epoll,
             wake,
             calls,
-            tables: Tables::default(),
+            tables: Tables {
+                ports: HashMap::new(),
+                nets: HashMap::new(),
+                trunks: HashMap::new(),
+                egress: Packet::new(),
+                reply: Packet::new(),
+            },
             batch: (0..BATCH).map(|_| Packet::new()).collect(),
         }
     }
 
     fn run(mut self) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
-        let mut ready: Vec<u64> = Vec::with_capacity(64);
+        let mut ready: Vec<(u64, bool)> = Vec::with_capacity(64);
         let mut last_aging = Instant::now();
         loop {
             ready.clear();
@@ -203,14 +279,17 @@ impl Worker {
                 }
             }
             let now = Instant::now();
-            for &token in &ready {
+            for &(token, broken) in &ready {
                 if token == WAKE_TOKEN {
                     self.wake.drain();
                     if !self.apply_calls() {
                         return;
                     }
+                } else if token & TRUNK_TOKEN != 0 {
+                    let trunk = ((token >> 16) & 0xffff_ffff) as TrunkId;
+                    self.poll_trunk(trunk, (token & 0xffff) as usize, broken, now);
                 } else {
-                    self.poll_port(token as PortId, now);
+                    self.poll_port(token as PortId, broken, now);
                 }
             }
             self.tables.flush();
@@ -239,11 +318,14 @@ impl Worker {
 
     fn apply(&mut self, cmd: Command) -> Outcome {
         let t = &mut self.tables;
+        let failed = |msg: String| Outcome::Failed(io::Error::other(msg));
         match cmd {
             Command::AddNetwork { net, fdb } => {
                 t.nets.entry(net).or_insert_with(|| NetSlot {
                     fdb: Fdb::new(fdb),
                     ports: Vec::new(),
+                    locals: Locals::new(),
+                    l2bridge: false,
                 });
                 Outcome::Done
             }
@@ -251,25 +333,77 @@ impl Worker {
                 t.nets.remove(&net);
                 Outcome::Done
             }
+            Command::AddTrunk(spec) => {
+                for (q, io) in spec.queues.iter().enumerate() {
+                    let token = TRUNK_TOKEN | (u64::from(spec.id) << 16) | q as u64;
+                    if let Err(e) = self.epoll.add(io.raw_fd(), token) {
+                        for io in &spec.queues[..q] {
+                            let _ = self.epoll.delete(io.raw_fd());
+                        }
+                        return Outcome::Failed(e);
+                    }
+                }
+                t.trunks.insert(
+                    spec.id,
+                    TrunkSlot {
+                        queues: spec.queues,
+                        members: HashMap::new(),
+                        counters: spec.counters,
+                        dirty: false,
+                    },
+                );
+                Outcome::Done
+            }
+            Command::RemoveTrunk { trunk } => {
+                if let Some(slot) = t.trunks.remove(&trunk) {
+                    for io in &slot.queues {
+                        let _ = self.epoll.delete(io.raw_fd());
+                    }
+                }
+                Outcome::Done
+            }
             Command::AddPort(spec) => {
                 let Some(net) = t.nets.get_mut(&spec.net) else {
-                    return Outcome::Failed(io::Error::other(format!(
-                        "datapath has no network {}",
-                        spec.net
-                    )));
+                    return failed(format!("datapath has no network {}", spec.net));
                 };
-                if let Err(e) = self.epoll.add(spec.io.raw_fd(), spec.id as u64) {
-                    return Outcome::Failed(e);
-                }
+                let kind = match spec.kind {
+                    PortKind::Local(io) => {
+                        if let Err(e) = self.epoll.add(io.raw_fd(), u64::from(spec.id)) {
+                            return Outcome::Failed(e);
+                        }
+                        SlotKind::Local(io)
+                    }
+                    PortKind::Uplink {
+                        trunk,
+                        vlan,
+                        l2bridge,
+                    } => {
+                        let Some(slot) = t.trunks.get_mut(&trunk) else {
+                            return failed(format!("datapath has no trunk {trunk}"));
+                        };
+                        if slot.members.contains_key(&vlan) {
+                            return failed(format!("VLAN {vlan} of trunk {trunk} is taken"));
+                        }
+                        slot.members.insert(vlan, spec.id);
+                        net.l2bridge |= l2bridge.is_some();
+                        SlotKind::Uplink {
+                            trunk,
+                            vlan,
+                            l2bridge,
+                        }
+                    }
+                };
                 net.ports.push(spec.id);
+                net.locals.extend(spec.addrs.iter().copied());
                 t.ports.insert(
                     spec.id,
                     PortSlot {
                         net: spec.net,
-                        io: spec.io,
+                        kind,
                         counters: spec.counters,
                         security: spec.security,
                         gso: spec.gso,
+                        addrs: spec.addrs.iter().map(|(ip, _)| *ip).collect(),
                         dirty: false,
                     },
                 );
@@ -277,10 +411,25 @@ impl Worker {
             }
             Command::RemovePort { port } => {
                 if let Some(slot) = t.ports.remove(&port) {
-                    let _ = self.epoll.delete(slot.io.raw_fd());
+                    match &slot.kind {
+                        SlotKind::Local(io) => {
+                            let _ = self.epoll.delete(io.raw_fd());
+                        }
+                        SlotKind::Uplink { trunk, vlan, .. } => {
+                            if let Some(trunk) = t.trunks.get_mut(trunk) {
+                                trunk.members.remove(vlan);
+                            }
+                        }
+                    }
                     if let Some(net) = t.nets.get_mut(&slot.net) {
                         net.ports.retain(|&p| p != port);
                         net.fdb.forget_port(port);
+                        for ip in &slot.addrs {
+                            net.locals.remove(ip);
+                        }
+                        if matches!(slot.kind, SlotKind::Uplink { .. }) {
+                            net.l2bridge = false;
+                        }
                     }
                 }
                 Outcome::Done
@@ -297,40 +446,144 @@ impl Worker {
         }
     }
 
-    fn poll_port(&mut self, port: PortId, now: Instant) {
+    /// Stops polling a descriptor whose device is gone, so a deleted
+    /// interface cannot make the loop spin; the control plane sees the flag.
+    fn give_up(&self, fd: std::os::fd::RawFd, counters: &PortCounters, what: &str, error: &str) {
+        let _ = self.epoll.delete(fd);
+        counters
+            .failed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(port = what, error, "device failed; no longer polled");
+    }
+
+    fn poll_port(&mut self, port: PortId, broken: bool, now: Instant) {
         let Some(slot) = self.tables.ports.get_mut(&port) else {
             return;
         };
-        let n = match slot.io.recv_batch(&mut self.batch) {
+        let SlotKind::Local(io) = &mut slot.kind else {
+            return;
+        };
+        let n = match io.recv_batch(&mut self.batch) {
+            Ok(0) if broken => {
+                let fd = io.raw_fd();
+                let counters = slot.counters.clone();
+                self.give_up(fd, &counters, &port.to_string(), "hang-up");
+                return;
+            }
             Ok(n) => n,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                return
+            }
             Err(e) => {
-                tracing::trace!(port, error = %e, "receive failed");
+                let fd = io.raw_fd();
+                let counters = slot.counters.clone();
+                self.give_up(fd, &counters, &port.to_string(), &e.to_string());
                 return;
             }
         };
-        for pkt in &self.batch[..n] {
-            self.tables.forward(port, pkt, now);
+        for pkt in &mut self.batch[..n] {
+            self.tables.receive(port, pkt, now);
+        }
+    }
+
+    fn poll_trunk(&mut self, trunk: TrunkId, queue: usize, broken: bool, now: Instant) {
+        let Some(slot) = self.tables.trunks.get_mut(&trunk) else {
+            return;
+        };
+        let Some(io) = slot.queues.get_mut(queue) else {
+            return;
+        };
+        let n = match io.recv_batch(&mut self.batch) {
+            Ok(0) if broken => {
+                let fd = io.raw_fd();
+                let counters = slot.counters.clone();
+                self.give_up(fd, &counters, &format!("trunk {trunk}"), "error on socket");
+                return;
+            }
+            Ok(n) => n,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                return
+            }
+            Err(e) => {
+                let fd = io.raw_fd();
+                let counters = slot.counters.clone();
+                self.give_up(fd, &counters, &format!("trunk {trunk}"), &e.to_string());
+                return;
+            }
+        };
+        for pkt in &mut self.batch[..n] {
+            self.tables.receive_from_trunk(trunk, pkt, now);
         }
     }
 }
 
 impl Tables {
-    fn forward(&mut self, in_port: PortId, pkt: &Packet, now: Instant) {
+    /// A frame from the wire: find the network by its VLAN tag, untag it.
+    fn receive_from_trunk(&mut self, trunk: TrunkId, pkt: &mut Packet, now: Instant) {
+        let Some(slot) = self.trunks.get(&trunk) else {
+            return;
+        };
+        let len = pkt.frame().len();
+        slot.counters.rx(len);
+        let vlan = match vlan_pop(pkt.buffer_mut(), len) {
+            Some((vid, new_len)) => {
+                pkt.set_len(new_len);
+                vid
+            }
+            None => 0,
+        };
+        match slot.members.get(&vlan) {
+            Some(&port) => self.receive(port, pkt, now),
+            None => slot.counters.dropped(DropReason::UnknownVlan),
+        }
+    }
+
+    fn receive(&mut self, in_port: PortId, pkt: &mut Packet, now: Instant) {
         let Some(src) = self.ports.get(&in_port) else {
             return;
         };
-        let frame = pkt.frame();
-        src.counters.rx(frame.len());
-        let (src_mac, dst_mac) = match forward::admit(src.security.as_ref(), frame) {
+        src.counters.rx(pkt.frame().len());
+        let (src_mac, mut dst_mac) = match forward::admit(src.security.as_ref(), pkt.frame()) {
             Ok(addrs) => addrs,
             Err(reason) => {
                 src.counters.dropped(reason);
                 return;
             }
         };
+        let (from_wire, l2bridge_mac) = match src.kind {
+            SlotKind::Uplink { l2bridge, .. } => (true, l2bridge),
+            SlotKind::Local(_) => (false, None),
+        };
         let Some(net) = self.nets.get_mut(&src.net) else {
             return;
         };
+        if let Some(uplink_mac) = l2bridge_mac {
+            match l2bridge::ingress(pkt.frame_mut(), uplink_mac, &net.locals, &mut self.reply) {
+                Ingress::Forward => {
+                    dst_mac = MacAddr(pkt.frame()[..6].try_into().expect("admitted"))
+                }
+                Ingress::Reply => {
+                    transmit(
+                        &mut self.ports,
+                        &mut self.trunks,
+                        &mut self.egress,
+                        in_port,
+                        &self.reply,
+                    );
+                    return;
+                }
+                Ingress::NotLocal => {
+                    src.counters.dropped(DropReason::NotLocal);
+                    return;
+                }
+            }
+        }
         net.fdb.learn(src_mac, in_port, now);
         if !dst_mac.is_multicast() {
             match net.fdb.lookup(dst_mac, now) {
@@ -339,11 +592,49 @@ impl Tables {
                         src.counters.dropped(DropReason::Hairpin);
                     }
                 }
-                Some(out) => transmit(&mut self.ports, out, pkt),
-                None => flood(&mut self.ports, &net.ports, in_port, pkt),
+                Some(out) => transmit(
+                    &mut self.ports,
+                    &mut self.trunks,
+                    &mut self.egress,
+                    out,
+                    pkt,
+                ),
+                None => self.flood(in_port, pkt, false),
             }
         } else {
-            flood(&mut self.ports, &net.ports, in_port, pkt);
+            // An l2bridge network answers for its own endpoints: a question
+            // about one of them needs no answer from the wire.
+            let local_only =
+                net.l2bridge && !from_wire && l2bridge::asks_for_local(pkt.frame(), &net.locals);
+            self.flood(in_port, pkt, local_only);
+        }
+    }
+
+    /// Sends to every port of the network but the one the frame came from
+    /// (and, with `local_only`, but the uplink).
+    fn flood(&mut self, in_port: PortId, pkt: &Packet, local_only: bool) {
+        let Some(net) = self.ports.get(&in_port).and_then(|p| self.nets.get(&p.net)) else {
+            return;
+        };
+        for &out in &net.ports {
+            if out == in_port {
+                continue;
+            }
+            if local_only
+                && matches!(
+                    self.ports.get(&out).map(|p| &p.kind),
+                    Some(SlotKind::Uplink { .. })
+                )
+            {
+                continue;
+            }
+            transmit(
+                &mut self.ports,
+                &mut self.trunks,
+                &mut self.egress,
+                out,
+                pkt,
+            );
         }
     }
 
@@ -351,23 +642,33 @@ impl Tables {
         for slot in self.ports.values_mut() {
             if slot.dirty {
                 slot.dirty = false;
-                if slot.io.flush().is_err() {
-                    slot.counters.dropped(DropReason::TxFailed);
+                if let SlotKind::Local(io) = &mut slot.kind {
+                    if io.flush().is_err() {
+                        slot.counters.dropped(DropReason::TxFailed);
+                    }
+                }
+            }
+        }
+        for trunk in self.trunks.values_mut() {
+            if trunk.dirty {
+                trunk.dirty = false;
+                if let Some(io) = trunk.queues.first_mut() {
+                    if io.flush().is_err() {
+                        trunk.counters.dropped(DropReason::TxFailed);
+                    }
                 }
             }
         }
     }
 }
 
-fn flood(ports: &mut HashMap<PortId, PortSlot>, members: &[PortId], in_port: PortId, pkt: &Packet) {
-    for &out in members {
-        if out != in_port {
-            transmit(ports, out, pkt);
-        }
-    }
-}
-
-fn transmit(ports: &mut HashMap<PortId, PortSlot>, out: PortId, pkt: &Packet) {
+fn transmit(
+    ports: &mut HashMap<PortId, PortSlot>,
+    trunks: &mut HashMap<TrunkId, TrunkSlot>,
+    egress: &mut Packet,
+    out: PortId,
+    pkt: &Packet,
+) {
     let Some(slot) = ports.get_mut(&out) else {
         return;
     };
@@ -375,7 +676,49 @@ fn transmit(ports: &mut HashMap<PortId, PortSlot>, out: PortId, pkt: &Packet) {
         slot.counters.dropped(DropReason::GsoUnsupported);
         return;
     }
-    match slot.io.send(pkt) {
+    let sent = match &mut slot.kind {
+        SlotKind::Local(io) => io.send(pkt),
+        SlotKind::Uplink {
+            trunk,
+            vlan,
+            l2bridge,
+        } => {
+            let Some(trunk) = trunks.get_mut(trunk) else {
+                return;
+            };
+            egress.fill(pkt.frame());
+            egress.vnet = pkt.vnet;
+            if let Some(mac) = l2bridge {
+                l2bridge::egress(egress.frame_mut(), *mac);
+            }
+            if *vlan != 0 {
+                let len = egress.frame().len();
+                match vlan_push(egress.buffer_mut(), len, *vlan) {
+                    Some(new_len) => {
+                        egress.set_len(new_len);
+                        // The checksum to fill moved with the payload.
+                        if egress.vnet.flags & VirtioNetHdr::F_NEEDS_CSUM != 0 {
+                            egress.vnet.csum_start += 4;
+                        }
+                    }
+                    None => {
+                        slot.counters.dropped(DropReason::TxFailed);
+                        return;
+                    }
+                }
+            }
+            let Some(io) = trunk.queues.first_mut() else {
+                return;
+            };
+            let sent = io.send(egress);
+            if sent.is_ok() {
+                trunk.counters.tx(egress.frame().len());
+                trunk.dirty = true;
+            }
+            sent
+        }
+    };
+    match sent {
         Ok(()) => {
             slot.counters.tx(pkt.frame().len());
             slot.dirty = true;
