@@ -127,8 +127,10 @@ pub fn networks(networks: &[Network]) -> String {
         ("DRIVER", Left),
         ("SUBNET", Left),
         ("GATEWAY", Left),
+        ("UPLINK", Left),
         ("MTU", Right),
         ("ENDPOINTS", Right),
+        ("STATE", Left),
     ]);
     for net in networks {
         table.row(vec![
@@ -146,8 +148,17 @@ pub fn networks(networks: &[Network]) -> String {
                     .filter_map(|s| s.gateway_address.clone())
                     .collect(),
             ),
+            match (&net.uplink_interface, net.vlan_id) {
+                (Some(i), Some(v)) => format!("{i} vlan {v}"),
+                (Some(i), None) => i.clone(),
+                _ => "-".to_owned(),
+            },
             net.mtu.to_string(),
             net.endpoints.len().to_string(),
+            match &net.state {
+                vswitch_api::NetworkState::Up => "up".to_owned(),
+                vswitch_api::NetworkState::Degraded { reason } => format!("degraded ({reason})"),
+            },
         ]);
     }
     table.render()
@@ -199,7 +210,10 @@ pub fn ports(ports: &[Port]) -> String {
             port.interface.clone(),
             or_none(port.netns.as_deref()),
             port.mac_address.clone(),
-            port.backend.clone(),
+            match &port.xdp_mode {
+                Some(mode) => format!("{} ({mode})", port.backend),
+                None => port.backend.clone(),
+            },
             if port.offload { "on" } else { "off" }.to_owned(),
             state(&port.state),
         ]);
@@ -270,6 +284,13 @@ pub fn network_created(net: &Network) -> String {
         }
     }
     line.push_str(&format!(" mtu {}", net.mtu));
+    if let Some(uplink) = &net.uplink_interface {
+        line.push_str(" uplink ");
+        line.push_str(uplink);
+    }
+    if let Some(vlan) = net.vlan_id {
+        line.push_str(&format!(" vlan {vlan}"));
+    }
     if let Some(host) = &net.host_interface {
         line.push_str(" host ");
         line.push_str(host);
@@ -318,7 +339,10 @@ pub(crate) mod tests {
             },
             options: BTreeMap::new(),
             host_interface: Some("vsw-net1".into()),
+            uplink_interface: None,
+            vlan_id: None,
             endpoints: vec!["ep1".into(), "ep2".into()],
+            state: vswitch_api::NetworkState::Up,
         }
     }
 
@@ -369,7 +393,7 @@ pub(crate) mod tests {
     fn empty_table_has_header_only() {
         assert_eq!(
             networks(&[]),
-            "NAME   DRIVER   SUBNET   GATEWAY   MTU   ENDPOINTS\n"
+            "NAME   DRIVER   SUBNET   GATEWAY   UPLINK   MTU   ENDPOINTS   STATE\n"
         );
     }
 
@@ -380,11 +404,22 @@ pub(crate) mod tests {
         none.driver = "none".into();
         none.subnets.clear();
         none.endpoints.clear();
+        let mut wire = network();
+        wire.name = "wire".into();
+        wire.driver = "l2bridge".into();
+        wire.subnets.truncate(1);
+        wire.subnets[0].gateway_address = None;
+        wire.uplink_interface = Some("eth1".into());
+        wire.vlan_id = Some(10);
+        wire.state = vswitch_api::NetworkState::Degraded {
+            reason: "uplink interface 'eth1' is gone".into(),
+        };
         assert_eq!(
-            networks(&[network(), none]),
-            "NAME       DRIVER     SUBNET                    GATEWAY     MTU   ENDPOINTS\n\
-             net1       internal   10.1.0.0/24,fd00:1::/64   10.1.0.1   1500           2\n\
-             isolated   none       -                         -          1500           0\n"
+            networks(&[network(), none, wire]),
+            "NAME       DRIVER     SUBNET                    GATEWAY    UPLINK          MTU   ENDPOINTS   STATE\n\
+             net1       internal   10.1.0.0/24,fd00:1::/64   10.1.0.1   -              1500           2   up\n\
+             isolated   none       -                         -          -              1500           0   up\n\
+             wire       l2bridge   10.1.0.0/24               -          eth1 vlan 10   1500           2   degraded (uplink interface 'eth1' is gone)\n"
         );
     }
 
@@ -415,6 +450,7 @@ pub(crate) mod tests {
             netns: None,
             mac_address: "02:15:5d:00:00:01".into(),
             backend: "tap".into(),
+            xdp_mode: None,
             offload: true,
             state: EndpointState::Attached,
         };

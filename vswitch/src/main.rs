@@ -34,6 +34,11 @@ struct Args {
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: LevelFilter,
+    /// On a clean stop, remove the XDP programs from uplink interfaces.
+    /// Without it they stay attached (passing every frame to the host) and
+    /// the next start replaces them.
+    #[arg(long)]
+    detach_on_exit: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,6 +91,10 @@ fn main() -> anyhow::Result<()> {
 
     tracing::info!(socket = %args.socket.display(), state_dir = %args.state_dir.display(), "vswitchd ready");
     server.run(controller.clone());
+    controller
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .shutdown(!args.detach_on_exit);
 
     // Exiting closes every port's descriptor. Endpoint TAPs are persistent,
     // so they keep their addresses and routes until the next start.

@@ -28,7 +28,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/vswitch";
 pub const SOCKET_ENV: &str = "VSWITCH_SOCKET";
 
 /// The network drivers, as named on the command line.
-pub const DRIVERS: &[&str] = &["internal", "private", "none"];
+pub const DRIVERS: &[&str] = &["internal", "private", "none", "transparent", "l2bridge"];
 
 /// One call to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,11 +200,29 @@ pub struct Network {
     pub mtu: u32,
     pub mac_pool: MacPool,
     pub options: BTreeMap<String, String>,
-    /// The host port's interface in the root namespace (`internal` only).
+    /// The host port's interface in the daemon's namespace: `internal`
+    /// networks, and `l2bridge` networks whose subnet is not the uplink's.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub host_interface: Option<String>,
+    /// The uplink interface (`transparent`, `l2bridge`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub uplink_interface: Option<String>,
+    /// 802.1Q tag of the network's frames on the uplink.
+    #[serde(rename = "VlanId", skip_serializing_if = "Option::is_none", default)]
+    pub vlan_id: Option<u16>,
     /// Names of the network's endpoints.
     pub endpoints: Vec<String>,
+    pub state: NetworkState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetworkState {
+    Up,
+    /// Running without part of what it needs, e.g. its uplink interface was
+    /// deleted; endpoints still talk to each other.
+    Degraded {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +272,8 @@ pub enum PortKind {
     Endpoint,
     /// A network's host vNIC in the root namespace, holding the gateway.
     Host,
+    /// A network's attachment to its uplink interface (AF_XDP).
+    Uplink,
 }
 
 impl fmt::Display for PortKind {
@@ -261,6 +281,7 @@ impl fmt::Display for PortKind {
         f.write_str(match self {
             PortKind::Endpoint => "endpoint",
             PortKind::Host => "host",
+            PortKind::Uplink => "uplink",
         })
     }
 }
@@ -278,8 +299,12 @@ pub struct Port {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub netns: Option<String>,
     pub mac_address: String,
-    /// `backend`: how frames reach the switch (`tap`).
+    /// How frames reach the switch: `tap`, or `afxdp` for uplinks.
     pub backend: String,
+    /// For uplinks, how the XDP program is attached: `native` (in the
+    /// driver) or `generic` (after the kernel builds an skb).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub xdp_mode: Option<String>,
     /// Whether GSO/checksum offloads are negotiated with the kernel.
     pub offload: bool,
     pub state: EndpointState,

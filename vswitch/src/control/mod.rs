@@ -11,6 +11,7 @@ mod options;
 mod plumb;
 pub mod server;
 mod state;
+mod uplink;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -55,6 +56,10 @@ struct PortHandle {
 struct NetRuntime {
     dp: NetId,
     host: Option<PortHandle>,
+    /// The network's port on its uplink trunk.
+    uplink: Option<PortHandle>,
+    /// Why the network runs without part of what it needs.
+    fault: Option<String>,
 }
 
 struct EndpointRuntime {
@@ -68,6 +73,8 @@ pub struct Controller {
     datapath: Datapath,
     nets: HashMap<String, NetRuntime>,
     endpoints: HashMap<String, EndpointRuntime>,
+    /// Attached uplink interfaces, by name.
+    uplinks: HashMap<String, uplink::Uplink>,
     next_id: u32,
 }
 
@@ -95,6 +102,7 @@ impl Controller {
             datapath,
             nets: HashMap::new(),
             endpoints: HashMap::new(),
+            uplinks: HashMap::new(),
             next_id: 1,
         };
         ctl.restore(saved);
@@ -274,6 +282,17 @@ impl Controller {
                 "the none driver gives endpoints loopback only: no subnet or gateway",
             ));
         }
+        let mut parsed = NetworkOptions::parse(&req.options)?;
+        let facts = self.check_uplink_options(driver, &req.options, &mut parsed)?;
+        if driver.has_uplink() && subnet4.is_none() {
+            return Err(invalid(
+                "subnet",
+                format!(
+                    "a {} network needs --subnet, usually the uplink's own subnet",
+                    driver.name()
+                ),
+            ));
+        }
         if driver.switched() && subnet4.is_none() {
             subnet4 = Some(self.default_subnet()?);
         }
@@ -314,28 +333,48 @@ impl Controller {
                 }
             }
         }
-        if driver.has_host_port() {
-            // The host port holds the gateway; an internal network always has one.
+        // A host port holds the gateway of internal networks, and of
+        // l2bridge networks on a subnet of their own (not the uplink's), so
+        // the host routes between them and the wire (Windows' gateway
+        // endpoint in the host compartment).
+        let host_port = match driver {
+            Driver::Internal => true,
+            Driver::L2Bridge => {
+                let s4 = subnet4.expect("checked above");
+                !facts
+                    .as_ref()
+                    .is_some_and(|f| f.ipv4.iter().any(|ip| s4.contains(*ip)))
+            }
+            _ => false,
+        };
+        if host_port {
             gateway4 = gateway4.or(subnet4.map(|s| s.first_host()));
             gateway6 = gateway6.or(subnet6.map(|s| s.first_host()));
         }
 
         let min_mtu = if subnet6.is_some() { 1280 } else { 68 };
-        let mtu = req.mtu.unwrap_or(DEFAULT_MTU);
-        if !(min_mtu..=65535).contains(&mtu) {
+        let (default_mtu, max_mtu) = match &facts {
+            Some(f) => (f.mtu.min(uplink::MAX_MTU), f.mtu.min(uplink::MAX_MTU)),
+            None => (DEFAULT_MTU, 65535),
+        };
+        let mtu = req.mtu.unwrap_or(default_mtu);
+        if !(min_mtu..=max_mtu).contains(&mtu) {
+            let why = if facts.is_some() {
+                " (at most the uplink's MTU, and what an AF_XDP frame holds)"
+            } else {
+                ""
+            };
             return Err(invalid(
                 "mtu",
-                format!("expected {min_mtu}..=65535, got {mtu}"),
+                format!("expected {min_mtu}..={max_mtu}{why}, got {mtu}"),
             ));
         }
         let mac_pool = match &req.mac_pool {
             Some(p) => p.parse().map_err(|e| invalid("mac_pool", format!("{e}")))?,
             None => MacPool::DEFAULT,
         };
-        let parsed = NetworkOptions::parse(&req.options)?;
-
         let id = new_id();
-        let (host_ifname, host_mac) = if driver.has_host_port() {
+        let (host_ifname, host_mac) = if host_port {
             let mac = self.allocate_mac(&mac_pool)?;
             (Some(format!("vsh{}", &id[..8])), Some(mac))
         } else {
@@ -382,6 +421,93 @@ impl Controller {
         Ok(())
     }
 
+    /// The uplink rules: which drivers take `interface` and `vlanid`, and
+    /// which networks may share an interface. Reads the interface's facts.
+    fn check_uplink_options(
+        &self,
+        driver: Driver,
+        options: &std::collections::BTreeMap<String, String>,
+        parsed: &mut NetworkOptions,
+    ) -> ApiResult<Option<uplink::InterfaceFacts>> {
+        if !driver.has_uplink() {
+            if parsed.interface.is_some() {
+                return Err(invalid(
+                    "options.interface",
+                    format!(
+                        "the {} driver has no uplink; only transparent and l2bridge do",
+                        driver.name()
+                    ),
+                ));
+            }
+            if parsed.vlan != 0 {
+                return Err(invalid(
+                    "options.vlanid",
+                    "a VLAN needs an uplink (transparent or l2bridge)",
+                ));
+            }
+            return Ok(None);
+        }
+        let ifname = parsed.interface.clone().ok_or_else(|| {
+            invalid(
+                "options.interface",
+                format!(
+                    "the {} driver needs -o interface=IFNAME, the uplink",
+                    driver.name()
+                ),
+            )
+        })?;
+        if options
+            .get("offload")
+            .is_some_and(|v| parsed.offload && !v.is_empty())
+        {
+            return Err(invalid(
+                "options.offload",
+                "networks with an uplink carry plain frames (AF_XDP takes no GSO super-frames): leave offload off",
+            ));
+        }
+        parsed.offload = false;
+        for other in &self.state.networks {
+            if other.parsed.interface.as_deref() != Some(ifname.as_str()) {
+                continue;
+            }
+            if driver == Driver::Transparent || other.driver == Driver::Transparent {
+                return Err(conflict(
+                    "options.interface",
+                    format!(
+                        "'{ifname}' is already the uplink of {} network '{}'; a transparent network needs an interface of its own",
+                        other.driver.name(),
+                        other.name
+                    ),
+                ));
+            }
+            if other.parsed.vlan == parsed.vlan {
+                return Err(conflict(
+                    "options.vlanid",
+                    format!(
+                        "network '{}' already uses '{ifname}' {}; networks sharing an uplink need different VLANs",
+                        other.name,
+                        match parsed.vlan {
+                            0 => "untagged".to_owned(),
+                            v => format!("on VLAN {v}"),
+                        }
+                    ),
+                ));
+            }
+        }
+        if let Some(n) = self
+            .state
+            .networks
+            .iter()
+            .find(|n| n.host_ifname.as_deref() == Some(ifname.as_str()))
+        {
+            return Err(invalid(
+                "options.interface",
+                format!("'{ifname}' is the host port of network '{}'", n.name),
+            ));
+        }
+        uplink::inspect(&ifname).map(Some)
+    }
+
     fn default_subnet(&self) -> ApiResult<Ipv4Cidr> {
         (0..=255u32)
             .filter_map(|i| Ipv4Cidr::new(Ipv4Addr::from(u32::from(DEFAULT_POOL) + (i << 8)), 24))
@@ -390,46 +516,147 @@ impl Controller {
     }
 
     /// Creates the network in the datapath, with its host port if any.
+    /// Creates the network in the datapath, with its uplink port and host
+    /// port if it has them. When restoring, a network whose uplink cannot
+    /// be attached still starts (its endpoints talk to each other), marked
+    /// degraded; a new one is refused instead.
     fn start_network(&mut self, net: &NetworkRecord, origin: TapOrigin) -> ApiResult<NetRuntime> {
         let dp = self.next_port_id();
         self.datapath
-            .add_network(dp, net.parsed.fdb.clone())
+            .add_network(dp, net.parsed.fdb)
             .map_err(internal)?;
-        let host = match (&net.host_ifname, net.host_mac) {
-            (Some(ifname), Some(mac)) => {
-                let cfg = TapConfig {
-                    ifname: ifname.clone(),
-                    mac,
-                    mtu: net.mtu,
-                    ipv4: net.gateway4.zip(net.subnet4.map(|s| s.prefix())),
-                    ipv6: net.gateway6.zip(net.subnet6.map(|s| s.prefix())),
-                    gateway4: None,
-                    gateway6: None,
-                    offload: net.parsed.offload,
-                };
-                match plumb::host_tap(&cfg, origin).and_then(|tap| {
-                    self.attach(
-                        dp,
-                        PortKind::Local(Box::new(tap)),
-                        None,
-                        cfg.offload,
-                        Vec::new(),
-                    )
-                    .map_err(|e| plumb::PlumbError::Datapath(e.to_string()))
-                }) {
-                    Ok(port) => Some(port),
-                    Err(e) => {
-                        let _ = self.datapath.remove_network(dp);
-                        if origin == TapOrigin::Fresh {
-                            plumb::delete_host_tap(ifname);
-                        }
-                        return Err(e.into_api("host port"));
-                    }
+        let mut rt = NetRuntime {
+            dp,
+            host: None,
+            uplink: None,
+            fault: None,
+        };
+        if let Some(ifname) = net.parsed.interface.clone() {
+            match self.start_uplink_port(net, dp, &ifname) {
+                Ok(port) => rt.uplink = Some(port),
+                Err(e) if origin == TapOrigin::Existing => {
+                    tracing::warn!(network = %net.name, error = %e, "network degraded");
+                    rt.fault = Some(e.to_string());
+                }
+                Err(e) => {
+                    let _ = self.datapath.remove_network(dp);
+                    return Err(e);
                 }
             }
-            _ => None,
+        }
+        if let (Some(ifname), Some(mac)) = (&net.host_ifname, net.host_mac) {
+            let cfg = TapConfig {
+                ifname: ifname.clone(),
+                mac,
+                mtu: net.mtu,
+                ipv4: net.gateway4.zip(net.subnet4.map(|s| s.prefix())),
+                ipv6: net.gateway6.zip(net.subnet6.map(|s| s.prefix())),
+                gateway4: None,
+                gateway6: None,
+                offload: net.parsed.offload,
+            };
+            // With an uplink, the host routes between the host port and the
+            // wire.
+            let forward = net.driver.has_uplink();
+            let host = plumb::host_tap(&cfg, origin, forward).and_then(|tap| {
+                self.attach(
+                    dp,
+                    PortKind::Local(Box::new(tap)),
+                    None,
+                    cfg.offload,
+                    Vec::new(),
+                )
+                .map_err(|e| plumb::PlumbError::Datapath(e.to_string()))
+            });
+            match host {
+                Ok(port) => rt.host = Some(port),
+                Err(e) => {
+                    if origin == TapOrigin::Fresh {
+                        plumb::delete_host_tap(ifname);
+                    }
+                    self.stop_runtime(net, rt);
+                    return Err(e.into_api("host port"));
+                }
+            }
+        }
+        Ok(rt)
+    }
+
+    /// Attaches the uplink interface if no other network has, and connects
+    /// the network to it.
+    fn start_uplink_port(
+        &mut self,
+        net: &NetworkRecord,
+        dp: NetId,
+        ifname: &str,
+    ) -> ApiResult<PortHandle> {
+        if !self.uplinks.contains_key(ifname) {
+            let trunk = self.next_port_id();
+            let up = uplink::attach(ifname, trunk, &self.datapath)?;
+            self.uplinks.insert(ifname.to_owned(), up);
+        }
+        let up = self.uplinks.get_mut(ifname).expect("inserted above");
+        up.users += 1;
+        let kind = PortKind::Uplink {
+            trunk: up.trunk,
+            vlan: net.parsed.vlan,
+            l2bridge: (net.driver == Driver::L2Bridge).then_some(up.mac),
         };
-        Ok(NetRuntime { dp, host })
+        match self.attach(dp, kind, None, false, Vec::new()) {
+            Ok(port) => Ok(port),
+            Err(e) => {
+                self.release_uplink(ifname, false);
+                Err(internal(e))
+            }
+        }
+    }
+
+    /// One network less uses the uplink; the last one detaches it.
+    fn release_uplink(&mut self, ifname: &str, keep_program: bool) {
+        let Some(up) = self.uplinks.get_mut(ifname) else {
+            return;
+        };
+        up.users = up.users.saturating_sub(1);
+        if up.users == 0 {
+            let up = self.uplinks.remove(ifname).expect("present");
+            up.release(&self.datapath, keep_program);
+        }
+    }
+
+    /// Takes a running network out of the datapath (kernel devices stay).
+    fn stop_runtime(&mut self, net: &NetworkRecord, rt: NetRuntime) {
+        let had_uplink = rt.uplink.is_some();
+        for port in [rt.host, rt.uplink].into_iter().flatten() {
+            let _ = self.datapath.remove_port(port.id);
+        }
+        let _ = self.datapath.remove_network(rt.dp);
+        if let (Some(ifname), true) = (&net.parsed.interface, had_uplink) {
+            self.release_uplink(ifname, false);
+        }
+    }
+
+    /// Why a network runs degraded, if it does.
+    fn network_fault(&self, n: &NetworkRecord) -> Option<String> {
+        let Some(rt) = self.nets.get(&n.id) else {
+            return Some("the network failed to start; see the daemon log".into());
+        };
+        if let Some(fault) = &rt.fault {
+            return Some(fault.clone());
+        }
+        n.parsed
+            .interface
+            .as_ref()
+            .and_then(|ifname| self.uplinks.get(ifname))
+            .and_then(|up| up.fault())
+    }
+
+    /// Stops everything on a clean shutdown: uplinks are detached, or left
+    /// with their XDP program when `keep_programs` (endpoint TAPs always
+    /// stay, configured, for the next start).
+    pub fn shutdown(&mut self, keep_programs: bool) {
+        for (_, up) in self.uplinks.drain() {
+            up.release(&self.datapath, keep_programs);
+        }
     }
 
     fn attach(
@@ -456,10 +683,7 @@ impl Controller {
 
     fn stop_network(&mut self, net: &NetworkRecord) {
         if let Some(rt) = self.nets.remove(&net.id) {
-            if let Some(host) = rt.host {
-                let _ = self.datapath.remove_port(host.id);
-            }
-            let _ = self.datapath.remove_network(rt.dp);
+            self.stop_runtime(net, rt);
         }
         if let Some(ifname) = &net.host_ifname {
             plumb::delete_host_tap(ifname);
@@ -519,6 +743,12 @@ impl Controller {
             },
             options: n.options.clone(),
             host_interface: n.host_ifname.clone(),
+            uplink_interface: n.parsed.interface.clone(),
+            vlan_id: (n.parsed.vlan != 0).then_some(n.parsed.vlan),
+            state: match self.network_fault(n) {
+                None => api::NetworkState::Up,
+                Some(reason) => api::NetworkState::Degraded { reason },
+            },
             endpoints: self
                 .state
                 .endpoints_of(&n.id)
@@ -614,6 +844,14 @@ impl Controller {
             ));
         }
         let peers: Vec<&EndpointRecord> = self.state.endpoints_of(&net.id).collect();
+        // The host's own addresses on the uplink are on the same wire.
+        let wire: Vec<Ipv4Addr> = net
+            .parsed
+            .interface
+            .as_deref()
+            .and_then(|i| uplink::inspect(i).ok())
+            .map(|f| f.ipv4)
+            .unwrap_or_default();
         let ipv4 = match (&req.ip, net.subnet4) {
             (Some(s), subnet) => {
                 let ip: Ipv4Addr = s
@@ -625,6 +863,12 @@ impl Controller {
                     return Err(invalid(
                         "ip",
                         format!("{ip} is not a host address of the network's subnet {subnet}"),
+                    ));
+                }
+                if wire.contains(&ip) {
+                    return Err(conflict(
+                        "ip",
+                        format!("{ip} is the host's own address on the uplink"),
                     ));
                 }
                 if Some(ip) == net.gateway4 {
@@ -641,6 +885,7 @@ impl Controller {
             (None, Some(subnet)) => {
                 let mut taken: HashSet<Ipv4Addr> = peers.iter().filter_map(|p| p.ipv4).collect();
                 taken.extend(net.gateway4);
+                taken.extend(wire.iter().copied());
                 Some(
                     subnet.allocate(&taken).ok_or_else(|| {
                         conflict("ip", format!("no free address left in {subnet}"))
@@ -757,28 +1002,42 @@ impl Controller {
             .get(&net.id)
             .map(|rt| rt.dp)
             .ok_or_else(|| internal("network not running"))?;
-        let addrs = ep
-            .ipv4
-            .map(IpAddr::V4)
-            .into_iter()
-            .chain(ep.ipv6.map(IpAddr::V6))
-            .map(|ip| (ip, ep.mac))
-            .collect();
-        match self.attach(
+        let ips = endpoint_ips(ep);
+        let addrs = ips.iter().map(|ip| (*ip, ep.mac)).collect();
+        let port = match self.attach(
             dp,
             PortKind::Local(Box::new(tap)),
             security,
             cfg.offload,
             addrs,
         ) {
-            Ok(port) => Ok(Some(port)),
+            Ok(port) => port,
             Err(e) => {
                 if origin == TapOrigin::Fresh {
                     plumb::delete_endpoint_tap(&ns, &cfg.ifname);
                 }
-                Err(internal(e))
+                return Err(internal(e));
+            }
+        };
+        // Frames from the wire for this endpoint go to the switch, not the
+        // host: its MAC on a transparent network, its addresses on both.
+        if let Some(up) = net
+            .parsed
+            .interface
+            .as_ref()
+            .and_then(|i| self.uplinks.get_mut(i))
+        {
+            let mac = (net.driver == Driver::Transparent).then_some(ep.mac);
+            if let Err(e) = up.steer(net.parsed.vlan, mac, &ips) {
+                up.unsteer(net.parsed.vlan, mac, &ips);
+                let _ = self.datapath.remove_port(port.id);
+                if origin == TapOrigin::Fresh {
+                    plumb::delete_endpoint_tap(&ns, &cfg.ifname);
+                }
+                return Err(e);
             }
         }
+        Ok(Some(port))
     }
 
     fn stop_endpoint(&mut self, net: &NetworkRecord, ep: &EndpointRecord) {
@@ -786,6 +1045,15 @@ impl Controller {
             if let Some(port) = rt.port {
                 let _ = self.datapath.remove_port(port.id);
             }
+        }
+        if let Some(up) = net
+            .parsed
+            .interface
+            .as_ref()
+            .and_then(|i| self.uplinks.get_mut(i))
+        {
+            let mac = (net.driver == Driver::Transparent).then_some(ep.mac);
+            up.unsteer(net.parsed.vlan, mac, &endpoint_ips(ep));
         }
         if net.driver.switched() {
             if let Ok(ns) = plumb::resolve_netns(&ep.netns) {
@@ -859,6 +1127,7 @@ impl Controller {
                         netns: None,
                         mac_address: mac.to_string(),
                         backend: "tap".into(),
+                        xdp_mode: None,
                         offload: n.parsed.offload,
                         state: match host {
                             Some(_) => EndpointState::Attached,
@@ -868,6 +1137,28 @@ impl Controller {
                         },
                     },
                     host.map(|h| &h.counters),
+                ));
+            }
+            if let Some(ifname) = &n.parsed.interface {
+                let port = rt.and_then(|rt| rt.uplink.as_ref());
+                let up = self.uplinks.get(ifname);
+                out.push((
+                    api::Port {
+                        name: uplink_port_name(&n.name),
+                        kind: api::PortKind::Uplink,
+                        network: n.name.clone(),
+                        interface: ifname.clone(),
+                        netns: None,
+                        mac_address: up.map(|u| u.mac.to_string()).unwrap_or_default(),
+                        backend: "afxdp".into(),
+                        xdp_mode: up.map(|u| u.mode().to_string()),
+                        offload: false,
+                        state: match self.network_fault(n) {
+                            None => EndpointState::Attached,
+                            Some(reason) => EndpointState::Detached { reason },
+                        },
+                    },
+                    port.map(|p| &p.counters),
                 ));
             }
             for e in self.state.endpoints_of(&n.id) {
@@ -884,6 +1175,7 @@ impl Controller {
                         netns: Some(e.netns.clone()),
                         mac_address: e.mac.to_string(),
                         backend: "tap".into(),
+                        xdp_mode: None,
                         offload: n.parsed.offload,
                         state: self.endpoint_view(e).state,
                     },
@@ -966,6 +1258,16 @@ impl Controller {
 
 fn conflict(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::Conflict, Some(field), message)
+}
+
+fn endpoint_ips(ep: &EndpointRecord) -> Vec<IpAddr> {
+    let v4 = ep.ipv4.map(IpAddr::V4);
+    v4.into_iter().chain(ep.ipv6.map(IpAddr::V6)).collect()
+}
+
+/// The name `vswitchctl` shows for a network's uplink port.
+pub fn uplink_port_name(network: &str) -> String {
+    format!("uplink:{network}")
 }
 
 /// The name `vswitchctl` shows for a network's host port.

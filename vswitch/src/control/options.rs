@@ -28,6 +28,10 @@ pub struct NetworkOptions {
     /// Negotiate TSO/checksum offload with the kernel on TAP ports, so TCP
     /// crosses the switch in 64 KiB super-frames.
     pub offload: bool,
+    /// The uplink interface (`interface`).
+    pub interface: Option<String>,
+    /// The VLAN on the uplink; 0 for untagged.
+    pub vlan: u16,
 }
 
 impl Default for NetworkOptions {
@@ -38,6 +42,8 @@ impl Default for NetworkOptions {
                 max_entries: 8192,
             },
             offload: true,
+            interface: None,
+            vlan: 0,
         }
     }
 }
@@ -75,6 +81,13 @@ impl NetworkOptions {
                         _ => return Err(invalid(key, "on or off", value)),
                     }
                 }
+                "interface" => {
+                    if value.is_empty() || value.len() > 15 || value.contains(['/', ' ', ':']) {
+                        return Err(invalid(key, "an interface name of 1-15 bytes", value));
+                    }
+                    parsed.interface = Some(value.clone());
+                }
+                "vlanid" => parsed.vlan = number(key, value, 1..=4094)? as u16,
                 _ => {
                     let known: Vec<&str> = KNOWN.iter().map(|(k, _)| *k).collect();
                     return Err(ApiError::new(
@@ -115,6 +128,12 @@ mod tests {
         assert!(!o.offload);
         let e = NetworkOptions::parse(&opts(&[("fdb_aging", "0")])).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("options.fdb_aging"));
+        let o = NetworkOptions::parse(&opts(&[("interface", "eth1"), ("vlanid", "10")])).unwrap();
+        assert_eq!((o.interface.as_deref(), o.vlan), (Some("eth1"), 10));
+        for bad in ["0", "4095", "ten"] {
+            let e = NetworkOptions::parse(&opts(&[("vlanid", bad)])).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("options.vlanid"));
+        }
         let e = NetworkOptions::parse(&opts(&[("colour", "blue")])).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("options.colour"));
         assert!(e.message.contains("fdb_aging"));

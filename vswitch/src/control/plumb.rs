@@ -46,6 +46,8 @@ pub enum PlumbError {
     NotTap(String),
     #[error("datapath refused the port: {0}")]
     Datapath(String),
+    #[error("write {0}: {1}")]
+    Sysctl(String, std::io::Error),
 }
 
 impl PlumbError {
@@ -94,8 +96,17 @@ pub fn endpoint_tap(ns: &Netns, cfg: &TapConfig, origin: TapOrigin) -> Result<Ta
 }
 
 /// Makes (or takes back) a network's host TAP in the daemon's namespace.
-pub fn host_tap(cfg: &TapConfig, origin: TapOrigin) -> Result<Tap, PlumbError> {
-    make_tap(cfg, origin)
+/// With `forward`, the host routes what arrives on it (IPv4 and IPv6
+/// forwarding for this interface only).
+pub fn host_tap(cfg: &TapConfig, origin: TapOrigin, forward: bool) -> Result<Tap, PlumbError> {
+    let tap = make_tap(cfg, origin)?;
+    if forward {
+        for family in ["ipv4", "ipv6"] {
+            let knob = format!("/proc/sys/net/{family}/conf/{}/forwarding", cfg.ifname);
+            std::fs::write(&knob, "1").map_err(|e| PlumbError::Sysctl(knob, e))?;
+        }
+    }
+    Ok(tap)
 }
 
 /// Runs in the namespace the TAP lives in. The TAP is made persistent only

@@ -31,6 +31,11 @@ pub enum Driver {
     Private,
     /// Endpoints get loopback only.
     None,
+    /// Endpoints bridged onto an uplink with their own MACs.
+    Transparent,
+    /// Endpoints bridged onto an uplink behind the uplink's MAC.
+    #[serde(rename = "l2bridge")]
+    L2Bridge,
 }
 
 impl Driver {
@@ -39,6 +44,8 @@ impl Driver {
             "internal" => Some(Driver::Internal),
             "private" => Some(Driver::Private),
             "none" => Some(Driver::None),
+            "transparent" => Some(Driver::Transparent),
+            "l2bridge" => Some(Driver::L2Bridge),
             _ => None,
         }
     }
@@ -48,6 +55,8 @@ impl Driver {
             Driver::Internal => "internal",
             Driver::Private => "private",
             Driver::None => "none",
+            Driver::Transparent => "transparent",
+            Driver::L2Bridge => "l2bridge",
         }
     }
 
@@ -56,8 +65,9 @@ impl Driver {
         self != Driver::None
     }
 
-    pub fn has_host_port(self) -> bool {
-        self == Driver::Internal
+    /// Whether the network reaches the wire through an uplink interface.
+    pub fn has_uplink(self) -> bool {
+        matches!(self, Driver::Transparent | Driver::L2Bridge)
     }
 }
 

@@ -1,0 +1,219 @@
+//! Uplinks: existing interfaces the switch shares with the host. Each is
+//! attached once (XDP program plus one AF_XDP socket per receive queue),
+//! whatever number of networks use it, one VLAN each.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use crate::api::{ApiError, ErrorKind};
+use crate::datapath::{Datapath, PortCounters, TrunkId, TrunkSpec};
+use crate::ebpf::{ensure_bpffs, UplinkProgram, XdpMode};
+use crate::netns::netlink::Netlink;
+use crate::port::afxdp::XskPort;
+use crate::port::PortIo;
+use crate::wire::MacAddr;
+
+/// An attached uplink interface.
+pub struct Uplink {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub mac: MacAddr,
+    pub program: UplinkProgram,
+    pub trunk: TrunkId,
+    /// Wire-side counters; `failed` is set when the interface disappears.
+    pub counters: Arc<PortCounters>,
+    /// Networks using it.
+    pub users: usize,
+}
+
+/// What the kernel says about an interface that is to become an uplink.
+pub struct InterfaceFacts {
+    pub index: u32,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    pub ipv4: Vec<Ipv4Addr>,
+}
+
+fn field_err(kind: ErrorKind, message: String) -> ApiError {
+    ApiError::new(kind, Some("options.interface"), message)
+}
+
+/// Checks that `ifname` exists in the daemon's namespace and can be an
+/// uplink, and reads its MAC, MTU and IPv4 addresses.
+pub fn inspect(ifname: &str) -> Result<InterfaceFacts, ApiError> {
+    let internal = |e: &dyn std::fmt::Display| field_err(ErrorKind::Internal, e.to_string());
+    let mut nl = Netlink::open().map_err(|e| internal(&e))?;
+    let info = nl
+        .link_info(ifname)
+        .map_err(|e| internal(&e))?
+        .ok_or_else(|| {
+            field_err(
+                ErrorKind::NotFound,
+                format!("no interface named '{ifname}' in vswitchd's network namespace"),
+            )
+        })?;
+    if info.flags & libc::IFF_LOOPBACK as u32 != 0 {
+        return Err(field_err(
+            ErrorKind::InvalidArgument,
+            format!("'{ifname}' is the loopback interface; an uplink must reach a network"),
+        ));
+    }
+    if info.kind.as_deref() == Some("tun") {
+        return Err(field_err(
+            ErrorKind::InvalidArgument,
+            format!(
+                "'{ifname}' is a TAP device; an uplink must be a NIC, veth, bond or VLAN interface"
+            ),
+        ));
+    }
+    Ok(InterfaceFacts {
+        index: info.index,
+        mac: MacAddr(info.mac),
+        mtu: info.mtu,
+        ipv4: ipv4_addresses(ifname),
+    })
+}
+
+/// The IPv4 addresses on an interface of the calling thread's namespace.
+fn ipv4_addresses(ifname: &str) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list getifaddrs returned, alive until
+        // freeifaddrs; its name is a NUL-terminated string and a non-null
+        // ifa_addr with family AF_INET points at a sockaddr_in.
+        unsafe {
+            let ifa = &*cur;
+            let name = std::ffi::CStr::from_ptr(ifa.ifa_name);
+            if name.to_bytes() == ifname.as_bytes()
+                && !ifa.ifa_addr.is_null()
+                && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
+            {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+            cur = ifa.ifa_next;
+        }
+    }
+    // SAFETY: head came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
+
+/// Attaches the XDP program and one AF_XDP socket per receive queue, and
+/// hands the sockets to the datapath as trunk `trunk`.
+pub fn attach(ifname: &str, trunk: TrunkId, datapath: &Datapath) -> Result<Uplink, ApiError> {
+    let facts = inspect(ifname)?;
+    let fail = |step: &str, e: &dyn std::fmt::Display| {
+        field_err(ErrorKind::Internal, format!("{step} on '{ifname}': {e}"))
+    };
+    ensure_bpffs().map_err(|e| fail("mounting bpffs", &e))?;
+    let mut program = UplinkProgram::attach(ifname).map_err(|e| fail("attaching XDP", &e))?;
+    let result = (|| {
+        let queues = XskPort::queue_count(ifname).map_err(|e| fail("counting queues", &e))?;
+        let mut sockets: Vec<Box<dyn PortIo>> = Vec::new();
+        for q in 0..queues.max(1) {
+            let xsk = XskPort::open(ifname, q).map_err(|e| fail("opening AF_XDP socket", &e))?;
+            program
+                .register_xsk(q, xsk.raw_fd())
+                .map_err(|e| fail("registering AF_XDP socket", &e))?;
+            sockets.push(Box::new(xsk));
+        }
+        let counters = Arc::new(PortCounters::default());
+        datapath
+            .add_trunk(TrunkSpec {
+                id: trunk,
+                queues: sockets,
+                counters: counters.clone(),
+            })
+            .map_err(|e| fail("adding to the datapath", &e))?;
+        Ok(counters)
+    })();
+    match result {
+        Ok(counters) => {
+            tracing::info!(ifname, mode = %program.mode(), "uplink attached");
+            Ok(Uplink {
+                ifname: ifname.to_owned(),
+                ifindex: facts.index,
+                mac: facts.mac,
+                program,
+                trunk,
+                counters,
+                users: 0,
+            })
+        }
+        Err(e) => {
+            let _ = program.detach();
+            Err(e)
+        }
+    }
+}
+
+impl Uplink {
+    pub fn mode(&self) -> XdpMode {
+        self.program.mode()
+    }
+
+    /// Why the uplink no longer works, if it does not.
+    pub fn fault(&self) -> Option<String> {
+        let gone = || format!("uplink interface '{}' is gone", self.ifname);
+        if self.counters.has_failed() {
+            return Some(gone());
+        }
+        match Netlink::open().and_then(|mut nl| nl.link_info(&self.ifname)) {
+            Ok(Some(info)) if info.index == self.ifindex => None,
+            Ok(_) => Some(gone()),
+            Err(_) => None,
+        }
+    }
+
+    /// Steers an endpoint's frames to the switch.
+    pub fn steer(
+        &mut self,
+        vlan: u16,
+        mac: Option<MacAddr>,
+        ips: &[IpAddr],
+    ) -> Result<(), ApiError> {
+        let fail =
+            |e: crate::ebpf::EbpfError| ApiError::new(ErrorKind::Internal, None, e.to_string());
+        if let Some(mac) = mac {
+            self.program.add_mac(vlan, mac.0).map_err(fail)?;
+        }
+        for ip in ips {
+            self.program.add_ip(vlan, *ip).map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    pub fn unsteer(&mut self, vlan: u16, mac: Option<MacAddr>, ips: &[IpAddr]) {
+        if let Some(mac) = mac {
+            let _ = self.program.remove_mac(vlan, mac.0);
+        }
+        for ip in ips {
+            let _ = self.program.remove_ip(vlan, *ip);
+        }
+    }
+
+    /// Stops using the interface: the datapath closes the sockets, and the
+    /// program is detached (or, with `keep_program`, left pinned for the
+    /// next daemon, passing everything to the host meanwhile).
+    pub fn release(self, datapath: &Datapath, keep_program: bool) {
+        let _ = datapath.remove_trunk(self.trunk);
+        if keep_program {
+            return;
+        }
+        match self.program.detach() {
+            Ok(()) => tracing::info!(ifname = %self.ifname, "uplink detached"),
+            Err(e) => tracing::warn!(ifname = %self.ifname, error = %e, "could not detach XDP"),
+        }
+    }
+}
+
+/// Largest MTU of a network with an uplink: a tagged frame must fit one
+/// AF_XDP chunk.
+pub const MAX_MTU: u32 = crate::port::afxdp::MAX_FRAME_LEN as u32 - 22;
