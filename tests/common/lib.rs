@@ -145,10 +145,19 @@ pub struct Daemon {
     pub dir: PathBuf,
     pub socket: PathBuf,
     child: Option<Child>,
+    /// The namespace the daemon runs in (`ip netns exec`); `None` for the
+    /// test's own namespace.
+    netns: Option<String>,
+    /// Extra command-line arguments, passed again on every (re)spawn.
+    extra_args: Vec<String>,
 }
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Daemon::launch(None, &[])
+    }
+
+    fn launch(netns: Option<String>, extra_args: &[&str]) -> Daemon {
         let dir = std::env::temp_dir().join(format!("vswitch-test-{}", tag()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -157,6 +166,8 @@ impl Daemon {
             dir,
             socket,
             child: None,
+            netns,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         d.spawn();
         d
@@ -178,7 +189,18 @@ impl Daemon {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(bin("vswitchd"))
+        // `ip netns exec` execs the daemon (no fork), so the child's PID is
+        // vswitchd's and signals reach it directly.
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("vswitchd"));
+                c
+            }
+            None => Command::new(bin("vswitchd")),
+        };
+        let child = cmd
+            .args(&self.extra_args)
             .arg("--state-dir")
             .arg(self.state_dir())
             .arg("--socket")
@@ -331,6 +353,18 @@ impl Drop for KillOnDrop {
 /// Runs an iperf3 TCP test from `client` to `server_addr` (served in
 /// `server`) for `secs` seconds; returns the received bit rate.
 pub fn iperf3(client: &Netns, server: &Netns, server_addr: &str, secs: u32) -> f64 {
+    iperf3_with(client, server, server_addr, secs, &[])
+}
+
+/// [`iperf3`] with extra client arguments, e.g. `-R` to have the server
+/// send.
+pub fn iperf3_with(
+    client: &Netns,
+    server: &Netns,
+    server_addr: &str,
+    secs: u32,
+    extra: &[&str],
+) -> f64 {
     let mut daemon = Command::new("ip");
     daemon
         .args([
@@ -352,7 +386,10 @@ pub fn iperf3(client: &Netns, server: &Netns, server_addr: &str, secs: u32) -> f
             .contains("5201")
     });
     assert!(listening, "iperf3 server did not start in {}", server.name);
-    let out = client.exec(&["iperf3", "-c", server_addr, "-t", &secs.to_string(), "-J"]);
+    let secs = secs.to_string();
+    let mut args = vec!["iperf3", "-c", server_addr, "-t", &secs, "-J"];
+    args.extend_from_slice(extra);
+    let out = client.exec(&args);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
         panic!(
             "iperf3 gave no JSON: {}",
@@ -367,4 +404,390 @@ pub fn iperf3(client: &Netns, server: &Netns, server_addr: &str, secs: u32) -> f
     report["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .expect("iperf3 report has a received rate")
+}
+
+// ---------------------------------------------------------------------------
+// Uplinks: a daemon in a namespace of the test's own, a physical network made
+// of namespaces, and packet captures on it.
+
+impl Daemon {
+    /// Runs vswitchd inside `ns` (`ip netns exec`): its uplinks and host
+    /// ports live there, and the root namespace is never touched.
+    pub fn start_in(ns: &Netns) -> Daemon {
+        Daemon::launch(Some(ns.name.clone()), &[])
+    }
+
+    /// [`Daemon::start_in`] with extra daemon arguments, kept for restarts.
+    pub fn start_in_with(ns: &Netns, args: &[&str]) -> Daemon {
+        Daemon::launch(Some(ns.name.clone()), args)
+    }
+
+    /// `State` of `network inspect NAME`: `"Up"` or `{"Degraded": {...}}`.
+    pub fn network_state(&self, net: &str) -> Value {
+        self.json(&["network", "inspect", net])["State"].clone()
+    }
+
+    /// The port called `name` in `port ls`, if there is one.
+    pub fn port(&self, name: &str) -> Option<Value> {
+        self.json(&["port", "ls"])
+            .as_array()?
+            .iter()
+            .find(|p| p["Name"] == name)
+            .cloned()
+    }
+}
+
+/// The Linux bridge standing for the physical switch, in [`Fabric::fabric`].
+pub const FABRIC_BRIDGE: &str = "br0";
+/// The interface of [`Fabric::outside`] into the fabric.
+pub const OUTSIDE_IF: &str = "eth0";
+
+/// A physical network for uplink tests, entirely in namespaces of the
+/// test's own:
+///
+/// ```text
+///   host (vswitchd runs here)        fabric                outside
+///     vuN (uplink) ──veth── vpN ─┐
+///     vuM (uplink) ──veth── vpM ─┼─ br0 ─ voK ──veth── eth0 (plain IP stack)
+/// ```
+///
+/// Interface names are unique per process and at most 15 bytes. Deleting
+/// the namespaces (on drop) deletes every veth pair with them.
+pub struct Fabric {
+    /// The vswitch host: holds the uplinks and their own addresses.
+    pub host: Netns,
+    /// A machine on the physical network with no vswitch.
+    pub outside: Netns,
+    /// The physical switch: a Linux bridge, [`FABRIC_BRIDGE`].
+    pub fabric: Netns,
+}
+
+impl Fabric {
+    /// The three namespaces, the bridge, and `outside`'s [`OUTSIDE_IF`] on
+    /// it (up, no address).
+    pub fn new() -> Fabric {
+        let f = Fabric {
+            host: Netns::new("h"),
+            outside: Netns::new("o"),
+            fabric: Netns::new("f"),
+        };
+        // No multicast snooping: IPv6 neighbour solicitations must be
+        // flooded like on a dumb switch, whatever MLD reports it saw.
+        f.fabric.ok(&[
+            "ip",
+            "link",
+            "add",
+            FABRIC_BRIDGE,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        f.fabric.ok(&["ip", "link", "set", FABRIC_BRIDGE, "up"]);
+        let peer = format!("vo{}", tag());
+        f.outside.ok(&[
+            "ip",
+            "link",
+            "add",
+            OUTSIDE_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &f.fabric.name,
+        ]);
+        f.plug(&peer);
+        f.outside.ok(&["ip", "link", "set", OUTSIDE_IF, "up"]);
+        f
+    }
+
+    /// Puts a fabric-side veth end on the bridge, with TX checksum and VLAN
+    /// offloads off: the frames it sends are what the uplink receives, and
+    /// AF_XDP in copy mode gets them as the kernel had them, so a partial
+    /// checksum or an out-of-band VLAN tag would reach the switch unfinished.
+    fn plug(&self, ifname: &str) {
+        self.fabric
+            .ok(&["ip", "link", "set", ifname, "master", FABRIC_BRIDGE]);
+        self.fabric
+            .ok(&["ethtool", "-K", ifname, "tx", "off", "txvlan", "off"]);
+        self.fabric.ok(&["ip", "link", "set", ifname, "up"]);
+    }
+
+    /// A new uplink for the host: a veth in `host` (returned name) whose
+    /// peer is on the fabric bridge; `addrs` (CIDRs) are the host's own
+    /// addresses on it.
+    pub fn add_uplink(&self, addrs: &[&str]) -> String {
+        let t = tag();
+        let (up, peer) = (format!("vu{t}"), format!("vp{t}"));
+        self.host.ok(&[
+            "ip",
+            "link",
+            "add",
+            &up,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &self.fabric.name,
+        ]);
+        self.plug(&peer);
+        for a in addrs {
+            add_addr(&self.host, &up, a);
+        }
+        self.host.ok(&["ip", "link", "set", &up, "up"]);
+        up
+    }
+
+    /// Adds an address (CIDR) to `outside`'s interface `dev`.
+    pub fn outside_addr(&self, dev: &str, cidr: &str) {
+        add_addr(&self.outside, dev, cidr);
+    }
+
+    /// A VLAN subinterface `eth0.VID` in `outside`, up; returns its name.
+    pub fn outside_vlan(&self, vid: u16) -> String {
+        let name = format!("{OUTSIDE_IF}.{vid}");
+        self.outside.ok(&[
+            "ip",
+            "link",
+            "add",
+            "link",
+            OUTSIDE_IF,
+            "name",
+            &name,
+            "type",
+            "vlan",
+            "id",
+            &vid.to_string(),
+        ]);
+        self.outside.ok(&["ip", "link", "set", &name, "up"]);
+        name
+    }
+}
+
+impl Default for Fabric {
+    fn default() -> Self {
+        Fabric::new()
+    }
+}
+
+/// Adds `cidr` to `dev` in `ns`; IPv6 without duplicate address detection,
+/// so it is usable at once.
+pub fn add_addr(ns: &Netns, dev: &str, cidr: &str) {
+    let mut args = vec!["ip", "addr", "add", cidr, "dev", dev];
+    if cidr.contains(':') {
+        args.push("nodad");
+    }
+    ns.ok(&args);
+}
+
+/// The MAC address of `dev` in `ns`, lowercase.
+pub fn link_mac(ns: &Netns, dev: &str) -> String {
+    let link: Value =
+        serde_json::from_str(&ns.ok(&["ip", "-j", "link", "show", "dev", dev])).unwrap();
+    link[0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{dev} in {} has no MAC: {link}", ns.name))
+        .to_lowercase()
+}
+
+/// Whether `dev` in `ns` has an XDP program attached.
+pub fn has_xdp(ns: &Netns, dev: &str) -> bool {
+    let link: Value =
+        serde_json::from_str(&ns.ok(&["ip", "-d", "-j", "link", "show", "dev", dev])).unwrap();
+    link[0].get("xdp").is_some()
+}
+
+/// `ns`'s neighbour table on `dev`: (address, MAC if resolved, lowercase).
+pub fn neighbours(ns: &Netns, dev: &str) -> Vec<(String, Option<String>)> {
+    let table: Value =
+        serde_json::from_str(&ns.ok(&["ip", "-j", "neigh", "show", "dev", dev])).unwrap();
+    table
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| {
+                    (
+                        e["dst"].as_str().unwrap_or_default().to_owned(),
+                        e["lladdr"].as_str().map(str::to_lowercase),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `02:15:5d:00:00:01` as bytes.
+pub fn mac_bytes(text: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = text.split(':').collect();
+    assert_eq!(parts.len(), 6, "not a MAC: {text}");
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16).unwrap_or_else(|_| panic!("not a MAC: {text}"));
+    }
+    mac
+}
+
+/// Whether `needle` occurs anywhere in `hay`.
+pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The IP addresses a frame carries: source and destination of an IPv4 or
+/// IPv6 header, sender and target of an ARP packet; after any 802.1Q tags.
+pub fn frame_ips(frame: &[u8]) -> Vec<std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut off = 12;
+    let ethertype = |off: usize| {
+        frame
+            .get(off..off + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
+    while ethertype(off) == Some(0x8100) || ethertype(off) == Some(0x88a8) {
+        off += 4;
+    }
+    let Some(kind) = ethertype(off) else {
+        return Vec::new();
+    };
+    let l3 = &frame[(off + 2).min(frame.len())..];
+    let v4 = |at: usize| {
+        l3.get(at..at + 4)
+            .map(|b| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])))
+    };
+    let v6 = |at: usize| {
+        l3.get(at..at + 16).map(|b| {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(b);
+            IpAddr::V6(Ipv6Addr::from(a))
+        })
+    };
+    match kind {
+        0x0800 => [v4(12), v4(16)].into_iter().flatten().collect(),
+        0x0806 => [v4(14), v4(24)].into_iter().flatten().collect(),
+        0x86dd => [v6(8), v6(24)].into_iter().flatten().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The frames of a pcap file (Ethernet), in order; a record cut short at
+/// the end (the capture is still running) is left out.
+pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path).unwrap_or_default();
+    if data.len() < 24 {
+        return Vec::new();
+    }
+    let magic = u32::from_le_bytes(data[..4].try_into().unwrap());
+    let little = match magic {
+        0xa1b2_c3d4 | 0xa1b2_3c4d => true,
+        0xd4c3_b2a1 | 0x4d3c_b2a1 => false,
+        _ => panic!("{} is not a pcap file", path.display()),
+    };
+    let u32_at = |at: usize| {
+        let b: [u8; 4] = data[at..at + 4].try_into().unwrap();
+        if little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
+    };
+    let mut frames = Vec::new();
+    let mut off = 24;
+    while off + 16 <= data.len() {
+        let len = u32_at(off + 8) as usize;
+        let start = off + 16;
+        if start + len > data.len() {
+            break;
+        }
+        frames.push(data[start..start + len].to_vec());
+        off = start + len;
+    }
+    frames
+}
+
+/// A tcpdump capture on one interface of a namespace, written to a pcap
+/// file as each packet arrives; stopped and removed on drop.
+pub struct Capture {
+    child: Option<KillOnDrop>,
+    pub pcap: PathBuf,
+    log: PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing on `ifname` in `ns` and returns once tcpdump
+    /// listens.
+    pub fn start(ns: &Netns, ifname: &str) -> Capture {
+        let base = std::env::temp_dir().join(format!("vswitch-cap-{}", tag()));
+        let pcap = base.with_extension("pcap");
+        let log = base.with_extension("log");
+        let log_file = std::fs::File::create(&log).expect("create capture log");
+        // -U --immediate-mode: every packet reaches the file at once, so
+        // `frames` sees it; -s: headers are what the tests look at, and a
+        // short snapshot keeps an iperf3 run's capture small; -Z root: the
+        // file is written as root (tcpdump drops to its own user otherwise).
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "tcpdump", "-i", ifname])
+            .args(["-n", "-U", "--immediate-mode", "-s", "200", "-Z", "root"])
+            .arg("-w")
+            .arg(&pcap)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start tcpdump");
+        let cap = Capture {
+            child: Some(KillOnDrop(child)),
+            pcap,
+            log,
+        };
+        let listening = wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&cap.log)
+                .unwrap_or_default()
+                .contains("listening on")
+        });
+        assert!(
+            listening,
+            "tcpdump did not start on {ifname} in {}: {}",
+            ns.name,
+            std::fs::read_to_string(&cap.log).unwrap_or_default()
+        );
+        cap
+    }
+
+    /// The frames captured so far.
+    pub fn frames(&self) -> Vec<Vec<u8>> {
+        read_pcap(&self.pcap)
+    }
+
+    /// Makes sure everything sent before this call is in the capture:
+    /// `from` pings `to` with a payload pattern of its own, and this waits
+    /// until the capture holds it. The ping need not be answered; it only
+    /// has to cross the captured interface.
+    pub fn sync(&self, from: &Netns, to: &str) {
+        let marker = format!("vsw{:08}", unique());
+        let hex: String = marker.bytes().map(|b| format!("{b:02x}")).collect();
+        let seen = wait_until(Duration::from_secs(10), || {
+            let _ = from.exec(&["ping", "-c1", "-W1", "-p", &hex, to]);
+            self.frames()
+                .iter()
+                .any(|f| contains_bytes(f, marker.as_bytes()))
+        });
+        assert!(
+            seen,
+            "capture sync failed: a ping from {} to {to} never showed up in {}",
+            from.name,
+            self.pcap.display()
+        );
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        drop(self.child.take());
+        let _ = std::fs::remove_file(&self.pcap);
+        let _ = std::fs::remove_file(&self.log);
+    }
 }

@@ -86,7 +86,8 @@ impl Controller {
         let mut saved = file.load()?;
         for net in &mut saved.networks {
             // Options were validated when the network was created.
-            net.parsed = NetworkOptions::parse(&net.options).unwrap_or_default();
+            net.parsed =
+                NetworkOptions::parse(&net.options, net.driver.has_uplink()).unwrap_or_default();
         }
         let datapath = Datapath::spawn().map_err(|source| StateError::Io {
             op: "start datapath",
@@ -282,8 +283,8 @@ impl Controller {
                 "the none driver gives endpoints loopback only: no subnet or gateway",
             ));
         }
-        let mut parsed = NetworkOptions::parse(&req.options)?;
-        let facts = self.check_uplink_options(driver, &req.options, &mut parsed)?;
+        let parsed = NetworkOptions::parse(&req.options, driver.has_uplink())?;
+        let facts = self.check_uplink_options(driver, &parsed)?;
         if driver.has_uplink() && subnet4.is_none() {
             return Err(invalid(
                 "subnet",
@@ -426,8 +427,7 @@ impl Controller {
     fn check_uplink_options(
         &self,
         driver: Driver,
-        options: &std::collections::BTreeMap<String, String>,
-        parsed: &mut NetworkOptions,
+        parsed: &NetworkOptions,
     ) -> ApiResult<Option<uplink::InterfaceFacts>> {
         if !driver.has_uplink() {
             if parsed.interface.is_some() {
@@ -456,16 +456,6 @@ impl Controller {
                 ),
             )
         })?;
-        if options
-            .get("offload")
-            .is_some_and(|v| parsed.offload && !v.is_empty())
-        {
-            return Err(invalid(
-                "options.offload",
-                "networks with an uplink carry plain frames (AF_XDP takes no GSO super-frames): leave offload off",
-            ));
-        }
-        parsed.offload = false;
         for other in &self.state.networks {
             if other.parsed.interface.as_deref() != Some(ifname.as_str()) {
                 continue;
