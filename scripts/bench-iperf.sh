@@ -1,28 +1,44 @@
 #!/usr/bin/env bash
-# iperf3 TCP between two namespaces through three paths, in one run, on the
-# same topology shape (two namespaces, one switch between them):
+# iperf3 TCP through vswitch and through a Linux bridge, in one run, on the
+# same topology shape, reported as ratios. Two comparisons:
 #
+# TAP (namespace to namespace, one switch between them):
 #   bridge              two veth pairs into a Linux bridge (in a namespace of
 #                       its own, so nothing is added to the root namespace)
 #   vswitch             two vswitch TAP endpoints on a private network with the
 #                       default options (IFF_VNET_HDR: TSO/checksum offload on)
 #   vswitch-nooffload   the same with -o offload=off (MTU-sized frames, no GSO)
 #
-# Prints a table (Gbit/s, ratio to the bridge, vswitchd CPU time) and, as the
-# last line of stdout, one JSON object for scripts. Everything it creates has
-# $$ in its name and is removed on exit, failure or Ctrl-C.
+# Uplink (endpoint to an "outside" namespace, through one veth, the uplink):
+#   bridge              the uplink and the endpoint's veth in a Linux bridge
+#                       (the classic equivalent of l2bridge/transparent)
+#   l2bridge            the same uplink attached by vswitch (XDP + AF_XDP),
+#                       -d l2bridge, the endpoint a TAP
+#   transparent         the same with -d transparent
+#
+# Prints a table per comparison (Gbit/s, ratio to the bridge, vswitchd CPU
+# time) and, as the last line of stdout, one JSON object for scripts.
+# Everything it creates has $$ in its name and is removed on exit, failure
+# or Ctrl-C.
 set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: scripts/bench-iperf.sh [--duration N] [--repeat N] [--streams N] [--smoke]
-                              [--min-ratio R] [--build]
+Usage: scripts/bench-iperf.sh [--tap | --uplink] [--duration N] [--repeat N]
+                              [--streams N] [--smoke] [--min-ratio R] [--build]
 
-Measures iperf3 TCP throughput between two network namespaces through a Linux
-bridge, through vswitch (TAP offloads on) and through vswitch with
--o offload=off, and reports vswitch/bridge ratios. Needs root.
+Measures iperf3 TCP throughput through vswitch against a Linux bridge, in the
+same run, and reports vswitch/bridge ratios. Needs root. By default runs both
+comparisons:
+  TAP     namespace to namespace: Linux bridge, vswitch (TAP offloads on),
+          vswitch with -o offload=off
+  uplink  endpoint namespace to an outside namespace through one veth: Linux
+          bridge with the veth enslaved, vswitch -d l2bridge and -d transparent
+          with -o interface=<the veth>
 
 Options:
+  --tap          run only the TAP comparison
+  --uplink       run only the uplink comparison
   --duration N   seconds per iperf3 test (default 10; the first second is
                  omitted from the result as TCP warm-up when N >= 5)
   --repeat N     run each path N times, interleaved, and report the median
@@ -30,23 +46,39 @@ Options:
   --streams N    parallel TCP streams, iperf3 -P (default 1)
   --smoke        2-second tests and no thresholds: checks that the benchmark
                  itself works (for CI)
-  --min-ratio R  fail (exit 3) when vswitch/bridge with offloads is below R
-                 (default 0.10; ignored with --smoke)
+  --min-ratio R  fail (exit 3) when TAP vswitch/bridge with offloads is below
+                 R (default 0.10; ignored with --smoke and --uplink)
   --build        run 'cargo build --release --workspace' even when the
                  binaries exist (default: only when they are missing)
   -h, --help     show this help
 
-Output: a table on stdout, then one JSON line, e.g.
+Output: a table per comparison on stdout, then one JSON line, e.g.
   {"bridge_gbps": 16.6, "vswitch_gbps": 5.1, "vswitch_nooffload_gbps": 1.2,
-   "ratio": 0.31, "ratio_nooffload": 0.07, ...}
-Exit status: 0 ok, 1 setup or measurement failed, 3 below --min-ratio.
+   "ratio": 0.31, "ratio_nooffload": 0.07, ..., "uplink_bridge_gbps": 20.1,
+   "uplink_l2bridge_gbps": 1.3, "uplink_transparent_gbps": 1.3,
+   "uplink_ratio": 0.06, ...}
+Keys of a comparison that was not run are null. ratio and uplink_ratio are
+vswitch (offloads on, resp. l2bridge) over the Linux bridge.
+Exit status: 0 ok, 1 setup or measurement failed, 3 below --min-ratio (or a
+path moved no data).
 
-Topology (all names contain the script's PID; subnets 10.55.{1,2,3}.0/24,
-addressed only inside the script's own namespaces):
-  bridge:  vsb<PID>-b1 eth0 --veth-- [br0 in vsb<PID>-br] --veth-- eth0 vsb<PID>-b2
-  vswitch: vsb<PID>-o1 eth0 (TAP) -- vswitchd -- (TAP) eth0 vsb<PID>-o2
-  no offl: vsb<PID>-n1 eth0 (TAP) -- vswitchd -- (TAP) eth0 vsb<PID>-n2
-vswitchd is a private instance (own state dir and socket under /tmp).
+Topology (all names contain the script's PID <P>; subnets 10.55.{1,2,3}.0/24
+and 10.56.0.0/24, addressed only inside the script's own namespaces):
+  TAP comparison:
+  bridge:  vsb<P>-b1 eth0 --veth-- [br0 in vsb<P>-br] --veth-- eth0 vsb<P>-b2
+  vswitch: vsb<P>-o1 eth0 (TAP) -- vswitchd -- (TAP) eth0 vsb<P>-o2
+  no offl: vsb<P>-n1 eth0 (TAP) -- vswitchd -- (TAP) eth0 vsb<P>-n2
+  (vswitchd: a private instance in the root namespace)
+  uplink comparison (iperf3 client in the endpoint, server in vsb<P>-out):
+  vsb<P>-out eth0 10.56.0.100 --veth-- [br0 in vsb<P>-fab] --veth-- vsb<P>up
+  in vsb<P>-host (the uplink; its peer in vsb<P>-fab has tx and txvlan
+  offloads off, which AF_XDP copy mode needs), then per path:
+  bridge:      vsb<P>up and a veth to vsb<P>-ub eth0 (10.56.0.10) in lbr
+  l2bridge:    vsb<P>up -- vswitchd -- (TAP) eth0 vsb<P>-ul (10.56.0.10)
+  transparent: vsb<P>up -- vswitchd -- (TAP) eth0 vsb<P>-ut (10.56.0.10)
+  (vswitchd: a second private instance, run inside vsb<P>-host; the uplink is
+  moved between the paths every round, so only one uses it at a time)
+State and sockets of both vswitchd instances live under /tmp.
 EOF
 }
 
@@ -59,6 +91,7 @@ STREAMS=1
 SMOKE=0
 MIN_RATIO=0.10
 FORCE_BUILD=0
+MODE=all
 
 posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 expects a positive whole number, got '$2'"; }
 
@@ -71,6 +104,9 @@ while [ $# -gt 0 ]; do
             [ $# -ge 2 ] || die "--min-ratio needs a value"
             [[ "$2" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--min-ratio expects a number such as 0.25, got '$2'"
             MIN_RATIO=$2; shift 2 ;;
+        --tap | --uplink)
+            [ "$MODE" = all ] || [ "$MODE" = "${1#--}" ] || die "--tap and --uplink exclude each other (give neither to run both)"
+            MODE=${1#--}; shift ;;
         --smoke) SMOKE=1; shift ;;
         --build) FORCE_BUILD=1; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -82,6 +118,9 @@ done
 # test is long enough for the rest to be representative.
 OMIT=0
 [ "$DURATION" -ge 5 ] && OMIT=1
+RUN_TAP=0 RUN_UPLINK=0
+[ "$MODE" = uplink ] || RUN_TAP=1
+[ "$MODE" = tap ] || RUN_UPLINK=1
 
 [ "$(id -u)" -eq 0 ] || die "run as root (e.g. sudo $0): the benchmark creates network namespaces, veths, a bridge and TAP endpoints"
 
@@ -103,6 +142,7 @@ need_cmd ss iproute2
 need_cmd python3 python3
 need_cmd setsid util-linux
 need_cmd timeout coreutils
+[ "$RUN_UPLINK" -eq 0 ] || need_cmd ethtool ethtool
 
 if [ "$FORCE_BUILD" -eq 1 ] || [ ! -x "$VSWITCHD" ] || [ ! -x "$VSWITCHCTL" ]; then
     command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
@@ -118,9 +158,14 @@ fi
 
 P="vsb$$"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/vswitch-bench-$$.XXXXXX")
+# The TAP comparison's vswitchd (root namespace).
 SOCK="$WORK/vswitchd.sock"
 STATE="$WORK/state"
 DLOG="$WORK/vswitchd.log"
+# The uplink comparison's vswitchd (inside the host namespace).
+USOCK="$WORK/uplink-vswitchd.sock"
+USTATE="$WORK/uplink-state"
+UDLOG="$WORK/uplink-vswitchd.log"
 
 # Everything below is recorded right after it is created, and only what is
 # recorded is removed.
@@ -129,9 +174,15 @@ CREATED_EP=()
 CREATED_NET=()
 SERVER_PIDS=()
 DAEMON_PID=""
+UDAEMON_PID=""
+# The uplink network and endpoint that exist right now (one at a time: the
+# paths take turns on the uplink).
+UP_NET_LIVE=""
+UP_EP_LIVE=""
 CLEANED=0
 
 ctl() { "$VSWITCHCTL" --socket "$SOCK" "$@"; }
+uctl() { "$VSWITCHCTL" --socket "$USOCK" "$@"; }
 
 # Sends SIGTERM to PID, waits up to 5 s for it to exit, then SIGKILLs it.
 stop_pid() {
@@ -160,12 +211,25 @@ cleanup() {
             ctl network rm "${CREATED_NET[i]}" >/dev/null 2>&1 || echo "warning: could not remove network ${CREATED_NET[i]}" >&2
         done
     fi
-    [ -n "$DAEMON_PID" ] && stop_pid "$DAEMON_PID"
-    if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ] && [ -s "$DLOG" ]; then
-        echo "---- last lines of the vswitchd log ----" >&2
-        tail -n 20 "$DLOG" >&2
+    if [ -n "$UDAEMON_PID" ] && kill -0 "$UDAEMON_PID" 2>/dev/null; then
+        if [ -n "$UP_EP_LIVE" ]; then
+            uctl endpoint rm "$UP_EP_LIVE" >/dev/null 2>&1 || echo "warning: could not remove endpoint $UP_EP_LIVE" >&2
+        fi
+        if [ -n "$UP_NET_LIVE" ]; then
+            uctl network rm "$UP_NET_LIVE" >/dev/null 2>&1 || echo "warning: could not remove network $UP_NET_LIVE" >&2
+        fi
     fi
-    # Deleting a namespace deletes the veths, the bridge and any TAP left in it.
+    [ -n "$DAEMON_PID" ] && stop_pid "$DAEMON_PID"
+    [ -n "$UDAEMON_PID" ] && stop_pid "$UDAEMON_PID"
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ]; then
+        for i in "$DLOG" "$UDLOG"; do
+            [ -s "$i" ] || continue
+            echo "---- last lines of $(basename "$i") ----" >&2
+            tail -n 20 "$i" >&2
+        done
+    fi
+    # Deleting a namespace deletes the veths, the bridges and any TAP left in
+    # it (and with the uplink veth, any XDP program still attached to it).
     for ((i = ${#CREATED_NS[@]} - 1; i >= 0; i--)); do
         ip netns del "${CREATED_NS[i]}" 2>/dev/null || echo "warning: could not delete namespace ${CREATED_NS[i]}" >&2
     done
@@ -182,60 +246,28 @@ add_ns() {
     ip -n "$1" link set lo up
 }
 
-# ------------------------------------------------------------- topology ----
-
-NS_BR="$P-br"
-NS_B1="$P-b1" NS_B2="$P-b2"
-NS_O1="$P-o1" NS_O2="$P-o2"
-NS_N1="$P-n1" NS_N2="$P-n2"
-IP_B1=10.55.1.11 IP_B2=10.55.1.12
-IP_O1=10.55.2.11 IP_O2=10.55.2.12
-IP_N1=10.55.3.11 IP_N2=10.55.3.12
-NET_O="${P}o" NET_N="${P}n"
-
-say "bridge topology: $NS_B1 <-> br0 in $NS_BR <-> $NS_B2 (10.55.1.0/24)"
-add_ns "$NS_BR"
-ip -n "$NS_BR" link add br0 type bridge
-ip -n "$NS_BR" link set br0 up
-n=1
-for pair in "$NS_B1:$IP_B1" "$NS_B2:$IP_B2"; do
-    ns=${pair%%:*} addr=${pair#*:}
-    add_ns "$ns"
-    # Both ends are created inside namespaces of ours: the bridge side in
-    # $NS_BR, the peer directly in the endpoint namespace as eth0.
-    ip -n "$NS_BR" link add "p$n" type veth peer name eth0 netns "$ns"
-    ip -n "$NS_BR" link set "p$n" master br0 up
-    ip -n "$ns" addr add "$addr/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    n=$((n + 1))
-done
-
-say "starting a private vswitchd (state and socket in $WORK)"
-mkdir -m 0700 "$STATE"
-# setsid: a Ctrl-C on the terminal must not reach the daemon before cleanup
-# has removed the endpoints through it.
-setsid "$VSWITCHD" --state-dir "$STATE" --socket "$SOCK" --log-level warn >"$DLOG" 2>&1 </dev/null &
-DAEMON_PID=$!
-daemon_ready() { kill -0 "$DAEMON_PID" 2>/dev/null && ctl network ls; }
-deadline=$((SECONDS + 15))
-until daemon_ready >/dev/null 2>&1; do
-    kill -0 "$DAEMON_PID" 2>/dev/null || die "vswitchd exited during start"
-    [ "$SECONDS" -lt "$deadline" ] || die "vswitchd did not answer on $SOCK within 15 s"
-    sleep 0.05
-done
-
-say "vswitch topologies: $NET_O (offload on, 10.55.2.0/24), $NET_N (offload=off, 10.55.3.0/24)"
-ctl network create -d private --subnet 10.55.2.0/24 "$NET_O" >/dev/null
-CREATED_NET+=("$NET_O")
-ctl network create -d private --subnet 10.55.3.0/24 -o offload=off "$NET_N" >/dev/null
-CREATED_NET+=("$NET_N")
-for spec in "$NET_O:$NS_O1:$IP_O1:${P}o1" "$NET_O:$NS_O2:$IP_O2:${P}o2" \
-    "$NET_N:$NS_N1:$IP_N1:${P}n1" "$NET_N:$NS_N2:$IP_N2:${P}n2"; do
-    IFS=: read -r net ns addr ep <<<"$spec"
-    add_ns "$ns"
-    ctl endpoint create --network "$net" --netns "$ns" --ip "$addr" "$ep" >/dev/null
-    CREATED_EP+=("$ep")
-done
+# start_daemon VAR STATE_DIR SOCKET LOG [NETNS]: starts a private vswitchd,
+# in NETNS when given, stores its PID in VAR and waits until it answers.
+start_daemon() {
+    local var=$1 state=$2 sock=$3 log=$4 ns=${5:-} pid
+    mkdir -m 0700 "$state"
+    local cmd=("$VSWITCHD" --state-dir "$state" --socket "$sock" --log-level warn)
+    # In a namespace of ours: the uplink is an interface in vswitchd's own
+    # namespace. ip netns exec execs the daemon (no fork), so $! is its PID.
+    # --detach-on-exit: a clean stop leaves no XDP program on the uplink.
+    [ -z "$ns" ] || cmd=(ip netns exec "$ns" "${cmd[@]}" --detach-on-exit)
+    # setsid: a Ctrl-C on the terminal must not reach the daemon before
+    # cleanup has removed the endpoints through it.
+    setsid "${cmd[@]}" >"$log" 2>&1 </dev/null &
+    pid=$!
+    printf -v "$var" '%s' "$pid"
+    local deadline=$((SECONDS + 15))
+    until kill -0 "$pid" 2>/dev/null && "$VSWITCHCTL" --socket "$sock" network ls >/dev/null 2>&1; do
+        kill -0 "$pid" 2>/dev/null || die "vswitchd exited during start"
+        [ "$SECONDS" -lt "$deadline" ] || die "vswitchd did not answer on $sock within 15 s"
+        sleep 0.05
+    done
+}
 
 # ------------------------------------------------------------ readiness ----
 
@@ -261,30 +293,26 @@ wait_path() {
     done
 }
 
-for ns in "$NS_B2" "$NS_O2" "$NS_N2"; do start_server "$ns"; done
-wait_path "$NS_B1" "$IP_B2"
-wait_path "$NS_O1" "$IP_O2"
-wait_path "$NS_N1" "$IP_N2"
-
 # ---------------------------------------------------------- measurement ----
 
 CLK_TCK=$(getconf CLK_TCK)
-# utime + stime of the daemon, all threads, in clock ticks. The command name
+# utime + stime of a daemon, all threads, in clock ticks. The command name
 # is "(vswitchd)" without spaces, so the fields can be split on whitespace.
 # Called in $(...): die prints its message, the failed assignment then stops
 # the script through set -e.
 daemon_ticks() {
-    local stat
-    stat=$(cat "/proc/$DAEMON_PID/stat" 2>/dev/null) || die "vswitchd (pid $DAEMON_PID) is no longer running"
+    local pid=$1 stat
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || die "vswitchd (pid $pid) is no longer running"
     awk '{ print $14 + $15 }' <<<"$stat"
 }
 
-# run_one NAME CLIENT_NS SERVER_ADDR ROUND: one iperf3 test; writes
-# $WORK/NAME.ROUND.json and $WORK/NAME.ROUND.cpu (vswitchd CPU seconds).
+# run_one NAME CLIENT_NS SERVER_ADDR ROUND DAEMON_PID: one iperf3 test;
+# writes $WORK/NAME.ROUND.json and $WORK/NAME.ROUND.cpu (CPU ticks of the
+# vswitchd DAEMON_PID during the test).
 run_one() {
-    local name=$1 ns=$2 addr=$3 round=$4 out="$WORK/$1.$4.json" t0 t1
-    kill -0 "$DAEMON_PID" 2>/dev/null || die "vswitchd is no longer running"
-    t0=$(daemon_ticks)
+    local name=$1 ns=$2 addr=$3 round=$4 dpid=$5 out="$WORK/$1.$4.json" t0 t1
+    kill -0 "$dpid" 2>/dev/null || die "vswitchd is no longer running"
+    t0=$(daemon_ticks "$dpid")
     # --foreground: iperf3 stays in our process group, so a Ctrl-C stops the
     # test at once instead of after it.
     if ! timeout --foreground $((DURATION + OMIT + 30)) ip netns exec "$ns" \
@@ -293,31 +321,163 @@ run_one() {
 try: print(json.load(open(sys.argv[1])).get("error","no error in JSON"))
 except Exception: print(open(sys.argv[2]).read().strip() or "no output")' "$out" "$WORK/$name.$round.err")"
     fi
-    t1=$(daemon_ticks)
+    t1=$(daemon_ticks "$dpid")
     echo "$((t1 - t0))" >"$WORK/$name.$round.cpu"
 }
 
 say "running: ${DURATION}s per test, $STREAMS stream(s), $REPEAT round(s)$([ "$SMOKE" -eq 1 ] && echo ', smoke')"
-for ((r = 1; r <= REPEAT; r++)); do
-    # Interleaved rounds spread any drift of the machine over all paths.
-    run_one bridge "$NS_B1" "$IP_B2" "$r"
-    run_one vswitch "$NS_O1" "$IP_O2" "$r"
-    run_one vswitch_nooffload "$NS_N1" "$IP_N2" "$r"
-    say "round $r/$REPEAT done"
-done
 
-ctl stats --json >"$WORK/stats.json"
+# -------------------------------------------------------- TAP comparison ----
+
+NS_BR="$P-br"
+NS_B1="$P-b1" NS_B2="$P-b2"
+NS_O1="$P-o1" NS_O2="$P-o2"
+NS_N1="$P-n1" NS_N2="$P-n2"
+IP_B1=10.55.1.11 IP_B2=10.55.1.12
+IP_O1=10.55.2.11 IP_O2=10.55.2.12
+IP_N1=10.55.3.11 IP_N2=10.55.3.12
+NET_O="${P}o" NET_N="${P}n"
+
+if [ "$RUN_TAP" -eq 1 ]; then
+    say "bridge topology: $NS_B1 <-> br0 in $NS_BR <-> $NS_B2 (10.55.1.0/24)"
+    add_ns "$NS_BR"
+    ip -n "$NS_BR" link add br0 type bridge
+    ip -n "$NS_BR" link set br0 up
+    n=1
+    for pair in "$NS_B1:$IP_B1" "$NS_B2:$IP_B2"; do
+        ns=${pair%%:*} addr=${pair#*:}
+        add_ns "$ns"
+        # Both ends are created inside namespaces of ours: the bridge side in
+        # $NS_BR, the peer directly in the endpoint namespace as eth0.
+        ip -n "$NS_BR" link add "p$n" type veth peer name eth0 netns "$ns"
+        ip -n "$NS_BR" link set "p$n" master br0 up
+        ip -n "$ns" addr add "$addr/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        n=$((n + 1))
+    done
+
+    say "starting a private vswitchd (state and socket in $WORK)"
+    start_daemon DAEMON_PID "$STATE" "$SOCK" "$DLOG"
+
+    say "vswitch topologies: $NET_O (offload on, 10.55.2.0/24), $NET_N (offload=off, 10.55.3.0/24)"
+    ctl network create -d private --subnet 10.55.2.0/24 "$NET_O" >/dev/null
+    CREATED_NET+=("$NET_O")
+    ctl network create -d private --subnet 10.55.3.0/24 -o offload=off "$NET_N" >/dev/null
+    CREATED_NET+=("$NET_N")
+    for spec in "$NET_O:$NS_O1:$IP_O1:${P}o1" "$NET_O:$NS_O2:$IP_O2:${P}o2" \
+        "$NET_N:$NS_N1:$IP_N1:${P}n1" "$NET_N:$NS_N2:$IP_N2:${P}n2"; do
+        IFS=: read -r net ns addr ep <<<"$spec"
+        add_ns "$ns"
+        ctl endpoint create --network "$net" --netns "$ns" --ip "$addr" "$ep" >/dev/null
+        CREATED_EP+=("$ep")
+    done
+
+    for ns in "$NS_B2" "$NS_O2" "$NS_N2"; do start_server "$ns"; done
+    wait_path "$NS_B1" "$IP_B2"
+    wait_path "$NS_O1" "$IP_O2"
+    wait_path "$NS_N1" "$IP_N2"
+
+    for ((r = 1; r <= REPEAT; r++)); do
+        # Interleaved rounds spread any drift of the machine over all paths.
+        run_one bridge "$NS_B1" "$IP_B2" "$r" "$DAEMON_PID"
+        run_one vswitch "$NS_O1" "$IP_O2" "$r" "$DAEMON_PID"
+        run_one vswitch_nooffload "$NS_N1" "$IP_N2" "$r" "$DAEMON_PID"
+        say "TAP round $r/$REPEAT done"
+    done
+
+    ctl stats --json >"$WORK/stats.json"
+fi
+
+# ----------------------------------------------------- uplink comparison ----
+
+NS_FAB="$P-fab" NS_OUT="$P-out" NS_HOST="$P-host"
+NS_UB="$P-ub" NS_UL="$P-ul" NS_UT="$P-ut"
+# The uplink's name carries the PID too: vswitchd pins its XDP program under
+# /sys/fs/bpf/vswitch/<ifname>, one directory for every namespace.
+UPLINK="${P}up"
+IP_OUT=10.56.0.100 IP_UEP=10.56.0.10
+NET_UL="${P}ul" NET_UT="${P}ut"
+EP_UL="${P}ule" EP_UT="${P}ute"
+
+# uplink_vswitch NAME DRIVER NET EP NS ROUND: attaches the uplink with a
+# vswitch network of DRIVER, an endpoint in NS, measures, and removes both
+# again, so the uplink is free for the next path. The stats of the network
+# are kept in $WORK/NAME.ROUND.stats (they go with the network).
+uplink_vswitch() {
+    local name=$1 driver=$2 net=$3 ep=$4 ns=$5 round=$6
+    uctl network create -d "$driver" --subnet 10.56.0.0/24 -o interface="$UPLINK" "$net" >/dev/null
+    UP_NET_LIVE=$net
+    uctl endpoint create --network "$net" --netns "$ns" --ip "$IP_UEP" "$ep" >/dev/null
+    UP_EP_LIVE=$ep
+    # Every path uses 10.56.0.10 behind a different MAC (the endpoint's own,
+    # the uplink's for l2bridge): forget the previous path's ARP answer.
+    ip -n "$NS_OUT" neigh flush all
+    wait_path "$ns" "$IP_OUT"
+    run_one "$name" "$ns" "$IP_OUT" "$round" "$UDAEMON_PID"
+    uctl stats --json >"$WORK/$name.$round.stats"
+    uctl endpoint rm "$ep" >/dev/null
+    UP_EP_LIVE=""
+    uctl network rm "$net" >/dev/null
+    UP_NET_LIVE=""
+}
+
+if [ "$RUN_UPLINK" -eq 1 ]; then
+    say "uplink topology: $NS_OUT ($IP_OUT) <-> br0 in $NS_FAB <-> $UPLINK in $NS_HOST"
+    add_ns "$NS_FAB"
+    ip -n "$NS_FAB" link add br0 type bridge
+    ip -n "$NS_FAB" link set br0 up
+    add_ns "$NS_OUT"
+    ip -n "$NS_FAB" link add pout type veth peer name eth0 netns "$NS_OUT"
+    ip -n "$NS_FAB" link set pout master br0 up
+    ip -n "$NS_OUT" addr add "$IP_OUT/24" dev eth0
+    ip -n "$NS_OUT" link set eth0 up
+    add_ns "$NS_HOST"
+    ip -n "$NS_FAB" link add pup type veth peer name "$UPLINK" netns "$NS_HOST"
+    # AF_XDP in copy mode gets frames as the peer sent them: partial
+    # checksums and out-of-band VLAN tags unless the peer resolves them.
+    ip netns exec "$NS_FAB" ethtool -K pup tx off txvlan off >/dev/null
+    ip -n "$NS_FAB" link set pup master br0 up
+    ip -n "$NS_HOST" link set "$UPLINK" up
+
+    say "linux bridge path: $NS_UB ($IP_UEP) <-> lbr in $NS_HOST, with $UPLINK when its turn comes"
+    ip -n "$NS_HOST" link add lbr type bridge
+    ip -n "$NS_HOST" link set lbr up
+    add_ns "$NS_UB"
+    ip -n "$NS_HOST" link add pub type veth peer name eth0 netns "$NS_UB"
+    ip -n "$NS_HOST" link set pub master lbr up
+    ip -n "$NS_UB" addr add "$IP_UEP/24" dev eth0
+    ip -n "$NS_UB" link set eth0 up
+
+    say "starting a private vswitchd in $NS_HOST (state and socket in $WORK)"
+    start_daemon UDAEMON_PID "$USTATE" "$USOCK" "$UDLOG" "$NS_HOST"
+    add_ns "$NS_UL"
+    add_ns "$NS_UT"
+
+    start_server "$NS_OUT"
+    for ((r = 1; r <= REPEAT; r++)); do
+        ip -n "$NS_HOST" link set "$UPLINK" master lbr
+        ip -n "$NS_OUT" neigh flush all
+        wait_path "$NS_UB" "$IP_OUT"
+        run_one uplink_bridge "$NS_UB" "$IP_OUT" "$r" "$UDAEMON_PID"
+        ip -n "$NS_HOST" link set "$UPLINK" nomaster
+        uplink_vswitch uplink_l2bridge l2bridge "$NET_UL" "$EP_UL" "$NS_UL" "$r"
+        uplink_vswitch uplink_transparent transparent "$NET_UT" "$EP_UT" "$NS_UT" "$r"
+        say "uplink round $r/$REPEAT done"
+    done
+fi
 
 # -------------------------------------------------------------- report ----
 
 set +e
 python3 - "$WORK" "$REPEAT" "$DURATION" "$OMIT" "$STREAMS" "$CLK_TCK" "$SMOKE" "$MIN_RATIO" \
-    "$NET_O" "$NET_N" <<'EOF'
-import json, statistics, sys
+    "$NET_O" "$NET_N" "$RUN_TAP" "$RUN_UPLINK" "$NET_UL" "$NET_UT" <<'PYEOF'
+import glob, json, statistics, sys
 
-work, repeat, duration, omit, streams, clk_tck, smoke, min_ratio, net_o, net_n = sys.argv[1:]
+(work, repeat, duration, omit, streams, clk_tck, smoke, min_ratio, net_o, net_n,
+ run_tap, run_uplink, net_ul, net_ut) = sys.argv[1:]
 repeat, duration, omit, streams, clk_tck = int(repeat), int(duration), int(omit), int(streams), int(clk_tck)
 smoke, min_ratio = smoke == "1", float(min_ratio)
+run_tap, run_uplink = run_tap == "1", run_uplink == "1"
 
 def result(name):
     gbps, retr, cpu = [], [], []
@@ -331,53 +491,96 @@ def result(name):
             cpu.append(int(f.read()) / clk_tck)
     return statistics.median(gbps), statistics.median(retr), statistics.median(cpu)
 
-with open(f"{work}/stats.json") as f:
-    stats = json.load(f)
-def drops(net):
+def drops(stats, net):
     return sum(sum(p.get("Drops", {}).values()) for p in stats if p.get("Network") == net)
-
-br, vs, vn = result("bridge"), result("vswitch"), result("vswitch_nooffload")
-ratio = vs[0] / br[0] if br[0] > 0 else 0.0
-ratio_n = vn[0] / br[0] if br[0] > 0 else 0.0
 
 secs = duration + omit  # the daemon's CPU is counted over the whole test
 def cpu(c):
     return f"{c:6.2f} s ({100 * c / secs:3.0f}%)"
-print()
-print(f"iperf3 TCP, {duration} s{' (+1 s omitted)' if omit else ''}, {streams} stream(s), "
-      f"median of {repeat}")
-print(f"{'path':<20} {'Gbit/s':>8} {'ratio':>7} {'retrans':>8} {'vswitchd CPU':>16} {'drops':>6}")
-print(f"{'linux bridge':<20} {br[0]:8.2f} {1.0:7.2f} {br[1]:8.0f} {'-':>16} {'-':>6}")
-print(f"{'vswitch':<20} {vs[0]:8.2f} {ratio:7.2f} {vs[1]:8.0f} {cpu(vs[2]):>16} {drops(net_o):6d}")
-print(f"{'vswitch offload=off':<20} {vn[0]:8.2f} {ratio_n:7.2f} {vn[1]:8.0f} {cpu(vn[2]):>16} {drops(net_n):6d}")
-print("(vswitchd CPU: its user+system time during the test, % of one core)")
-print()
+def ratio_of(g, base):
+    return g / base if base > 0 else 0.0
+def title(what):
+    print(f"iperf3 TCP {what}, {duration} s{' (+1 s omitted)' if omit else ''}, {streams} stream(s), "
+          f"median of {repeat}")
+    print(f"{'path':<20} {'Gbit/s':>8} {'ratio':>7} {'retrans':>8} {'vswitchd CPU':>16} {'drops':>6}")
 
 failed = []
-if not smoke:
-    for name, g in (("bridge", br[0]), ("vswitch", vs[0]), ("vswitch offload=off", vn[0])):
-        if g <= 0:
-            failed.append(f"{name} moved no data")
-    if ratio < min_ratio:
-        failed.append(f"vswitch/bridge ratio {ratio:.2f} is below --min-ratio {min_ratio}")
+out = {}
+if run_tap:
+    with open(f"{work}/stats.json") as f:
+        stats = json.load(f)
+    br, vs, vn = result("bridge"), result("vswitch"), result("vswitch_nooffload")
+    ratio, ratio_n = ratio_of(vs[0], br[0]), ratio_of(vn[0], br[0])
+    print()
+    title("namespace -> namespace (TAP endpoints)")
+    print(f"{'linux bridge':<20} {br[0]:8.2f} {1.0:7.2f} {br[1]:8.0f} {'-':>16} {'-':>6}")
+    print(f"{'vswitch':<20} {vs[0]:8.2f} {ratio:7.2f} {vs[1]:8.0f} {cpu(vs[2]):>16} {drops(stats, net_o):6d}")
+    print(f"{'vswitch offload=off':<20} {vn[0]:8.2f} {ratio_n:7.2f} {vn[1]:8.0f} {cpu(vn[2]):>16} {drops(stats, net_n):6d}")
+    if not smoke:
+        for name, g in (("bridge", br[0]), ("vswitch", vs[0]), ("vswitch offload=off", vn[0])):
+            if g <= 0:
+                failed.append(f"{name} moved no data")
+        if ratio < min_ratio:
+            failed.append(f"vswitch/bridge ratio {ratio:.2f} is below --min-ratio {min_ratio}")
+    out.update({
+        "bridge_gbps": round(br[0], 3),
+        "vswitch_gbps": round(vs[0], 3),
+        "vswitch_nooffload_gbps": round(vn[0], 3),
+        "ratio": round(ratio, 3),
+        "ratio_nooffload": round(ratio_n, 3),
+        "vswitchd_cpu_s": round(vs[2], 2),
+        "vswitchd_nooffload_cpu_s": round(vn[2], 2),
+    })
+else:
+    out.update(dict.fromkeys(("bridge_gbps", "vswitch_gbps", "vswitch_nooffload_gbps", "ratio",
+                              "ratio_nooffload", "vswitchd_cpu_s", "vswitchd_nooffload_cpu_s")))
+
+if run_uplink:
+    # Each round's networks are removed after their test, with their
+    # counters: add up the drops of every round.
+    def uplink_drops(name, net):
+        total = 0
+        for path in sorted(glob.glob(f"{work}/{name}.*.stats")):
+            with open(path) as f:
+                total += drops(json.load(f), net)
+        return total
+    ub, ul, ut = result("uplink_bridge"), result("uplink_l2bridge"), result("uplink_transparent")
+    ratio_l, ratio_t = ratio_of(ul[0], ub[0]), ratio_of(ut[0], ub[0])
+    print()
+    title("endpoint -> outside through a veth uplink")
+    print(f"{'linux bridge':<20} {ub[0]:8.2f} {1.0:7.2f} {ub[1]:8.0f} {'-':>16} {'-':>6}")
+    print(f"{'vswitch l2bridge':<20} {ul[0]:8.2f} {ratio_l:7.2f} {ul[1]:8.0f} {cpu(ul[2]):>16} "
+          f"{uplink_drops('uplink_l2bridge', net_ul):6d}")
+    print(f"{'vswitch transparent':<20} {ut[0]:8.2f} {ratio_t:7.2f} {ut[1]:8.0f} {cpu(ut[2]):>16} "
+          f"{uplink_drops('uplink_transparent', net_ut):6d}")
+    if not smoke:
+        for name, g in (("uplink bridge", ub[0]), ("uplink l2bridge", ul[0]),
+                        ("uplink transparent", ut[0])):
+            if g <= 0:
+                failed.append(f"{name} moved no data")
+    out.update({
+        "uplink_bridge_gbps": round(ub[0], 3),
+        "uplink_l2bridge_gbps": round(ul[0], 3),
+        "uplink_transparent_gbps": round(ut[0], 3),
+        "uplink_ratio": round(ratio_l, 3),
+        "uplink_ratio_transparent": round(ratio_t, 3),
+        "uplink_l2bridge_cpu_s": round(ul[2], 2),
+        "uplink_transparent_cpu_s": round(ut[2], 2),
+    })
+else:
+    out.update(dict.fromkeys(("uplink_bridge_gbps", "uplink_l2bridge_gbps", "uplink_transparent_gbps",
+                              "uplink_ratio", "uplink_ratio_transparent", "uplink_l2bridge_cpu_s",
+                              "uplink_transparent_cpu_s")))
+
+print("(vswitchd CPU: its user+system time during the test, % of one core)")
+print()
 for msg in failed:
     print(f"FAIL: {msg}", file=sys.stderr)
 
-print(json.dumps({
-    "bridge_gbps": round(br[0], 3),
-    "vswitch_gbps": round(vs[0], 3),
-    "vswitch_nooffload_gbps": round(vn[0], 3),
-    "ratio": round(ratio, 3),
-    "ratio_nooffload": round(ratio_n, 3),
-    "vswitchd_cpu_s": round(vs[2], 2),
-    "vswitchd_nooffload_cpu_s": round(vn[2], 2),
-    "duration_s": duration,
-    "streams": streams,
-    "repeat": repeat,
-    "smoke": smoke,
-}))
+out.update({"duration_s": duration, "streams": streams, "repeat": repeat, "smoke": smoke})
+print(json.dumps(out))
 sys.exit(3 if failed else 0)
-EOF
+PYEOF
 report_rc=$?
 set -e
 [ "$report_rc" -eq 0 ] || exit "$report_rc"

@@ -547,25 +547,88 @@ impl Fabric {
         add_addr(&self.outside, dev, cidr);
     }
 
-    /// A VLAN subinterface `eth0.VID` in `outside`, up; returns its name.
+    /// An access port of VLAN `vid` for `outside`: a veth `vlanVID` into the
+    /// fabric whose frames go out tagged `vid`, and which receives only
+    /// frames tagged `vid` (untagged). This kernel has neither 8021q nor
+    /// bridge VLAN filtering, so a TC program (`tests/bpf/vlan_access.bpf.c`)
+    /// does the tagging. Returns the interface name, up, no address.
     pub fn outside_vlan(&self, vid: u16) -> String {
-        let name = format!("{OUTSIDE_IF}.{vid}");
+        let name = format!("vlan{vid}");
+        let peer = format!("vo{}", tag());
         self.outside.ok(&[
             "ip",
             "link",
             "add",
-            "link",
-            OUTSIDE_IF,
-            "name",
             &name,
             "type",
-            "vlan",
-            "id",
-            &vid.to_string(),
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &self.fabric.name,
         ]);
+        self.plug(&peer);
+        let obj = vlan_access_program(vid);
+        let obj_path = obj.to_str().expect("temp path is UTF-8");
+        let attached = std::panic::catch_unwind(|| {
+            self.outside
+                .ok(&["tc", "qdisc", "add", "dev", &name, "clsact"]);
+            for (hook, sec) in [("egress", "tc/egress"), ("ingress", "tc/ingress")] {
+                self.outside.ok(&[
+                    "tc",
+                    "filter",
+                    "add",
+                    "dev",
+                    &name,
+                    hook,
+                    "bpf",
+                    "direct-action",
+                    "obj",
+                    obj_path,
+                    "sec",
+                    sec,
+                ]);
+            }
+        });
+        let _ = std::fs::remove_file(&obj);
+        if let Err(e) = attached {
+            std::panic::resume_unwind(e);
+        }
         self.outside.ok(&["ip", "link", "set", &name, "up"]);
         name
     }
+}
+
+/// Compiles `tests/bpf/vlan_access.bpf.c` for `vid` into a temporary
+/// object file (the caller removes it once loaded).
+fn vlan_access_program(vid: u16) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf/vlan_access.bpf.c");
+    let obj = std::env::temp_dir().join(format!("vswitch-vlan{vid}-{}.o", tag()));
+    let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".into());
+    let mut cmd = Command::new(&clang);
+    cmd.args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+        .arg(format!("-DVID={vid}"));
+    // clang -target bpf does not look in Debian's multiarch directory,
+    // where <asm/types.h> lives.
+    let multiarch = PathBuf::from(format!("/usr/include/{}-linux-gnu", std::env::consts::ARCH));
+    if multiarch.is_dir() {
+        cmd.arg("-idirafter").arg(multiarch);
+    }
+    let out = cmd
+        .arg("-c")
+        .arg(&src)
+        .arg("-o")
+        .arg(&obj)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {clang} to build {}: {e}", src.display()));
+    assert!(
+        out.status.success(),
+        "{clang} failed on {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    obj
 }
 
 impl Default for Fabric {

@@ -86,8 +86,7 @@ impl Controller {
         let mut saved = file.load()?;
         for net in &mut saved.networks {
             // Options were validated when the network was created.
-            net.parsed =
-                NetworkOptions::parse(&net.options, net.driver.has_uplink()).unwrap_or_default();
+            net.parsed = NetworkOptions::parse(&net.options).unwrap_or_default();
         }
         let datapath = Datapath::spawn().map_err(|source| StateError::Io {
             op: "start datapath",
@@ -283,7 +282,7 @@ impl Controller {
                 "the none driver gives endpoints loopback only: no subnet or gateway",
             ));
         }
-        let parsed = NetworkOptions::parse(&req.options, driver.has_uplink())?;
+        let parsed = NetworkOptions::parse(&req.options)?;
         let facts = self.check_uplink_options(driver, &parsed)?;
         if driver.has_uplink() && subnet4.is_none() {
             return Err(invalid(
@@ -592,7 +591,8 @@ impl Controller {
             vlan: net.parsed.vlan,
             l2bridge: (net.driver == Driver::L2Bridge).then_some(up.mac),
         };
-        match self.attach(dp, kind, None, false, Vec::new()) {
+        // The uplink takes super-frames: the datapath segments them.
+        match self.attach(dp, kind, None, true, Vec::new()) {
             Ok(port) => Ok(port),
             Err(e) => {
                 self.release_uplink(ifname, false);
@@ -1142,7 +1142,7 @@ impl Controller {
                         mac_address: up.map(|u| u.mac.to_string()).unwrap_or_default(),
                         backend: "afxdp".into(),
                         xdp_mode: up.map(|u| u.mode().to_string()),
-                        offload: false,
+                        offload: true,
                         state: match self.network_fault(n) {
                             None => EndpointState::Attached,
                             Some(reason) => EndpointState::Detached { reason },

@@ -66,17 +66,8 @@ fn number(key: &str, value: &str, range: std::ops::RangeInclusive<u64>) -> Resul
 }
 
 impl NetworkOptions {
-    /// Parses a network's options. Networks with an uplink (`with_uplink`)
-    /// carry plain frames: AF_XDP takes no GSO super-frames, so their TAPs
-    /// do not offload.
-    pub fn parse(
-        options: &BTreeMap<String, String>,
-        with_uplink: bool,
-    ) -> Result<NetworkOptions, ApiError> {
-        let mut parsed = NetworkOptions {
-            offload: !with_uplink,
-            ..NetworkOptions::default()
-        };
+    pub fn parse(options: &BTreeMap<String, String>) -> Result<NetworkOptions, ApiError> {
+        let mut parsed = NetworkOptions::default();
         for (key, value) in options {
             match key.as_str() {
                 "fdb_aging" => {
@@ -85,11 +76,6 @@ impl NetworkOptions {
                 "fdb_max" => parsed.fdb.max_entries = number(key, value, 16..=1 << 20)? as usize,
                 "offload" => {
                     parsed.offload = match value.as_str() {
-                        "on" | "true" | "1" if with_uplink => return Err(invalid(
-                            key,
-                            "off: networks with an uplink carry plain frames (AF_XDP takes no GSO)",
-                            value,
-                        )),
                         "on" | "true" | "1" => true,
                         "off" | "false" | "0" => false,
                         _ => return Err(invalid(key, "on or off", value)),
@@ -129,7 +115,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let o = NetworkOptions::parse(&BTreeMap::new(), false).unwrap();
+        let o = NetworkOptions::parse(&BTreeMap::new()).unwrap();
         assert_eq!(o.fdb.aging, Duration::from_secs(300));
         assert_eq!(o.fdb.max_entries, 8192);
         assert!(o.offload);
@@ -137,24 +123,18 @@ mod tests {
 
     #[test]
     fn values_and_errors() {
-        let o = NetworkOptions::parse(&opts(&[("fdb_aging", "30"), ("offload", "off")]), false)
-            .unwrap();
+        let o = NetworkOptions::parse(&opts(&[("fdb_aging", "30"), ("offload", "off")])).unwrap();
         assert_eq!(o.fdb.aging, Duration::from_secs(30));
         assert!(!o.offload);
-        let e = NetworkOptions::parse(&opts(&[("fdb_aging", "0")]), false).unwrap_err();
+        let e = NetworkOptions::parse(&opts(&[("fdb_aging", "0")])).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("options.fdb_aging"));
-        let o = NetworkOptions::parse(&opts(&[("interface", "eth1"), ("vlanid", "10")]), false)
-            .unwrap();
+        let o = NetworkOptions::parse(&opts(&[("interface", "eth1"), ("vlanid", "10")])).unwrap();
         assert_eq!((o.interface.as_deref(), o.vlan), (Some("eth1"), 10));
         for bad in ["0", "4095", "ten"] {
-            let e = NetworkOptions::parse(&opts(&[("vlanid", bad)]), false).unwrap_err();
+            let e = NetworkOptions::parse(&opts(&[("vlanid", bad)])).unwrap_err();
             assert_eq!(e.field.as_deref(), Some("options.vlanid"));
         }
-        let o = NetworkOptions::parse(&BTreeMap::new(), true).unwrap();
-        assert!(!o.offload, "uplink networks do not offload");
-        let e = NetworkOptions::parse(&opts(&[("offload", "on")]), true).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("options.offload"));
-        let e = NetworkOptions::parse(&opts(&[("colour", "blue")]), false).unwrap_err();
+        let e = NetworkOptions::parse(&opts(&[("colour", "blue")])).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("options.colour"));
         assert!(e.message.contains("fdb_aging"));
     }

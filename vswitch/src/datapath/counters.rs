@@ -93,6 +93,14 @@ impl PortCounters {
         bump(&self.tx_bytes, bytes as u64);
     }
 
+    /// Counts `packets` frames of `bytes` bytes in all sent (a super-frame
+    /// sent as several segments).
+    #[inline]
+    pub fn tx_many(&self, packets: usize, bytes: usize) {
+        bump(&self.tx_packets, packets as u64);
+        bump(&self.tx_bytes, bytes as u64);
+    }
+
     #[inline]
     pub fn dropped(&self, reason: DropReason) {
         bump(&self.drops[reason as usize], 1);

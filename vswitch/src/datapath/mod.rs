@@ -13,6 +13,7 @@
 
 pub mod counters;
 mod forward;
+mod gso;
 mod l2bridge;
 
 use std::collections::HashMap;
@@ -672,12 +673,14 @@ fn transmit(
     let Some(slot) = ports.get_mut(&out) else {
         return;
     };
-    if pkt.vnet.is_gso() && !slot.gso {
-        slot.counters.dropped(DropReason::GsoUnsupported);
-        return;
-    }
     let sent = match &mut slot.kind {
-        SlotKind::Local(io) => io.send(pkt),
+        SlotKind::Local(io) => {
+            if pkt.vnet.is_gso() && !slot.gso {
+                slot.counters.dropped(DropReason::GsoUnsupported);
+                return;
+            }
+            io.send(pkt).map(|()| (1, pkt.frame().len()))
+        }
         SlotKind::Uplink {
             trunk,
             vlan,
@@ -686,43 +689,77 @@ fn transmit(
             let Some(trunk) = trunks.get_mut(trunk) else {
                 return;
             };
-            egress.fill(pkt.frame());
-            egress.vnet = pkt.vnet;
-            if let Some(mac) = l2bridge {
-                l2bridge::egress(egress.frame_mut(), *mac);
-            }
-            if *vlan != 0 {
-                let len = egress.frame().len();
-                match vlan_push(egress.buffer_mut(), len, *vlan) {
-                    Some(new_len) => {
-                        egress.set_len(new_len);
-                        // The checksum to fill moved with the payload.
-                        if egress.vnet.flags & VirtioNetHdr::F_NEEDS_CSUM != 0 {
-                            egress.vnet.csum_start += 4;
-                        }
-                    }
-                    None => {
-                        slot.counters.dropped(DropReason::TxFailed);
-                        return;
-                    }
-                }
-            }
             let Some(io) = trunk.queues.first_mut() else {
                 return;
             };
-            let sent = io.send(egress);
-            if sent.is_ok() {
-                trunk.counters.tx(egress.frame().len());
-                trunk.dirty = true;
+            trunk.dirty = true;
+            let (vlan, l2bridge) = (*vlan, *l2bridge);
+            if pkt.vnet.is_gso() {
+                // Segment in software; each segment goes out as it is made.
+                let mut result = Ok((0, 0));
+                let segments = gso::segment(pkt, egress, |seg| {
+                    match to_wire(io.as_mut(), seg, vlan, l2bridge) {
+                        Ok(len) => {
+                            trunk.counters.tx(len);
+                            if let Ok((n, bytes)) = &mut result {
+                                *n += 1;
+                                *bytes += len;
+                            }
+                            true
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            false
+                        }
+                    }
+                });
+                if segments.is_none() {
+                    slot.counters.dropped(DropReason::GsoUnsupported);
+                    return;
+                }
+                // A super-frame can fill the TX ring: push it out now.
+                let _ = io.flush();
+                result
+            } else {
+                egress.fill(pkt.frame());
+                egress.vnet = pkt.vnet;
+                to_wire(io.as_mut(), egress, vlan, l2bridge).map(|len| {
+                    trunk.counters.tx(len);
+                    (1, len)
+                })
             }
-            sent
         }
     };
     match sent {
-        Ok(()) => {
-            slot.counters.tx(pkt.frame().len());
+        Ok((packets, bytes)) => {
+            slot.counters.tx_many(packets, bytes);
             slot.dirty = true;
         }
         Err(_) => slot.counters.dropped(DropReason::TxFailed),
     }
+}
+
+/// Sends a frame composed in `frame` out of an uplink: translated for
+/// l2bridge, tagged with the network's VLAN. Returns its length on the wire.
+fn to_wire(
+    io: &mut dyn PortIo,
+    frame: &mut Packet,
+    vlan: u16,
+    l2bridge: Option<MacAddr>,
+) -> io::Result<usize> {
+    if let Some(mac) = l2bridge {
+        l2bridge::egress(frame.frame_mut(), mac);
+    }
+    if vlan != 0 {
+        let len = frame.frame().len();
+        let new_len = vlan_push(frame.buffer_mut(), len, vlan)
+            .ok_or_else(|| io::Error::other("no room for a VLAN tag"))?;
+        frame.set_len(new_len);
+        // The checksum still to fill moved with the payload.
+        if frame.vnet.flags & VirtioNetHdr::F_NEEDS_CSUM != 0 {
+            frame.vnet.csum_start += 4;
+        }
+    }
+    io.send(frame)?;
+    Ok(frame.frame().len())
 }
