@@ -38,18 +38,16 @@ impl Site {
     /// Creates endpoint `name` on `net` in a namespace of its own, with a
     /// static IPv4 address; returns the namespace's index in `eps`.
     fn endpoint(&mut self, net: &str, name: &str, ip: &str) -> usize {
+        self.endpoint_with(net, name, &["--ip", ip])
+    }
+
+    /// [`Site::endpoint`] with the address arguments given.
+    fn endpoint_with(&mut self, net: &str, name: &str, addrs: &[&str]) -> usize {
         let ns = Netns::new("e");
-        self.d.ok(&[
-            "endpoint",
-            "create",
-            "--network",
-            net,
-            "--netns",
-            &ns.name,
-            "--ip",
-            ip,
-            name,
-        ]);
+        let mut args = vec!["endpoint", "create", "--network", net, "--netns", &ns.name];
+        args.extend_from_slice(addrs);
+        args.push(name);
+        self.d.ok(&args);
         self.eps.push(ns);
         self.eps.len() - 1
     }
@@ -202,7 +200,13 @@ fn l2bridge_endpoints_share_the_uplink_mac_on_the_wire() {
     s.f.outside_addr(OUTSIDE_IF, &format!("{p}.1/24"));
     s.f.outside_addr(OUTSIDE_IF, &format!("{p6}::1/64"));
     let gw = format!("{p}.1");
-    let net = s.network("l2bridge", &[&subnet, &subnet6], &up, &["--gateway", &gw]);
+    let gw6 = format!("{p6}::1");
+    let net = s.network(
+        "l2bridge",
+        &[&subnet, &subnet6],
+        &up,
+        &["--gateway", &gw, "--gateway", &gw6],
+    );
     s.assert_uplink_port(&net, &up);
     let inspect = s.d.json(&["network", "inspect", &net]);
     assert_eq!(inspect["State"], "Up", "{inspect}");
@@ -210,12 +214,11 @@ fn l2bridge_endpoints_share_the_uplink_mac_on_the_wire() {
         inspect.get("HostInterface").is_none(),
         "the host has an address in {subnet}, so no host port is needed: {inspect}"
     );
-    s.endpoint(&net, "l2a", &format!("{p}.10"));
+    // Static addresses: the daemon cannot know which addresses other
+    // machines on the wire hold (here .1/::1 outside and .2/::2 the host).
+    let a6 = format!("{p6}::10");
+    s.endpoint_with(&net, "l2a", &["--ip", &format!("{p}.10"), "--ipv6", &a6]);
     let b = s.endpoint(&net, "l2b", &format!("{p}.11"));
-    let a6 = s.d.json(&["endpoint", "inspect", "l2a"])["IPv6Address"]
-        .as_str()
-        .expect("endpoint l2a got an IPv6 address")
-        .to_owned();
     let ep_macs = [s.mac_of("l2a"), s.mac_of("l2b")];
     let uplink_mac = link_mac(&s.f.host, &up);
 
