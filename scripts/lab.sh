@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # A working vswitch lab on built-in defaults: starts vswitchd, creates an
 # internal network, three endpoint namespaces, and sends traffic through the
-# switch (ping, IPv6 ping, iperf3). Leaves the lab up for you to explore.
+# switch (ping, IPv6 ping, iperf3). Then uplinks: a namespace with a Linux
+# bridge stands for the physical network, this host's uplinks lab-up0 and
+# lab-up1 are veths into it, and lab-outside is a machine on it with no
+# vswitch. An l2bridge network (10.77.0.0/24, 2 endpoints) runs on lab-up0
+# and a transparent one (10.78.0.0/24, 1 endpoint) on lab-up1; lab-outside
+# pings them, runs iperf3 to them, and shows its neighbour table: one MAC for
+# every l2bridge endpoint, each transparent endpoint with its own.
+# Leaves the lab up for you to explore.
 #
 #   scripts/lab.sh          bring the lab up (again: it is idempotent)
 #   scripts/lab.sh status   show what is running
-#   scripts/lab.sh down     remove the lab: endpoints, network, namespaces, daemon
+#   scripts/lab.sh down     remove the lab: endpoints, networks, namespaces, links, daemon
 #
 # The daemon uses its defaults: state in /var/lib/vswitch, socket
 # /run/vswitch/vswitchd.sock, log /run/vswitch/vswitchd.log.
@@ -17,6 +24,20 @@ NET=lab
 SUBNET=10.42.0.0/24
 SUBNET6=fd42:1ab::/64
 NAMESPACES=(lab-a lab-b lab-c)
+# The uplink lab. The root namespace (this host) gets the uplinks and its
+# own address on the l2bridge subnet; lab-outside is the router at .1.
+FABRIC=lab-fabric
+OUTSIDE=lab-outside
+BRIDGE=br0
+UPLINKS=(lab-up0 lab-up1)
+HOST_ADDR=10.77.0.2/24
+OUTSIDE_ADDRS=(10.77.0.1/24 10.78.0.1/24)
+L2_NET=lab-l2bridge
+L2_SUBNET=10.77.0.0/24
+TR_NET=lab-transparent
+TR_SUBNET=10.78.0.0/24
+# endpoint (and its namespace):network:address
+UPLINK_EPS=("lab-l2a:$L2_NET:10.77.0.10" "lab-l2b:$L2_NET:10.77.0.11" "lab-tr:$TR_NET:10.78.0.10")
 RUN_DIR=/run/vswitch
 PIDFILE=$RUN_DIR/vswitchd.pid
 LOG=$RUN_DIR/vswitchd.log
@@ -29,7 +50,7 @@ start_daemon() {
         say "vswitchd already running"
         return
     fi
-    mkdir -p -m 0700 "$RUN_DIR"
+    mkdir -p "$RUN_DIR" && chmod 0700 "$RUN_DIR"
     say "starting vswitchd (log: $LOG)"
     setsid "$VSWITCHD" >>"$LOG" 2>&1 < /dev/null &
     echo $! > "$PIDFILE"
@@ -37,6 +58,109 @@ start_daemon() {
 }
 
 ep_ip() { ctl endpoint inspect "$1" --json | python3 -c 'import json,sys; e=json.load(sys.stdin); print(e[sys.argv[1]])' "$2"; }
+ns_exists() { [ -e "/run/netns/$1" ]; }
+link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
+ensure_ns() { ns_exists "$1" || ip netns add "$1"; }
+
+# iperf3 CLIENT_NS SERVER_NS ADDR SECONDS LABEL: one TCP run, rate printed.
+iperf() {
+    local client=$1 server=$2 addr=$3 secs=$4 label=$5
+    ip netns exec "$server" iperf3 -s -1 -B "$addr" >/dev/null 2>&1 &
+    local srv=$!
+    wait_for 5 bash -c "ip netns exec $server ss -Hltn 'sport = :5201' | grep -q 5201"
+    ip netns exec "$client" iperf3 -c "$addr" -t "$secs" -J | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+if "error" in r: sys.exit("iperf3: " + r["error"])
+print("    TCP %.2f Gbit/s %s" % (r["end"]["sum_received"]["bits_per_second"] / 1e9, sys.argv[1]))' "$label"
+    wait "$srv" 2>/dev/null || true
+}
+
+# A veth from NS (ip -n NS; "" for this namespace) named DEV into the fabric
+# bridge, where its peer is PEER. The peer sends what the uplink receives,
+# and AF_XDP in copy mode gets frames as the kernel had them: with TX
+# checksum or VLAN offload on, a checksum would still be partial and a VLAN
+# tag out of band. So both are off on the fabric side.
+wire() {
+    local ns=$1 dev=$2 peer=$3
+    local ipns=(); [ -n "$ns" ] && ipns=(-n "$ns")
+    if ! ip "${ipns[@]}" link show dev "$dev" >/dev/null 2>&1; then
+        ip "${ipns[@]}" link add "$dev" type veth peer name "$peer" netns "$FABRIC"
+    fi
+    ip -n "$FABRIC" link set "$peer" master "$BRIDGE"
+    ip netns exec "$FABRIC" ethtool -K "$peer" tx off txvlan off >/dev/null
+    ip -n "$FABRIC" link set "$peer" up
+    ip "${ipns[@]}" link set "$dev" up
+}
+
+# add_addr NS DEV CIDR: adds the address unless it is there ("" = this ns).
+add_addr() {
+    local ipns=(); [ -n "$1" ] && ipns=(-n "$1")
+    ip "${ipns[@]}" -o addr show dev "$2" | grep -qw "inet $3" || ip "${ipns[@]}" addr add "$3" dev "$2"
+}
+
+fabric_up() {
+    ensure_ns "$FABRIC"
+    ensure_ns "$OUTSIDE"
+    ip -n "$FABRIC" link show dev "$BRIDGE" >/dev/null 2>&1 \
+        || ip -n "$FABRIC" link add "$BRIDGE" type bridge mcast_snooping 0
+    ip -n "$FABRIC" link set "$BRIDGE" up
+    ip -n "$OUTSIDE" link set lo up
+    wire "$OUTSIDE" eth0 fab-out
+    local a
+    for a in "${OUTSIDE_ADDRS[@]}"; do add_addr "$OUTSIDE" eth0 "$a"; done
+    local i
+    for i in "${!UPLINKS[@]}"; do
+        wire "" "${UPLINKS[$i]}" "fab-up$i"
+        # Both uplinks are on one segment: without this, lab-up1 would
+        # answer ARP for lab-up0's address too (ARP flux), and outside's
+        # neighbour table would show this host behind the wrong MAC.
+        sysctl -qw "net.ipv4.conf.${UPLINKS[$i]}.arp_ignore=1"
+    done
+    add_addr "" "${UPLINKS[0]}" "$HOST_ADDR"
+}
+
+uplink_lab() {
+    say "uplink lab: $FABRIC (bridge $BRIDGE) <- ${UPLINKS[*]} (this host), $OUTSIDE"
+    fabric_up
+    ctl network inspect "$L2_NET" >/dev/null 2>&1 || ctl network create -d l2bridge \
+        --subnet "$L2_SUBNET" --gateway 10.77.0.1 -o interface="${UPLINKS[0]}" "$L2_NET"
+    ctl network inspect "$TR_NET" >/dev/null 2>&1 || ctl network create -d transparent \
+        --subnet "$TR_SUBNET" --gateway 10.78.0.1 -o interface="${UPLINKS[1]}" "$TR_NET"
+    local spec ep net addr
+    for spec in "${UPLINK_EPS[@]}"; do
+        IFS=: read -r ep net addr <<<"$spec"
+        ensure_ns "$ep"
+        ctl endpoint inspect "$ep" >/dev/null 2>&1 \
+            || ctl endpoint create --network "$net" --netns "$ep" --ip "$addr" "$ep"
+    done
+    echo
+    ctl port ls
+    echo
+
+    ip -n "$OUTSIDE" neigh flush dev eth0
+    for spec in "${UPLINK_EPS[@]}"; do
+        IFS=: read -r ep net addr <<<"$spec"
+        say "ping $OUTSIDE -> $ep ($addr, $net)"
+        wait_for 5 ip netns exec "$OUTSIDE" ping -c1 -W1 "$addr" || die "$OUTSIDE cannot reach $addr"
+        ip netns exec "$OUTSIDE" ping -c 3 -i 0.2 "$addr" | tail -2
+    done
+    say "ping $OUTSIDE -> this host's own address on ${UPLINKS[0]} (${HOST_ADDR%/*})"
+    ip netns exec "$OUTSIDE" ping -c 2 -i 0.2 "${HOST_ADDR%/*}" | tail -2
+    say "iperf3 $OUTSIDE -> lab-l2a (l2bridge) and lab-tr (transparent), 2 s each"
+    iperf "$OUTSIDE" lab-l2a "$(ep_ip lab-l2a IPAddress)" 2 "to an l2bridge endpoint"
+    iperf "$OUTSIDE" lab-tr "$(ep_ip lab-tr IPAddress)" 2 "to a transparent endpoint"
+
+    echo
+    say "$OUTSIDE's neighbour table: l2bridge endpoints share one MAC, transparent ones have their own"
+    ip -n "$OUTSIDE" neigh show dev eth0 | grep -E '^10\.7[78]\.' | sort -V | sed 's/^/    /'
+    printf '    %-24s %s\n' "uplink ${UPLINKS[0]}" "$(cat "/sys/class/net/${UPLINKS[0]}/address")" \
+        "uplink ${UPLINKS[1]}" "$(cat "/sys/class/net/${UPLINKS[1]}/address")"
+    for spec in "${UPLINK_EPS[@]}"; do
+        IFS=: read -r ep net addr <<<"$spec"
+        printf '    %-24s %s\n' "endpoint $ep ($net)" "$(ep_ip "$ep" MacAddress)"
+    done
+}
 
 up() {
     need_root
@@ -69,15 +193,9 @@ up() {
     say "ping host -> $b through the host port (gateway $gw)"
     ping -c 2 -i 0.2 "$bip" | tail -2
     say "iperf3 $a -> $b, 3 s"
-    ip netns exec "$b" iperf3 -s -1 -B "$bip" >/dev/null 2>&1 &
-    local srv=$!
-    wait_for 5 bash -c "ip netns exec $b ss -Hltn 'sport = :5201' | grep -q 5201"
-    ip netns exec "$a" iperf3 -c "$bip" -t 3 -J | python3 -c '
-import json, sys
-r = json.load(sys.stdin)
-if "error" in r: sys.exit("iperf3: " + r["error"])
-print("    TCP %.2f Gbit/s through vswitch" % (r["end"]["sum_received"]["bits_per_second"] / 1e9))'
-    wait "$srv" 2>/dev/null || true
+    iperf "$a" "$b" "$bip" 3 "through vswitch"
+    echo
+    uplink_lab
     echo
     ctl stats
     cat <<MSG
@@ -86,6 +204,8 @@ The lab is up. Try:
   $VSWITCHCTL port ls
   $VSWITCHCTL fdb show $NET
   ip netns exec lab-c ping $(ep_ip lab-a IPAddress)
+  ip netns exec $OUTSIDE ping $(ep_ip lab-l2b IPAddress)      # l2bridge, through ${UPLINKS[0]}
+  ip netns exec $FABRIC tcpdump -i $BRIDGE -e -n       # the wire
   $0 down        # remove it
 MSG
 }
@@ -96,18 +216,37 @@ status() {
     else
         echo "vswitchd is not running"
     fi
+    if ns_exists "$OUTSIDE"; then
+        echo
+        echo "$OUTSIDE's neighbours on the fabric:"
+        ip -n "$OUTSIDE" neigh show dev eth0 | sed 's/^/    /'
+    fi
 }
 
 down() {
     need_root
+    local spec ep net addr uplink_eps=()
+    for spec in "${UPLINK_EPS[@]}"; do
+        IFS=: read -r ep net addr <<<"$spec"
+        uplink_eps+=("$ep")
+    done
     if daemon_up; then
-        for ns in "${NAMESPACES[@]}"; do
-            ctl endpoint inspect "$ns" >/dev/null 2>&1 && ctl endpoint rm "$ns"
+        for ep in "${NAMESPACES[@]}" "${uplink_eps[@]}"; do
+            if ctl endpoint inspect "$ep" >/dev/null 2>&1; then ctl endpoint rm "$ep"; fi
         done
-        ctl network inspect "$NET" >/dev/null 2>&1 && ctl network rm "$NET"
+        # Removing the uplink networks detaches their XDP programs.
+        for net in "$NET" "$L2_NET" "$TR_NET"; do
+            if ctl network inspect "$net" >/dev/null 2>&1; then ctl network rm "$net"; fi
+        done
     fi
-    for ns in "${NAMESPACES[@]}"; do
-        ip netns list | grep -qw "^$ns" && ip netns del "$ns"
+    for ep in "${NAMESPACES[@]}" "${uplink_eps[@]}" "$OUTSIDE" "$FABRIC"; do
+        if ns_exists "$ep"; then ip netns del "$ep"; fi
+    done
+    # Deleting the fabric took the veth pairs with it; this is for a lab
+    # that was half built.
+    local up
+    for up in "${UPLINKS[@]}"; do
+        if link_exists "$up"; then ip link del "$up"; fi
     done
     if [ -f "$PIDFILE" ]; then
         local pid; pid=$(cat "$PIDFILE")
@@ -125,6 +264,6 @@ case "${1:-up}" in
     up) up ;;
     down) down ;;
     status) status ;;
-    -h|--help|help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
+    -h|--help|help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown command '$1' (expected up, status or down)" ;;
 esac
