@@ -3,7 +3,7 @@
 //! namespace), a machine outside with a plain IP stack, real ping, iperf3
 //! and packet captures. Every test builds its own topology in namespaces of
 //! its own (see [`Fabric`]) and runs its daemon inside the host namespace,
-//! so the root namespace is never touched.
+//! so no link or address of the root namespace is touched.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -27,9 +27,13 @@ struct Site {
 
 impl Site {
     fn new() -> Site {
+        Site::with_daemon_args(&[])
+    }
+
+    fn with_daemon_args(args: &[&str]) -> Site {
         let f = Fabric::new();
         Site {
-            d: Daemon::start_in(&f.host),
+            d: Daemon::start_in_with(&f.host, args),
             eps: Vec::new(),
             f,
         }
@@ -635,4 +639,70 @@ fn l2bridge_endpoint_reachable_again_after_kill9_and_restart() {
     s.assert_uplink_port(&net, &up);
     assert_eq!(s.d.network_state(&net), "Up");
     assert!(s.f.outside.ping(&format!("{p}.2")), "host address lost");
+}
+
+#[test]
+fn removing_the_network_removes_the_xdp_program() {
+    if !require_root("removing_the_network_removes_the_xdp_program") {
+        return;
+    }
+    let mut s = Site::new();
+    let (subnet, p) = wire_subnet();
+    let up = s.f.add_uplink(&[&format!("{p}.2/24")]);
+    s.f.outside_addr(OUTSIDE_IF, &format!("{p}.1/24"));
+    let net = s.network("l2bridge", &[&subnet], &up, &[]);
+    s.endpoint(&net, "rx", &format!("{p}.10"));
+    assert!(has_xdp(&s.f.host, &up), "no XDP program on {up}");
+    s.d.ok(&["endpoint", "rm", "rx"]);
+    s.d.ok(&["network", "rm", &net]);
+    assert!(
+        !has_xdp(&s.f.host, &up),
+        "XDP program left on {up} after network rm"
+    );
+    assert!(
+        s.f.outside.ping_within(&format!("{p}.2"), FIVE_S),
+        "the host lost its own address on {up}"
+    );
+}
+
+#[test]
+fn clean_stop_leaves_the_program_unless_told_to_detach() {
+    if !require_root("clean_stop_leaves_the_program_unless_told_to_detach") {
+        return;
+    }
+    // Default: the program stays attached (passing everything to the host)
+    // and the next daemon replaces it.
+    let mut s = Site::new();
+    let (subnet, p) = wire_subnet();
+    let up = s.f.add_uplink(&[&format!("{p}.2/24")]);
+    s.f.outside_addr(OUTSIDE_IF, &format!("{p}.1/24"));
+    let net = s.network("l2bridge", &[&subnet], &up, &[]);
+    s.endpoint(&net, "st", &format!("{p}.10"));
+    assert!(s.d.terminate().success());
+    assert!(
+        has_xdp(&s.f.host, &up),
+        "program gone although --detach-on-exit was not given"
+    );
+    assert!(
+        s.f.outside.ping_within(&format!("{p}.2"), FIVE_S),
+        "the host's own address stopped working with the daemon down"
+    );
+    s.d.spawn();
+    assert!(
+        s.f.outside.ping_within(&format!("{p}.10"), FIVE_S),
+        "endpoint not reachable after the restart replaced the program"
+    );
+
+    // --detach-on-exit: a clean stop removes it.
+    let mut s = Site::with_daemon_args(&["--detach-on-exit"]);
+    let (subnet, p) = wire_subnet();
+    let up = s.f.add_uplink(&[&format!("{p}.2/24")]);
+    let net = s.network("l2bridge", &[&subnet], &up, &[]);
+    s.endpoint(&net, "sd", &format!("{p}.10"));
+    assert!(has_xdp(&s.f.host, &up));
+    assert!(s.d.terminate().success());
+    assert!(
+        !has_xdp(&s.f.host, &up),
+        "--detach-on-exit left the program on {up}"
+    );
 }

@@ -189,12 +189,15 @@ impl Daemon {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        // `ip netns exec` execs the daemon (no fork), so the child's PID is
-        // vswitchd's and signals reach it directly.
+        // nsenter execs the daemon (no fork), so the child's PID is
+        // vswitchd's and signals reach it directly. Unlike `ip netns exec`
+        // it keeps the root mount namespace, so the daemon pins its XDP
+        // programs in the real /sys/fs/bpf, as in production, and a pinned
+        // program outlives the daemon (what --detach-on-exit is about).
         let mut cmd = match &self.netns {
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin("vswitchd"));
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(bin("vswitchd"));
                 c
             }
             None => Command::new(bin("vswitchd")),

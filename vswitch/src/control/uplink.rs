@@ -31,6 +31,7 @@ pub struct InterfaceFacts {
     pub index: u32,
     pub mac: MacAddr,
     pub mtu: u32,
+    pub rx_queues: u32,
     pub ipv4: Vec<Ipv4Addr>,
 }
 
@@ -70,6 +71,7 @@ pub fn inspect(ifname: &str) -> Result<InterfaceFacts, ApiError> {
         index: info.index,
         mac: MacAddr(info.mac),
         mtu: info.mtu,
+        rx_queues: info.rx_queues,
         ipv4: ipv4_addresses(ifname),
     })
 }
@@ -115,10 +117,20 @@ pub fn attach(ifname: &str, trunk: TrunkId, datapath: &Datapath) -> Result<Uplin
     ensure_bpffs().map_err(|e| fail("mounting bpffs", &e))?;
     let mut program = UplinkProgram::attach(ifname).map_err(|e| fail("attaching XDP", &e))?;
     let result = (|| {
-        let queues = XskPort::queue_count(ifname).map_err(|e| fail("counting queues", &e))?;
+        // One socket per receive queue in use: the XDP program redirects a
+        // frame to the socket of the queue it arrived on. Netlink gives the
+        // queues allocated, not those in use (sysfs would, but shows the
+        // namespace it was mounted in), so bind until the kernel refuses.
         let mut sockets: Vec<Box<dyn PortIo>> = Vec::new();
-        for q in 0..queues.max(1) {
-            let xsk = XskPort::open(ifname, q).map_err(|e| fail("opening AF_XDP socket", &e))?;
+        for q in 0..facts.rx_queues {
+            let xsk = match XskPort::open(ifname, q) {
+                Ok(xsk) => xsk,
+                Err(e) if q > 0 => {
+                    tracing::debug!(ifname, queue = q, error = %e, "last receive queue reached");
+                    break;
+                }
+                Err(e) => return Err(fail("opening AF_XDP socket", &e)),
+            };
             program
                 .register_xsk(q, xsk.raw_fd())
                 .map_err(|e| fail("registering AF_XDP socket", &e))?;

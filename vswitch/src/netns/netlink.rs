@@ -52,6 +52,7 @@ mod consts {
     pub const IFLA_LINKINFO: u16 = 18;
     pub const IFLA_NET_NS_FD: u16 = 28;
     pub const IFLA_EXT_MASK: u16 = 29;
+    pub const IFLA_NUM_RX_QUEUES: u16 = 32;
     pub const IFLA_INFO_KIND: u16 = 1;
     pub const IFLA_INFO_DATA: u16 = 2;
     pub const VETH_INFO_PEER: u16 = 1;
@@ -138,6 +139,8 @@ pub struct LinkInfo {
     /// `IFLA_INFO_KIND`: "veth", "tun" (TAP devices too), "dummy", ...;
     /// `None` for links without a driver kind such as physical NICs and `lo`.
     pub kind: Option<String>,
+    /// Receive queues (`IFLA_NUM_RX_QUEUES`); 1 if the kernel did not say.
+    pub rx_queues: u32,
 }
 
 /// Changes applied to one link in one `RTM_NEWLINK` request.
@@ -779,12 +782,16 @@ fn parse_link(payload: &[u8]) -> Result<LinkInfo, &'static str> {
         up: flags & IFF_UP != 0,
         flags,
         kind: None,
+        rx_queues: 1,
     };
     for (ty, data) in attrs(&payload[16..]) {
         match ty {
             IFLA_IFNAME => info.name = attr_string(data),
             IFLA_ADDRESS if data.len() == 6 => info.mac.copy_from_slice(data),
             IFLA_MTU => info.mtu = attr_u32(data).ok_or("short IFLA_MTU")?,
+            IFLA_NUM_RX_QUEUES => {
+                info.rx_queues = attr_u32(data).ok_or("short IFLA_NUM_RX_QUEUES")?.max(1)
+            }
             IFLA_LINKINFO => {
                 info.kind = attrs(data)
                     .find(|(t, _)| *t == IFLA_INFO_KIND)
@@ -1029,6 +1036,7 @@ mod tests {
                 up: true,
                 flags: IFF_UP | 0x10000,
                 kind: Some("tun".into()),
+                rx_queues: 1,
             }
         );
     }

@@ -71,13 +71,6 @@ pub enum XskError {
         #[source]
         source: io::Error,
     },
-    #[error("reading the receive queues of {ifname} from {path}")]
-    Queues {
-        ifname: String,
-        path: String,
-        #[source]
-        source: io::Error,
-    },
 }
 
 fn last_error(call: &'static str) -> XskError {
@@ -424,24 +417,6 @@ impl XskPort {
             return Err(last_error("bind"));
         }
         Ok(port)
-    }
-
-    /// Number of receive queues of `ifname`, one socket each; read from
-    /// sysfs, which shows the network namespace it was mounted in (the
-    /// daemon's).
-    pub fn queue_count(ifname: &str) -> Result<u32, XskError> {
-        check_ifname(ifname)?;
-        let path = format!("/sys/class/net/{ifname}/queues");
-        let entries = std::fs::read_dir(&path).map_err(|source| XskError::Queues {
-            ifname: ifname.to_string(),
-            path: path.clone(),
-            source,
-        })?;
-        let count = entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-            .count();
-        Ok((count as u32).max(1))
     }
 
     pub fn ifname(&self) -> &str {
@@ -823,12 +798,6 @@ mod tests {
     #[test]
     fn odd_length_sum_pads_with_zero() {
         assert_eq!(ones_complement_sum(&[0x12, 0x34, 0x56]), 0x1234 + 0x5600);
-    }
-
-    #[test]
-    fn counts_queues_of_loopback() {
-        assert!(XskPort::queue_count("lo").unwrap() >= 1);
-        assert!(XskPort::queue_count("no-such-if-xyz").is_err());
     }
 }
 
