@@ -237,6 +237,37 @@ impl From<Ipv6Cidr> for String {
     }
 }
 
+/// What address allocation needs of a subnet, for either family.
+pub trait Subnet: Copy + fmt::Display {
+    type Addr: Copy + Eq + std::hash::Hash + fmt::Display + FromStr;
+    /// `IPv4` or `IPv6`, for messages.
+    const FAMILY: &'static str;
+    fn is_host(&self, ip: Self::Addr) -> bool;
+    fn allocate(&self, taken: &HashSet<Self::Addr>) -> Option<Self::Addr>;
+}
+
+impl Subnet for Ipv4Cidr {
+    type Addr = Ipv4Addr;
+    const FAMILY: &'static str = "IPv4";
+    fn is_host(&self, ip: Ipv4Addr) -> bool {
+        Ipv4Cidr::is_host(self, ip)
+    }
+    fn allocate(&self, taken: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        Ipv4Cidr::allocate(self, taken)
+    }
+}
+
+impl Subnet for Ipv6Cidr {
+    type Addr = Ipv6Addr;
+    const FAMILY: &'static str = "IPv6";
+    fn is_host(&self, ip: Ipv6Addr) -> bool {
+        Ipv6Cidr::is_host(self, ip)
+    }
+    fn allocate(&self, taken: &HashSet<Ipv6Addr>) -> Option<Ipv6Addr> {
+        Ipv6Cidr::allocate(self, taken)
+    }
+}
+
 /// A range of locally administered unicast MACs endpoints are given
 /// addresses from (HNS `MacPools`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ mod state;
 mod uplink;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ use crate::datapath::{
 use crate::sys::random_bytes;
 use crate::wire::MacAddr;
 
-pub use ipam::{Ipv4Cidr, Ipv6Cidr, MacPool};
+pub use ipam::{Ipv4Cidr, Ipv6Cidr, MacPool, Subnet};
 pub use options::NetworkOptions;
 use plumb::{TapConfig, TapOrigin};
 pub use state::{Driver, EndpointRecord, NetworkRecord, State, StateError, StateFile};
@@ -343,7 +343,7 @@ impl Controller {
                 let s4 = subnet4.expect("checked above");
                 !facts
                     .as_ref()
-                    .is_some_and(|f| f.ipv4.iter().any(|ip| s4.contains(*ip)))
+                    .is_some_and(|f| f.ipv4().any(|ip| s4.contains(ip)))
             }
             _ => false,
         };
@@ -835,87 +835,31 @@ impl Controller {
         }
         let peers: Vec<&EndpointRecord> = self.state.endpoints_of(&net.id).collect();
         // The host's own addresses on the uplink are on the same wire.
-        let wire: Vec<Ipv4Addr> = net
+        let wire = net
             .parsed
             .interface
             .as_deref()
-            .and_then(|i| uplink::inspect(i).ok())
-            .map(|f| f.ipv4)
-            .unwrap_or_default();
-        let ipv4 = match (&req.ip, net.subnet4) {
-            (Some(s), subnet) => {
-                let ip: Ipv4Addr = s
-                    .parse()
-                    .map_err(|_| invalid("ip", format!("'{s}' is not an IPv4 address")))?;
-                let subnet =
-                    subnet.ok_or_else(|| invalid("ip", "the network has no IPv4 subnet"))?;
-                if !subnet.is_host(ip) {
-                    return Err(invalid(
-                        "ip",
-                        format!("{ip} is not a host address of the network's subnet {subnet}"),
-                    ));
-                }
-                if wire.contains(&ip) {
-                    return Err(conflict(
-                        "ip",
-                        format!("{ip} is the host's own address on the uplink"),
-                    ));
-                }
-                if Some(ip) == net.gateway4 {
-                    return Err(conflict("ip", format!("{ip} is the network's gateway")));
-                }
-                if let Some(p) = peers.iter().find(|p| p.ipv4 == Some(ip)) {
-                    return Err(conflict(
-                        "ip",
-                        format!("{ip} is already used by endpoint '{}'", p.name),
-                    ));
-                }
-                Some(ip)
-            }
-            (None, Some(subnet)) => {
-                let mut taken: HashSet<Ipv4Addr> = peers.iter().filter_map(|p| p.ipv4).collect();
-                taken.extend(net.gateway4);
-                taken.extend(wire.iter().copied());
-                Some(
-                    subnet.allocate(&taken).ok_or_else(|| {
-                        conflict("ip", format!("no free address left in {subnet}"))
-                    })?,
-                )
-            }
-            (None, None) => None,
-        };
-        let ipv6 = match (&req.ipv6, net.subnet6) {
-            (Some(s), subnet) => {
-                let ip: Ipv6Addr = s
-                    .parse()
-                    .map_err(|_| invalid("ipv6", format!("'{s}' is not an IPv6 address")))?;
-                let subnet =
-                    subnet.ok_or_else(|| invalid("ipv6", "the network has no IPv6 subnet"))?;
-                if !subnet.is_host(ip) || Some(ip) == net.gateway6 {
-                    return Err(invalid(
-                        "ipv6",
-                        format!("{ip} is not a free host address of {subnet}"),
-                    ));
-                }
-                if let Some(p) = peers.iter().find(|p| p.ipv6 == Some(ip)) {
-                    return Err(conflict(
-                        "ipv6",
-                        format!("{ip} is already used by endpoint '{}'", p.name),
-                    ));
-                }
-                Some(ip)
-            }
-            (None, Some(subnet)) => {
-                let mut taken: HashSet<Ipv6Addr> = peers.iter().filter_map(|p| p.ipv6).collect();
-                taken.extend(net.gateway6);
-                Some(
-                    subnet.allocate(&taken).ok_or_else(|| {
-                        conflict("ipv6", format!("no free address left in {subnet}"))
-                    })?,
-                )
-            }
-            (None, None) => None,
-        };
+            .and_then(|i| uplink::inspect(i).ok());
+        let ipv4 = pick_address(
+            "ip",
+            req.ip.as_deref(),
+            net.subnet4,
+            net.gateway4,
+            peers
+                .iter()
+                .filter_map(|p| Some((p.name.as_str(), p.ipv4?))),
+            wire.iter().flat_map(|f| f.ipv4()),
+        )?;
+        let ipv6 = pick_address(
+            "ipv6",
+            req.ipv6.as_deref(),
+            net.subnet6,
+            net.gateway6,
+            peers
+                .iter()
+                .filter_map(|p| Some((p.name.as_str(), p.ipv6?))),
+            wire.iter().flat_map(|f| f.ipv6()),
+        )?;
         let mac = match &req.mac_address {
             Some(s) => {
                 let mac = ipam::parse_unicast_mac(s).map_err(|e| invalid("mac", e.to_string()))?;
@@ -1260,6 +1204,63 @@ pub fn uplink_port_name(network: &str) -> String {
     format!("uplink:{network}")
 }
 
+/// An endpoint's address in one family: the one asked for, checked, or the
+/// lowest free one of the subnet. `peers` are the network's other endpoints
+/// and their addresses; `wire` the host's own addresses on the uplink.
+fn pick_address<'a, S: Subnet>(
+    field: &str,
+    asked: Option<&str>,
+    subnet: Option<S>,
+    gateway: Option<S::Addr>,
+    peers: impl Iterator<Item = (&'a str, S::Addr)>,
+    wire: impl Iterator<Item = S::Addr>,
+) -> ApiResult<Option<S::Addr>> {
+    let peers: Vec<(&'a str, S::Addr)> = peers.collect();
+    let mut taken: HashSet<S::Addr> = wire.collect();
+    let Some(subnet) = subnet else {
+        return match asked {
+            Some(_) => Err(invalid(
+                field,
+                format!("the network has no {} subnet", S::FAMILY),
+            )),
+            None => Ok(None),
+        };
+    };
+    let Some(text) = asked else {
+        taken.extend(peers.iter().map(|(_, ip)| *ip));
+        taken.extend(gateway);
+        return subnet
+            .allocate(&taken)
+            .map(Some)
+            .ok_or_else(|| conflict(field, format!("no free address left in {subnet}")));
+    };
+    let ip: S::Addr = text
+        .parse()
+        .map_err(|_| invalid(field, format!("'{text}' is not an {} address", S::FAMILY)))?;
+    if !subnet.is_host(ip) {
+        return Err(invalid(
+            field,
+            format!("{ip} is not a host address of the network's subnet {subnet}"),
+        ));
+    }
+    if taken.contains(&ip) {
+        return Err(conflict(
+            field,
+            format!("{ip} is the host's own address on the uplink"),
+        ));
+    }
+    if Some(ip) == gateway {
+        return Err(conflict(field, format!("{ip} is the network's gateway")));
+    }
+    if let Some((name, _)) = peers.iter().find(|(_, p)| *p == ip) {
+        return Err(conflict(
+            field,
+            format!("{ip} is already used by endpoint '{name}'"),
+        ));
+    }
+    Ok(Some(ip))
+}
+
 /// The name `vswitchctl` shows for a network's host port.
 pub fn host_port_name(network: &str) -> String {
     format!("host:{network}")
@@ -1348,6 +1349,64 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("ifname"));
         assert!(check_ifname("a/b").is_err());
         assert!(check_ifname("").is_err());
+    }
+
+    #[test]
+    fn addresses_skip_gateway_peers_and_the_hosts_own() {
+        use std::net::Ipv6Addr;
+        let s4: Ipv4Cidr = "10.0.0.0/24".parse().unwrap();
+        let gw = Some(Ipv4Addr::new(10, 0, 0, 1));
+        let peers = [("a", Ipv4Addr::new(10, 0, 0, 2))];
+        let wire = [Ipv4Addr::new(10, 0, 0, 3)];
+        let got = pick_address(
+            "ip",
+            None,
+            Some(s4),
+            gw,
+            peers.into_iter(),
+            wire.into_iter(),
+        );
+        assert_eq!(got.unwrap(), Some(Ipv4Addr::new(10, 0, 0, 4)));
+        for (asked, expect) in [
+            ("10.0.0.3", "host's own"),
+            ("10.0.0.2", "endpoint 'a'"),
+            ("10.0.0.1", "gateway"),
+            ("10.0.0.255", "not a host address"),
+            ("fd00::1", "not an IPv4 address"),
+        ] {
+            let e = pick_address(
+                "ip",
+                Some(asked),
+                Some(s4),
+                gw,
+                peers.into_iter(),
+                wire.into_iter(),
+            )
+            .unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("ip"));
+            assert!(e.message.contains(expect), "{asked}: {e}");
+        }
+        let s6: Ipv6Cidr = "fd00::/64".parse().unwrap();
+        let wire6: [Ipv6Addr; 1] = ["fd00::1".parse().unwrap()];
+        let got = pick_address(
+            "ipv6",
+            None,
+            Some(s6),
+            None,
+            std::iter::empty(),
+            wire6.into_iter(),
+        );
+        assert_eq!(got.unwrap(), Some("fd00::2".parse().unwrap()));
+        let none: Option<Ipv6Cidr> = None;
+        let e = pick_address(
+            "ipv6",
+            Some("fd00::5"),
+            none,
+            None,
+            std::iter::empty(),
+            std::iter::empty(),
+        );
+        assert!(e.unwrap_err().message.contains("no IPv6 subnet"));
     }
 
     #[test]

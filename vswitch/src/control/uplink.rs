@@ -2,7 +2,7 @@
 //! attached once (XDP program plus one AF_XDP socket per receive queue),
 //! whatever number of networks use it, one VLAN each.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use crate::api::{ApiError, ErrorKind};
@@ -32,7 +32,24 @@ pub struct InterfaceFacts {
     pub mac: MacAddr,
     pub mtu: u32,
     pub rx_queues: u32,
-    pub ipv4: Vec<Ipv4Addr>,
+    /// The host's own addresses on it.
+    pub addrs: Vec<IpAddr>,
+}
+
+impl InterfaceFacts {
+    pub fn ipv4(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.addrs.iter().filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+    }
+
+    pub fn ipv6(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
+        self.addrs.iter().filter_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        })
+    }
 }
 
 fn field_err(kind: ErrorKind, message: String) -> ApiError {
@@ -72,12 +89,13 @@ pub fn inspect(ifname: &str) -> Result<InterfaceFacts, ApiError> {
         mac: MacAddr(info.mac),
         mtu: info.mtu,
         rx_queues: info.rx_queues,
-        ipv4: ipv4_addresses(ifname),
+        addrs: addresses(ifname),
     })
 }
 
-/// The IPv4 addresses on an interface of the calling thread's namespace.
-fn ipv4_addresses(ifname: &str) -> Vec<Ipv4Addr> {
+/// The IPv4 and IPv6 addresses on an interface of the calling thread's
+/// namespace.
+fn addresses(ifname: &str) -> Vec<IpAddr> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
@@ -87,17 +105,25 @@ fn ipv4_addresses(ifname: &str) -> Vec<Ipv4Addr> {
     let mut cur = head;
     while !cur.is_null() {
         // SAFETY: cur is a node of the list getifaddrs returned, alive until
-        // freeifaddrs; its name is a NUL-terminated string and a non-null
-        // ifa_addr with family AF_INET points at a sockaddr_in.
+        // freeifaddrs; its name is a NUL-terminated string, and a non-null
+        // ifa_addr points at a sockaddr_in or sockaddr_in6 as its family says.
         unsafe {
             let ifa = &*cur;
             let name = std::ffi::CStr::from_ptr(ifa.ifa_name);
-            if name.to_bytes() == ifname.as_bytes()
-                && !ifa.ifa_addr.is_null()
-                && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
-            {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            if name.to_bytes() == ifname.as_bytes() && !ifa.ifa_addr.is_null() {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
             }
             cur = ifa.ifa_next;
         }
