@@ -16,6 +16,7 @@ build
 cd "$REPO"
 say "running tests (cargo test --release)"
 cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets --locked --quiet -- -D warnings
 cargo test --release --workspace --locked "$@"
 say "benchmark smoke run"
 "$REPO/scripts/bench-iperf.sh" --smoke

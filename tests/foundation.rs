@@ -218,17 +218,9 @@ fn spoofed_source_mac_is_dropped_and_counted() {
     assert!(!p.a.ping(&p.ip(11)), "spoofed MAC got through");
     assert!(drop_count(&p.d, "epa", "mac_spoofing") > 0);
     // A spoofed IP is dropped too.
-    p.a.ok(&[
-        "ip",
-        "link",
-        "set",
-        "eth0",
-        "address",
-        &p.d.json(&["endpoint", "inspect", "epa"])["MacAddress"]
-            .as_str()
-            .unwrap()
-            .to_owned(),
-    ]);
+    let own_mac = p.d.json(&["endpoint", "inspect", "epa"])["MacAddress"].clone();
+    let own_mac = own_mac.as_str().unwrap();
+    p.a.ok(&["ip", "link", "set", "eth0", "address", own_mac]);
     p.a.ok(&["ip", "addr", "flush", "dev", "eth0"]);
     p.a.ok(&[
         "ip",

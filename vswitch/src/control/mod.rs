@@ -926,7 +926,7 @@ impl Controller {
             offload: net.parsed.offload,
         };
         let tap = plumb::endpoint_tap(&ns, &cfg, origin).map_err(|e| e.into_api("ifname"))?;
-        let security = (!ep.allow_spoofing).then(|| PortSecurity {
+        let security = (!ep.allow_spoofing).then_some(PortSecurity {
             mac: ep.mac,
             ipv4: ep.ipv4,
             ipv6: ep.ipv6,
