@@ -4,27 +4,6 @@
 
 use vswitch_systests::{require_root, tag, unique_subnet, Daemon, Netns};
 
-/// Runs a request that must be refused; checks the message and that
-/// nothing changed.
-fn refused(d: &Daemon, args: &[&str], expect: &str) {
-    let before = d.snapshot();
-    let err = d.fails(args);
-    assert!(
-        err.contains(expect),
-        "vswitchctl {args:?}: expected the error to mention {expect:?}, got: {err}"
-    );
-    assert_eq!(
-        err.trim().lines().count(),
-        1,
-        "error is not one line: {err}"
-    );
-    assert_eq!(
-        before,
-        d.snapshot(),
-        "vswitchctl {args:?} changed state although refused"
-    );
-}
-
 #[test]
 fn bad_network_requests_are_refused_unchanged() {
     if !require_root("bad_network_requests_are_refused_unchanged") {
@@ -48,8 +27,7 @@ fn bad_network_requests_are_refused_unchanged() {
     ]);
     let (other, other_prefix) = unique_subnet();
 
-    refused(
-        &d,
+    d.refused(
         &[
             "network",
             "create",
@@ -61,15 +39,13 @@ fn bad_network_requests_are_refused_unchanged() {
         ],
         "subnet",
     );
-    refused(
-        &d,
+    d.refused(
         &[
             "network", "create", "-d", "private", "--subnet", "banana", "x1",
         ],
         "subnet",
     );
-    refused(
-        &d,
+    d.refused(
         &[
             "network",
             "create",
@@ -81,8 +57,7 @@ fn bad_network_requests_are_refused_unchanged() {
         ],
         "host bits",
     );
-    refused(
-        &d,
+    d.refused(
         &[
             "network",
             "create",
@@ -96,8 +71,7 @@ fn bad_network_requests_are_refused_unchanged() {
         ],
         "gateway",
     );
-    refused(
-        &d,
+    d.refused(
         &[
             "network",
             "create",
@@ -111,8 +85,7 @@ fn bad_network_requests_are_refused_unchanged() {
         ],
         "gateway",
     );
-    refused(
-        &d,
+    d.refused(
         &[
             "network",
             "create",
@@ -127,15 +100,13 @@ fn bad_network_requests_are_refused_unchanged() {
         "gateway",
     );
     // Overlapping another network's subnet, exactly or partly.
-    refused(
-        &d,
+    d.refused(
         &[
             "network", "create", "-d", "private", "--subnet", &subnet, "x1",
         ],
         "subnet",
     );
-    refused(
-        &d,
+    d.refused(
         &[
             "network",
             "create",
@@ -147,20 +118,17 @@ fn bad_network_requests_are_refused_unchanged() {
         ],
         "overlaps",
     );
-    refused(
-        &d,
+    d.refused(
         &[
             "network", "create", "-d", "private", "--subnet", &other, &net,
         ],
         "name",
     );
-    refused(
-        &d,
+    d.refused(
         &["network", "create", "-d", "warp", "--subnet", &other, "x1"],
         "driver",
     );
-    refused(
-        &d,
+    d.refused(
         &[
             "network",
             "create",
@@ -174,23 +142,21 @@ fn bad_network_requests_are_refused_unchanged() {
         ],
         "options.colour",
     );
-    refused(
-        &d,
+    d.refused(
         &[
             "network", "create", "-d", "private", "--subnet", &other, "--mtu", "10", "x1",
         ],
         "mtu",
     );
-    refused(
-        &d,
+    d.refused(
         &[
             "network", "create", "-d", "private", "--subnet", &other, "bad name",
         ],
         "name",
     );
-    refused(&d, &["network", "rm", &net], "still has endpoints");
-    refused(&d, &["network", "rm", "nosuchnet"], "nosuchnet");
-    refused(&d, &["network", "inspect", "nosuchnet"], "nosuchnet");
+    d.refused(&["network", "rm", &net], "still has endpoints");
+    d.refused(&["network", "rm", "nosuchnet"], "nosuchnet");
+    d.refused(&["network", "inspect", "nosuchnet"], "nosuchnet");
 }
 
 #[test]
@@ -231,11 +197,10 @@ fn bad_endpoint_requests_are_refused_unchanged() {
     let call = |extra: &[&str], expect: &str| {
         let v = ep(extra);
         let args: Vec<&str> = v.iter().map(String::as_str).collect();
-        refused(&d, &args, expect);
+        d.refused(&args, expect);
     };
     call(&["first"], "name"); // duplicate endpoint name
-    refused(
-        &d,
+    d.refused(
         &[
             "endpoint",
             "create",
@@ -247,8 +212,7 @@ fn bad_endpoint_requests_are_refused_unchanged() {
         ],
         "network",
     );
-    refused(
-        &d,
+    d.refused(
         &[
             "endpoint",
             "create",
@@ -260,8 +224,7 @@ fn bad_endpoint_requests_are_refused_unchanged() {
         ],
         "netns",
     );
-    refused(
-        &d,
+    d.refused(
         &[
             "endpoint",
             "create",
@@ -288,7 +251,7 @@ fn bad_endpoint_requests_are_refused_unchanged() {
         "ip", "link", "add", "taken0", "type", "veth", "peer", "name", "taken1",
     ]);
     call(&["--ifname", "taken0", "x"], "ifname");
-    refused(&d, &["endpoint", "rm", "nosuchendpoint"], "nosuchendpoint");
+    d.refused(&["endpoint", "rm", "nosuchendpoint"], "nosuchendpoint");
     // The endpoint that was refused left no interface behind.
     assert!(!b.exec(&["ip", "link", "show", "eth0"]).status.success());
 }

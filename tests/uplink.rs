@@ -447,27 +447,6 @@ fn host_keeps_its_own_address_on_the_uplink() {
     assert!(s.f.outside.ping(&format!("{p}.10")));
 }
 
-/// Runs a request that must be refused; checks the message names `field`
-/// and that nothing changed.
-fn refused(d: &Daemon, args: &[&str], field: &str) {
-    let before = d.snapshot();
-    let err = d.fails(args);
-    assert!(
-        err.contains(field),
-        "vswitchctl {args:?}: expected the error to name {field:?}, got: {err}"
-    );
-    assert_eq!(
-        err.trim().lines().count(),
-        1,
-        "error is not one line: {err}"
-    );
-    assert_eq!(
-        before,
-        d.snapshot(),
-        "vswitchctl {args:?} changed state although refused"
-    );
-}
-
 #[test]
 fn bad_uplink_requests_are_refused_unchanged() {
     if !require_root("bad_uplink_requests_are_refused_unchanged") {
@@ -494,7 +473,7 @@ fn bad_uplink_requests_are_refused_unchanged() {
     let refuse = |driver: &str, opts: &[&str], field: &str| {
         let args = create(driver, opts);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        refused(&s.d, &args, field);
+        s.d.refused(&args, field);
     };
 
     refuse("transparent", &["interface=nosuch0"], "options.interface");

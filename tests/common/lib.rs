@@ -280,6 +280,27 @@ impl Daemon {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// Runs a request that must be refused: checks that the one-line error
+    /// mentions `expect` (the field at fault) and that nothing changed.
+    pub fn refused(&self, args: &[&str], expect: &str) {
+        let before = self.snapshot();
+        let err = self.fails(args);
+        assert!(
+            err.contains(expect),
+            "vswitchctl {args:?}: expected the error to mention {expect:?}, got: {err}"
+        );
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "error is not one line: {err}"
+        );
+        assert_eq!(
+            before,
+            self.snapshot(),
+            "vswitchctl {args:?} changed state although refused"
+        );
+    }
+
     /// Runs a read command with `--json` and parses the output.
     pub fn json(&self, args: &[&str]) -> Value {
         let mut full = args.to_vec();

@@ -447,16 +447,6 @@ impl Worker {
         }
     }
 
-    /// Stops polling a descriptor whose device is gone, so a deleted
-    /// interface cannot make the loop spin; the control plane sees the flag.
-    fn give_up(&self, fd: std::os::fd::RawFd, counters: &PortCounters, what: &str, error: &str) {
-        let _ = self.epoll.delete(fd);
-        counters
-            .failed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!(port = what, error, "device failed; no longer polled");
-    }
-
     fn poll_port(&mut self, port: PortId, broken: bool, now: Instant) {
         let Some(slot) = self.tables.ports.get_mut(&port) else {
             return;
@@ -464,27 +454,13 @@ impl Worker {
         let SlotKind::Local(io) = &mut slot.kind else {
             return;
         };
-        let n = match io.recv_batch(&mut self.batch) {
-            Ok(0) if broken => {
-                let fd = io.raw_fd();
-                let counters = slot.counters.clone();
-                self.give_up(fd, &counters, &port.to_string(), "hang-up");
-                return;
-            }
-            Ok(n) => n,
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.kind() == io::ErrorKind::Interrupted =>
-            {
-                return
-            }
-            Err(e) => {
-                let fd = io.raw_fd();
-                let counters = slot.counters.clone();
-                self.give_up(fd, &counters, &port.to_string(), &e.to_string());
-                return;
-            }
-        };
+        let n = receive(
+            &self.epoll,
+            io.as_mut(),
+            &mut self.batch,
+            broken,
+            &slot.counters,
+        );
         for pkt in &mut self.batch[..n] {
             self.tables.receive(port, pkt, now);
         }
@@ -497,31 +473,49 @@ impl Worker {
         let Some(io) = slot.queues.get_mut(queue) else {
             return;
         };
-        let n = match io.recv_batch(&mut self.batch) {
-            Ok(0) if broken => {
-                let fd = io.raw_fd();
-                let counters = slot.counters.clone();
-                self.give_up(fd, &counters, &format!("trunk {trunk}"), "error on socket");
-                return;
-            }
-            Ok(n) => n,
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.kind() == io::ErrorKind::Interrupted =>
-            {
-                return
-            }
-            Err(e) => {
-                let fd = io.raw_fd();
-                let counters = slot.counters.clone();
-                self.give_up(fd, &counters, &format!("trunk {trunk}"), &e.to_string());
-                return;
-            }
-        };
+        let n = receive(
+            &self.epoll,
+            io.as_mut(),
+            &mut self.batch,
+            broken,
+            &slot.counters,
+        );
         for pkt in &mut self.batch[..n] {
             self.tables.receive_from_trunk(trunk, pkt, now);
         }
     }
+}
+
+/// Receives a batch from a ready descriptor. One that reports an error or
+/// a hang-up with nothing to read (its device was deleted under the switch)
+/// is taken out of epoll and flagged as failed, so a vanished device cannot
+/// make the loop spin; the control plane reports it.
+fn receive(
+    epoll: &Epoll,
+    io: &mut dyn PortIo,
+    batch: &mut [Packet],
+    broken: bool,
+    counters: &PortCounters,
+) -> usize {
+    let error = match io.recv_batch(batch) {
+        Ok(0) if broken => "error or hang-up on the descriptor".to_owned(),
+        Ok(n) => return n,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            return 0
+        }
+        Err(e) => e.to_string(),
+    };
+    let _ = epoll.delete(io.raw_fd());
+    counters
+        .failed
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(fd = io.raw_fd(), error, "device failed; no longer polled");
+    0
 }
 
 impl Tables {

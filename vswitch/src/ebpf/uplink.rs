@@ -30,6 +30,7 @@
 //! the network namespaces of one bpffs (the daemon's uplinks live in its own
 //! namespace).
 
+use crate::sys::error_chain;
 use std::ffi::CString;
 use std::fmt;
 use std::io;
@@ -431,17 +432,6 @@ fn is_busy(e: &ProgramError) -> bool {
         source = err.source();
     }
     false
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(err) = source {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
-        source = err.source();
-    }
-    text
 }
 
 /// Removes the link and map pins in `dir`; true when a link was pinned

@@ -26,6 +26,7 @@
 //!
 //! The socket is bound in the calling thread's network namespace.
 
+use crate::sys::error_chain;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -711,17 +712,6 @@ fn setsockopt<T>(
         return Err(last_error(call));
     }
     Ok(())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(err) = source {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
-        source = err.source();
-    }
-    text
 }
 
 #[cfg(test)]
