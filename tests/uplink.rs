@@ -685,3 +685,45 @@ fn clean_stop_leaves_the_program_unless_told_to_detach() {
         "--detach-on-exit left the program on {up}"
     );
 }
+
+#[test]
+fn l2bridge_on_its_own_subnet_is_routed_by_the_host() {
+    if !require_root("l2bridge_on_its_own_subnet_is_routed_by_the_host") {
+        return;
+    }
+    // The wire is one subnet, the network another: the network's gateway
+    // lives on a host port, and the host routes between it and the uplink.
+    let mut s = Site::new();
+    let (_, wire) = wire_subnet();
+    let (subnet, p) = wire_subnet();
+    let host_ip = format!("{wire}.2");
+    let up = s.f.add_uplink(&[&format!("{host_ip}/24")]);
+    s.f.outside_addr(OUTSIDE_IF, &format!("{wire}.1/24"));
+    s.f.outside
+        .ok(&["ip", "route", "add", &subnet, "via", &host_ip]);
+    let net = s.network("l2bridge", &[&subnet], &up, &[]);
+    let info = s.d.json(&["network", "inspect", &net]);
+    let host_if = info["HostInterface"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no host port on a subnet of its own: {info}"));
+    assert_eq!(
+        info["Subnets"][0]["GatewayAddress"],
+        format!("{p}.1"),
+        "{info}"
+    );
+    let addr = s.f.host.ok(&["ip", "-4", "addr", "show", "dev", host_if]);
+    assert!(
+        addr.contains(&format!("{p}.1/24")),
+        "host port lacks the gateway: {addr}"
+    );
+
+    let ep = s.endpoint(&net, "rt", &format!("{p}.10"));
+    assert!(
+        s.eps[ep].ping_within(&format!("{wire}.1"), FIVE_S),
+        "endpoint cannot reach the outside host through its gateway"
+    );
+    assert!(
+        s.f.outside.ping_within(&format!("{p}.10"), FIVE_S),
+        "outside cannot reach the endpoint through the host"
+    );
+}
