@@ -430,3 +430,37 @@ fn control_socket_is_root_only() {
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode {:o}", mode & 0o777);
 }
+
+#[test]
+fn endpoint_whose_namespace_is_deleted_while_running_is_detached() {
+    if !require_root("endpoint_whose_namespace_is_deleted_while_running_is_detached") {
+        return;
+    }
+    let mut p = Pair::new("private", &[]);
+    assert!(p.a.ping_within(&p.ip(11), Duration::from_secs(5)));
+    let gone = std::mem::replace(&mut p.b, Netns::new("y"));
+    drop(gone);
+    let detached = wait_until(Duration::from_secs(5), || {
+        p.d.json(&["endpoint", "inspect", "epb"])["State"]["Detached"].is_object()
+    });
+    assert!(detached, "{}", p.d.json(&["endpoint", "inspect", "epb"]));
+    // The daemon is fine and the other endpoint still switches.
+    assert_eq!(
+        p.d.json(&["endpoint", "inspect", "epa"])["State"],
+        "Attached"
+    );
+    let c = Netns::new("c");
+    p.d.ok(&[
+        "endpoint",
+        "create",
+        "--network",
+        &p.net,
+        "--netns",
+        &c.name,
+        "--ip",
+        &p.ip(12),
+        "epc",
+    ]);
+    assert!(p.a.ping_within(&p.ip(12), Duration::from_secs(5)));
+    p.d.ok(&["endpoint", "rm", "epb"]);
+}

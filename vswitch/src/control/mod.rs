@@ -65,6 +65,44 @@ struct NetRuntime {
 struct EndpointRuntime {
     port: Option<PortHandle>,
     state: EndpointState,
+    /// The namespace the endpoint was attached in (its inode), to notice
+    /// when the name stops naming it.
+    netns_inode: Option<u64>,
+}
+
+impl EndpointRuntime {
+    fn attached(port: Option<PortHandle>, ep: &EndpointRecord) -> EndpointRuntime {
+        EndpointRuntime {
+            port,
+            state: EndpointState::Attached,
+            netns_inode: plumb::netns_inode(&ep.netns),
+        }
+    }
+
+    fn detached(reason: String) -> EndpointRuntime {
+        EndpointRuntime {
+            port: None,
+            state: EndpointState::Detached { reason },
+            netns_inode: None,
+        }
+    }
+
+    /// The state as of now: an attached endpoint whose TAP was deleted, or
+    /// whose namespace is gone (the switch's TAP descriptor keeps the
+    /// namespace alive but unreachable), is detached.
+    fn current_state(&self, ep: &EndpointRecord) -> EndpointState {
+        if self.port.as_ref().is_some_and(|p| p.counters.has_failed()) {
+            return EndpointState::Detached {
+                reason: format!("interface {} is gone from {}", ep.ifname, ep.netns),
+            };
+        }
+        if self.netns_inode.is_some() && plumb::netns_inode(&ep.netns) != self.netns_inode {
+            return EndpointState::Detached {
+                reason: format!("namespace {} is gone", ep.netns),
+            };
+        }
+        self.state.clone()
+    }
 }
 
 pub struct Controller {
@@ -128,28 +166,15 @@ impl Controller {
                     match self.start_endpoint(&net, &ep, TapOrigin::Existing) {
                         Ok(port) => {
                             tracing::info!(endpoint = %ep.name, "endpoint restored");
-                            EndpointRuntime {
-                                port,
-                                state: EndpointState::Attached,
-                            }
+                            EndpointRuntime::attached(port, &ep)
                         }
                         Err(e) => {
                             tracing::warn!(endpoint = %ep.name, reason = %e, "endpoint detached");
-                            EndpointRuntime {
-                                port: None,
-                                state: EndpointState::Detached {
-                                    reason: e.to_string(),
-                                },
-                            }
+                            EndpointRuntime::detached(e.to_string())
                         }
                     }
                 }
-                _ => EndpointRuntime {
-                    port: None,
-                    state: EndpointState::Detached {
-                        reason: "its network could not be restored".into(),
-                    },
-                },
+                _ => EndpointRuntime::detached("its network could not be restored".into()),
             };
             self.endpoints.insert(ep.id.clone(), rt);
             self.state.endpoints.push(ep);
@@ -752,13 +777,8 @@ impl Controller {
     fn endpoint_create(&mut self, req: api::EndpointCreate) -> ApiResult<api::Endpoint> {
         let (net, rec) = self.check_endpoint(req)?;
         let port = self.start_endpoint(&net, &rec, TapOrigin::Fresh)?;
-        self.endpoints.insert(
-            rec.id.clone(),
-            EndpointRuntime {
-                port,
-                state: EndpointState::Attached,
-            },
-        );
+        self.endpoints
+            .insert(rec.id.clone(), EndpointRuntime::attached(port, &rec));
         self.state.endpoints.push(rec.clone());
         if let Err(e) = self.save() {
             self.state.endpoints.pop();
@@ -1018,13 +1038,12 @@ impl Controller {
 
     fn endpoint_view(&self, e: &EndpointRecord) -> api::Endpoint {
         let net = self.state.network_by_id(&e.network_id);
-        let state = self
-            .endpoints
-            .get(&e.id)
-            .map(|rt| rt.state.clone())
-            .unwrap_or(EndpointState::Detached {
+        let state = match self.endpoints.get(&e.id) {
+            Some(rt) => rt.current_state(e),
+            None => EndpointState::Detached {
                 reason: "not started".into(),
-            });
+            },
+        };
         api::Endpoint {
             id: e.id.clone(),
             name: e.name.clone(),

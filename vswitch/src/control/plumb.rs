@@ -78,13 +78,17 @@ pub fn resolve_netns(spec: &str) -> Result<Netns, ApiError> {
     Netns::resolve(spec).map_err(netns_error)
 }
 
+/// The inode of the namespace `spec` names now, if it names one.
+pub fn netns_inode(spec: &str) -> Option<u64> {
+    Netns::resolve(spec).and_then(|n| n.inode()).ok()
+}
+
 /// Whether two namespace specs name the same namespace.
 pub fn same_netns(a: &str, b: &str) -> bool {
     if a == b {
         return true;
     }
-    let inode = |s: &str| Netns::resolve(s).and_then(|n| n.inode()).ok();
-    matches!((inode(a), inode(b)), (Some(x), Some(y)) if x == y)
+    matches!((netns_inode(a), netns_inode(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// Makes (or takes back) an endpoint's TAP inside its namespace.
