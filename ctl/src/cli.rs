@@ -23,9 +23,18 @@ Quick start:
 Run 'vswitchctl COMMAND --help' for each command's arguments.";
 
 const NETWORK_CREATE_EXAMPLES: &str = "\
+Options (-o KEY=VALUE):
+  fdb_aging=SECONDS   how long a learned MAC is kept without traffic (default 300)
+  fdb_max=N           learned MACs kept per network (default 8192)
+  offload=on|off      TSO/checksum offload on the network's TAPs (default on)
+  interface=IFNAME    the uplink of a transparent or l2bridge network (required for them)
+  vlanid=N            802.1Q VLAN of the network on its uplink, 1-4094
+
 Examples:
   vswitchctl network create -d internal --subnet 10.1.0.0/24 --gateway 10.1.0.1 net1
-  vswitchctl network create -d private --subnet 10.2.0.0/24 --subnet fd00:2::/64 --mtu 9000 net2";
+  vswitchctl network create -d private --subnet 10.2.0.0/24 --subnet fd00:2::/64 --mtu 9000 net2
+  vswitchctl network create -d l2bridge --subnet 192.168.1.0/24 --gateway 192.168.1.1 -o interface=eth1 wire
+  vswitchctl network create -d transparent --subnet 192.168.2.0/24 -o interface=eth2 -o vlanid=20 tr";
 
 const ENDPOINT_CREATE_EXAMPLES: &str = "\
 Examples:
@@ -113,7 +122,7 @@ pub struct NetworkCreateArgs {
     /// Range endpoint MACs are allocated from, e.g. --mac-pool 02:15:5d:00:00:00-02:15:5d:00:ff:ff
     #[arg(long, value_name = "START-END")]
     pub mac_pool: Option<String>,
-    /// Driver option, repeatable, e.g. -o vlan=10
+    /// Driver option, repeatable, e.g. -o interface=eth1 -o vlanid=10 (list below)
     #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE", value_parser = parse_option)]
     pub options: Vec<(String, String)>,
     #[command(flatten)]
@@ -219,7 +228,7 @@ pub fn parse_option(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some(("", _)) => Err("the key before '=' is empty".to_owned()),
         Some((key, value)) => Ok((key.to_owned(), value.to_owned())),
-        None => Err("expected KEY=VALUE, e.g. -o vlan=10".to_owned()),
+        None => Err("expected KEY=VALUE, e.g. -o vlanid=10".to_owned()),
     }
 }
 
@@ -331,7 +340,7 @@ mod tests {
             "--mac-pool",
             "02:15:5d:00:00:00-02:15:5d:00:ff:ff",
             "-o",
-            "vlan=10",
+            "vlanid=10",
             "--opt",
             "empty=",
             "net1",
@@ -344,7 +353,7 @@ mod tests {
             mtu: Some(9000),
             mac_pool: Some("02:15:5d:00:00:00-02:15:5d:00:ff:ff".into()),
             options: BTreeMap::from([
-                ("vlan".to_owned(), "10".to_owned()),
+                ("vlanid".to_owned(), "10".to_owned()),
                 ("empty".to_owned(), String::new()),
             ]),
         };
