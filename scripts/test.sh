@@ -15,6 +15,8 @@ ensure_bpffs
 build
 cd "$REPO"
 say "running tests (cargo test --release)"
+# Style gates, with the components a minimal toolchain may lack.
+if command -v rustup >/dev/null; then rustup component add rustfmt clippy >/dev/null 2>&1 || true; fi
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --locked --quiet -- -D warnings
 cargo test --release --workspace --locked "$@"

@@ -268,6 +268,8 @@ fn malformed_json_on_the_socket_is_refused() {
         b"{\"Op\":\"Explode\"}\n",
         b"\n",
         b"[1,2,3]\n",
+        // A misspelt field is refused, not ignored.
+        b"{\"Op\":\"NetworkCreate\",\"Args\":{\"Name\":\"n\",\"Type\":\"private\",\"Mtuu\":9000}}\n",
     ] {
         let answer = d.raw(line);
         assert_eq!(answer["Error"]["Kind"], "BadRequest", "{answer}");

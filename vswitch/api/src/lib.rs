@@ -62,7 +62,7 @@ pub enum Request {
 
 /// `network create`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
+#[serde(rename_all = "PascalCase", default, deny_unknown_fields)]
 pub struct NetworkCreate {
     pub name: String,
     /// One of [`DRIVERS`] (HNS calls it `Type`).
@@ -81,7 +81,7 @@ pub struct NetworkCreate {
 
 /// `endpoint create`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
+#[serde(rename_all = "PascalCase", default, deny_unknown_fields)]
 pub struct EndpointCreate {
     pub name: String,
     /// Network name.
@@ -361,6 +361,13 @@ mod tests {
         let v = serde_json::to_value(&req).unwrap();
         assert_eq!(v["Args"]["Type"], "internal");
         assert_eq!(v["Args"]["Subnets"][0], "10.0.0.0/24");
+    }
+
+    #[test]
+    fn misspelt_fields_are_refused() {
+        let text = r#"{"Op":"EndpointCreate","Args":{"Name":"e","IpAddress":"10.0.0.9"}}"#;
+        let err = serde_json::from_str::<Request>(text).unwrap_err();
+        assert!(err.to_string().contains("IpAddress"), "{err}");
     }
 
     #[test]

@@ -330,7 +330,7 @@ impl FromStr for MacPool {
         let (a, b) = s
             .split_once('-')
             .filter(|(a, _)| a.len() == 17)
-            .or_else(|| (s.len() == 35).then(|| (&s[..17], &s[18..])))
+            .or_else(|| Some((s.get(..17)?, s.get(18..)?)).filter(|_| s.len() == 35))
             .ok_or_else(|| ParseError(format!("expected START-END, got '{s}'")))?;
         let (start, end) = (parse_mac(a)?, parse_mac(b)?);
         for mac in [start, end] {

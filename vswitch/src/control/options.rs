@@ -20,6 +20,14 @@ pub const KNOWN: &[(&str, &str)] = &[
         "offload",
         "GSO/checksum offload on the network's TAPs (on|off, default on)",
     ),
+    (
+        "interface",
+        "the uplink interface of a transparent or l2bridge network",
+    ),
+    (
+        "vlanid",
+        "802.1Q VLAN of the network on its uplink (1..=4094)",
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +144,7 @@ mod tests {
         }
         let e = NetworkOptions::parse(&opts(&[("colour", "blue")])).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("options.colour"));
+        assert!(e.message.contains("vlanid"), "{}", e.message);
         assert!(e.message.contains("fdb_aging"));
     }
 }
