@@ -293,11 +293,13 @@ fn l2bridge_same_host_traffic_stays_off_the_wire() {
     let (subnet, p) = wire_subnet();
     let up = s.f.add_uplink(&[&format!("{p}.2/24")]);
     s.f.outside_addr(OUTSIDE_IF, &format!("{p}.1/24"));
+    // Learned MACs age out after a second: unicast to an endpoint that has
+    // gone quiet must still not be flooded onto the wire.
     let net = s.network(
         "l2bridge",
         &[&subnet],
         &up,
-        &["--gateway", &format!("{p}.1")],
+        &["--gateway", &format!("{p}.1"), "-o", "fdb_aging=1"],
     );
     let a = s.endpoint(&net, "sha", &format!("{p}.10"));
     s.endpoint(&net, "shb", &format!("{p}.11"));
@@ -309,6 +311,15 @@ fn l2bridge_same_host_traffic_stays_off_the_wire() {
         "endpoint A cannot ping endpoint B on the same host"
     );
     let out = s.eps[a].ok(&["ping", "-c5", "-i0.2", "-W1", &ip_b]);
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    let aged = vswitch_systests::wait_until(FIVE_S, || {
+        s.d.json(&["fdb", "show", &net])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    assert!(aged, "learned MACs did not age out");
+    let out = s.eps[a].ok(&["ping", "-c1", "-W1", &ip_b]);
     assert!(out.contains(" 0% packet loss"), "{out}");
     cap.sync(&s.f.outside, &format!("{p}.2"));
 
@@ -528,6 +539,33 @@ fn bad_uplink_requests_are_refused_unchanged() {
         "transparent",
         &[&format!("interface={up_b}"), "vlanid=30"],
         "options.interface",
+    );
+
+    // An endpoint may not take the uplink's own MAC: every frame for the
+    // host on that interface would be steered to it.
+    let tr =
+        s.d.json(&["network", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["Type"] == "transparent")
+            .map(|n| n["Name"].as_str().unwrap().to_owned())
+            .expect("the transparent network");
+    let ns = Netns::new("m");
+    let uplink_mac = link_mac(&s.f.host, &up_a);
+    s.d.refused(
+        &[
+            "endpoint",
+            "create",
+            "--network",
+            &tr,
+            "--netns",
+            &ns.name,
+            "--mac",
+            &uplink_mac,
+            "um",
+        ],
+        "mac",
     );
 }
 

@@ -579,6 +579,7 @@ impl Controller {
                     None,
                     cfg.offload,
                     Vec::new(),
+                    Some(mac),
                 )
                 .map_err(|e| plumb::PlumbError::Datapath(e.to_string()))
             });
@@ -617,7 +618,7 @@ impl Controller {
             l2bridge: (net.driver == Driver::L2Bridge).then_some(up.mac),
         };
         // The uplink takes super-frames: the datapath segments them.
-        match self.attach(dp, kind, None, true, Vec::new()) {
+        match self.attach(dp, kind, None, true, Vec::new(), None) {
             Ok(port) => Ok(port),
             Err(e) => {
                 self.release_uplink(ifname, false);
@@ -681,6 +682,7 @@ impl Controller {
         security: Option<PortSecurity>,
         gso: bool,
         addrs: Vec<(IpAddr, MacAddr)>,
+        mac: Option<MacAddr>,
     ) -> std::io::Result<PortHandle> {
         let id = self.next_port_id();
         let counters = Arc::new(PortCounters::default());
@@ -692,6 +694,7 @@ impl Controller {
             security,
             gso,
             addrs,
+            mac,
         })?;
         Ok(PortHandle { id, counters })
     }
@@ -889,6 +892,10 @@ impl Controller {
                         format!("{mac} is already in use on this switch"),
                     ));
                 }
+                // The uplink's frames would all be steered to the endpoint.
+                if wire.as_ref().is_some_and(|f| f.mac == mac) {
+                    return Err(conflict("mac", format!("{mac} is the uplink's own MAC")));
+                }
                 mac
             }
             None => self.allocate_mac(&net.mac_pool)?,
@@ -964,6 +971,7 @@ impl Controller {
             security,
             cfg.offload,
             addrs,
+            Some(ep.mac),
         ) {
             Ok(port) => port,
             Err(e) => {

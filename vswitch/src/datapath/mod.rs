@@ -71,6 +71,9 @@ pub struct PortSpec {
     /// The endpoint's addresses, which an l2bridge network answers ARP and
     /// neighbour solicitations for.
     pub addrs: Vec<(IpAddr, MacAddr)>,
+    /// A vNIC's own MAC: frames to it go to this port without learning,
+    /// and no other port may send from it.
+    pub mac: Option<MacAddr>,
 }
 
 /// An uplink device as handed to the datapath: one AF_XDP socket per
@@ -216,6 +219,8 @@ struct NetSlot {
     ports: Vec<PortId>,
     /// Endpoint addresses, for l2bridge translation.
     locals: Locals,
+    /// The MACs of the network's vNICs (endpoint and host ports).
+    statics: HashMap<MacAddr, PortId>,
     /// The network reaches the wire through an l2bridge uplink.
     l2bridge: bool,
 }
@@ -326,6 +331,7 @@ impl Worker {
                     fdb: Fdb::new(fdb),
                     ports: Vec::new(),
                     locals: Locals::new(),
+                    statics: HashMap::new(),
                     l2bridge: false,
                 });
                 Outcome::Done
@@ -396,6 +402,9 @@ impl Worker {
                 };
                 net.ports.push(spec.id);
                 net.locals.extend(spec.addrs.iter().copied());
+                if let Some(mac) = spec.mac {
+                    net.statics.insert(mac, spec.id);
+                }
                 t.ports.insert(
                     spec.id,
                     PortSlot {
@@ -428,6 +437,7 @@ impl Worker {
                         for ip in &slot.addrs {
                             net.locals.remove(ip);
                         }
+                        net.statics.retain(|_, owner| *owner != port);
                         if matches!(slot.kind, SlotKind::Uplink { .. }) {
                             net.l2bridge = false;
                         }
@@ -544,20 +554,31 @@ impl Tables {
             return;
         };
         src.counters.rx(pkt.frame().len());
-        let (src_mac, mut dst_mac) = match forward::admit(src.security.as_ref(), pkt.frame()) {
+        let (from_wire, l2bridge_mac) = match src.kind {
+            SlotKind::Uplink { l2bridge, .. } => (true, l2bridge),
+            SlotKind::Local(_) => (false, None),
+        };
+        let admitted = forward::admit(src.security.as_ref(), !from_wire, pkt.frame());
+        let (src_mac, mut dst_mac) = match admitted {
             Ok(addrs) => addrs,
             Err(reason) => {
                 src.counters.dropped(reason);
                 return;
             }
         };
-        let (from_wire, l2bridge_mac) = match src.kind {
-            SlotKind::Uplink { l2bridge, .. } => (true, l2bridge),
-            SlotKind::Local(_) => (false, None),
-        };
         let Some(net) = self.nets.get_mut(&src.net) else {
             return;
         };
+        // A vNIC's MAC is its own: nobody else, on the wire or spoofing,
+        // may send from it (and so move it away from the vNIC).
+        if net
+            .statics
+            .get(&src_mac)
+            .is_some_and(|&owner| owner != in_port)
+        {
+            src.counters.dropped(DropReason::MacSpoofing);
+            return;
+        }
         if let Some(uplink_mac) = l2bridge_mac {
             match l2bridge::ingress(pkt.frame_mut(), uplink_mac, &net.locals, &mut self.reply) {
                 Ingress::Forward => {
@@ -581,7 +602,10 @@ impl Tables {
         }
         net.fdb.learn(src_mac, in_port, now);
         if !dst_mac.is_multicast() {
-            match net.fdb.lookup(dst_mac, now) {
+            // The network's own vNICs are known without learning, so unicast
+            // to a quiet endpoint is never flooded (onto the wire, too).
+            let known = net.statics.get(&dst_mac).copied();
+            match known.or_else(|| net.fdb.lookup(dst_mac, now)) {
                 Some(out) if out == in_port => {
                     if let Some(src) = self.ports.get(&in_port) {
                         src.counters.dropped(DropReason::Hairpin);
