@@ -242,6 +242,15 @@ impl Controller {
         self.file.save(&self.state).map_err(internal)
     }
 
+    /// Records the state again after undoing a change whose kernel side
+    /// failed. If even that fails, the next start finds the record and
+    /// completes it, which is logged here.
+    fn save_after_undo(&self) {
+        if let Err(e) = self.save() {
+            tracing::error!(error = %e, "could not record an undone change; the next start will redo it");
+        }
+    }
+
     fn next_port_id(&mut self) -> u32 {
         let id = self.next_id;
         self.next_id += 1;
@@ -250,15 +259,27 @@ impl Controller {
 
     // ---- networks ----
 
+    // Creation records first and plumbs second; removal unplumbs first and
+    // records second. A crash in between leaves a record whose kernel side
+    // is missing, which the next start completes (as it does after any
+    // crash), never a device no record knows about.
+
     fn network_create(&mut self, req: api::NetworkCreate) -> ApiResult<api::Network> {
         let rec = self.check_network(req)?;
-        let rt = self.start_network(&rec, TapOrigin::Fresh)?;
-        self.nets.insert(rec.id.clone(), rt);
         self.state.networks.push(rec.clone());
         if let Err(e) = self.save() {
             self.state.networks.pop();
-            self.stop_network(&rec);
             return Err(e);
+        }
+        match self.start_network(&rec, TapOrigin::Fresh) {
+            Ok(rt) => {
+                self.nets.insert(rec.id.clone(), rt);
+            }
+            Err(e) => {
+                self.state.networks.pop();
+                self.save_after_undo();
+                return Err(e);
+            }
         }
         tracing::info!(network = %rec.name, driver = rec.driver.name(), "network created");
         Ok(self.network_view(&rec))
@@ -722,13 +743,16 @@ impl Controller {
                 format!("network '{name}' still has endpoints: {}", users.join(", ")),
             ));
         }
+        self.stop_network(&net);
         let before = self.state.clone();
         self.state.networks.retain(|n| n.id != net.id);
         if let Err(e) = self.save() {
             self.state = before;
+            if let Ok(rt) = self.start_network(&net, TapOrigin::Existing) {
+                self.nets.insert(net.id.clone(), rt);
+            }
             return Err(e);
         }
-        self.stop_network(&net);
         tracing::info!(network = %name, "network removed");
         Ok(Reply::Removed {
             name: name.to_owned(),
@@ -779,14 +803,21 @@ impl Controller {
 
     fn endpoint_create(&mut self, req: api::EndpointCreate) -> ApiResult<api::Endpoint> {
         let (net, rec) = self.check_endpoint(req)?;
-        let port = self.start_endpoint(&net, &rec, TapOrigin::Fresh)?;
-        self.endpoints
-            .insert(rec.id.clone(), EndpointRuntime::attached(port, &rec));
         self.state.endpoints.push(rec.clone());
         if let Err(e) = self.save() {
             self.state.endpoints.pop();
-            self.stop_endpoint(&net, &rec);
             return Err(e);
+        }
+        match self.start_endpoint(&net, &rec, TapOrigin::Fresh) {
+            Ok(port) => {
+                self.endpoints
+                    .insert(rec.id.clone(), EndpointRuntime::attached(port, &rec));
+            }
+            Err(e) => {
+                self.state.endpoints.pop();
+                self.save_after_undo();
+                return Err(e);
+            }
         }
         tracing::info!(endpoint = %rec.name, network = %net.name, netns = %rec.netns, "endpoint created");
         Ok(self.endpoint_view(&rec))
@@ -1031,13 +1062,18 @@ impl Controller {
             .network_by_id(&ep.network_id)
             .cloned()
             .ok_or_else(|| internal("endpoint's network is missing from the state"))?;
+        self.stop_endpoint(&net, &ep);
         let before = self.state.clone();
         self.state.endpoints.retain(|e| e.id != ep.id);
         if let Err(e) = self.save() {
             self.state = before;
+            let rt = match self.start_endpoint(&net, &ep, TapOrigin::Existing) {
+                Ok(port) => EndpointRuntime::attached(port, &ep),
+                Err(e) => EndpointRuntime::detached(e.to_string()),
+            };
+            self.endpoints.insert(ep.id.clone(), rt);
             return Err(e);
         }
-        self.stop_endpoint(&net, &ep);
         tracing::info!(endpoint = %name, "endpoint removed");
         Ok(Reply::Removed {
             name: name.to_owned(),
