@@ -177,7 +177,17 @@ impl UplinkProgram {
         if replaced {
             tracing::info!(ifname, "replacing the XDP program of a previous instance");
         }
+        // A failed attach (another program on the interface, say) must not
+        // leave pinned maps behind.
+        UplinkProgram::load_pinned(ifname, pin_dir.clone()).inspect_err(|_| {
+            let _ = remove_pins(&pin_dir);
+            let _ = std::fs::remove_dir(&pin_dir);
+        })
+    }
 
+    /// Loads the program, pins its maps in `pin_dir`, attaches it and pins
+    /// the link.
+    fn load_pinned(ifname: &str, pin_dir: PathBuf) -> Result<UplinkProgram, EbpfError> {
         let mut ebpf = Ebpf::load(UPLINK_OBJ).map_err(|source| EbpfError::Parse {
             program: PROGRAM,
             source: Box::new(source),
@@ -604,8 +614,10 @@ mod tests {
             .in_a(|| UplinkProgram::attach(&net.a))
             .expect_err("must not steal the interface");
         assert!(matches!(err, EbpfError::ForeignProgram { .. }), "{err}");
+        let pins = Path::new(PIN_ROOT).join(&net.a);
+        assert!(!pins.exists(), "a refused attach left pins in {}", pins.display());
         drop(fd_link);
         assert!(!has_xdp(&net.ns_a, &net.a));
-        let _ = std::fs::remove_dir_all(Path::new(PIN_ROOT).join(&net.a));
+        let _ = std::fs::remove_dir_all(pins);
     }
 }
