@@ -318,11 +318,14 @@ impl Daemon {
         serde_json::from_str(&answer).expect("daemon answers JSON")
     }
 
-    /// Everything the daemon reports, to compare before/after a request.
-    pub fn snapshot(&self) -> (Value, Value, String) {
+    /// Everything the daemon reports, to compare before/after a request:
+    /// networks, endpoints, ports (so a leftover host or uplink port
+    /// shows) and the state file.
+    pub fn snapshot(&self) -> (Value, Value, Value, String) {
         (
             self.json(&["network", "ls"]),
             self.json(&["endpoint", "ls"]),
+            self.json(&["port", "ls"]),
             std::fs::read_to_string(self.state_dir().join("state.json")).unwrap_or_default(),
         )
     }

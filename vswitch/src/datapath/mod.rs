@@ -123,7 +123,20 @@ impl Datapath {
         let worker = Worker::new(epoll, wake.clone(), rx);
         let thread = std::thread::Builder::new()
             .name("datapath".into())
-            .spawn(move || worker.run())?;
+            .spawn(move || {
+                // Without its datapath the daemon would answer the API while
+                // forwarding nothing. Exiting instead lets a supervisor (or
+                // the user) restart it; the state and the endpoints' TAPs
+                // are all still there.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+                let why = match outcome {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "the datapath thread panicked".to_owned(),
+                };
+                tracing::error!(error = %why, "datapath stopped; exiting so vswitchd can be restarted");
+                std::process::exit(70);
+            })?;
         Ok(Datapath {
             calls: Some(tx),
             wake,
@@ -271,25 +284,23 @@ impl Worker {
         }
     }
 
-    fn run(mut self) {
+    /// Runs until the control side hangs up (`Ok`) or polling fails.
+    fn run(mut self) -> io::Result<()> {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
         let mut ready: Vec<(u64, bool)> = Vec::with_capacity(64);
         let mut last_aging = Instant::now();
         loop {
             ready.clear();
-            match self.epoll.wait(&mut events, AGING_TICK.as_millis() as i32) {
-                Ok(tokens) => ready.extend(tokens),
-                Err(e) => {
-                    tracing::error!(error = %e, "datapath poll failed");
-                    return;
-                }
-            }
+            ready.extend(
+                self.epoll
+                    .wait(&mut events, AGING_TICK.as_millis() as i32)?,
+            );
             let now = Instant::now();
             for &(token, broken) in &ready {
                 if token == WAKE_TOKEN {
                     self.wake.drain();
                     if !self.apply_calls() {
-                        return;
+                        return Ok(());
                     }
                 } else if token & TRUNK_TOKEN != 0 {
                     let trunk = ((token >> 16) & 0xffff_ffff) as TrunkId;

@@ -615,7 +615,11 @@ mod tests {
             .expect_err("must not steal the interface");
         assert!(matches!(err, EbpfError::ForeignProgram { .. }), "{err}");
         let pins = Path::new(PIN_ROOT).join(&net.a);
-        assert!(!pins.exists(), "a refused attach left pins in {}", pins.display());
+        assert!(
+            !pins.exists(),
+            "a refused attach left pins in {}",
+            pins.display()
+        );
         drop(fd_link);
         assert!(!has_xdp(&net.ns_a, &net.a));
         let _ = std::fs::remove_dir_all(pins);
