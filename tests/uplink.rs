@@ -376,6 +376,8 @@ fn l2bridge_vlans_are_isolated_on_one_uplink() {
         s.f.outside.ping_within(&ip20, FIVE_S),
         "outside cannot reach the VLAN 20 endpoint over {v20}"
     );
+    // TCP both ways over a VLAN: super-frames leave tagged and whole.
+    throughput(&s.f.outside, &s.eps[e10], &ip10);
 
     // Each endpoint, asked for over the other VLAN or untagged, must not
     // answer, and must not even see the question.

@@ -10,6 +10,7 @@ use crate::datapath::{Datapath, PortCounters, TrunkId, TrunkSpec};
 use crate::ebpf::{ensure_bpffs, UplinkProgram, XdpMode};
 use crate::netns::netlink::Netlink;
 use crate::port::afxdp::XskPort;
+use crate::port::packet::SuperFrameTx;
 use crate::port::PortIo;
 use crate::wire::MacAddr;
 
@@ -162,11 +163,21 @@ pub fn attach(ifname: &str, trunk: TrunkId, datapath: &Datapath) -> Result<Uplin
                 .map_err(|e| fail("registering AF_XDP socket", &e))?;
             sockets.push(Box::new(xsk));
         }
+        // Super-frames leave whole through a packet socket when one can be
+        // had (see port::packet); otherwise the datapath segments them.
+        let super_frames: Option<Box<dyn PortIo>> = match SuperFrameTx::open(ifname, facts.index) {
+            Ok(tx) => Some(Box::new(tx)),
+            Err(e) => {
+                tracing::warn!(ifname, error = %e, "super-frames will be segmented in software");
+                None
+            }
+        };
         let counters = Arc::new(PortCounters::default());
         datapath
             .add_trunk(TrunkSpec {
                 id: trunk,
                 queues: sockets,
+                super_frames,
                 counters: counters.clone(),
             })
             .map_err(|e| fail("adding to the datapath", &e))?;

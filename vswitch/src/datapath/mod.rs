@@ -81,6 +81,9 @@ pub struct PortSpec {
 pub struct TrunkSpec {
     pub id: TrunkId,
     pub queues: Vec<Box<dyn PortIo>>,
+    /// Where GSO super-frames leave, whole (a packet socket); without it
+    /// they are segmented in software and sent through the first queue.
+    pub super_frames: Option<Box<dyn PortIo>>,
     /// Frames on the wire side, before VLAN demultiplexing.
     pub counters: Arc<PortCounters>,
 }
@@ -240,6 +243,7 @@ struct NetSlot {
 
 struct TrunkSlot {
     queues: Vec<Box<dyn PortIo>>,
+    super_frames: Option<Box<dyn PortIo>>,
     /// The uplink port of each VLAN using this trunk.
     members: HashMap<u16, PortId>,
     counters: Arc<PortCounters>,
@@ -365,6 +369,7 @@ impl Worker {
                     spec.id,
                     TrunkSlot {
                         queues: spec.queues,
+                        super_frames: spec.super_frames,
                         members: HashMap::new(),
                         counters: spec.counters,
                         dirty: false,
@@ -723,7 +728,14 @@ fn transmit(
             };
             trunk.dirty = true;
             let (vlan, l2bridge) = (*vlan, *l2bridge);
-            if pkt.vnet.is_gso() {
+            if let (true, Some(whole)) = (pkt.vnet.is_gso(), trunk.super_frames.as_mut()) {
+                egress.fill(pkt.frame());
+                egress.vnet = pkt.vnet;
+                to_wire(whole.as_mut(), egress, vlan, l2bridge).map(|len| {
+                    trunk.counters.tx(len);
+                    (1, len)
+                })
+            } else if pkt.vnet.is_gso() {
                 // Segment in software; each segment goes out as it is made.
                 let mut result = Ok((0, 0));
                 let segments = gso::segment(pkt, egress, |seg| {
@@ -784,9 +796,13 @@ fn to_wire(
         let new_len = vlan_push(frame.buffer_mut(), len, vlan)
             .ok_or_else(|| io::Error::other("no room for a VLAN tag"))?;
         frame.set_len(new_len);
-        // The checksum still to fill moved with the payload.
+        // The checksum still to fill, and the headers a super-frame's
+        // segments repeat, moved with the payload.
         if frame.vnet.flags & VirtioNetHdr::F_NEEDS_CSUM != 0 {
             frame.vnet.csum_start += 4;
+        }
+        if frame.vnet.is_gso() && frame.vnet.hdr_len != 0 {
+            frame.vnet.hdr_len += 4;
         }
     }
     io.send(frame)?;

@@ -6,6 +6,7 @@
 //! TCP super-frame read from one TAP can be written to another unchanged.
 
 pub mod afxdp;
+pub mod packet;
 pub mod tap;
 
 use std::io;
@@ -31,7 +32,7 @@ pub struct VirtioNetHdr {
     pub csum_offset: u16,
 }
 
-const _: () = assert!(std::mem::size_of::<VirtioNetHdr>() == 10);
+const _: () = assert!(std::mem::size_of::<VirtioNetHdr>() == VNET_HDR_LEN);
 
 impl VirtioNetHdr {
     /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum at csum_start+csum_offset
@@ -43,7 +44,33 @@ impl VirtioNetHdr {
     pub fn is_gso(&self) -> bool {
         self.gso_type != Self::GSO_NONE
     }
+
+    /// The header as the kernel reads it (host byte order).
+    pub fn to_bytes(&self) -> [u8; VNET_HDR_LEN] {
+        let mut b = [0u8; VNET_HDR_LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; VNET_HDR_LEN]) -> VirtioNetHdr {
+        VirtioNetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u16::from_ne_bytes([b[2], b[3]]),
+            gso_size: u16::from_ne_bytes([b[4], b[5]]),
+            csum_start: u16::from_ne_bytes([b[6], b[7]]),
+            csum_offset: u16::from_ne_bytes([b[8], b[9]]),
+        }
+    }
 }
+
+/// Length of [`VirtioNetHdr`] on the wire to the kernel.
+pub const VNET_HDR_LEN: usize = 10;
 
 /// One frame and its offload metadata, in a buffer owned by the datapath and
 /// reused for every frame (no allocation per packet).

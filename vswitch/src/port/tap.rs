@@ -19,7 +19,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use thiserror::Error;
 
-use super::{Packet, PortIo, VirtioNetHdr};
+use super::{Packet, PortIo, VirtioNetHdr, VNET_HDR_LEN};
 
 /// ioctl numbers from `<linux/if_tun.h>`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -41,7 +41,6 @@ const TUN_F_TSO_ECN: libc::c_uint = 0x08;
 const TUN_F_USO4: libc::c_uint = 0x20;
 const TUN_F_USO6: libc::c_uint = 0x40;
 
-const VNET_HDR_LEN: usize = std::mem::size_of::<VirtioNetHdr>();
 const IFNAMSIZ: usize = 16;
 
 #[derive(Debug, Error)]
@@ -255,28 +254,6 @@ fn validate_name(name: &str) -> Result<(), TapError> {
     })
 }
 
-fn hdr_to_bytes(h: &VirtioNetHdr) -> [u8; VNET_HDR_LEN] {
-    let mut b = [0u8; VNET_HDR_LEN];
-    b[0] = h.flags;
-    b[1] = h.gso_type;
-    b[2..4].copy_from_slice(&h.hdr_len.to_ne_bytes());
-    b[4..6].copy_from_slice(&h.gso_size.to_ne_bytes());
-    b[6..8].copy_from_slice(&h.csum_start.to_ne_bytes());
-    b[8..10].copy_from_slice(&h.csum_offset.to_ne_bytes());
-    b
-}
-
-fn hdr_from_bytes(b: &[u8; VNET_HDR_LEN]) -> VirtioNetHdr {
-    VirtioNetHdr {
-        flags: b[0],
-        gso_type: b[1],
-        hdr_len: u16::from_ne_bytes([b[2], b[3]]),
-        gso_size: u16::from_ne_bytes([b[4], b[5]]),
-        csum_start: u16::from_ne_bytes([b[6], b[7]]),
-        csum_offset: u16::from_ne_bytes([b[8], b[9]]),
-    }
-}
-
 impl PortIo for Tap {
     fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
@@ -319,14 +296,14 @@ impl PortIo for Tap {
                 continue;
             }
             pkt.set_len(n - VNET_HDR_LEN);
-            pkt.vnet = hdr_from_bytes(&hdr);
+            pkt.vnet = VirtioNetHdr::from_bytes(&hdr);
             filled += 1;
         }
         Ok(filled)
     }
 
     fn send(&mut self, pkt: &Packet) -> io::Result<()> {
-        let hdr = hdr_to_bytes(&pkt.vnet);
+        let hdr = pkt.vnet.to_bytes();
         let frame = pkt.frame();
         let iov = [
             libc::iovec {
@@ -373,7 +350,7 @@ mod tests {
             csum_start: 34,
             csum_offset: 16,
         };
-        assert_eq!(hdr_from_bytes(&hdr_to_bytes(&h)), h);
+        assert_eq!(VirtioNetHdr::from_bytes(&h.to_bytes()), h);
     }
 
     #[test]
