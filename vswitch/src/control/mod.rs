@@ -558,7 +558,7 @@ impl Controller {
     fn start_network(&mut self, net: &NetworkRecord, origin: TapOrigin) -> ApiResult<NetRuntime> {
         let dp = self.next_port_id();
         self.datapath
-            .add_network(dp, net.parsed.fdb)
+            .add_network(dp, net.parsed.fdb, net.parsed.offload)
             .map_err(internal)?;
         let mut rt = NetRuntime {
             dp,

@@ -13,6 +13,7 @@
 
 pub mod counters;
 mod forward;
+mod gro;
 mod gso;
 mod l2bridge;
 
@@ -89,13 +90,25 @@ pub struct TrunkSpec {
 }
 
 enum Command {
-    AddNetwork { net: NetId, fdb: FdbConfig },
-    RemoveNetwork { net: NetId },
+    AddNetwork {
+        net: NetId,
+        fdb: FdbConfig,
+        offload: bool,
+    },
+    RemoveNetwork {
+        net: NetId,
+    },
     AddTrunk(TrunkSpec),
-    RemoveTrunk { trunk: TrunkId },
+    RemoveTrunk {
+        trunk: TrunkId,
+    },
     AddPort(PortSpec),
-    RemovePort { port: PortId },
-    DumpFdb { net: NetId },
+    RemovePort {
+        port: PortId,
+    },
+    DumpFdb {
+        net: NetId,
+    },
 }
 
 enum Outcome {
@@ -162,8 +175,11 @@ impl Datapath {
         }
     }
 
-    pub fn add_network(&self, net: NetId, fdb: FdbConfig) -> io::Result<()> {
-        self.call(Command::AddNetwork { net, fdb }).map(drop)
+    /// `offload`: the network's vNICs take super-frames, so frames from
+    /// its uplink may be joined into them.
+    pub fn add_network(&self, net: NetId, fdb: FdbConfig, offload: bool) -> io::Result<()> {
+        self.call(Command::AddNetwork { net, fdb, offload })
+            .map(drop)
     }
 
     /// Removes a network; its ports must have been removed first.
@@ -239,6 +255,8 @@ struct NetSlot {
     statics: HashMap<MacAddr, PortId>,
     /// The network reaches the wire through an l2bridge uplink.
     l2bridge: bool,
+    /// Its vNICs take super-frames.
+    offload: bool,
 }
 
 struct TrunkSlot {
@@ -341,13 +359,14 @@ impl Worker {
         let t = &mut self.tables;
         let failed = |msg: String| Outcome::Failed(io::Error::other(msg));
         match cmd {
-            Command::AddNetwork { net, fdb } => {
+            Command::AddNetwork { net, fdb, offload } => {
                 t.nets.entry(net).or_insert_with(|| NetSlot {
                     fdb: Fdb::new(fdb),
                     ports: Vec::new(),
                     locals: Locals::new(),
                     statics: HashMap::new(),
                     l2bridge: false,
+                    offload,
                 });
                 Outcome::Done
             }
@@ -506,8 +525,40 @@ impl Worker {
             broken,
             &slot.counters,
         );
-        for pkt in &mut self.batch[..n] {
-            self.tables.receive_from_trunk(trunk, pkt, now);
+        // Untagged frames of a network whose vNICs take super-frames are
+        // joined per flow first (see gro.rs).
+        let untagged = slot.members.get(&0).copied();
+        let t = &self.tables;
+        let coalesce = untagged
+            .and_then(|p| t.ports.get(&p))
+            .and_then(|p| t.nets.get(&p.net))
+            .is_some_and(|n| n.offload);
+        if !coalesce {
+            for pkt in &mut self.batch[..n] {
+                self.tables.receive_from_trunk(trunk, pkt, now);
+            }
+            return;
+        }
+        let mut run: Option<(usize, gro::Run)> = None;
+        for i in 0..n {
+            if let Some((h, r)) = &mut run {
+                let (done, rest) = self.batch.split_at_mut(i);
+                if gro::join(r, &mut done[*h], &rest[0]) {
+                    continue;
+                }
+                gro::finish(r, &mut done[*h]);
+                self.tables.receive_from_trunk(trunk, &mut done[*h], now);
+            }
+            run = gro::start(&self.batch[i]).map(|r| (i, r));
+            if run.is_none() {
+                self.tables
+                    .receive_from_trunk(trunk, &mut self.batch[i], now);
+            }
+        }
+        if let Some((h, r)) = &run {
+            gro::finish(r, &mut self.batch[*h]);
+            self.tables
+                .receive_from_trunk(trunk, &mut self.batch[*h], now);
         }
     }
 }
