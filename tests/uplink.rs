@@ -39,6 +39,17 @@ impl Site {
         }
     }
 
+    /// A site whose host has an uplink on a fresh wire subnet, holding
+    /// `.2`, with `outside` at `.1`; returns it, the subnet, its prefix
+    /// (`a.b.c`) and the uplink's name.
+    fn on_wire() -> (Site, String, String, String) {
+        let s = Site::new();
+        let (subnet, p) = wire_subnet();
+        let up = s.f.add_uplink(&[&format!("{p}.2/24")]);
+        s.f.outside_addr(OUTSIDE_IF, &format!("{p}.1/24"));
+        (s, subnet, p, up)
+    }
+
     /// Creates endpoint `name` on `net` in a namespace of its own, with a
     /// static IPv4 address; returns the namespace's index in `eps`.
     fn endpoint(&mut self, net: &str, name: &str, ip: &str) -> usize {
@@ -151,10 +162,7 @@ fn transparent_endpoints_are_on_the_wire_with_their_own_macs() {
     if !require_root("transparent_endpoints_are_on_the_wire_with_their_own_macs") {
         return;
     }
-    let mut s = Site::new();
-    let (subnet, p) = wire_subnet();
-    let up = s.f.add_uplink(&[&format!("{p}.2/24")]);
-    s.f.outside_addr(OUTSIDE_IF, &format!("{p}.1/24"));
+    let (mut s, subnet, p, up) = Site::on_wire();
     let gw = format!("{p}.1");
     let net = s.network("transparent", &[&subnet], &up, &["--gateway", &gw]);
     s.assert_uplink_port(&net, &up);
@@ -289,10 +297,7 @@ fn l2bridge_same_host_traffic_stays_off_the_wire() {
     if !require_root("l2bridge_same_host_traffic_stays_off_the_wire") {
         return;
     }
-    let mut s = Site::new();
-    let (subnet, p) = wire_subnet();
-    let up = s.f.add_uplink(&[&format!("{p}.2/24")]);
-    s.f.outside_addr(OUTSIDE_IF, &format!("{p}.1/24"));
+    let (mut s, subnet, p, up) = Site::on_wire();
     // Learned MACs age out after a second: unicast to an endpoint that has
     // gone quiet must still not be flooded onto the wire.
     let net = s.network(
@@ -631,10 +636,7 @@ fn l2bridge_endpoint_reachable_again_after_kill9_and_restart() {
     if !require_root("l2bridge_endpoint_reachable_again_after_kill9_and_restart") {
         return;
     }
-    let mut s = Site::new();
-    let (subnet, p) = wire_subnet();
-    let up = s.f.add_uplink(&[&format!("{p}.2/24")]);
-    s.f.outside_addr(OUTSIDE_IF, &format!("{p}.1/24"));
+    let (mut s, subnet, p, up) = Site::on_wire();
     let net = s.network(
         "l2bridge",
         &[&subnet],
@@ -665,10 +667,7 @@ fn removing_the_network_removes_the_xdp_program() {
     if !require_root("removing_the_network_removes_the_xdp_program") {
         return;
     }
-    let mut s = Site::new();
-    let (subnet, p) = wire_subnet();
-    let up = s.f.add_uplink(&[&format!("{p}.2/24")]);
-    s.f.outside_addr(OUTSIDE_IF, &format!("{p}.1/24"));
+    let (mut s, subnet, p, up) = Site::on_wire();
     let net = s.network("l2bridge", &[&subnet], &up, &[]);
     s.endpoint(&net, "rx", &format!("{p}.10"));
     assert!(has_xdp(&s.f.host, &up), "no XDP program on {up}");
@@ -691,10 +690,7 @@ fn clean_stop_leaves_the_program_unless_told_to_detach() {
     }
     // Default: the program stays attached (passing everything to the host)
     // and the next daemon replaces it.
-    let mut s = Site::new();
-    let (subnet, p) = wire_subnet();
-    let up = s.f.add_uplink(&[&format!("{p}.2/24")]);
-    s.f.outside_addr(OUTSIDE_IF, &format!("{p}.1/24"));
+    let (mut s, subnet, p, up) = Site::on_wire();
     let net = s.network("l2bridge", &[&subnet], &up, &[]);
     s.endpoint(&net, "st", &format!("{p}.10"));
     assert!(s.d.terminate().success());

@@ -124,6 +124,37 @@ impl Default for Packet {
     }
 }
 
+/// Writes a frame preceded by its virtio-net header, as TAPs and packet
+/// sockets with `PACKET_VNET_HDR` take them, in one `writev`.
+pub(crate) fn write_with_vnet_hdr(fd: RawFd, pkt: &Packet) -> io::Result<()> {
+    let hdr = pkt.vnet.to_bytes();
+    let frame = pkt.frame();
+    let iov = [
+        libc::iovec {
+            iov_base: hdr.as_ptr() as *mut libc::c_void,
+            iov_len: VNET_HDR_LEN,
+        },
+        libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        },
+    ];
+    loop {
+        // SAFETY: both iovecs point at live buffers of the stated lengths;
+        // writev only reads them.
+        let n = unsafe { libc::writev(fd, iov.as_ptr(), 2) };
+        if n >= 0 {
+            return Ok(());
+        }
+        // EAGAIN arrives as ErrorKind::WouldBlock, which the datapath
+        // counts as a drop.
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// A port as the datapath drives it: non-blocking, polled through a file
 /// descriptor.
 pub trait PortIo: Send {

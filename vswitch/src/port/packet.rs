@@ -13,7 +13,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::{Packet, PortIo, VNET_HDR_LEN};
+use super::{Packet, PortIo};
 
 /// `SOL_PACKET` option: every frame starts with a virtio-net header.
 const PACKET_VNET_HDR: libc::c_int = 15;
@@ -104,25 +104,7 @@ impl PortIo for SuperFrameTx {
     }
 
     fn send(&mut self, pkt: &Packet) -> io::Result<()> {
-        let hdr = pkt.vnet.to_bytes();
-        let frame = pkt.frame();
-        let iov = [
-            libc::iovec {
-                iov_base: hdr.as_ptr() as *mut libc::c_void,
-                iov_len: VNET_HDR_LEN,
-            },
-            libc::iovec {
-                iov_base: frame.as_ptr() as *mut libc::c_void,
-                iov_len: frame.len(),
-            },
-        ];
-        // SAFETY: both iovecs point at live buffers of the stated lengths;
-        // writev only reads them. The socket is bound, so no address is
-        // needed.
-        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        // Bound to the interface: no address is needed.
+        super::write_with_vnet_hdr(self.fd.as_raw_fd(), pkt)
     }
 }

@@ -303,32 +303,7 @@ impl PortIo for Tap {
     }
 
     fn send(&mut self, pkt: &Packet) -> io::Result<()> {
-        let hdr = pkt.vnet.to_bytes();
-        let frame = pkt.frame();
-        let iov = [
-            libc::iovec {
-                iov_base: hdr.as_ptr() as *mut libc::c_void,
-                iov_len: VNET_HDR_LEN,
-            },
-            libc::iovec {
-                iov_base: frame.as_ptr() as *mut libc::c_void,
-                iov_len: frame.len(),
-            },
-        ];
-        loop {
-            // SAFETY: both iovecs point at live buffers of the stated
-            // lengths; writev only reads them.
-            let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
-            if n >= 0 {
-                return Ok(());
-            }
-            // EAGAIN arrives as ErrorKind::WouldBlock, which the datapath
-            // counts as a drop.
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
+        super::write_with_vnet_hdr(self.fd.as_raw_fd(), pkt)
     }
 }
 
