@@ -16,144 +16,69 @@ fn bad_network_requests_are_refused_unchanged() {
         "network", "create", "-d", "internal", "--subnet", &subnet, &net,
     ]);
     let a = Netns::new("bi");
-    d.ok(&[
-        "endpoint",
-        "create",
-        "--network",
-        &net,
-        "--netns",
-        &a.name,
-        "bep",
-    ]);
+    d.endpoint(&net, &a, &[], "bep");
     let (other, other_prefix) = unique_subnet();
+    let (gw_net, gw_bcast) = (format!("{other_prefix}.0"), format!("{other_prefix}.255"));
+    let half = format!("{prefix}.128/25");
 
-    d.refused(
-        &[
-            "network",
-            "create",
-            "-d",
-            "private",
-            "--subnet",
-            "10.0.0.0/33",
+    // network create ARGS... NAME, and what the error must mention.
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &["-d", "private", "--subnet", "10.0.0.0/33"],
             "x1",
-        ],
-        "subnet",
-    );
-    d.refused(
-        &[
-            "network", "create", "-d", "private", "--subnet", "banana", "x1",
-        ],
-        "subnet",
-    );
-    d.refused(
-        &[
-            "network",
-            "create",
-            "-d",
-            "private",
-            "--subnet",
-            "10.9.9.5/24",
+            "subnet",
+        ),
+        (&["-d", "private", "--subnet", "banana"], "x1", "subnet"),
+        (
+            &["-d", "private", "--subnet", "10.9.9.5/24"],
             "x1",
-        ],
-        "host bits",
-    );
-    d.refused(
-        &[
-            "network",
-            "create",
-            "-d",
-            "private",
-            "--subnet",
-            &other,
-            "--gateway",
-            "192.0.2.1",
+            "host bits",
+        ),
+        (
+            &[
+                "-d",
+                "private",
+                "--subnet",
+                &other,
+                "--gateway",
+                "192.0.2.1",
+            ],
             "x1",
-        ],
-        "gateway",
-    );
-    d.refused(
-        &[
-            "network",
-            "create",
-            "-d",
-            "private",
-            "--subnet",
-            &other,
-            "--gateway",
-            &format!("{other_prefix}.0"),
+            "gateway",
+        ),
+        (
+            &["-d", "private", "--subnet", &other, "--gateway", &gw_net],
             "x1",
-        ],
-        "gateway",
-    );
-    d.refused(
-        &[
-            "network",
-            "create",
-            "-d",
-            "private",
-            "--subnet",
-            &other,
-            "--gateway",
-            &format!("{other_prefix}.255"),
+            "gateway",
+        ),
+        (
+            &["-d", "private", "--subnet", &other, "--gateway", &gw_bcast],
             "x1",
-        ],
-        "gateway",
-    );
-    // Overlapping another network's subnet, exactly or partly.
-    d.refused(
-        &[
-            "network", "create", "-d", "private", "--subnet", &subnet, "x1",
-        ],
-        "subnet",
-    );
-    d.refused(
-        &[
-            "network",
-            "create",
-            "-d",
-            "private",
-            "--subnet",
-            &format!("{prefix}.128/25"),
+            "gateway",
+        ),
+        // Overlapping another network's subnet, exactly or partly.
+        (&["-d", "private", "--subnet", &subnet], "x1", "subnet"),
+        (&["-d", "private", "--subnet", &half], "x1", "overlaps"),
+        (&["-d", "private", "--subnet", &other], &net, "name"),
+        (&["-d", "warp", "--subnet", &other], "x1", "driver"),
+        (
+            &["-d", "private", "--subnet", &other, "-o", "colour=blue"],
             "x1",
-        ],
-        "overlaps",
-    );
-    d.refused(
-        &[
-            "network", "create", "-d", "private", "--subnet", &other, &net,
-        ],
-        "name",
-    );
-    d.refused(
-        &["network", "create", "-d", "warp", "--subnet", &other, "x1"],
-        "driver",
-    );
-    d.refused(
-        &[
-            "network",
-            "create",
-            "-d",
-            "private",
-            "--subnet",
-            &other,
-            "-o",
-            "colour=blue",
+            "options.colour",
+        ),
+        (
+            &["-d", "private", "--subnet", &other, "--mtu", "10"],
             "x1",
-        ],
-        "options.colour",
-    );
-    d.refused(
-        &[
-            "network", "create", "-d", "private", "--subnet", &other, "--mtu", "10", "x1",
-        ],
-        "mtu",
-    );
-    d.refused(
-        &[
-            "network", "create", "-d", "private", "--subnet", &other, "bad name",
-        ],
-        "name",
-    );
+            "mtu",
+        ),
+        (&["-d", "private", "--subnet", &other], "bad name", "name"),
+    ];
+    for (args, name, expect) in cases {
+        let mut full = vec!["network", "create"];
+        full.extend_from_slice(args);
+        full.push(name);
+        d.refused(&full, expect);
+    }
     d.refused(&["network", "rm", &net], "still has endpoints");
     d.refused(&["network", "rm", "nosuchnet"], "nosuchnet");
     d.refused(&["network", "inspect", "nosuchnet"], "nosuchnet");
@@ -173,19 +98,12 @@ fn bad_endpoint_requests_are_refused_unchanged() {
     let a = Netns::new("ba");
     let b = Netns::new("bb");
     let taken = format!("{prefix}.20");
-    d.ok(&[
-        "endpoint",
-        "create",
-        "--network",
+    d.endpoint(
         &net,
-        "--netns",
-        &a.name,
-        "--ip",
-        &taken,
-        "--mac",
-        "02:aa:00:00:00:01",
+        &a,
+        &["--ip", &taken, "--mac", "02:aa:00:00:00:01"],
         "first",
-    ]);
+    );
     let ep = |extra: &[&str]| {
         let mut v: Vec<String> = ["endpoint", "create", "--network", &net, "--netns", &b.name]
             .iter()

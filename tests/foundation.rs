@@ -25,28 +25,8 @@ impl Pair {
         d.ok(&args);
         let a = Netns::new("a");
         let b = Netns::new("b");
-        d.ok(&[
-            "endpoint",
-            "create",
-            "--network",
-            &net,
-            "--netns",
-            &a.name,
-            "--ip",
-            &format!("{prefix}.10"),
-            "epa",
-        ]);
-        d.ok(&[
-            "endpoint",
-            "create",
-            "--network",
-            &net,
-            "--netns",
-            &b.name,
-            "--ip",
-            &format!("{prefix}.11"),
-            "epb",
-        ]);
+        d.endpoint(&net, &a, &["--ip", &format!("{prefix}.10")], "epa");
+        d.endpoint(&net, &b, &["--ip", &format!("{prefix}.11")], "epb");
         Pair {
             d,
             net,
@@ -154,39 +134,9 @@ fn networks_are_isolated() {
     let a = Netns::new("ia");
     let b = Netns::new("ib");
     let c = Netns::new("ic");
-    d.ok(&[
-        "endpoint",
-        "create",
-        "--network",
-        &n1,
-        "--netns",
-        &a.name,
-        "--ip",
-        &format!("{p1}.10"),
-        "isoa",
-    ]);
-    d.ok(&[
-        "endpoint",
-        "create",
-        "--network",
-        &n1,
-        "--netns",
-        &c.name,
-        "--ip",
-        &format!("{p1}.12"),
-        "isoc",
-    ]);
-    d.ok(&[
-        "endpoint",
-        "create",
-        "--network",
-        &n2,
-        "--netns",
-        &b.name,
-        "--ip",
-        &format!("{p2}.11"),
-        "isob",
-    ]);
+    d.endpoint(&n1, &a, &["--ip", &format!("{p1}.10")], "isoa");
+    d.endpoint(&n1, &c, &["--ip", &format!("{p1}.12")], "isoc");
+    d.endpoint(&n2, &b, &["--ip", &format!("{p2}.11")], "isob");
     // Make the other subnet look on-link from both sides: without isolation
     // ARP would resolve across networks and the ping would succeed.
     a.ok(&["ip", "route", "add", &s2, "dev", "eth0"]);
@@ -245,29 +195,13 @@ fn allow_spoofing_lets_a_router_endpoint_forward() {
     d.ok(&["network", "create", "-d", "private", "--subnet", &s, &net]);
     let a = Netns::new("sa");
     let b = Netns::new("sb");
-    d.ok(&[
-        "endpoint",
-        "create",
-        "--network",
+    d.endpoint(
         &net,
-        "--netns",
-        &a.name,
-        "--ip",
-        &format!("{p}.10"),
-        "--allow-spoofing",
+        &a,
+        &["--ip", &format!("{p}.10"), "--allow-spoofing"],
         "spa",
-    ]);
-    d.ok(&[
-        "endpoint",
-        "create",
-        "--network",
-        &net,
-        "--netns",
-        &b.name,
-        "--ip",
-        &format!("{p}.11"),
-        "spb",
-    ]);
+    );
+    d.endpoint(&net, &b, &["--ip", &format!("{p}.11")], "spb");
     a.ok(&["ip", "addr", "add", &format!("{p}.50/24"), "dev", "eth0"]);
     assert!(
         b.ping_within(&format!("{p}.50"), Duration::from_secs(5)),
@@ -285,15 +219,7 @@ fn none_driver_gives_loopback_only() {
     d.ok(&["network", "create", "-d", "none", &net]);
     let a = Netns::new("na");
     a.ok(&["ip", "link", "set", "lo", "down"]);
-    d.ok(&[
-        "endpoint",
-        "create",
-        "--network",
-        &net,
-        "--netns",
-        &a.name,
-        "nep",
-    ]);
+    d.endpoint(&net, &a, &[], "nep");
     let links = a.ok(&["ip", "-o", "link"]);
     assert_eq!(links.lines().count(), 1, "{links}");
     assert!(a.ping("127.0.0.1"), "loopback is not up");
@@ -450,17 +376,7 @@ fn endpoint_whose_namespace_is_deleted_while_running_is_detached() {
         "Attached"
     );
     let c = Netns::new("c");
-    p.d.ok(&[
-        "endpoint",
-        "create",
-        "--network",
-        &p.net,
-        "--netns",
-        &c.name,
-        "--ip",
-        &p.ip(12),
-        "epc",
-    ]);
+    p.d.endpoint(&p.net, &c, &["--ip", &p.ip(12)], "epc");
     assert!(p.a.ping_within(&p.ip(12), Duration::from_secs(5)));
     p.d.ok(&["endpoint", "rm", "epb"]);
 }

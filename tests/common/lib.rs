@@ -268,6 +268,15 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `endpoint create --network NET --netns NS [args...] NAME`, which must
+    /// succeed; returns the endpoint as JSON.
+    pub fn endpoint(&self, net: &str, ns: &Netns, args: &[&str], name: &str) -> Value {
+        let mut full = vec!["endpoint", "create", "--network", net, "--netns", &ns.name];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&[name, "--json"]);
+        serde_json::from_str(&self.ok(&full)).expect("valid JSON from vswitchctl")
+    }
+
     /// Runs vswitchctl, expecting failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.ctl(args);
