@@ -983,17 +983,17 @@ impl Controller {
             gateway6: net.gateway6,
             offload: net.parsed.offload,
         };
+        let dp = self
+            .nets
+            .get(&net.id)
+            .map(|rt| rt.dp)
+            .ok_or_else(|| internal("network not running"))?;
         let tap = plumb::endpoint_tap(&ns, &cfg, origin).map_err(|e| e.into_api("ifname"))?;
         let security = (!ep.allow_spoofing).then_some(PortSecurity {
             mac: ep.mac,
             ipv4: ep.ipv4,
             ipv6: ep.ipv6,
         });
-        let dp = self
-            .nets
-            .get(&net.id)
-            .map(|rt| rt.dp)
-            .ok_or_else(|| internal("network not running"))?;
         let ips = endpoint_ips(ep);
         let addrs = ips.iter().map(|ip| (*ip, ep.mac)).collect();
         let port = match self.attach(
