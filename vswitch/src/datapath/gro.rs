@@ -47,6 +47,10 @@ fn segment(frame: &[u8]) -> Option<Segment> {
     if frame.len() < L4 + 20 || be16(frame, 12) != 0x0800 || frame[ETH] != 0x45 {
         return None;
     }
+    // The IP header is rebuilt for the super-frame: it must be sound.
+    if checksum(&frame[ETH..L4]) != 0 {
+        return None;
+    }
     let ip_len = usize::from(be16(frame, ETH + 2));
     if frame[ETH + 9] != 6 || ip_len > frame.len() - ETH || be16(frame, ETH + 6) & 0x3fff != 0 {
         return None;
@@ -295,6 +299,10 @@ mod tests {
         // A corrupt checksum.
         let mut bad = seg(1100, &data(1000, 0), TCP_ACK);
         bad.frame_mut()[L4 + 40] ^= 0xff;
+        assert!(!join(&mut run, &mut head, &bad));
+        // A corrupt IP header (TTL changed, checksum not).
+        let mut bad = seg(1100, &data(1000, 0), TCP_ACK);
+        bad.frame_mut()[ETH + 8] = 1;
         assert!(!join(&mut run, &mut head, &bad));
         // Another flow.
         let mut other = seg(1100, &data(1000, 0), TCP_ACK);

@@ -777,15 +777,31 @@ fn transmit(
             let Some(io) = trunk.queues.first_mut() else {
                 return;
             };
-            trunk.dirty = true;
+            // Frames queued on the AF_XDP ring leave at the next flush; a
+            // super-frame leaves at once. Flush first so that it cannot
+            // overtake earlier frames of its flow.
+            let queued = std::mem::replace(&mut trunk.dirty, true);
             let (vlan, l2bridge) = (*vlan, *l2bridge);
+            let mut whole_sent = None;
             if let (true, Some(whole)) = (pkt.vnet.is_gso(), trunk.super_frames.as_mut()) {
+                if queued {
+                    let _ = io.flush();
+                }
                 egress.fill(pkt.frame());
                 egress.vnet = pkt.vnet;
-                to_wire(whole.as_mut(), egress, vlan, l2bridge).map(|len| {
-                    trunk.counters.tx(len);
-                    (1, len)
-                })
+                match to_wire(whole.as_mut(), egress, vlan, l2bridge) {
+                    Ok(len) => {
+                        trunk.counters.tx(len);
+                        whole_sent = Some(Ok((1, len)));
+                    }
+                    // The socket's buffer is full: segment it instead
+                    // rather than lose 64 KiB.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS)) => {}
+                    Err(e) => whole_sent = Some(Err(e)),
+                }
+            }
+            if let Some(result) = whole_sent {
+                result
             } else if pkt.vnet.is_gso() {
                 // Segment in software; each segment goes out as it is made.
                 let mut result = Ok((0, 0));
@@ -853,7 +869,7 @@ fn to_wire(
             frame.vnet.csum_start += 4;
         }
         if frame.vnet.is_gso() && frame.vnet.hdr_len != 0 {
-            frame.vnet.hdr_len += 4;
+            frame.vnet.hdr_len = frame.vnet.hdr_len.saturating_add(4);
         }
     }
     io.send(frame)?;

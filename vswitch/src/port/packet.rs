@@ -17,6 +17,12 @@ use super::{Packet, PortIo};
 
 /// `SOL_PACKET` option: every frame starts with a virtio-net header.
 const PACKET_VNET_HDR: libc::c_int = 15;
+/// `SOL_PACKET` option: straight to the driver, as AF_XDP transmits, so
+/// the two paths keep a flow's order.
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
+/// Send buffer: room for dozens of super-frames waiting for a real NIC to
+/// complete them (the default holds about three).
+const SEND_BUFFER: libc::c_int = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PacketSocketError {
@@ -56,23 +62,41 @@ impl SuperFrameTx {
         }
         // SAFETY: raw is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let one: libc::c_int = 1;
-        // SAFETY: passes a live c_int of the size given.
-        let ret = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                PACKET_VNET_HDR,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
+        let set = |level, name, value: libc::c_int, call| {
+            // SAFETY: passes a live c_int of the size given.
+            let ret = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    level,
+                    name,
+                    (&value as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if ret < 0 {
+                Err(sys(call, io::Error::last_os_error()))
+            } else {
+                Ok(())
+            }
         };
-        if ret < 0 {
-            return Err(sys(
-                "setsockopt(PACKET_VNET_HDR)",
-                io::Error::last_os_error(),
-            ));
-        }
+        set(
+            libc::SOL_PACKET,
+            PACKET_VNET_HDR,
+            1,
+            "setsockopt(PACKET_VNET_HDR)",
+        )?;
+        set(
+            libc::SOL_PACKET,
+            PACKET_QDISC_BYPASS,
+            1,
+            "setsockopt(PACKET_QDISC_BYPASS)",
+        )?;
+        set(
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            SEND_BUFFER,
+            "setsockopt(SO_SNDBUFFORCE)",
+        )?;
         // SAFETY: an all-zero sockaddr_ll is valid; the fields that matter
         // are set below.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
