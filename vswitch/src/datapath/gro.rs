@@ -1,31 +1,73 @@
-//! Receive coalescing: joins consecutive TCP/IPv4 segments of one flow that
-//! arrived from an uplink into one super-frame (virtio-net GSO), the way the
-//! kernel's GRO does, so a TAP takes one write per super-frame instead of
-//! one per wire-sized segment.
+//! Receive coalescing: joins consecutive TCP segments of one flow (IPv4 or
+//! IPv6) that arrived from an uplink into one super-frame (virtio-net GSO),
+//! the way the kernel's GRO does, so a TAP takes one write per super-frame
+//! instead of one per wire-sized segment.
 //!
-//! Only plain bulk data is joined: same addresses, ports, TTL, TOS, ACK,
-//! window and TCP options, contiguous sequence numbers, no flags but ACK
-//! (PSH may end a run), no IP options or fragments, every segment but the
-//! last exactly as long as the first, and each segment's TCP checksum
-//! verified first so a corrupt one is never passed on as good. Anything
-//! else is left as it came.
+//! Only plain bulk data is joined: same addresses, ports, TTL or hop limit,
+//! TOS or traffic class, ACK, window and TCP options, contiguous sequence
+//! numbers, no flags but ACK (PSH may end a run), no IPv4 options or
+//! fragments and no IPv6 extension headers, every segment but the last
+//! exactly as long as the first, and each segment's checksums verified
+//! first so a corrupt one is never passed on as good. Anything else is left
+//! as it came.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::port::{Packet, VirtioNetHdr};
-use crate::wire::{checksum, pseudo_header_v4, IpProtocol};
+use crate::wire::{checksum, pseudo_header_v4, pseudo_header_v6, Checksum, IpProtocol};
 
 const ETH: usize = 14;
-const IP: usize = 20;
-const L4: usize = ETH + IP;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
 const GSO_TCPV4: u8 = 1;
-/// Largest IPv4 packet a super-frame may describe.
+const GSO_TCPV6: u8 = 4;
+/// Largest IP length field a super-frame may carry.
 const MAX_IP_LEN: usize = 65535;
 
-/// A TCP/IPv4 segment's facts, when it is one that may be joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn header_len(self) -> usize {
+        match self {
+            Family::V4 => 20,
+            Family::V6 => 40,
+        }
+    }
+
+    /// The pseudo-header sum of a TCP segment of `l4_len` bytes in `frame`.
+    fn pseudo(self, frame: &[u8], l4_len: usize) -> Checksum {
+        match self {
+            Family::V4 => {
+                let a: [u8; 4] = frame[ETH + 12..ETH + 16].try_into().expect("4 bytes");
+                let b: [u8; 4] = frame[ETH + 16..ETH + 20].try_into().expect("4 bytes");
+                pseudo_header_v4(
+                    Ipv4Addr::from(a),
+                    Ipv4Addr::from(b),
+                    IpProtocol::Tcp,
+                    l4_len as u16,
+                )
+            }
+            Family::V6 => {
+                let a: [u8; 16] = frame[ETH + 8..ETH + 24].try_into().expect("16 bytes");
+                let b: [u8; 16] = frame[ETH + 24..ETH + 40].try_into().expect("16 bytes");
+                pseudo_header_v6(
+                    Ipv6Addr::from(a),
+                    Ipv6Addr::from(b),
+                    IpProtocol::Tcp,
+                    l4_len as u32,
+                )
+            }
+        }
+    }
+}
+
+/// A TCP segment's facts, when it is one that may be joined.
 struct Segment {
+    family: Family,
     tcp_len: usize,
     payload: usize,
     seq: u32,
@@ -40,72 +82,83 @@ fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// Parses `frame` as a joinable segment: IPv4 without options or
-/// fragments, TCP with only ACK (and maybe PSH) set, data, and a correct
-/// TCP checksum.
+/// Parses `frame` as a joinable segment: IPv4 without options or fragments
+/// (and a sound header), or IPv6 with TCP right after the fixed header; TCP
+/// with only ACK (and maybe PSH) set, data, and a correct checksum.
 fn segment(frame: &[u8]) -> Option<Segment> {
-    if frame.len() < L4 + 20 || be16(frame, 12) != 0x0800 || frame[ETH] != 0x45 {
+    if frame.len() < ETH + 40 + 20 {
         return None;
     }
-    // The IP header is rebuilt for the super-frame: it must be sound.
-    if checksum(&frame[ETH..L4]) != 0 {
+    let (family, ip_len) = match be16(frame, 12) {
+        0x0800 => {
+            // The IPv4 header is rebuilt for the super-frame: it must be sound.
+            let fixed = frame[ETH] == 0x45
+                && frame[ETH + 9] == 6
+                && be16(frame, ETH + 6) & 0x3fff == 0
+                && checksum(&frame[ETH..ETH + 20]) == 0;
+            if !fixed {
+                return None;
+            }
+            (Family::V4, usize::from(be16(frame, ETH + 2)))
+        }
+        0x86dd => {
+            if frame[ETH] >> 4 != 6 || frame[ETH + 6] != 6 {
+                return None;
+            }
+            (Family::V6, 40 + usize::from(be16(frame, ETH + 4)))
+        }
+        _ => return None,
+    };
+    let ip = family.header_len();
+    let l4 = ETH + ip;
+    if ip_len > frame.len() - ETH || ip_len < ip + 20 {
         return None;
     }
-    let ip_len = usize::from(be16(frame, ETH + 2));
-    if frame[ETH + 9] != 6 || ip_len > frame.len() - ETH || be16(frame, ETH + 6) & 0x3fff != 0 {
-        return None;
-    }
-    let tcp_len = usize::from(frame[L4 + 12] >> 4) * 4;
-    let flags = frame[L4 + 13];
+    let tcp_len = usize::from(frame[l4 + 12] >> 4) * 4;
+    let flags = frame[l4 + 13];
     if tcp_len < 20
-        || IP + tcp_len >= ip_len
+        || ip + tcp_len >= ip_len
         || flags & !(TCP_ACK | TCP_PSH) != 0
         || flags & TCP_ACK == 0
     {
         return None;
     }
-    let src = Ipv4Addr::new(
-        frame[ETH + 12],
-        frame[ETH + 13],
-        frame[ETH + 14],
-        frame[ETH + 15],
-    );
-    let dst = Ipv4Addr::new(
-        frame[ETH + 16],
-        frame[ETH + 17],
-        frame[ETH + 18],
-        frame[ETH + 19],
-    );
-    let l4 = &frame[L4..ETH + ip_len];
-    let mut sum = pseudo_header_v4(src, dst, IpProtocol::Tcp, l4.len() as u16);
-    if sum.add_bytes(l4).finish() != 0 {
+    let tcp = &frame[l4..ETH + ip_len];
+    if family.pseudo(frame, tcp.len()).add_bytes(tcp).finish() != 0 {
         return None;
     }
     Some(Segment {
+        family,
         tcp_len,
-        payload: ip_len - IP - tcp_len,
-        seq: be32(frame, L4 + 4),
+        payload: ip_len - ip - tcp_len,
+        seq: be32(frame, l4 + 4),
         flags,
     })
 }
 
 /// Whether `next` continues `head`'s flow: everything in the IP and TCP
-/// headers equal but the IP length, ID and checksum, and the TCP sequence
-/// number, flags and checksum.
-fn same_flow(head: &[u8], next: &[u8], tcp_len: usize) -> bool {
+/// headers equal but the lengths, the IPv4 ID and checksum, and the TCP
+/// sequence number, flags and checksum.
+fn same_flow(head: &[u8], next: &[u8], family: Family, tcp_len: usize) -> bool {
     let same = |r: std::ops::Range<usize>| head[r.clone()] == next[r];
-    same(0..12)                          // MACs
-        && same(ETH..ETH + 2)            // version, IHL, TOS
-        && same(ETH + 6..ETH + 10)       // flags, TTL, protocol
-        && same(ETH + 12..L4)            // addresses
-        && same(L4..L4 + 4)              // ports
-        && same(L4 + 8..L4 + 13)         // ack, data offset
-        && same(L4 + 14..L4 + 16)        // window
-        && same(L4 + 18..L4 + tcp_len) // urgent pointer, options
+    let l4 = ETH + family.header_len();
+    let ip_same = match family {
+        // version, IHL, TOS; flags, TTL, protocol; addresses
+        Family::V4 => same(ETH..ETH + 2) && same(ETH + 6..ETH + 10) && same(ETH + 12..l4),
+        // version, traffic class, flow label; next header, hop limit, addresses
+        Family::V6 => same(ETH..ETH + 4) && same(ETH + 6..l4),
+    };
+    same(0..12)                         // MACs
+        && ip_same
+        && same(l4..l4 + 4)             // ports
+        && same(l4 + 8..l4 + 13)        // ack, data offset
+        && same(l4 + 14..l4 + 16)       // window
+        && same(l4 + 18..l4 + tcp_len) // urgent pointer, options
 }
 
 /// A run of segments being joined in the first one's buffer.
 pub struct Run {
+    family: Family,
     tcp_len: usize,
     mss: usize,
     /// Payload bytes joined so far.
@@ -116,6 +169,12 @@ pub struct Run {
     segments: usize,
 }
 
+impl Run {
+    fn l4(&self) -> usize {
+        ETH + self.family.header_len()
+    }
+}
+
 /// Starts a run at `head` if it is a joinable segment.
 pub fn start(head: &Packet) -> Option<Run> {
     if head.vnet.is_gso() {
@@ -123,6 +182,7 @@ pub fn start(head: &Packet) -> Option<Run> {
     }
     let s = segment(head.frame())?;
     Some(Run {
+        family: s.family,
         tcp_len: s.tcp_len,
         mss: s.payload,
         payload: s.payload,
@@ -141,12 +201,18 @@ pub fn join(run: &mut Run, head: &mut Packet, next: &Packet) -> bool {
     let Some(s) = segment(next.frame()) else {
         return false;
     };
-    let hdrs = L4 + run.tcp_len;
-    if s.tcp_len != run.tcp_len
+    let l4 = run.l4();
+    let hdrs = l4 + run.tcp_len;
+    let ip_field = match run.family {
+        Family::V4 => hdrs - ETH,
+        Family::V6 => run.tcp_len,
+    };
+    if s.family != run.family
+        || s.tcp_len != run.tcp_len
         || s.seq != run.next_seq
         || s.payload > run.mss
-        || IP + run.tcp_len + run.payload + s.payload > MAX_IP_LEN
-        || !same_flow(head.frame(), next.frame(), run.tcp_len)
+        || ip_field + run.payload + s.payload > MAX_IP_LEN
+        || !same_flow(head.frame(), next.frame(), run.family, run.tcp_len)
     {
         return false;
     }
@@ -155,7 +221,7 @@ pub fn join(run: &mut Run, head: &mut Packet, next: &Packet) -> bool {
     head.set_len(at + s.payload);
     head.frame_mut()[at..].copy_from_slice(data);
     // PSH travels with the last segment.
-    head.frame_mut()[L4 + 13] |= s.flags & TCP_PSH;
+    head.frame_mut()[l4 + 13] |= s.flags & TCP_PSH;
     run.payload += s.payload;
     run.next_seq = run.next_seq.wrapping_add(s.payload as u32);
     run.closed = s.payload < run.mss || s.flags & TCP_PSH != 0;
@@ -163,29 +229,38 @@ pub fn join(run: &mut Run, head: &mut Packet, next: &Packet) -> bool {
     true
 }
 
-/// Turns a run of two or more segments into a super-frame: IP length and
-/// checksum, a TCP checksum left for the receiver (its pseudo-header sum,
-/// as for any checksum offload), and the virtio-net header describing it.
+/// Turns a run of two or more segments into a super-frame: IP length (and
+/// IPv4 checksum), a TCP checksum left for the receiver (its pseudo-header
+/// sum, as for any checksum offload), and the virtio-net header describing
+/// it.
 pub fn finish(run: &Run, head: &mut Packet) {
     if run.segments < 2 {
         return;
     }
-    let ip_len = IP + run.tcp_len + run.payload;
+    let l4 = run.l4();
+    let l4_len = run.tcp_len + run.payload;
     let f = head.frame_mut();
-    f[ETH + 2..ETH + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
-    f[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
-    let c = checksum(&f[ETH..L4]);
-    f[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
-    let src = Ipv4Addr::new(f[ETH + 12], f[ETH + 13], f[ETH + 14], f[ETH + 15]);
-    let dst = Ipv4Addr::new(f[ETH + 16], f[ETH + 17], f[ETH + 18], f[ETH + 19]);
-    let partial = pseudo_header_v4(src, dst, IpProtocol::Tcp, (ip_len - IP) as u16).folded();
-    f[L4 + 16..L4 + 18].copy_from_slice(&partial.to_be_bytes());
+    let gso_type = match run.family {
+        Family::V4 => {
+            f[ETH + 2..ETH + 4].copy_from_slice(&((l4 - ETH + l4_len) as u16).to_be_bytes());
+            f[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
+            let c = checksum(&f[ETH..l4]);
+            f[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
+            GSO_TCPV4
+        }
+        Family::V6 => {
+            f[ETH + 4..ETH + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            GSO_TCPV6
+        }
+    };
+    let partial = run.family.pseudo(f, l4_len).folded();
+    f[l4 + 16..l4 + 18].copy_from_slice(&partial.to_be_bytes());
     head.vnet = VirtioNetHdr {
         flags: VirtioNetHdr::F_NEEDS_CSUM,
-        gso_type: GSO_TCPV4,
-        hdr_len: (L4 + run.tcp_len) as u16,
+        gso_type,
+        hdr_len: (l4 + run.tcp_len) as u16,
         gso_size: run.mss as u16,
-        csum_start: L4 as u16,
+        csum_start: l4 as u16,
         csum_offset: 16,
     };
 }
@@ -194,6 +269,9 @@ pub fn finish(run: &Run, head: &mut Packet) {
 mod tests {
     use super::*;
     use crate::datapath::gso;
+
+    const IP: usize = 20;
+    const L4: usize = ETH + IP;
 
     /// A TCP/IPv4 segment of flow 10.0.0.1:1000 -> 10.0.0.2:2000 with a
     /// correct checksum.
@@ -267,6 +345,69 @@ mod tests {
                 segs[i].frame()[ETH + 12..],
                 "segment {i}"
             );
+            i += 1;
+            true
+        })
+        .expect("segments");
+        assert_eq!(i, 3);
+    }
+
+    /// The IPv6 twin of `seg`: fd00::1 -> fd00::2.
+    fn seg6(seq: u32, payload: &[u8], flags: u8) -> Packet {
+        let (src, dst): (Ipv6Addr, Ipv6Addr) =
+            ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap());
+        let l4 = ETH + 40;
+        let mut f = vec![0u8; l4 + 20 + payload.len()];
+        f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[ETH] = 0x60;
+        f[ETH + 4..ETH + 6].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        f[ETH + 6] = 6;
+        f[ETH + 7] = 64;
+        f[ETH + 8..ETH + 24].copy_from_slice(&src.octets());
+        f[ETH + 24..ETH + 40].copy_from_slice(&dst.octets());
+        f[l4..l4 + 4].copy_from_slice(&[0x03, 0xe8, 0x07, 0xd0]);
+        f[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+        f[l4 + 8..l4 + 12].copy_from_slice(&77u32.to_be_bytes());
+        f[l4 + 12] = 5 << 4;
+        f[l4 + 13] = flags;
+        f[l4 + 14..l4 + 16].copy_from_slice(&512u16.to_be_bytes());
+        f[l4 + 20..].copy_from_slice(payload);
+        let len = (20 + payload.len()) as u32;
+        let c = pseudo_header_v6(src, dst, IpProtocol::Tcp, len)
+            .add_bytes(&f[l4..])
+            .finish();
+        f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+        let mut p = Packet::new();
+        p.fill(&f);
+        p
+    }
+
+    #[test]
+    fn ipv6_runs_join_and_split_back() {
+        let segs = [
+            seg6(5, &data(1200, 0), TCP_ACK),
+            seg6(1205, &data(1200, 1200), TCP_ACK),
+            seg6(2405, &data(10, 2400), TCP_ACK),
+        ];
+        let mut head = Packet::new();
+        head.fill(segs[0].frame());
+        let mut run = start(&head).expect("joinable");
+        assert!(join(&mut run, &mut head, &segs[1]));
+        assert!(join(&mut run, &mut head, &segs[2]));
+        // An IPv4 segment never joins an IPv6 run.
+        assert!(!join(
+            &mut run,
+            &mut head,
+            &seg(2415, &data(10, 0), TCP_ACK)
+        ));
+        finish(&run, &mut head);
+        assert_eq!(head.vnet.gso_type, GSO_TCPV6);
+        let mut out = Packet::new();
+        let mut i = 0;
+        gso::segment(&head, &mut out, |s| {
+            assert_eq!(s.frame(), segs[i].frame(), "segment {i}");
             i += 1;
             true
         })

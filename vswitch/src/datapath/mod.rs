@@ -525,40 +525,43 @@ impl Worker {
             broken,
             &slot.counters,
         );
-        // Untagged frames of a network whose vNICs take super-frames are
-        // joined per flow first (see gro.rs).
-        let untagged = slot.members.get(&0).copied();
-        let t = &self.tables;
-        let coalesce = untagged
-            .and_then(|p| t.ports.get(&p))
-            .and_then(|p| t.nets.get(&p.net))
-            .is_some_and(|n| n.offload);
-        if !coalesce {
-            for pkt in &mut self.batch[..n] {
-                self.tables.receive_from_trunk(trunk, pkt, now);
-            }
-            return;
+        // Untag each frame and find its network's uplink port.
+        let mut member: [Option<PortId>; BATCH] = [None; BATCH];
+        for (i, pkt) in self.batch[..n].iter_mut().enumerate() {
+            member[i] = self.tables.untag(trunk, pkt);
         }
+        // Join runs of one flow into super-frames (see gro.rs) where the
+        // network's vNICs take them; a run's frames share a port.
         let mut run: Option<(usize, gro::Run)> = None;
         for i in 0..n {
+            let Some(port) = member[i] else {
+                continue;
+            };
             if let Some((h, r)) = &mut run {
                 let (done, rest) = self.batch.split_at_mut(i);
-                if gro::join(r, &mut done[*h], &rest[0]) {
+                if member[*h] == Some(port) && gro::join(r, &mut done[*h], &rest[0]) {
                     continue;
                 }
                 gro::finish(r, &mut done[*h]);
-                self.tables.receive_from_trunk(trunk, &mut done[*h], now);
-            }
-            run = gro::start(&self.batch[i]).map(|r| (i, r));
-            if run.is_none() {
                 self.tables
-                    .receive_from_trunk(trunk, &mut self.batch[i], now);
+                    .receive(member[*h].expect("a run has a port"), &mut done[*h], now);
+            }
+            run = if self.tables.takes_super_frames(port) {
+                gro::start(&self.batch[i]).map(|r| (i, r))
+            } else {
+                None
+            };
+            if run.is_none() {
+                self.tables.receive(port, &mut self.batch[i], now);
             }
         }
         if let Some((h, r)) = &run {
             gro::finish(r, &mut self.batch[*h]);
-            self.tables
-                .receive_from_trunk(trunk, &mut self.batch[*h], now);
+            self.tables.receive(
+                member[*h].expect("a run has a port"),
+                &mut self.batch[*h],
+                now,
+            );
         }
     }
 }
@@ -596,11 +599,10 @@ fn receive(
 }
 
 impl Tables {
-    /// A frame from the wire: find the network by its VLAN tag, untag it.
-    fn receive_from_trunk(&mut self, trunk: TrunkId, pkt: &mut Packet, now: Instant) {
-        let Some(slot) = self.trunks.get(&trunk) else {
-            return;
-        };
+    /// A frame from the wire: untags it and returns the uplink port of the
+    /// network its VLAN tag names (0: untagged).
+    fn untag(&mut self, trunk: TrunkId, pkt: &mut Packet) -> Option<PortId> {
+        let slot = self.trunks.get(&trunk)?;
         let len = pkt.frame().len();
         slot.counters.rx(len);
         let vlan = match vlan_pop(pkt.buffer_mut(), len) {
@@ -610,10 +612,17 @@ impl Tables {
             }
             None => 0,
         };
-        match slot.members.get(&vlan) {
-            Some(&port) => self.receive(port, pkt, now),
-            None => slot.counters.dropped(DropReason::UnknownVlan),
+        let port = slot.members.get(&vlan).copied();
+        if port.is_none() {
+            slot.counters.dropped(DropReason::UnknownVlan);
         }
+        port
+    }
+
+    /// Whether the vNICs of `port`'s network take super-frames.
+    fn takes_super_frames(&self, port: PortId) -> bool {
+        let net = self.ports.get(&port).and_then(|p| self.nets.get(&p.net));
+        net.is_some_and(|n| n.offload)
     }
 
     fn receive(&mut self, in_port: PortId, pkt: &mut Packet, now: Instant) {
