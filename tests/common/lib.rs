@@ -521,20 +521,7 @@ impl Fabric {
         ]);
         f.fabric.ok(&["ip", "link", "set", FABRIC_BRIDGE, "up"]);
         let peer = format!("vo{}", tag());
-        f.outside.ok(&[
-            "ip",
-            "link",
-            "add",
-            OUTSIDE_IF,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            &f.fabric.name,
-        ]);
-        f.plug(&peer);
+        f.connect(&f.outside, OUTSIDE_IF, &peer);
         f.outside.ok(&["ip", "link", "set", OUTSIDE_IF, "up"]);
         f
     }
@@ -543,12 +530,27 @@ impl Fabric {
     /// offloads off: the frames it sends are what the uplink receives, and
     /// AF_XDP in copy mode gets them as the kernel had them, so a partial
     /// checksum or an out-of-band VLAN tag would reach the switch unfinished.
-    fn plug(&self, ifname: &str) {
-        self.fabric
-            .ok(&["ip", "link", "set", ifname, "master", FABRIC_BRIDGE]);
-        self.fabric
-            .ok(&["ethtool", "-K", ifname, "tx", "off", "txvlan", "off"]);
-        self.fabric.ok(&["ip", "link", "set", ifname, "up"]);
+    /// A veth `name` in `ns` whose peer `peer` is on the fabric bridge,
+    /// with the peer's TX checksum and VLAN offloads off (AF_XDP in copy
+    /// mode would see partial checksums and out-of-band tags).
+    fn connect(&self, ns: &Netns, name: &str, peer: &str) {
+        ns.ok(&[
+            "ip",
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            &self.fabric.name,
+        ]);
+        let fabric = &self.fabric;
+        fabric.ok(&["ip", "link", "set", peer, "master", FABRIC_BRIDGE]);
+        fabric.ok(&["ethtool", "-K", peer, "tx", "off", "txvlan", "off"]);
+        fabric.ok(&["ip", "link", "set", peer, "up"]);
     }
 
     /// A new uplink for the host: a veth in `host` (returned name) whose
@@ -557,20 +559,7 @@ impl Fabric {
     pub fn add_uplink(&self, addrs: &[&str]) -> String {
         let t = tag();
         let (up, peer) = (format!("vu{t}"), format!("vp{t}"));
-        self.host.ok(&[
-            "ip",
-            "link",
-            "add",
-            &up,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            &self.fabric.name,
-        ]);
-        self.plug(&peer);
+        self.connect(&self.host, &up, &peer);
         for a in addrs {
             add_addr(&self.host, &up, a);
         }
@@ -591,20 +580,7 @@ impl Fabric {
     pub fn outside_vlan(&self, vid: u16) -> String {
         let name = format!("vlan{vid}");
         let peer = format!("vo{}", tag());
-        self.outside.ok(&[
-            "ip",
-            "link",
-            "add",
-            &name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            &self.fabric.name,
-        ]);
-        self.plug(&peer);
+        self.connect(&self.outside, &name, &peer);
         let obj = vlan_access_program(vid);
         let obj_path = obj.to_str().expect("temp path is UTF-8");
         let attached = std::panic::catch_unwind(|| {

@@ -138,13 +138,8 @@ pub fn ingress(frame: &mut [u8], uplink: MacAddr, locals: &Locals, reply: &mut P
             let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
                 return Ingress::NotLocal;
             };
-            match locals.get(&IpAddr::V4(ip.dst())) {
-                Some(&owner) => {
-                    eth.set_dst(owner);
-                    Ingress::Forward
-                }
-                None => Ingress::NotLocal,
-            }
+            let dst = IpAddr::V4(ip.dst());
+            deliver_by_ip(&mut eth, locals, dst)
         }
         EtherType::Ipv6 => {
             let Ok(ip) = Ipv6Packet::new_checked(eth.payload()) else {
@@ -164,15 +159,22 @@ pub fn ingress(frame: &mut [u8], uplink: MacAddr, locals: &Locals, reply: &mut P
             if !to_uplink {
                 return Ingress::Forward;
             }
-            match locals.get(&IpAddr::V6(ip.dst())) {
-                Some(&owner) => {
-                    eth.set_dst(owner);
-                    Ingress::Forward
-                }
-                None => Ingress::NotLocal,
-            }
+            let dst = IpAddr::V6(ip.dst());
+            deliver_by_ip(&mut eth, locals, dst)
         }
         _ => Ingress::Forward,
+    }
+}
+
+/// A frame to the uplink's MAC goes to the endpoint owning its destination
+/// IP, with that endpoint's MAC put back in; to no endpoint, it is not ours.
+fn deliver_by_ip(eth: &mut EthernetFrame<&mut [u8]>, locals: &Locals, dst: IpAddr) -> Ingress {
+    match locals.get(&dst) {
+        Some(&owner) => {
+            eth.set_dst(owner);
+            Ingress::Forward
+        }
+        None => Ingress::NotLocal,
     }
 }
 
