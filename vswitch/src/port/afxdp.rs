@@ -12,8 +12,8 @@
 //! - A frame must fit one chunk: at most [`MAX_FRAME_LEN`] (4096) bytes with
 //!   its Ethernet header, so the uplink MTU must stay at or below 4078 (4074
 //!   with a VLAN tag). Drivers running native XDP usually cap the MTU lower
-//!   (about 3.5 KB for veth). Longer received frames are dropped by the kernel
-//!   (see [`XskPort::kernel_stats`]); longer sends are refused.
+//!   (about 3.5 KB for veth). Longer received frames are dropped by the
+//!   kernel; longer sends are refused.
 //! - No offloads: GSO super-frames are refused with `InvalidInput` (the
 //!   datapath counts them; TAPs must segment first), and a frame marked
 //!   `F_NEEDS_CSUM` gets its checksum computed in software on the way out.
@@ -79,18 +79,6 @@ fn last_error(call: &'static str) -> XskError {
         call,
         source: io::Error::last_os_error(),
     }
-}
-
-/// Kernel-side counters of the socket (`XDP_STATISTICS`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct XskKernelStats {
-    /// Frames dropped for lack of a fill chunk or because they were too long.
-    pub rx_dropped: u64,
-    pub rx_invalid_descs: u64,
-    pub tx_invalid_descs: u64,
-    pub rx_ring_full: u64,
-    pub rx_fill_ring_empty_descs: u64,
-    pub tx_ring_empty_descs: u64,
 }
 
 /// An anonymous or socket mapping, unmapped on drop.
@@ -431,34 +419,6 @@ impl XskPort {
     /// True when bound in zero-copy mode (the driver owns the UMEM).
     pub fn is_zero_copy(&self) -> bool {
         self.zero_copy
-    }
-
-    /// The kernel's counters for this socket.
-    pub fn kernel_stats(&self) -> io::Result<XskKernelStats> {
-        // SAFETY: xdp_statistics is plain data; all-zero is valid.
-        let mut st: libc::xdp_statistics = unsafe { std::mem::zeroed() };
-        let mut optlen = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
-        // SAFETY: st and optlen are valid for writing the sizes given.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_XDP,
-                libc::XDP_STATISTICS,
-                (&mut st as *mut libc::xdp_statistics).cast(),
-                &mut optlen,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(XskKernelStats {
-            rx_dropped: st.rx_dropped,
-            rx_invalid_descs: st.rx_invalid_descs,
-            tx_invalid_descs: st.tx_invalid_descs,
-            rx_ring_full: st.rx_ring_full,
-            rx_fill_ring_empty_descs: st.rx_fill_ring_empty_descs,
-            tx_ring_empty_descs: st.tx_ring_empty_descs,
-        })
     }
 
     /// The UMEM chunk at `addr`, `len` bytes long.

@@ -13,7 +13,6 @@
 //! [`crate::netns::Netns::run`]); its file descriptor keeps working when the
 //! link is later moved to another namespace.
 
-use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -25,7 +24,6 @@ use super::{Packet, PortIo, VirtioNetHdr, VNET_HDR_LEN};
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 
 const IFF_TAP: libc::c_short = 0x0002;
@@ -204,24 +202,6 @@ impl Tap {
         &self.name
     }
 
-    /// The device's name now, as the kernel knows it (it changes when the
-    /// link is renamed, e.g. while moving it into a container).
-    pub fn current_name(&self) -> Result<String, TapError> {
-        let mut req = IfReq {
-            name: [0; IFNAMSIZ],
-            flags: 0,
-            _pad: [0; 22],
-        };
-        // SAFETY: TUNGETIFF writes a struct ifreq; req is one.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNGETIFF as _, &mut req) } < 0 {
-            return Err(self.sys("TUNGETIFF", io::Error::last_os_error()));
-        }
-        let name = CStr::from_bytes_until_nul(&req.name)
-            .map(|c| c.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Ok(name)
-    }
-
     pub fn offload(&self) -> bool {
         self.offload
     }
@@ -384,7 +364,6 @@ mod tests {
         t.netns()
             .run(|| {
                 let tap = Tap::create("vstap0", true).unwrap();
-                assert_eq!(tap.current_name().unwrap(), "vstap0");
                 let info = Netlink::open()
                     .unwrap()
                     .link_info("vstap0")
