@@ -837,6 +837,12 @@ fn transmit(
                 // A super-frame can fill the TX ring: push it out now.
                 let _ = io.flush();
                 result
+            } else if vlan == 0 && l2bridge.is_none() {
+                // Nothing to change: no copy.
+                io.send(pkt).map(|()| {
+                    trunk.counters.tx(pkt.frame().len());
+                    (1, pkt.frame().len())
+                })
             } else {
                 egress.fill(pkt.frame());
                 egress.vnet = pkt.vnet;
