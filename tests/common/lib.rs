@@ -549,7 +549,6 @@ impl Fabric {
         ]);
         let fabric = &self.fabric;
         fabric.ok(&["ip", "link", "set", peer, "master", FABRIC_BRIDGE]);
-        fabric.ok(&["ethtool", "-K", peer, "tx", "off", "txvlan", "off"]);
         fabric.ok(&["ip", "link", "set", peer, "up"]);
     }
 
