@@ -16,6 +16,8 @@ mod forward;
 mod gro;
 mod gso;
 mod l2bridge;
+#[cfg(test)]
+mod props;
 
 use std::collections::HashMap;
 use std::io;
