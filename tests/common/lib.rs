@@ -150,6 +150,10 @@ pub struct Daemon {
     netns: Option<String>,
     /// Extra command-line arguments, passed again on every (re)spawn.
     extra_args: Vec<String>,
+    /// Substrings of the warnings and errors this test provokes on purpose;
+    /// any other WARN or ERROR line in the daemon's log fails the test when
+    /// the daemon is dropped (as in Open vSwitch's system tests).
+    expected_log: std::sync::Mutex<Vec<String>>,
 }
 
 impl Daemon {
@@ -168,6 +172,7 @@ impl Daemon {
             child: None,
             netns,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            expected_log: std::sync::Mutex::new(Vec::new()),
         };
         d.spawn();
         d
@@ -244,6 +249,26 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Declares that a WARN or ERROR line containing `pattern` is expected
+    /// in this daemon's log (the test provokes it on purpose).
+    pub fn expect_log(&self, pattern: &str) {
+        self.expected_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pattern.to_owned());
+    }
+
+    /// WARN and ERROR lines of the log that no [`Daemon::expect_log`]
+    /// pattern covers.
+    pub fn unexpected_log_lines(&self) -> Vec<String> {
+        let expected = self
+            .expected_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        unexpected_warnings(&self.log(), &expected)
     }
 
     /// Runs `vswitchctl --socket <ours> args...`.
@@ -365,15 +390,34 @@ impl Drop for Daemon {
         if result.is_err() {
             self.kill9();
         }
-        if std::thread::panicking() {
-            eprintln!(
-                "--- vswitchd log ({}) ---\n{}",
-                self.dir.display(),
-                self.log()
-            );
+        let log = self.log();
+        let unexpected = self.unexpected_log_lines();
+        let failing = std::thread::panicking() || !unexpected.is_empty();
+        if failing {
+            eprintln!("--- vswitchd log ({}) ---\n{log}", self.dir.display());
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if !std::thread::panicking() && !unexpected.is_empty() {
+            panic!(
+                "vswitchd logged warnings the test did not expect:\n{}",
+                unexpected.join("\n")
+            );
+        }
     }
+}
+
+/// The WARN and ERROR lines of a `tracing` log that contain none of
+/// `expected`.
+pub fn unexpected_warnings(log: &str, expected: &[String]) -> Vec<String> {
+    log.lines()
+        .filter(|line| {
+            line.split_whitespace()
+                .nth(1)
+                .is_some_and(|level| level == "WARN" || level == "ERROR")
+        })
+        .filter(|line| !expected.iter().any(|p| line.contains(p.as_str())))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A child process killed (by its PID) when dropped.
@@ -863,5 +907,24 @@ impl Drop for Capture {
         drop(self.child.take());
         let _ = std::fs::remove_file(&self.pcap);
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unexpected_warnings;
+
+    #[test]
+    fn warnings_fail_unless_expected() {
+        let log = "2026-12-01T20:35:01.1Z  INFO vswitch: vswitchd ready\n\
+                   2026-12-01T20:35:02.1Z  WARN vswitch::control: endpoint detached endpoint=a\n\
+                   2026-12-01T20:35:03.1Z ERROR vswitch::control: network not restored network=n\n\
+                   a line that merely mentions WARN\n";
+        assert_eq!(unexpected_warnings(log, &[]).len(), 2);
+        let one = unexpected_warnings(log, &["endpoint detached".to_owned()]);
+        assert_eq!(one.len(), 1);
+        assert!(one[0].contains("network not restored"));
+        let none = unexpected_warnings(log, &["detached".to_owned(), "not restored".to_owned()]);
+        assert!(none.is_empty());
     }
 }

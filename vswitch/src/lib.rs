@@ -11,6 +11,7 @@ pub mod control;
 pub mod datapath;
 pub mod ebpf;
 pub mod fdb;
+pub mod ifname;
 pub mod netns;
 pub mod port;
 pub mod sys;

@@ -90,9 +90,13 @@ impl NetworkOptions {
                     }
                 }
                 "interface" => {
-                    if value.is_empty() || value.len() > 15 || value.contains(['/', ' ', ':']) {
-                        return Err(invalid(key, "an interface name of 1-15 bytes", value));
-                    }
+                    crate::ifname::IfName::new(value).map_err(|e| {
+                        ApiError::new(
+                            ErrorKind::InvalidArgument,
+                            Some("options.interface"),
+                            format!("'{value}' is not an interface name: {e}"),
+                        )
+                    })?;
                     parsed.interface = Some(value.clone());
                 }
                 "vlanid" => parsed.vlan = number(key, value, 1..=4094)? as u16,

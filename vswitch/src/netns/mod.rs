@@ -223,7 +223,12 @@ fn validate_name(name: &str) -> Result<(), NetnsError> {
     })
 }
 
-/// Opens `path` and checks that it is a network namespace.
+/// Opens `path` and checks that it is a network namespace, without ever
+/// blocking: a request may name any file, and a FIFO (or a device) opened
+/// for reading would wait for a writer with the control plane stalled
+/// behind it. So the path is first opened with `O_PATH`, which opens
+/// nothing but the name, and only once `fstatfs` says it lives on nsfs is it
+/// opened for real, through `/proc/self/fd` so that it is the same file.
 fn open_netns(path: &Path) -> Result<OwnedFd, NetnsError> {
     let sys = |call, source| NetnsError::Sys {
         call,
@@ -235,7 +240,7 @@ fn open_netns(path: &Path) -> Result<OwnedFd, NetnsError> {
         reason: "contains NUL",
     })?;
     // SAFETY: cpath is a valid NUL-terminated string for the call.
-    let raw = unsafe { libc::open(cpath.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let raw = unsafe { libc::open(cpath.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
     if raw < 0 {
         let err = io::Error::last_os_error();
         return Err(match err.raw_os_error() {
@@ -246,32 +251,41 @@ fn open_netns(path: &Path) -> Result<OwnedFd, NetnsError> {
         });
     }
     // SAFETY: raw is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let name_only = unsafe { OwnedFd::from_raw_fd(raw) };
 
-    // SAFETY: NS_GET_NSTYPE takes no argument and only inspects fd.
-    let nstype = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE as _) };
-    if nstype >= 0 {
-        return if nstype == libc::CLONE_NEWNET {
-            Ok(fd)
-        } else {
-            Err(NetnsError::NotNetns {
-                path: path.to_path_buf(),
-            })
-        };
-    }
-    // NS_GET_NSTYPE exists since Linux 4.11; on older kernels settle for
-    // "is a namespace file" and let setns(CLONE_NEWNET) reject other types.
     let mut sfs = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: fd is open; sfs is writable and read only after success.
-    if unsafe { libc::fstatfs(fd.as_raw_fd(), sfs.as_mut_ptr()) } < 0 {
+    // SAFETY: the fd is open (fstatfs takes O_PATH descriptors); sfs is
+    // writable and read only after success.
+    if unsafe { libc::fstatfs(name_only.as_raw_fd(), sfs.as_mut_ptr()) } < 0 {
         return Err(sys("fstatfs", io::Error::last_os_error()));
     }
     // SAFETY: fstatfs succeeded, so sfs is initialised.
     let f_type = unsafe { sfs.assume_init() }.f_type;
     // f_type's width and sign vary by architecture.
     #[allow(clippy::unnecessary_cast)]
-    let is_nsfs = f_type as i64 == NSFS_MAGIC;
-    if is_nsfs {
+    if f_type as i64 != NSFS_MAGIC {
+        return Err(NetnsError::NotNetns {
+            path: path.to_path_buf(),
+        });
+    }
+    // An nsfs file: opening it cannot block or have side effects.
+    let proc_path = CString::new(format!("/proc/self/fd/{}", name_only.as_raw_fd()))
+        .expect("no NUL in a number");
+    // SAFETY: proc_path is a valid NUL-terminated string for the call.
+    let raw = unsafe { libc::open(proc_path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(sys("open", io::Error::last_os_error()));
+    }
+    // SAFETY: raw is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+
+    // SAFETY: NS_GET_NSTYPE takes no argument and only inspects fd, an
+    // nsfs file.
+    let nstype = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if nstype < 0 {
+        return Err(sys("ioctl(NS_GET_NSTYPE)", io::Error::last_os_error()));
+    }
+    if nstype == libc::CLONE_NEWNET {
         Ok(fd)
     } else {
         Err(NetnsError::NotNetns {
@@ -402,6 +416,33 @@ mod tests {
         // A namespace, but of another type.
         assert!(matches!(
             Netns::resolve("/proc/self/ns/uts"),
+            Err(NetnsError::NotNetns { .. })
+        ));
+    }
+
+    #[test]
+    fn files_that_block_or_act_on_open_are_refused_at_once() {
+        // Opening a FIFO for reading waits for a writer; a device may act on
+        // open. Neither is a namespace, and resolving must not wait.
+        let fifo = std::env::temp_dir().join(format!("vsnl-fifo-{}", std::process::id()));
+        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: c is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let spec = fifo.to_str().unwrap().to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(Netns::resolve(&spec).map(drop)).unwrap());
+        let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+        let _ = std::fs::remove_file(&fifo);
+        assert!(
+            matches!(got, Ok(Err(NetnsError::NotNetns { .. }))),
+            "{got:?}"
+        );
+        assert!(matches!(
+            Netns::resolve("/dev/null"),
+            Err(NetnsError::NotNetns { .. })
+        ));
+        assert!(matches!(
+            Netns::resolve("/tmp"),
             Err(NetnsError::NotNetns { .. })
         ));
     }

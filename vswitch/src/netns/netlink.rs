@@ -71,8 +71,6 @@ mod consts {
     pub const RTPROT_STATIC: u8 = 4;
     pub const RT_SCOPE_UNIVERSE: u8 = 0;
     pub const RTN_UNICAST: u8 = 1;
-
-    pub const IFNAMSIZ: usize = 16;
 }
 use consts::*;
 
@@ -98,7 +96,7 @@ pub enum NetlinkError {
         what: &'static str,
     },
     #[error("invalid interface name {name:?}: {reason}")]
-    InvalidName { name: String, reason: &'static str },
+    InvalidName { name: String, reason: crate::ifname::IfNameError },
     #[error("prefix length {prefix_len} is too long for {addr}")]
     InvalidPrefix { addr: IpAddr, prefix_len: u8 },
     #[error("no link named {0}")]
@@ -467,24 +465,12 @@ impl Failure {
 }
 
 fn validate_ifname(name: &str) -> Result<(), NetlinkError> {
-    let reason = if name.is_empty() {
-        "empty"
-    } else if name.len() >= IFNAMSIZ {
-        "longer than 15 bytes"
-    } else if name == "." || name == ".." {
-        "not allowed"
-    } else if name
-        .bytes()
-        .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
-    {
-        "contains '/', ':', NUL or whitespace"
-    } else {
-        return Ok(());
-    };
-    Err(NetlinkError::InvalidName {
-        name: name.to_string(),
-        reason,
-    })
+    crate::ifname::IfName::new(name)
+        .map(drop)
+        .map_err(|reason| NetlinkError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })
 }
 
 // ---- encoding ----

@@ -39,12 +39,12 @@ const TUN_F_TSO_ECN: libc::c_uint = 0x08;
 const TUN_F_USO4: libc::c_uint = 0x20;
 const TUN_F_USO6: libc::c_uint = 0x40;
 
-const IFNAMSIZ: usize = 16;
+use crate::ifname::IFNAMSIZ;
 
 #[derive(Debug, Error)]
 pub enum TapError {
     #[error("invalid TAP name {name:?}: {reason}")]
-    InvalidName { name: String, reason: &'static str },
+    InvalidName { name: String, reason: crate::ifname::IfNameError },
     #[error("a link named {0} already exists")]
     Exists(String),
     #[error("TAP {0} is already open elsewhere")]
@@ -216,22 +216,12 @@ impl Tap {
 }
 
 fn validate_name(name: &str) -> Result<(), TapError> {
-    let reason = if name.is_empty() {
-        "empty"
-    } else if name.len() >= IFNAMSIZ {
-        "longer than 15 bytes"
-    } else if name.contains(['/', ':', '%', '\0']) || name.contains(char::is_whitespace) {
-        // '%' would make the kernel pick a name from a pattern.
-        "contains '/', ':', '%', NUL or whitespace"
-    } else if name == "." || name == ".." {
-        "not allowed"
-    } else {
-        return Ok(());
-    };
-    Err(TapError::InvalidName {
-        name: name.to_string(),
-        reason,
-    })
+    crate::ifname::IfName::new(name)
+        .map(drop)
+        .map_err(|reason| TapError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })
 }
 
 impl PortIo for Tap {
