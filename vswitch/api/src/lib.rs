@@ -152,6 +152,9 @@ pub enum ErrorKind {
     Conflict,
     /// The kernel or the filesystem refused; nothing was changed.
     Internal,
+    /// The daemon cannot take the request now (too many connections);
+    /// nothing was changed, and the same request may succeed later.
+    Unavailable,
 }
 
 impl ApiError {

@@ -17,6 +17,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "learned MACs kept per network (16..=1048576, default 8192)",
     ),
     (
+        "fdb_max_per_port",
+        "learned MACs one port may teach the network (1..=1048576, default 1024)",
+    ),
+    (
         "offload",
         "GSO/checksum offload on the network's TAPs (on|off, default on)",
     ),
@@ -48,6 +52,7 @@ impl Default for NetworkOptions {
             fdb: FdbConfig {
                 aging: Duration::from_secs(300),
                 max_entries: 8192,
+                max_per_port: crate::fdb::DEFAULT_MAX_PER_PORT,
             },
             offload: true,
             interface: None,
@@ -82,6 +87,9 @@ impl NetworkOptions {
                     parsed.fdb.aging = Duration::from_secs(number(key, value, 1..=86400)?);
                 }
                 "fdb_max" => parsed.fdb.max_entries = number(key, value, 16..=1 << 20)? as usize,
+                "fdb_max_per_port" => {
+                    parsed.fdb.max_per_port = number(key, value, 1..=1 << 20)? as usize
+                }
                 "offload" => {
                     parsed.offload = match value.as_str() {
                         "on" | "true" | "1" => true,
