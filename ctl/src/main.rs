@@ -59,6 +59,14 @@ fn usage_error(err: UsageError) -> ! {
         .exit()
 }
 
+/// A removal's warning goes to stderr, so scripts reading stdout see the
+/// same line either way.
+fn warn(warning: Option<String>) {
+    if let Some(w) = warning {
+        eprintln!("vswitchctl: warning: {w}");
+    }
+}
+
 /// What to print for the daemon's answer to `command`.
 fn output(command: &Command, response: Response) -> Result<String> {
     let reply = match response {
@@ -81,7 +89,8 @@ fn output(command: &Command, response: Response) -> Result<String> {
             }
         }
         (Command::Network(NetworkCommand::Inspect { .. }), Reply::Network(net)) => json(&net)?,
-        (Command::Network(NetworkCommand::Rm { .. }), Reply::Removed { name }) => {
+        (Command::Network(NetworkCommand::Rm { .. }), Reply::Removed { name, warning }) => {
+            warn(warning);
             line(format!("removed network {name}"))
         }
         (Command::Endpoint(EndpointCommand::Create(args)), Reply::Endpoint(ep)) => {
@@ -99,7 +108,8 @@ fn output(command: &Command, response: Response) -> Result<String> {
             }
         }
         (Command::Endpoint(EndpointCommand::Inspect { .. }), Reply::Endpoint(ep)) => json(&ep)?,
-        (Command::Endpoint(EndpointCommand::Rm { .. }), Reply::Removed { name }) => {
+        (Command::Endpoint(EndpointCommand::Rm { .. }), Reply::Removed { name, warning }) => {
+            warn(warning);
             line(format!("removed endpoint {name}"))
         }
         (Command::Port(PortCommand::Ls(format)), Reply::Ports(ports)) => {
@@ -162,14 +172,23 @@ mod tests {
 
     #[test]
     fn mismatched_reply_is_refused() {
-        let resp = Response::Ok(Reply::Removed { name: "x".into() });
+        let resp = Response::Ok(Reply::Removed {
+            name: "x".into(),
+            warning: None,
+        });
         let err = output(&command(&["network", "ls"]), resp).unwrap_err();
         assert_eq!(err.to_string(), UNEXPECTED);
-        let resp = Response::Ok(Reply::Removed { name: "x".into() });
+        let resp = Response::Ok(Reply::Removed {
+            name: "x".into(),
+            warning: None,
+        });
         let err = output(&command(&["endpoint", "inspect", "x"]), resp).unwrap_err();
         assert_eq!(err.to_string(), UNEXPECTED);
         // Removed carries no noun, so any Removed answers any removal.
-        let resp = Response::Ok(Reply::Removed { name: "x".into() });
+        let resp = Response::Ok(Reply::Removed {
+            name: "x".into(),
+            warning: None,
+        });
         assert!(output(&command(&["network", "rm", "x"]), resp).is_ok());
     }
 
@@ -218,7 +237,10 @@ mod tests {
 
     #[test]
     fn remove_prints_name() {
-        let resp = Response::Ok(Reply::Removed { name: "ep1".into() });
+        let resp = Response::Ok(Reply::Removed {
+            name: "ep1".into(),
+            warning: None,
+        });
         assert_eq!(
             output(&command(&["endpoint", "remove", "ep1"]), resp).unwrap(),
             "removed endpoint ep1\n"

@@ -124,9 +124,12 @@ pub enum Reply {
     Ports(Vec<Port>),
     Stats(Vec<PortStats>),
     Fdb(Vec<FdbEntry>),
-    /// A removal succeeded.
+    /// A removal succeeded. `warning` says what of it could not be done
+    /// (a device the daemon could no longer reach).
     Removed {
         name: String,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        warning: Option<String>,
     },
 }
 

@@ -102,6 +102,27 @@ impl Ipv4Cidr {
         Ipv4Addr::from(u32::from(self.addr) + 1)
     }
 
+    /// Refuses subnets no endpoint can live in: ranges the kernel treats
+    /// as special, whose addresses would not work on an interface (or, for
+    /// loopback, would put 127.0.0.1 on a host port).
+    pub fn check_usable(&self) -> Result<(), ParseError> {
+        const RESERVED: [(Ipv4Addr, u8, &str); 4] = [
+            (Ipv4Addr::new(0, 0, 0, 0), 8, "'this network'"),
+            (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
+            (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast"),
+            (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved and broadcast"),
+        ];
+        for (addr, prefix, what) in RESERVED {
+            let range = Ipv4Cidr { addr, prefix };
+            if self.overlaps(&range) {
+                return Err(ParseError(format!(
+                    "{self} overlaps {range}, the {what} range; endpoint addresses must be unicast"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The lowest host address not in `taken`.
     pub fn allocate(&self, taken: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
         let first = u32::from(self.addr) + 1;
@@ -184,6 +205,33 @@ impl Ipv6Cidr {
 
     pub fn first_host(&self) -> Ipv6Addr {
         Ipv6Addr::from(u128::from(self.addr) + 1)
+    }
+
+    /// Refuses subnets no endpoint can live in: an endpoint's address must
+    /// be global unicast (2000::/3) or unique local (fc00::/7); everything
+    /// else is loopback, unspecified, link-local (the kernel's own on every
+    /// interface), multicast or reserved.
+    pub fn check_usable(&self) -> Result<(), ParseError> {
+        let usable = [
+            Ipv6Cidr {
+                addr: Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0),
+                prefix: 3,
+            },
+            Ipv6Cidr {
+                addr: Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0),
+                prefix: 7,
+            },
+        ];
+        if usable
+            .iter()
+            .any(|u| u.contains(self.addr) && u.prefix <= self.prefix)
+        {
+            Ok(())
+        } else {
+            Err(ParseError(format!(
+                "{self} is not inside 2000::/3 (global unicast) or fc00::/7 (unique local); endpoint addresses must be unicast"
+            )))
+        }
     }
 
     /// The lowest host address not in `taken`.
@@ -372,6 +420,44 @@ impl From<MacPool> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn special_ranges_are_not_usable() {
+        for bad in [
+            "0.0.0.0/0",
+            "0.0.0.0/8",
+            "127.0.0.0/8",
+            "127.1.0.0/16",
+            "224.0.0.0/24",
+            "239.1.0.0/16",
+            "240.0.0.0/24",
+            "255.255.255.0/24",
+        ] {
+            let c: Ipv4Cidr = bad.parse().unwrap();
+            assert!(c.check_usable().is_err(), "{bad}");
+        }
+        for good in ["10.0.0.0/8", "192.168.1.0/24", "1.0.0.0/24", "223.255.255.0/24"] {
+            let c: Ipv4Cidr = good.parse().unwrap();
+            assert!(c.check_usable().is_ok(), "{good}");
+        }
+        for bad in [
+            "::/0",
+            "::/64",
+            "::1/128",
+            "fe80::/64",
+            "ff02::/64",
+            "::ffff:0:0/96",
+            "2000::/2",
+            "fc00::/6",
+        ] {
+            let c: Ipv6Cidr = bad.parse().unwrap_or_else(|e| panic!("{bad}: {e}"));
+            assert!(c.check_usable().is_err(), "{bad}");
+        }
+        for good in ["fd00:1::/64", "2001:db8::/64", "fc00::/7", "2000::/3"] {
+            let c: Ipv6Cidr = good.parse().unwrap();
+            assert!(c.check_usable().is_ok(), "{good}");
+        }
+    }
 
     #[test]
     fn cidr4_parse() {

@@ -9,6 +9,7 @@
 mod ipam;
 mod options;
 mod plumb;
+mod records;
 pub mod server;
 mod state;
 mod uplink;
@@ -28,6 +29,7 @@ use crate::wire::MacAddr;
 
 pub use ipam::{Ipv4Cidr, Ipv6Cidr, MacPool, Subnet};
 pub use options::NetworkOptions;
+use crate::port::tap::TapOwner;
 use plumb::{TapConfig, TapOrigin};
 pub use state::{Driver, EndpointRecord, NetworkRecord, State, StateError, StateFile};
 
@@ -52,6 +54,9 @@ fn internal(message: impl std::fmt::Display) -> ApiError {
 struct PortHandle {
     id: PortId,
     counters: Arc<PortCounters>,
+    /// The control plane's own descriptor of the port's TAP (endpoints),
+    /// to remove the device wherever it is.
+    tap: Option<TapOwner>,
 }
 
 struct NetRuntime {
@@ -114,6 +119,10 @@ pub struct Controller {
     endpoints: HashMap<String, EndpointRuntime>,
     /// Attached uplink interfaces, by name.
     uplinks: HashMap<String, uplink::Uplink>,
+    /// Networks and endpoints whose saved record is invalid, by ID, with
+    /// the reason: kept, never started, and removed without touching the
+    /// kernel (a bad record may name someone else's device).
+    invalid: HashMap<String, String>,
     next_id: u32,
 }
 
@@ -122,11 +131,7 @@ impl Controller {
     /// Endpoints that cannot be re-attached are reported as detached.
     pub fn open(state_dir: &Path) -> Result<Controller, StateError> {
         let file = StateFile::new(state_dir);
-        let mut saved = file.load()?;
-        for net in &mut saved.networks {
-            // Options were validated when the network was created.
-            net.parsed = NetworkOptions::parse(&net.options).unwrap_or_default();
-        }
+        let saved = file.load()?;
         let datapath = Datapath::spawn().map_err(|source| StateError::Io {
             op: "start datapath",
             path: state_dir.to_owned(),
@@ -142,14 +147,55 @@ impl Controller {
             nets: HashMap::new(),
             endpoints: HashMap::new(),
             uplinks: HashMap::new(),
+            invalid: HashMap::new(),
             next_id: 1,
         };
         ctl.restore(saved);
         Ok(ctl)
     }
 
-    fn restore(&mut self, saved: State) {
+    fn restore(&mut self, mut saved: State) {
+        // Checked as requests are, before anything starts: a bad record is
+        // reported by name and stays out of the datapath.
+        let mut invalid: HashMap<String, String> = HashMap::new();
+        for i in 0..saved.networks.len() {
+            let (before, rest) = saved.networks.split_at_mut(i);
+            let net = &mut rest[0];
+            let accepted: Vec<&NetworkRecord> = before
+                .iter()
+                .filter(|n| !invalid.contains_key(&n.id))
+                .collect();
+            match records::check_network(net, &accepted) {
+                Ok(parsed) => net.parsed = parsed,
+                Err(reason) => {
+                    tracing::error!(network = %net.name, reason, "invalid network record; not started");
+                    invalid.insert(net.id.clone(), format!("invalid record in the state file: {reason}"));
+                }
+            }
+        }
+        let host_macs: HashSet<MacAddr> =
+            saved.networks.iter().filter_map(|n| n.host_mac).collect();
+        let mut bad_endpoints: HashMap<String, String> = HashMap::new();
+        for (i, ep) in saved.endpoints.iter().enumerate() {
+            let accepted: Vec<&EndpointRecord> = saved.endpoints[..i]
+                .iter()
+                .filter(|e| !bad_endpoints.contains_key(&e.id))
+                .collect();
+            let verdict = match saved.networks.iter().find(|n| n.id == ep.network_id) {
+                None => Err("its network is not in the state file".to_owned()),
+                Some(net) => records::check_endpoint(ep, net, &accepted, &host_macs),
+            };
+            if let Err(reason) = verdict {
+                tracing::error!(endpoint = %ep.name, reason, "invalid endpoint record; not started");
+                bad_endpoints.insert(ep.id.clone(), format!("invalid record in the state file: {reason}"));
+            }
+        }
         for net in saved.networks {
+            if let Some(reason) = invalid.get(&net.id) {
+                self.invalid.insert(net.id.clone(), reason.clone());
+                self.state.networks.push(net);
+                continue;
+            }
             match self.start_network(&net, TapOrigin::Existing) {
                 Ok(rt) => {
                     tracing::info!(network = %net.name, "network restored");
@@ -163,6 +209,11 @@ impl Controller {
         }
         for ep in saved.endpoints {
             let rt = match self.state.network_by_id(&ep.network_id).cloned() {
+                _ if bad_endpoints.contains_key(&ep.id) => {
+                    let reason = bad_endpoints[&ep.id].clone();
+                    self.invalid.insert(ep.id.clone(), reason.clone());
+                    EndpointRuntime::detached(reason)
+                }
                 Some(net) if self.nets.contains_key(&net.id) => {
                     match self.start_endpoint(&net, &ep, TapOrigin::Existing) {
                         Ok(port) => {
@@ -311,11 +362,15 @@ impl Controller {
         for s in &req.subnets {
             if s.contains(':') {
                 let c: Ipv6Cidr = s.parse().map_err(|e| invalid("subnet", format!("{e}")))?;
+                c.check_usable()
+                    .map_err(|e| invalid("subnet", e.to_string()))?;
                 if subnet6.replace(c).is_some() {
                     return Err(invalid("subnet", "at most one IPv6 subnet per network"));
                 }
             } else {
                 let c: Ipv4Cidr = s.parse().map_err(|e| invalid("subnet", format!("{e}")))?;
+                c.check_usable()
+                    .map_err(|e| invalid("subnet", e.to_string()))?;
                 if subnet4.replace(c).is_some() {
                     return Err(invalid("subnet", "at most one IPv4 subnet per network"));
                 }
@@ -402,12 +457,16 @@ impl Controller {
         let min_mtu = if subnet6.is_some() { 1280 } else { 68 };
         let (default_mtu, max_mtu) = match &facts {
             Some(f) => (f.mtu.min(uplink::MAX_MTU), f.mtu.min(uplink::MAX_MTU)),
-            None => (DEFAULT_MTU, 65535),
+            None => (DEFAULT_MTU, crate::port::tap::MAX_MTU),
         };
         let mtu = req.mtu.unwrap_or(default_mtu);
         if !(min_mtu..=max_mtu).contains(&mtu) {
             let why = if facts.is_some() {
                 " (at most the uplink's MTU, and what an AF_XDP frame holds)"
+            } else if mtu > max_mtu {
+                " (the largest a TAP takes)"
+            } else if subnet6.is_some() {
+                " (IPv6 needs 1280)"
             } else {
                 ""
             };
@@ -675,6 +734,9 @@ impl Controller {
 
     /// Why a network runs degraded, if it does.
     fn network_fault(&self, n: &NetworkRecord) -> Option<String> {
+        if let Some(reason) = self.invalid.get(&n.id) {
+            return Some(reason.clone());
+        }
         let Some(rt) = self.nets.get(&n.id) else {
             return Some("the network failed to start; see the daemon log".into());
         };
@@ -718,7 +780,11 @@ impl Controller {
             addrs,
             mac,
         })?;
-        Ok(PortHandle { id, counters })
+        Ok(PortHandle {
+            id,
+            counters,
+            tap: None,
+        })
     }
 
     fn stop_network(&mut self, net: &NetworkRecord) {
@@ -744,7 +810,9 @@ impl Controller {
                 format!("network '{name}' still has endpoints: {}", users.join(", ")),
             ));
         }
-        self.stop_network(&net);
+        if !self.invalid.contains_key(&net.id) {
+            self.stop_network(&net);
+        }
         let before = self.state.clone();
         self.state.networks.retain(|n| n.id != net.id);
         if let Err(e) = self.save() {
@@ -754,9 +822,11 @@ impl Controller {
             }
             return Err(e);
         }
+        self.invalid.remove(&net.id);
         tracing::info!(network = %name, "network removed");
         Ok(Reply::Removed {
             name: name.to_owned(),
+            warning: None,
         })
     }
 
@@ -990,6 +1060,16 @@ impl Controller {
             .map(|rt| rt.dp)
             .ok_or_else(|| internal("network not running"))?;
         let tap = plumb::endpoint_tap(&ns, &cfg, origin).map_err(|e| e.into_api("ifname"))?;
+        let owner = match tap.owner() {
+            Ok(owner) => owner,
+            Err(e) => {
+                if origin == TapOrigin::Fresh {
+                    drop(tap);
+                    plumb::delete_endpoint_tap(&ns, &cfg.ifname);
+                }
+                return Err(internal(e));
+            }
+        };
         let security = (!ep.allow_spoofing).then_some(PortSecurity {
             mac: ep.mac,
             ipv4: ep.ipv4,
@@ -997,7 +1077,7 @@ impl Controller {
         });
         let ips = endpoint_ips(ep);
         let addrs = ips.iter().map(|ip| (*ip, ep.mac)).collect();
-        let port = match self.attach(
+        let mut port = match self.attach(
             dp,
             PortKind::Local(Box::new(tap)),
             security,
@@ -1013,6 +1093,7 @@ impl Controller {
                 return Err(internal(e));
             }
         };
+        port.tap = Some(owner);
         // Frames from the wire for this endpoint go to the switch, not the
         // host: its MAC on a transparent network, its addresses on both.
         if let Some(up) = net
@@ -1034,11 +1115,27 @@ impl Controller {
         Ok(Some(port))
     }
 
-    fn stop_endpoint(&mut self, net: &NetworkRecord, ep: &EndpointRecord) {
-        if let Some(rt) = self.endpoints.remove(&ep.id) {
-            if let Some(port) = rt.port {
-                let _ = self.datapath.remove_port(port.id);
-            }
+    /// Takes the endpoint out of the datapath and deletes its TAP. The TAP
+    /// is reached through the daemon's own descriptor when it has one (so
+    /// wherever the device is, whatever its namespace is called now), by
+    /// name in the namespace otherwise. Returns what could not be done.
+    fn stop_endpoint(&mut self, net: &NetworkRecord, ep: &EndpointRecord) -> Option<String> {
+        if self.invalid.contains_key(&ep.id) {
+            return None;
+        }
+        let mut deleted = false;
+        if let Some(port) = self.endpoints.remove(&ep.id).and_then(|rt| rt.port) {
+            // Not persistent any more: the device goes when the datapath's
+            // descriptor and this one are closed, just below.
+            deleted = match port.tap.as_ref().map(TapOwner::unpersist) {
+                Some(Ok(())) => true,
+                Some(Err(e)) => {
+                    tracing::warn!(endpoint = %ep.name, error = %e, "could not release TAP");
+                    false
+                }
+                None => false,
+            };
+            let _ = self.datapath.remove_port(port.id);
         }
         if let Some(up) = net
             .parsed
@@ -1049,10 +1146,18 @@ impl Controller {
             let mac = (net.driver == Driver::Transparent).then_some(ep.mac);
             up.unsteer(net.parsed.vlan, mac, &endpoint_ips(ep));
         }
-        if net.driver.switched() {
-            if let Ok(ns) = plumb::resolve_netns(&ep.netns) {
+        if !net.driver.switched() || deleted {
+            return None;
+        }
+        match plumb::resolve_netns(&ep.netns) {
+            Ok(ns) => {
                 plumb::delete_endpoint_tap(&ns, &ep.ifname);
+                None
             }
+            Err(e) => Some(format!(
+                "could not delete {} in {}: {}; the daemon holds no descriptor of it",
+                ep.ifname, ep.netns, e.message
+            )),
         }
     }
 
@@ -1063,7 +1168,7 @@ impl Controller {
             .network_by_id(&ep.network_id)
             .cloned()
             .ok_or_else(|| internal("endpoint's network is missing from the state"))?;
-        self.stop_endpoint(&net, &ep);
+        let warning = self.stop_endpoint(&net, &ep);
         let before = self.state.clone();
         self.state.endpoints.retain(|e| e.id != ep.id);
         if let Err(e) = self.save() {
@@ -1075,9 +1180,11 @@ impl Controller {
             self.endpoints.insert(ep.id.clone(), rt);
             return Err(e);
         }
+        self.invalid.remove(&ep.id);
         tracing::info!(endpoint = %name, "endpoint removed");
         Ok(Reply::Removed {
             name: name.to_owned(),
+            warning,
         })
     }
 

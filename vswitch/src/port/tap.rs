@@ -41,6 +41,10 @@ const TUN_F_USO6: libc::c_uint = 0x40;
 
 use crate::ifname::IFNAMSIZ;
 
+/// The largest MTU a TAP takes: the kernel's 65535 less the Ethernet
+/// header (`tun` sets `max_mtu = MAX_MTU - hard_header_len`).
+pub const MAX_MTU: u32 = 65535 - 14;
+
 #[derive(Debug, Error)]
 pub enum TapError {
     #[error("invalid TAP name {name:?}: {reason}")]
@@ -74,6 +78,21 @@ pub struct Tap {
     fd: OwnedFd,
     name: String,
     offload: bool,
+}
+
+/// The control plane's descriptor of a TAP the datapath switches; see
+/// [`Tap::owner`].
+#[derive(Debug)]
+pub struct TapOwner {
+    tap: Tap,
+}
+
+impl TapOwner {
+    /// Makes the device go away once every descriptor of it is closed: the
+    /// datapath's, when its port is removed, and this one, when dropped.
+    pub fn unpersist(&self) -> Result<(), TapError> {
+        self.tap.set_persist(false)
+    }
 }
 
 impl Tap {
@@ -195,6 +214,23 @@ impl Tap {
             return Err(self.sys("TUNSETPERSIST", io::Error::last_os_error()));
         }
         Ok(())
+    }
+
+    /// A second descriptor of this TAP, for the control plane to remove the
+    /// device with while the datapath holds the first one. It reaches the
+    /// device wherever it is, even when its namespace no longer has a name.
+    pub fn owner(&self) -> Result<TapOwner, TapError> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| self.sys("dup", e))?;
+        Ok(TapOwner {
+            tap: Tap {
+                fd,
+                name: self.name.clone(),
+                offload: self.offload,
+            },
+        })
     }
 
     /// The name the TAP was opened under.
