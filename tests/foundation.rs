@@ -380,3 +380,86 @@ fn endpoint_whose_namespace_is_deleted_while_running_is_detached() {
     assert!(p.a.ping_within(&p.ip(12), Duration::from_secs(5)));
     p.d.ok(&["endpoint", "rm", "epb"]);
 }
+
+#[test]
+fn ipv6_first_hop_spoofing_is_blocked() {
+    use vswitch_systests::{
+        icmpv6_frame, link_local, mac_bytes, neighbour_advert, router_advert, send_frames,
+        ALL_NODES, ALL_NODES_MAC,
+    };
+    if !require_root("ipv6_first_hop_spoofing_is_blocked") {
+        return;
+    }
+    let six = format!(
+        "fd{:02x}:{}::/64",
+        vswitch_systests::unique() % 256,
+        std::process::id() % 9999
+    );
+    // private: no host port, so no router advertisement can reach the
+    // host's own namespace.
+    let p = Pair::new("private", &["--subnet", &six]);
+    let r = Netns::new("r");
+    p.d.endpoint(&p.net, &r, &["--allow-spoofing"], "epr");
+    let c = Netns::new("c");
+    p.d.endpoint(&p.net, &c, &[], "epc");
+    let mac = |name: &str| {
+        let ep = p.d.json(&["endpoint", "inspect", name]);
+        mac_bytes(ep["MacAddress"].as_str().unwrap())
+    };
+    let (a_mac, b_mac, r_mac) = (mac("epa"), mac("epb"), mac("epr"));
+    let (a_ll, b_ll, r_ll) = (
+        link_local(&p.a, "eth0"),
+        link_local(&p.b, "eth0"),
+        link_local(&r, "eth0"),
+    );
+    let a_prefix: std::net::Ipv6Addr = "2001:db8:a::".parse().unwrap();
+    let r_prefix: std::net::Ipv6Addr = "2001:db8:f::".parse().unwrap();
+
+    // An endpoint that is not a router advertises itself as one.
+    let ra = icmpv6_frame(a_mac, ALL_NODES_MAC, a_ll, ALL_NODES, &router_advert(a_mac, a_prefix));
+    send_frames(&p.a, "eth0", &[ra.clone(), ra.clone(), ra]);
+    assert!(
+        wait_until(Duration::from_secs(5), || drop_count(&p.d, "epa", "router_guard") >= 3),
+        "router advertisements were not dropped as router_guard"
+    );
+
+    // It claims a neighbour's link-local address, which c knows.
+    let b_ll_text = format!("{b_ll}%eth0");
+    assert!(c.ping_within(&b_ll_text, Duration::from_secs(5)));
+    let na = icmpv6_frame(a_mac, ALL_NODES_MAC, a_ll, ALL_NODES, &neighbour_advert(b_ll, a_mac));
+    let spoofed_before = drop_count(&p.d, "epa", "ip_spoofing");
+    send_frames(&p.a, "eth0", &[na.clone(), na]);
+    assert!(
+        wait_until(Duration::from_secs(5), || drop_count(&p.d, "epa", "ip_spoofing")
+            >= spoofed_before + 2),
+        "a neighbour advertisement for another endpoint's address was not dropped"
+    );
+
+    // The same advertisement from an endpoint allowed to be a router does
+    // reach b, which takes the route: the frames above were ones the
+    // kernel accepts, and only the switch stopped them.
+    let ra = icmpv6_frame(r_mac, ALL_NODES_MAC, r_ll, ALL_NODES, &router_advert(r_mac, r_prefix));
+    let routed = wait_until(Duration::from_secs(5), || {
+        send_frames(&r, "eth0", std::slice::from_ref(&ra));
+        p.b.ok(&["ip", "-6", "route", "show", "default"])
+            .contains(&r_ll.to_string())
+    });
+    assert!(routed, "b ignored a router advertisement from a router");
+    let routes = p.b.ok(&["ip", "-6", "route", "show"]);
+    assert!(
+        !routes.contains(&a_ll.to_string()) && !routes.contains("2001:db8:a:"),
+        "b routes through the endpoint that spoofed a router: {routes}"
+    );
+    let addrs = p.b.ok(&["ip", "-6", "addr", "show", "dev", "eth0"]);
+    assert!(!addrs.contains("2001:db8:a:"), "b took a SLAAC address from a: {addrs}");
+    let neigh = c.ok(&["ip", "-6", "neigh", "show", &b_ll.to_string(), "dev", "eth0"]);
+    let b_mac_text: String = b_mac
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    assert!(
+        neigh.contains(&b_mac_text),
+        "c's neighbour entry for b was poisoned: {neigh}"
+    );
+}

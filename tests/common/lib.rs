@@ -910,6 +910,109 @@ impl Drop for Capture {
     }
 }
 
+/// Sends raw Ethernet frames out of `dev` in `ns`, as a misbehaving host
+/// would (an AF_PACKET socket, from python3).
+pub fn send_frames(ns: &Netns, dev: &str, frames: &[Vec<u8>]) {
+    let hex: Vec<String> = frames
+        .iter()
+        .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let script = "import socket,sys\n\
+                  s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\n\
+                  s.bind((sys.argv[1],0))\n\
+                  [s.send(bytes.fromhex(h)) for h in sys.argv[2:]]\n";
+    let mut args = vec!["python3", "-c", script, dev];
+    args.extend(hex.iter().map(String::as_str));
+    ns.ok(&args);
+}
+
+/// `ns`'s link-local IPv6 address on `dev`, once duplicate address
+/// detection is over (a tentative address neither sends nor answers).
+pub fn link_local(ns: &Netns, dev: &str) -> std::net::Ipv6Addr {
+    let mut found = None;
+    let done = wait_until(Duration::from_secs(10), || {
+        let out = ns.ok(&["ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link"]);
+        found = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok());
+        found.is_some() && !out.contains("tentative")
+    });
+    assert!(done, "no usable link-local address on {dev} in {}", ns.name);
+    found.expect("checked above")
+}
+
+/// An Ethernet frame holding an IPv6 packet (hop limit 255) holding the
+/// ICMPv6 message `body`, whose checksum is filled in here.
+pub fn icmpv6_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut icmp = body.to_vec();
+    icmp[2] = 0;
+    icmp[3] = 0;
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            let hi = u32::from(pair[0]) << 8;
+            sum += hi | pair.get(1).copied().map(u32::from).unwrap_or(0);
+        }
+    };
+    add(&src.octets());
+    add(&dst.octets());
+    add(&(icmp.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, 58]);
+    add(&icmp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let csum = !(sum as u16);
+    icmp[2..4].copy_from_slice(&csum.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[58, 255]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// A router advertisement from `mac` offering a default route (lifetime
+/// 1800 s) and the SLAAC prefix `prefix`/64.
+pub fn router_advert(mac: [u8; 6], prefix: std::net::Ipv6Addr) -> Vec<u8> {
+    let mut b = vec![134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    b.extend_from_slice(&[1, 1]);
+    b.extend_from_slice(&mac);
+    b.extend_from_slice(&[3, 4, 64, 0xc0]);
+    b.extend_from_slice(&86400u32.to_be_bytes());
+    b.extend_from_slice(&14400u32.to_be_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&prefix.octets());
+    b
+}
+
+/// An unsolicited neighbour advertisement (override set) claiming that
+/// `target` is at `mac`.
+pub fn neighbour_advert(target: std::net::Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
+    let mut b = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+    b.extend_from_slice(&target.octets());
+    b.extend_from_slice(&[2, 1]);
+    b.extend_from_slice(&mac);
+    b
+}
+
+/// The all-nodes multicast group and its MAC.
+pub const ALL_NODES: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+pub const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
 #[cfg(test)]
 mod tests {
     use super::unexpected_warnings;

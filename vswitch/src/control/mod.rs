@@ -1070,11 +1070,8 @@ impl Controller {
                 return Err(internal(e));
             }
         };
-        let security = (!ep.allow_spoofing).then_some(PortSecurity {
-            mac: ep.mac,
-            ipv4: ep.ipv4,
-            ipv6: ep.ipv6,
-        });
+        let security =
+            (!ep.allow_spoofing).then(|| PortSecurity::new(ep.mac, ep.ipv4, ep.ipv6));
         let ips = endpoint_ips(ep);
         let addrs = ips.iter().map(|ip| (*ip, ep.mac)).collect();
         let mut port = match self.attach(

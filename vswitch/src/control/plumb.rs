@@ -134,6 +134,13 @@ fn make_tap(cfg: &TapConfig, origin: TapOrigin) -> Result<Tap, PlumbError> {
         &LinkChange {
             mtu: Some(cfg.mtu),
             mac: Some(cfg.mac.0),
+            ..LinkChange::default()
+        },
+    )?;
+    eui64_link_local(&cfg.ifname)?;
+    nl.link_set(
+        index,
+        &LinkChange {
             up: Some(true),
             ..LinkChange::default()
         },
@@ -152,6 +159,22 @@ fn make_tap(cfg: &TapConfig, origin: TapOrigin) -> Result<Tap, PlumbError> {
     }
     tap.set_persist(true)?;
     Ok(tap)
+}
+
+/// Makes the kernel derive the interface's link-local address from its MAC
+/// (EUI-64), whatever the namespace's default (`stable_privacy` in some
+/// container runtimes): port security knows that address without asking.
+/// Must run before the link goes up, in the interface's namespace (the
+/// calling thread's: `/proc/sys/net` follows it). Without IPv6 in the
+/// namespace there is no knob and nothing to do.
+fn eui64_link_local(ifname: &str) -> Result<(), PlumbError> {
+    let knob = format!("/proc/sys/net/ipv6/conf/{ifname}/addr_gen_mode");
+    match std::fs::read_to_string(&knob) {
+        Ok(mode) if mode.trim() == "0" => Ok(()),
+        Ok(_) => std::fs::write(&knob, "0").map_err(|e| PlumbError::Sysctl(knob, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PlumbError::Sysctl(knob, e)),
+    }
 }
 
 /// Sets up an endpoint of the `none` driver: loopback only.

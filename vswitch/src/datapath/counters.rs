@@ -29,10 +29,13 @@ pub enum DropReason {
     /// Arrived on an l2bridge uplink for the uplink's MAC but for no
     /// endpoint's IP address.
     NotLocal = 9,
+    /// An endpoint sent a router advertisement or a redirect, and is not
+    /// allowed to be a router.
+    RouterGuard = 10,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Malformed,
         DropReason::InvalidSourceMac,
         DropReason::MacSpoofing,
@@ -43,6 +46,7 @@ impl DropReason {
         DropReason::GsoUnsupported,
         DropReason::UnknownVlan,
         DropReason::NotLocal,
+        DropReason::RouterGuard,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +61,7 @@ impl DropReason {
             DropReason::GsoUnsupported => "gso_unsupported",
             DropReason::UnknownVlan => "unknown_vlan",
             DropReason::NotLocal => "not_local",
+            DropReason::RouterGuard => "router_guard",
         }
     }
 }
