@@ -463,3 +463,46 @@ fn ipv6_first_hop_spoofing_is_blocked() {
         "c's neighbour entry for b was poisoned: {neigh}"
     );
 }
+
+/// `endpoint rm` deletes the TAP even when the endpoint's namespace no
+/// longer has the name it was recorded under (issue 6 item 8): the daemon
+/// reaches the device through its own descriptor.
+#[test]
+fn removing_an_endpoint_whose_namespace_lost_its_name_deletes_the_tap() {
+    use vswitch_systests::KillOnDrop;
+    if !require_root("removing_an_endpoint_whose_namespace_lost_its_name_deletes_the_tap") {
+        return;
+    }
+    let d = Daemon::start();
+    let (s, _) = unique_subnet();
+    let net = format!("rn{}", vswitch_systests::tag());
+    d.ok(&["network", "create", "-d", "private", "--subnet", &s, &net]);
+    let ns = Netns::new("rn");
+    d.endpoint(&net, &ns, &[], "rnep");
+    // A process keeps the namespace alive after its name is gone.
+    let holder = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let holder = KillOnDrop(holder);
+    let pid = holder.0.id();
+    let in_ns = |args: &[&str]| {
+        let netns = format!("--net=/proc/{pid}/ns/net");
+        let mut full = vec![netns.as_str()];
+        full.extend_from_slice(args);
+        run("nsenter", &full)
+    };
+    assert!(wait_until(Duration::from_secs(5), || in_ns(&[
+        "ip", "link", "show", "eth0"
+    ])
+    .status
+    .success()));
+    assert!(run("ip", &["netns", "del", &ns.name]).status.success());
+    d.ok(&["endpoint", "rm", "rnep"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || !in_ns(&["ip", "link", "show", "eth0"])
+            .status
+            .success()),
+        "the TAP stayed in the namespace"
+    );
+}
