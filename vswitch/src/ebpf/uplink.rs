@@ -656,7 +656,10 @@ mod tests {
             .unwrap();
         let prog = net.in_a(|| UplinkProgram::attach(&dummy)).expect("attach");
         assert_eq!(prog.mode(), XdpMode::Generic);
-        assert!(!prog.reads_vlan_metadata(), "device-bound programs are native only");
+        assert!(
+            !prog.reads_vlan_metadata(),
+            "device-bound programs are native only"
+        );
         assert!(has_xdp(&net.ns_a, &dummy));
         prog.detach().unwrap();
         assert!(!has_xdp(&net.ns_a, &dummy));
