@@ -71,8 +71,8 @@ and 10.56.0.0/24, addressed only inside the script's own namespaces):
   (vswitchd: a private instance in the root namespace)
   uplink comparison (iperf3 client in the endpoint, server in vsb<P>-out):
   vsb<P>-out eth0 10.56.0.100 --veth-- [br0 in vsb<P>-fab] --veth-- vsb<P>up
-  in vsb<P>-host (the uplink; its peer in vsb<P>-fab has tx and txvlan
-  offloads off, which AF_XDP copy mode needs), then per path:
+  in vsb<P>-host (the uplink; its peer in vsb<P>-fab keeps its default
+  offloads), then per path, both directions (-R: outside -> endpoint):
   bridge:      vsb<P>up and a veth to vsb<P>-ub eth0 (10.56.0.10) in lbr
   l2bridge:    vsb<P>up -- vswitchd -- (TAP) eth0 vsb<P>-ul (10.56.0.10)
   transparent: vsb<P>up -- vswitchd -- (TAP) eth0 vsb<P>-ut (10.56.0.10)
@@ -142,7 +142,6 @@ need_cmd ss iproute2
 need_cmd python3 python3
 need_cmd setsid util-linux
 need_cmd timeout coreutils
-[ "$RUN_UPLINK" -eq 0 ] || need_cmd ethtool ethtool
 
 if [ "$FORCE_BUILD" -eq 1 ] || [ ! -x "$VSWITCHD" ] || [ ! -x "$VSWITCHCTL" ]; then
     command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
@@ -306,17 +305,18 @@ daemon_ticks() {
     awk '{ print $14 + $15 }' <<<"$stat"
 }
 
-# run_one NAME CLIENT_NS SERVER_ADDR ROUND DAEMON_PID: one iperf3 test;
-# writes $WORK/NAME.ROUND.json and $WORK/NAME.ROUND.cpu (CPU ticks of the
-# vswitchd DAEMON_PID during the test).
+# run_one NAME CLIENT_NS SERVER_ADDR ROUND DAEMON_PID [IPERF3_ARG...]: one
+# iperf3 test (-R: the server sends); writes $WORK/NAME.ROUND.json and
+# $WORK/NAME.ROUND.cpu (CPU ticks of the vswitchd DAEMON_PID during the test).
 run_one() {
     local name=$1 ns=$2 addr=$3 round=$4 dpid=$5 out="$WORK/$1.$4.json" t0 t1
+    shift 5
     kill -0 "$dpid" 2>/dev/null || die "vswitchd is no longer running"
     t0=$(daemon_ticks "$dpid")
     # --foreground: iperf3 stays in our process group, so a Ctrl-C stops the
     # test at once instead of after it.
     if ! timeout --foreground $((DURATION + OMIT + 30)) ip netns exec "$ns" \
-        iperf3 -c "$addr" -p 5201 -t "$DURATION" -O "$OMIT" -P "$STREAMS" -J >"$out" 2>"$WORK/$name.$round.err"; then
+        iperf3 -c "$addr" -p 5201 -t "$DURATION" -O "$OMIT" -P "$STREAMS" -J "$@" >"$out" 2>"$WORK/$name.$round.err"; then
         die "iperf3 $name (round $round) failed: $(python3 -c 'import json,sys
 try: print(json.load(open(sys.argv[1])).get("error","no error in JSON"))
 except Exception: print(open(sys.argv[2]).read().strip() or "no output")' "$out" "$WORK/$name.$round.err")"
@@ -414,6 +414,7 @@ uplink_vswitch() {
     ip -n "$NS_OUT" neigh flush all
     wait_path "$ns" "$IP_OUT"
     run_one "$name" "$ns" "$IP_OUT" "$round" "$UDAEMON_PID"
+    run_one "${name}_rev" "$ns" "$IP_OUT" "$round" "$UDAEMON_PID" -R
     uctl stats --json >"$WORK/$name.$round.stats"
     uctl endpoint rm "$ep" >/dev/null
     UP_EP_LIVE=""
@@ -433,9 +434,8 @@ if [ "$RUN_UPLINK" -eq 1 ]; then
     ip -n "$NS_OUT" link set eth0 up
     add_ns "$NS_HOST"
     ip -n "$NS_FAB" link add pup type veth peer name "$UPLINK" netns "$NS_HOST"
-    # AF_XDP in copy mode gets frames as the peer sent them: partial
-    # checksums and out-of-band VLAN tags unless the peer resolves them.
-    ip netns exec "$NS_FAB" ethtool -K pup tx off txvlan off >/dev/null
+    # The peer keeps its default offloads (TX checksum, TX VLAN), as a lab
+    # user's veth would.
     ip -n "$NS_FAB" link set pup master br0 up
     ip -n "$NS_HOST" link set "$UPLINK" up
 
@@ -459,6 +459,7 @@ if [ "$RUN_UPLINK" -eq 1 ]; then
         ip -n "$NS_OUT" neigh flush all
         wait_path "$NS_UB" "$IP_OUT"
         run_one uplink_bridge "$NS_UB" "$IP_OUT" "$r" "$UDAEMON_PID"
+        run_one uplink_bridge_rev "$NS_UB" "$IP_OUT" "$r" "$UDAEMON_PID" -R
         ip -n "$NS_HOST" link set "$UPLINK" nomaster
         uplink_vswitch uplink_l2bridge l2bridge "$NET_UL" "$EP_UL" "$NS_UL" "$r"
         uplink_vswitch uplink_transparent transparent "$NET_UT" "$EP_UT" "$NS_UT" "$r"
@@ -546,16 +547,24 @@ if run_uplink:
         return total
     ub, ul, ut = result("uplink_bridge"), result("uplink_l2bridge"), result("uplink_transparent")
     ratio_l, ratio_t = ratio_of(ul[0], ub[0]), ratio_of(ut[0], ub[0])
-    print()
-    title("endpoint -> outside through a veth uplink")
-    print(f"{'linux bridge':<20} {ub[0]:8.2f} {1.0:7.2f} {ub[1]:8.0f} {'-':>16} {'-':>6}")
-    print(f"{'vswitch l2bridge':<20} {ul[0]:8.2f} {ratio_l:7.2f} {ul[1]:8.0f} {cpu(ul[2]):>16} "
-          f"{uplink_drops('uplink_l2bridge', net_ul):6d}")
-    print(f"{'vswitch transparent':<20} {ut[0]:8.2f} {ratio_t:7.2f} {ut[1]:8.0f} {cpu(ut[2]):>16} "
-          f"{uplink_drops('uplink_transparent', net_ut):6d}")
+    rb, rl, rt = (result("uplink_bridge_rev"), result("uplink_l2bridge_rev"),
+                  result("uplink_transparent_rev"))
+    rratio_l, rratio_t = ratio_of(rl[0], rb[0]), ratio_of(rt[0], rb[0])
+    # Drops are counted over both directions of a round.
+    for what, (b, l, t), (rl_, rt_) in (
+            ("endpoint -> outside through a veth uplink", (ub, ul, ut), (ratio_l, ratio_t)),
+            ("outside -> endpoint through a veth uplink", (rb, rl, rt), (rratio_l, rratio_t))):
+        print()
+        title(what)
+        print(f"{'linux bridge':<20} {b[0]:8.2f} {1.0:7.2f} {b[1]:8.0f} {'-':>16} {'-':>6}")
+        print(f"{'vswitch l2bridge':<20} {l[0]:8.2f} {rl_:7.2f} {l[1]:8.0f} {cpu(l[2]):>16} "
+              f"{uplink_drops('uplink_l2bridge', net_ul):6d}")
+        print(f"{'vswitch transparent':<20} {t[0]:8.2f} {rt_:7.2f} {t[1]:8.0f} {cpu(t[2]):>16} "
+              f"{uplink_drops('uplink_transparent', net_ut):6d}")
     if not smoke:
         for name, g in (("uplink bridge", ub[0]), ("uplink l2bridge", ul[0]),
-                        ("uplink transparent", ut[0])):
+                        ("uplink transparent", ut[0]), ("uplink bridge -R", rb[0]),
+                        ("uplink l2bridge -R", rl[0]), ("uplink transparent -R", rt[0])):
             if g <= 0:
                 failed.append(f"{name} moved no data")
     out.update({
@@ -566,11 +575,18 @@ if run_uplink:
         "uplink_ratio_transparent": round(ratio_t, 3),
         "uplink_l2bridge_cpu_s": round(ul[2], 2),
         "uplink_transparent_cpu_s": round(ut[2], 2),
+        "uplink_rev_bridge_gbps": round(rb[0], 3),
+        "uplink_rev_l2bridge_gbps": round(rl[0], 3),
+        "uplink_rev_transparent_gbps": round(rt[0], 3),
+        "uplink_rev_ratio": round(rratio_l, 3),
+        "uplink_rev_ratio_transparent": round(rratio_t, 3),
     })
 else:
     out.update(dict.fromkeys(("uplink_bridge_gbps", "uplink_l2bridge_gbps", "uplink_transparent_gbps",
                               "uplink_ratio", "uplink_ratio_transparent", "uplink_l2bridge_cpu_s",
-                              "uplink_transparent_cpu_s")))
+                              "uplink_transparent_cpu_s", "uplink_rev_bridge_gbps",
+                              "uplink_rev_l2bridge_gbps", "uplink_rev_transparent_gbps",
+                              "uplink_rev_ratio", "uplink_rev_ratio_transparent")))
 
 print("(vswitchd CPU: its user+system time during the test, % of one core)")
 print()

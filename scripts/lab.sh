@@ -77,10 +77,9 @@ print("    TCP %.2f Gbit/s %s" % (r["end"]["sum_received"]["bits_per_second"] / 
 }
 
 # A veth from NS (ip -n NS; "" for this namespace) named DEV into the fabric
-# bridge, where its peer is PEER. The peer sends what the uplink receives,
-# and AF_XDP in copy mode gets frames as the kernel had them: with TX
-# checksum or VLAN offload on, a checksum would still be partial and a VLAN
-# tag out of band. So both are off on the fabric side.
+# bridge, where its peer is PEER. The peer keeps its default offloads: the
+# switch takes the partial checksums and out-of-band VLAN tags they leave in
+# the frames the uplink receives (docs/design.md, "Uplinks").
 wire() {
     local ns=$1 dev=$2 peer=$3
     local ipns=(); [ -n "$ns" ] && ipns=(-n "$ns")
@@ -88,7 +87,6 @@ wire() {
         ip "${ipns[@]}" link add "$dev" type veth peer name "$peer" netns "$FABRIC"
     fi
     ip -n "$FABRIC" link set "$peer" master "$BRIDGE"
-    ip netns exec "$FABRIC" ethtool -K "$peer" tx off txvlan off >/dev/null
     ip -n "$FABRIC" link set "$peer" up
     ip "${ipns[@]}" link set "$dev" up
 }

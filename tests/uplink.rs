@@ -344,6 +344,46 @@ fn l2bridge_same_host_traffic_stays_off_the_wire() {
     );
 }
 
+/// The fabric's uplink peers keep their default offloads (TX checksum, TX
+/// VLAN): frames reach the uplink with partial L4 checksums and their VLAN
+/// tag out of band. TCP both ways, IPv4 and IPv6, on a VLAN, through a
+/// transparent network: before the switch recognised both (issue 6 item
+/// 4), no TCP connection got through at all.
+#[test]
+fn transparent_vlan_tcp_with_the_peers_default_offloads() {
+    if !require_root("transparent_vlan_tcp_with_the_peers_default_offloads") {
+        return;
+    }
+    let mut s = Site::new();
+    let (s30, p30) = wire_subnet();
+    let (s6, p6) = wire_subnet6();
+    let up = s.f.add_uplink(&[]);
+    let v30 = s.f.outside_vlan(30);
+    s.f.outside_addr(&v30, &format!("{p30}.1/24"));
+    s.f.outside.ok(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{p6}::1/64"),
+        "dev",
+        &v30,
+        "nodad",
+    ]);
+    let net = s.network("transparent", &[&s30, &s6], &up, &["-o", "vlanid=30"]);
+    let (ip4, ip6) = (format!("{p30}.10"), format!("{p6}::10"));
+    let e = s.endpoint_with(&net, "trv", &["--ip", &ip4, "--ipv6", &ip6]);
+    assert!(
+        s.f.outside.ping_within(&ip4, FIVE_S),
+        "outside cannot reach the transparent endpoint over VLAN 30"
+    );
+    throughput(&s.f.outside, &s.eps[e], &ip4);
+    assert!(
+        s.f.outside.ping_within(&ip6, FIVE_S),
+        "outside cannot reach the transparent endpoint's IPv6 address over VLAN 30"
+    );
+    throughput(&s.f.outside, &s.eps[e], &ip6);
+}
+
 #[test]
 fn l2bridge_vlans_are_isolated_on_one_uplink() {
     if !require_root("l2bridge_vlans_are_isolated_on_one_uplink") {

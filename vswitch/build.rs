@@ -9,8 +9,13 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Programs in `xdp-prog/`, by file stem.
-const PROGRAMS: &[&str] = &["uplink"];
+/// Objects to build: output stem, source stem in `xdp-prog/`, extra clang
+/// flags. The uplink program is built twice: plainly (loaded by aya), and
+/// device-bound with the VLAN metadata kfunc (loaded by `src/ebpf/devbound.rs`).
+const PROGRAMS: &[(&str, &str, &[&str])] = &[
+    ("uplink", "uplink", &[]),
+    ("uplink_devbound", "uplink", &["-DUPLINK_DEV_BOUND"]),
+];
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
@@ -25,11 +30,11 @@ fn main() {
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let multiarch = PathBuf::from(format!("/usr/include/{arch}-linux-gnu"));
 
-    for name in PROGRAMS {
-        let src = src_dir.join(format!("{name}.bpf.c"));
+    for (name, source, flags) in PROGRAMS {
+        let src = src_dir.join(format!("{source}.bpf.c"));
         let obj = out_dir.join(format!("{name}.bpf.o"));
         println!("cargo:rerun-if-changed={}", src.display());
-        compile(&clang, &src_dir, &multiarch, &src, &obj);
+        compile(&clang, &src_dir, &multiarch, flags, &src, &obj);
     }
     if let Ok(entries) = std::fs::read_dir(&src_dir) {
         for entry in entries.flatten() {
@@ -40,9 +45,10 @@ fn main() {
     }
 }
 
-fn compile(clang: &str, include: &Path, multiarch: &Path, src: &Path, obj: &Path) {
+fn compile(clang: &str, include: &Path, multiarch: &Path, flags: &[&str], src: &Path, obj: &Path) {
     let mut cmd = Command::new(clang);
     cmd.args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+        .args(flags)
         .arg("-I")
         .arg(include);
     if multiarch.is_dir() {

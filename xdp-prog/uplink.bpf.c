@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: Apache-2.0
+// SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only
 /*
  * XDP steering on an uplink: the interface is shared by the host (which keeps
  * its own address on it) and the switch (which reads endpoint traffic through
@@ -16,6 +16,15 @@
  * bound (the daemon is restarting, say). Lookups use the frame's 802.1Q VID,
  * 0 when untagged. Every header is bounds-checked through a cursor before it
  * is read; a frame too short for what it announces goes to the host.
+ *
+ * Built twice. The device-bound build (-DUPLINK_DEV_BOUND, loaded with
+ * BPF_F_XDP_DEV_BOUND_ONLY for one interface) also asks the driver for a
+ * VLAN tag carried out of band (a veth peer's TX VLAN offload, a NIC that
+ * strips tags), uses its VID for the lookups, and puts the tag back into a
+ * frame it hands the switch, which then sees it as it was on the wire.
+ * Frames left to the host are not touched: the stack reads the tag where
+ * the driver left it. Calling a kfunc needs a GPL-compatible license, hence
+ * the dual license of this file.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -142,6 +151,60 @@ static __always_inline enum verdict parse_vlan(struct cursor *c, __be16 *proto, 
 	return V_HOST;
 }
 
+#ifdef UPLINK_DEV_BOUND
+/* bpf_xdp_metadata_rx_vlan_tag(ctx, &proto, &tci), see uplink.h. */
+static long (*const rx_vlan_tag)(struct xdp_md *ctx, __be16 *vlan_proto,
+				 __u16 *vlan_tci) = (void *)UPLINK_KFUNC_RX_VLAN_TAG;
+#endif
+
+/* An out-of-band VLAN tag of the frame, if the driver has one. */
+struct oob_tag {
+	int present;
+	__be16 proto;
+	__u16 tci;
+};
+
+static __always_inline void read_oob_tag(struct xdp_md *ctx, struct oob_tag *tag)
+{
+	tag->present = 0;
+	tag->proto = 0;
+	tag->tci = 0;
+#ifdef UPLINK_DEV_BOUND
+	/* 0 only when the driver has a tag; -ENODATA, -EOPNOTSUPP otherwise. */
+	if (rx_vlan_tag(ctx, &tag->proto, &tag->tci) == 0)
+		tag->present = 1;
+#endif
+}
+
+/* Inserts the out-of-band tag after the MAC addresses, as it was on the
+ * wire. Every packet pointer is invalid afterwards. Returns 0 on success. */
+static __always_inline int push_oob_tag(struct xdp_md *ctx, const struct oob_tag *tag)
+{
+	struct cursor c;
+	__u8 *frame;
+	__be16 *tpid;
+	int i;
+
+	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct vlan_tag)))
+		return -1;
+	c.pos = (void *)(long)ctx->data;
+	c.end = (void *)(long)ctx->data_end;
+	frame = cursor_take(&c, 2 * ETH_ALEN + sizeof(struct vlan_tag));
+	if (!frame)
+		return -1;
+	/* The addresses move to the new start, front to back (each byte is
+	 * read before anything overwrites it). */
+#pragma unroll
+	for (i = 0; i < 2 * ETH_ALEN; i++)
+		frame[i] = frame[i + sizeof(struct vlan_tag)];
+	/* TPID and TCI; the EtherType that followed the addresses is now the
+	 * inner one and sits right after them, where it was. */
+	tpid = (__be16 *)(frame + 2 * ETH_ALEN);
+	tpid[0] = tag->proto;
+	tpid[1] = bpf_htons(tag->tci);
+	return 0;
+}
+
 /* --- IP ------------------------------------------------------------------ */
 
 static __always_inline int ipv4_is_endpoint(__u16 vlan, const __be32 *addr)
@@ -251,26 +314,45 @@ static __always_inline enum verdict parse_ipv6(struct cursor *c, __u16 vlan, int
 
 /* --- Entry --------------------------------------------------------------- */
 
+/* Hands the frame to the switch with its out-of-band tag, if any, back in
+ * it. */
+static __always_inline int tagged_to_switch(struct xdp_md *ctx, const struct oob_tag *tag)
+{
+	if (tag->present) {
+		if (push_oob_tag(ctx, tag))
+			return count(UPLINK_STAT_MALFORMED, XDP_PASS);
+		count(UPLINK_STAT_VLAN_RESTORED, 0);
+	}
+	return to_switch(ctx);
+}
+
 SEC("xdp")
 int vswitch_uplink(struct xdp_md *ctx)
 {
-	struct cursor c = {
-		.pos = (void *)(long)ctx->data,
-		.end = (void *)(long)ctx->data_end,
-	};
-	struct ethhdr *eth = cursor_take(&c, sizeof(*eth));
+	struct oob_tag tag;
+	struct cursor c;
+	struct ethhdr *eth;
 	enum verdict v;
 	__be16 proto;
 	__u16 vlan;
 	int unicast;
 
+	read_oob_tag(ctx, &tag);
+	c.pos = (void *)(long)ctx->data;
+	c.end = (void *)(long)ctx->data_end;
+	eth = cursor_take(&c, sizeof(*eth));
 	if (!eth)
 		return count(UPLINK_STAT_MALFORMED, XDP_PASS);
 	proto = eth->h_proto;
-	if (parse_vlan(&c, &proto, &vlan) == V_MALFORMED)
+	if (tag.present) {
+		/* The out-of-band tag is the outer one; as for a tag in the frame,
+		 * only 802.1Q names a VLAN. */
+		vlan = tag.proto == bpf_htons(ETH_P_8021Q) ? tag.tci & VLAN_VID_MASK : 0;
+	} else if (parse_vlan(&c, &proto, &vlan) == V_MALFORMED) {
 		return count(UPLINK_STAT_MALFORMED, XDP_PASS);
+	}
 	if (mac_is_endpoint(vlan, eth->h_dest))
-		return to_switch(ctx);
+		return tagged_to_switch(ctx, &tag);
 
 	unicast = !is_group_mac(eth->h_dest);
 	switch (proto) {
@@ -289,11 +371,17 @@ int vswitch_uplink(struct xdp_md *ctx)
 	}
 
 	if (v == V_SWITCH)
-		return to_switch(ctx);
+		return tagged_to_switch(ctx, &tag);
 	if (v == V_MALFORMED)
 		return count(UPLINK_STAT_MALFORMED, XDP_PASS);
 	return count(UPLINK_STAT_PASSED, XDP_PASS);
 }
 
-/* Only non-GPL helpers are used (map lookup, redirect_map). */
+#ifdef UPLINK_DEV_BOUND
+/* The kernel lets only GPL-compatible programs call kfuncs; this file is
+ * dual-licensed. */
+char _license[] SEC("license") = "GPL";
+#else
+/* Only non-GPL helpers are used (map lookup, redirect_map, adjust_head). */
 char _license[] SEC("license") = "Apache-2.0";
+#endif

@@ -22,8 +22,19 @@ enum uplink_stat {
 	/* For an endpoint, but no socket is bound on the receive queue, so the
 	 * host stack got it. */
 	UPLINK_STAT_NO_SOCKET = 3,
-	UPLINK_STAT_MAX = 4,
+	/* For the switch, with its VLAN tag out of band (a veth peer's TX VLAN
+	 * offload, read with bpf_xdp_metadata_rx_vlan_tag): the tag was put
+	 * back into the frame. */
+	UPLINK_STAT_VLAN_RESTORED = 4,
+	UPLINK_STAT_MAX = 5,
 };
+
+/* In the device-bound build (UPLINK_DEV_BOUND), the call to the
+ * bpf_xdp_metadata_rx_vlan_tag kfunc is compiled as a call to this helper
+ * number, which no helper has; the loader (vswitch/src/ebpf/devbound.rs)
+ * turns it into a kfunc call (BPF_PSEUDO_KFUNC_CALL, the kfunc's vmlinux
+ * BTF id), because aya cannot relocate __ksym externs. */
+#define UPLINK_KFUNC_RX_VLAN_TAG 0x7ffff001
 
 /* `family` values of struct uplink_ip_key. */
 #define UPLINK_FAMILY_IPV4 4

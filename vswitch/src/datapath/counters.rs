@@ -74,6 +74,9 @@ pub struct PortCounters {
     pub rx_bytes: AtomicU64,
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
+    /// Frames received with their L4 checksum still to compute (a veth
+    /// uplink's peer offloading it), passed on as such.
+    pub rx_partial_checksums: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     /// Set when the port's device failed (deleted under the switch); the
     /// datapath has stopped polling it.
@@ -104,6 +107,11 @@ impl PortCounters {
     pub fn tx_many(&self, packets: usize, bytes: usize) {
         bump(&self.tx_packets, packets as u64);
         bump(&self.tx_bytes, bytes as u64);
+    }
+
+    #[inline]
+    pub fn rx_partial_checksum(&self) {
+        bump(&self.rx_partial_checksums, 1);
     }
 
     #[inline]

@@ -10,6 +10,12 @@
 //! exactly as long as the first, and each segment's checksums verified
 //! first so a corrupt one is never passed on as good. Anything else is left
 //! as it came.
+//!
+//! A segment whose TCP checksum is still to be computed (`F_NEEDS_CSUM` at
+//! the TCP checksum field, set by the port for a veth peer's offloaded
+//! checksum, see `port::afxdp`) cannot be verified: it counts as sound when
+//! the field holds its pseudo-header sum, as the kernel's GRO takes a
+//! `CHECKSUM_PARTIAL` skb. The super-frame leaves `F_NEEDS_CSUM` either way.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -82,10 +88,12 @@ fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// Parses `frame` as a joinable segment: IPv4 without options or fragments
+/// Parses `pkt` as a joinable segment: IPv4 without options or fragments
 /// (and a sound header), or IPv6 with TCP right after the fixed header; TCP
-/// with only ACK (and maybe PSH) set, data, and a correct checksum.
-fn segment(frame: &[u8]) -> Option<Segment> {
+/// with only ACK (and maybe PSH) set, data, and a correct checksum (or one
+/// marked still to compute whose field holds the pseudo-header sum).
+fn segment(pkt: &Packet) -> Option<Segment> {
+    let frame = pkt.frame();
     if frame.len() < ETH + 40 + 20 {
         return None;
     }
@@ -124,7 +132,17 @@ fn segment(frame: &[u8]) -> Option<Segment> {
         return None;
     }
     let tcp = &frame[l4..ETH + ip_len];
-    if family.pseudo(frame, tcp.len()).add_bytes(tcp).finish() != 0 {
+    let pseudo = family.pseudo(frame, tcp.len());
+    let partial = pkt.vnet.flags & VirtioNetHdr::F_NEEDS_CSUM != 0
+        && usize::from(pkt.vnet.csum_start) == l4
+        && pkt.vnet.csum_offset == 16;
+    let sound = if partial {
+        be16(frame, l4 + 16) == pseudo.folded()
+    } else {
+        let mut sum = pseudo;
+        sum.add_bytes(tcp).finish() == 0
+    };
+    if !sound {
         return None;
     }
     Some(Segment {
@@ -180,7 +198,7 @@ pub fn start(head: &Packet) -> Option<Run> {
     if head.vnet.is_gso() {
         return None;
     }
-    let s = segment(head.frame())?;
+    let s = segment(head)?;
     Some(Run {
         family: s.family,
         tcp_len: s.tcp_len,
@@ -198,7 +216,7 @@ pub fn join(run: &mut Run, head: &mut Packet, next: &Packet) -> bool {
     if run.closed || next.vnet.is_gso() {
         return false;
     }
-    let Some(s) = segment(next.frame()) else {
+    let Some(s) = segment(next) else {
         return false;
     };
     let l4 = run.l4();
@@ -454,6 +472,57 @@ mod tests {
         finish(&run, &mut head);
         assert!(!head.vnet.is_gso());
         assert_eq!(head.frame(), &before[..]);
+    }
+
+    /// `seg` as a sender offloading its checksum leaves it: the field holds
+    /// the pseudo-header sum, and the port flagged it (see port::afxdp).
+    fn partial(full: &Packet) -> Packet {
+        let mut p = Packet::new();
+        p.fill(full.frame());
+        let l4_len = p.frame().len() - L4;
+        let pseudo = Family::V4.pseudo(p.frame(), l4_len).folded();
+        p.frame_mut()[L4 + 16..L4 + 18].copy_from_slice(&pseudo.to_be_bytes());
+        p.vnet.flags = VirtioNetHdr::F_NEEDS_CSUM;
+        p.vnet.csum_start = L4 as u16;
+        p.vnet.csum_offset = 16;
+        p
+    }
+
+    #[test]
+    fn partial_checksums_join_and_leave_as_needing_one() {
+        let segs = [
+            seg(100, &data(1000, 0), TCP_ACK),
+            seg(1100, &data(1000, 1000), TCP_ACK),
+            seg(2100, &data(1000, 2000), TCP_ACK),
+        ];
+        let mut head = partial(&segs[0]);
+        let mut run = start(&head).expect("a partial checksum is joinable");
+        assert!(join(&mut run, &mut head, &partial(&segs[1])));
+        // Complete and partial segments of one flow mix.
+        assert!(join(&mut run, &mut head, &segs[2]));
+        finish(&run, &mut head);
+        assert_eq!(head.vnet.flags, VirtioNetHdr::F_NEEDS_CSUM);
+        let mut out = Packet::new();
+        let mut i = 0;
+        gso::segment(&head, &mut out, |s| {
+            // Segmenting computes each checksum: the originals come back.
+            assert_eq!(s.frame()[ETH + 12..], segs[i].frame()[ETH + 12..]);
+            i += 1;
+            true
+        })
+        .expect("segments");
+        assert_eq!(i, 3);
+
+        // Flagged, but the field is not the pseudo-header sum: corrupt.
+        let mut bad = partial(&segs[1]);
+        bad.frame_mut()[L4 + 17] ^= 1;
+        let mut head = partial(&segs[0]);
+        let mut run = start(&head).unwrap();
+        assert!(!join(&mut run, &mut head, &bad));
+        // A partial flag that points elsewhere proves nothing.
+        let mut elsewhere = partial(&segs[1]);
+        elsewhere.vnet.csum_offset = 6;
+        assert!(!join(&mut run, &mut head, &elsewhere));
     }
 
     #[test]

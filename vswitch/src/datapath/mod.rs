@@ -610,10 +610,17 @@ impl Tables {
         let vlan = match vlan_pop(pkt.buffer_mut(), len) {
             Some((vid, new_len)) => {
                 pkt.set_len(new_len);
+                // A checksum still to fill moved with the payload.
+                if pkt.vnet.flags & VirtioNetHdr::F_NEEDS_CSUM != 0 {
+                    pkt.vnet.csum_start = pkt.vnet.csum_start.saturating_sub(4);
+                }
                 vid
             }
             None => 0,
         };
+        if pkt.vnet.flags & VirtioNetHdr::F_NEEDS_CSUM != 0 {
+            slot.counters.rx_partial_checksum();
+        }
         let port = slot.members.get(&vlan).copied();
         if port.is_none() {
             slot.counters.dropped(DropReason::UnknownVlan);

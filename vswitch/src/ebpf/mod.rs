@@ -8,6 +8,7 @@
 //! - [`UplinkProgram`]: the XDP program on an uplink that hands endpoint
 //!   traffic to the switch's AF_XDP sockets and leaves the rest to the host.
 
+mod devbound;
 mod uplink;
 
 #[cfg(test)]

@@ -20,11 +20,17 @@
 //! re-registers endpoints from its state, and attaching fresh re-probes the
 //! mode and guarantees the map layouts match this loader.
 //!
-//! VLANs: the VID is read from the 802.1Q tag in the frame. A NIC that
-//! strips tags in hardware hides them from native XDP, so uplinks carrying
-//! VLANs need `ethtool -K IF rxvlan off`. Only one 802.1Q (0x8100) tag is
-//! parsed: 802.1ad (0x88a8) frames are looked up as untagged, and stacked
-//! tags by their outer VID, both by destination MAC only.
+//! VLANs: the VID is read from the 802.1Q tag in the frame, or, where the
+//! driver keeps the tag out of band (a veth whose peer has TX VLAN offload,
+//! the default; a NIC stripping tags) and implements the
+//! `bpf_xdp_metadata_rx_vlan_tag` kfunc, from the driver: then the program
+//! is the device-bound build (see `devbound.rs`, loaded without aya), which
+//! also puts the tag back into each frame it hands the switch. Where the
+//! device-bound build cannot be loaded (generic mode, an old kernel), the
+//! plain build runs and a NIC that strips tags needs `ethtool -K IF rxvlan
+//! off`. Only one 802.1Q (0x8100) tag is parsed: 802.1ad (0x88a8) frames
+//! are looked up as untagged, and stacked tags by their outer VID, both by
+//! destination MAC only.
 //!
 //! Pins are named by interface only, so an uplink name must be unique across
 //! the network namespaces of one bpffs (the daemon's uplinks live in its own
@@ -93,11 +99,12 @@ enum UplinkStat {
     Passed = 1,
     Malformed = 2,
     NoSocket = 3,
+    VlanRestored = 4,
 }
 
 /// `UPLINK_STAT_MAX`.
-const STAT_COUNT: u32 = 4;
-const _: () = assert!(UplinkStat::NoSocket as u32 + 1 == STAT_COUNT);
+const STAT_COUNT: u32 = 5;
+const _: () = assert!(UplinkStat::VlanRestored as u32 + 1 == STAT_COUNT);
 
 /// How the program runs on the interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,12 +136,18 @@ pub struct XdpStats {
     /// Endpoint frames left to the host because no socket was registered on
     /// their receive queue.
     pub no_socket: u64,
+    /// Frames for the switch whose VLAN tag the driver had out of band, put
+    /// back into the frame (device-bound program only).
+    pub vlan_restored: u64,
 }
 
 /// The steering program attached to one uplink. See the module docs.
 pub struct UplinkProgram {
     ifname: String,
     mode: XdpMode,
+    /// The device-bound build runs: VLAN tags the driver keeps out of band
+    /// are seen.
+    vlan_metadata: bool,
     pin_dir: PathBuf,
     link: PinnedLink,
     xsks: XskMap<MapData>,
@@ -150,6 +163,7 @@ impl fmt::Debug for UplinkProgram {
         f.debug_struct("UplinkProgram")
             .field("ifname", &self.ifname)
             .field("mode", &self.mode)
+            .field("vlan_metadata", &self.vlan_metadata)
             .field("pin_dir", &self.pin_dir)
             .finish_non_exhaustive()
     }
@@ -164,7 +178,8 @@ impl UplinkProgram {
         check_ifname(ifname)?;
         let c_name = CString::new(ifname).expect("checked: no NUL");
         // SAFETY: c_name is a valid NUL-terminated string for the call.
-        if unsafe { libc::if_nametoindex(c_name.as_ptr()) } == 0 {
+        let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+        if ifindex == 0 {
             return Err(EbpfError::NoSuchInterface(ifname.to_string()));
         }
         ensure_bpffs()?;
@@ -179,7 +194,7 @@ impl UplinkProgram {
         }
         // A failed attach (another program on the interface, say) must not
         // leave pinned maps behind.
-        UplinkProgram::load_pinned(ifname, pin_dir.clone()).inspect_err(|_| {
+        UplinkProgram::load_pinned(ifname, ifindex, pin_dir.clone()).inspect_err(|_| {
             let _ = remove_pins(&pin_dir);
             let _ = std::fs::remove_dir(&pin_dir);
         })
@@ -187,7 +202,11 @@ impl UplinkProgram {
 
     /// Loads the program, pins its maps in `pin_dir`, attaches it and pins
     /// the link.
-    fn load_pinned(ifname: &str, pin_dir: PathBuf) -> Result<UplinkProgram, EbpfError> {
+    fn load_pinned(
+        ifname: &str,
+        ifindex: u32,
+        pin_dir: PathBuf,
+    ) -> Result<UplinkProgram, EbpfError> {
         let mut ebpf = Ebpf::load(UPLINK_OBJ).map_err(|source| EbpfError::Parse {
             program: PROGRAM,
             source: Box::new(source),
@@ -222,28 +241,37 @@ impl UplinkProgram {
             .map_err(|e| typed(MAP_STATS, e))?;
 
         // Attach last, so that a failure before it leaves nothing attached.
-        let program = xdp_program(&mut ebpf)?;
-        let (link_id, mode) = attach_best_mode(program, ifname)?;
-        let link = program
-            .take_link(link_id)
-            .map_err(|source| EbpfError::Load {
-                program: PROGRAM,
-                source: Box::new(source),
-            })?;
-        // Until pinned, dropping the link (on an error) detaches it again.
-        let link = FdLink::try_from(link).map_err(|_| EbpfError::NotALink {
-            ifname: ifname.to_string(),
-        })?;
+        // The device-bound build first (native only), on the maps just
+        // pinned; the plain one if it cannot be had.
         let link_path = pin_dir.join(LINK_PIN);
-        let link = link.pin(&link_path).map_err(|source| EbpfError::Pin {
-            path: link_path.clone(),
-            source: Box::new(source),
-        })?;
+        let (link, mode, vlan_metadata) =
+            match super::devbound::attach(ifindex, &pin_dir, PROGRAM, &link_path) {
+                Ok(()) => {
+                    let link =
+                        PinnedLink::from_pin(&link_path).map_err(|_| EbpfError::NotALink {
+                            ifname: ifname.to_string(),
+                        })?;
+                    (link, XdpMode::Native, true)
+                }
+                Err(e) if e.is_busy() => {
+                    return Err(EbpfError::ForeignProgram {
+                        ifname: ifname.to_string(),
+                    })
+                }
+                Err(e) => {
+                    tracing::debug!(ifname, error = %error_chain(&e),
+                        "no device-bound XDP program; VLAN tags kept out of band stay unseen");
+                    let (link, mode) = attach_plain(&mut ebpf, ifname, &link_path)?;
+                    (link, mode, false)
+                }
+            };
 
-        tracing::info!(ifname, %mode, pin = %pin_dir.display(), "attached the uplink XDP program");
+        tracing::info!(ifname, %mode, vlan_metadata, pin = %pin_dir.display(),
+            "attached the uplink XDP program");
         Ok(UplinkProgram {
             ifname: ifname.to_string(),
             mode,
+            vlan_metadata,
             pin_dir,
             link,
             xsks,
@@ -260,6 +288,12 @@ impl UplinkProgram {
 
     pub fn mode(&self) -> XdpMode {
         self.mode
+    }
+
+    /// True when the program reads VLAN tags the driver keeps out of band
+    /// (the device-bound build runs).
+    pub fn reads_vlan_metadata(&self) -> bool {
+        self.vlan_metadata
     }
 
     /// Directory in bpffs holding the link and map pins.
@@ -360,6 +394,7 @@ impl UplinkProgram {
             passed: read(UplinkStat::Passed)?,
             malformed: read(UplinkStat::Malformed)?,
             no_socket: read(UplinkStat::NoSocket)?,
+            vlan_restored: read(UplinkStat::VlanRestored)?,
         })
     }
 
@@ -386,6 +421,32 @@ impl UplinkProgram {
         tracing::info!(ifname, "detached the uplink XDP program");
         Ok(())
     }
+}
+
+/// Attaches the aya-loaded (plain) build in the best mode and pins its link
+/// at `link_path`.
+fn attach_plain(
+    ebpf: &mut Ebpf,
+    ifname: &str,
+    link_path: &Path,
+) -> Result<(PinnedLink, XdpMode), EbpfError> {
+    let program = xdp_program(ebpf)?;
+    let (link_id, mode) = attach_best_mode(program, ifname)?;
+    let link = program
+        .take_link(link_id)
+        .map_err(|source| EbpfError::Load {
+            program: PROGRAM,
+            source: Box::new(source),
+        })?;
+    // Until pinned, dropping the link (on an error) detaches it again.
+    let link = FdLink::try_from(link).map_err(|_| EbpfError::NotALink {
+        ifname: ifname.to_string(),
+    })?;
+    let link = link.pin(link_path).map_err(|source| EbpfError::Pin {
+        path: link_path.to_path_buf(),
+        source: Box::new(source),
+    })?;
+    Ok((link, mode))
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
@@ -551,6 +612,10 @@ mod tests {
             .in_a(|| UplinkProgram::attach(&net.a))
             .expect("first attach");
         assert_eq!(first.mode(), XdpMode::Native, "veth supports native XDP");
+        assert!(
+            first.reads_vlan_metadata(),
+            "veth implements the VLAN metadata kfunc: the device-bound build runs"
+        );
         assert!(first.pin_dir().join(LINK_PIN).exists());
         assert!(has_xdp(&net.ns_a, &net.a));
 
@@ -591,6 +656,10 @@ mod tests {
             .unwrap();
         let prog = net.in_a(|| UplinkProgram::attach(&dummy)).expect("attach");
         assert_eq!(prog.mode(), XdpMode::Generic);
+        assert!(
+            !prog.reads_vlan_metadata(),
+            "device-bound programs are native only"
+        );
         assert!(has_xdp(&net.ns_a, &dummy));
         prog.detach().unwrap();
         assert!(!has_xdp(&net.ns_a, &dummy));

@@ -228,6 +228,8 @@ impl ArpRepr {
 mod tests {
     use super::*;
     use crate::wire::ethernet::{EtherType, EthernetFrame, EthernetRepr};
+    use crate::wire::testing::{bytes, config, damaged};
+    use proptest::prelude::*;
 
     // Who has 192.168.1.1? Tell 192.168.1.10 (02:15:5d:00:00:01).
     static REQUEST: [u8; 28] = [
@@ -371,5 +373,46 @@ mod tests {
         buf[24..28].copy_from_slice(&[0xc0, 0xa8, 0x01, 0x0a]);
         let r = ArpRepr::parse(&ArpPacket::new_checked(&buf[..]).unwrap()).unwrap();
         assert!(r.is_gratuitous());
+    }
+
+    /// An Ethernet/IPv4 ARP packet with arbitrary operation and addresses,
+    /// sometimes padded as on the wire.
+    fn arp() -> impl Strategy<Value = Vec<u8>> {
+        (any::<[u8; 22]>(), 0usize..20).prop_map(|(rest, pad)| {
+            let mut v = vec![0x00, 0x01, 0x08, 0x00, 0x06, 0x04];
+            v.extend_from_slice(&rest);
+            v.resize(PACKET_LEN + pad, 0);
+            v
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn prop_arp_checked_view_never_panics(b in prop_oneof![bytes(), damaged(arp())]) {
+            if let Ok(p) = ArpPacket::new_checked(&b[..]) {
+                let _ = (p.operation(), p.sender_hw_addr(), p.sender_proto_addr());
+                let _ = (p.target_hw_addr(), p.target_proto_addr());
+                prop_assert!(b.len() >= PACKET_LEN);
+                prop_assert_eq!((p.hardware_len(), p.protocol_len()), (6, 4));
+            }
+        }
+
+        /// A checked view has the one layout the repr writes, so all 28
+        /// bytes come back; a reply swaps the addresses and answers once.
+        #[test]
+        fn prop_arp_repr_round_trips(b in damaged(arp()), hw in any::<[u8; 6]>()) {
+            let Ok(p) = ArpPacket::new_checked(&b[..]) else { return Ok(()) };
+            let r = ArpRepr::parse(&p).unwrap();
+            let mut out = vec![0u8; r.buffer_len()];
+            r.emit(&mut ArpPacket::new_unchecked(&mut out[..]));
+            prop_assert_eq!(&out[..], &b[..PACKET_LEN]);
+            if let Some(reply) = r.reply(MacAddr(hw)) {
+                prop_assert_eq!(reply.target_ip, r.sender_ip);
+                prop_assert_eq!(reply.sender_ip, r.target_ip);
+                prop_assert_eq!(reply.reply(MacAddr(hw)), None);
+            }
+        }
     }
 }

@@ -361,7 +361,9 @@ pub fn vlan_pop(buf: &mut [u8], len: usize) -> Option<(u16, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::testing::{bytes, config, damaged};
     use crate::wire::WireError;
+    use proptest::prelude::*;
 
     // ARP request from 02:15:5d:00:00:01, broadcast, untagged, no padding.
     static UNTAGGED: [u8; 18] = [
@@ -601,5 +603,111 @@ mod tests {
             MacAddr::ZERO
         );
         assert!(HOST < MacAddr::from_u64(HOST.to_u64() + 1));
+    }
+
+    /// A frame with arbitrary addresses and payload whose type is one the
+    /// switch knows (often 802.1Q, so the tag paths are taken) or any other.
+    fn frame() -> impl Strategy<Value = Vec<u8>> {
+        (
+            any::<[u8; 12]>(),
+            prop_oneof![
+                Just(0x8100u16),
+                Just(0x0800),
+                Just(0x0806),
+                Just(0x86dd),
+                any::<u16>()
+            ],
+            prop::collection::vec(any::<u8>(), 0..100),
+        )
+            .prop_map(|(macs, ty, payload)| {
+                let mut v = macs.to_vec();
+                v.extend_from_slice(&ty.to_be_bytes());
+                v.extend_from_slice(&payload);
+                v
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn prop_ethernet_checked_view_never_panics(
+            b in prop_oneof![bytes(), damaged(frame())],
+        ) {
+            let Ok(f) = EthernetFrame::new_checked(&b[..]) else {
+                prop_assert!(b.len() < HEADER_LEN + VLAN_TAG_LEN);
+                return Ok(());
+            };
+            let _ = (f.dst(), f.src(), f.ethertype(), f.vlan_id(), f.inner_ethertype());
+            prop_assert_eq!(f.payload().len() + HEADER_LEN, b.len());
+            prop_assert_eq!(f.inner_payload().len() + f.header_len(), b.len());
+            prop_assert_eq!(f.vlan_tci().is_some(), f.ethertype() == EtherType::Vlan);
+        }
+
+        /// The repr holds every byte of the 14-byte header.
+        #[test]
+        fn prop_ethernet_repr_round_trips(b in damaged(frame())) {
+            let Ok(f) = EthernetFrame::new_checked(&b[..]) else { return Ok(()) };
+            let r = EthernetRepr::parse(&f).unwrap();
+            let mut out = vec![0u8; r.buffer_len()];
+            r.emit(&mut EthernetFrame::new_unchecked(&mut out[..]));
+            prop_assert_eq!(&out[..], &b[..HEADER_LEN]);
+        }
+
+        /// Push and pop never panic, leave the buffer untouched when they
+        /// refuse, and a pushed tag pops back to the frame it came from.
+        #[test]
+        fn prop_vlan_push_then_pop_is_identity(
+            b in prop_oneof![bytes(), damaged(frame())],
+            extra in 0usize..8,
+            len in any::<prop::sample::Index>(),
+            vid in prop_oneof![0u16..0x1000, any::<u16>()],
+        ) {
+            let mut buf = b.clone();
+            buf.resize(b.len() + extra, 0xa5);
+            // Lengths past the buffer too, which both must refuse.
+            let len = len.index(buf.len() + 8);
+            let before = buf.clone();
+            match vlan_push(&mut buf, len, vid) {
+                None => {
+                    prop_assert_eq!(&buf, &before);
+                    prop_assert!(len < HEADER_LEN || len + VLAN_TAG_LEN > buf.len() || vid > 0x0fff);
+                }
+                Some(n) => {
+                    prop_assert_eq!(n, len + VLAN_TAG_LEN);
+                    let f = EthernetFrame::new_checked(&buf[..n]).unwrap();
+                    prop_assert_eq!(f.vlan_id(), Some(vid));
+                    prop_assert_eq!(f.inner_payload(), &before[HEADER_LEN..len]);
+                    prop_assert_eq!(vlan_pop(&mut buf, n), Some((vid, len)));
+                    prop_assert_eq!(&buf[..len], &before[..len]);
+                }
+            }
+            let mut buf = before.clone();
+            match vlan_pop(&mut buf, len) {
+                None => prop_assert_eq!(&buf, &before),
+                Some((vid, n)) => {
+                    prop_assert_eq!(n + VLAN_TAG_LEN, len);
+                    prop_assert_eq!(vid, u16::from_be_bytes([before[14], before[15]]) & 0x0fff);
+                    prop_assert_eq!(&buf[..12], &before[..12]);
+                    prop_assert_eq!(&buf[12..n], &before[16..len]);
+                }
+            }
+        }
+
+        /// Any string either is a MAC address that prints back as itself
+        /// (lower case, colons) or is refused; printing always parses back.
+        #[test]
+        fn prop_mac_parse_and_display(s in prop_oneof![
+            ".{0,20}",
+            "[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}",
+            "[0-9a-fA-F:-]{15,19}",
+        ], mac in any::<[u8; 6]>()) {
+            if let Ok(m) = s.parse::<MacAddr>() {
+                prop_assert_eq!(m.to_string(), s.to_ascii_lowercase().replace('-', ":"));
+            }
+            let m = MacAddr(mac);
+            prop_assert_eq!(m.to_string().parse::<MacAddr>(), Ok(m));
+            prop_assert_eq!(MacAddr::from_u64(m.to_u64()), m);
+        }
     }
 }

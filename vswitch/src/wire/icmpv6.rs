@@ -239,9 +239,9 @@ impl NdpRepr {
     }
 
     /// Validates what RFC 4861 section 7.1 asks of the IPv6 envelope (ICMPv6
-    /// directly after the fixed header, hop limit 255, correct checksum, no
-    /// source link-layer option from the unspecified address) and parses the
-    /// message.
+    /// directly after the fixed header, hop limit 255, a source that is not
+    /// multicast, correct checksum, no source link-layer option from the
+    /// unspecified address) and parses the message.
     pub fn parse_ipv6<T: AsRef<[u8]>>(ip: &Ipv6Packet<T>) -> Result<NdpRepr> {
         if ip.next_header() != IpProtocol::Icmpv6 {
             return Err(WireError::Unsupported {
@@ -253,6 +253,15 @@ impl NdpRepr {
             return Err(WireError::Malformed {
                 what: "ndp",
                 reason: "hop limit is not 255",
+            });
+        }
+        // RFC 4291 section 2.7: a multicast address is never a source. Linux
+        // drops such a packet before NDP sees it; answering it would send a
+        // solicited advertisement to a group, which receivers drop too.
+        if ip.src().is_multicast() {
+            return Err(WireError::Malformed {
+                what: "ndp",
+                reason: "source is a multicast address",
             });
         }
         let icmp = Icmpv6Packet::new_checked(ip.payload())?;
@@ -367,6 +376,12 @@ impl NdpRepr {
 /// first link-layer address option of `kind`. An option of length 0 or one
 /// running past the message makes the whole message invalid (RFC 4861
 /// section 4.6).
+///
+/// Only an option of exactly 8 bytes holds an Ethernet address (RFC 2464
+/// section 6); one of another length is skipped like an unknown option.
+/// That is what Linux does (`ndisc_opt_addr_data`), and it is the only
+/// length l2bridge egress rewrites: reading a MAC from a longer option made
+/// the switch see an address its peers ignore and the uplink never hides.
 fn find_lladdr(mut options: &[u8], kind: u8) -> Result<Option<MacAddr>> {
     let mut found = None;
     while !options.is_empty() {
@@ -379,7 +394,7 @@ fn find_lladdr(mut options: &[u8], kind: u8) -> Result<Option<MacAddr>> {
             });
         }
         need("ndp option", len, options.len())?;
-        if options[0] == kind && found.is_none() {
+        if options[0] == kind && len == LLADDR_OPT_LEN && found.is_none() {
             let mut m = [0u8; 6];
             m.copy_from_slice(&options[2..8]);
             found = Some(MacAddr(m));
@@ -394,6 +409,8 @@ mod tests {
     use super::*;
     use crate::wire::ethernet::{EtherType, EthernetFrame, EthernetRepr};
     use crate::wire::ipv6::{multicast_mac, solicited_node, Ipv6Repr};
+    use crate::wire::testing::{bytes, config, damaged, v6_addr};
+    use proptest::prelude::*;
 
     // Frames captured with tcpdump on a veth between two namespaces running
     // Linux 6.18, so the checksums are the kernel's, not ours.
@@ -674,6 +691,55 @@ mod tests {
         assert_eq!(Icmpv6Type::from(200), Icmpv6Type::Unknown(200));
     }
 
+    /// Found by `prop_ndp_option_walk` (and the l2bridge egress property):
+    /// a source link-layer option of length 2 (16 bytes) was read as a MAC.
+    /// Linux ignores it and egress does not rewrite it, so the switch must
+    /// not see one there either; a later option of the right length counts.
+    #[test]
+    fn lladdr_option_of_another_length_is_skipped() {
+        let mut msg = [0u8; 48];
+        msg[..24].copy_from_slice(&NS_FRAME[54..78]);
+        msg[24..26].copy_from_slice(&[OPT_SOURCE_LLADDR, 2]);
+        msg[26..32].copy_from_slice(&B_MAC.0);
+        let p = Icmpv6Packet::new_checked(&msg[..40]).unwrap();
+        assert_eq!(
+            NdpRepr::parse(&p).unwrap(),
+            NdpRepr::NeighborSolicit {
+                target: B_IP,
+                source_lladdr: None,
+            }
+        );
+        msg[40..42].copy_from_slice(&[OPT_SOURCE_LLADDR, 1]);
+        msg[42..48].copy_from_slice(&A_MAC.0);
+        let p = Icmpv6Packet::new_checked(&msg[..]).unwrap();
+        assert_eq!(
+            NdpRepr::parse(&p).unwrap(),
+            NdpRepr::NeighborSolicit {
+                target: B_IP,
+                source_lladdr: Some(A_MAC),
+            }
+        );
+    }
+
+    /// Found by `prop_ndp_parse_ipv6_checks_the_envelope` and the l2bridge
+    /// ingress property: a solicitation from a multicast source was
+    /// accepted, and l2bridge answered it with a solicited advertisement to
+    /// that group, which Linux drops (and never sends itself).
+    #[test]
+    fn multicast_source_is_refused() {
+        let mut frame = NS_FRAME;
+        frame[22..38].copy_from_slice(&ALL_NODES.octets());
+        let mut icmp = Icmpv6Packet::new_unchecked(&mut frame[54..]);
+        icmp.fill_checksum(ALL_NODES, solicited_node(B_IP));
+        assert_eq!(
+            NdpRepr::parse_ipv6(&ipv6_of(&frame)),
+            Err(WireError::Malformed {
+                what: "ndp",
+                reason: "source is a multicast address",
+            })
+        );
+    }
+
     #[test]
     fn na_flags_bits() {
         for b in [0u8, 0x80, 0x40, 0x20, 0xe0, 0x60] {
@@ -681,5 +747,183 @@ mod tests {
         }
         // Reserved bits are not carried.
         assert_eq!(NaFlags::from_byte(0x1f).to_byte(), 0);
+    }
+
+    /// NDP options: link-layer address options (often of the right length,
+    /// sometimes not), nonces, arbitrary kinds, and now and then a zero
+    /// length or trailing bytes that are not a whole option.
+    fn ndp_options() -> impl Strategy<Value = Vec<u8>> {
+        let option = (
+            prop_oneof![Just(1u8), Just(2), Just(14), any::<u8>()],
+            prop_oneof![3 => Just(1u8), 2 => 0u8..4],
+            any::<[u8; 30]>(),
+        )
+            .prop_map(|(kind, units, data)| {
+                let mut o = vec![kind, units];
+                let len = usize::from(units) * 8;
+                o.extend(data.iter().cycle().take(len.saturating_sub(2)));
+                o
+            });
+        (
+            prop::collection::vec(option, 0..4),
+            prop_oneof![3 => Just(vec![]), 1 => prop::collection::vec(any::<u8>(), 1..3)],
+        )
+            .prop_map(|(opts, tail)| {
+                let mut v: Vec<u8> = opts.concat();
+                v.extend_from_slice(&tail);
+                v
+            })
+    }
+
+    /// A neighbour solicitation or advertisement (now and then another
+    /// type) with arbitrary flags, target and options; checksum not filled.
+    fn ndp_message() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![Just(135u8), Just(136), any::<u8>()],
+            prop_oneof![4 => Just(0u8), 1 => any::<u8>()],
+            any::<[u8; 4]>(),
+            prop_oneof![Just([0u8; 4]), any::<[u8; 4]>()],
+            any::<[u8; 16]>(),
+            ndp_options(),
+        )
+            .prop_map(|(ty, code, csum, reserved, target, options)| {
+                let mut v = vec![ty, code, csum[0], csum[1]];
+                v.extend_from_slice(&reserved);
+                v.extend_from_slice(&target);
+                v.extend_from_slice(&options);
+                v
+            })
+    }
+
+    /// An IPv6 packet carrying `ndp_message()`, usually with the envelope
+    /// NDP requires (ICMPv6, hop limit 255) and a correct checksum, then
+    /// damaged; sometimes from `::`.
+    fn ndp_ipv6() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![Just(58u8), any::<u8>()],
+            prop_oneof![Just(255u8), any::<u8>()],
+            prop_oneof![Just(Ipv6Addr::UNSPECIFIED), Just(ALL_NODES), v6_addr()],
+            v6_addr(),
+            ndp_message(),
+            any::<bool>(),
+            0usize..16,
+        )
+            .prop_map(|(nh, hops, src, dst, msg, fill, pad)| {
+                let mut v = vec![0u8; 40 + msg.len()];
+                let mut ip = Ipv6Packet::new_unchecked(&mut v[..]);
+                ip.set_version_tc_flow(0, 0);
+                ip.set_payload_len(msg.len() as u16);
+                ip.set_next_header(IpProtocol::from(nh));
+                ip.set_hop_limit(hops);
+                ip.set_src(src);
+                ip.set_dst(dst);
+                let mut icmp = Icmpv6Packet::new_unchecked(ip.payload_mut());
+                icmp.body_mut().copy_from_slice(&msg[4..]);
+                icmp.buffer[..2].copy_from_slice(&msg[..2]);
+                if fill {
+                    icmp.fill_checksum(src, dst);
+                }
+                v.resize(v.len() + pad, 0);
+                v
+            })
+    }
+
+    /// The same walk as `find_lladdr`, written plainly: the model the
+    /// property checks the parser against.
+    fn model_lladdr(options: &[u8], kind: u8) -> Option<Option<MacAddr>> {
+        let mut at = 0;
+        let mut found = None;
+        while at < options.len() {
+            let len = usize::from(*options.get(at + 1)?) * 8;
+            if len == 0 || at + len > options.len() {
+                return None;
+            }
+            if options[at] == kind && len == LLADDR_OPT_LEN && found.is_none() {
+                found = Some(MacAddr(options[at + 2..at + 8].try_into().unwrap()));
+            }
+            at += len;
+        }
+        Some(found)
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn prop_icmpv6_checked_view_never_panics(
+            b in prop_oneof![bytes(), damaged(ndp_message())],
+            src in v6_addr(),
+            dst in v6_addr(),
+        ) {
+            let Ok(p) = Icmpv6Packet::new_checked(&b[..]) else {
+                prop_assert!(b.len() < HEADER_LEN);
+                return Ok(());
+            };
+            let _ = (p.msg_type(), p.code(), p.checksum(), p.verify_checksum(src, dst));
+            prop_assert_eq!(p.body().len() + HEADER_LEN, b.len());
+            let _ = NdpRepr::parse(&p);
+        }
+
+        /// A parsed message emits one the parser reads back as the same
+        /// repr, with a checksum that verifies. The repr drops what it does
+        /// not model (reserved bits, options other than the first Ethernet
+        /// link-layer address of the right kind), so the bytes come back
+        /// only for a message already in that form.
+        #[test]
+        fn prop_ndp_repr_round_trips(
+            b in damaged(ndp_message()),
+            src in v6_addr(),
+            dst in v6_addr(),
+        ) {
+            let Ok(p) = Icmpv6Packet::new_checked(&b[..]) else { return Ok(()) };
+            let Ok(r) = NdpRepr::parse(&p) else { return Ok(()) };
+            prop_assert!(!r.target().is_multicast());
+            let mut out = vec![0u8; r.buffer_len()];
+            r.emit(src, dst, &mut Icmpv6Packet::new_unchecked(&mut out[..]));
+            let q = Icmpv6Packet::new_checked(&out[..]).unwrap();
+            prop_assert!(q.verify_checksum(src, dst));
+            prop_assert_eq!(NdpRepr::parse(&q), Ok(r));
+            let reserved_clear = match r {
+                NdpRepr::NeighborSolicit { .. } => b[4..8] == [0; 4],
+                NdpRepr::NeighborAdvert { .. } => b[4] & 0x1f == 0 && b[5..8] == [0; 3],
+            };
+            let lladdr_kind = match r {
+                NdpRepr::NeighborSolicit { .. } => OPT_SOURCE_LLADDR,
+                NdpRepr::NeighborAdvert { .. } => OPT_TARGET_LLADDR,
+            };
+            let options = &b[NDP_LEN..];
+            let only_lladdr = options.is_empty()
+                || (options.len() == LLADDR_OPT_LEN && options[0] == lladdr_kind && options[1] == 1);
+            if reserved_clear && only_lladdr {
+                prop_assert_eq!(&out[..2], &b[..2]);
+                prop_assert_eq!(&out[4..], &b[4..]);
+            }
+        }
+
+        /// The envelope checks hold for everything `parse_ipv6` accepts.
+        #[test]
+        fn prop_ndp_parse_ipv6_checks_the_envelope(b in prop_oneof![bytes(), damaged(ndp_ipv6())]) {
+            let Ok(ip) = Ipv6Packet::new_checked(&b[..]) else { return Ok(()) };
+            let Ok(r) = NdpRepr::parse_ipv6(&ip) else { return Ok(()) };
+            prop_assert_eq!(ip.next_header(), IpProtocol::Icmpv6);
+            prop_assert_eq!(ip.hop_limit(), NDP_HOP_LIMIT);
+            prop_assert!(!ip.src().is_multicast());
+            let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+            prop_assert!(icmp.verify_checksum(ip.src(), ip.dst()));
+            prop_assert_eq!(NdpRepr::parse(&icmp), Ok(r));
+            if let NdpRepr::NeighborSolicit { source_lladdr: Some(_), .. } = r {
+                prop_assert!(!ip.src().is_unspecified());
+            }
+        }
+
+        /// Option walking over arbitrary bytes: no panic, and the answer of
+        /// the plain model above.
+        #[test]
+        fn prop_ndp_option_walk(
+            options in prop_oneof![prop::collection::vec(any::<u8>(), 0..64), ndp_options()],
+            kind in prop_oneof![Just(OPT_SOURCE_LLADDR), Just(OPT_TARGET_LLADDR), any::<u8>()],
+        ) {
+            prop_assert_eq!(find_lladdr(&options, kind).ok(), model_lladdr(&options, kind));
+        }
     }
 }

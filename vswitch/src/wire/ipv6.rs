@@ -209,6 +209,8 @@ pub fn multicast_mac(group: Ipv6Addr) -> MacAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::testing::{bytes, config, damaged};
+    use proptest::prelude::*;
 
     // Hop limit 255 ICMPv6 (8 bytes) fe80::15:5dff:fe00:1 -> ff02::1:ff00:2,
     // traffic class 0xe0, flow label 0x12345.
@@ -306,5 +308,64 @@ mod tests {
             MacAddr([0x33, 0x33, 0xff, 0x0b, 0x0c, 0x0d])
         );
         assert_eq!(multicast_mac(DST).to_string(), "33:33:ff:00:00:02");
+    }
+
+    /// An IPv6 packet with arbitrary fields and payload, sometimes padded.
+    fn ipv6() -> impl Strategy<Value = Vec<u8>> {
+        (
+            any::<[u8; 40]>(),
+            prop::collection::vec(any::<u8>(), 0..200),
+            0usize..20,
+        )
+            .prop_map(|(hdr, payload, pad)| {
+                let mut v = hdr.to_vec();
+                v[0] = 0x60 | (v[0] & 0x0f);
+                v[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+                v.extend_from_slice(&payload);
+                v.resize(v.len() + pad, 0);
+                v
+            })
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn prop_ipv6_checked_view_never_panics(b in prop_oneof![bytes(), damaged(ipv6())]) {
+            let Ok(p) = Ipv6Packet::new_checked(&b[..]) else { return Ok(()) };
+            let _ = (p.version(), p.traffic_class(), p.flow_label(), p.next_header());
+            let _ = (p.hop_limit(), p.src(), p.dst());
+            prop_assert!(p.flow_label() <= 0x000f_ffff);
+            prop_assert_eq!(p.payload().len(), usize::from(p.payload_len()));
+            prop_assert!(HEADER_LEN + p.payload().len() <= b.len());
+        }
+
+        /// The repr keeps all but traffic class and flow label, which emit
+        /// writes as 0: bytes 4..40 come back as they were, the first four
+        /// when they were 0x60000000, and parse(emit(parse(x))) == parse(x).
+        #[test]
+        fn prop_ipv6_repr_round_trips(b in damaged(ipv6())) {
+            let Ok(p) = Ipv6Packet::new_checked(&b[..]) else { return Ok(()) };
+            let r = Ipv6Repr::parse(&p).unwrap();
+            let mut out = vec![0u8; r.buffer_len() + usize::from(r.payload_len)];
+            r.emit(&mut Ipv6Packet::new_unchecked(&mut out[..]));
+            prop_assert_eq!(&out[4..40], &b[4..40]);
+            prop_assert_eq!(&out[..4], &[0x60, 0, 0, 0]);
+            let q = Ipv6Packet::new_checked(&out[..]).unwrap();
+            prop_assert_eq!(Ipv6Repr::parse(&q), Ok(r));
+            // Traffic class and flow label written back as read.
+            let mut q = Ipv6Packet::new_unchecked(&mut out[..]);
+            q.set_version_tc_flow(p.traffic_class(), p.flow_label());
+            prop_assert_eq!(&out[..40], &b[..40]);
+        }
+
+        #[test]
+        fn prop_multicast_helpers(a in any::<[u8; 16]>()) {
+            let group = solicited_node(Ipv6Addr::from(a));
+            prop_assert!(group.is_multicast());
+            prop_assert_eq!(&group.octets()[13..], &a[13..]);
+            let mac = multicast_mac(group);
+            prop_assert!(mac.is_multicast());
+        }
     }
 }
