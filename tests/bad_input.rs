@@ -79,8 +79,16 @@ fn bad_network_requests_are_refused_unchanged() {
             "mtu",
         ),
         (&["-d", "private", "--subnet", "0.0.0.0/0"], "x1", "subnet"),
-        (&["-d", "private", "--subnet", "224.0.0.0/24"], "x1", "multicast"),
-        (&["-d", "internal", "--subnet", "127.0.0.0/8"], "x1", "loopback"),
+        (
+            &["-d", "private", "--subnet", "224.0.0.0/24"],
+            "x1",
+            "multicast",
+        ),
+        (
+            &["-d", "internal", "--subnet", "127.0.0.0/8"],
+            "x1",
+            "loopback",
+        ),
         (
             &["-d", "private", "--subnet", &other, "--subnet", "::/0"],
             "x1",
@@ -258,7 +266,9 @@ fn a_fifo_cannot_block_the_control_plane() {
     let mut d = Daemon::start();
     let (subnet, _) = unique_subnet();
     let net = format!("ff{}", tag());
-    d.ok(&["network", "create", "-d", "private", "--subnet", &subnet, &net]);
+    d.ok(&[
+        "network", "create", "-d", "private", "--subnet", &subnet, &net,
+    ]);
     let fifo = std::env::temp_dir().join(format!("vswitch-fifo-{}", tag()));
     let made = vswitch_systests::run("mkfifo", &[fifo.to_str().unwrap()]);
     assert!(made.status.success());
@@ -276,7 +286,10 @@ fn a_fifo_cannot_block_the_control_plane() {
         ],
         "not a network namespace",
     );
-    assert!(started.elapsed() < Duration::from_secs(5), "the FIFO stalled the daemon");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the FIFO stalled the daemon"
+    );
 
     // A recorded namespace replaced by a FIFO.
     let ns = Netns::new("ff");
@@ -288,8 +301,11 @@ fn a_fifo_cannot_block_the_control_plane() {
     let _cleanup2 = RemoveOnDrop(path.clone().into());
     let started = Instant::now();
     let eps = d.json(&["endpoint", "ls"]);
-    assert!(started.elapsed() < Duration::from_secs(5), "endpoint ls stalled");
-    assert_eq!(eps[0]["State"]["Detached"]["reason"].is_string(), true, "{eps}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "endpoint ls stalled"
+    );
+    assert!(eps[0]["State"]["Detached"]["reason"].is_string(), "{eps}");
     d.kill9();
     d.expect_log("endpoint detached");
     d.spawn();
@@ -359,13 +375,17 @@ fn connections_are_capped() {
     }
     // Past the cap, each connection is told so and closed.
     for s in &idle {
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let mut line = String::new();
         if BufReader::new(s).read_line(&mut line).is_ok() && line.contains("Unavailable") {
             refused += 1;
         }
     }
-    assert!(refused >= 200, "only {refused} of 300 idle connections were refused");
+    assert!(
+        refused >= 200,
+        "only {refused} of 300 idle connections were refused"
+    );
     let threads = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
     let threads: usize = threads
         .lines()

@@ -416,29 +416,54 @@ fn ipv6_first_hop_spoofing_is_blocked() {
     let r_prefix: std::net::Ipv6Addr = "2001:db8:f::".parse().unwrap();
 
     // An endpoint that is not a router advertises itself as one.
-    let ra = icmpv6_frame(a_mac, ALL_NODES_MAC, a_ll, ALL_NODES, &router_advert(a_mac, a_prefix));
+    let ra = icmpv6_frame(
+        a_mac,
+        ALL_NODES_MAC,
+        a_ll,
+        ALL_NODES,
+        &router_advert(a_mac, a_prefix),
+    );
     send_frames(&p.a, "eth0", &[ra.clone(), ra.clone(), ra]);
     assert!(
-        wait_until(Duration::from_secs(5), || drop_count(&p.d, "epa", "router_guard") >= 3),
+        wait_until(Duration::from_secs(5), || drop_count(
+            &p.d,
+            "epa",
+            "router_guard"
+        ) >= 3),
         "router advertisements were not dropped as router_guard"
     );
 
     // It claims a neighbour's link-local address, which c knows.
     let b_ll_text = format!("{b_ll}%eth0");
     assert!(c.ping_within(&b_ll_text, Duration::from_secs(5)));
-    let na = icmpv6_frame(a_mac, ALL_NODES_MAC, a_ll, ALL_NODES, &neighbour_advert(b_ll, a_mac));
+    let na = icmpv6_frame(
+        a_mac,
+        ALL_NODES_MAC,
+        a_ll,
+        ALL_NODES,
+        &neighbour_advert(b_ll, a_mac),
+    );
     let spoofed_before = drop_count(&p.d, "epa", "ip_spoofing");
     send_frames(&p.a, "eth0", &[na.clone(), na]);
     assert!(
-        wait_until(Duration::from_secs(5), || drop_count(&p.d, "epa", "ip_spoofing")
-            >= spoofed_before + 2),
+        wait_until(Duration::from_secs(5), || drop_count(
+            &p.d,
+            "epa",
+            "ip_spoofing"
+        ) >= spoofed_before + 2),
         "a neighbour advertisement for another endpoint's address was not dropped"
     );
 
     // The same advertisement from an endpoint allowed to be a router does
     // reach b, which takes the route: the frames above were ones the
     // kernel accepts, and only the switch stopped them.
-    let ra = icmpv6_frame(r_mac, ALL_NODES_MAC, r_ll, ALL_NODES, &router_advert(r_mac, r_prefix));
+    let ra = icmpv6_frame(
+        r_mac,
+        ALL_NODES_MAC,
+        r_ll,
+        ALL_NODES,
+        &router_advert(r_mac, r_prefix),
+    );
     let routed = wait_until(Duration::from_secs(5), || {
         send_frames(&r, "eth0", std::slice::from_ref(&ra));
         p.b.ok(&["ip", "-6", "route", "show", "default"])
@@ -451,8 +476,19 @@ fn ipv6_first_hop_spoofing_is_blocked() {
         "b routes through the endpoint that spoofed a router: {routes}"
     );
     let addrs = p.b.ok(&["ip", "-6", "addr", "show", "dev", "eth0"]);
-    assert!(!addrs.contains("2001:db8:a:"), "b took a SLAAC address from a: {addrs}");
-    let neigh = c.ok(&["ip", "-6", "neigh", "show", &b_ll.to_string(), "dev", "eth0"]);
+    assert!(
+        !addrs.contains("2001:db8:a:"),
+        "b took a SLAAC address from a: {addrs}"
+    );
+    let neigh = c.ok(&[
+        "ip",
+        "-6",
+        "neigh",
+        "show",
+        &b_ll.to_string(),
+        "dev",
+        "eth0",
+    ]);
     let b_mac_text: String = b_mac
         .iter()
         .map(|x| format!("{x:02x}"))
@@ -500,9 +536,11 @@ fn removing_an_endpoint_whose_namespace_lost_its_name_deletes_the_tap() {
     assert!(run("ip", &["netns", "del", &ns.name]).status.success());
     d.ok(&["endpoint", "rm", "rnep"]);
     assert!(
-        wait_until(Duration::from_secs(5), || !in_ns(&["ip", "link", "show", "eth0"])
-            .status
-            .success()),
+        wait_until(Duration::from_secs(5), || !in_ns(&[
+            "ip", "link", "show", "eth0"
+        ])
+        .status
+        .success()),
         "the TAP stayed in the namespace"
     );
 }

@@ -470,6 +470,7 @@ pub(crate) mod tests {
             rx_bytes: 1000,
             tx_packets: 5,
             tx_bytes: 500,
+            rx_partial_checksums: 0,
             drops: BTreeMap::from([("spoofed-mac".into(), 3), ("no-route".into(), 0)]),
         };
         let table = "PORT   NETWORK   RX-PKTS   RX-BYTES   TX-PKTS   TX-BYTES   DROPS\n\

@@ -931,7 +931,9 @@ pub fn send_frames(ns: &Netns, dev: &str, frames: &[Vec<u8>]) {
 pub fn link_local(ns: &Netns, dev: &str) -> std::net::Ipv6Addr {
     let mut found = None;
     let done = wait_until(Duration::from_secs(10), || {
-        let out = ns.ok(&["ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link"]);
+        let out = ns.ok(&[
+            "ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
+        ]);
         found = out
             .split_whitespace()
             .skip_while(|w| *w != "inet6")

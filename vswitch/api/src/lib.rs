@@ -329,6 +329,10 @@ pub struct PortStats {
     /// Frames sent to the port.
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// Frames from a veth uplink whose TCP/UDP checksum the peer left to
+    /// fill (its TX checksum offload), handed on as "checksum needed".
+    #[serde(default)]
+    pub rx_partial_checksums: u64,
     /// Frames dropped, by reason; reasons with a zero count are included.
     pub drops: BTreeMap<String, u64>,
 }

@@ -436,7 +436,12 @@ mod tests {
             let c: Ipv4Cidr = bad.parse().unwrap();
             assert!(c.check_usable().is_err(), "{bad}");
         }
-        for good in ["10.0.0.0/8", "192.168.1.0/24", "1.0.0.0/24", "223.255.255.0/24"] {
+        for good in [
+            "10.0.0.0/8",
+            "192.168.1.0/24",
+            "1.0.0.0/24",
+            "223.255.255.0/24",
+        ] {
             let c: Ipv4Cidr = good.parse().unwrap();
             assert!(c.check_usable().is_ok(), "{good}");
         }

@@ -27,9 +27,9 @@ use crate::ifname::IfName;
 use crate::sys::random_bytes;
 use crate::wire::MacAddr;
 
+use crate::port::tap::TapOwner;
 pub use ipam::{Ipv4Cidr, Ipv6Cidr, MacPool, Subnet};
 pub use options::NetworkOptions;
-use crate::port::tap::TapOwner;
 use plumb::{TapConfig, TapOrigin};
 pub use state::{Driver, EndpointRecord, NetworkRecord, State, StateError, StateFile};
 
@@ -169,7 +169,10 @@ impl Controller {
                 Ok(parsed) => net.parsed = parsed,
                 Err(reason) => {
                     tracing::error!(network = %net.name, reason, "invalid network record; not started");
-                    invalid.insert(net.id.clone(), format!("invalid record in the state file: {reason}"));
+                    invalid.insert(
+                        net.id.clone(),
+                        format!("invalid record in the state file: {reason}"),
+                    );
                 }
             }
         }
@@ -187,7 +190,10 @@ impl Controller {
             };
             if let Err(reason) = verdict {
                 tracing::error!(endpoint = %ep.name, reason, "invalid endpoint record; not started");
-                bad_endpoints.insert(ep.id.clone(), format!("invalid record in the state file: {reason}"));
+                bad_endpoints.insert(
+                    ep.id.clone(),
+                    format!("invalid record in the state file: {reason}"),
+                );
             }
         }
         for net in saved.networks {
@@ -1070,8 +1076,7 @@ impl Controller {
                 return Err(internal(e));
             }
         };
-        let security =
-            (!ep.allow_spoofing).then(|| PortSecurity::new(ep.mac, ep.ipv4, ep.ipv6));
+        let security = (!ep.allow_spoofing).then(|| PortSecurity::new(ep.mac, ep.ipv4, ep.ipv6));
         let ips = endpoint_ips(ep);
         let addrs = ips.iter().map(|ip| (*ip, ep.mac)).collect();
         let mut port = match self.attach(
@@ -1316,6 +1321,7 @@ impl Controller {
                     rx_bytes: get(|c| PortCounters::get(&c.rx_bytes)),
                     tx_packets: get(|c| PortCounters::get(&c.tx_packets)),
                     tx_bytes: get(|c| PortCounters::get(&c.tx_bytes)),
+                    rx_partial_checksums: get(|c| PortCounters::get(&c.rx_partial_checksums)),
                     drops: DropReason::ALL
                         .iter()
                         .map(|&r| (r.name().to_owned(), c.map(|c| c.drops(r)).unwrap_or(0)))

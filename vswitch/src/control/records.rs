@@ -22,7 +22,10 @@ pub fn check_network(
     accepted: &[&NetworkRecord],
 ) -> Result<NetworkOptions, String> {
     check_name("name", &net.name).map_err(|e| e.message)?;
-    if let Some(other) = accepted.iter().find(|o| o.name == net.name || o.id == net.id) {
+    if let Some(other) = accepted
+        .iter()
+        .find(|o| o.name == net.name || o.id == net.id)
+    {
         return Err(format!(
             "same name or ID as network '{}' ({})",
             other.name, other.id
@@ -79,10 +82,7 @@ pub fn check_network(
         crate::port::tap::MAX_MTU
     };
     if !(min_mtu..=max_mtu).contains(&net.mtu) {
-        return Err(format!(
-            "mtu {} is outside {min_mtu}..={max_mtu}",
-            net.mtu
-        ));
+        return Err(format!("mtu {} is outside {min_mtu}..={max_mtu}", net.mtu));
     }
     match (&net.host_ifname, net.host_mac) {
         (Some(ifname), Some(mac)) => {
@@ -110,8 +110,7 @@ pub fn check_network(
                 continue;
             }
             let transparent = |d| d == super::Driver::Transparent;
-            if transparent(net.driver) || transparent(other.driver) || theirs.vlan == options.vlan
-            {
+            if transparent(net.driver) || transparent(other.driver) || theirs.vlan == options.vlan {
                 return Err(format!(
                     "uplink {ifname} is already network '{}'s (a transparent network needs its own; others need distinct VLANs)",
                     other.name
@@ -152,7 +151,11 @@ pub fn check_endpoint(
     if let Some(ip) = ep.ipv4 {
         match net.subnet4 {
             Some(s) if s.is_host(ip) && Some(ip) != net.gateway4 => {}
-            _ => return Err(format!("address {ip} is not a free host address of the network")),
+            _ => {
+                return Err(format!(
+                    "address {ip} is not a free host address of the network"
+                ))
+            }
         }
         if let Some(o) = peers.clone().find(|o| o.ipv4 == Some(ip)) {
             return Err(format!("address {ip} is endpoint '{}'s too", o.name));
@@ -161,7 +164,11 @@ pub fn check_endpoint(
     if let Some(ip) = ep.ipv6 {
         match net.subnet6 {
             Some(s) if s.is_host(ip) && Some(ip) != net.gateway6 => {}
-            _ => return Err(format!("address {ip} is not a free host address of the network")),
+            _ => {
+                return Err(format!(
+                    "address {ip} is not a free host address of the network"
+                ))
+            }
         }
         if let Some(o) = peers.clone().find(|o| o.ipv6 == Some(ip)) {
             return Err(format!("address {ip} is endpoint '{}'s too", o.name));

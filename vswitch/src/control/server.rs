@@ -10,10 +10,10 @@
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -131,12 +131,13 @@ impl Server {
                     }
                     let ctl = controller.clone();
                     let slot = Slot::take(&open);
-                    let spawned = std::thread::Builder::new()
-                        .name("api-conn".into())
-                        .spawn(move || {
-                            let _slot = slot;
-                            serve_connection(stream, &ctl)
-                        });
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("api-conn".into())
+                            .spawn(move || {
+                                let _slot = slot;
+                                serve_connection(stream, &ctl)
+                            });
                     if let Err(e) = spawned {
                         tracing::warn!(error = %e, "cannot start connection thread");
                     }

@@ -32,10 +32,13 @@ pub enum DropReason {
     /// An endpoint sent a router advertisement or a redirect, and is not
     /// allowed to be a router.
     RouterGuard = 10,
+    /// Not a drop: the frame was forwarded, but its source MAC was not
+    /// learned, because the port has taught `fdb_max_per_port` MACs already.
+    LearnRefused = 11,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::InvalidSourceMac,
         DropReason::MacSpoofing,
@@ -47,6 +50,7 @@ impl DropReason {
         DropReason::UnknownVlan,
         DropReason::NotLocal,
         DropReason::RouterGuard,
+        DropReason::LearnRefused,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +66,7 @@ impl DropReason {
             DropReason::UnknownVlan => "unknown_vlan",
             DropReason::NotLocal => "not_local",
             DropReason::RouterGuard => "router_guard",
+            DropReason::LearnRefused => "learn_refused",
         }
     }
 }

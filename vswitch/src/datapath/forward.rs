@@ -41,8 +41,22 @@ impl PortSecurity {
 pub fn link_local_of(mac: MacAddr) -> Ipv6Addr {
     let m = mac.0;
     Ipv6Addr::from([
-        0xfe, 0x80, 0, 0, 0, 0, 0, 0,
-        m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5],
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 0x02,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
     ])
 }
 
@@ -65,7 +79,15 @@ const MAX_EXT_HEADERS: usize = 8;
 /// for a non-first fragment (no upper-layer header in it). A chain that
 /// does not fit, or is too long, is malformed: an attacker hides a router
 /// advertisement behind headers exactly so (RFC 7113).
-fn upper_layer6<'a>(ip: &'a Ipv6Packet<&[u8]>) -> Result<Option<(u8, &'a [u8], bool)>, DropReason> {
+/// The upper layer of an IPv6 packet.
+struct Upper<'a> {
+    proto: u8,
+    bytes: &'a [u8],
+    /// Whether extension headers stood between it and the IPv6 header.
+    behind_ext: bool,
+}
+
+fn upper_layer6<'a>(ip: &'a Ipv6Packet<&[u8]>) -> Result<Option<Upper<'a>>, DropReason> {
     let mut next = u8::from(ip.next_header());
     let mut rest = ip.payload();
     for depth in 0..=MAX_EXT_HEADERS {
@@ -81,7 +103,13 @@ fn upper_layer6<'a>(ip: &'a Ipv6Packet<&[u8]>) -> Result<Option<(u8, &'a [u8], b
                 }
                 8
             }
-            _ => return Ok(Some((next, rest, depth > 0))),
+            _ => {
+                return Ok(Some(Upper {
+                    proto: next,
+                    bytes: rest,
+                    behind_ext: depth > 0,
+                }))
+            }
         };
         if depth == MAX_EXT_HEADERS || rest.len() < len {
             return Err(DropReason::Malformed);
@@ -175,11 +203,11 @@ fn is_dhcp_client(ip: &Ipv4Packet<&[u8]>) -> bool {
 fn check_ipv6(sec: &PortSecurity, ip: &Ipv6Packet<&[u8]>) -> Result<(), DropReason> {
     let from = ip.src();
     let upper = upper_layer6(ip)?;
-    let icmp_type = match upper {
-        Some((58, bytes, _)) => bytes.first().copied(),
+    let icmp_type = match &upper {
+        Some(u) if u.proto == u8::from(IpProtocol::Icmpv6) => u.bytes.first().copied(),
         _ => None,
     };
-    let behind_ext = matches!(upper, Some((_, _, true)));
+    let behind_ext = upper.as_ref().is_some_and(|u| u.behind_ext);
     match icmp_type.map(Icmpv6Type::from) {
         Some(Icmpv6Type::RouterAdvert | Icmpv6Type::Redirect) => {
             return Err(DropReason::RouterGuard)

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 pub use counters::{DropReason, PortCounters};
 pub use forward::PortSecurity;
 
-use crate::fdb::{Fdb, FdbConfig};
+use crate::fdb::{Fdb, FdbConfig, Learn};
 use crate::port::{Packet, PortIo, VirtioNetHdr, BATCH};
 use crate::sys::{Epoll, EventFd};
 use crate::wire::{vlan_pop, vlan_push, MacAddr};
@@ -685,7 +685,9 @@ impl Tables {
                 }
             }
         }
-        net.fdb.learn(src_mac, in_port, now);
+        if net.fdb.learn(src_mac, in_port, now) == Learn::Refused {
+            src.counters.dropped(DropReason::LearnRefused);
+        }
         if !dst_mac.is_multicast() {
             // The network's own vNICs are known without learning, so unicast
             // to a quiet endpoint is never flooded (onto the wire, too).

@@ -656,7 +656,7 @@ proptest! {
                 Some(m) if own => MacAddr(m.try_into().unwrap()),
                 _ => MacAddr([2, 0, 0, 0, 0, 1]),
             };
-            PortSecurity { mac, ipv4: Some(ips.0), ipv6: Some(ips.1) }
+            PortSecurity::new(mac, Some(ips.0), Some(ips.1))
         });
         if let Ok((src, dst)) = forward::admit(sec.as_ref(), local, &frame) {
             prop_assert_eq!(&src.0[..], &frame[6..12]);

@@ -96,7 +96,10 @@ pub enum NetlinkError {
         what: &'static str,
     },
     #[error("invalid interface name {name:?}: {reason}")]
-    InvalidName { name: String, reason: crate::ifname::IfNameError },
+    InvalidName {
+        name: String,
+        reason: crate::ifname::IfNameError,
+    },
     #[error("prefix length {prefix_len} is too long for {addr}")]
     InvalidPrefix { addr: IpAddr, prefix_len: u8 },
     #[error("no link named {0}")]

@@ -48,7 +48,10 @@ pub const MAX_MTU: u32 = 65535 - 14;
 #[derive(Debug, Error)]
 pub enum TapError {
     #[error("invalid TAP name {name:?}: {reason}")]
-    InvalidName { name: String, reason: crate::ifname::IfNameError },
+    InvalidName {
+        name: String,
+        reason: crate::ifname::IfNameError,
+    },
     #[error("a link named {0} already exists")]
     Exists(String),
     #[error("TAP {0} is already open elsewhere")]
@@ -220,10 +223,7 @@ impl Tap {
     /// device with while the datapath holds the first one. It reaches the
     /// device wherever it is, even when its namespace no longer has a name.
     pub fn owner(&self) -> Result<TapOwner, TapError> {
-        let fd = self
-            .fd
-            .try_clone()
-            .map_err(|e| self.sys("dup", e))?;
+        let fd = self.fd.try_clone().map_err(|e| self.sys("dup", e))?;
         Ok(TapOwner {
             tap: Tap {
                 fd,
