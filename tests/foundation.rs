@@ -287,6 +287,7 @@ fn endpoint_whose_namespace_vanished_is_detached() {
     p.d.kill9();
     let gone = std::mem::replace(&mut p.b, Netns::new("x"));
     drop(gone);
+    p.d.expect_log("endpoint detached endpoint=epb");
     p.d.spawn();
     let ep = p.d.json(&["endpoint", "inspect", "epb"]);
     assert!(ep["State"]["Detached"].is_object(), "{ep}");
