@@ -59,7 +59,10 @@ for p in "${props[@]}"; do
     else
         failed=1
         printf '%-72s %10s  %5ss\n' "$p" "FAILED" "$((SECONDS - start))"
-        printf '%s\n' "$out" | sed -n '/Test failed\|minimal failing input/,/successes:/p' | head -40
+        # proptest prints the input one field a line: join it up.
+        printf '%s\n' "$out" | sed -n '/Test failed\|minimal failing input/,/successes:/p' |
+            tr -s ' \n' ' ' | fold -w 160
+        echo
     fi
 done
 say "done in $((SECONDS - total_start))s"

@@ -495,8 +495,11 @@ fn colliding_macs_cost_what_random_ones_do() {
         rep.colliding.fps,
         rep.random.fps
     );
+    // Not crushed. iperf3 between two namespaces on a shared 2-core machine
+    // swings by 2x between runs of the same flood (5.8-8.6 Gbit/s seen with
+    // random MACs alone), so this bound is looser than the frame rate's.
     assert!(
-        rep.colliding.iperf_bps >= 0.6 * rep.random.iperf_bps,
+        rep.colliding.iperf_bps >= 0.4 * rep.random.iperf_bps,
         "network B's iperf3: {:.2} Gbit/s during the colliding flood, {:.2} during the random one",
         rep.colliding.iperf_bps / 1e9,
         rep.random.iperf_bps / 1e9
