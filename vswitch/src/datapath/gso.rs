@@ -55,7 +55,7 @@ pub fn segment(
             }
             (l3 + ihl, frame[l3 + 9], true)
         }
-        0x86dd => (l3 + 40, frame[l3 + 6], false),
+        0x86dd if frame[l3] >> 4 == 6 => (l3 + 40, frame[l3 + 6], false),
         _ => return None,
     };
     let tcp = match (kind, proto) {

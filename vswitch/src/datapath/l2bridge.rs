@@ -67,7 +67,6 @@ fn rewrite_ndp_lladdr(ip6: &mut [u8], uplink: MacAddr) {
     if u8::from(ip.next_header()) != 58 {
         return;
     }
-    let (src, dst) = (ip.src(), ip.dst());
     let Ok(mut icmp) = Icmpv6Packet::new_checked(ip.payload_mut()) else {
         return;
     };
@@ -77,7 +76,7 @@ fn rewrite_ndp_lladdr(ip6: &mut [u8], uplink: MacAddr) {
         _ => return,
     };
     let body_offset = 4; // type, code, checksum
-    let mut changed = false;
+    let mut checksum = icmp.checksum();
     {
         let body = icmp.body_mut();
         let mut at = fixed - body_offset;
@@ -87,15 +86,32 @@ fn rewrite_ndp_lladdr(ip6: &mut [u8], uplink: MacAddr) {
                 break;
             }
             if (kind == OPT_SOURCE_LLADDR || kind == OPT_TARGET_LLADDR) && len == 8 {
+                let old: [u8; 6] = body[at + 2..at + 8].try_into().expect("6 bytes");
                 body[at + 2..at + 8].copy_from_slice(&uplink.0);
-                changed = true;
+                // The options start at an even offset of the message, so
+                // the MAC is three whole 16-bit words of the sum.
+                checksum = checksum_update(checksum, &old, &uplink.0);
             }
             at += len;
         }
     }
-    if changed {
-        icmp.fill_checksum(src, dst);
+    // Updated, not recomputed (RFC 1624): a message that arrived with a
+    // bad checksum leaves with one, so the switch never repairs a corrupt
+    // frame into one the wire accepts.
+    icmp.set_checksum(checksum);
+}
+
+/// RFC 1624 eqn. 3: the checksum after 16-bit words `old` became `new`.
+fn checksum_update(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
+    let mut sum = u32::from(!checksum);
+    for (o, n) in old.chunks(2).zip(new.chunks(2)) {
+        sum += u32::from(!u16::from_be_bytes([o[0], o[1]]));
+        sum += u32::from(u16::from_be_bytes([n[0], n[1]]));
     }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// Handles a frame that arrived from the wire at the uplink.

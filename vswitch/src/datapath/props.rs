@@ -586,10 +586,6 @@ proptest! {
     /// GSO on anything: no panic; what it splits comes out as frames no
     /// longer than headers plus MSS, whose payloads add up to the
     /// super-frame's, each with checksums that verify.
-    ///
-    /// Segments of a frame typed IPv6 whose version is not 6 are not
-    /// checked: GSO splits those (BUG, gso.rs; see
-    /// `gso_refuses_an_ipv6_type_without_version_6`).
     #[test]
     fn prop_gso_never_panics(
         pkt in prop_oneof![
@@ -602,7 +598,6 @@ proptest! {
         let mut calls = 0;
         let mut payload = 0;
         let mss = usize::from(pkt.vnet.gso_size);
-        let not_v6 = pkt.frame().get(12..15).is_some_and(|b| b[..2] == [0x86, 0xdd] && b[2] >> 4 != 6);
         let n = gso::segment(&pkt, &mut out, |s| {
             calls += 1;
             let f = s.frame();
@@ -614,9 +609,6 @@ proptest! {
             let l4_hdr = if is_tcp { usize::from(f[l4 + 12] >> 4) * 4 } else { 8 };
             assert!(f.len() - l4 - l4_hdr <= mss, "segment longer than the MSS");
             payload += f.len() - l4 - l4_hdr;
-            if not_v6 {
-                return true;
-            }
             let ok = match (v6, is_tcp) {
                 (false, true) => {
                     let ip = Ipv4Packet::new_checked(&f[ETH..]).expect("segment IPv4 header");
@@ -702,16 +694,10 @@ proptest! {
 
     /// An NDP message egress rewrites is as valid after as it was before:
     /// a good one keeps a good checksum, a corrupt one stays corrupt.
-    ///
-    /// BUG (l2bridge.rs, `rewrite_ndp_lladdr`): egress recomputes the
-    /// ICMPv6 checksum from scratch after rewriting a link-layer option, so
-    /// a solicitation corrupted on its way to the switch leaves the uplink
-    /// with a correct checksum, and the fabric takes the corrupt bytes as
-    /// good. An incremental update (RFC 1624) over the six bytes changed, or
-    /// verifying before rewriting, keeps corruption visible. Minimal input:
-    /// `corrupt_solicitation_is_not_repaired` below. Un-ignore after the fix.
+    /// (Egress once recomputed the checksum from scratch and so repaired a
+    /// corrupt solicitation; it now updates it, RFC 1624. Minimal input:
+    /// `corrupt_solicitation_is_not_repaired`.)
     #[test]
-    #[ignore = "l2bridge egress refills a corrupt NDP checksum; see the doc comment"]
     fn prop_l2bridge_egress_keeps_ndp_validity(frame in bridge_frame()) {
         let before = ndp_lladdr(&frame).is_some();
         let mut f = frame.clone();
@@ -747,7 +733,6 @@ proptest! {
 /// address was corrupted after its checksum was computed. Before egress
 /// `parse_ipv6` refuses it (bad checksum); after, it accepts it.
 #[test]
-#[ignore = "l2bridge egress refills a corrupt NDP checksum (BUG, l2bridge.rs)"]
 fn corrupt_solicitation_is_not_repaired() {
     let src: Ipv6Addr = "fd00::1".parse().unwrap();
     let dst: Ipv6Addr = "ff02::1:ff00:2".parse().unwrap();
@@ -778,10 +763,8 @@ fn corrupt_solicitation_is_not_repaired() {
 /// UDP_L4 GSO header. `gso::segment` checks version 4 for IPv4 but not
 /// version 6 for IPv6, so it splits the frame and sends out "IPv6" segments
 /// that no receiver parses, instead of refusing it (the caller drops what
-/// it refuses). BUG in gso.rs: check `frame[l3] >> 4 == 6`. Un-ignore after
-/// the fix.
+/// it refuses). Fixed: it checks version 6 too.
 #[test]
-#[ignore = "gso::segment splits a frame typed IPv6 whose version is not 6 (BUG, gso.rs)"]
 fn gso_refuses_an_ipv6_type_without_version_6() {
     let mut f = vec![0u8; ETH + 40 + 8 + 1];
     f[12..14].copy_from_slice(&[0x86, 0xdd]);
