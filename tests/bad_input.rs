@@ -315,11 +315,14 @@ fn a_fifo_cannot_block_the_control_plane() {
     assert!(removed.status.success());
 }
 
+/// A file or directory the test made, removed when the test ends.
 struct RemoveOnDrop(std::path::PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if std::fs::remove_file(&self.0).is_err() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -332,7 +335,7 @@ fn the_socket_path_never_replaces_a_file() {
     }
     let dir = std::env::temp_dir().join(format!("vswitch-sock-{}", tag()));
     std::fs::create_dir_all(&dir).unwrap();
-    let _cleanup = RemoveDirOnDrop(dir.clone());
+    let _cleanup = RemoveOnDrop(dir.clone());
     let file = dir.join("precious");
     std::fs::write(&file, "data").unwrap();
     let out = std::process::Command::new(vswitch_systests::bin("vswitchd"))
@@ -346,14 +349,6 @@ fn the_socket_path_never_replaces_a_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
-}
-
-struct RemoveDirOnDrop(std::path::PathBuf);
-
-impl Drop for RemoveDirOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Thousands of idle connections neither make thousands of threads nor
