@@ -13,6 +13,7 @@ pub mod ebpf;
 pub mod fdb;
 pub mod ifname;
 pub mod netns;
+pub mod pipeline;
 pub mod policy;
 pub mod port;
 pub mod sys;
