@@ -3,3 +3,5 @@
 //! port types (ARCHITECTURE.md section 3).
 
 pub mod conntrack;
+pub mod nat;
+pub mod qos;
