@@ -2,6 +2,7 @@
 //! tracking, NAT, QoS, the flow cache and trace. It knows packets and never
 //! port types (ARCHITECTURE.md section 3).
 
+pub mod acl;
 pub mod conntrack;
 pub mod nat;
 pub mod qos;
