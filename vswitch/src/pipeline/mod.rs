@@ -4,5 +4,6 @@
 
 pub mod acl;
 pub mod conntrack;
+pub mod flowcache;
 pub mod nat;
 pub mod qos;
