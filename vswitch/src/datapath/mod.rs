@@ -31,7 +31,7 @@ pub use counters::{DropReason, PortCounters};
 pub use forward::PortSecurity;
 
 use crate::fdb::{Fdb, FdbConfig, Learn};
-use crate::port::{Packet, PortIo, VirtioNetHdr, BATCH};
+use crate::port::{Packet, PortIo, VirtioNetHdr, BATCH, UPLINK_BATCH};
 use crate::sys::{Epoll, EventFd};
 use crate::wire::{vlan_pop, vlan_push, MacAddr};
 use l2bridge::{Ingress, Locals};
@@ -289,6 +289,9 @@ struct Worker {
     calls: Receiver<Call>,
     tables: Tables,
     batch: Vec<Packet>,
+    /// Frames taken from an uplink queue at once: enough for a run of
+    /// wire-sized TCP segments to fill a 64 KiB super-frame (see gro.rs).
+    uplink_batch: Vec<Packet>,
 }
 
 impl Worker {
@@ -305,6 +308,7 @@ impl Worker {
                 reply: Packet::new(),
             },
             batch: (0..BATCH).map(|_| Packet::new()).collect(),
+            uplink_batch: (0..UPLINK_BATCH).map(|_| Packet::new()).collect(),
         }
     }
 
@@ -523,13 +527,13 @@ impl Worker {
         let n = receive(
             &self.epoll,
             io.as_mut(),
-            &mut self.batch,
+            &mut self.uplink_batch,
             broken,
             &slot.counters,
         );
         // Untag each frame and find its network's uplink port.
-        let mut member: [Option<PortId>; BATCH] = [None; BATCH];
-        for (i, pkt) in self.batch[..n].iter_mut().enumerate() {
+        let mut member: [Option<PortId>; UPLINK_BATCH] = [None; UPLINK_BATCH];
+        for (i, pkt) in self.uplink_batch[..n].iter_mut().enumerate() {
             member[i] = self.tables.untag(trunk, pkt);
         }
         // Join runs of one flow into super-frames (see gro.rs) where the
@@ -540,7 +544,7 @@ impl Worker {
                 continue;
             };
             if let Some((h, r)) = &mut run {
-                let (done, rest) = self.batch.split_at_mut(i);
+                let (done, rest) = self.uplink_batch.split_at_mut(i);
                 if member[*h] == Some(port) && gro::join(r, &mut done[*h], &rest[0]) {
                     continue;
                 }
@@ -549,19 +553,19 @@ impl Worker {
                     .receive(member[*h].expect("a run has a port"), &mut done[*h], now);
             }
             run = if self.tables.takes_super_frames(port) {
-                gro::start(&self.batch[i]).map(|r| (i, r))
+                gro::start(&self.uplink_batch[i]).map(|r| (i, r))
             } else {
                 None
             };
             if run.is_none() {
-                self.tables.receive(port, &mut self.batch[i], now);
+                self.tables.receive(port, &mut self.uplink_batch[i], now);
             }
         }
         if let Some((h, r)) = &run {
-            gro::finish(r, &mut self.batch[*h]);
+            gro::finish(r, &mut self.uplink_batch[*h]);
             self.tables.receive(
                 member[*h].expect("a run has a port"),
-                &mut self.batch[*h],
+                &mut self.uplink_batch[*h],
                 now,
             );
         }
