@@ -382,6 +382,12 @@ fn transparent_vlan_tcp_with_the_peers_default_offloads() {
         "outside cannot reach the transparent endpoint's IPv6 address over VLAN 30"
     );
     throughput(&s.f.outside, &s.eps[e], &ip6);
+    // The peer's checksum offload was met, and counted where users look.
+    let stats = s.d.json(&["stats", &format!("uplink:{net}")]);
+    assert!(
+        stats[0]["RxPartialChecksums"].as_u64().unwrap_or(0) > 0,
+        "no partial checksum counted on the uplink port: {stats}"
+    );
 }
 
 #[test]

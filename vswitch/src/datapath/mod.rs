@@ -622,12 +622,16 @@ impl Tables {
             }
             None => 0,
         };
-        if pkt.vnet.flags & VirtioNetHdr::F_NEEDS_CSUM != 0 {
-            slot.counters.rx_partial_checksum();
-        }
         let port = slot.members.get(&vlan).copied();
         if port.is_none() {
             slot.counters.dropped(DropReason::UnknownVlan);
+        }
+        // Counted on the network's uplink port, which `vswitchctl stats`
+        // shows (the trunk is shared by the networks on the interface).
+        if pkt.vnet.flags & VirtioNetHdr::F_NEEDS_CSUM != 0 {
+            if let Some(member) = port.and_then(|p| self.ports.get(&p)) {
+                member.counters.rx_partial_checksum();
+            }
         }
         port
     }
