@@ -7,12 +7,12 @@ use std::net::IpAddr;
 
 use super::errors::{conflict, internal, invalid, netns_error, plumb_error, uplink_error};
 use super::plumb::{self, TapConfig, TapOrigin};
-use super::state::{Driver, EndpointRecord, NetworkRecord};
+use super::state::{EndpointRecord, NetworkRecord};
 use super::{
     check_ifname, check_name, ipam, new_id, uplink, ApiResult, Controller, EndpointRuntime,
     MacPool, PortHandle, Subnet, DEFAULT_IFNAME,
 };
-use crate::api::{self, ApiError, ErrorKind, Reply};
+use crate::api::{self, ApiError, ErrorKind, Reply, WireMac};
 use crate::datapath::{PortKind, PortSecurity};
 use crate::port::tap::TapOwner;
 use crate::sys::random_bytes;
@@ -70,7 +70,7 @@ impl Controller {
             {
                 return Err(invalid(
                     "network",
-                    "the none driver gives endpoints loopback only: no --ip, --ipv6, --mac or --ifname",
+                    format!("the {} driver gives endpoints loopback only: no --ip, --ipv6, --mac or --ifname", net.driver),
                 ));
             }
             return Ok((
@@ -245,7 +245,7 @@ impl Controller {
             .as_ref()
             .and_then(|i| self.uplinks.get_mut(i))
         {
-            let mac = (net.driver == Driver::Transparent).then_some(ep.mac);
+            let mac = (net.driver.wire_mac() == Some(WireMac::Endpoint)).then_some(ep.mac);
             if let Err(e) = up.steer(net.parsed.vlan, mac, &ips) {
                 up.unsteer(net.parsed.vlan, mac, &ips);
                 let _ = self.datapath.remove_port(port.id);
@@ -290,7 +290,7 @@ impl Controller {
             .as_ref()
             .and_then(|i| self.uplinks.get_mut(i))
         {
-            let mac = (net.driver == Driver::Transparent).then_some(ep.mac);
+            let mac = (net.driver.wire_mac() == Some(WireMac::Endpoint)).then_some(ep.mac);
             up.unsteer(net.parsed.vlan, mac, &endpoint_ips(ep));
         }
         if !net.driver.switched() || deleted {

@@ -11,7 +11,7 @@ use super::{
     check_name, new_id, uplink, ApiResult, Controller, Ipv4Cidr, Ipv6Cidr, MacPool, NetRuntime,
     NetworkOptions, PortHandle, DEFAULT_MTU, DEFAULT_POOL,
 };
-use crate::api::{self, ApiError, ErrorKind, Reply};
+use crate::api::{self, ApiError, ErrorKind, HostPort, Reply, WireMac};
 use crate::datapath::{NetId, PortKind};
 
 impl Controller {
@@ -82,12 +82,12 @@ impl Controller {
                 }
             }
         }
-        if driver == Driver::None
+        if !driver.switched()
             && (subnet4.is_some() || subnet6.is_some() || !req.gateways.is_empty())
         {
             return Err(invalid(
                 "subnet",
-                "the none driver gives endpoints loopback only: no subnet or gateway",
+                format!("the {driver} driver gives endpoints loopback only: no subnet or gateway"),
             ));
         }
         let parsed = NetworkOptions::parse(&req.options)?;
@@ -141,19 +141,20 @@ impl Controller {
                 }
             }
         }
-        // A host port holds the gateway of internal networks, and of
-        // l2bridge networks on a subnet of their own (not the uplink's), so
-        // the host routes between them and the wire (Windows' gateway
-        // endpoint in the host compartment).
-        let host_port = match driver {
-            Driver::Internal => true,
-            Driver::L2Bridge => {
-                let s4 = subnet4.expect("checked above");
-                !facts
-                    .as_ref()
-                    .is_some_and(|f| f.ipv4().any(|ip| s4.contains(ip)))
+        // A host port holds the gateway (Windows' gateway endpoint in the
+        // host compartment); with an uplink, only on a subnet of the
+        // network's own, so the host routes between it and the wire.
+        let host_port = match driver.host_port() {
+            HostPort::Always => true,
+            HostPort::Never => false,
+            HostPort::OffUplinkSubnet => {
+                let on_uplink = |s4: Ipv4Cidr| {
+                    facts
+                        .as_ref()
+                        .is_some_and(|f| f.ipv4().any(|ip| s4.contains(ip)))
+                };
+                !subnet4.is_some_and(on_uplink)
             }
-            _ => false,
         };
         if host_port {
             gateway4 = gateway4.or(subnet4.map(|s| s.first_host()));
@@ -249,15 +250,18 @@ impl Controller {
                 return Err(invalid(
                     "options.interface",
                     format!(
-                        "the {} driver has no uplink; only transparent and l2bridge do",
-                        driver.name()
+                        "the {driver} driver has no uplink; only {} do",
+                        Driver::names_where(Driver::has_uplink, "and")
                     ),
                 ));
             }
             if parsed.vlan != 0 {
                 return Err(invalid(
                     "options.vlanid",
-                    "a VLAN needs an uplink (transparent or l2bridge)",
+                    format!(
+                        "a VLAN needs an uplink ({})",
+                        Driver::names_where(Driver::has_uplink, "or")
+                    ),
                 ));
             }
             return Ok(None);
@@ -275,13 +279,17 @@ impl Controller {
             if other.parsed.interface.as_deref() != Some(ifname.as_str()) {
                 continue;
             }
-            if driver == Driver::Transparent || other.driver == Driver::Transparent {
+            if driver.owns_uplink() || other.driver.owns_uplink() {
+                let owner = if driver.owns_uplink() {
+                    driver
+                } else {
+                    other.driver
+                };
                 return Err(conflict(
                     "options.interface",
                     format!(
-                        "'{ifname}' is already the uplink of {} network '{}'; a transparent network needs an interface of its own",
-                        other.driver.name(),
-                        other.name
+                        "'{ifname}' is already the uplink of {} network '{}'; a {owner} network needs an interface of its own",
+                        other.driver, other.name
                     ),
                 ));
             }
@@ -410,7 +418,7 @@ impl Controller {
         let kind = PortKind::Uplink {
             trunk: up.trunk,
             vlan: net.parsed.vlan,
-            l2bridge: (net.driver == Driver::L2Bridge).then_some(up.mac),
+            l2bridge: (net.driver.wire_mac() == Some(WireMac::Uplink)).then_some(up.mac),
         };
         // The uplink takes super-frames: the datapath segments them.
         match self.attach(dp, kind, None, true, Vec::new(), None) {

@@ -35,7 +35,10 @@ pub fn check_network(
     if !net.driver.switched()
         && (net.subnet4.is_some() || net.subnet6.is_some() || net.host_ifname.is_some())
     {
-        return Err("the none driver has no subnet and no host port".into());
+        return Err(format!(
+            "the {} driver has no subnet and no host port",
+            net.driver
+        ));
     }
     if net.driver.has_uplink() != options.interface.is_some() {
         return Err(format!(
@@ -109,8 +112,8 @@ pub fn check_network(
             if theirs.interface.as_ref() != Some(ifname) {
                 continue;
             }
-            let transparent = |d| d == super::Driver::Transparent;
-            if transparent(net.driver) || transparent(other.driver) || theirs.vlan == options.vlan {
+            if net.driver.owns_uplink() || other.driver.owns_uplink() || theirs.vlan == options.vlan
+            {
                 return Err(format!(
                     "uplink {ifname} is already network '{}'s (a transparent network needs its own; others need distinct VLANs)",
                     other.name

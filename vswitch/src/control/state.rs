@@ -17,59 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use super::ipam::{Ipv4Cidr, Ipv6Cidr, MacPool};
 use super::NetworkOptions;
+pub use crate::api::Driver;
 use crate::wire::MacAddr;
 
 /// Bumped when the file format changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Driver {
-    /// Endpoints and a host port holding the gateway.
-    Internal,
-    /// Endpoints only.
-    Private,
-    /// Endpoints get loopback only.
-    None,
-    /// Endpoints bridged onto an uplink with their own MACs.
-    Transparent,
-    /// Endpoints bridged onto an uplink behind the uplink's MAC.
-    #[serde(rename = "l2bridge")]
-    L2Bridge,
-}
-
-impl Driver {
-    pub fn parse(s: &str) -> Option<Driver> {
-        match s {
-            "internal" => Some(Driver::Internal),
-            "private" => Some(Driver::Private),
-            "none" => Some(Driver::None),
-            "transparent" => Some(Driver::Transparent),
-            "l2bridge" => Some(Driver::L2Bridge),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Driver::Internal => "internal",
-            Driver::Private => "private",
-            Driver::None => "none",
-            Driver::Transparent => "transparent",
-            Driver::L2Bridge => "l2bridge",
-        }
-    }
-
-    /// Whether endpoints get a vNIC on the switch.
-    pub fn switched(self) -> bool {
-        self != Driver::None
-    }
-
-    /// Whether the network reaches the wire through an uplink interface.
-    pub fn has_uplink(self) -> bool {
-        matches!(self, Driver::Transparent | Driver::L2Bridge)
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkRecord {
