@@ -471,6 +471,10 @@ impl fmt::Display for PortKind {
 pub struct Port {
     /// Port name: the endpoint's name, or `host:NETWORK` for a host port.
     pub name: String,
+    /// The port's id in the datapath: kept across restarts, never reused
+    /// while the daemon's state lasts (flows and counters refer to it).
+    #[serde(default)]
+    pub id: u32,
     pub kind: PortKind,
     pub network: String,
     /// The Linux interface behind the port.

@@ -20,10 +20,14 @@ use crate::wire::MacAddr;
 
 impl Controller {
     pub(super) fn endpoint_create(&mut self, req: api::EndpointCreate) -> ApiResult<api::Endpoint> {
-        let (net, rec) = self.check_endpoint(req)?;
+        let (net, mut rec) = self.check_endpoint(req)?;
+        // Undone whole on failure, id counters too: a refused request
+        // changes nothing.
+        let before = self.state.clone();
+        rec.port_id = self.state.allocate_port_id();
         self.state.endpoints.push(rec.clone());
         if let Err(e) = self.save() {
-            self.state.endpoints.pop();
+            self.state = before;
             return Err(e);
         }
         match self.start_endpoint(&net, &rec, TapOrigin::Fresh) {
@@ -32,7 +36,7 @@ impl Controller {
                     .insert(rec.id.clone(), EndpointRuntime::attached(port, &rec));
             }
             Err(e) => {
-                self.state.endpoints.pop();
+                self.state = before;
                 self.save_after_undo();
                 return Err(e);
             }
@@ -85,6 +89,7 @@ impl Controller {
                     ipv4: None,
                     ipv6: None,
                     allow_spoofing: false,
+                    port_id: 0, // given by endpoint_create
                 },
             ));
         }
@@ -161,6 +166,7 @@ impl Controller {
                 ipv4,
                 ipv6,
                 allow_spoofing: req.allow_spoofing,
+                port_id: 0, // given by endpoint_create
             },
         ))
     }
@@ -221,6 +227,7 @@ impl Controller {
         let ips = endpoint_ips(ep);
         let addrs = ips.iter().map(|ip| (*ip, ep.mac)).collect();
         let mut port = match self.attach(
+            ep.port_id,
             dp,
             PortKind::Local(Box::new(tap)),
             security,

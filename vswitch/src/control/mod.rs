@@ -125,7 +125,9 @@ pub struct Controller {
     /// the reason: kept, never started, and removed without touching the
     /// kernel (a bad record may name someone else's device).
     invalid: HashMap<String, String>,
-    next_id: u32,
+    /// Uplink trunks are numbered as they are attached: no record names
+    /// them (an uplink is shared by the networks naming its interface).
+    next_trunk_id: u32,
 }
 
 impl Controller {
@@ -150,13 +152,17 @@ impl Controller {
             endpoints: HashMap::new(),
             uplinks: HashMap::new(),
             invalid: HashMap::new(),
-            next_id: 1,
+            next_trunk_id: 1,
         };
         ctl.restore(saved);
         Ok(ctl)
     }
 
     fn restore(&mut self, mut saved: State) {
+        // Records from before ids were kept get theirs now, and keep them.
+        let assigned = saved.assign_missing_ids();
+        self.state.next_net_id = saved.next_net_id;
+        self.state.next_port_id = saved.next_port_id;
         // Checked as requests are, before anything starts: a bad record is
         // reported by name and stays out of the datapath.
         let mut invalid: HashMap<String, String> = HashMap::new();
@@ -239,6 +245,14 @@ impl Controller {
             self.endpoints.insert(ep.id.clone(), rt);
             self.state.endpoints.push(ep);
         }
+        if assigned {
+            match self.save() {
+                Ok(()) => tracing::info!("datapath ids given to records saved without them"),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not save the ids given to old records")
+                }
+            }
+        }
     }
 
     /// Answers one request.
@@ -311,15 +325,17 @@ impl Controller {
         }
     }
 
-    fn next_port_id(&mut self) -> u32 {
-        let id = self.next_id;
-        self.next_id += 1;
+    fn next_trunk_id(&mut self) -> u32 {
+        let id = self.next_trunk_id;
+        self.next_trunk_id += 1;
         id
     }
 
-    /// Adds a port to network `net` of the datapath, under a new id.
+    /// Adds port `id` (a record's) to network `net` of the datapath.
+    #[allow(clippy::too_many_arguments)]
     fn attach(
         &mut self,
+        id: PortId,
         net: NetId,
         kind: PortKind,
         security: Option<PortSecurity>,
@@ -327,7 +343,6 @@ impl Controller {
         addrs: Vec<(IpAddr, MacAddr)>,
         mac: Option<MacAddr>,
     ) -> std::io::Result<PortHandle> {
-        let id = self.next_port_id();
         let counters = Arc::new(PortCounters::default());
         self.datapath.add_port(PortSpec {
             id,

@@ -23,10 +23,20 @@ impl Controller {
     // crash), never a device no record knows about.
 
     pub(super) fn network_create(&mut self, req: api::NetworkCreate) -> ApiResult<api::Network> {
-        let rec = self.check_network(req)?;
+        let mut rec = self.check_network(req)?;
+        // Undone whole on failure, id counters too: a refused request
+        // changes nothing.
+        let before = self.state.clone();
+        rec.dp_id = self.state.allocate_net_id();
+        if rec.host_ifname.is_some() {
+            rec.host_port_id = Some(self.state.allocate_port_id());
+        }
+        if rec.parsed.interface.is_some() {
+            rec.uplink_port_id = Some(self.state.allocate_port_id());
+        }
         self.state.networks.push(rec.clone());
         if let Err(e) = self.save() {
-            self.state.networks.pop();
+            self.state = before;
             return Err(e);
         }
         match self.start_network(&rec, TapOrigin::Fresh) {
@@ -34,7 +44,7 @@ impl Controller {
                 self.nets.insert(rec.id.clone(), rt);
             }
             Err(e) => {
-                self.state.networks.pop();
+                self.state = before;
                 self.save_after_undo();
                 return Err(e);
             }
@@ -207,6 +217,10 @@ impl Controller {
             parsed,
             host_ifname,
             host_mac,
+            // Given by network_create, once the request is accepted.
+            dp_id: 0,
+            host_port_id: None,
+            uplink_port_id: None,
         })
     }
 
@@ -338,7 +352,7 @@ impl Controller {
         net: &NetworkRecord,
         origin: TapOrigin,
     ) -> ApiResult<NetRuntime> {
-        let dp = self.next_port_id();
+        let dp = net.dp_id;
         self.datapath
             .add_network(dp, net.parsed.fdb, net.parsed.offload)
             .map_err(internal)?;
@@ -375,8 +389,10 @@ impl Controller {
             // With an uplink, the host routes between the host port and the
             // wire.
             let forward = net.driver.has_uplink();
+            let id = net.host_port_id.unwrap_or_default();
             let host = plumb::host_tap(&cfg, origin, forward).and_then(|tap| {
                 self.attach(
+                    id,
                     dp,
                     PortKind::Local(Box::new(tap)),
                     None,
@@ -409,7 +425,7 @@ impl Controller {
         ifname: &str,
     ) -> ApiResult<PortHandle> {
         if !self.uplinks.contains_key(ifname) {
-            let trunk = self.next_port_id();
+            let trunk = self.next_trunk_id();
             let up = uplink::attach(ifname, trunk, &self.datapath).map_err(uplink_error)?;
             self.uplinks.insert(ifname.to_owned(), up);
         }
@@ -421,7 +437,8 @@ impl Controller {
             l2bridge: (net.driver.wire_mac() == Some(WireMac::Uplink)).then_some(up.mac),
         };
         // The uplink takes super-frames: the datapath segments them.
-        match self.attach(dp, kind, None, true, Vec::new(), None) {
+        let id = net.uplink_port_id.unwrap_or_default();
+        match self.attach(id, dp, kind, None, true, Vec::new(), None) {
             Ok(port) => Ok(port),
             Err(e) => {
                 self.release_uplink(ifname, false);

@@ -31,7 +31,18 @@ pub fn check_network(
             other.name, other.id
         ));
     }
+    if let Some(other) = accepted.iter().find(|o| o.dp_id == net.dp_id) {
+        return Err(format!(
+            "same datapath id {} as network '{}'",
+            net.dp_id, other.name
+        ));
+    }
     let options = NetworkOptions::parse(&net.options).map_err(|e| e.to_string())?;
+    if net.host_ifname.is_some() != net.host_port_id.is_some()
+        || options.interface.is_some() != net.uplink_port_id.is_some()
+    {
+        return Err("port ids do not match the host port and uplink it has".into());
+    }
     if !net.driver.switched()
         && (net.subnet4.is_some() || net.subnet6.is_some() || net.host_ifname.is_some())
     {
@@ -135,6 +146,12 @@ pub fn check_endpoint(
     check_name("name", &ep.name).map_err(|e| e.message)?;
     if let Some(other) = accepted.iter().find(|o| o.name == ep.name || o.id == ep.id) {
         return Err(format!("same name or ID as endpoint '{}'", other.name));
+    }
+    if let Some(other) = accepted.iter().find(|o| o.port_id == ep.port_id) {
+        return Err(format!(
+            "same port id {} as endpoint '{}'",
+            ep.port_id, other.name
+        ));
     }
     if ep.netns.is_empty() {
         return Err("no namespace".into());

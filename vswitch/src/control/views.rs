@@ -89,6 +89,7 @@ impl Controller {
                 out.push((
                     api::Port {
                         name: host_port_name(&n.name),
+                        id: n.host_port_id.unwrap_or_default(),
                         kind: api::PortKind::Host,
                         network: n.name.clone(),
                         interface: ifname.clone(),
@@ -113,6 +114,7 @@ impl Controller {
                 out.push((
                     api::Port {
                         name: uplink_port_name(&n.name),
+                        id: n.uplink_port_id.unwrap_or_default(),
                         kind: api::PortKind::Uplink,
                         network: n.name.clone(),
                         interface: ifname.clone(),
@@ -137,6 +139,7 @@ impl Controller {
                 out.push((
                     api::Port {
                         name: e.name.clone(),
+                        id: e.port_id,
                         kind: api::PortKind::Endpoint,
                         network: n.name.clone(),
                         interface: e.ifname.clone(),
