@@ -261,6 +261,47 @@ fn kill9_and_restart_restores_everything() {
 }
 
 #[test]
+fn port_ids_survive_a_restart_and_are_not_reused() {
+    if !require_root("port_ids_survive_a_restart_and_are_not_reused") {
+        return;
+    }
+    let mut p = Pair::new("internal", &[]);
+    // A gap in the ids: a restart that renumbered in order would close it.
+    let c = Netns::new("c");
+    p.d.endpoint(&p.net, &c, &[], "epc");
+    p.d.ok(&["endpoint", "rm", "epa"]);
+    let before = p.d.json(&["port", "ls"]);
+    let ids: Vec<u64> = before
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|port| port["Id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{before}");
+    assert!(ids.iter().all(|&id| id != 0), "{before}");
+    p.d.kill9();
+    p.d.spawn();
+    assert_eq!(
+        before,
+        p.d.json(&["port", "ls"]),
+        "ports differ after restart"
+    );
+    assert!(
+        p.b.ping_within(&p.ip(1), Duration::from_secs(5)),
+        "traffic did not resume within 5 s of the restart"
+    );
+    // epa's id stays retired.
+    let a = Netns::new("a2");
+    p.d.endpoint(&p.net, &a, &[], "epd");
+    let epd = p.d.port("epd").unwrap();
+    let id = epd["Id"].as_u64().unwrap();
+    assert!(
+        id > *ids.iter().max().unwrap(),
+        "epd got {id}; in use or retired: {ids:?}"
+    );
+}
+
+#[test]
 fn clean_stop_keeps_endpoints_configured() {
     if !require_root("clean_stop_keeps_endpoints_configured") {
         return;

@@ -108,7 +108,7 @@ pub enum NetworkCommand {
 
 #[derive(Debug, Args)]
 pub struct NetworkCreateArgs {
-    #[arg(short = 'd', long, value_name = "DRIVER", help = driver_help())]
+    #[arg(short = 'd', long, value_name = "DRIVER", help = driver_help(), long_help = driver_long_help())]
     pub driver: String,
     /// Subnet in CIDR form; give once per address family, e.g. --subnet 10.1.0.0/24 --subnet fd00:1::/64
     #[arg(long = "subnet", value_name = "CIDR")]
@@ -221,6 +221,14 @@ fn driver_help() -> String {
         "Network driver, one of: {}; e.g. -d internal",
         vswitch_api::DRIVERS.join(", ")
     )
+}
+
+fn driver_long_help() -> String {
+    let mut text = "Network driver; e.g. -d internal:".to_owned();
+    for d in vswitch_api::Driver::ALL {
+        text.push_str(&format!("\n  {:<12} {}", d.name(), d.summary()));
+    }
+    text
 }
 
 /// Parses one `-o KEY=VALUE`. The value may be empty, the key may not.
@@ -529,8 +537,9 @@ mod tests {
             .find_subcommand_mut("create")
             .unwrap();
         let help = create.render_long_help().to_string();
-        for driver in vswitch_api::DRIVERS {
-            assert!(help.contains(driver), "{help}");
+        for driver in vswitch_api::Driver::ALL {
+            assert!(help.contains(driver.name()), "{help}");
+            assert!(help.contains(driver.summary()), "{help}");
         }
     }
 }

@@ -444,6 +444,7 @@ pub(crate) mod tests {
     fn port_table() {
         let port = Port {
             name: "host:net1".into(),
+            id: 1,
             kind: PortKind::Host,
             network: "net1".into(),
             interface: "vsw-net1".into(),

@@ -27,8 +27,180 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/vswitch";
 /// Environment variable `vswitchctl` reads the socket path from.
 pub const SOCKET_ENV: &str = "VSWITCH_SOCKET";
 
-/// The network drivers, as named on the command line.
-pub const DRIVERS: &[&str] = &["internal", "private", "none", "transparent", "l2bridge"];
+/// A network's mode: what its endpoints get, and how it reaches the wire.
+/// This is the one list of drivers; [`DRIVERS`], the CLI's help and the
+/// daemon's messages are derived from it, and code asks a driver for the
+/// property it needs ([`Driver::switched`], [`Driver::wire_mac`]...) rather
+/// than matching on which driver it is. Serialized by name, as in
+/// `vswitchd`'s state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    Internal,
+    Private,
+    None,
+    Transparent,
+    #[serde(rename = "l2bridge")]
+    L2Bridge,
+}
+
+/// Which source MAC an endpoint's frames carry on the wire (drivers with an
+/// uplink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireMac {
+    /// Its own: the wire sees N MACs, and frames for them are steered to
+    /// the switch. The uplink cannot be shared with another network, which
+    /// would need to see those frames too.
+    Endpoint,
+    /// The uplink's: the switch rewrites MACs both ways and answers ARP and
+    /// NDP for its endpoints (Hyper-V's l2bridge).
+    Uplink,
+}
+
+/// When a network has a host port: a TAP in the daemon's namespace holding
+/// the gateway, through which the host routes (Windows' host vNIC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostPort {
+    Never,
+    Always,
+    /// When the network's IPv4 subnet is not one the uplink is on: the host
+    /// then routes between the endpoints and the wire.
+    OffUplinkSubnet,
+}
+
+/// One driver's row of the table.
+struct DriverInfo {
+    name: &'static str,
+    summary: &'static str,
+    switched: bool,
+    wire_mac: Option<WireMac>,
+    host_port: HostPort,
+}
+
+impl Driver {
+    /// Every driver, in the order help text lists them.
+    pub const ALL: [Driver; 5] = [
+        Driver::Internal,
+        Driver::Private,
+        Driver::None,
+        Driver::Transparent,
+        Driver::L2Bridge,
+    ];
+
+    const fn info(self) -> DriverInfo {
+        match self {
+            Driver::Internal => DriverInfo {
+                name: "internal",
+                summary: "endpoints and a host port holding the gateway",
+                switched: true,
+                wire_mac: None,
+                host_port: HostPort::Always,
+            },
+            Driver::Private => DriverInfo {
+                name: "private",
+                summary: "endpoints only",
+                switched: true,
+                wire_mac: None,
+                host_port: HostPort::Never,
+            },
+            Driver::None => DriverInfo {
+                name: "none",
+                summary: "loopback only",
+                switched: false,
+                wire_mac: None,
+                host_port: HostPort::Never,
+            },
+            Driver::Transparent => DriverInfo {
+                name: "transparent",
+                summary: "bridged onto an uplink, endpoints with their own MACs",
+                switched: true,
+                wire_mac: Some(WireMac::Endpoint),
+                host_port: HostPort::Never,
+            },
+            Driver::L2Bridge => DriverInfo {
+                name: "l2bridge",
+                summary: "bridged onto an uplink behind the uplink's MAC",
+                switched: true,
+                wire_mac: Some(WireMac::Uplink),
+                host_port: HostPort::OffUplinkSubnet,
+            },
+        }
+    }
+
+    /// The name on the command line, in the API and in the state file.
+    pub const fn name(self) -> &'static str {
+        self.info().name
+    }
+
+    pub fn parse(name: &str) -> Option<Driver> {
+        Driver::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// What endpoints get, in a few words (help text).
+    pub const fn summary(self) -> &'static str {
+        self.info().summary
+    }
+
+    /// Whether endpoints get a vNIC on the switch (otherwise loopback only,
+    /// and the network has no subnet).
+    pub const fn switched(self) -> bool {
+        self.info().switched
+    }
+
+    /// Whether the network reaches the wire through an uplink interface
+    /// (`-o interface`, and with it `-o vlanid`).
+    pub const fn has_uplink(self) -> bool {
+        self.info().wire_mac.is_some()
+    }
+
+    /// Which MAC endpoints' frames carry on the wire; `None` without uplink.
+    pub const fn wire_mac(self) -> Option<WireMac> {
+        self.info().wire_mac
+    }
+
+    /// Whether the network needs an uplink no other network uses.
+    pub const fn owns_uplink(self) -> bool {
+        matches!(self.wire_mac(), Some(WireMac::Endpoint))
+    }
+
+    pub const fn host_port(self) -> HostPort {
+        self.info().host_port
+    }
+
+    /// The drivers with a property, named and joined: "transparent or
+    /// l2bridge" (messages).
+    pub fn names_where(pred: impl Fn(Driver) -> bool, last: &str) -> String {
+        let names: Vec<&str> = Driver::ALL
+            .into_iter()
+            .filter(|d| pred(*d))
+            .map(Driver::name)
+            .collect();
+        match names.split_last() {
+            None => String::new(),
+            Some((only, [])) => (*only).to_owned(),
+            Some((tail, head)) => format!("{} {last} {tail}", head.join(", ")),
+        }
+    }
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+const fn driver_names() -> [&'static str; Driver::ALL.len()] {
+    let mut out = [""; Driver::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = Driver::ALL[i].name();
+        i += 1;
+    }
+    out
+}
+
+/// The network drivers, as named on the command line ([`Driver::ALL`]).
+pub const DRIVERS: [&str; Driver::ALL.len()] = driver_names();
 
 /// One call to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -299,6 +471,10 @@ impl fmt::Display for PortKind {
 pub struct Port {
     /// Port name: the endpoint's name, or `host:NETWORK` for a host port.
     pub name: String,
+    /// The port's id in the datapath: kept across restarts, never reused
+    /// while the daemon's state lasts (flows and counters refer to it).
+    #[serde(default)]
+    pub id: u32,
     pub kind: PortKind,
     pub network: String,
     /// The Linux interface behind the port.
@@ -349,6 +525,25 @@ pub struct FdbEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drivers_are_named_once() {
+        assert_eq!(
+            DRIVERS,
+            ["internal", "private", "none", "transparent", "l2bridge"]
+        );
+        for d in Driver::ALL {
+            assert_eq!(Driver::parse(d.name()), Some(d));
+            // The state file's spelling is the command line's.
+            assert_eq!(serde_json::to_string(&d).unwrap(), format!("\"{d}\""));
+        }
+        assert_eq!(Driver::parse("L2Bridge"), None);
+        assert_eq!(
+            Driver::names_where(Driver::has_uplink, "or"),
+            "transparent or l2bridge"
+        );
+        assert_eq!(Driver::names_where(|d| !d.switched(), "or"), "none");
+    }
 
     #[test]
     fn request_shape_is_stable() {

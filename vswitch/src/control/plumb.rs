@@ -7,7 +7,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::api::{ApiError, ErrorKind};
 use crate::netns::netlink::{LinkChange, Netlink, NetlinkError};
 use crate::netns::{ensure_loopback_up, Netns, NetnsError};
 use crate::port::tap::{Tap, TapError};
@@ -50,32 +49,8 @@ pub enum PlumbError {
     Sysctl(String, std::io::Error),
 }
 
-impl PlumbError {
-    /// As an API error; `field` is the request field the failure concerns.
-    pub fn into_api(self, field: &str) -> ApiError {
-        match self {
-            PlumbError::Tap(TapError::Exists(name)) => ApiError::new(
-                ErrorKind::Conflict,
-                Some(field),
-                format!("a link named {name} already exists in the namespace"),
-            ),
-            PlumbError::Netns(e) => netns_error(e),
-            e => ApiError::new(ErrorKind::Internal, Some(field), e.to_string()),
-        }
-    }
-}
-
-fn netns_error(e: NetnsError) -> ApiError {
-    let kind = match e {
-        NetnsError::NotFound { .. } => ErrorKind::NotFound,
-        NetnsError::InvalidName { .. } | NetnsError::NotNetns { .. } => ErrorKind::InvalidArgument,
-        _ => ErrorKind::Internal,
-    };
-    ApiError::new(kind, Some("netns"), e.to_string())
-}
-
-pub fn resolve_netns(spec: &str) -> Result<Netns, ApiError> {
-    Netns::resolve(spec).map_err(netns_error)
+pub fn resolve_netns(spec: &str) -> Result<Netns, NetnsError> {
+    Netns::resolve(spec)
 }
 
 /// The inode of the namespace `spec` names now, if it names one.

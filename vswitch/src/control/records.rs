@@ -31,11 +31,25 @@ pub fn check_network(
             other.name, other.id
         ));
     }
+    if let Some(other) = accepted.iter().find(|o| o.dp_id == net.dp_id) {
+        return Err(format!(
+            "same datapath id {} as network '{}'",
+            net.dp_id, other.name
+        ));
+    }
     let options = NetworkOptions::parse(&net.options).map_err(|e| e.to_string())?;
+    if net.host_ifname.is_some() != net.host_port_id.is_some()
+        || options.interface.is_some() != net.uplink_port_id.is_some()
+    {
+        return Err("port ids do not match the host port and uplink it has".into());
+    }
     if !net.driver.switched()
         && (net.subnet4.is_some() || net.subnet6.is_some() || net.host_ifname.is_some())
     {
-        return Err("the none driver has no subnet and no host port".into());
+        return Err(format!(
+            "the {} driver has no subnet and no host port",
+            net.driver
+        ));
     }
     if net.driver.has_uplink() != options.interface.is_some() {
         return Err(format!(
@@ -109,8 +123,8 @@ pub fn check_network(
             if theirs.interface.as_ref() != Some(ifname) {
                 continue;
             }
-            let transparent = |d| d == super::Driver::Transparent;
-            if transparent(net.driver) || transparent(other.driver) || theirs.vlan == options.vlan {
+            if net.driver.owns_uplink() || other.driver.owns_uplink() || theirs.vlan == options.vlan
+            {
                 return Err(format!(
                     "uplink {ifname} is already network '{}'s (a transparent network needs its own; others need distinct VLANs)",
                     other.name
@@ -132,6 +146,12 @@ pub fn check_endpoint(
     check_name("name", &ep.name).map_err(|e| e.message)?;
     if let Some(other) = accepted.iter().find(|o| o.name == ep.name || o.id == ep.id) {
         return Err(format!("same name or ID as endpoint '{}'", other.name));
+    }
+    if let Some(other) = accepted.iter().find(|o| o.port_id == ep.port_id) {
+        return Err(format!(
+            "same port id {} as endpoint '{}'",
+            ep.port_id, other.name
+        ));
     }
     if ep.netns.is_empty() {
         return Err("no namespace".into());

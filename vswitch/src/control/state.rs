@@ -17,59 +17,11 @@ use serde::{Deserialize, Serialize};
 
 use super::ipam::{Ipv4Cidr, Ipv6Cidr, MacPool};
 use super::NetworkOptions;
+pub use crate::api::Driver;
 use crate::wire::MacAddr;
 
 /// Bumped when the file format changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Driver {
-    /// Endpoints and a host port holding the gateway.
-    Internal,
-    /// Endpoints only.
-    Private,
-    /// Endpoints get loopback only.
-    None,
-    /// Endpoints bridged onto an uplink with their own MACs.
-    Transparent,
-    /// Endpoints bridged onto an uplink behind the uplink's MAC.
-    #[serde(rename = "l2bridge")]
-    L2Bridge,
-}
-
-impl Driver {
-    pub fn parse(s: &str) -> Option<Driver> {
-        match s {
-            "internal" => Some(Driver::Internal),
-            "private" => Some(Driver::Private),
-            "none" => Some(Driver::None),
-            "transparent" => Some(Driver::Transparent),
-            "l2bridge" => Some(Driver::L2Bridge),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Driver::Internal => "internal",
-            Driver::Private => "private",
-            Driver::None => "none",
-            Driver::Transparent => "transparent",
-            Driver::L2Bridge => "l2bridge",
-        }
-    }
-
-    /// Whether endpoints get a vNIC on the switch.
-    pub fn switched(self) -> bool {
-        self != Driver::None
-    }
-
-    /// Whether the network reaches the wire through an uplink interface.
-    pub fn has_uplink(self) -> bool {
-        matches!(self, Driver::Transparent | Driver::L2Bridge)
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkRecord {
@@ -90,6 +42,16 @@ pub struct NetworkRecord {
     pub host_ifname: Option<String>,
     #[serde(with = "opt_mac")]
     pub host_mac: Option<MacAddr>,
+    /// The network's id in the datapath ([`crate::datapath::NetId`]); 0
+    /// only in files written before ids were kept, until assigned on load.
+    #[serde(default)]
+    pub dp_id: u32,
+    /// Datapath port ids of the host port and of the port on the uplink,
+    /// when the network has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink_port_id: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +67,11 @@ pub struct EndpointRecord {
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
     pub allow_spoofing: bool,
+    /// The endpoint's datapath port id ([`crate::datapath::PortId`]),
+    /// reserved even for endpoints without a port (`none` driver); 0 as
+    /// for [`NetworkRecord::dp_id`].
+    #[serde(default)]
+    pub port_id: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,9 +79,78 @@ pub struct State {
     pub version: u32,
     pub networks: Vec<NetworkRecord>,
     pub endpoints: Vec<EndpointRecord>,
+    /// The next datapath ids to hand out. Ids are never reused, even after
+    /// their record is removed: flows, conntrack entries and pinned maps
+    /// may still name them. (Absent from older files: then one past the
+    /// highest id in use.)
+    #[serde(default)]
+    pub next_net_id: u32,
+    #[serde(default)]
+    pub next_port_id: u32,
 }
 
 impl State {
+    /// A network id never handed out before.
+    pub fn allocate_net_id(&mut self) -> u32 {
+        let used = self.networks.iter().map(|n| n.dp_id).max().unwrap_or(0);
+        let id = self.next_net_id.max(used + 1);
+        self.next_net_id = id + 1;
+        id
+    }
+
+    /// A port id never handed out before (ports of every network and
+    /// endpoint share one space).
+    pub fn allocate_port_id(&mut self) -> u32 {
+        let used = self.port_ids().max().unwrap_or(0);
+        let id = self.next_port_id.max(used + 1);
+        self.next_port_id = id + 1;
+        id
+    }
+
+    /// Every port id the records hold.
+    pub fn port_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        let nets = self
+            .networks
+            .iter()
+            .flat_map(|n| n.host_port_id.into_iter().chain(n.uplink_port_id));
+        nets.chain(self.endpoints.iter().map(|e| e.port_id))
+    }
+
+    /// Gives ids to records saved before ids were kept: a network its own,
+    /// a host port and an uplink port where the network has them, every
+    /// endpoint a port. Returns whether any record changed (the state must
+    /// then be saved, so the ids stay).
+    pub fn assign_missing_ids(&mut self) -> bool {
+        let mut changed = false;
+        for i in 0..self.networks.len() {
+            if self.networks[i].dp_id == 0 {
+                self.networks[i].dp_id = self.allocate_net_id();
+                changed = true;
+            }
+            let net = &self.networks[i];
+            let needs_host = net.host_ifname.is_some() && net.host_port_id.is_none();
+            // Whether the options name an uplink; a record whose options do
+            // not parse is refused later, and has no port to number.
+            let needs_uplink = net.uplink_port_id.is_none()
+                && super::NetworkOptions::parse(&net.options).is_ok_and(|o| o.interface.is_some());
+            if needs_host {
+                self.networks[i].host_port_id = Some(self.allocate_port_id());
+                changed = true;
+            }
+            if needs_uplink {
+                self.networks[i].uplink_port_id = Some(self.allocate_port_id());
+                changed = true;
+            }
+        }
+        for i in 0..self.endpoints.len() {
+            if self.endpoints[i].port_id == 0 {
+                self.endpoints[i].port_id = self.allocate_port_id();
+                changed = true;
+            }
+        }
+        changed
+    }
+
     pub fn network(&self, name: &str) -> Option<&NetworkRecord> {
         self.networks.iter().find(|n| n.name == name)
     }
@@ -279,6 +315,9 @@ mod tests {
                 parsed: NetworkOptions::default(),
                 host_ifname: Some("vsh12345678".into()),
                 host_mac: Some(MacAddr([2, 0x15, 0x5d, 1, 2, 3])),
+                dp_id: 1,
+                host_port_id: Some(1),
+                uplink_port_id: None,
             }],
             endpoints: vec![EndpointRecord {
                 id: "e-1".into(),
@@ -290,7 +329,10 @@ mod tests {
                 ipv4: Some(Ipv4Addr::new(10, 9, 0, 2)),
                 ipv6: None,
                 allow_spoofing: false,
+                port_id: 2,
             }],
+            next_net_id: 2,
+            next_port_id: 3,
         }
     }
 
@@ -311,6 +353,33 @@ mod tests {
         assert_eq!(file.load().unwrap(), state);
         assert!(!dir.join("state.json.tmp").exists());
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ids_are_assigned_to_old_records_and_never_reused() {
+        let mut old = sample();
+        old.networks[0].dp_id = 0;
+        old.networks[0].host_port_id = None;
+        old.endpoints[0].port_id = 0;
+        old.next_net_id = 0;
+        old.next_port_id = 0;
+        // As a file from before ids were kept reads.
+        let text = serde_json::to_value(&old).unwrap();
+        let mut text = text.as_object().unwrap().clone();
+        text.remove("next_net_id");
+        text.remove("next_port_id");
+        let mut loaded: State = serde_json::from_value(text.into()).unwrap();
+        assert_eq!(loaded, old);
+        assert!(loaded.assign_missing_ids());
+        assert!(!loaded.assign_missing_ids());
+        assert_eq!(loaded.networks[0].dp_id, 1);
+        assert_eq!(loaded.networks[0].host_port_id, Some(1));
+        assert_eq!(loaded.endpoints[0].port_id, 2);
+        // Removing the endpoint does not free its id.
+        loaded.endpoints.clear();
+        assert_eq!(loaded.allocate_port_id(), 3);
+        loaded.networks.clear();
+        assert_eq!(loaded.allocate_net_id(), 2);
     }
 
     #[test]

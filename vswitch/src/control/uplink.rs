@@ -5,10 +5,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use crate::api::{ApiError, ErrorKind};
 use crate::datapath::{Datapath, PortCounters, TrunkId, TrunkSpec};
+use crate::ebpf::EbpfError;
 use crate::ebpf::{ensure_bpffs, UplinkProgram, XdpMode};
-use crate::netns::netlink::Netlink;
+use crate::netns::netlink::{Netlink, NetlinkError};
 use crate::port::afxdp::XskPort;
 use crate::port::packet::SuperFrameTx;
 use crate::port::PortIo;
@@ -53,37 +53,41 @@ impl InterfaceFacts {
     }
 }
 
-fn field_err(kind: ErrorKind, message: String) -> ApiError {
-    ApiError::new(kind, Some("options.interface"), message)
+/// Why an interface cannot be, or stay, an uplink.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("no interface named '{0}' in vswitchd's network namespace")]
+    NotFound(String),
+    #[error("'{0}' is the loopback interface; an uplink must reach a network")]
+    Loopback(String),
+    #[error("'{0}' is a TAP device; an uplink must be a NIC, veth, bond or VLAN interface")]
+    Tap(String),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// A step of attaching the interface failed.
+    #[error("{step} on '{ifname}': {reason}")]
+    Attach {
+        step: &'static str,
+        ifname: String,
+        reason: String,
+    },
+    /// Steering an endpoint's frames to the switch failed.
+    #[error(transparent)]
+    Steer(#[from] EbpfError),
 }
 
 /// Checks that `ifname` exists in the daemon's namespace and can be an
 /// uplink, and reads its MAC, MTU and IPv4 addresses.
-pub fn inspect(ifname: &str) -> Result<InterfaceFacts, ApiError> {
-    let internal = |e: &dyn std::fmt::Display| field_err(ErrorKind::Internal, e.to_string());
-    let mut nl = Netlink::open().map_err(|e| internal(&e))?;
+pub fn inspect(ifname: &str) -> Result<InterfaceFacts, UplinkError> {
+    let mut nl = Netlink::open()?;
     let info = nl
-        .link_info(ifname)
-        .map_err(|e| internal(&e))?
-        .ok_or_else(|| {
-            field_err(
-                ErrorKind::NotFound,
-                format!("no interface named '{ifname}' in vswitchd's network namespace"),
-            )
-        })?;
+        .link_info(ifname)?
+        .ok_or_else(|| UplinkError::NotFound(ifname.to_owned()))?;
     if info.flags & libc::IFF_LOOPBACK as u32 != 0 {
-        return Err(field_err(
-            ErrorKind::InvalidArgument,
-            format!("'{ifname}' is the loopback interface; an uplink must reach a network"),
-        ));
+        return Err(UplinkError::Loopback(ifname.to_owned()));
     }
     if info.kind.as_deref() == Some("tun") {
-        return Err(field_err(
-            ErrorKind::InvalidArgument,
-            format!(
-                "'{ifname}' is a TAP device; an uplink must be a NIC, veth, bond or VLAN interface"
-            ),
-        ));
+        return Err(UplinkError::Tap(ifname.to_owned()));
     }
     Ok(InterfaceFacts {
         index: info.index,
@@ -136,10 +140,12 @@ fn addresses(ifname: &str) -> Vec<IpAddr> {
 
 /// Attaches the XDP program and one AF_XDP socket per receive queue, and
 /// hands the sockets to the datapath as trunk `trunk`.
-pub fn attach(ifname: &str, trunk: TrunkId, datapath: &Datapath) -> Result<Uplink, ApiError> {
+pub fn attach(ifname: &str, trunk: TrunkId, datapath: &Datapath) -> Result<Uplink, UplinkError> {
     let facts = inspect(ifname)?;
-    let fail = |step: &str, e: &dyn std::fmt::Display| {
-        field_err(ErrorKind::Internal, format!("{step} on '{ifname}': {e}"))
+    let fail = |step: &'static str, e: &dyn std::fmt::Display| UplinkError::Attach {
+        step,
+        ifname: ifname.to_owned(),
+        reason: e.to_string(),
     };
     ensure_bpffs().map_err(|e| fail("mounting bpffs", &e))?;
     let mut program = UplinkProgram::attach(ifname).map_err(|e| fail("attaching XDP", &e))?;
@@ -227,14 +233,12 @@ impl Uplink {
         vlan: u16,
         mac: Option<MacAddr>,
         ips: &[IpAddr],
-    ) -> Result<(), ApiError> {
-        let fail =
-            |e: crate::ebpf::EbpfError| ApiError::new(ErrorKind::Internal, None, e.to_string());
+    ) -> Result<(), UplinkError> {
         if let Some(mac) = mac {
-            self.program.add_mac(vlan, mac.0).map_err(fail)?;
+            self.program.add_mac(vlan, mac.0)?;
         }
         for ip in ips {
-            self.program.add_ip(vlan, *ip).map_err(fail)?;
+            self.program.add_ip(vlan, *ip)?;
         }
         Ok(())
     }

@@ -1,0 +1,543 @@
+//! Networks: validating a create request into a record, starting one in
+//! the datapath (with its host port and its port on an uplink), stopping
+//! and removing it, and attaching and releasing the uplinks networks share.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::errors::{conflict, internal, invalid, plumb_error, uplink_error};
+use super::plumb::{self, TapConfig, TapOrigin};
+use super::state::{Driver, NetworkRecord};
+use super::{
+    check_name, new_id, uplink, ApiResult, Controller, Ipv4Cidr, Ipv6Cidr, MacPool, NetRuntime,
+    NetworkOptions, PortHandle, DEFAULT_MTU, DEFAULT_POOL,
+};
+use crate::api::{self, ApiError, ErrorKind, HostPort, Reply, WireMac};
+use crate::datapath::{NetId, PortKind};
+
+impl Controller {
+    // ---- networks ----
+
+    // Creation records first and plumbs second; removal unplumbs first and
+    // records second. A crash in between leaves a record whose kernel side
+    // is missing, which the next start completes (as it does after any
+    // crash), never a device no record knows about.
+
+    pub(super) fn network_create(&mut self, req: api::NetworkCreate) -> ApiResult<api::Network> {
+        let mut rec = self.check_network(req)?;
+        // Undone whole on failure, id counters too: a refused request
+        // changes nothing.
+        let before = self.state.clone();
+        rec.dp_id = self.state.allocate_net_id();
+        if rec.host_ifname.is_some() {
+            rec.host_port_id = Some(self.state.allocate_port_id());
+        }
+        if rec.parsed.interface.is_some() {
+            rec.uplink_port_id = Some(self.state.allocate_port_id());
+        }
+        self.state.networks.push(rec.clone());
+        if let Err(e) = self.save() {
+            self.state = before;
+            return Err(e);
+        }
+        match self.start_network(&rec, TapOrigin::Fresh) {
+            Ok(rt) => {
+                self.nets.insert(rec.id.clone(), rt);
+            }
+            Err(e) => {
+                self.state = before;
+                self.save_after_undo();
+                return Err(e);
+            }
+        }
+        tracing::info!(network = %rec.name, driver = rec.driver.name(), "network created");
+        Ok(self.network_view(&rec))
+    }
+
+    /// Validates a create request into the record it would add.
+    pub(super) fn check_network(&self, req: api::NetworkCreate) -> ApiResult<NetworkRecord> {
+        check_name("name", &req.name)?;
+        if self.state.network(&req.name).is_some() {
+            return Err(ApiError::new(
+                ErrorKind::AlreadyExists,
+                Some("name"),
+                format!("a network named '{}' already exists", req.name),
+            ));
+        }
+        let driver = Driver::parse(&req.driver).ok_or_else(|| {
+            invalid(
+                "driver",
+                format!(
+                    "unknown driver '{}'; expected one of: {}",
+                    req.driver,
+                    api::DRIVERS.join(", ")
+                ),
+            )
+        })?;
+        let mut subnet4 = None;
+        let mut subnet6 = None;
+        for s in &req.subnets {
+            if s.contains(':') {
+                let c: Ipv6Cidr = s.parse().map_err(|e| invalid("subnet", format!("{e}")))?;
+                c.check_usable()
+                    .map_err(|e| invalid("subnet", e.to_string()))?;
+                if subnet6.replace(c).is_some() {
+                    return Err(invalid("subnet", "at most one IPv6 subnet per network"));
+                }
+            } else {
+                let c: Ipv4Cidr = s.parse().map_err(|e| invalid("subnet", format!("{e}")))?;
+                c.check_usable()
+                    .map_err(|e| invalid("subnet", e.to_string()))?;
+                if subnet4.replace(c).is_some() {
+                    return Err(invalid("subnet", "at most one IPv4 subnet per network"));
+                }
+            }
+        }
+        if !driver.switched()
+            && (subnet4.is_some() || subnet6.is_some() || !req.gateways.is_empty())
+        {
+            return Err(invalid(
+                "subnet",
+                format!("the {driver} driver gives endpoints loopback only: no subnet or gateway"),
+            ));
+        }
+        let parsed = NetworkOptions::parse(&req.options)?;
+        let facts = self.check_uplink_options(driver, &parsed)?;
+        if driver.has_uplink() && subnet4.is_none() {
+            return Err(invalid(
+                "subnet",
+                format!(
+                    "a {} network needs --subnet, usually the uplink's own subnet",
+                    driver.name()
+                ),
+            ));
+        }
+        if driver.switched() && subnet4.is_none() {
+            subnet4 = Some(self.default_subnet()?);
+        }
+        self.check_overlap(subnet4, subnet6)?;
+
+        let mut gateway4 = None;
+        let mut gateway6 = None;
+        for g in &req.gateways {
+            let ip: IpAddr = g
+                .parse()
+                .map_err(|_| invalid("gateway", format!("'{g}' is not an IP address")))?;
+            match ip {
+                IpAddr::V4(ip) => {
+                    let net =
+                        subnet4.ok_or_else(|| invalid("gateway", "no IPv4 subnet to put it in"))?;
+                    if !net.is_host(ip) {
+                        return Err(invalid(
+                            "gateway",
+                            format!("{ip} must be a host address of {net} (not its network or broadcast address)"),
+                        ));
+                    }
+                    if gateway4.replace(ip).is_some() {
+                        return Err(invalid("gateway", "at most one IPv4 gateway"));
+                    }
+                }
+                IpAddr::V6(ip) => {
+                    let net =
+                        subnet6.ok_or_else(|| invalid("gateway", "no IPv6 subnet to put it in"))?;
+                    if !net.is_host(ip) {
+                        return Err(invalid(
+                            "gateway",
+                            format!("{ip} must be a host address of {net}"),
+                        ));
+                    }
+                    if gateway6.replace(ip).is_some() {
+                        return Err(invalid("gateway", "at most one IPv6 gateway"));
+                    }
+                }
+            }
+        }
+        // A host port holds the gateway (Windows' gateway endpoint in the
+        // host compartment); with an uplink, only on a subnet of the
+        // network's own, so the host routes between it and the wire.
+        let host_port = match driver.host_port() {
+            HostPort::Always => true,
+            HostPort::Never => false,
+            HostPort::OffUplinkSubnet => {
+                let on_uplink = |s4: Ipv4Cidr| {
+                    facts
+                        .as_ref()
+                        .is_some_and(|f| f.ipv4().any(|ip| s4.contains(ip)))
+                };
+                !subnet4.is_some_and(on_uplink)
+            }
+        };
+        if host_port {
+            gateway4 = gateway4.or(subnet4.map(|s| s.first_host()));
+            gateway6 = gateway6.or(subnet6.map(|s| s.first_host()));
+        }
+
+        let min_mtu = if subnet6.is_some() { 1280 } else { 68 };
+        let (default_mtu, max_mtu) = match &facts {
+            Some(f) => (f.mtu.min(uplink::MAX_MTU), f.mtu.min(uplink::MAX_MTU)),
+            None => (DEFAULT_MTU, crate::port::tap::MAX_MTU),
+        };
+        let mtu = req.mtu.unwrap_or(default_mtu);
+        if !(min_mtu..=max_mtu).contains(&mtu) {
+            let why = if facts.is_some() {
+                " (at most the uplink's MTU, and what an AF_XDP frame holds)"
+            } else if mtu > max_mtu {
+                " (the largest a TAP takes)"
+            } else if subnet6.is_some() {
+                " (IPv6 needs 1280)"
+            } else {
+                ""
+            };
+            return Err(invalid(
+                "mtu",
+                format!("expected {min_mtu}..={max_mtu}{why}, got {mtu}"),
+            ));
+        }
+        let mac_pool = match &req.mac_pool {
+            Some(p) => p.parse().map_err(|e| invalid("mac_pool", format!("{e}")))?,
+            None => MacPool::DEFAULT,
+        };
+        let id = new_id();
+        let (host_ifname, host_mac) = if host_port {
+            let mac = self.allocate_mac(&mac_pool)?;
+            (Some(format!("vsh{}", &id[..8])), Some(mac))
+        } else {
+            (None, None)
+        };
+        Ok(NetworkRecord {
+            id,
+            name: req.name,
+            driver,
+            subnet4,
+            gateway4,
+            subnet6,
+            gateway6,
+            mtu,
+            mac_pool,
+            options: req.options,
+            parsed,
+            host_ifname,
+            host_mac,
+            // Given by network_create, once the request is accepted.
+            dp_id: 0,
+            host_port_id: None,
+            uplink_port_id: None,
+        })
+    }
+
+    pub(super) fn check_overlap(
+        &self,
+        subnet4: Option<Ipv4Cidr>,
+        subnet6: Option<Ipv6Cidr>,
+    ) -> ApiResult<()> {
+        for other in &self.state.networks {
+            let clash4 = matches!((subnet4, other.subnet4), (Some(a), Some(b)) if a.overlaps(&b));
+            let clash6 = matches!((subnet6, other.subnet6), (Some(a), Some(b)) if a.overlaps(&b));
+            if clash4 || clash6 {
+                let theirs = if clash4 {
+                    other.subnet4.map(|s| s.to_string())
+                } else {
+                    other.subnet6.map(|s| s.to_string())
+                };
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    Some("subnet"),
+                    format!(
+                        "overlaps {} of network '{}'",
+                        theirs.unwrap_or_default(),
+                        other.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The uplink rules: which drivers take `interface` and `vlanid`, and
+    /// which networks may share an interface. Reads the interface's facts.
+    pub(super) fn check_uplink_options(
+        &self,
+        driver: Driver,
+        parsed: &NetworkOptions,
+    ) -> ApiResult<Option<uplink::InterfaceFacts>> {
+        if !driver.has_uplink() {
+            if parsed.interface.is_some() {
+                return Err(invalid(
+                    "options.interface",
+                    format!(
+                        "the {driver} driver has no uplink; only {} do",
+                        Driver::names_where(Driver::has_uplink, "and")
+                    ),
+                ));
+            }
+            if parsed.vlan != 0 {
+                return Err(invalid(
+                    "options.vlanid",
+                    format!(
+                        "a VLAN needs an uplink ({})",
+                        Driver::names_where(Driver::has_uplink, "or")
+                    ),
+                ));
+            }
+            return Ok(None);
+        }
+        let ifname = parsed.interface.clone().ok_or_else(|| {
+            invalid(
+                "options.interface",
+                format!(
+                    "the {} driver needs -o interface=IFNAME, the uplink",
+                    driver.name()
+                ),
+            )
+        })?;
+        for other in &self.state.networks {
+            if other.parsed.interface.as_deref() != Some(ifname.as_str()) {
+                continue;
+            }
+            if driver.owns_uplink() || other.driver.owns_uplink() {
+                let owner = if driver.owns_uplink() {
+                    driver
+                } else {
+                    other.driver
+                };
+                return Err(conflict(
+                    "options.interface",
+                    format!(
+                        "'{ifname}' is already the uplink of {} network '{}'; a {owner} network needs an interface of its own",
+                        other.driver, other.name
+                    ),
+                ));
+            }
+            if other.parsed.vlan == parsed.vlan {
+                return Err(conflict(
+                    "options.vlanid",
+                    format!(
+                        "network '{}' already uses '{ifname}' {}; networks sharing an uplink need different VLANs",
+                        other.name,
+                        match parsed.vlan {
+                            0 => "untagged".to_owned(),
+                            v => format!("on VLAN {v}"),
+                        }
+                    ),
+                ));
+            }
+        }
+        if let Some(n) = self
+            .state
+            .networks
+            .iter()
+            .find(|n| n.host_ifname.as_deref() == Some(ifname.as_str()))
+        {
+            return Err(invalid(
+                "options.interface",
+                format!("'{ifname}' is the host port of network '{}'", n.name),
+            ));
+        }
+        uplink::inspect(&ifname).map(Some).map_err(uplink_error)
+    }
+
+    pub(super) fn default_subnet(&self) -> ApiResult<Ipv4Cidr> {
+        (0..=255u32)
+            .filter_map(|i| Ipv4Cidr::new(Ipv4Addr::from(u32::from(DEFAULT_POOL) + (i << 8)), 24))
+            .find(|c| self.check_overlap(Some(*c), None).is_ok())
+            .ok_or_else(|| invalid("subnet", "no free /24 left in 172.30.0.0/16; give --subnet"))
+    }
+
+    /// Creates the network in the datapath, with its host port if any.
+    /// Creates the network in the datapath, with its uplink port and host
+    /// port if it has them. When restoring, a network whose uplink cannot
+    /// be attached still starts (its endpoints talk to each other), marked
+    /// degraded; a new one is refused instead.
+    pub(super) fn start_network(
+        &mut self,
+        net: &NetworkRecord,
+        origin: TapOrigin,
+    ) -> ApiResult<NetRuntime> {
+        let dp = net.dp_id;
+        self.datapath
+            .add_network(dp, net.parsed.fdb, net.parsed.offload)
+            .map_err(internal)?;
+        let mut rt = NetRuntime {
+            dp,
+            host: None,
+            uplink: None,
+            fault: None,
+        };
+        if let Some(ifname) = net.parsed.interface.clone() {
+            match self.start_uplink_port(net, dp, &ifname) {
+                Ok(port) => rt.uplink = Some(port),
+                Err(e) if origin == TapOrigin::Existing => {
+                    tracing::warn!(network = %net.name, error = %e, "network degraded");
+                    rt.fault = Some(e.to_string());
+                }
+                Err(e) => {
+                    let _ = self.datapath.remove_network(dp);
+                    return Err(e);
+                }
+            }
+        }
+        if let (Some(ifname), Some(mac)) = (&net.host_ifname, net.host_mac) {
+            let cfg = TapConfig {
+                ifname: ifname.clone(),
+                mac,
+                mtu: net.mtu,
+                ipv4: net.gateway4.zip(net.subnet4.map(|s| s.prefix())),
+                ipv6: net.gateway6.zip(net.subnet6.map(|s| s.prefix())),
+                gateway4: None,
+                gateway6: None,
+                offload: net.parsed.offload,
+            };
+            // With an uplink, the host routes between the host port and the
+            // wire.
+            let forward = net.driver.has_uplink();
+            let id = net.host_port_id.unwrap_or_default();
+            let host = plumb::host_tap(&cfg, origin, forward).and_then(|tap| {
+                self.attach(
+                    id,
+                    dp,
+                    PortKind::Local(Box::new(tap)),
+                    None,
+                    cfg.offload,
+                    Vec::new(),
+                    Some(mac),
+                )
+                .map_err(|e| plumb::PlumbError::Datapath(e.to_string()))
+            });
+            match host {
+                Ok(port) => rt.host = Some(port),
+                Err(e) => {
+                    if origin == TapOrigin::Fresh {
+                        plumb::delete_host_tap(ifname);
+                    }
+                    self.stop_runtime(net, rt);
+                    return Err(plumb_error(e, "host port"));
+                }
+            }
+        }
+        Ok(rt)
+    }
+
+    /// Attaches the uplink interface if no other network has, and connects
+    /// the network to it.
+    pub(super) fn start_uplink_port(
+        &mut self,
+        net: &NetworkRecord,
+        dp: NetId,
+        ifname: &str,
+    ) -> ApiResult<PortHandle> {
+        if !self.uplinks.contains_key(ifname) {
+            let trunk = self.next_trunk_id();
+            let up = uplink::attach(ifname, trunk, &self.datapath).map_err(uplink_error)?;
+            self.uplinks.insert(ifname.to_owned(), up);
+        }
+        let up = self.uplinks.get_mut(ifname).expect("inserted above");
+        up.users += 1;
+        let kind = PortKind::Uplink {
+            trunk: up.trunk,
+            vlan: net.parsed.vlan,
+            l2bridge: (net.driver.wire_mac() == Some(WireMac::Uplink)).then_some(up.mac),
+        };
+        // The uplink takes super-frames: the datapath segments them.
+        let id = net.uplink_port_id.unwrap_or_default();
+        match self.attach(id, dp, kind, None, true, Vec::new(), None) {
+            Ok(port) => Ok(port),
+            Err(e) => {
+                self.release_uplink(ifname, false);
+                Err(internal(e))
+            }
+        }
+    }
+
+    /// One network less uses the uplink; the last one detaches it.
+    pub(super) fn release_uplink(&mut self, ifname: &str, keep_program: bool) {
+        let Some(up) = self.uplinks.get_mut(ifname) else {
+            return;
+        };
+        up.users = up.users.saturating_sub(1);
+        if up.users == 0 {
+            let up = self.uplinks.remove(ifname).expect("present");
+            up.release(&self.datapath, keep_program);
+        }
+    }
+
+    /// Takes a running network out of the datapath (kernel devices stay).
+    pub(super) fn stop_runtime(&mut self, net: &NetworkRecord, rt: NetRuntime) {
+        let had_uplink = rt.uplink.is_some();
+        for port in [rt.host, rt.uplink].into_iter().flatten() {
+            let _ = self.datapath.remove_port(port.id);
+        }
+        let _ = self.datapath.remove_network(rt.dp);
+        if let (Some(ifname), true) = (&net.parsed.interface, had_uplink) {
+            self.release_uplink(ifname, false);
+        }
+    }
+
+    /// Why a network runs degraded, if it does.
+    pub(super) fn network_fault(&self, n: &NetworkRecord) -> Option<String> {
+        if let Some(reason) = self.invalid.get(&n.id) {
+            return Some(reason.clone());
+        }
+        let Some(rt) = self.nets.get(&n.id) else {
+            return Some("the network failed to start; see the daemon log".into());
+        };
+        if let Some(fault) = &rt.fault {
+            return Some(fault.clone());
+        }
+        n.parsed
+            .interface
+            .as_ref()
+            .and_then(|ifname| self.uplinks.get(ifname))
+            .and_then(|up| up.fault())
+    }
+
+    /// Stops everything on a clean shutdown: uplinks are detached, or left
+    /// with their XDP program when `keep_programs` (endpoint TAPs always
+    /// stay, configured, for the next start).
+    pub fn shutdown(&mut self, keep_programs: bool) {
+        for (_, up) in self.uplinks.drain() {
+            up.release(&self.datapath, keep_programs);
+        }
+    }
+
+    pub(super) fn stop_network(&mut self, net: &NetworkRecord) {
+        if let Some(rt) = self.nets.remove(&net.id) {
+            self.stop_runtime(net, rt);
+        }
+        if let Some(ifname) = &net.host_ifname {
+            plumb::delete_host_tap(ifname);
+        }
+    }
+
+    pub(super) fn network_remove(&mut self, name: &str) -> ApiResult<Reply> {
+        let net = self.network(name)?.clone();
+        let users: Vec<&str> = self
+            .state
+            .endpoints_of(&net.id)
+            .map(|e| e.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                Some("network"),
+                format!("network '{name}' still has endpoints: {}", users.join(", ")),
+            ));
+        }
+        if !self.invalid.contains_key(&net.id) {
+            self.stop_network(&net);
+        }
+        let before = self.state.clone();
+        self.state.networks.retain(|n| n.id != net.id);
+        if let Err(e) = self.save() {
+            self.state = before;
+            if let Ok(rt) = self.start_network(&net, TapOrigin::Existing) {
+                self.nets.insert(net.id.clone(), rt);
+            }
+            return Err(e);
+        }
+        self.invalid.remove(&net.id);
+        tracing::info!(network = %name, "network removed");
+        Ok(Reply::Removed {
+            name: name.to_owned(),
+            warning: None,
+        })
+    }
+}
