@@ -94,9 +94,8 @@ impl Switch {
     }
 
     fn apply(&mut self, cmd: Command) {
-        match self.worker.apply(cmd) {
-            Outcome::Failed(e) => panic!("{e}"),
-            _ => {}
+        if let Outcome::Failed(e) = self.worker.apply(cmd) {
+            panic!("{e}");
         }
     }
 
