@@ -2,7 +2,8 @@
 //! switch and the Windows container networking stack.
 //!
 //! The crate is the daemon's library: `control` serves the API and owns the
-//! state, `datapath` moves frames between `port`s using the `fdb`, `netns`
+//! state, `datapath` moves frames between `port`s as the `pipeline` decides
+//! (with the `fdb`), `netns`
 //! plumbs links and addresses over netlink, `wire` parses packets.
 
 pub use vswitch_api as api;

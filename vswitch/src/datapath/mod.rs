@@ -5,19 +5,19 @@
 //! queued to the thread and answered when applied, so the thread's tables
 //! need no locks. Counters are shared ([`PortCounters`]) and read lock-free.
 //!
-//! Per frame: parse the Ethernet header -> port security (source MAC and
-//! IP of endpoint ports) -> learn the source -> look up the destination ->
-//! unicast, or flood within the network (never back out the ingress port).
-//! Networks share nothing: a frame can only leave through a port of the
-//! network it entered.
+//! Per frame: classify -> decide (the [`pipeline`](crate::pipeline):
+//! port security, l2bridge, learning, FDB, to a [`Verdict`]) -> execute
+//! (here: apply the verdict's header transformation, send to its ports).
+//! This module knows port types (TAP, AF_XDP trunk queue, packet socket);
+//! the pipeline knows only their roles.
 
 pub mod counters;
-mod forward;
 mod gro;
 mod gso;
-mod l2bridge;
 #[cfg(test)]
 mod props;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::io;
@@ -27,17 +27,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use crate::pipeline::{NetId, PortId, PortSecurity};
 pub use counters::{DropReason, PortCounters};
-pub use forward::PortSecurity;
 
-use crate::fdb::{Fdb, FdbConfig, Learn};
+use crate::fdb::FdbConfig;
+use crate::pipeline::verdict::pop_vlan;
+use crate::pipeline::{apply, HeaderTransform, Pipeline, PortPolicy, PortRole, Verdict};
 use crate::port::{Packet, PortIo, VirtioNetHdr, BATCH, UPLINK_BATCH};
 use crate::sys::{Epoll, EventFd};
-use crate::wire::{vlan_pop, vlan_push, MacAddr};
-use l2bridge::{Ingress, Locals};
+use crate::wire::MacAddr;
 
-pub type PortId = u32;
-pub type NetId = u32;
 pub type TrunkId = u32;
 
 /// How often learned addresses are checked for expiry.
@@ -230,35 +229,20 @@ impl Drop for Datapath {
 
 enum SlotKind {
     Local(Box<dyn PortIo>),
+    /// Sends through the trunk's queues; `vlan` is the trunk member it is.
     Uplink {
         trunk: TrunkId,
         vlan: u16,
-        l2bridge: Option<MacAddr>,
     },
 }
 
+/// A port's I/O side; its forwarding side is in the pipeline.
 struct PortSlot {
-    net: NetId,
     kind: SlotKind,
     counters: Arc<PortCounters>,
-    security: Option<PortSecurity>,
     gso: bool,
-    addrs: Vec<IpAddr>,
     /// Sent to since the last flush.
     dirty: bool,
-}
-
-struct NetSlot {
-    fdb: Fdb<PortId>,
-    ports: Vec<PortId>,
-    /// Endpoint addresses, for l2bridge translation.
-    locals: Locals,
-    /// The MACs of the network's vNICs (endpoint and host ports).
-    statics: HashMap<MacAddr, PortId>,
-    /// The network reaches the wire through an l2bridge uplink.
-    l2bridge: bool,
-    /// Its vNICs take super-frames.
-    offload: bool,
 }
 
 struct TrunkSlot {
@@ -270,17 +254,116 @@ struct TrunkSlot {
     dirty: bool,
 }
 
-/// The forwarding tables, apart from the receive batch so that frames in
-/// the batch can be read while ports are written.
+/// The ports and the pipeline, apart from the receive batch so that
+/// frames in the batch can be read while ports are written.
 struct Tables {
     ports: HashMap<PortId, PortSlot>,
-    nets: HashMap<NetId, NetSlot>,
+    pipeline: Pipeline,
     trunks: HashMap<TrunkId, TrunkSlot>,
-    /// Frames leaving through an uplink are composed here (translated,
-    /// tagged), so a flood can still hand the original to other ports.
+    /// Frames leaving transformed are composed here (translated, tagged),
+    /// so a flood can still hand the original to other ports.
     egress: Packet,
-    /// Answers the switch makes itself (l2bridge ARP and NDP).
-    reply: Packet,
+}
+
+impl Tables {
+    fn new() -> Tables {
+        Tables {
+            ports: HashMap::new(),
+            pipeline: Pipeline::new(),
+            trunks: HashMap::new(),
+            egress: Packet::new(),
+        }
+    }
+
+    fn add_trunk(&mut self, epoll: &Epoll, spec: TrunkSpec) -> Outcome {
+        for (q, io) in spec.queues.iter().enumerate() {
+            let token = TRUNK_TOKEN | (u64::from(spec.id) << 16) | q as u64;
+            if let Err(e) = epoll.add(io.raw_fd(), token) {
+                for io in &spec.queues[..q] {
+                    let _ = epoll.delete(io.raw_fd());
+                }
+                return Outcome::Failed(e);
+            }
+        }
+        self.trunks.insert(
+            spec.id,
+            TrunkSlot {
+                queues: spec.queues,
+                super_frames: spec.super_frames,
+                members: HashMap::new(),
+                counters: spec.counters,
+                dirty: false,
+            },
+        );
+        Outcome::Done
+    }
+
+    fn add_port(&mut self, epoll: &Epoll, spec: PortSpec) -> Outcome {
+        let failed = |msg: String| Outcome::Failed(io::Error::other(msg));
+        if !self.pipeline.has_network(spec.net) {
+            return failed(format!("datapath has no network {}", spec.net));
+        }
+        let (kind, role) = match spec.kind {
+            PortKind::Local(io) => {
+                if let Err(e) = epoll.add(io.raw_fd(), u64::from(spec.id)) {
+                    return Outcome::Failed(e);
+                }
+                (SlotKind::Local(io), PortRole::Vnic)
+            }
+            PortKind::Uplink {
+                trunk,
+                vlan,
+                l2bridge,
+            } => {
+                let Some(slot) = self.trunks.get_mut(&trunk) else {
+                    return failed(format!("datapath has no trunk {trunk}"));
+                };
+                if slot.members.contains_key(&vlan) {
+                    return failed(format!("VLAN {vlan} of trunk {trunk} is taken"));
+                }
+                slot.members.insert(vlan, spec.id);
+                (
+                    SlotKind::Uplink { trunk, vlan },
+                    PortRole::Uplink { vlan, l2bridge },
+                )
+            }
+        };
+        let policy = PortPolicy {
+            net: spec.net,
+            role,
+            security: spec.security,
+            addrs: spec.addrs,
+            mac: spec.mac,
+        };
+        let added = self.pipeline.add_port(spec.id, policy);
+        debug_assert!(added, "the network was checked above");
+        self.ports.insert(
+            spec.id,
+            PortSlot {
+                kind,
+                counters: spec.counters,
+                gso: spec.gso,
+                dirty: false,
+            },
+        );
+        Outcome::Done
+    }
+
+    fn remove_port(&mut self, epoll: &Epoll, port: PortId) {
+        if let Some(slot) = self.ports.remove(&port) {
+            match &slot.kind {
+                SlotKind::Local(io) => {
+                    let _ = epoll.delete(io.raw_fd());
+                }
+                SlotKind::Uplink { trunk, vlan } => {
+                    if let Some(trunk) = self.trunks.get_mut(trunk) {
+                        trunk.members.remove(vlan);
+                    }
+                }
+            }
+            self.pipeline.remove_port(port);
+        }
+    }
 }
 
 struct Worker {
@@ -300,13 +383,7 @@ impl Worker {
             epoll,
             wake,
             calls,
-            tables: Tables {
-                ports: HashMap::new(),
-                nets: HashMap::new(),
-                trunks: HashMap::new(),
-                egress: Packet::new(),
-                reply: Packet::new(),
-            },
+            tables: Tables::new(),
             batch: (0..BATCH).map(|_| Packet::new()).collect(),
             uplink_batch: (0..UPLINK_BATCH).map(|_| Packet::new()).collect(),
         }
@@ -340,9 +417,7 @@ impl Worker {
             self.tables.flush();
             if now.duration_since(last_aging) >= AGING_TICK {
                 last_aging = now;
-                for net in self.tables.nets.values_mut() {
-                    net.fdb.age(now);
-                }
+                self.tables.pipeline.age(now);
             }
         }
     }
@@ -363,45 +438,16 @@ impl Worker {
 
     fn apply(&mut self, cmd: Command) -> Outcome {
         let t = &mut self.tables;
-        let failed = |msg: String| Outcome::Failed(io::Error::other(msg));
         match cmd {
             Command::AddNetwork { net, fdb, offload } => {
-                t.nets.entry(net).or_insert_with(|| NetSlot {
-                    fdb: Fdb::new(fdb),
-                    ports: Vec::new(),
-                    locals: Locals::new(),
-                    statics: HashMap::new(),
-                    l2bridge: false,
-                    offload,
-                });
+                t.pipeline.add_network(net, fdb, offload);
                 Outcome::Done
             }
             Command::RemoveNetwork { net } => {
-                t.nets.remove(&net);
+                t.pipeline.remove_network(net);
                 Outcome::Done
             }
-            Command::AddTrunk(spec) => {
-                for (q, io) in spec.queues.iter().enumerate() {
-                    let token = TRUNK_TOKEN | (u64::from(spec.id) << 16) | q as u64;
-                    if let Err(e) = self.epoll.add(io.raw_fd(), token) {
-                        for io in &spec.queues[..q] {
-                            let _ = self.epoll.delete(io.raw_fd());
-                        }
-                        return Outcome::Failed(e);
-                    }
-                }
-                t.trunks.insert(
-                    spec.id,
-                    TrunkSlot {
-                        queues: spec.queues,
-                        super_frames: spec.super_frames,
-                        members: HashMap::new(),
-                        counters: spec.counters,
-                        dirty: false,
-                    },
-                );
-                Outcome::Done
-            }
+            Command::AddTrunk(spec) => t.add_trunk(&self.epoll, spec),
             Command::RemoveTrunk { trunk } => {
                 if let Some(slot) = t.trunks.remove(&trunk) {
                     for io in &slot.queues {
@@ -410,91 +456,12 @@ impl Worker {
                 }
                 Outcome::Done
             }
-            Command::AddPort(spec) => {
-                let Some(net) = t.nets.get_mut(&spec.net) else {
-                    return failed(format!("datapath has no network {}", spec.net));
-                };
-                let kind = match spec.kind {
-                    PortKind::Local(io) => {
-                        if let Err(e) = self.epoll.add(io.raw_fd(), u64::from(spec.id)) {
-                            return Outcome::Failed(e);
-                        }
-                        SlotKind::Local(io)
-                    }
-                    PortKind::Uplink {
-                        trunk,
-                        vlan,
-                        l2bridge,
-                    } => {
-                        let Some(slot) = t.trunks.get_mut(&trunk) else {
-                            return failed(format!("datapath has no trunk {trunk}"));
-                        };
-                        if slot.members.contains_key(&vlan) {
-                            return failed(format!("VLAN {vlan} of trunk {trunk} is taken"));
-                        }
-                        slot.members.insert(vlan, spec.id);
-                        net.l2bridge |= l2bridge.is_some();
-                        SlotKind::Uplink {
-                            trunk,
-                            vlan,
-                            l2bridge,
-                        }
-                    }
-                };
-                net.ports.push(spec.id);
-                net.locals.extend(spec.addrs.iter().copied());
-                if let Some(mac) = spec.mac {
-                    net.statics.insert(mac, spec.id);
-                }
-                t.ports.insert(
-                    spec.id,
-                    PortSlot {
-                        net: spec.net,
-                        kind,
-                        counters: spec.counters,
-                        security: spec.security,
-                        gso: spec.gso,
-                        addrs: spec.addrs.iter().map(|(ip, _)| *ip).collect(),
-                        dirty: false,
-                    },
-                );
-                Outcome::Done
-            }
+            Command::AddPort(spec) => t.add_port(&self.epoll, spec),
             Command::RemovePort { port } => {
-                if let Some(slot) = t.ports.remove(&port) {
-                    match &slot.kind {
-                        SlotKind::Local(io) => {
-                            let _ = self.epoll.delete(io.raw_fd());
-                        }
-                        SlotKind::Uplink { trunk, vlan, .. } => {
-                            if let Some(trunk) = t.trunks.get_mut(trunk) {
-                                trunk.members.remove(vlan);
-                            }
-                        }
-                    }
-                    if let Some(net) = t.nets.get_mut(&slot.net) {
-                        net.ports.retain(|&p| p != port);
-                        net.fdb.forget_port(port);
-                        for ip in &slot.addrs {
-                            net.locals.remove(ip);
-                        }
-                        net.statics.retain(|_, owner| *owner != port);
-                        if matches!(slot.kind, SlotKind::Uplink { .. }) {
-                            net.l2bridge = false;
-                        }
-                    }
-                }
+                t.remove_port(&self.epoll, port);
                 Outcome::Done
             }
-            Command::DumpFdb { net } => {
-                let now = Instant::now();
-                let entries = t
-                    .nets
-                    .get(&net)
-                    .map(|n| n.fdb.entries(now).collect())
-                    .unwrap_or_default();
-                Outcome::Fdb(entries)
-            }
+            Command::DumpFdb { net } => Outcome::Fdb(t.pipeline.fdb_entries(net, Instant::now())),
         }
     }
 
@@ -609,19 +576,8 @@ impl Tables {
     /// network its VLAN tag names (0: untagged).
     fn untag(&mut self, trunk: TrunkId, pkt: &mut Packet) -> Option<PortId> {
         let slot = self.trunks.get(&trunk)?;
-        let len = pkt.frame().len();
-        slot.counters.rx(len);
-        let vlan = match vlan_pop(pkt.buffer_mut(), len) {
-            Some((vid, new_len)) => {
-                pkt.set_len(new_len);
-                // A checksum still to fill moved with the payload.
-                if pkt.vnet.flags & VirtioNetHdr::F_NEEDS_CSUM != 0 {
-                    pkt.vnet.csum_start = pkt.vnet.csum_start.saturating_sub(4);
-                }
-                vid
-            }
-            None => 0,
-        };
+        slot.counters.rx(pkt.frame().len());
+        let vlan = pop_vlan(pkt).unwrap_or(0);
         let port = slot.members.get(&vlan).copied();
         if port.is_none() {
             slot.counters.dropped(DropReason::UnknownVlan);
@@ -638,117 +594,80 @@ impl Tables {
 
     /// Whether the vNICs of `port`'s network take super-frames.
     fn takes_super_frames(&self, port: PortId) -> bool {
-        let net = self.ports.get(&port).and_then(|p| self.nets.get(&p.net));
-        net.is_some_and(|n| n.offload)
+        self.pipeline.takes_super_frames(port)
     }
 
+    /// One received frame: decide, then execute the verdict.
     fn receive(&mut self, in_port: PortId, pkt: &mut Packet, now: Instant) {
         let Some(src) = self.ports.get(&in_port) else {
             return;
         };
         src.counters.rx(pkt.frame().len());
-        let (from_wire, l2bridge_mac) = match src.kind {
-            SlotKind::Uplink { l2bridge, .. } => (true, l2bridge),
-            SlotKind::Local(_) => (false, None),
-        };
-        let admitted = forward::admit(src.security.as_ref(), !from_wire, pkt.frame());
-        let (src_mac, mut dst_mac) = match admitted {
-            Ok(addrs) => addrs,
-            Err(reason) => {
-                src.counters.dropped(reason);
-                return;
-            }
-        };
-        let Some(net) = self.nets.get_mut(&src.net) else {
+        let Some(decision) = self.pipeline.decide(in_port, pkt.frame(), now) else {
             return;
         };
-        // A vNIC's MAC is its own: nobody else, on the wire or spoofing,
-        // may send from it (and so move it away from the vNIC).
-        if net
-            .statics
-            .get(&src_mac)
-            .is_some_and(|&owner| owner != in_port)
-        {
-            src.counters.dropped(DropReason::MacSpoofing);
-            return;
-        }
-        if let Some(uplink_mac) = l2bridge_mac {
-            match l2bridge::ingress(pkt.frame_mut(), uplink_mac, &net.locals, &mut self.reply) {
-                Ingress::Forward => {
-                    dst_mac = MacAddr(pkt.frame()[..6].try_into().expect("admitted"))
-                }
-                Ingress::Reply => {
-                    transmit(
-                        &mut self.ports,
-                        &mut self.trunks,
-                        &mut self.egress,
-                        in_port,
-                        &self.reply,
-                    );
-                    return;
-                }
-                Ingress::NotLocal => {
-                    src.counters.dropped(DropReason::NotLocal);
-                    return;
-                }
-            }
-        }
-        if net.fdb.learn(src_mac, in_port, now) == Learn::Refused {
+        if decision.learn_refused {
             src.counters.dropped(DropReason::LearnRefused);
         }
-        if !dst_mac.is_multicast() {
-            // The network's own vNICs are known without learning, so unicast
-            // to a quiet endpoint is never flooded (onto the wire, too).
-            let known = net.statics.get(&dst_mac).copied();
-            match known.or_else(|| net.fdb.lookup(dst_mac, now)) {
-                Some(out) if out == in_port => {
-                    if let Some(src) = self.ports.get(&in_port) {
-                        src.counters.dropped(DropReason::Hairpin);
+        match decision.verdict {
+            Verdict::Drop(reason) => src.counters.dropped(reason),
+            Verdict::Forward { out, xform } => {
+                // The frame is ours and goes to one port: a vNIC gets it
+                // transformed in place; an uplink composes it in `egress`
+                // (a super-frame may still have to be segmented from the
+                // original).
+                let to_vnic = matches!(
+                    self.ports.get(&out).map(|p| &p.kind),
+                    Some(SlotKind::Local(_))
+                );
+                let xform = if to_vnic && !xform.is_none() {
+                    if apply(&xform, pkt).is_err() {
+                        src.counters.dropped(DropReason::TxFailed);
+                        return;
                     }
-                }
-                Some(out) => transmit(
+                    HeaderTransform::NONE
+                } else {
+                    xform
+                };
+                transmit(
                     &mut self.ports,
                     &mut self.trunks,
                     &mut self.egress,
                     out,
                     pkt,
-                ),
-                None => self.flood(in_port, pkt, false),
+                    &xform,
+                );
             }
-        } else {
-            // An l2bridge network answers for its own endpoints: a question
-            // about one of them needs no answer from the wire.
-            let local_only =
-                net.l2bridge && !from_wire && l2bridge::asks_for_local(pkt.frame(), &net.locals);
-            self.flood(in_port, pkt, local_only);
-        }
-    }
-
-    /// Sends to every port of the network but the one the frame came from
-    /// (and, with `local_only`, but the uplink).
-    fn flood(&mut self, in_port: PortId, pkt: &Packet, local_only: bool) {
-        let Some(net) = self.ports.get(&in_port).and_then(|p| self.nets.get(&p.net)) else {
-            return;
-        };
-        for &out in &net.ports {
-            if out == in_port {
-                continue;
+            Verdict::Flood {
+                net,
+                except,
+                local_only,
+                xform,
+            } => {
+                // Every copy gets `xform`: once, in place.
+                if apply(&xform, pkt).is_err() {
+                    src.counters.dropped(DropReason::TxFailed);
+                    return;
+                }
+                for (out, egress) in self.pipeline.flood_targets(net, except, local_only) {
+                    transmit(
+                        &mut self.ports,
+                        &mut self.trunks,
+                        &mut self.egress,
+                        out,
+                        pkt,
+                        egress,
+                    );
+                }
             }
-            if local_only
-                && matches!(
-                    self.ports.get(&out).map(|p| &p.kind),
-                    Some(SlotKind::Uplink { .. })
-                )
-            {
-                continue;
-            }
-            transmit(
+            Verdict::Reply { out } => transmit(
                 &mut self.ports,
                 &mut self.trunks,
                 &mut self.egress,
                 out,
-                pkt,
-            );
+                self.pipeline.reply(),
+                &self.pipeline.egress(out),
+            ),
         }
     }
 
@@ -776,12 +695,16 @@ impl Tables {
     }
 }
 
+/// Sends `pkt` out of `out`, transformed by `xform`. The original is never
+/// changed: a transformed frame is composed in `egress`, and only when
+/// there is something to change.
 fn transmit(
     ports: &mut HashMap<PortId, PortSlot>,
     trunks: &mut HashMap<TrunkId, TrunkSlot>,
     egress: &mut Packet,
     out: PortId,
     pkt: &Packet,
+    xform: &HeaderTransform,
 ) {
     let Some(slot) = ports.get_mut(&out) else {
         return;
@@ -792,13 +715,15 @@ fn transmit(
                 slot.counters.dropped(DropReason::GsoUnsupported);
                 return;
             }
-            io.send(pkt).map(|()| (1, pkt.frame().len()))
+            if xform.is_none() {
+                io.send(pkt).map(|()| (1, pkt.frame().len()))
+            } else {
+                egress.fill(pkt.frame());
+                egress.vnet = pkt.vnet;
+                send_transformed(io.as_mut(), egress, xform).map(|len| (1, len))
+            }
         }
-        SlotKind::Uplink {
-            trunk,
-            vlan,
-            l2bridge,
-        } => {
+        SlotKind::Uplink { trunk, .. } => {
             let Some(trunk) = trunks.get_mut(trunk) else {
                 return;
             };
@@ -809,7 +734,6 @@ fn transmit(
             // super-frame leaves at once. Flush first so that it cannot
             // overtake earlier frames of its flow.
             let queued = std::mem::replace(&mut trunk.dirty, true);
-            let (vlan, l2bridge) = (*vlan, *l2bridge);
             let mut whole_sent = None;
             if let (true, Some(whole)) = (pkt.vnet.is_gso(), trunk.super_frames.as_mut()) {
                 if queued {
@@ -817,7 +741,7 @@ fn transmit(
                 }
                 egress.fill(pkt.frame());
                 egress.vnet = pkt.vnet;
-                match to_wire(whole.as_mut(), egress, vlan, l2bridge) {
+                match send_transformed(whole.as_mut(), egress, xform) {
                     Ok(len) => {
                         trunk.counters.tx(len);
                         whole_sent = Some(Ok((1, len)));
@@ -831,10 +755,11 @@ fn transmit(
             if let Some(result) = whole_sent {
                 result
             } else if pkt.vnet.is_gso() {
-                // Segment in software; each segment goes out as it is made.
+                // Segment in software; each segment goes out as it is made,
+                // transformed (tagged) on its own.
                 let mut result = Ok((0, 0));
                 let segments = gso::segment(pkt, egress, |seg| {
-                    match to_wire(io.as_mut(), seg, vlan, l2bridge) {
+                    match send_transformed(io.as_mut(), seg, xform) {
                         Ok(len) => {
                             trunk.counters.tx(len);
                             if let Ok((n, bytes)) = &mut result {
@@ -856,7 +781,7 @@ fn transmit(
                 // A super-frame can fill the TX ring: push it out now.
                 let _ = io.flush();
                 result
-            } else if vlan == 0 && l2bridge.is_none() {
+            } else if xform.is_none() {
                 // Nothing to change: no copy.
                 io.send(pkt).map(|()| {
                     trunk.counters.tx(pkt.frame().len());
@@ -865,7 +790,7 @@ fn transmit(
             } else {
                 egress.fill(pkt.frame());
                 egress.vnet = pkt.vnet;
-                to_wire(io.as_mut(), egress, vlan, l2bridge).map(|len| {
+                send_transformed(io.as_mut(), egress, xform).map(|len| {
                     trunk.counters.tx(len);
                     (1, len)
                 })
@@ -881,31 +806,14 @@ fn transmit(
     }
 }
 
-/// Sends a frame composed in `frame` out of an uplink: translated for
-/// l2bridge, tagged with the network's VLAN. Returns its length on the wire.
-fn to_wire(
+/// Applies `xform` to the frame composed in `frame` and sends it. Returns
+/// its length as sent.
+fn send_transformed(
     io: &mut dyn PortIo,
     frame: &mut Packet,
-    vlan: u16,
-    l2bridge: Option<MacAddr>,
+    xform: &HeaderTransform,
 ) -> io::Result<usize> {
-    if let Some(mac) = l2bridge {
-        l2bridge::egress(frame.frame_mut(), mac);
-    }
-    if vlan != 0 {
-        let len = frame.frame().len();
-        let new_len = vlan_push(frame.buffer_mut(), len, vlan)
-            .ok_or_else(|| io::Error::other("no room for a VLAN tag"))?;
-        frame.set_len(new_len);
-        // The checksum still to fill, and the headers a super-frame's
-        // segments repeat, moved with the payload.
-        if frame.vnet.flags & VirtioNetHdr::F_NEEDS_CSUM != 0 {
-            frame.vnet.csum_start += 4;
-        }
-        if frame.vnet.is_gso() && frame.vnet.hdr_len != 0 {
-            frame.vnet.hdr_len = frame.vnet.hdr_len.saturating_add(4);
-        }
-    }
+    apply(xform, frame).map_err(|_| io::Error::other("no room for a VLAN tag"))?;
     io.send(frame)?;
     Ok(frame.frame().len())
 }

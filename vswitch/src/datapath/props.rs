@@ -14,8 +14,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
 
-use super::l2bridge::{self, Ingress, Locals};
-use super::{forward, gro, gso, PortSecurity};
+use super::{gro, gso, PortSecurity};
+use crate::pipeline::forward;
+use crate::pipeline::l2bridge::{self, Ingress, Locals};
 use crate::port::{Packet, VirtioNetHdr};
 use crate::wire::testing::{bytes, config, damaged, v4_addr, v6_addr};
 use crate::wire::{
@@ -717,12 +718,13 @@ proptest! {
         let mut f = frame.clone();
         let mut reply = Packet::new();
         let asks = l2bridge::asks_for_local(&frame, &locals);
-        match l2bridge::ingress(&mut f, UPLINK, &locals, &mut reply) {
+        match l2bridge::ingress(&f, UPLINK, &locals, &mut reply) {
             Ingress::Reply => {
                 prop_assert!(asks, "answered a frame asks_for_local does not see as a question");
                 check_reply(&reply)?;
             }
-            Ingress::Forward | Ingress::NotLocal => {}
+            Ingress::Forward(x) => x.rewrite(&mut f),
+            Ingress::NotLocal => {}
         }
         prop_assert_eq!(f.len(), frame.len());
     }

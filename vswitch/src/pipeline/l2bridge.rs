@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 
+use super::verdict::HeaderTransform;
 use crate::port::Packet;
 use crate::wire::{
     ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetFrame, EthernetRepr, Icmpv6Packet,
@@ -24,8 +25,8 @@ pub type Locals = HashMap<IpAddr, MacAddr>;
 /// What to do with a frame that arrived from the wire.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ingress {
-    /// Switch it (its destination MAC may have been rewritten).
-    Forward,
+    /// Switch it, transformed so (its destination MAC put back).
+    Forward(HeaderTransform),
     /// Send the answer the switch wrote into `reply` back out the uplink;
     /// the frame itself goes no further.
     Reply,
@@ -41,7 +42,8 @@ const NS_NA_FIXED: usize = 24;
 const OPT_SOURCE_LLADDR: u8 = 1;
 const OPT_TARGET_LLADDR: u8 = 2;
 
-/// Rewrites a frame on its way out of the uplink.
+/// Rewrites a frame on its way out of the uplink (the action behind
+/// [`HeaderTransform::ANNOUNCE_SRC_MAC`]).
 pub fn egress(frame: &mut [u8], uplink: MacAddr) {
     let Ok(mut eth) = EthernetFrame::new_checked(&mut frame[..]) else {
         return;
@@ -114,20 +116,22 @@ fn checksum_update(checksum: u16, old: &[u8], new: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// Handles a frame that arrived from the wire at the uplink.
-pub fn ingress(frame: &mut [u8], uplink: MacAddr, locals: &Locals, reply: &mut Packet) -> Ingress {
-    let Ok(mut eth) = EthernetFrame::new_checked(&mut frame[..]) else {
-        return Ingress::Forward;
+/// Decides for a frame that arrived from the wire at the uplink. Reads the
+/// frame only: the translation back to the endpoint is the transformation
+/// returned with [`Ingress::Forward`].
+pub fn ingress(frame: &[u8], uplink: MacAddr, locals: &Locals, reply: &mut Packet) -> Ingress {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return Ingress::Forward(HeaderTransform::NONE);
     };
     let to_uplink = eth.dst() == uplink;
     match eth.ethertype() {
         EtherType::Arp => {
             let Ok(req) = ArpPacket::new_checked(eth.payload()).and_then(|a| ArpRepr::parse(&a))
             else {
-                return Ingress::Forward;
+                return Ingress::Forward(HeaderTransform::NONE);
             };
             let Some(&owner) = locals.get(&IpAddr::V4(req.target_ip)) else {
-                return Ingress::Forward;
+                return Ingress::Forward(HeaderTransform::NONE);
             };
             match req.operation {
                 ArpOperation::Request if !req.is_gratuitous() => {
@@ -136,30 +140,31 @@ pub fn ingress(frame: &mut [u8], uplink: MacAddr, locals: &Locals, reply: &mut P
                     Ingress::Reply
                 }
                 ArpOperation::Reply => {
+                    let mut x = HeaderTransform {
+                        flags: HeaderTransform::ARP_TARGET_DST_MAC,
+                        dst_mac: owner.0,
+                        ..HeaderTransform::NONE
+                    };
                     if to_uplink {
-                        eth.set_dst(owner);
+                        x = x.set_dst(owner);
                     }
-                    if let Ok(mut arp) = ArpPacket::new_checked(eth.payload_mut()) {
-                        arp.set_target_hw_addr(owner);
-                    }
-                    Ingress::Forward
+                    Ingress::Forward(x)
                 }
-                _ => Ingress::Forward,
+                _ => Ingress::Forward(HeaderTransform::NONE),
             }
         }
         EtherType::Ipv4 => {
             if !to_uplink {
-                return Ingress::Forward;
+                return Ingress::Forward(HeaderTransform::NONE);
             }
             let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
                 return Ingress::NotLocal;
             };
-            let dst = IpAddr::V4(ip.dst());
-            deliver_by_ip(&mut eth, locals, dst)
+            deliver_by_ip(locals, IpAddr::V4(ip.dst()))
         }
         EtherType::Ipv6 => {
             let Ok(ip) = Ipv6Packet::new_checked(eth.payload()) else {
-                return Ingress::Forward;
+                return Ingress::Forward(HeaderTransform::NONE);
             };
             if let Ok(NdpRepr::NeighborSolicit {
                 target,
@@ -173,24 +178,30 @@ pub fn ingress(frame: &mut [u8], uplink: MacAddr, locals: &Locals, reply: &mut P
                 }
             }
             if !to_uplink {
-                return Ingress::Forward;
+                return Ingress::Forward(HeaderTransform::NONE);
             }
-            let dst = IpAddr::V6(ip.dst());
-            deliver_by_ip(&mut eth, locals, dst)
+            deliver_by_ip(locals, IpAddr::V6(ip.dst()))
         }
-        _ => Ingress::Forward,
+        _ => Ingress::Forward(HeaderTransform::NONE),
     }
 }
 
 /// A frame to the uplink's MAC goes to the endpoint owning its destination
 /// IP, with that endpoint's MAC put back in; to no endpoint, it is not ours.
-fn deliver_by_ip(eth: &mut EthernetFrame<&mut [u8]>, locals: &Locals, dst: IpAddr) -> Ingress {
+fn deliver_by_ip(locals: &Locals, dst: IpAddr) -> Ingress {
     match locals.get(&dst) {
-        Some(&owner) => {
-            eth.set_dst(owner);
-            Ingress::Forward
-        }
+        Some(&owner) => Ingress::Forward(HeaderTransform::NONE.set_dst(owner)),
         None => Ingress::NotLocal,
+    }
+}
+
+/// The transformation of a frame leaving through an l2bridge uplink whose
+/// MAC is `uplink`: [`egress`] as a header transformation.
+pub fn egress_transform(uplink: MacAddr) -> HeaderTransform {
+    HeaderTransform {
+        flags: HeaderTransform::SET_SRC_MAC | HeaderTransform::ANNOUNCE_SRC_MAC,
+        src_mac: uplink.0,
+        ..HeaderTransform::NONE
     }
 }
 
@@ -290,6 +301,23 @@ mod tests {
     const EP_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 7);
     const OUT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 9);
 
+    /// Ingress with its transformation applied to `frame`, which is what
+    /// the frame looks like when it is delivered.
+    fn ingress_applied(
+        frame: &mut [u8],
+        uplink: MacAddr,
+        locals: &Locals,
+        reply: &mut Packet,
+    ) -> Ingress {
+        match ingress(frame, uplink, locals, reply) {
+            Ingress::Forward(x) => {
+                x.rewrite(frame);
+                Ingress::Forward(HeaderTransform::NONE)
+            }
+            other => other,
+        }
+    }
+
     fn locals() -> Locals {
         let mut l = Locals::new();
         l.insert(IpAddr::V4(EP_IP), EP);
@@ -345,7 +373,7 @@ mod tests {
         let mut p = arp_frame(ArpOperation::Request, OUTSIDE, MacAddr::BROADCAST, req);
         let mut reply = Packet::new();
         assert_eq!(
-            ingress(p.frame_mut(), UPLINK, &locals(), &mut reply),
+            ingress_applied(p.frame_mut(), UPLINK, &locals(), &mut reply),
             Ingress::Reply
         );
         let eth = EthernetFrame::new_checked(reply.frame()).unwrap();
@@ -369,8 +397,8 @@ mod tests {
         let before = p.frame().to_vec();
         let mut reply = Packet::new();
         assert_eq!(
-            ingress(p.frame_mut(), UPLINK, &locals(), &mut reply),
-            Ingress::Forward
+            ingress_applied(p.frame_mut(), UPLINK, &locals(), &mut reply),
+            Ingress::Forward(HeaderTransform::NONE)
         );
         assert_eq!(p.frame(), &before[..]);
     }
@@ -387,8 +415,8 @@ mod tests {
         let mut p = arp_frame(ArpOperation::Reply, OUTSIDE, UPLINK, rep);
         let mut reply = Packet::new();
         assert_eq!(
-            ingress(p.frame_mut(), UPLINK, &locals(), &mut reply),
-            Ingress::Forward
+            ingress_applied(p.frame_mut(), UPLINK, &locals(), &mut reply),
+            Ingress::Forward(HeaderTransform::NONE)
         );
         let eth = EthernetFrame::new_checked(p.frame()).unwrap();
         assert_eq!(eth.dst(), EP);
@@ -405,13 +433,13 @@ mod tests {
         let mut f = ipv4_frame(UPLINK, EP_IP);
         let mut reply = Packet::new();
         assert_eq!(
-            ingress(&mut f, UPLINK, &locals(), &mut reply),
-            Ingress::Forward
+            ingress_applied(&mut f, UPLINK, &locals(), &mut reply),
+            Ingress::Forward(HeaderTransform::NONE)
         );
         assert_eq!(&f[..6], &EP.0);
         let mut f = ipv4_frame(UPLINK, Ipv4Addr::new(192, 168, 50, 1));
         assert_eq!(
-            ingress(&mut f, UPLINK, &locals(), &mut reply),
+            ingress_applied(&mut f, UPLINK, &locals(), &mut reply),
             Ingress::NotLocal
         );
     }
@@ -453,7 +481,7 @@ mod tests {
         let mut p = ns_frame(OUTSIDE, out6, ep6);
         let mut reply = Packet::new();
         assert_eq!(
-            ingress(p.frame_mut(), UPLINK, &locals(), &mut reply),
+            ingress_applied(p.frame_mut(), UPLINK, &locals(), &mut reply),
             Ingress::Reply
         );
         let eth = EthernetFrame::new_checked(reply.frame()).unwrap();
@@ -517,15 +545,15 @@ mod tests {
         let mut reply = Packet::new();
         let mut short = [0u8; 10];
         assert_eq!(
-            ingress(&mut short, UPLINK, &locals(), &mut reply),
-            Ingress::Forward
+            ingress_applied(&mut short, UPLINK, &locals(), &mut reply),
+            Ingress::Forward(HeaderTransform::NONE)
         );
         egress(&mut short, UPLINK);
         let mut bad_arp = ipv4_frame(MacAddr::BROADCAST, EP_IP);
         bad_arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(
-            ingress(&mut bad_arp, UPLINK, &locals(), &mut reply),
-            Ingress::Forward
+            ingress_applied(&mut bad_arp, UPLINK, &locals(), &mut reply),
+            Ingress::Forward(HeaderTransform::NONE)
         );
     }
 }

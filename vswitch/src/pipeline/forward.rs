@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::DropReason;
+use crate::datapath::DropReason;
 use crate::wire::{
     ArpOperation, ArpPacket, EtherType, EthernetFrame, Icmpv6Type, IpProtocol, Ipv4Packet,
     Ipv6Packet, MacAddr, NdpRepr,
