@@ -117,9 +117,8 @@ pub fn check_network(
     }
     if let Some(ifname) = &options.interface {
         for other in accepted {
-            let Ok(theirs) = NetworkOptions::parse(&other.options) else {
-                continue;
-            };
+            // Accepted records carry their options parsed already.
+            let theirs = &other.parsed;
             if theirs.interface.as_ref() != Some(ifname) {
                 continue;
             }
