@@ -230,6 +230,73 @@ pub enum Request {
     FdbShow {
         network: String,
     },
+    /// Changes an endpoint's port settings; absent fields stay as they are.
+    EndpointSet(EndpointSet),
+    /// Adds HNS policies to one endpoint or to a whole network.
+    PolicyAdd(PolicyAdd),
+    /// The policies of one endpoint (its own and its network's), of one
+    /// network, or (neither given) of everything.
+    PolicyList {
+        #[serde(default)]
+        endpoint: Option<String>,
+        #[serde(default)]
+        network: Option<String>,
+    },
+    /// Removes one policy, by the id `PolicyAdd` answered with.
+    PolicyRemove {
+        #[serde(default)]
+        endpoint: Option<String>,
+        #[serde(default)]
+        network: Option<String>,
+        id: String,
+    },
+    /// What the switch would do with a packet, step by step.
+    Trace(TraceRequest),
+    /// The flow cache and connection tracking entries, of one endpoint's
+    /// port or of every port.
+    FlowsDump {
+        #[serde(default)]
+        endpoint: Option<String>,
+    },
+}
+
+/// `endpoint set`: each field given replaces the endpoint's setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default, deny_unknown_fields)]
+pub struct EndpointSet {
+    pub name: String,
+    /// Hyper-V's MacAddressSpoofing (also lets the endpoint send from IP
+    /// addresses not its own).
+    pub allow_spoofing: Option<bool>,
+    /// Drop DHCP server messages (DHCPv4 from port 67, DHCPv6 from 547)
+    /// the endpoint sends.
+    pub dhcp_guard: Option<bool>,
+    /// Drop router advertisements and redirects the endpoint sends.
+    pub router_guard: Option<bool>,
+    /// What an ACL-policed packet that matches no rule gets: `Allow` (as
+    /// HNS) or `Block`.
+    pub default_acl_action: Option<String>,
+}
+
+/// `policy add`: exactly one of `endpoint` and `network`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default, deny_unknown_fields)]
+pub struct PolicyAdd {
+    pub endpoint: Option<String>,
+    pub network: Option<String>,
+    /// One HNS policy or a list of them, v1 or v2 form, as HNS takes them.
+    pub policies: serde_json::Value,
+}
+
+/// `trace`: a packet described in Open vSwitch's flow syntax, e.g.
+/// `tcp,src=10.0.0.2,dst=10.0.0.3,sport=1234,dport=80`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default, deny_unknown_fields)]
+pub struct TraceRequest {
+    pub endpoint: String,
+    /// The packet goes to the endpoint (default: it leaves the endpoint).
+    pub inbound: bool,
+    pub packet: String,
 }
 
 /// `network create`.
@@ -275,6 +342,13 @@ pub struct EndpointCreate {
     pub ifname: Option<String>,
     /// Let the endpoint send with source MAC or IP addresses not its own.
     pub allow_spoofing: bool,
+    /// Default on: see [`EndpointSet::dhcp_guard`].
+    pub dhcp_guard: Option<bool>,
+    /// Default on: see [`EndpointSet::router_guard`].
+    pub router_guard: Option<bool>,
+    /// HNS policies the endpoint starts with (one or a list), as for
+    /// [`PolicyAdd::policies`]; `null` for none.
+    pub policies: serde_json::Value,
 }
 
 /// What the daemon answers. (Built once per request: the size difference
@@ -296,6 +370,9 @@ pub enum Reply {
     Ports(Vec<Port>),
     Stats(Vec<PortStats>),
     Fdb(Vec<FdbEntry>),
+    Policies(Vec<PolicyView>),
+    Trace(Trace),
+    Flows(Flows),
     /// A removal succeeded. `warning` says what of it could not be done
     /// (a device the daemon could no longer reach).
     Removed {
@@ -443,7 +520,116 @@ pub struct Endpoint {
     pub gateway_address: Option<String>,
     pub mtu: u32,
     pub allow_spoofing: bool,
+    #[serde(default = "on")]
+    pub dhcp_guard: bool,
+    #[serde(default = "on")]
+    pub router_guard: bool,
+    /// `Allow` or `Block`: what ACL-policed packets matching no rule get.
+    #[serde(default = "allow")]
+    pub default_acl_action: String,
+    /// How many policies apply to the endpoint (its own and its network's).
+    #[serde(default)]
+    pub policy_count: usize,
     pub state: EndpointState,
+}
+
+fn on() -> bool {
+    true
+}
+
+fn allow() -> String {
+    "Allow".to_owned()
+}
+
+/// One policy, as `policy ls` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PolicyView {
+    /// The ACL's own `Id` when it has one; otherwise given by the daemon.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// HNS's type name: `ACL`, `QOS`, `PortMapping`, `OutBoundNAT`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// The endpoint it belongs to, or the network (applying to every
+    /// endpoint of it).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub network: Option<String>,
+    /// The policy as it was given.
+    pub settings: serde_json::Value,
+    /// ACLs: packets that matched the rule (for a network policy, summed
+    /// over its endpoints).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub hits: Option<u64>,
+}
+
+/// `trace`'s answer: the steps of the decision, in order, and its outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Trace {
+    /// The packet as built from the request.
+    pub packet: String,
+    pub in_port: String,
+    pub steps: Vec<TraceStep>,
+    /// `forward`, `flood`, `reply` or `drop`.
+    pub verdict: String,
+    /// Where the packet goes (empty for a drop).
+    pub out_ports: Vec<String>,
+    /// For a drop, the reason as `stats` counts it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub drop_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TraceStep {
+    /// `admit`, `guard`, `fdb`, `acl.out`, `acl.in`, `conntrack`, `qos`,
+    /// `flow_cache`, ...
+    pub stage: String,
+    pub detail: String,
+}
+
+/// `flows dump`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Flows {
+    pub flows: Vec<FlowEntry>,
+    pub connections: Vec<Connection>,
+}
+
+/// A flow cache entry: the policy outcome of one flow on its in-port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FlowEntry {
+    pub in_port: String,
+    pub out_port: String,
+    /// `tcp 10.0.0.2:40000 -> 10.0.0.3:80`.
+    pub flow: String,
+    /// `allow` or `block`, and the rules that said so.
+    pub action: String,
+    pub idle_ms: u64,
+    pub hits: u64,
+}
+
+/// A tracked connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Connection {
+    /// The port whose limit it counts against (where it started).
+    pub port: String,
+    pub protocol: String,
+    pub source: String,
+    pub destination: String,
+    pub source_port: u16,
+    pub destination_port: u16,
+    /// `syn_sent`, `established`, `closing`, `time_wait`, `closed`,
+    /// `unreplied`, `replied`.
+    pub state: String,
+    pub idle_ms: u64,
+    pub packets_original: u64,
+    pub packets_reply: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -511,6 +697,18 @@ pub struct PortStats {
     pub rx_partial_checksums: u64,
     /// Frames dropped, by reason; reasons with a zero count are included.
     pub drops: BTreeMap<String, u64>,
+    /// The port's flow cache (endpoints with policies).
+    #[serde(default)]
+    pub flow_cache: FlowCacheStats,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FlowCacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: u64,
+    pub evictions: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
