@@ -3,12 +3,16 @@
 //! Values the daemon understands better than we do (drivers, CIDRs, MACs,
 //! namespaces) are passed through as typed by the user: the daemon validates
 //! them and names the offending field, so every client reports the same error.
+//! Policy files are the exception: the daemon cannot see the caller's files or
+//! stdin, so they are read here, and checked only to be JSON.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
-use vswitch_api::{EndpointCreate, NetworkCreate, Request};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use vswitch_api::{EndpointCreate, EndpointSet, NetworkCreate, PolicyAdd, Request, TraceRequest};
 
 const ABOUT: &str = "\
 Control vswitchd, a Linux software switch that reproduces the Hyper-V virtual switch.
@@ -19,6 +23,10 @@ Quick start:
   vswitchctl network create -d internal --subnet 10.1.0.0/24 --gateway 10.1.0.1 net1
   ip netns add ns1 && vswitchctl endpoint create --network net1 --netns ns1 ep1
   vswitchctl endpoint ls
+
+Policies and tracing:
+  vswitchctl policy add --endpoint ep1 --file acl.json
+  vswitchctl trace --endpoint ep1 --packet tcp,src=10.1.0.2,dst=10.1.0.3,sport=40000,dport=80
 
 Run 'vswitchctl COMMAND --help' for each command's arguments.";
 
@@ -40,7 +48,36 @@ const ENDPOINT_CREATE_EXAMPLES: &str = "\
 Examples:
   ip netns add ns1
   vswitchctl endpoint create --network net1 --netns ns1 ep1
-  vswitchctl endpoint create --network net1 --netns /proc/1234/ns/net --ip 10.1.0.10 --ifname eth1 ep2";
+  vswitchctl endpoint create --network net1 --netns /proc/1234/ns/net --ip 10.1.0.10 --ifname eth1 ep2
+  vswitchctl endpoint create --network net1 --netns ns3 -p 8080:80 -p 0:53/udp --policy-file acl.json ep3
+
+-p adds an HNS PortMapping policy; --policy-file holds HNS policies as for 'vswitchctl policy add'.";
+
+const ENDPOINT_SET_EXAMPLES: &str = "\
+Examples:
+  vswitchctl endpoint set --dhcp-guard off ep1
+  vswitchctl endpoint set --default-acl-action block --allow-spoofing off ep1";
+
+const POLICY_ADD_EXAMPLES: &str = "\
+The file holds one HNS policy (a JSON object) or a list of them, in HNS's v1 or v2
+form: ACL, QOS, PortMapping, OutBoundNAT. For example, acl.json:
+  {\"Type\": \"ACL\", \"Settings\": {\"Id\": \"allow-web\", \"Action\": \"Allow\", \"Direction\": \"In\",
+   \"Protocols\": \"6\", \"LocalPorts\": \"80\", \"Priority\": 100}}
+
+Examples:
+  vswitchctl policy add --endpoint ep1 --file acl.json
+  vswitchctl policy add --network net1 --file - < policies.json";
+
+const TRACE_EXAMPLES: &str = "\
+Packet (--packet SPEC): a protocol word first, then FIELD=VALUE pairs, comma-separated:
+  tcp|udp|icmp|icmp6   the protocol
+  src=IP, dst=IP       source and destination addresses
+  sport=N, dport=N     source and destination ports (tcp, udp)
+
+Examples:
+  vswitchctl trace --endpoint ep1 --packet tcp,src=10.0.0.2,dst=10.0.0.3,sport=1234,dport=80
+  vswitchctl trace --endpoint ep1 --packet udp,src=10.0.0.2,dst=10.0.0.3,sport=5353,dport=53
+  vswitchctl trace --endpoint ep2 --in --packet icmp,src=10.0.0.2,dst=10.0.0.3";
 
 #[derive(Debug, Parser)]
 #[command(name = "vswitchctl", version, about = ABOUT, after_help = QUICK_START)]
@@ -81,6 +118,15 @@ pub enum Command {
     /// Show the MAC learning tables
     #[command(subcommand)]
     Fdb(FdbCommand),
+    /// Manage HNS policies (ACL, QOS, PortMapping, OutBoundNAT) of endpoints and networks
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Show what the switch would do with a packet, step by step
+    #[command(after_help = TRACE_EXAMPLES)]
+    Trace(TraceArgs),
+    /// Show the flow cache and tracked connections
+    #[command(subcommand)]
+    Flows(FlowsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +192,9 @@ pub enum EndpointCommand {
         #[command(flatten)]
         format: JsonFlag,
     },
+    /// Change an endpoint's port settings; those not given stay as they are
+    #[command(after_help = ENDPOINT_SET_EXAMPLES)]
+    Set(EndpointSetArgs),
     /// Remove an endpoint and its interface
     #[command(visible_alias = "remove")]
     Rm {
@@ -177,10 +226,188 @@ pub struct EndpointCreateArgs {
     /// Let the endpoint send from MAC or IP addresses that are not its own
     #[arg(long)]
     pub allow_spoofing: bool,
+    /// Drop DHCP server messages the endpoint sends, e.g. --dhcp-guard off [default: on]
+    #[arg(long, value_name = "on|off", hide_possible_values = true)]
+    pub dhcp_guard: Option<Switch>,
+    /// Drop router advertisements and redirects the endpoint sends, e.g. --router-guard off [default: on]
+    #[arg(long, value_name = "on|off", hide_possible_values = true)]
+    pub router_guard: Option<Switch>,
+    /// Publish a port, repeatable, e.g. -p 8080:80 -p 0:53/udp (host port 0: the switch picks one)
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "HOST_PORT:CONTAINER_PORT[/tcp|/udp]",
+        value_parser = parse_publish
+    )]
+    pub publish: Vec<PortMapping>,
+    /// JSON file of HNS policies to start with, one or a list; - reads stdin, e.g. --policy-file acl.json
+    #[arg(long, value_name = "FILE")]
+    pub policy_file: Option<PathBuf>,
     #[command(flatten)]
     pub format: JsonFlag,
     /// Name of the new endpoint, e.g. ep1
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("setting")
+        .args(["allow_spoofing", "dhcp_guard", "router_guard", "default_acl_action"])
+        .required(true)
+        .multiple(true)
+))]
+pub struct EndpointSetArgs {
+    /// Let the endpoint send from MAC or IP addresses that are not its own
+    #[arg(long, value_name = "on|off", hide_possible_values = true)]
+    pub allow_spoofing: Option<Switch>,
+    /// Drop DHCP server messages the endpoint sends
+    #[arg(long, value_name = "on|off", hide_possible_values = true)]
+    pub dhcp_guard: Option<Switch>,
+    /// Drop router advertisements and redirects the endpoint sends
+    #[arg(long, value_name = "on|off", hide_possible_values = true)]
+    pub router_guard: Option<Switch>,
+    /// What packets matching none of the endpoint's ACLs get, e.g. --default-acl-action block
+    #[arg(long, value_name = "allow|block", hide_possible_values = true)]
+    pub default_acl_action: Option<AclAction>,
+    #[command(flatten)]
+    pub format: JsonFlag,
+    /// Endpoint to change, e.g. ep1
+    pub name: String,
+}
+
+/// An `on|off` argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl Switch {
+    fn is_on(self) -> bool {
+        self == Switch::On
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AclAction {
+    Allow,
+    Block,
+}
+
+impl AclAction {
+    /// As HNS spells it.
+    fn api_name(self) -> &'static str {
+        match self {
+            AclAction::Allow => "Allow",
+            AclAction::Block => "Block",
+        }
+    }
+}
+
+/// One `-p HOST_PORT:CONTAINER_PORT[/PROTO]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortMapping {
+    /// 0: the switch picks one.
+    pub host_port: u16,
+    pub container_port: u16,
+    /// IP protocol number: 6 (tcp) or 17 (udp).
+    pub protocol: u8,
+}
+
+impl PortMapping {
+    /// The HNS v2 PortMapping policy.
+    fn policy(&self) -> Value {
+        json!({
+            "Type": "PortMapping",
+            "Settings": {
+                "Protocol": self.protocol,
+                "InternalPort": self.container_port,
+                "ExternalPort": self.host_port,
+            }
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Add policies to an endpoint or to every endpoint of a network
+    #[command(after_help = POLICY_ADD_EXAMPLES)]
+    Add {
+        #[command(flatten)]
+        owner: PolicyOwner,
+        /// JSON file of one HNS policy or a list of them; - reads stdin, e.g. --file acl.json
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        format: JsonFlag,
+    },
+    /// List the policies of an endpoint (its own and its network's), of a network, or of everything
+    #[command(visible_alias = "list")]
+    Ls {
+        #[command(flatten)]
+        filter: PolicyFilter,
+        #[command(flatten)]
+        format: JsonFlag,
+    },
+    /// Remove a policy
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[command(flatten)]
+        owner: PolicyOwner,
+        /// Policy to remove, as 'policy ls' shows it, e.g. allow-web
+        id: String,
+    },
+}
+
+/// Whose policy: exactly one of an endpoint and a network.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct PolicyOwner {
+    /// Endpoint the policy belongs to, e.g. --endpoint ep1
+    #[arg(long, value_name = "NAME")]
+    pub endpoint: Option<String>,
+    /// Network the policy belongs to (it applies to each of its endpoints), e.g. --network net1
+    #[arg(long, value_name = "NET")]
+    pub network: Option<String>,
+}
+
+/// Whose policies to list: at most one of an endpoint and a network.
+#[derive(Debug, Clone, Args)]
+#[group(required = false, multiple = false)]
+pub struct PolicyFilter {
+    /// Only the policies applying to this endpoint, its network's included, e.g. --endpoint ep1
+    #[arg(long, value_name = "NAME")]
+    pub endpoint: Option<String>,
+    /// Only this network's own policies, e.g. --network net1
+    #[arg(long, value_name = "NET")]
+    pub network: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Endpoint the packet leaves (or, with --in, is sent to), e.g. --endpoint ep1
+    #[arg(long, value_name = "NAME")]
+    pub endpoint: String,
+    /// Trace a packet sent to the endpoint instead of one it sends
+    #[arg(long = "in")]
+    pub inbound: bool,
+    /// The packet, e.g. --packet tcp,src=10.0.0.2,dst=10.0.0.3,sport=1234,dport=80 (syntax below)
+    #[arg(long, value_name = "SPEC")]
+    pub packet: String,
+    #[command(flatten)]
+    pub format: JsonFlag,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlowsCommand {
+    /// Show the flow cache entries and tracked connections of every port, or of one endpoint's
+    Dump {
+        /// Only this endpoint's port, e.g. --endpoint ep1
+        #[arg(long, value_name = "NAME")]
+        endpoint: Option<String>,
+        #[command(flatten)]
+        format: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,6 +443,26 @@ pub struct UsageError {
     pub message: String,
 }
 
+/// Why a command could not be turned into a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    Usage(UsageError),
+    /// A file the command names cannot be read or is not JSON. The command
+    /// line itself is right, so this is a failure (exit status 1), not a
+    /// usage error.
+    Input(String),
+}
+
+impl From<UsageError> for CommandError {
+    fn from(err: UsageError) -> Self {
+        CommandError::Usage(err)
+    }
+}
+
+/// Reads a file a command names (`-` is stdin); passed in so that tests
+/// need no files.
+pub type ReadInput<'a> = &'a mut dyn FnMut(&Path) -> io::Result<String>;
+
 fn driver_help() -> String {
     format!(
         "Network driver, one of: {}; e.g. -d internal",
@@ -240,9 +487,82 @@ pub fn parse_option(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Parses one `-p HOST_PORT:CONTAINER_PORT[/tcp|/udp]`, docker's shorthand
+/// without its address and range forms. The protocol defaults to tcp.
+pub fn parse_publish(text: &str) -> Result<PortMapping, String> {
+    const EXPECTED: &str =
+        "expected HOST_PORT:CONTAINER_PORT[/tcp|/udp], e.g. -p 8080:80 or -p 0:53/udp";
+    let (ports, protocol) = match text.split_once('/') {
+        Some((ports, proto)) => (ports, Some(proto)),
+        None => (text, None),
+    };
+    let protocol = match protocol {
+        None => 6,
+        Some(p) if p.eq_ignore_ascii_case("tcp") => 6,
+        Some(p) if p.eq_ignore_ascii_case("udp") => 17,
+        Some(p) => return Err(format!("protocol '{p}' is not tcp or udp; {EXPECTED}")),
+    };
+    let Some((host, container)) = ports.split_once(':') else {
+        return Err(EXPECTED.to_owned());
+    };
+    let host_port = host.parse::<u16>().map_err(|_| {
+        format!(
+            "host port '{host}' is not a port number 0-65535 (0: the switch picks one); {EXPECTED}"
+        )
+    })?;
+    let container_port = match container.parse::<u16>() {
+        Ok(port) if port > 0 => port,
+        _ => {
+            return Err(format!(
+                "container port '{container}' is not a port number 1-65535; {EXPECTED}"
+            ))
+        }
+    };
+    Ok(PortMapping {
+        host_port,
+        container_port,
+        protocol,
+    })
+}
+
+/// Reads and parses the JSON file given with `flag`. Only that it is JSON is
+/// checked: what HNS policies it holds, the daemon judges.
+fn read_policies(read: ReadInput, flag: &str, path: &Path) -> Result<Value, CommandError> {
+    let name = if path == Path::new("-") {
+        "- (stdin)".to_owned()
+    } else {
+        path.display().to_string()
+    };
+    let text = read(path).map_err(|e| {
+        CommandError::Input(format!(
+            "cannot read {flag} {name}: {}",
+            crate::client::reason(&e)
+        ))
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| CommandError::Input(format!("{flag} {name} is not JSON: {e}")))
+}
+
+/// The policies of `endpoint create`: the file's as given, followed by one
+/// PortMapping per `-p` (then always a list); `null` when there are none.
+fn merge_policies(file: Option<Value>, publish: &[PortMapping]) -> Value {
+    if publish.is_empty() {
+        return file.unwrap_or(Value::Null);
+    }
+    let mut list = match file {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list,
+        // An object, or anything else for the daemon to refuse by position.
+        Some(one) => vec![one],
+    };
+    list.extend(publish.iter().map(PortMapping::policy));
+    Value::Array(list)
+}
+
 impl Command {
-    /// The request this command sends to the daemon.
-    pub fn request(&self) -> Result<Request, UsageError> {
+    /// The request this command sends to the daemon; `read` reads the files
+    /// it names.
+    pub fn request(&self, read: ReadInput) -> Result<Request, CommandError> {
         Ok(match self {
             Command::Network(NetworkCommand::Create(args)) => {
                 Request::NetworkCreate(args.request()?)
@@ -255,8 +575,9 @@ impl Command {
                 Request::NetworkRemove { name: name.clone() }
             }
             Command::Endpoint(EndpointCommand::Create(args)) => {
-                Request::EndpointCreate(args.request())
+                Request::EndpointCreate(args.request(read)?)
             }
+            Command::Endpoint(EndpointCommand::Set(args)) => Request::EndpointSet(args.request()),
             Command::Endpoint(EndpointCommand::Ls(_)) => Request::EndpointList,
             Command::Endpoint(EndpointCommand::Inspect { name, .. }) => {
                 Request::EndpointInspect { name: name.clone() }
@@ -268,6 +589,30 @@ impl Command {
             Command::Stats { port, .. } => Request::Stats { port: port.clone() },
             Command::Fdb(FdbCommand::Show { network, .. }) => Request::FdbShow {
                 network: network.clone(),
+            },
+            Command::Policy(PolicyCommand::Add { owner, file, .. }) => {
+                Request::PolicyAdd(PolicyAdd {
+                    endpoint: owner.endpoint.clone(),
+                    network: owner.network.clone(),
+                    policies: read_policies(read, "--file", file)?,
+                })
+            }
+            Command::Policy(PolicyCommand::Ls { filter, .. }) => Request::PolicyList {
+                endpoint: filter.endpoint.clone(),
+                network: filter.network.clone(),
+            },
+            Command::Policy(PolicyCommand::Rm { owner, id }) => Request::PolicyRemove {
+                endpoint: owner.endpoint.clone(),
+                network: owner.network.clone(),
+                id: id.clone(),
+            },
+            Command::Trace(args) => Request::Trace(TraceRequest {
+                endpoint: args.endpoint.clone(),
+                inbound: args.inbound,
+                packet: args.packet.clone(),
+            }),
+            Command::Flows(FlowsCommand::Dump { endpoint, .. }) => Request::FlowsDump {
+                endpoint: endpoint.clone(),
             },
         })
     }
@@ -297,8 +642,12 @@ impl NetworkCreateArgs {
 }
 
 impl EndpointCreateArgs {
-    fn request(&self) -> EndpointCreate {
-        EndpointCreate {
+    fn request(&self, read: ReadInput) -> Result<EndpointCreate, CommandError> {
+        let file = match &self.policy_file {
+            Some(path) => Some(read_policies(read, "--policy-file", path)?),
+            None => None,
+        };
+        Ok(EndpointCreate {
             name: self.name.clone(),
             network: self.network.clone(),
             netns: self.netns.clone(),
@@ -307,6 +656,21 @@ impl EndpointCreateArgs {
             mac_address: self.mac.clone(),
             ifname: self.ifname.clone(),
             allow_spoofing: self.allow_spoofing,
+            dhcp_guard: self.dhcp_guard.map(Switch::is_on),
+            router_guard: self.router_guard.map(Switch::is_on),
+            policies: merge_policies(file, &self.publish),
+        })
+    }
+}
+
+impl EndpointSetArgs {
+    fn request(&self) -> EndpointSet {
+        EndpointSet {
+            name: self.name.clone(),
+            allow_spoofing: self.allow_spoofing.map(Switch::is_on),
+            dhcp_guard: self.dhcp_guard.map(Switch::is_on),
+            router_guard: self.router_guard.map(Switch::is_on),
+            default_acl_action: self.default_acl_action.map(|a| a.api_name().to_owned()),
         }
     }
 }
@@ -321,8 +685,28 @@ mod tests {
         Cli::try_parse_from(std::iter::once("vswitchctl").chain(args.iter().copied()))
     }
 
+    /// No files: a test that reads one uses `request_with`.
     fn request(args: &[&str]) -> Request {
-        parse(args).unwrap().command.request().unwrap()
+        request_with(args, &[]).unwrap()
+    }
+
+    /// The request, with `files` (name, content) readable.
+    fn request_with(args: &[&str], files: &[(&str, &str)]) -> Result<Request, CommandError> {
+        let mut read = |path: &Path| -> io::Result<String> {
+            files
+                .iter()
+                .find(|(name, _)| Path::new(name) == path)
+                .map(|(_, text)| text.to_string())
+                .ok_or_else(|| io::Error::from_raw_os_error(2))
+        };
+        parse(args).unwrap().command.request(&mut read)
+    }
+
+    fn policies(req: Request) -> Value {
+        match req {
+            Request::EndpointCreate(create) => create.policies,
+            other => panic!("not an endpoint create: {other:?}"),
+        }
     }
 
     #[test]
@@ -403,7 +787,9 @@ mod tests {
             "network", "create", "-d", "internal", "-o", "a=1", "-o", "a=2", "n",
         ])
         .unwrap();
-        let err = cli.command.request().unwrap_err();
+        let Err(CommandError::Usage(err)) = cli.command.request(&mut |_| unreachable!()) else {
+            panic!("not a usage error");
+        };
         assert_eq!(err.path, &["network", "create"]);
         assert!(err.message.contains("'a'"), "{}", err.message);
     }
@@ -484,7 +870,345 @@ mod tests {
                 mac_address: Some("02:15:5d:12:34:56".into()),
                 ifname: Some("eth1".into()),
                 allow_spoofing: true,
+                dhcp_guard: None,
+                router_guard: None,
+                policies: Value::Null,
             })
+        );
+    }
+
+    const CREATE: [&str; 6] = ["endpoint", "create", "--network", "n", "--netns", "ns"];
+
+    fn create_with(extra: &[&'static str]) -> Vec<&'static str> {
+        let mut args = CREATE.to_vec();
+        args.extend_from_slice(extra);
+        args.push("ep");
+        args
+    }
+
+    #[test]
+    fn endpoint_create_guards() {
+        let req = request(&create_with(&[
+            "--dhcp-guard",
+            "off",
+            "--router-guard",
+            "on",
+        ]));
+        let Request::EndpointCreate(create) = req else {
+            panic!("{req:?}")
+        };
+        assert_eq!(create.dhcp_guard, Some(false));
+        assert_eq!(create.router_guard, Some(true));
+        let err = parse(&create_with(&["--dhcp-guard", "yes"])).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn publish_becomes_port_mapping_policies() {
+        let req = request(&create_with(&["-p", "8080:80", "--publish", "0:53/udp"]));
+        assert_eq!(
+            policies(req),
+            json!([
+                {"Type": "PortMapping", "Settings": {"Protocol": 6, "InternalPort": 80, "ExternalPort": 8080}},
+                {"Type": "PortMapping", "Settings": {"Protocol": 17, "InternalPort": 53, "ExternalPort": 0}},
+            ])
+        );
+    }
+
+    #[test]
+    fn parse_publish_cases() {
+        let tcp = |host, container| PortMapping {
+            host_port: host,
+            container_port: container,
+            protocol: 6,
+        };
+        assert_eq!(parse_publish("8080:80"), Ok(tcp(8080, 80)));
+        assert_eq!(parse_publish("8080:80/tcp"), Ok(tcp(8080, 80)));
+        assert_eq!(parse_publish("0:65535/TCP"), Ok(tcp(0, 65535)));
+        assert_eq!(parse_publish("53:53/udp").map(|m| m.protocol), Ok(17));
+        for (bad, says) in [
+            ("80", "expected HOST_PORT:CONTAINER_PORT"),
+            ("", "expected HOST_PORT:CONTAINER_PORT"),
+            ("80/tcp", "expected HOST_PORT:CONTAINER_PORT"),
+            ("65536:80", "host port '65536' is not a port number 0-65535"),
+            ("-1:80", "host port '-1'"),
+            (":80", "host port ''"),
+            ("127.0.0.1:80:80", "host port '127.0.0.1'"),
+            ("80:0", "container port '0' is not a port number 1-65535"),
+            ("80:", "container port ''"),
+            ("80:http", "container port 'http'"),
+            ("8000-8010:80", "host port '8000-8010'"),
+            ("80:80/sctp", "protocol 'sctp' is not tcp or udp"),
+            ("80:80/", "protocol '' is not tcp or udp"),
+        ] {
+            let err = parse_publish(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_publish_is_a_usage_error_naming_the_flag() {
+        let err = parse(&create_with(&["-p", "80:0"])).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        assert!(text.contains("--publish"), "{text}");
+        assert!(text.contains("1-65535"), "{text}");
+    }
+
+    #[test]
+    fn policy_file_alone_is_passed_as_given() {
+        let object = r#"{"Type": "ACL", "Settings": {"Id": "a", "Action": "Allow"}}"#;
+        let req = request_with(
+            &create_with(&["--policy-file", "p.json"]),
+            &[("p.json", object)],
+        );
+        assert_eq!(
+            policies(req.unwrap()),
+            json!({"Type": "ACL", "Settings": {"Id": "a", "Action": "Allow"}})
+        );
+        assert_eq!(policies(request(&create_with(&[]))), Value::Null);
+    }
+
+    #[test]
+    fn policy_file_and_publish_merge_into_one_list() {
+        let mapping = json!({"Type": "PortMapping", "Settings": {"Protocol": 6, "InternalPort": 80, "ExternalPort": 0}});
+        let args = create_with(&["-p", "0:80", "--policy-file", "-"]);
+        // An object becomes the list's first element ...
+        let req = request_with(&args, &[("-", r#"{"Type": "ACL"}"#)]).unwrap();
+        assert_eq!(policies(req), json!([{"Type": "ACL"}, mapping]));
+        // ... a list is extended ...
+        let req = request_with(&args, &[("-", r#"[{"Type": "ACL"}, {"Type": "QOS"}]"#)]).unwrap();
+        assert_eq!(
+            policies(req),
+            json!([{"Type": "ACL"}, {"Type": "QOS"}, mapping])
+        );
+        // ... and null is no policies.
+        let req = request_with(&args, &[("-", "null")]).unwrap();
+        assert_eq!(policies(req), json!([mapping]));
+    }
+
+    #[test]
+    fn policy_file_errors_name_the_file() {
+        let args = create_with(&["--policy-file", "p.json"]);
+        let err = request_with(&args, &[("p.json", "{\"Type\": \"ACL\",\n}")]).unwrap_err();
+        let CommandError::Input(text) = err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            text.starts_with("--policy-file p.json is not JSON: "),
+            "{text}"
+        );
+        assert!(text.contains("line 2 column 1"), "{text}");
+
+        let err = request_with(&args, &[]).unwrap_err();
+        assert_eq!(
+            err,
+            CommandError::Input(
+                "cannot read --policy-file p.json: No such file or directory".into()
+            )
+        );
+
+        let args = ["policy", "add", "--network", "n", "--file", "-"];
+        let err = request_with(&args, &[("-", "")]).unwrap_err();
+        let CommandError::Input(text) = err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            text.starts_with("--file - (stdin) is not JSON: EOF"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn endpoint_set_request() {
+        assert_eq!(
+            request(&[
+                "endpoint",
+                "set",
+                "--allow-spoofing",
+                "on",
+                "--dhcp-guard",
+                "off",
+                "--router-guard",
+                "off",
+                "--default-acl-action",
+                "block",
+                "ep1",
+            ]),
+            Request::EndpointSet(EndpointSet {
+                name: "ep1".into(),
+                allow_spoofing: Some(true),
+                dhcp_guard: Some(false),
+                router_guard: Some(false),
+                default_acl_action: Some("Block".into()),
+            })
+        );
+        assert_eq!(
+            request(&[
+                "endpoint",
+                "set",
+                "--default-acl-action",
+                "allow",
+                "ep1",
+                "--json"
+            ]),
+            Request::EndpointSet(EndpointSet {
+                name: "ep1".into(),
+                default_acl_action: Some("Allow".into()),
+                ..Default::default()
+            })
+        );
+    }
+
+    #[test]
+    fn endpoint_set_requires_a_setting() {
+        let err = parse(&["endpoint", "set", "ep1"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        assert_eq!(err.exit_code(), 2);
+        let err = parse(&["endpoint", "set", "ep1", "--json"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        let err = parse(&["endpoint", "set", "--default-acl-action", "deny", "ep1"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidValue);
+    }
+
+    const ACL: &str = r#"{"Type": "ACL", "Settings": {"Id": "allow-web", "Action": "Allow"}}"#;
+
+    #[test]
+    fn policy_add_request() {
+        let req = request_with(
+            &["policy", "add", "--endpoint", "ep1", "--file", "acl.json"],
+            &[("acl.json", ACL)],
+        );
+        assert_eq!(
+            req.unwrap(),
+            Request::PolicyAdd(PolicyAdd {
+                endpoint: Some("ep1".into()),
+                network: None,
+                policies: serde_json::from_str(ACL).unwrap(),
+            })
+        );
+        let req = request_with(
+            &[
+                "policy",
+                "add",
+                "--file",
+                "-",
+                "--network",
+                "net1",
+                "--json",
+            ],
+            &[("-", "[]")],
+        );
+        assert_eq!(
+            req.unwrap(),
+            Request::PolicyAdd(PolicyAdd {
+                endpoint: None,
+                network: Some("net1".into()),
+                policies: json!([]),
+            })
+        );
+    }
+
+    #[test]
+    fn policy_add_and_rm_need_exactly_one_owner() {
+        for args in [
+            &["policy", "add", "--file", "a.json"][..],
+            &["policy", "rm", "allow-web"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument, "{args:?}");
+        }
+        for args in [
+            &[
+                "policy",
+                "add",
+                "--endpoint",
+                "e",
+                "--network",
+                "n",
+                "--file",
+                "a",
+            ][..],
+            &["policy", "rm", "--endpoint", "e", "--network", "n", "x"],
+            &["policy", "ls", "--endpoint", "e", "--network", "n"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ArgumentConflict, "{args:?}");
+        }
+        let err = parse(&["policy", "add", "--endpoint", "e"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn policy_ls_and_rm_requests() {
+        for verb in ["ls", "list"] {
+            assert_eq!(
+                request(&["policy", verb]),
+                Request::PolicyList {
+                    endpoint: None,
+                    network: None
+                }
+            );
+        }
+        assert_eq!(
+            request(&["policy", "ls", "--network", "net1", "--json"]),
+            Request::PolicyList {
+                endpoint: None,
+                network: Some("net1".into())
+            }
+        );
+        for verb in ["rm", "remove"] {
+            assert_eq!(
+                request(&["policy", verb, "--endpoint", "ep1", "allow-web"]),
+                Request::PolicyRemove {
+                    endpoint: Some("ep1".into()),
+                    network: None,
+                    id: "allow-web".into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn trace_and_flows_requests() {
+        let packet = "tcp,src=10.0.0.2,dst=10.0.0.3,sport=1234,dport=80";
+        assert_eq!(
+            request(&["trace", "--endpoint", "ep1", "--packet", packet]),
+            Request::Trace(TraceRequest {
+                endpoint: "ep1".into(),
+                inbound: false,
+                packet: packet.into(),
+            })
+        );
+        // The daemon, not the CLI, parses the packet.
+        assert_eq!(
+            request(&[
+                "trace",
+                "--in",
+                "--endpoint",
+                "ep2",
+                "--packet",
+                "bogus",
+                "--json"
+            ]),
+            Request::Trace(TraceRequest {
+                endpoint: "ep2".into(),
+                inbound: true,
+                packet: "bogus".into(),
+            })
+        );
+        let err = parse(&["trace", "--endpoint", "ep1"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        assert_eq!(
+            request(&["flows", "dump"]),
+            Request::FlowsDump { endpoint: None }
+        );
+        assert_eq!(
+            request(&["flows", "dump", "--endpoint", "ep1", "--json"]),
+            Request::FlowsDump {
+                endpoint: Some("ep1".into())
+            }
         );
     }
 
@@ -541,5 +1265,46 @@ mod tests {
             assert!(help.contains(driver.name()), "{help}");
             assert!(help.contains(driver.summary()), "{help}");
         }
+    }
+
+    fn subcommand_help(path: &[&str]) -> String {
+        let mut cmd = Cli::command();
+        let mut sub = &mut cmd;
+        for name in path {
+            sub = sub.find_subcommand_mut(name).unwrap();
+        }
+        sub.render_long_help().to_string()
+    }
+
+    #[test]
+    fn help_shows_policy_and_trace_examples() {
+        let top = Cli::command().render_long_help().to_string();
+        assert!(
+            top.contains("vswitchctl policy add --endpoint ep1"),
+            "{top}"
+        );
+        assert!(
+            top.contains("vswitchctl trace --endpoint ep1 --packet tcp,"),
+            "{top}"
+        );
+        let add = subcommand_help(&["policy", "add"]);
+        assert!(
+            add.contains(r#"{"Type": "ACL", "Settings": {"Id": "allow-web""#),
+            "{add}"
+        );
+        let trace = subcommand_help(&["trace"]);
+        for example in [
+            "--packet tcp,src=10.0.0.2,dst=10.0.0.3,sport=1234,dport=80",
+            "--packet udp,",
+            "--packet icmp,src=",
+            "tcp|udp|icmp|icmp6",
+        ] {
+            assert!(trace.contains(example), "{trace}");
+        }
+        let create = subcommand_help(&["endpoint", "create"]);
+        assert!(
+            create.contains("HOST_PORT:CONTAINER_PORT[/tcp|/udp]"),
+            "{create}"
+        );
     }
 }

@@ -66,7 +66,7 @@ fn connect_error(socket: &Path, err: &io::Error) -> anyhow::Error {
 
 /// The OS's description of an error, without std's "(os error N)" suffix,
 /// which means nothing to the user.
-fn reason(err: &io::Error) -> String {
+pub(crate) fn reason(err: &io::Error) -> String {
     let text = err.to_string();
     match text.find(" (os error ") {
         Some(end) => text[..end].to_owned(),

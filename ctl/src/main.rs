@@ -7,7 +7,8 @@ mod cli;
 mod client;
 mod render;
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
@@ -15,15 +16,19 @@ use clap::{CommandFactory, Parser};
 use serde::Serialize;
 use vswitch_api::{Reply, Response};
 
-use cli::{Cli, Command, EndpointCommand, FdbCommand, NetworkCommand, PortCommand, UsageError};
+use cli::{
+    Cli, Command, CommandError, EndpointCommand, FdbCommand, FlowsCommand, NetworkCommand,
+    PolicyCommand, PortCommand, UsageError,
+};
 
 const UNEXPECTED: &str = "unexpected reply from daemon";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let request = match cli.command.request() {
+    let request = match cli.command.request(&mut read_input) {
         Ok(request) => request,
-        Err(err) => usage_error(err),
+        Err(CommandError::Usage(err)) => usage_error(err),
+        Err(CommandError::Input(message)) => return fail(anyhow!(message)),
     };
     let result = client::call(&cli.socket, &request).and_then(|resp| output(&cli.command, resp));
     match result {
@@ -42,6 +47,17 @@ fn fail(err: anyhow::Error) -> ExitCode {
     let text = format!("{err:#}").replace('\n', " ");
     eprintln!("vswitchctl: {text}");
     ExitCode::from(1)
+}
+
+/// A file named on the command line; `-` is stdin.
+fn read_input(path: &Path) -> io::Result<String> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        io::stdin().lock().read_to_string(&mut text)?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(path)
+    }
 }
 
 /// Reports `err` the way clap reports its own errors, against the
@@ -107,7 +123,11 @@ fn output(command: &Command, response: Response) -> Result<String> {
                 render::endpoints(&eps)
             }
         }
-        (Command::Endpoint(EndpointCommand::Inspect { .. }), Reply::Endpoint(ep)) => json(&ep)?,
+        // `set` answers with the endpoint as it now is, shown as `inspect` shows it.
+        (
+            Command::Endpoint(EndpointCommand::Inspect { .. } | EndpointCommand::Set(_)),
+            Reply::Endpoint(ep),
+        ) => json(&ep)?,
         (Command::Endpoint(EndpointCommand::Rm { .. }), Reply::Removed { name, warning }) => {
             warn(warning);
             line(format!("removed endpoint {name}"))
@@ -131,6 +151,39 @@ fn output(command: &Command, response: Response) -> Result<String> {
                 json(&entries)?
             } else {
                 render::fdb(&entries)
+            }
+        }
+        (Command::Policy(PolicyCommand::Add { format, .. }), Reply::Policies(views)) => {
+            if format.json {
+                json(&views)?
+            } else {
+                render::policies_added(&views)
+            }
+        }
+        (Command::Policy(PolicyCommand::Ls { format, .. }), Reply::Policies(views)) => {
+            if format.json {
+                json(&views)?
+            } else {
+                render::policies(&views)
+            }
+        }
+        (Command::Policy(PolicyCommand::Rm { owner, .. }), Reply::Removed { name, warning }) => {
+            warn(warning);
+            let owner = render::owner(owner.endpoint.as_deref(), owner.network.as_deref());
+            line(format!("removed policy '{name}' from {owner}"))
+        }
+        (Command::Trace(args), Reply::Trace(trace)) => {
+            if args.format.json {
+                json(&trace)?
+            } else {
+                render::trace(&trace)
+            }
+        }
+        (Command::Flows(FlowsCommand::Dump { format, .. }), Reply::Flows(flows)) => {
+            if format.json {
+                json(&flows)?
+            } else {
+                render::flows(&flows)
             }
         }
         _ => return Err(anyhow!(UNEXPECTED)),
@@ -245,5 +298,61 @@ mod tests {
             output(&command(&["endpoint", "remove", "ep1"]), resp).unwrap(),
             "removed endpoint ep1\n"
         );
+    }
+
+    #[test]
+    fn endpoint_set_prints_the_endpoint_as_inspect_does() {
+        let inspect = output(
+            &command(&["endpoint", "inspect", "ep1"]),
+            Response::Ok(Reply::Endpoint(render::tests::endpoint())),
+        )
+        .unwrap();
+        let set = output(
+            &command(&["endpoint", "set", "--dhcp-guard", "off", "ep1"]),
+            Response::Ok(Reply::Endpoint(render::tests::endpoint())),
+        )
+        .unwrap();
+        assert_eq!(set, inspect);
+        assert!(set.contains("\"DhcpGuard\": true"), "{set}");
+    }
+
+    #[test]
+    fn policy_rm_names_the_owner() {
+        let resp = Response::Ok(Reply::Removed {
+            name: "allow-web".into(),
+            warning: None,
+        });
+        assert_eq!(
+            output(
+                &command(&["policy", "rm", "--network", "net1", "allow-web"]),
+                resp
+            )
+            .unwrap(),
+            "removed policy 'allow-web' from network net1\n"
+        );
+    }
+
+    #[test]
+    fn policy_add_prints_ids_or_json() {
+        let view = vswitch_api::PolicyView {
+            id: "allow-web".into(),
+            kind: "ACL".into(),
+            endpoint: Some("ep1".into()),
+            network: None,
+            settings: serde_json::json!({"Type": "ACL"}),
+            hits: None,
+        };
+        let args = ["policy", "add", "--endpoint", "ep1", "--file", "a.json"];
+        let resp = Response::Ok(Reply::Policies(vec![view.clone()]));
+        assert_eq!(
+            output(&command(&args), resp).unwrap(),
+            "added ACL policy 'allow-web' to endpoint ep1\n"
+        );
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        let resp = Response::Ok(Reply::Policies(vec![view]));
+        let value: serde_json::Value =
+            serde_json::from_str(&output(&command(&with_json), resp).unwrap()).unwrap();
+        assert_eq!(value[0]["ID"], "allow-web");
     }
 }

@@ -1,12 +1,17 @@
 //! Turns daemon replies into what `vswitchctl` prints: aligned tables for
 //! people, one-line summaries for create commands.
 
-use vswitch_api::{Endpoint, EndpointState, FdbEntry, Network, Port, PortStats};
+use serde_json::{Map, Value};
+use vswitch_api::{
+    Endpoint, EndpointState, FdbEntry, Flows, Network, PolicyView, Port, PortStats, Trace,
+};
 
 /// Blank columns between table cells, as `docker ls` does.
 const GAP: &str = "   ";
 /// Shown in a cell that has no value.
 const NONE: &str = "-";
+/// How much of a policy's settings `policy ls` shows as JSON.
+const SUMMARY_WIDTH: usize = 60;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Align {
@@ -173,6 +178,7 @@ pub fn endpoints(endpoints: &[Endpoint]) -> String {
         ("IFNAME", Left),
         ("MAC", Left),
         ("IP", Left),
+        ("POLICIES", Right),
         ("STATE", Left),
     ]);
     for ep in endpoints {
@@ -183,6 +189,7 @@ pub fn endpoints(endpoints: &[Endpoint]) -> String {
             ep.ifname.clone(),
             ep.mac_address.clone(),
             join_or_none(endpoint_addresses(ep)),
+            ep.policy_count.to_string(),
             state(&ep.state),
         ]);
     }
@@ -221,8 +228,9 @@ pub fn ports(ports: &[Port]) -> String {
     table.render()
 }
 
-/// The counters table; with `per_reason`, each port's drops by reason follow.
-pub fn stats(stats: &[PortStats], per_reason: bool) -> String {
+/// The counters table; with `detailed`, each port's drops by reason and its
+/// flow cache counters follow.
+pub fn stats(stats: &[PortStats], detailed: bool) -> String {
     use Align::*;
     let mut table = Table::new(&[
         ("PORT", Left),
@@ -246,7 +254,7 @@ pub fn stats(stats: &[PortStats], per_reason: bool) -> String {
         ]);
     }
     let mut out = table.render();
-    if per_reason {
+    if detailed {
         for s in stats {
             let mut reasons = Table::new(&[("DROP-REASON", Left), ("COUNT", Right)]);
             for (reason, count) in &s.drops {
@@ -254,6 +262,18 @@ pub fn stats(stats: &[PortStats], per_reason: bool) -> String {
             }
             out.push('\n');
             out.push_str(&reasons.render());
+            let c = &s.flow_cache;
+            let mut cache = Table::new(&[("FLOW-CACHE", Left), ("COUNT", Right)]);
+            for (name, count) in [
+                ("hits", c.hits),
+                ("misses", c.misses),
+                ("entries", c.entries),
+                ("evictions", c.evictions),
+            ] {
+                cache.row(vec![name.to_owned(), count.to_string()]);
+            }
+            out.push('\n');
+            out.push_str(&cache.render());
         }
     }
     out
@@ -270,6 +290,226 @@ pub fn fdb(entries: &[FdbEntry]) -> String {
         ]);
     }
     table.render()
+}
+
+/// `endpoint ep1`, `network net1`: whom a policy belongs to.
+pub fn owner(endpoint: Option<&str>, network: Option<&str>) -> String {
+    match (endpoint, network) {
+        (Some(ep), _) => format!("endpoint {ep}"),
+        (None, Some(net)) => format!("network {net}"),
+        (None, None) => NONE.to_owned(),
+    }
+}
+
+fn policy_owner(p: &PolicyView) -> String {
+    owner(p.endpoint.as_deref(), p.network.as_deref())
+}
+
+/// One line per policy added: `added ACL policy 'allow-web' to endpoint ep1`.
+pub fn policies_added(policies: &[PolicyView]) -> String {
+    policies
+        .iter()
+        .map(|p| {
+            format!(
+                "added {} policy '{}' to {}\n",
+                p.kind,
+                p.id,
+                policy_owner(p)
+            )
+        })
+        .collect()
+}
+
+pub fn policies(policies: &[PolicyView]) -> String {
+    use Align::*;
+    let mut table = Table::new(&[
+        ("ID", Left),
+        ("TYPE", Left),
+        ("OWNER", Left),
+        ("HITS", Right),
+        ("SUMMARY", Left),
+    ]);
+    for p in policies {
+        table.row(vec![
+            p.id.clone(),
+            p.kind.clone(),
+            policy_owner(p),
+            p.hits.map_or_else(|| NONE.to_owned(), |n| n.to_string()),
+            policy_summary(p),
+        ]);
+    }
+    table.render()
+}
+
+/// A member of a JSON object by name, ignoring case as HNS does.
+fn member<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    object
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value)
+}
+
+/// A policy's settings: the `Settings` object of HNS's v2 form, or the v1
+/// form's members beside `Type`.
+fn policy_settings(policy: &Value) -> Value {
+    let Some(object) = policy.as_object() else {
+        return policy.clone();
+    };
+    if let Some(inner @ Value::Object(_)) = member(object, "Settings") {
+        return inner.clone();
+    }
+    let mut flat = object.clone();
+    flat.retain(|key, _| !key.eq_ignore_ascii_case("Type"));
+    Value::Object(flat)
+}
+
+/// One line: for an ACL its action, direction, the matches given and the
+/// priority (`Allow In proto 6 lport 80 priority 100`); for other kinds the
+/// settings as compact JSON, cut to [`SUMMARY_WIDTH`].
+fn policy_summary(p: &PolicyView) -> String {
+    let settings = policy_settings(&p.settings);
+    match settings.as_object() {
+        Some(acl) if p.kind.eq_ignore_ascii_case("ACL") => {
+            let text = |names: &[&str]| {
+                names.iter().find_map(|name| match member(acl, name)? {
+                    Value::Null => None,
+                    Value::String(s) if s.is_empty() => None,
+                    Value::String(s) => Some(s.clone()),
+                    other => Some(other.to_string()),
+                })
+            };
+            let mut words: Vec<String> = [text(&["Action"]), text(&["Direction"])]
+                .into_iter()
+                .flatten()
+                .collect();
+            for (label, names) in [
+                ("proto", &["Protocols", "Protocol"][..]),
+                ("laddr", &["LocalAddresses"]),
+                ("lport", &["LocalPorts", "LocalPort"]),
+                ("raddr", &["RemoteAddresses"]),
+                ("rport", &["RemotePorts", "RemotePort"]),
+                ("priority", &["Priority"]),
+            ] {
+                if let Some(value) = text(names) {
+                    words.push(format!("{label} {value}"));
+                }
+            }
+            words.join(" ")
+        }
+        _ => cut(&settings.to_string(), SUMMARY_WIDTH),
+    }
+}
+
+/// `text`, or its first `max` characters ending in `...`.
+fn cut(text: &str, max: usize) -> String {
+    if width(text) <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(3)).collect();
+    out.push_str("...");
+    out
+}
+
+/// As Open vSwitch's `ofproto/trace`: the packet, the numbered steps, the
+/// verdict.
+///
+/// ```text
+/// Flow: tcp,src=10.1.0.2,dst=10.1.0.3,sport=1234,dport=80 in_port=ep1
+///
+///   1. admit: ...
+///   2. acl.out: ...
+///
+/// Final verdict: drop (acl_blocked)
+/// ```
+pub fn trace(trace: &Trace) -> String {
+    let mut out = format!("Flow: {} in_port={}\n\n", trace.packet, trace.in_port);
+    let digits = trace.steps.len().to_string().len();
+    for (i, step) in trace.steps.iter().enumerate() {
+        out.push_str(&format!(
+            "  {:>digits$}. {}: {}\n",
+            i + 1,
+            step.stage,
+            step.detail
+        ));
+    }
+    if !trace.steps.is_empty() {
+        out.push('\n');
+    }
+    let mut verdict = trace.verdict.clone();
+    if !trace.out_ports.is_empty() {
+        verdict.push_str(" to ");
+        verdict.push_str(&trace.out_ports.join(", "));
+    }
+    if let Some(reason) = &trace.drop_reason {
+        verdict.push_str(&format!(" ({reason})"));
+    }
+    out.push_str(&format!("Final verdict: {verdict}\n"));
+    out
+}
+
+/// Milliseconds as seconds with tenths: `1.2s`.
+fn idle(ms: u64) -> String {
+    format!("{}.{}s", ms / 1000, ms % 1000 / 100)
+}
+
+/// `10.0.0.2:80`, `[fd00::2]:80`; the address alone for ICMP, which has no
+/// ports.
+fn socket_address(protocol: &str, addr: &str, port: u16) -> String {
+    if protocol.to_ascii_lowercase().starts_with("icmp") {
+        addr.to_owned()
+    } else if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+/// The flow cache table, then the connections table, each under a title.
+pub fn flows(flows: &Flows) -> String {
+    use Align::*;
+    let mut cache = Table::new(&[
+        ("IN", Left),
+        ("OUT", Left),
+        ("FLOW", Left),
+        ("ACTION", Left),
+        ("HITS", Right),
+        ("IDLE", Right),
+    ]);
+    for f in &flows.flows {
+        cache.row(vec![
+            f.in_port.clone(),
+            or_none(Some(f.out_port.as_str()).filter(|p| !p.is_empty())),
+            f.flow.clone(),
+            f.action.clone(),
+            f.hits.to_string(),
+            idle(f.idle_ms),
+        ]);
+    }
+    let mut conns = Table::new(&[
+        ("PORT", Left),
+        ("PROTO", Left),
+        ("SOURCE", Left),
+        ("DESTINATION", Left),
+        ("STATE", Left),
+        ("PKTS-O/R", Right),
+        ("IDLE", Right),
+    ]);
+    for c in &flows.connections {
+        conns.row(vec![
+            c.port.clone(),
+            c.protocol.clone(),
+            socket_address(&c.protocol, &c.source, c.source_port),
+            socket_address(&c.protocol, &c.destination, c.destination_port),
+            c.state.clone(),
+            format!("{}/{}", c.packets_original, c.packets_reply),
+            idle(c.idle_ms),
+        ]);
+    }
+    format!(
+        "Flow cache\n{}\nConnections\n{}",
+        cache.render(),
+        conns.render()
+    )
 }
 
 /// `created network net1: internal 10.1.0.0/24 gw 10.1.0.1 mtu 1500 host vsw-net1`
@@ -302,20 +542,29 @@ pub fn network_created(net: &Network) -> String {
 pub fn endpoint_created(ep: &Endpoint) -> String {
     let mut facts = endpoint_addresses(ep);
     facts.push(ep.mac_address.clone());
-    format!(
+    let mut line = format!(
         "created endpoint {}: {} in {} {}",
         ep.name,
         facts.join(" "),
         ep.netns,
         ep.ifname
-    )
+    );
+    match ep.policy_count {
+        0 => {}
+        1 => line.push_str(", 1 policy"),
+        n => line.push_str(&format!(", {n} policies")),
+    }
+    line
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use serde_json::json;
     use std::collections::BTreeMap;
-    use vswitch_api::{MacPool, PortKind, Subnet};
+    use vswitch_api::{
+        Connection, FlowCacheStats, FlowEntry, MacPool, PortKind, Subnet, TraceStep,
+    };
 
     pub(crate) fn network() -> Network {
         Network {
@@ -361,6 +610,10 @@ pub(crate) mod tests {
             gateway_address: Some("10.1.0.1".into()),
             mtu: 1500,
             allow_spoofing: false,
+            dhcp_guard: true,
+            router_guard: true,
+            default_acl_action: "Allow".into(),
+            policy_count: 0,
             state: EndpointState::Attached,
         }
     }
@@ -432,12 +685,16 @@ pub(crate) mod tests {
         gone.state = EndpointState::Detached {
             reason: "namespace gone".into(),
         };
+        gone.policy_count = 3;
         let text = endpoints(&[endpoint(), gone]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("NAME   NETWORK   NETNS   IFNAME   MAC"));
-        assert!(lines[1].ends_with("10.1.0.2/24                attached"));
-        assert!(lines[2].ends_with("10.1.0.2/24,fd00:1::2/64   detached (namespace gone)"));
+        assert!(lines[0].ends_with("IP                         POLICIES   STATE"));
+        assert!(lines[1].ends_with("10.1.0.2/24                       0   attached"));
+        assert!(
+            lines[2].ends_with("10.1.0.2/24,fd00:1::2/64          3   detached (namespace gone)")
+        );
     }
 
     #[test]
@@ -473,6 +730,12 @@ pub(crate) mod tests {
             tx_bytes: 500,
             rx_partial_checksums: 0,
             drops: BTreeMap::from([("spoofed-mac".into(), 3), ("no-route".into(), 0)]),
+            flow_cache: FlowCacheStats {
+                hits: 7,
+                misses: 2,
+                entries: 1,
+                evictions: 0,
+            },
         };
         let table = "PORT   NETWORK   RX-PKTS   RX-BYTES   TX-PKTS   TX-BYTES   DROPS\n\
                      ep1    net1           10       1000         5        500       3\n";
@@ -483,7 +746,13 @@ pub(crate) mod tests {
                 "{table}\n\
                  DROP-REASON   COUNT\n\
                  no-route          0\n\
-                 spoofed-mac       3\n"
+                 spoofed-mac       3\n\
+                 \n\
+                 FLOW-CACHE   COUNT\n\
+                 hits             7\n\
+                 misses           2\n\
+                 entries          1\n\
+                 evictions        0\n"
             )
         );
     }
@@ -511,5 +780,180 @@ pub(crate) mod tests {
             network_created(&network()),
             "created network net1: internal 10.1.0.0/24 gw 10.1.0.1 fd00:1::/64 mtu 1500 host vsw-net1"
         );
+    }
+
+    fn policy(id: &str, kind: &str, settings: Value) -> PolicyView {
+        PolicyView {
+            id: id.into(),
+            kind: kind.into(),
+            endpoint: Some("ep1".into()),
+            network: None,
+            settings,
+            hits: None,
+        }
+    }
+
+    #[test]
+    fn policy_table_summarises_acls_and_cuts_the_rest() {
+        let mut web = policy(
+            "allow-web",
+            "ACL",
+            json!({"Type": "ACL", "Settings": {"Id": "allow-web", "Action": "Allow", "Direction": "In",
+                   "Protocols": "6", "LocalPorts": "80", "RemoteAddresses": "", "Priority": 100}}),
+        );
+        web.hits = Some(12);
+        // HNS v1: the settings beside Type, any case.
+        let mut v1 = policy(
+            "block-dns",
+            "ACL",
+            json!({"Type": "ACL", "action": "Block", "Direction": "Out", "Protocol": 17,
+                   "RemotePort": 53, "RemoteAddresses": "10.0.0.0/8"}),
+        );
+        v1.endpoint = None;
+        v1.network = Some("net1".into());
+        v1.hits = Some(0);
+        let nat = policy(
+            "p3",
+            "OutBoundNAT",
+            json!({"Type": "OutBoundNAT", "Settings": {"Exceptions": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]}}),
+        );
+        let pm = policy(
+            "p4",
+            "PortMapping",
+            json!({"Type": "PortMapping", "Settings": {"Protocol": 6, "InternalPort": 80, "ExternalPort": 8080}}),
+        );
+        assert_eq!(
+            policies(&[web, v1, nat, pm]),
+            "ID          TYPE          OWNER          HITS   SUMMARY\n\
+             allow-web   ACL           endpoint ep1     12   Allow In proto 6 lport 80 priority 100\n\
+             block-dns   ACL           network net1      0   Block Out proto 17 raddr 10.0.0.0/8 rport 53\n\
+             p3          OutBoundNAT   endpoint ep1      -   {\"Exceptions\":[\"10.0.0.0/8\",\"172.16.0.0/12\",\"192.168.0.0/...\n\
+             p4          PortMapping   endpoint ep1      -   {\"ExternalPort\":8080,\"InternalPort\":80,\"Protocol\":6}\n"
+        );
+        assert_eq!(width(&cut(&"x".repeat(100), SUMMARY_WIDTH)), SUMMARY_WIDTH);
+    }
+
+    #[test]
+    fn policies_added_one_line_each() {
+        let mut net = policy("p2", "QOS", json!({}));
+        net.endpoint = None;
+        net.network = Some("net1".into());
+        assert_eq!(
+            policies_added(&[policy("allow-web", "ACL", json!({})), net]),
+            "added ACL policy 'allow-web' to endpoint ep1\n\
+             added QOS policy 'p2' to network net1\n"
+        );
+        assert_eq!(policies_added(&[]), "");
+    }
+
+    fn step(stage: &str, detail: &str) -> TraceStep {
+        TraceStep {
+            stage: stage.into(),
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn trace_reads_like_ofproto_trace() {
+        let forward = Trace {
+            packet: "tcp,src=10.1.0.2,dst=10.1.0.3,sport=1234,dport=80".into(),
+            in_port: "ep1".into(),
+            steps: vec![
+                step("admit", "source 02:15:5d:12:34:56 is the endpoint's"),
+                step("fdb", "10.1.0.3 is ep2"),
+            ],
+            verdict: "forward".into(),
+            out_ports: vec!["ep2".into()],
+            drop_reason: None,
+        };
+        assert_eq!(
+            trace(&forward),
+            "Flow: tcp,src=10.1.0.2,dst=10.1.0.3,sport=1234,dport=80 in_port=ep1\n\
+             \n  1. admit: source 02:15:5d:12:34:56 is the endpoint's\n\
+             \x20 2. fdb: 10.1.0.3 is ep2\n\
+             \nFinal verdict: forward to ep2\n"
+        );
+        let drop = Trace {
+            steps: (0..10)
+                .map(|i| step("acl.in", &format!("rule {i}")))
+                .collect(),
+            verdict: "drop".into(),
+            out_ports: vec![],
+            drop_reason: Some("acl_blocked".into()),
+            ..forward
+        };
+        let text = trace(&drop);
+        assert!(text.contains("\n   1. acl.in: rule 0\n"), "{text}");
+        assert!(text.contains("\n  10. acl.in: rule 9\n"), "{text}");
+        assert!(
+            text.ends_with("\nFinal verdict: drop (acl_blocked)\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn flows_tables() {
+        let f = Flows {
+            flows: vec![FlowEntry {
+                in_port: "ep1".into(),
+                out_port: "ep2".into(),
+                flow: "tcp 10.0.0.2:40000 -> 10.0.0.3:80".into(),
+                action: "allow".into(),
+                idle_ms: 1250,
+                hits: 3,
+            }],
+            connections: vec![
+                Connection {
+                    port: "ep1".into(),
+                    protocol: "tcp".into(),
+                    source: "10.0.0.2".into(),
+                    destination: "10.0.0.3".into(),
+                    source_port: 40000,
+                    destination_port: 80,
+                    state: "established".into(),
+                    idle_ms: 50,
+                    packets_original: 5,
+                    packets_reply: 4,
+                },
+                Connection {
+                    port: "ep2".into(),
+                    protocol: "icmp6".into(),
+                    source: "fd00::2".into(),
+                    destination: "fd00::3".into(),
+                    source_port: 0,
+                    destination_port: 0,
+                    state: "unreplied".into(),
+                    idle_ms: 12000,
+                    packets_original: 1,
+                    packets_reply: 0,
+                },
+            ],
+        };
+        assert_eq!(
+            flows(&f),
+            "Flow cache\n\
+             IN    OUT   FLOW                                ACTION   HITS   IDLE\n\
+             ep1   ep2   tcp 10.0.0.2:40000 -> 10.0.0.3:80   allow       3   1.2s\n\
+             \n\
+             Connections\n\
+             PORT   PROTO   SOURCE           DESTINATION   STATE         PKTS-O/R    IDLE\n\
+             ep1    tcp     10.0.0.2:40000   10.0.0.3:80   established        5/4    0.0s\n\
+             ep2    icmp6   fd00::2          fd00::3       unreplied          1/0   12.0s\n"
+        );
+        assert_eq!(socket_address("udp", "fd00::2", 53), "[fd00::2]:53");
+        assert_eq!(
+            flows(&Flows::default()),
+            "Flow cache\nIN   OUT   FLOW   ACTION   HITS   IDLE\n\nConnections\n\
+             PORT   PROTO   SOURCE   DESTINATION   STATE   PKTS-O/R   IDLE\n"
+        );
+    }
+
+    #[test]
+    fn created_line_counts_policies() {
+        let mut ep = endpoint();
+        ep.policy_count = 1;
+        assert!(endpoint_created(&ep).ends_with(" in ns1 eth0, 1 policy"));
+        ep.policy_count = 2;
+        assert!(endpoint_created(&ep).ends_with(" in ns1 eth0, 2 policies"));
     }
 }
