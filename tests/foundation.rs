@@ -441,7 +441,8 @@ fn ipv6_first_hop_spoofing_is_blocked() {
     // host's own namespace.
     let p = Pair::new("private", &["--subnet", &six]);
     let r = Netns::new("r");
-    p.d.endpoint(&p.net, &r, &["--allow-spoofing"], "epr");
+    // A router: it may spoof, and its router guard is off.
+    p.d.endpoint(&p.net, &r, &["--allow-spoofing", "--router-guard", "off"], "epr");
     let c = Netns::new("c");
     p.d.endpoint(&p.net, &c, &[], "epc");
     let mac = |name: &str| {

@@ -120,7 +120,7 @@ pub enum Learn<P> {
 /// `max_per_port` entries).
 pub type KeyedHash = SeedableRandomState;
 
-fn keyed_hash() -> KeyedHash {
+pub fn keyed_hash() -> KeyedHash {
     let seed = std::hash::RandomState::new().hash_one(0x5eed_u64);
     SeedableRandomState::with_seed(seed, SharedSeed::global_random())
 }

@@ -15,6 +15,7 @@ use tracing_subscriber::filter::LevelFilter;
 use vswitch::api::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 use vswitch::control::server::Server;
 use vswitch::control::Controller;
+use vswitch::pipeline::conntrack::Limits;
 
 /// The vswitch daemon: a software switch reproducing the Hyper-V virtual
 /// switch with namespaces, TAPs and a userspace datapath.
@@ -39,6 +40,14 @@ struct Args {
     /// the next start replaces them.
     #[arg(long)]
     detach_on_exit: bool,
+    /// Connections tracked in all (stateful ACLs); past it, new ones are
+    /// dropped (counted as conntrack_full) and established ones go on.
+    #[arg(long, default_value_t = Limits::default().global, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16_777_216))]
+    conntrack_max: usize,
+    /// Connections tracked per endpoint port (where they start), so one
+    /// busy endpoint cannot take the whole table.
+    #[arg(long, default_value_t = Limits::default().per_port, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16_777_216))]
+    conntrack_max_per_port: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,7 +84,14 @@ fn main() -> anyhow::Result<()> {
     // and clients that connect during restore simply wait for the lock.
     let server = Server::bind(&args.socket)
         .with_context(|| format!("listen on {}", args.socket.display()))?;
-    let controller = Controller::open(&args.state_dir).context("restore state")?;
+    let controller = Controller::open(
+        &args.state_dir,
+        Limits {
+            global: args.conntrack_max,
+            per_port: args.conntrack_max_per_port,
+        },
+    )
+    .context("restore state")?;
     let controller = Arc::new(Mutex::new(controller));
 
     let stop = server.stop_handle();

@@ -42,6 +42,8 @@ pub enum Driver {
     Transparent,
     #[serde(rename = "l2bridge")]
     L2Bridge,
+    #[serde(rename = "l2tunnel")]
+    L2Tunnel,
 }
 
 /// Which source MAC an endpoint's frames carry on the wire (drivers with an
@@ -75,16 +77,20 @@ struct DriverInfo {
     switched: bool,
     wire_mac: Option<WireMac>,
     host_port: HostPort,
+    /// Policy (ACLs) holds between two endpoints of the network, not only
+    /// between an endpoint and the rest of the world.
+    police_local: bool,
 }
 
 impl Driver {
     /// Every driver, in the order help text lists them.
-    pub const ALL: [Driver; 5] = [
+    pub const ALL: [Driver; 6] = [
         Driver::Internal,
         Driver::Private,
         Driver::None,
         Driver::Transparent,
         Driver::L2Bridge,
+        Driver::L2Tunnel,
     ];
 
     const fn info(self) -> DriverInfo {
@@ -95,6 +101,7 @@ impl Driver {
                 switched: true,
                 wire_mac: None,
                 host_port: HostPort::Always,
+                police_local: true,
             },
             Driver::Private => DriverInfo {
                 name: "private",
@@ -102,6 +109,7 @@ impl Driver {
                 switched: true,
                 wire_mac: None,
                 host_port: HostPort::Never,
+                police_local: true,
             },
             Driver::None => DriverInfo {
                 name: "none",
@@ -109,6 +117,7 @@ impl Driver {
                 switched: false,
                 wire_mac: None,
                 host_port: HostPort::Never,
+                police_local: true,
             },
             Driver::Transparent => DriverInfo {
                 name: "transparent",
@@ -116,13 +125,23 @@ impl Driver {
                 switched: true,
                 wire_mac: Some(WireMac::Endpoint),
                 host_port: HostPort::Never,
+                police_local: true,
             },
             Driver::L2Bridge => DriverInfo {
                 name: "l2bridge",
-                summary: "bridged onto an uplink behind the uplink's MAC",
+                summary: "bridged onto an uplink behind the uplink's MAC; same-host traffic bypasses policy",
                 switched: true,
                 wire_mac: Some(WireMac::Uplink),
                 host_port: HostPort::OffUplinkSubnet,
+                police_local: false,
+            },
+            Driver::L2Tunnel => DriverInfo {
+                name: "l2tunnel",
+                summary: "as l2bridge on the wire, with policy on all traffic, same-host too",
+                switched: true,
+                wire_mac: Some(WireMac::Uplink),
+                host_port: HostPort::OffUplinkSubnet,
+                police_local: true,
             },
         }
     }
@@ -161,6 +180,13 @@ impl Driver {
     /// Whether the network needs an uplink no other network uses.
     pub const fn owns_uplink(self) -> bool {
         matches!(self.wire_mac(), Some(WireMac::Endpoint))
+    }
+
+    /// Whether ACLs hold between two endpoints of the network (Windows'
+    /// l2bridge bridges same-host traffic without policy; l2tunnel sends
+    /// it through the policy too).
+    pub const fn police_local(self) -> bool {
+        self.info().police_local
     }
 
     pub const fn host_port(self) -> HostPort {
@@ -728,7 +754,14 @@ mod tests {
     fn drivers_are_named_once() {
         assert_eq!(
             DRIVERS,
-            ["internal", "private", "none", "transparent", "l2bridge"]
+            [
+                "internal",
+                "private",
+                "none",
+                "transparent",
+                "l2bridge",
+                "l2tunnel"
+            ]
         );
         for d in Driver::ALL {
             assert_eq!(Driver::parse(d.name()), Some(d));
@@ -738,7 +771,7 @@ mod tests {
         assert_eq!(Driver::parse("L2Bridge"), None);
         assert_eq!(
             Driver::names_where(Driver::has_uplink, "or"),
-            "transparent or l2bridge"
+            "transparent, l2bridge or l2tunnel"
         );
         assert_eq!(Driver::names_where(|d| !d.switched(), "or"), "none");
     }

@@ -18,6 +18,11 @@ use crate::port::tap::TapOwner;
 use crate::sys::random_bytes;
 use crate::wire::MacAddr;
 
+/// The addresses an endpoint may send from, unless it may spoof.
+pub(super) fn security_of(ep: &EndpointRecord) -> Option<PortSecurity> {
+    (!ep.allow_spoofing).then(|| PortSecurity::new(ep.mac, ep.ipv4, ep.ipv6))
+}
+
 impl Controller {
     pub(super) fn endpoint_create(&mut self, req: api::EndpointCreate) -> ApiResult<api::Endpoint> {
         let (net, mut rec) = self.check_endpoint(req)?;
@@ -66,6 +71,11 @@ impl Controller {
             ));
         }
         plumb::resolve_netns(&req.netns).map_err(netns_error)?;
+        let policies = if req.policies.is_null() {
+            Vec::new()
+        } else {
+            self.check_new_policies(&req.policies, "policies", None, &net.id)?
+        };
         if !net.driver.switched() {
             if req.ip.is_some()
                 || req.ipv6.is_some()
@@ -90,6 +100,10 @@ impl Controller {
                     ipv6: None,
                     allow_spoofing: false,
                     port_id: 0, // given by endpoint_create
+                    dhcp_guard: true,
+                    router_guard: true,
+                    default_block: false,
+                    policies,
                 },
             ));
         }
@@ -167,6 +181,10 @@ impl Controller {
                 ipv6,
                 allow_spoofing: req.allow_spoofing,
                 port_id: 0, // given by endpoint_create
+                dhcp_guard: req.dhcp_guard.unwrap_or(true),
+                router_guard: req.router_guard.unwrap_or(true),
+                default_block: false,
+                policies,
             },
         ))
     }
@@ -223,7 +241,8 @@ impl Controller {
                 return Err(internal(e));
             }
         };
-        let security = (!ep.allow_spoofing).then(|| PortSecurity::new(ep.mac, ep.ipv4, ep.ipv6));
+        let security = security_of(ep);
+        let layers = self.layers_of(ep);
         let ips = endpoint_ips(ep);
         let addrs = ips.iter().map(|ip| (*ip, ep.mac)).collect();
         let mut port = match self.attach(
@@ -234,6 +253,7 @@ impl Controller {
             cfg.offload,
             addrs,
             Some(ep.mac),
+            layers,
         ) {
             Ok(port) => port,
             Err(e) => {

@@ -9,8 +9,9 @@
 //! By resource: [`networks`] (and the uplinks they share), [`endpoints`],
 //! [`views`] (what the read requests show), [`errors`] (every domain error
 //! as an API error). Here: the controller, restoring it on start, request
-//! dispatch and saving. There is no `policies` module yet: the API has no
-//! policies; when it does they get a file of their own beside these.
+//! dispatch and saving. [`policies`]: HNS policies and the port settings
+//! (`endpoint set`) that compile into an endpoint's layers; [`trace`]: the
+//! trace and flow dump requests.
 
 mod endpoints;
 mod errors;
@@ -18,9 +19,11 @@ mod ipam;
 mod networks;
 mod options;
 mod plumb;
+mod policies;
 mod records;
 pub mod server;
 mod state;
+mod trace;
 mod uplink;
 mod views;
 
@@ -32,6 +35,8 @@ use std::sync::Arc;
 use crate::api::{ApiError, EndpointState, ErrorKind, Reply, Request, Response};
 use crate::datapath::{Datapath, NetId, PortCounters, PortId, PortKind, PortSecurity, PortSpec};
 use crate::ifname::IfName;
+use crate::pipeline::conntrack::Limits;
+use crate::pipeline::Layers;
 use crate::sys::random_bytes;
 use crate::wire::MacAddr;
 
@@ -40,7 +45,9 @@ use errors::{invalid, state_error};
 pub use ipam::{Ipv4Cidr, Ipv6Cidr, MacPool, Subnet};
 pub use options::NetworkOptions;
 use plumb::TapOrigin;
-pub use state::{Driver, EndpointRecord, NetworkRecord, State, StateError, StateFile};
+pub use state::{
+    Driver, EndpointRecord, NetworkRecord, PolicyRecord, State, StateError, StateFile,
+};
 pub use views::{host_port_name, uplink_port_name};
 
 /// Default MTU of a network.
@@ -59,6 +66,10 @@ struct PortHandle {
     /// The control plane's own descriptor of the port's TAP (endpoints),
     /// to remove the device wherever it is.
     tap: Option<TapOwner>,
+    /// The layers the datapath has for the port (their hit counters are
+    /// shared), and the policy id of each ACL rule in them.
+    layers: Layers,
+    rule_ids: Vec<String>,
 }
 
 struct NetRuntime {
@@ -133,10 +144,10 @@ pub struct Controller {
 impl Controller {
     /// Loads the saved state and brings the kernel and datapath back to it.
     /// Endpoints that cannot be re-attached are reported as detached.
-    pub fn open(state_dir: &Path) -> Result<Controller, StateError> {
+    pub fn open(state_dir: &Path, limits: Limits) -> Result<Controller, StateError> {
         let file = StateFile::new(state_dir);
         let saved = file.load()?;
-        let datapath = Datapath::spawn().map_err(|source| StateError::Io {
+        let datapath = Datapath::spawn(limits).map_err(|source| StateError::Io {
             op: "start datapath",
             path: state_dir.to_owned(),
             source,
@@ -285,6 +296,18 @@ impl Controller {
             Request::PortList => Ok(Reply::Ports(self.ports())),
             Request::Stats { port } => self.stats(port.as_deref()).map(Reply::Stats),
             Request::FdbShow { network } => self.fdb(&network).map(Reply::Fdb),
+            Request::EndpointSet(set) => self.endpoint_set(set).map(Reply::Endpoint),
+            Request::PolicyAdd(add) => self.policy_add(add).map(Reply::Policies),
+            Request::PolicyList { endpoint, network } => self
+                .policy_list(endpoint.as_deref(), network.as_deref())
+                .map(Reply::Policies),
+            Request::PolicyRemove {
+                endpoint,
+                network,
+                id,
+            } => self.policy_remove(endpoint.as_deref(), network.as_deref(), &id),
+            Request::Trace(req) => self.trace(req).map(Reply::Trace),
+            Request::FlowsDump { endpoint } => self.flows(endpoint.as_deref()).map(Reply::Flows),
         };
         match result {
             Ok(reply) => Response::Ok(reply),
@@ -342,6 +365,7 @@ impl Controller {
         gso: bool,
         addrs: Vec<(IpAddr, MacAddr)>,
         mac: Option<MacAddr>,
+        (layers, rule_ids): (Layers, Vec<String>),
     ) -> std::io::Result<PortHandle> {
         let counters = Arc::new(PortCounters::default());
         self.datapath.add_port(PortSpec {
@@ -353,11 +377,14 @@ impl Controller {
             gso,
             addrs,
             mac,
+            layers: layers.clone(),
         })?;
         Ok(PortHandle {
             id,
             counters,
             tap: None,
+            layers,
+            rule_ids,
         })
     }
 }

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::api::{self, ApiError, ErrorKind, HostPort, Reply, WireMac};
 use crate::datapath::{NetId, PortKind};
+use crate::pipeline::NetworkConfig;
 
 impl Controller {
     // ---- networks ----
@@ -220,6 +221,7 @@ impl Controller {
             // Given by network_create, once the request is accepted.
             dp_id: 0,
             host_port_id: None,
+            policies: Vec::new(),
             uplink_port_id: None,
         })
     }
@@ -354,7 +356,14 @@ impl Controller {
     ) -> ApiResult<NetRuntime> {
         let dp = net.dp_id;
         self.datapath
-            .add_network(dp, net.parsed.fdb, net.parsed.offload)
+            .add_network(
+                dp,
+                NetworkConfig {
+                    fdb: net.parsed.fdb,
+                    offload: net.parsed.offload,
+                    police_local: net.driver.police_local(),
+                },
+            )
             .map_err(internal)?;
         let mut rt = NetRuntime {
             dp,
@@ -399,6 +408,7 @@ impl Controller {
                     cfg.offload,
                     Vec::new(),
                     Some(mac),
+                    Default::default(),
                 )
                 .map_err(|e| plumb::PlumbError::Datapath(e.to_string()))
             });
@@ -438,7 +448,16 @@ impl Controller {
         };
         // The uplink takes super-frames: the datapath segments them.
         let id = net.uplink_port_id.unwrap_or_default();
-        match self.attach(id, dp, kind, None, true, Vec::new(), None) {
+        match self.attach(
+            id,
+            dp,
+            kind,
+            None,
+            true,
+            Vec::new(),
+            None,
+            Default::default(),
+        ) {
             Ok(port) => Ok(port),
             Err(e) => {
                 self.release_uplink(ifname, false);

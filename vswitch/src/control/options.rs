@@ -26,7 +26,7 @@ pub const KNOWN: &[(&str, &str)] = &[
     ),
     (
         "interface",
-        "the uplink interface of a transparent or l2bridge network",
+        "the uplink interface of a transparent, l2bridge or l2tunnel network",
     ),
     (
         "vlanid",

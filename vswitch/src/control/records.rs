@@ -10,18 +10,32 @@
 use std::collections::HashSet;
 
 use super::ipam::check_unicast_mac;
-use super::state::{EndpointRecord, NetworkRecord};
+use super::state::{EndpointRecord, NetworkRecord, PolicyRecord};
 use super::{check_name, uplink, NetworkOptions};
 use crate::ifname::IfName;
 use crate::wire::MacAddr;
 
 /// Checks a network against the networks accepted before it; returns its
 /// parsed options.
+/// Saved policies parse as a request's would, with ids unique.
+fn check_policies(policies: &[PolicyRecord]) -> Result<(), String> {
+    let mut ids = HashSet::new();
+    for p in policies {
+        crate::policy::parse_policy(&p.document, "")
+            .map_err(|e| format!("policy '{}': {e}", p.id))?;
+        if !ids.insert(p.id.as_str()) {
+            return Err(format!("two policies with id '{}'", p.id));
+        }
+    }
+    Ok(())
+}
+
 pub fn check_network(
     net: &NetworkRecord,
     accepted: &[&NetworkRecord],
 ) -> Result<NetworkOptions, String> {
     check_name("name", &net.name).map_err(|e| e.message)?;
+    check_policies(&net.policies)?;
     if let Some(other) = accepted
         .iter()
         .find(|o| o.name == net.name || o.id == net.id)
@@ -143,6 +157,7 @@ pub fn check_endpoint(
     host_macs: &HashSet<MacAddr>,
 ) -> Result<(), String> {
     check_name("name", &ep.name).map_err(|e| e.message)?;
+    check_policies(&ep.policies)?;
     if let Some(other) = accepted.iter().find(|o| o.name == ep.name || o.id == ep.id) {
         return Err(format!("same name or ID as endpoint '{}'", other.name));
     }

@@ -52,6 +52,21 @@ pub struct NetworkRecord {
     pub host_port_id: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uplink_port_id: Option<u32>,
+    /// Policies applying to every endpoint of the network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyRecord>,
+}
+
+/// A policy as given: the HNS document itself (parsed again on every
+/// start, so a record is checked exactly as a request is), and its id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub id: String,
+    pub document: serde_json::Value,
+}
+
+fn on() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +87,16 @@ pub struct EndpointRecord {
     /// for [`NetworkRecord::dp_id`].
     #[serde(default)]
     pub port_id: u32,
+    /// Hyper-V's DhcpGuard and RouterGuard (on unless turned off).
+    #[serde(default = "on")]
+    pub dhcp_guard: bool,
+    #[serde(default = "on")]
+    pub router_guard: bool,
+    /// ACL-policed packets matching no rule are blocked (HNS: allowed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default_block: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicyRecord>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,6 +343,7 @@ mod tests {
                 dp_id: 1,
                 host_port_id: Some(1),
                 uplink_port_id: None,
+                policies: Vec::new(),
             }],
             endpoints: vec![EndpointRecord {
                 id: "e-1".into(),
@@ -330,6 +356,13 @@ mod tests {
                 ipv6: None,
                 allow_spoofing: false,
                 port_id: 2,
+                dhcp_guard: true,
+                router_guard: false,
+                default_block: false,
+                policies: vec![PolicyRecord {
+                    id: "allow-web".into(),
+                    document: serde_json::json!({"Type": "ACL", "Settings": {"Action": "Allow"}}),
+                }],
             }],
             next_net_id: 2,
             next_port_id: 3,

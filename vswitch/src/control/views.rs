@@ -73,6 +73,10 @@ impl Controller {
             gateway_address: net.and_then(|n| n.gateway4).map(|g| g.to_string()),
             mtu: net.map(|n| n.mtu).unwrap_or(DEFAULT_MTU),
             allow_spoofing: e.allow_spoofing,
+            dhcp_guard: e.dhcp_guard,
+            router_guard: e.router_guard,
+            default_acl_action: if e.default_block { "Block" } else { "Allow" }.to_owned(),
+            policy_count: e.policies.len() + net.map_or(0, |n| n.policies.len()),
             state,
         }
     }
@@ -172,10 +176,27 @@ impl Controller {
                 ));
             }
         }
+        // Flow caches live in the datapath thread: one call for all.
+        let caches: HashMap<PortId, api::FlowCacheStats> = self
+            .datapath
+            .flow_stats()
+            .map_err(internal)?
+            .into_iter()
+            .map(|(id, s, len)| {
+                let stats = api::FlowCacheStats {
+                    hits: s.hits,
+                    misses: s.misses,
+                    entries: len as u64,
+                    evictions: s.evictions,
+                };
+                (id, stats)
+            })
+            .collect();
         Ok(table
             .into_iter()
             .filter(|(p, _)| port.is_none_or(|name| p.name == name))
             .map(|(p, counters)| {
+                let flow_cache = caches.get(&p.id).cloned().unwrap_or_default();
                 let c = counters.map(|c| c.as_ref());
                 let get = |f: fn(&PortCounters) -> u64| c.map(f).unwrap_or(0);
                 api::PortStats {
@@ -190,6 +211,7 @@ impl Controller {
                         .iter()
                         .map(|&r| (r.name().to_owned(), c.map(|c| c.drops(r)).unwrap_or(0)))
                         .collect(),
+                    flow_cache,
                 }
             })
             .collect())

@@ -35,10 +35,20 @@ pub enum DropReason {
     /// Not a drop: the frame was forwarded, but its source MAC was not
     /// learned, because the port has taught `fdb_max_per_port` MACs already.
     LearnRefused = 11,
+    /// An endpoint sent a DHCP server message (DHCPv4 from port 67, DHCPv6
+    /// from 547) and is not allowed to be a DHCP server.
+    DhcpGuard = 12,
+    /// An ACL rule, or the default action of a policed port, blocked it.
+    AclBlocked = 13,
+    /// A new connection, refused because connection tracking is at its
+    /// limit (per port or global); established ones keep going.
+    ConntrackFull = 14,
+    /// The endpoint sent faster than its QOS policy allows.
+    QosExceeded = 15,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Malformed,
         DropReason::InvalidSourceMac,
         DropReason::MacSpoofing,
@@ -51,6 +61,10 @@ impl DropReason {
         DropReason::NotLocal,
         DropReason::RouterGuard,
         DropReason::LearnRefused,
+        DropReason::DhcpGuard,
+        DropReason::AclBlocked,
+        DropReason::ConntrackFull,
+        DropReason::QosExceeded,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +81,10 @@ impl DropReason {
             DropReason::NotLocal => "not_local",
             DropReason::RouterGuard => "router_guard",
             DropReason::LearnRefused => "learn_refused",
+            DropReason::DhcpGuard => "dhcp_guard",
+            DropReason::AclBlocked => "acl_blocked",
+            DropReason::ConntrackFull => "conntrack_full",
+            DropReason::QosExceeded => "qos_exceeded",
         }
     }
 }

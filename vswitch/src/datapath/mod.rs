@@ -19,7 +19,7 @@ mod props;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::io;
 use std::net::IpAddr;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
@@ -30,9 +30,13 @@ use std::time::{Duration, Instant};
 pub use crate::pipeline::{NetId, PortId, PortSecurity};
 pub use counters::{DropReason, PortCounters};
 
-use crate::fdb::FdbConfig;
+use crate::pipeline::conntrack::{ConnInfo, Limits};
+use crate::pipeline::flowcache::CacheStats;
 use crate::pipeline::verdict::pop_vlan;
-use crate::pipeline::{apply, HeaderTransform, Pipeline, PortPolicy, PortRole, Verdict};
+use crate::pipeline::{
+    apply, Decision, FlowInfo, HeaderTransform, Layers, NetworkConfig, Pipeline, PortPolicy,
+    PortRole, TraceStep, Verdict,
+};
 use crate::port::{Packet, PortIo, VirtioNetHdr, BATCH, UPLINK_BATCH};
 use crate::sys::{Epoll, EventFd};
 use crate::wire::MacAddr;
@@ -76,6 +80,8 @@ pub struct PortSpec {
     /// A vNIC's own MAC: frames to it go to this port without learning,
     /// and no other port may send from it.
     pub mac: Option<MacAddr>,
+    /// Guards, ACLs, QoS.
+    pub layers: Layers,
 }
 
 /// An uplink device as handed to the datapath: one AF_XDP socket per
@@ -93,8 +99,7 @@ pub struct TrunkSpec {
 enum Command {
     AddNetwork {
         net: NetId,
-        fdb: FdbConfig,
-        offload: bool,
+        cfg: NetworkConfig,
     },
     RemoveNetwork {
         net: NetId,
@@ -110,11 +115,38 @@ enum Command {
     DumpFdb {
         net: NetId,
     },
+    SetLayers {
+        port: PortId,
+        layers: Layers,
+    },
+    SetSecurity {
+        port: PortId,
+        security: Option<PortSecurity>,
+    },
+    FlowStats,
+    DumpFlows {
+        port: Option<PortId>,
+    },
+    Trace {
+        port: PortId,
+        frame: Vec<u8>,
+    },
+}
+
+/// A traced decision: what it was, and how it was reached; the ports it
+/// goes to (a flood's, expanded).
+pub struct TraceResult {
+    pub decision: Decision,
+    pub steps: Vec<TraceStep>,
+    pub out_ports: Vec<PortId>,
 }
 
 enum Outcome {
     Done,
     Fdb(Vec<(MacAddr, PortId, Duration)>),
+    FlowStats(Vec<(PortId, CacheStats, usize)>),
+    Flows(Vec<FlowInfo>, Vec<ConnInfo>),
+    Trace(Option<TraceResult>),
     Failed(io::Error),
 }
 
@@ -132,12 +164,13 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    pub fn spawn() -> io::Result<Datapath> {
+    /// Starts the datapath thread; `limits` bound connection tracking.
+    pub fn spawn(limits: Limits) -> io::Result<Datapath> {
         let epoll = Epoll::new()?;
         let wake = Arc::new(EventFd::new()?);
         epoll.add(wake.raw_fd(), WAKE_TOKEN)?;
         let (tx, rx) = mpsc::channel();
-        let worker = Worker::new(epoll, wake.clone(), rx);
+        let worker = Worker::new(epoll, wake.clone(), rx, limits);
         let thread = std::thread::Builder::new()
             .name("datapath".into())
             .spawn(move || {
@@ -176,11 +209,10 @@ impl Datapath {
         }
     }
 
-    /// `offload`: the network's vNICs take super-frames, so frames from
-    /// its uplink may be joined into them.
-    pub fn add_network(&self, net: NetId, fdb: FdbConfig, offload: bool) -> io::Result<()> {
-        self.call(Command::AddNetwork { net, fdb, offload })
-            .map(drop)
+    /// `cfg.offload`: the network's vNICs take super-frames, so frames
+    /// from its uplink may be joined into them.
+    pub fn add_network(&self, net: NetId, cfg: NetworkConfig) -> io::Result<()> {
+        self.call(Command::AddNetwork { net, cfg }).map(drop)
     }
 
     /// Removes a network; its ports must have been removed first.
@@ -212,6 +244,41 @@ impl Datapath {
         match self.call(Command::DumpFdb { net })? {
             Outcome::Fdb(entries) => Ok(entries),
             _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Replaces a port's policy layers; cached flows are recomputed.
+    pub fn set_layers(&self, port: PortId, layers: Layers) -> io::Result<()> {
+        self.call(Command::SetLayers { port, layers }).map(drop)
+    }
+
+    /// Replaces the addresses a port may send from (`None`: any).
+    pub fn set_security(&self, port: PortId, security: Option<PortSecurity>) -> io::Result<()> {
+        self.call(Command::SetSecurity { port, security }).map(drop)
+    }
+
+    /// Every port's flow cache counters and number of entries.
+    pub fn flow_stats(&self) -> io::Result<Vec<(PortId, CacheStats, usize)>> {
+        match self.call(Command::FlowStats)? {
+            Outcome::FlowStats(s) => Ok(s),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The flow cache entries and tracked connections of `port`, or all.
+    pub fn flows(&self, port: Option<PortId>) -> io::Result<(Vec<FlowInfo>, Vec<ConnInfo>)> {
+        match self.call(Command::DumpFlows { port })? {
+            Outcome::Flows(f, c) => Ok((f, c)),
+            _ => Ok((Vec::new(), Vec::new())),
+        }
+    }
+
+    /// What the pipeline would do with `frame` arriving on `port`, changing
+    /// nothing; `None` if the port is not in the datapath.
+    pub fn trace(&self, port: PortId, frame: Vec<u8>) -> io::Result<Option<TraceResult>> {
+        match self.call(Command::Trace { port, frame })? {
+            Outcome::Trace(t) => Ok(t),
+            _ => Ok(None),
         }
     }
 }
@@ -266,10 +333,10 @@ struct Tables {
 }
 
 impl Tables {
-    fn new() -> Tables {
+    fn new(limits: Limits) -> Tables {
         Tables {
             ports: HashMap::new(),
-            pipeline: Pipeline::new(),
+            pipeline: Pipeline::new(limits),
             trunks: HashMap::new(),
             egress: Packet::new(),
         }
@@ -334,6 +401,7 @@ impl Tables {
             security: spec.security,
             addrs: spec.addrs,
             mac: spec.mac,
+            layers: spec.layers,
         };
         let added = self.pipeline.add_port(spec.id, policy);
         debug_assert!(added, "the network was checked above");
@@ -378,12 +446,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(epoll: Epoll, wake: Arc<EventFd>, calls: Receiver<Call>) -> Worker {
+    fn new(epoll: Epoll, wake: Arc<EventFd>, calls: Receiver<Call>, limits: Limits) -> Worker {
         Worker {
             epoll,
             wake,
             calls,
-            tables: Tables::new(),
+            tables: Tables::new(limits),
             batch: (0..BATCH).map(|_| Packet::new()).collect(),
             uplink_batch: (0..UPLINK_BATCH).map(|_| Packet::new()).collect(),
         }
@@ -439,8 +507,8 @@ impl Worker {
     fn apply(&mut self, cmd: Command) -> Outcome {
         let t = &mut self.tables;
         match cmd {
-            Command::AddNetwork { net, fdb, offload } => {
-                t.pipeline.add_network(net, fdb, offload);
+            Command::AddNetwork { net, cfg } => {
+                t.pipeline.add_network(net, cfg);
                 Outcome::Done
             }
             Command::RemoveNetwork { net } => {
@@ -462,6 +530,52 @@ impl Worker {
                 Outcome::Done
             }
             Command::DumpFdb { net } => Outcome::Fdb(t.pipeline.fdb_entries(net, Instant::now())),
+            Command::SetLayers { port, layers } => {
+                if t.pipeline.set_layers(port, layers, Instant::now()) {
+                    Outcome::Done
+                } else {
+                    Outcome::Failed(io::Error::other(format!("datapath has no port {port}")))
+                }
+            }
+            Command::SetSecurity { port, security } => {
+                if t.pipeline.set_security(port, security) {
+                    Outcome::Done
+                } else {
+                    Outcome::Failed(io::Error::other(format!("datapath has no port {port}")))
+                }
+            }
+            Command::FlowStats => Outcome::FlowStats(t.pipeline.flow_stats()),
+            Command::DumpFlows { port } => {
+                let now = Instant::now();
+                Outcome::Flows(
+                    t.pipeline.flows(port, now),
+                    t.pipeline.connections(port, now),
+                )
+            }
+            Command::Trace { port, frame } => {
+                let traced = t.pipeline.trace(port, &frame, Instant::now());
+                Outcome::Trace(traced.map(|(decision, steps)| {
+                    let out_ports = match decision.verdict {
+                        Verdict::Forward { out, .. } | Verdict::Reply { out } => vec![out],
+                        Verdict::Flood {
+                            net,
+                            except,
+                            local_only,
+                            ..
+                        } => t
+                            .pipeline
+                            .flood_targets(net, except, local_only)
+                            .map(|(p, _)| p)
+                            .collect(),
+                        Verdict::Drop(_) => Vec::new(),
+                    };
+                    TraceResult {
+                        decision,
+                        steps,
+                        out_ports,
+                    }
+                }))
+            }
         }
     }
 

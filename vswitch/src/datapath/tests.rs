@@ -9,6 +9,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::fdb::FdbConfig;
+use crate::pipeline::Guards;
+use crate::policy::{parse_document, Acl, AclAction, Policy};
 use crate::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetFrame};
 
 type Queue = Arc<Mutex<VecDeque<Vec<u8>>>>;
@@ -87,7 +90,7 @@ impl Switch {
         let (tx, rx) = mpsc::channel();
         let wake = Arc::new(EventFd::new().expect("eventfd"));
         Switch {
-            worker: Worker::new(Epoll::new().expect("epoll"), wake, rx),
+            worker: Worker::new(Epoll::new().expect("epoll"), wake, rx, Limits::default()),
             _calls: tx,
             now: Instant::now(),
         }
@@ -102,8 +105,10 @@ impl Switch {
     fn network(&mut self, net: NetId) {
         self.apply(Command::AddNetwork {
             net,
-            fdb: FdbConfig::default(),
-            offload: false,
+            cfg: NetworkConfig {
+                police_local: true,
+                ..NetworkConfig::default()
+            },
         });
     }
 
@@ -118,6 +123,7 @@ impl Switch {
             gso: false,
             addrs: opts.addrs,
             mac: opts.mac,
+            layers: opts.layers,
         }));
         wire
     }
@@ -157,6 +163,7 @@ impl Switch {
             gso: false,
             addrs: Vec::new(),
             mac: None,
+            layers: Layers::default(),
         }));
         counters
     }
@@ -181,6 +188,7 @@ struct Vnic {
     security: Option<PortSecurity>,
     addrs: Vec<(IpAddr, MacAddr)>,
     mac: Option<MacAddr>,
+    layers: Layers,
 }
 
 fn mac(last: u8) -> MacAddr {
@@ -388,6 +396,7 @@ fn l2bridge_switch() -> (Switch, Wire, Wire, Wire) {
             security: Some(PortSecurity::new(mac(7), Some(ip(7)), None)),
             addrs: vec![(IpAddr::V4(ip(7)), mac(7))],
             mac: Some(mac(7)),
+            ..Vnic::default()
         },
     );
     let ep2 = sw.vnic(
@@ -397,6 +406,7 @@ fn l2bridge_switch() -> (Switch, Wire, Wire, Wire) {
             security: Some(PortSecurity::new(mac(8), Some(ip(8)), None)),
             addrs: vec![(IpAddr::V4(ip(8)), mac(8))],
             mac: Some(mac(8)),
+            ..Vnic::default()
         },
     );
     (sw, wire, ep, ep2)
@@ -465,11 +475,13 @@ fn learn_refusal_is_counted_but_forwards() {
     let mut sw = Switch::new();
     sw.apply(Command::AddNetwork {
         net: 1,
-        fdb: FdbConfig {
-            max_per_port: 1,
-            ..FdbConfig::default()
+        cfg: NetworkConfig {
+            fdb: FdbConfig {
+                max_per_port: 1,
+                ..FdbConfig::default()
+            },
+            ..NetworkConfig::default()
         },
-        offload: false,
     });
     let a = sw.vnic(1, 1, Vnic::default());
     let b = sw.vnic(2, 1, Vnic::default());
@@ -498,4 +510,276 @@ fn removed_ports_leave_no_trace() {
     sw.send(2, &b, udp(mac(1), mac(2), ip(2), ip(1)));
     assert_eq!(c.sent().len(), 1);
     assert!(a.sent().is_empty());
+}
+
+// ---- policy layers ----
+
+fn acls(doc: &str) -> Vec<Acl> {
+    parse_document(doc)
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| match p {
+            Policy::Acl(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+fn policed(rules: &[Acl], default: AclAction, qos: Option<u64>) -> Layers {
+    Layers::new(Guards::ENDPOINT, rules, default, qos)
+}
+
+/// A TCP segment between endpoint `from` and `to` (by last byte), with
+/// `flags` (0x02 SYN, 0x12 SYN+ACK, 0x10 ACK, 0x04 RST).
+fn tcp(from: u8, to: u8, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&mac(to).0);
+    f.extend_from_slice(&mac(from).0);
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0]);
+    f.extend_from_slice(&ip(from).octets());
+    f.extend_from_slice(&ip(to).octets());
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    f
+}
+
+fn endpoint(sw: &mut Switch, n: u8, layers: Layers) -> Wire {
+    sw.vnic(
+        PortId::from(n),
+        1,
+        Vnic {
+            security: Some(PortSecurity::new(mac(n), Some(ip(n)), None)),
+            addrs: vec![(IpAddr::V4(ip(n)), mac(n))],
+            mac: Some(mac(n)),
+            layers,
+        },
+    )
+}
+
+const BLOCK_IN_80: &str = r#"{"Type": "ACL", "Settings": {"Id": "no-web", "Action": "Block",
+    "Direction": "In", "Protocols": "6", "LocalPorts": "80", "Priority": 200}}"#;
+
+#[test]
+fn acl_blocks_what_it_names_and_counts_the_rule() {
+    let mut sw = Switch::new();
+    sw.network(1);
+    let a = endpoint(&mut sw, 1, Layers::default());
+    let layers = policed(&acls(BLOCK_IN_80), AclAction::Allow, None);
+    let hits = layers.hits.clone();
+    let b = endpoint(&mut sw, 2, layers);
+    sw.send(1, &a, tcp(1, 2, 40000, 80, 0x02));
+    assert!(b.sent().is_empty());
+    assert_eq!(a.drops(DropReason::AclBlocked), 1);
+    sw.send(1, &a, tcp(1, 2, 40000, 22, 0x02));
+    assert_eq!(b.sent().len(), 1, "another port passes");
+    assert_eq!(hits[0].load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn priorities_lower_wins() {
+    let doc = format!(
+        r#"[{BLOCK_IN_80}, {{"Type": "ACL", "Settings": {{"Action": "Allow", "Direction": "In",
+        "Protocols": "6", "LocalPorts": "80", "RemoteAddresses": "192.168.50.0/28", "Priority": 100}}}}]"#
+    );
+    let mut sw = Switch::new();
+    sw.network(1);
+    let a = endpoint(&mut sw, 1, Layers::default());
+    let c = endpoint(&mut sw, 20, Layers::default());
+    let b = endpoint(&mut sw, 2, policed(&acls(&doc), AclAction::Allow, None));
+    sw.send(1, &a, tcp(1, 2, 40000, 80, 0x02));
+    assert_eq!(b.sent().len(), 1, "the Allow at 100 beats the Block at 200");
+    // .20 is outside the /28: only the Block matches.
+    sw.send(20, &c, tcp(20, 2, 40000, 80, 0x02));
+    assert!(b.sent().is_empty());
+}
+
+#[test]
+fn stateful_replies_pass_a_block_in() {
+    let doc = r#"[{"Type": "ACL", "Settings": {"Action": "Block", "Direction": "In", "Priority": 200}},
+        {"Type": "ACL", "Settings": {"Action": "Allow", "Direction": "Out", "Priority": 200}}]"#;
+    let mut sw = Switch::new();
+    sw.network(1);
+    let a = endpoint(&mut sw, 1, Layers::default());
+    let b = endpoint(&mut sw, 2, policed(&acls(doc), AclAction::Allow, None));
+    // b connects out: its SYN leaves, a's SYN+ACK comes back in.
+    sw.send(2, &b, tcp(2, 1, 40000, 22, 0x02));
+    assert_eq!(a.sent().len(), 1);
+    sw.send(1, &a, tcp(1, 2, 22, 40000, 0x12));
+    assert_eq!(
+        b.sent().len(),
+        1,
+        "the reply of an allowed connection passes"
+    );
+    // a connecting in is blocked.
+    sw.send(1, &a, tcp(1, 2, 40001, 22, 0x02));
+    assert!(b.sent().is_empty());
+    assert_eq!(a.drops(DropReason::AclBlocked), 1);
+    let conns = sw.worker.tables.pipeline.connections(None, sw.now);
+    assert_eq!(conns.len(), 1);
+}
+
+#[test]
+fn a_block_added_mid_flow_stops_it_at_the_next_packet() {
+    let mut sw = Switch::new();
+    sw.network(1);
+    let a = endpoint(&mut sw, 1, Layers::default());
+    let other = BLOCK_IN_80.replace("\"80\"", "\"9999\"");
+    let b = endpoint(&mut sw, 2, policed(&acls(&other), AclAction::Allow, None));
+    sw.send(1, &a, tcp(1, 2, 40000, 80, 0x02));
+    sw.send(2, &b, tcp(2, 1, 80, 40000, 0x12));
+    sw.send(1, &a, tcp(1, 2, 40000, 80, 0x10));
+    assert_eq!(b.sent().len(), 2);
+    let stats = sw.worker.tables.pipeline.flow_stats();
+    let (_, s, len) = stats.iter().find(|(p, _, _)| *p == 1).unwrap();
+    assert_eq!(
+        (s.hits, s.misses, *len),
+        (1, 1, 1),
+        "the second packet hit the cache"
+    );
+    sw.apply(Command::SetLayers {
+        port: 2,
+        layers: policed(&acls(BLOCK_IN_80), AclAction::Allow, None),
+    });
+    sw.send(1, &a, tcp(1, 2, 40000, 80, 0x10));
+    assert!(b.sent().is_empty(), "the cached Allow is stale");
+    assert_eq!(a.drops(DropReason::AclBlocked), 1);
+}
+
+#[test]
+fn default_block_and_neighbour_discovery() {
+    let mut sw = Switch::new();
+    sw.network(1);
+    let a = endpoint(&mut sw, 1, Layers::default());
+    let b = endpoint(&mut sw, 2, policed(&[], AclAction::Block, None));
+    sw.send(1, &a, tcp(1, 2, 40000, 80, 0x02));
+    assert!(b.sent().is_empty());
+    // ARP is not IP: never blocked.
+    sw.send(1, &a, arp_request(mac(1), ip(1), ip(2)));
+    assert_eq!(b.sent().len(), 1);
+}
+
+#[test]
+fn l2bridge_same_host_traffic_bypasses_policy_and_l2tunnel_does_not() {
+    for police_local in [false, true] {
+        let mut sw = Switch::new();
+        sw.apply(Command::AddNetwork {
+            net: 1,
+            cfg: NetworkConfig {
+                police_local,
+                ..NetworkConfig::default()
+            },
+        });
+        let a = endpoint(&mut sw, 1, Layers::default());
+        let b = endpoint(
+            &mut sw,
+            2,
+            policed(&acls(BLOCK_IN_80), AclAction::Allow, None),
+        );
+        sw.send(1, &a, tcp(1, 2, 40000, 80, 0x02));
+        assert_eq!(
+            b.sent().len(),
+            usize::from(!police_local),
+            "police_local {police_local}"
+        );
+    }
+}
+
+#[test]
+fn conntrack_at_its_limit_refuses_new_flows_and_keeps_old_ones() {
+    let (tx, rx) = mpsc::channel();
+    let wake = Arc::new(EventFd::new().expect("eventfd"));
+    let limits = Limits {
+        global: 100,
+        per_port: 2,
+    };
+    let mut sw = Switch {
+        worker: Worker::new(Epoll::new().expect("epoll"), wake, rx, limits),
+        _calls: tx,
+        now: Instant::now(),
+    };
+    sw.network(1);
+    let allow_out = r#"{"Type": "ACL", "Settings": {"Action": "Allow", "Direction": "Out"}}"#;
+    let a = endpoint(
+        &mut sw,
+        1,
+        policed(&acls(allow_out), AclAction::Allow, None),
+    );
+    let b = endpoint(&mut sw, 2, Layers::default());
+    for port in [1000, 1001, 1002] {
+        sw.send(1, &a, tcp(1, 2, port, 80, 0x02));
+    }
+    assert_eq!(b.sent().len(), 2);
+    assert_eq!(a.drops(DropReason::ConntrackFull), 1);
+    sw.send(1, &a, tcp(1, 2, 1000, 80, 0x10));
+    assert_eq!(b.sent().len(), 1, "an established flow goes on");
+}
+
+#[test]
+fn guards_drop_dhcp_servers_and_count() {
+    let mut sw = Switch::new();
+    sw.network(1);
+    let a = endpoint(&mut sw, 1, Layers::default());
+    let b = endpoint(&mut sw, 2, Layers::default());
+    let mut offer = udp(MacAddr::BROADCAST, mac(1), ip(1), Ipv4Addr::BROADCAST);
+    offer[34..38].copy_from_slice(&[0, 67, 0, 68]);
+    // Trusted (default layers): passes. With the endpoint guard: dropped.
+    sw.send(1, &a, offer.clone());
+    assert_eq!(b.sent().len(), 1);
+    sw.apply(Command::SetLayers {
+        port: 1,
+        layers: policed(&[], AclAction::Allow, None),
+    });
+    sw.send(1, &a, offer);
+    assert!(b.sent().is_empty());
+    assert_eq!(a.drops(DropReason::DhcpGuard), 1);
+}
+
+#[test]
+fn qos_caps_what_an_endpoint_sends() {
+    let mut sw = Switch::new();
+    sw.network(1);
+    // 100 kB/s: the burst is the 64 KiB minimum (10 ms would be 1 kB).
+    let a = endpoint(&mut sw, 1, policed(&[], AclAction::Allow, Some(100_000)));
+    let b = endpoint(&mut sw, 2, Layers::default());
+    let frame = tcp(1, 2, 1000, 80, 0x10);
+    let n = 2 * 65_536 / frame.len();
+    for _ in 0..n {
+        sw.send(1, &a, frame.clone());
+    }
+    let passed = b.sent().len();
+    assert_eq!(passed, 65_536 / frame.len(), "the burst, no more");
+    assert!(a.drops(DropReason::QosExceeded) > 0);
+    // A second later the rate's worth more passes.
+    sw.now += Duration::from_secs(1);
+    for _ in 0..n {
+        sw.send(1, &a, frame.clone());
+    }
+    // 100 kB earned, but the bucket holds one burst at most.
+    assert_eq!(b.sent().len(), 65_536 / frame.len());
+}
+
+#[test]
+fn trace_changes_nothing() {
+    let mut sw = Switch::new();
+    sw.network(1);
+    let a = endpoint(&mut sw, 1, Layers::default());
+    let b = endpoint(
+        &mut sw,
+        2,
+        policed(&acls(BLOCK_IN_80), AclAction::Allow, None),
+    );
+    let f = tcp(1, 2, 40000, 80, 0x02);
+    let (d, steps) = sw.worker.tables.pipeline.trace(1, &f, sw.now).unwrap();
+    assert_eq!(d.verdict, Verdict::Drop(DropReason::AclBlocked));
+    assert!(
+        steps
+            .iter()
+            .any(|(stage, detail)| *stage == "acl.in" && detail.contains("no-web")),
+        "{steps:?}"
+    );
+    assert!(sw.worker.tables.pipeline.fdb_entries(1, sw.now).is_empty());
+    assert!(sw.worker.tables.pipeline.flows(None, sw.now).is_empty());
+    assert_eq!(a.drops(DropReason::AclBlocked), 0);
+    assert!(b.sent().is_empty());
 }

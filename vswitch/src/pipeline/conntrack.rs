@@ -26,9 +26,12 @@ pub const ICMP: u8 = 1;
 pub const ICMPV6: u8 = 58;
 
 /// A connection's addresses and ports as one packet carries them. For ICMP
-/// echo, `src_port` holds the identifier and `dst_port` is 0.
+/// echo, `src_port` holds the identifier and `dst_port` is 0. `zone` is
+/// the network: networks share nothing, so the same addresses on two
+/// networks are two connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tuple {
+    pub zone: u32,
     pub proto: u8,
     pub src: IpAddr,
     pub dst: IpAddr,
@@ -41,6 +44,7 @@ impl Tuple {
     pub fn reversed(&self) -> Tuple {
         let echo = matches!(self.proto, ICMP | ICMPV6);
         Tuple {
+            zone: self.zone,
             proto: self.proto,
             src: self.dst,
             dst: self.src,
@@ -281,6 +285,62 @@ impl Conntrack {
         Track::New
     }
 
+    /// Tracks a packet only if it belongs to a live connection (or is an
+    /// ICMP error about one): a packet a policy blocked may still be a
+    /// reply, but must not start a connection. `None` if it belongs to
+    /// nothing tracked.
+    pub fn track_existing(&mut self, tuple: Tuple, seg: Segment, now: Instant) -> Option<Track> {
+        if let Segment::IcmpError { quoted } = seg {
+            return self.find(&quoted, now).map(|_| Track::Related);
+        }
+        let (key, dir) = self.find(&tuple, now)?;
+        let entry = self.entries.get_mut(&key).expect("found above");
+        entry.last_seen = now;
+        entry.packets[dir as usize] += 1;
+        entry.state = advance(entry.state, seg, dir);
+        Some(Track::Established(dir))
+    }
+
+    /// What [`Conntrack::track`] would answer, changing nothing (for
+    /// `trace`); with the state of the connection found.
+    pub fn peek(
+        &self,
+        tuple: &Tuple,
+        seg: Segment,
+        port: u32,
+        now: Instant,
+    ) -> (Track, Option<State>) {
+        let live = |t: &Tuple| -> Option<(&Entry, Dir)> {
+            let (e, dir) = match self.entries.get(t) {
+                Some(e) => (e, Dir::Original),
+                None => (&self.entries[self.replies.get(t)?], Dir::Reply),
+            };
+            (now.saturating_duration_since(e.last_seen) < self.timeout(e.state)).then_some((e, dir))
+        };
+        if let Segment::IcmpError { quoted } = seg {
+            return match live(&quoted) {
+                Some((e, _)) => (Track::Related, Some(e.state)),
+                None => (Track::Invalid, None),
+            };
+        }
+        if let Some((e, dir)) = live(tuple) {
+            return (Track::Established(dir), Some(e.state));
+        }
+        let starts = match seg {
+            Segment::Tcp(f) => f.syn && !f.ack && !f.rst,
+            Segment::Echo { request } => request,
+            _ => true,
+        };
+        if !starts {
+            return (Track::Invalid, None);
+        }
+        let used = self.per_port.get(&port).copied().unwrap_or(0);
+        if self.entries.len() >= self.limits.global || used >= self.limits.per_port {
+            return (Track::Full, None);
+        }
+        (Track::New, None)
+    }
+
     /// The original tuple of the live connection `tuple` belongs to, and
     /// the direction; an expired one is removed.
     fn find(&mut self, tuple: &Tuple, now: Instant) -> Option<(Tuple, Dir)> {
@@ -402,6 +462,7 @@ mod tests {
 
     fn tcp_tuple() -> Tuple {
         Tuple {
+            zone: 1,
             proto: TCP,
             src: "10.0.0.2".parse().unwrap(),
             dst: "10.0.0.3".parse().unwrap(),
@@ -523,6 +584,7 @@ mod tests {
         };
         ct.track(u, Segment::Udp, 1, now);
         let err_tuple = Tuple {
+            zone: 1,
             proto: ICMP,
             src: u.dst,
             dst: u.src,

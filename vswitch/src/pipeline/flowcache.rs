@@ -90,6 +90,11 @@ impl<K: Hash + Eq + Copy, V: Clone, S: BuildHasher> FlowCache<K, V, S> {
     /// The cached verdict for `key` if it was computed under `generation`
     /// and used within the idle timeout.
     pub fn get(&mut self, key: &K, generation: u64, now: Instant) -> Option<V> {
+        self.get_mut(key, generation, now).map(|v| v.clone())
+    }
+
+    /// As [`FlowCache::get`], for updating the entry's value in place.
+    pub fn get_mut(&mut self, key: &K, generation: u64, now: Instant) -> Option<&mut V> {
         let Some(&at) = self.index.get(key) else {
             self.stats.misses += 1;
             return None;
@@ -111,7 +116,25 @@ impl<K: Hash + Eq + Copy, V: Clone, S: BuildHasher> FlowCache<K, V, S> {
         self.push_back(at);
         let entry = self.slots[at].as_mut().expect("indexed slot");
         entry.last_used = now;
-        Some(entry.value.clone())
+        Some(&mut entry.value)
+    }
+
+    /// What [`FlowCache::get`] would answer, changing nothing (no recency,
+    /// no counters): for `trace`.
+    pub fn peek(&self, key: &K, generation: u64, now: Instant) -> Option<&V> {
+        let entry = self.slots[*self.index.get(key)?].as_ref()?;
+        let live = entry.generation == generation
+            && now.saturating_duration_since(entry.last_used) < self.idle;
+        live.then_some(&entry.value)
+    }
+
+    /// Every entry, with how long it has been idle (stale ones included:
+    /// they go at their next lookup).
+    pub fn iter(&self, now: Instant) -> impl Iterator<Item = (&K, &V, Duration)> + '_ {
+        self.slots
+            .iter()
+            .flatten()
+            .map(move |e| (&e.key, &e.value, now.saturating_duration_since(e.last_used)))
     }
 
     /// Caches `value` for `key` under `generation`, evicting the least

@@ -1,5 +1,7 @@
 //! The admission check every frame passes before it is switched: a sane
-//! Ethernet header and, on endpoint ports, the endpoint's own addresses.
+//! Ethernet header and, on endpoint ports, the endpoint's own addresses;
+//! then the port guards (Hyper-V's DhcpGuard and RouterGuard), which hold
+//! whether the endpoint may spoof or not.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -33,6 +35,91 @@ impl PortSecurity {
     /// Whether `ip` is one of the endpoint's own IPv6 addresses.
     fn owns6(&self, ip: Ipv6Addr) -> bool {
         Some(ip) == self.ipv6 || ip == self.link_local
+    }
+}
+
+/// Hyper-V's per-vNIC guards. Both are on for endpoints unless a lab says
+/// otherwise (unlike Hyper-V's VM defaults): a container that serves DHCP
+/// or routes is the exception. Trusted ports (host, uplink) have neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Guards {
+    /// Drop DHCP server messages: DHCPv4 from port 67 to 68, DHCPv6 from
+    /// 547 to 546.
+    pub dhcp: bool,
+    /// Drop ICMPv6 router advertisements and redirects.
+    pub router: bool,
+}
+
+impl Guards {
+    pub const ENDPOINT: Guards = Guards {
+        dhcp: true,
+        router: true,
+    };
+    pub const NONE: Guards = Guards {
+        dhcp: false,
+        router: false,
+    };
+}
+
+/// DHCPv6's UDP ports: a server sends from 547 to a client's 546.
+const DHCP6_SERVER_PORT: u16 = 547;
+const DHCP6_CLIENT_PORT: u16 = 546;
+
+/// Checks a frame from a vNIC against its guards. Looks through IPv6
+/// extension headers, which is where an attacker hides what a guard looks
+/// for (RFC 7113).
+pub fn guard(guards: Guards, frame: &[u8]) -> Result<(), DropReason> {
+    if guards == Guards::NONE {
+        return Ok(());
+    }
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return Err(DropReason::Malformed);
+    };
+    match eth.ethertype() {
+        EtherType::Ipv4 if guards.dhcp => {
+            let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+                return Ok(());
+            };
+            if ip.protocol() == IpProtocol::Udp && !ip.is_fragment() {
+                if let Some(udp) = ip.payload().get(..4) {
+                    let ports = (
+                        u16::from_be_bytes([udp[0], udp[1]]),
+                        u16::from_be_bytes([udp[2], udp[3]]),
+                    );
+                    if ports == (DHCP_SERVER_PORT, DHCP_CLIENT_PORT) {
+                        return Err(DropReason::DhcpGuard);
+                    }
+                }
+            }
+            Ok(())
+        }
+        EtherType::Ipv6 => {
+            let Ok(ip) = Ipv6Packet::new_checked(eth.payload()) else {
+                return Ok(());
+            };
+            let Some(upper) = upper_layer6(&ip)? else {
+                return Ok(());
+            };
+            match upper.proto {
+                58 if guards.router => match upper.bytes.first().map(|&t| Icmpv6Type::from(t)) {
+                    Some(Icmpv6Type::RouterAdvert | Icmpv6Type::Redirect) => {
+                        Err(DropReason::RouterGuard)
+                    }
+                    _ => Ok(()),
+                },
+                17 if guards.dhcp => match upper.bytes.get(..4) {
+                    Some(udp)
+                        if u16::from_be_bytes([udp[0], udp[1]]) == DHCP6_SERVER_PORT
+                            && u16::from_be_bytes([udp[2], udp[3]]) == DHCP6_CLIENT_PORT =>
+                    {
+                        Err(DropReason::DhcpGuard)
+                    }
+                    _ => Ok(()),
+                },
+                _ => Ok(()),
+            }
+        }
+        _ => Ok(()),
     }
 }
 
@@ -197,9 +284,8 @@ fn is_dhcp_client(ip: &Ipv4Packet<&[u8]>) -> bool {
 /// IPv6 first-hop security (RFC 6105, RFC 6620 in spirit): an endpoint
 /// sends from its own global or link-local address, or from `::` only for
 /// duplicate address detection and MLD reports; it claims in neighbour
-/// discovery only addresses that are its own; it never advertises itself
-/// as a router or redirects (RA guard: an endpoint allowed to be a router
-/// has no `PortSecurity` at all).
+/// discovery only addresses that are its own. (Router advertisements are
+/// the router guard's, [`guard`], which holds apart from spoofing.)
 fn check_ipv6(sec: &PortSecurity, ip: &Ipv6Packet<&[u8]>) -> Result<(), DropReason> {
     let from = ip.src();
     let upper = upper_layer6(ip)?;
@@ -209,9 +295,6 @@ fn check_ipv6(sec: &PortSecurity, ip: &Ipv6Packet<&[u8]>) -> Result<(), DropReas
     };
     let behind_ext = upper.as_ref().is_some_and(|u| u.behind_ext);
     match icmp_type.map(Icmpv6Type::from) {
-        Some(Icmpv6Type::RouterAdvert | Icmpv6Type::Redirect) => {
-            return Err(DropReason::RouterGuard)
-        }
         // Neighbour discovery is never fragmented or behind other headers
         // (RFC 6980); hiding it so is how a check like this one is evaded.
         Some(Icmpv6Type::NeighborSolicit | Icmpv6Type::NeighborAdvert) if behind_ext => {
@@ -467,24 +550,61 @@ mod tests {
             let body = [icmp_type, 0, 0, 0, 64, 0, 0, 0];
             for ext in [&[][..], &[0], &[60], &[44], &[0, 60, 44]] {
                 let f = ipv6_chain(own_ll(), ext, 58, &body);
+                assert!(admit(Some(&s), true, &f).is_ok());
                 assert_eq!(
-                    admit(Some(&s), true, &f),
+                    guard(Guards::ENDPOINT, &f),
                     Err(DropReason::RouterGuard),
                     "type {icmp_type} behind {ext:?}"
                 );
+                // Guards hold for an endpoint that may spoof, too; a lab's
+                // router turns its guard off.
+                assert_eq!(
+                    guard(
+                        Guards {
+                            dhcp: true,
+                            router: false
+                        },
+                        &f
+                    ),
+                    Ok(())
+                );
             }
         }
-        // A router (no port security) may advertise.
-        let f = ipv6_chain(own_ll(), &[], 58, &[134, 0, 0, 0, 64, 0, 0, 0]);
-        assert!(admit(None, true, &f).is_ok());
         // A chain longer than the walk allows, or cut short, is malformed.
         let f = ipv6_chain(own_ll(), &[60; 9], 58, &[134, 0, 0, 0]);
+        assert_eq!(guard(Guards::ENDPOINT, &f), Err(DropReason::Malformed));
         assert_eq!(admit(Some(&s), true, &f), Err(DropReason::Malformed));
         let mut f = ipv6_chain(own_ll(), &[0], 58, &[]);
         f.truncate(f.len() - 4);
         let len = (f.len() - 14 - 40) as u8;
         f[14 + 5] = len;
         assert_eq!(admit(Some(&s), true, &f), Err(DropReason::Malformed));
+    }
+
+    #[test]
+    fn dhcp_server_messages_are_the_dhcp_guards() {
+        let udp = |sport: u16, dport: u16| {
+            let mut b = sport.to_be_bytes().to_vec();
+            b.extend_from_slice(&dport.to_be_bytes());
+            b.extend_from_slice(&[0, 8, 0, 0]);
+            b
+        };
+        let mut v4 = vec![
+            0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 2, 255, 255, 255, 255,
+        ];
+        v4.extend_from_slice(&udp(67, 68));
+        let offer = eth(EP_MAC, 0x0800, &v4);
+        assert_eq!(guard(Guards::ENDPOINT, &offer), Err(DropReason::DhcpGuard));
+        assert_eq!(guard(Guards::NONE, &offer), Ok(()));
+        let reply6 = ipv6_chain(own_ll(), &[60], 17, &udp(547, 546));
+        assert_eq!(guard(Guards::ENDPOINT, &reply6), Err(DropReason::DhcpGuard));
+        // A client's own messages pass.
+        assert_eq!(
+            guard(Guards::ENDPOINT, &eth(EP_MAC, 0x0800, &dhcp_discover())),
+            Ok(())
+        );
+        let solicit6 = ipv6_chain(own_ll(), &[], 17, &udp(546, 547));
+        assert_eq!(guard(Guards::ENDPOINT, &solicit6), Ok(()));
     }
 
     #[test]

@@ -8,9 +8,9 @@
 //! executes the verdict (the I/O). l2bridge translation, the ARP/NDP proxy
 //! and VLAN tagging are transformations and verdicts like any other.
 //!
-//! The policy layers' parts, built and tested but not yet run by
-//! `decide`: the ACL classifier, connection tracking, the flow cache, QoS
-//! and NAT port allocation.
+//! The policy layers ([`layers`]): guards, the ACL classifier behind the
+//! per-port flow cache, connection tracking, QoS. NAT port allocation is
+//! built and tested but not yet run by `decide` (the nat driver is next).
 
 pub mod acl;
 pub mod classify;
@@ -19,13 +19,15 @@ pub mod decide;
 pub mod flowcache;
 pub mod forward;
 pub mod l2bridge;
+pub mod layers;
 pub mod nat;
 pub mod qos;
 pub mod verdict;
 
 pub use classify::{classify, Direction, FlowKey, PacketMeta};
-pub use decide::{Decision, Pipeline, PortPolicy, PortRole};
-pub use forward::PortSecurity;
+pub use decide::{Decision, FlowInfo, NetworkConfig, Pipeline, PortPolicy, PortRole, TraceStep};
+pub use forward::{Guards, PortSecurity};
+pub use layers::{AclOutcome, Layers};
 pub use verdict::{apply, HeaderTransform, Verdict};
 
 pub type PortId = u32;

@@ -1,0 +1,529 @@
+//! Policies: HNS documents on endpoints and networks, checked whole,
+//! kept as given, compiled into each endpoint's [`Layers`] and pushed to
+//! the datapath; `policy ls` with the ACL rules' hit counters.
+//!
+//! An endpoint's rule list is its own policies, then its network's; of
+//! rules of equal priority the one listed first wins, so an endpoint's own
+//! rule beats its network's at the same priority.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+
+use super::errors::{conflict, internal, invalid};
+use super::state::{EndpointRecord, NetworkRecord, PolicyRecord};
+use super::{new_id, ApiResult, Controller};
+use crate::api::{self, ApiError, ErrorKind};
+use crate::pipeline::{Guards, Layers};
+use crate::policy::{parse_policy, Acl, AclAction, Policy, PolicyError};
+
+/// Whose policies a request is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Owner {
+    /// Index into the state's endpoints.
+    Endpoint(usize),
+    /// Index into the state's networks.
+    Network(usize),
+}
+
+/// A policy error as an API error: the field is the request's `Policies`
+/// with the document's JSON path behind it (`Policies[1].Settings.LocalPorts`).
+fn policy_error(field: &str, e: PolicyError) -> ApiError {
+    let path = if e.field.is_empty() || e.field.starts_with('[') {
+        format!("{field}{}", e.field)
+    } else {
+        format!("{field}.{}", e.field)
+    };
+    invalid(&path, e.message)
+}
+
+/// The documents of a `Policies` value: one policy or a list of them.
+fn documents(value: &Value, field: &str) -> ApiResult<Vec<(String, Value)>> {
+    match value {
+        Value::Array(items) if items.is_empty() => {
+            Err(invalid(field, "the list of policies is empty"))
+        }
+        Value::Array(items) => Ok(items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("{field}[{i}]"), v.clone()))
+            .collect()),
+        Value::Object(_) => Ok(vec![(field.to_owned(), value.clone())]),
+        _ => Err(invalid(
+            field,
+            "expected an HNS policy ({\"Type\": ..., \"Settings\": {...}}) or a list of them",
+        )),
+    }
+}
+
+/// Parses every document, refusing what this switch cannot enforce.
+fn parse_all(docs: &[(String, Value)]) -> ApiResult<Vec<Policy>> {
+    let mut out = Vec::new();
+    for (path, doc) in docs {
+        let policy = parse_policy(doc, "").map_err(|e| policy_error(path, e))?;
+        if let Policy::PortMapping(_) | Policy::OutBoundNat(_) = policy {
+            // Accepting them would say the switch translates addresses,
+            // which it does not yet: refused rather than ignored.
+            return Err(invalid(
+                &format!("{path}.Type"),
+                format!(
+                    "{} needs address translation (the nat driver), which this vswitch does not have yet",
+                    policy.kind()
+                ),
+            ));
+        }
+        out.push(policy);
+    }
+    Ok(out)
+}
+
+fn parsed(records: &[PolicyRecord]) -> impl Iterator<Item = (&PolicyRecord, Policy)> + '_ {
+    // Records were checked when added and again on load.
+    records
+        .iter()
+        .filter_map(|r| parse_policy(&r.document, "").ok().map(|p| (r, p)))
+}
+
+fn acl_id(p: &Policy) -> Option<&str> {
+    match p {
+        Policy::Acl(Acl { id: Some(id), .. }) => Some(id),
+        _ => None,
+    }
+}
+
+impl Controller {
+    /// Resolves `endpoint` / `network` to exactly one owner.
+    pub(super) fn policy_owner(
+        &self,
+        endpoint: Option<&str>,
+        network: Option<&str>,
+    ) -> ApiResult<Owner> {
+        match (endpoint, network) {
+            (Some(_), Some(_)) => Err(invalid(
+                "network",
+                "give an endpoint or a network, not both",
+            )),
+            (None, None) => Err(invalid("endpoint", "give an endpoint or a network")),
+            (Some(name), None) => {
+                let i = self.state.endpoints.iter().position(|e| e.name == name);
+                i.map(Owner::Endpoint).ok_or_else(|| {
+                    ApiError::new(
+                        ErrorKind::NotFound,
+                        Some("endpoint"),
+                        format!("no endpoint named '{name}'"),
+                    )
+                })
+            }
+            (None, Some(name)) => {
+                let i = self.state.networks.iter().position(|n| n.name == name);
+                i.map(Owner::Network).ok_or_else(|| {
+                    ApiError::new(
+                        ErrorKind::NotFound,
+                        Some("network"),
+                        format!("no network named '{name}'"),
+                    )
+                })
+            }
+        }
+    }
+
+    /// Checks new policy documents for `owner` against what it (and every
+    /// endpoint they would apply to) already has; returns them as records.
+    /// `existing_endpoint` is for an endpoint being created (not in the
+    /// state yet): its network's policies.
+    pub(super) fn check_new_policies(
+        &self,
+        value: &Value,
+        field: &str,
+        owner: Option<Owner>,
+        network_id: &str,
+    ) -> ApiResult<Vec<PolicyRecord>> {
+        let docs = documents(value, field)?;
+        let policies = parse_all(&docs)?;
+        // Everything the new ones will sit beside, on any endpoint.
+        let net = self.state.network_by_id(network_id);
+        let mut beside: Vec<&PolicyRecord> = net.iter().flat_map(|n| &n.policies).collect();
+        match owner {
+            Some(Owner::Endpoint(i)) => beside.extend(&self.state.endpoints[i].policies),
+            Some(Owner::Network(_)) => beside.extend(
+                self.state
+                    .endpoints_of(network_id)
+                    .flat_map(|e| &e.policies),
+            ),
+            None => {}
+        }
+        let old: Vec<(&PolicyRecord, Policy)> = beside
+            .iter()
+            .filter_map(|r| parse_policy(&r.document, "").ok().map(|p| (*r, p)))
+            .collect();
+        let mut records = Vec::new();
+        let mut qos_seen = old.iter().any(|(_, p)| matches!(p, Policy::Qos(_)))
+            && matches!(owner, Some(Owner::Endpoint(_)) | None);
+        for ((path, doc), policy) in docs.iter().zip(&policies) {
+            if let Policy::Qos(_) = policy {
+                if qos_seen {
+                    return Err(conflict(
+                        &format!("{path}.Type"),
+                        "the endpoint already has a QOS policy (its own or its network's); remove it first",
+                    ));
+                }
+                qos_seen = true;
+            }
+            let id = match acl_id(policy) {
+                Some(id) => {
+                    let clash = old.iter().any(|(r, p)| r.id == id || acl_id(p) == Some(id))
+                        || records.iter().any(|r: &PolicyRecord| r.id == id);
+                    if clash {
+                        let settings = doc
+                            .as_object()
+                            .and_then(|o| o.keys().find(|k| k.eq_ignore_ascii_case("settings")));
+                        let field = match settings {
+                            Some(key) => format!("{path}.{key}.Id"),
+                            None => format!("{path}.Id"),
+                        };
+                        return Err(conflict(
+                            &field,
+                            format!("an ACL with Id '{id}' already applies here"),
+                        ));
+                    }
+                    id.to_owned()
+                }
+                None => new_id(),
+            };
+            records.push(PolicyRecord {
+                id,
+                document: doc.clone(),
+            });
+        }
+        Ok(records)
+    }
+
+    pub(super) fn policy_add(&mut self, req: api::PolicyAdd) -> ApiResult<Vec<api::PolicyView>> {
+        let owner = self.policy_owner(req.endpoint.as_deref(), req.network.as_deref())?;
+        let network_id = match owner {
+            Owner::Endpoint(i) => self.state.endpoints[i].network_id.clone(),
+            Owner::Network(i) => self.state.networks[i].id.clone(),
+        };
+        let records =
+            self.check_new_policies(&req.policies, "policies", Some(owner), &network_id)?;
+        let before = self.state.clone();
+        match owner {
+            Owner::Endpoint(i) => self.state.endpoints[i].policies.extend(records.clone()),
+            Owner::Network(i) => self.state.networks[i].policies.extend(records.clone()),
+        }
+        self.commit_policies(owner, before)?;
+        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        tracing::info!(?owner, ids = ?ids, "policies added");
+        Ok(self
+            .policy_views(Some(owner))
+            .into_iter()
+            .filter(|v| ids.contains(&v.id.as_str()))
+            .collect())
+    }
+
+    pub(super) fn policy_remove(
+        &mut self,
+        endpoint: Option<&str>,
+        network: Option<&str>,
+        id: &str,
+    ) -> ApiResult<api::Reply> {
+        let owner = self.policy_owner(endpoint, network)?;
+        let list = match owner {
+            Owner::Endpoint(i) => &self.state.endpoints[i].policies,
+            Owner::Network(i) => &self.state.networks[i].policies,
+        };
+        let Some(at) = list.iter().position(|r| r.id == id) else {
+            let whose = match owner {
+                Owner::Endpoint(i) => format!("endpoint '{}'", self.state.endpoints[i].name),
+                Owner::Network(i) => format!("network '{}'", self.state.networks[i].name),
+            };
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                Some("id"),
+                format!("{whose} has no policy '{id}' (see vswitchctl policy ls)"),
+            ));
+        };
+        let before = self.state.clone();
+        match owner {
+            Owner::Endpoint(i) => self.state.endpoints[i].policies.remove(at),
+            Owner::Network(i) => self.state.networks[i].policies.remove(at),
+        };
+        self.commit_policies(owner, before)?;
+        tracing::info!(?owner, id, "policy removed");
+        Ok(api::Reply::Removed {
+            name: id.to_owned(),
+            warning: None,
+        })
+    }
+
+    /// Pushes the changed owner's endpoints' layers and saves; on failure
+    /// puts `before` back (state and datapath).
+    pub(super) fn commit_policies(&mut self, owner: Owner, before: super::State) -> ApiResult<()> {
+        let affected: Vec<String> = match owner {
+            Owner::Endpoint(i) => vec![self.state.endpoints[i].id.clone()],
+            Owner::Network(i) => self
+                .state
+                .endpoints_of(&self.state.networks[i].id)
+                .map(|e| e.id.clone())
+                .collect(),
+        };
+        let result = affected
+            .iter()
+            .try_for_each(|id| self.push_layers(id))
+            .and_then(|()| self.save());
+        if let Err(e) = result {
+            self.state = before;
+            for id in &affected {
+                let _ = self.push_layers(id);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Compiles an endpoint's policies (its own, then its network's).
+    /// Returns the layers and, per ACL rule, the id of its policy.
+    pub(super) fn layers_of(&self, ep: &EndpointRecord) -> (Layers, Vec<String>) {
+        let net = self.state.network_by_id(&ep.network_id);
+        let own = parsed(&ep.policies);
+        let theirs = net
+            .into_iter()
+            .flat_map(|n: &NetworkRecord| parsed(&n.policies));
+        let mut rules = Vec::new();
+        let mut ids = Vec::new();
+        let mut qos = None;
+        for (record, policy) in own.chain(theirs) {
+            match policy {
+                Policy::Acl(mut acl) => {
+                    acl.id.get_or_insert_with(|| record.id.clone());
+                    rules.push(acl);
+                    ids.push(record.id.clone());
+                }
+                Policy::Qos(q) => {
+                    qos.get_or_insert(q.max_bytes_per_second);
+                }
+                Policy::PortMapping(_) | Policy::OutBoundNat(_) => {}
+            }
+        }
+        let guards = Guards {
+            dhcp: ep.dhcp_guard,
+            router: ep.router_guard,
+        };
+        let default = if ep.default_block {
+            AclAction::Block
+        } else {
+            AclAction::Allow
+        };
+        (Layers::new(guards, &rules, default, qos), ids)
+    }
+
+    /// Sends an endpoint's layers to the datapath (if it has a port),
+    /// carrying over the hit counts of rules it keeps.
+    pub(super) fn push_layers(&mut self, endpoint_id: &str) -> ApiResult<()> {
+        let Some(ep) = self.state.endpoints.iter().find(|e| e.id == endpoint_id) else {
+            return Ok(());
+        };
+        let (layers, ids) = self.layers_of(ep);
+        let Some(rt) = self.endpoints.get_mut(endpoint_id) else {
+            return Ok(());
+        };
+        let Some(port) = rt.port.as_mut() else {
+            return Ok(());
+        };
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(j) = port.rule_ids.iter().position(|old| old == id) {
+                let old = port.layers.hits[j].load(Ordering::Relaxed);
+                layers.hits[i].store(old, Ordering::Relaxed);
+            }
+        }
+        self.datapath
+            .set_layers(port.id, layers.clone())
+            .map_err(internal)?;
+        port.layers = layers;
+        port.rule_ids = ids;
+        Ok(())
+    }
+
+    /// Hits of the rules of policy `id`, over every endpoint using it.
+    fn hits_of(&self, id: &str) -> u64 {
+        self.endpoints
+            .values()
+            .filter_map(|rt| rt.port.as_ref())
+            .flat_map(|p| {
+                p.rule_ids
+                    .iter()
+                    .zip(p.layers.hits.iter())
+                    .filter(|(rid, _)| *rid == id)
+                    .map(|(_, h)| h.load(Ordering::Relaxed))
+            })
+            .sum()
+    }
+
+    fn view(&self, r: &PolicyRecord, owner: Owner) -> api::PolicyView {
+        let policy = parse_policy(&r.document, "").ok();
+        let is_acl = matches!(policy, Some(Policy::Acl(_)));
+        let (endpoint, network) = match owner {
+            Owner::Endpoint(i) => (Some(self.state.endpoints[i].name.clone()), None),
+            Owner::Network(i) => (None, Some(self.state.networks[i].name.clone())),
+        };
+        api::PolicyView {
+            id: r.id.clone(),
+            kind: policy.map_or("?", |p| p.kind()).to_owned(),
+            endpoint,
+            network,
+            settings: r.document.clone(),
+            hits: is_acl.then(|| self.hits_of(&r.id)),
+        }
+    }
+
+    /// The policies of `owner` (for an endpoint: its own and its
+    /// network's), or of everything.
+    pub(super) fn policy_views(&self, owner: Option<Owner>) -> Vec<api::PolicyView> {
+        let mut out = Vec::new();
+        let net_of = |id: &str| self.state.networks.iter().position(|n| n.id == id);
+        match owner {
+            Some(Owner::Endpoint(i)) => {
+                let ep = &self.state.endpoints[i];
+                out.extend(ep.policies.iter().map(|r| self.view(r, Owner::Endpoint(i))));
+                if let Some(n) = net_of(&ep.network_id) {
+                    let net = &self.state.networks[n];
+                    out.extend(net.policies.iter().map(|r| self.view(r, Owner::Network(n))));
+                }
+            }
+            Some(Owner::Network(n)) => {
+                let net = &self.state.networks[n];
+                out.extend(net.policies.iter().map(|r| self.view(r, Owner::Network(n))));
+            }
+            None => {
+                for (n, net) in self.state.networks.iter().enumerate() {
+                    out.extend(net.policies.iter().map(|r| self.view(r, Owner::Network(n))));
+                }
+                for (i, ep) in self.state.endpoints.iter().enumerate() {
+                    out.extend(ep.policies.iter().map(|r| self.view(r, Owner::Endpoint(i))));
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn policy_list(
+        &self,
+        endpoint: Option<&str>,
+        network: Option<&str>,
+    ) -> ApiResult<Vec<api::PolicyView>> {
+        let owner = match (endpoint, network) {
+            (None, None) => None,
+            _ => Some(self.policy_owner(endpoint, network)?),
+        };
+        Ok(self.policy_views(owner))
+    }
+
+    /// `endpoint set`: checked whole, then applied to the datapath and
+    /// saved; undone if either fails.
+    pub(super) fn endpoint_set(&mut self, req: api::EndpointSet) -> ApiResult<api::Endpoint> {
+        let i = self
+            .state
+            .endpoints
+            .iter()
+            .position(|e| e.name == req.name)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::NotFound,
+                    Some("name"),
+                    format!("no endpoint named '{}'", req.name),
+                )
+            })?;
+        let default_block = match req.default_acl_action.as_deref() {
+            None => None,
+            Some(a) if a.eq_ignore_ascii_case("allow") => Some(false),
+            Some(a) if a.eq_ignore_ascii_case("block") => Some(true),
+            Some(a) => {
+                return Err(invalid(
+                    "default_acl_action",
+                    format!("'{a}' is not an action; expected Allow or Block"),
+                ))
+            }
+        };
+        if req.allow_spoofing.is_none()
+            && req.dhcp_guard.is_none()
+            && req.router_guard.is_none()
+            && default_block.is_none()
+        {
+            return Err(invalid("name", "nothing to set: give at least one setting"));
+        }
+        let before = self.state.clone();
+        let ep = &mut self.state.endpoints[i];
+        let spoofing_changed = req.allow_spoofing.is_some_and(|a| a != ep.allow_spoofing);
+        ep.allow_spoofing = req.allow_spoofing.unwrap_or(ep.allow_spoofing);
+        ep.dhcp_guard = req.dhcp_guard.unwrap_or(ep.dhcp_guard);
+        ep.router_guard = req.router_guard.unwrap_or(ep.router_guard);
+        ep.default_block = default_block.unwrap_or(ep.default_block);
+        let ep = ep.clone();
+        let result = (|| {
+            if spoofing_changed {
+                if let Some(port) = self.endpoints.get(&ep.id).and_then(|rt| rt.port.as_ref()) {
+                    self.datapath
+                        .set_security(port.id, super::endpoints::security_of(&ep))
+                        .map_err(internal)?;
+                }
+            }
+            self.push_layers(&ep.id)?;
+            self.save()
+        })();
+        if let Err(e) = result {
+            self.state = before;
+            let old = self.state.endpoints[i].clone();
+            if let Some(port) = self.endpoints.get(&old.id).and_then(|rt| rt.port.as_ref()) {
+                let _ = self
+                    .datapath
+                    .set_security(port.id, super::endpoints::security_of(&old));
+            }
+            let _ = self.push_layers(&old.id);
+            return Err(e);
+        }
+        tracing::info!(endpoint = %ep.name, allow_spoofing = ep.allow_spoofing, dhcp_guard = ep.dhcp_guard,
+            router_guard = ep.router_guard, default_block = ep.default_block, "endpoint settings changed");
+        Ok(self.endpoint_view(&ep))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn documents_take_one_or_a_list() {
+        let one = json!({"Type": "ACL"});
+        assert_eq!(documents(&one, "Policies").unwrap()[0].0, "Policies");
+        let two = json!([{"Type": "ACL"}, {"Type": "QOS"}]);
+        assert_eq!(documents(&two, "Policies").unwrap()[1].0, "Policies[1]");
+        assert_eq!(
+            documents(&json!([]), "Policies")
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("Policies")
+        );
+        assert!(documents(&json!("ACL"), "Policies").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_request_field_and_the_json_path() {
+        let docs = documents(
+            &json!([{"Type": "ACL", "Settings": {"Action": "Allow", "Direction": "In", "Protocols": "6", "LocalPorts": "70000"}}]),
+            "Policies",
+        )
+        .unwrap();
+        let e = parse_all(&docs).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("Policies[0].Settings.LocalPorts"));
+        let nat = documents(
+            &json!({"Type": "PortMapping", "Settings": {"Protocol": 6, "InternalPort": 80, "ExternalPort": 8080}}),
+            "Policies",
+        )
+        .unwrap();
+        let e = parse_all(&nat).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("Policies.Type"));
+        assert!(e.message.contains("nat driver"), "{}", e.message);
+    }
+}
