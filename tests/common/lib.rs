@@ -161,6 +161,12 @@ impl Daemon {
         Daemon::launch(None, &[])
     }
 
+    /// [`Daemon::start`] with extra daemon arguments (e.g. limits), kept
+    /// for restarts.
+    pub fn start_with(args: &[&str]) -> Daemon {
+        Daemon::launch(None, args)
+    }
+
     fn launch(netns: Option<String>, extra_args: &[&str]) -> Daemon {
         let dir = std::env::temp_dir().join(format!("vswitch-test-{}", tag()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -279,6 +285,30 @@ impl Daemon {
             .args(args)
             .output()
             .expect("run vswitchctl")
+    }
+
+    /// Runs `vswitchctl --socket <ours> args...` with `input` on its stdin
+    /// (for `--file -`).
+    pub fn ctl_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = Command::new(bin("vswitchctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run vswitchctl");
+        // Written from a thread: a CLI that answers before reading all of
+        // its input must not deadlock the test on a full pipe.
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().expect("wait for vswitchctl");
+        let _ = writer.join();
+        out
     }
 
     /// Runs vswitchctl and returns stdout; panics with stderr on failure.
