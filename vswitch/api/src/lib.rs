@@ -44,6 +44,7 @@ pub enum Driver {
     L2Bridge,
     #[serde(rename = "l2tunnel")]
     L2Tunnel,
+    Nat,
 }
 
 /// Which source MAC an endpoint's frames carry on the wire (drivers with an
@@ -57,6 +58,9 @@ pub enum WireMac {
     /// The uplink's: the switch rewrites MACs both ways and answers ARP and
     /// NDP for its endpoints (Hyper-V's l2bridge).
     Uplink,
+    /// The uplink's, and its IPv4 address too: the switch translates
+    /// (WinNAT). Endpoints' addresses are private and never on the wire.
+    Translated,
 }
 
 /// When a network has a host port: a TAP in the daemon's namespace holding
@@ -84,7 +88,8 @@ struct DriverInfo {
 
 impl Driver {
     /// Every driver, in the order help text lists them.
-    pub const ALL: [Driver; 6] = [
+    pub const ALL: [Driver; 7] = [
+        Driver::Nat,
         Driver::Internal,
         Driver::Private,
         Driver::None,
@@ -95,6 +100,14 @@ impl Driver {
 
     const fn info(self) -> DriverInfo {
         match self {
+            Driver::Nat => DriverInfo {
+                name: "nat",
+                summary: "endpoints on a private subnet behind the gateway, translated to the uplink's address",
+                switched: true,
+                wire_mac: Some(WireMac::Translated),
+                host_port: HostPort::Always,
+                police_local: true,
+            },
             Driver::Internal => DriverInfo {
                 name: "internal",
                 summary: "endpoints and a host port holding the gateway",
@@ -771,7 +784,7 @@ mod tests {
         assert_eq!(Driver::parse("L2Bridge"), None);
         assert_eq!(
             Driver::names_where(Driver::has_uplink, "or"),
-            "transparent, l2bridge or l2tunnel"
+            "nat, transparent, l2bridge or l2tunnel"
         );
         assert_eq!(Driver::names_where(|d| !d.switched(), "or"), "none");
     }

@@ -46,6 +46,12 @@ impl Controller {
                 return Err(e);
             }
         }
+        if !rec.policies.is_empty() {
+            if let Err(e) = self.push_nat(&net) {
+                let _ = self.endpoint_remove(&rec.name);
+                return Err(e);
+            }
+        }
         tracing::info!(endpoint = %rec.name, network = %net.name, netns = %rec.netns, "endpoint created");
         Ok(self.endpoint_view(&rec))
     }
@@ -266,11 +272,13 @@ impl Controller {
         port.tap = Some(owner);
         // Frames from the wire for this endpoint go to the switch, not the
         // host: its MAC on a transparent network, its addresses on both.
+        let steered = net.driver.wire_mac() != Some(WireMac::Translated);
         if let Some(up) = net
             .parsed
             .interface
             .as_ref()
             .and_then(|i| self.uplinks.get_mut(i))
+            .filter(|_| steered)
         {
             let mac = (net.driver.wire_mac() == Some(WireMac::Endpoint)).then_some(ep.mac);
             if let Err(e) = up.steer(net.parsed.vlan, mac, &ips) {
@@ -311,11 +319,13 @@ impl Controller {
             };
             let _ = self.datapath.remove_port(port.id);
         }
+        let steered = net.driver.wire_mac() != Some(WireMac::Translated);
         if let Some(up) = net
             .parsed
             .interface
             .as_ref()
             .and_then(|i| self.uplinks.get_mut(i))
+            .filter(|_| steered)
         {
             let mac = (net.driver.wire_mac() == Some(WireMac::Endpoint)).then_some(ep.mac);
             up.unsteer(net.parsed.vlan, mac, &endpoint_ips(ep));
@@ -355,6 +365,10 @@ impl Controller {
             return Err(e);
         }
         self.invalid.remove(&ep.id);
+        // Its port mappings go with it.
+        if let Err(e) = self.push_nat(&net) {
+            tracing::warn!(network = %net.name, error = %e, "could not update the translation");
+        }
         tracing::info!(endpoint = %name, "endpoint removed");
         Ok(Reply::Removed {
             name: name.to_owned(),

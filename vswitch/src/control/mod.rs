@@ -16,6 +16,7 @@
 mod endpoints;
 mod errors;
 mod ipam;
+mod natmode;
 mod networks;
 mod options;
 mod plumb;
@@ -255,6 +256,12 @@ impl Controller {
             };
             self.endpoints.insert(ep.id.clone(), rt);
             self.state.endpoints.push(ep);
+        }
+        // Port mappings are the endpoints' policies: known only now.
+        for net in self.state.networks.clone() {
+            if let Err(e) = self.push_nat(&net) {
+                tracing::error!(network = %net.name, error = %e, "port mappings not restored");
+            }
         }
         if assigned {
             match self.save() {

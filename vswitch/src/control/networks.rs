@@ -8,7 +8,7 @@ use super::errors::{conflict, internal, invalid, plumb_error, uplink_error};
 use super::plumb::{self, TapConfig, TapOrigin};
 use super::state::{Driver, NetworkRecord};
 use super::{
-    check_name, new_id, uplink, ApiResult, Controller, Ipv4Cidr, Ipv6Cidr, MacPool, NetRuntime,
+    check_name, natmode, new_id, uplink, ApiResult, Controller, Ipv4Cidr, Ipv6Cidr, MacPool, NetRuntime,
     NetworkOptions, PortHandle, DEFAULT_MTU, DEFAULT_POOL,
 };
 use crate::api::{self, ApiError, ErrorKind, HostPort, Reply, WireMac};
@@ -101,9 +101,37 @@ impl Controller {
                 format!("the {driver} driver gives endpoints loopback only: no subnet or gateway"),
             ));
         }
+        let mut req = req;
+        let translated = driver.wire_mac() == Some(WireMac::Translated);
+        if translated && !req.options.contains_key("interface") {
+            // WinNAT's default: the interface of the host's default route.
+            let (ifname, _) = natmode::default_route().ok_or_else(|| {
+                invalid(
+                    "options.interface",
+                    "the host has no IPv4 default route to take the uplink from; give -o interface=IFNAME",
+                )
+            })?;
+            req.options.insert("interface".into(), ifname);
+        }
         let parsed = NetworkOptions::parse(&req.options)?;
+        if parsed.nat_ports.is_some() && !translated {
+            return Err(invalid("options.nat_ports", "only a nat network translates"));
+        }
         let facts = self.check_uplink_options(driver, &parsed)?;
-        if driver.has_uplink() && subnet4.is_none() {
+        if translated {
+            natmode::pool(parsed.nat_ports)?;
+            let has_v4 = facts.as_ref().is_some_and(|f| f.ipv4().next().is_some());
+            if !has_v4 {
+                return Err(invalid(
+                    "options.interface",
+                    format!(
+                        "'{}' has no IPv4 address for the network to translate to",
+                        parsed.interface.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        if driver.has_uplink() && !translated && subnet4.is_none() {
             return Err(invalid(
                 "subnet",
                 format!(
@@ -396,8 +424,9 @@ impl Controller {
                 offload: net.parsed.offload,
             };
             // With an uplink, the host routes between the host port and the
-            // wire.
-            let forward = net.driver.has_uplink();
+            // wire (a nat network's switch translates instead).
+            let forward =
+                net.driver.has_uplink() && net.driver.wire_mac() != Some(WireMac::Translated);
             let id = net.host_port_id.unwrap_or_default();
             let host = plumb::host_tap(&cfg, origin, forward).and_then(|tap| {
                 self.attach(
@@ -420,6 +449,17 @@ impl Controller {
                     }
                     self.stop_runtime(net, rt);
                     return Err(plumb_error(e, "host port"));
+                }
+            }
+        }
+        if rt.uplink.is_some() {
+            if let Err(e) = self.push_nat_to(net, dp) {
+                if origin == TapOrigin::Existing {
+                    tracing::warn!(network = %net.name, error = %e, "network degraded: no translation");
+                    rt.fault = Some(e.to_string());
+                } else {
+                    self.stop_runtime(net, rt);
+                    return Err(e);
                 }
             }
         }
@@ -481,6 +521,9 @@ impl Controller {
     /// Takes a running network out of the datapath (kernel devices stay).
     pub(super) fn stop_runtime(&mut self, net: &NetworkRecord, rt: NetRuntime) {
         let had_uplink = rt.uplink.is_some();
+        if had_uplink {
+            self.clear_nat(net);
+        }
         for port in [rt.host, rt.uplink].into_iter().flatten() {
             let _ = self.datapath.remove_port(port.id);
         }

@@ -32,6 +32,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "vlanid",
         "802.1Q VLAN of the network on its uplink (1..=4094)",
     ),
+    (
+        "nat_ports",
+        "LO-HI: the source ports a nat network translates to (default: above the host's ephemeral range)",
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +48,8 @@ pub struct NetworkOptions {
     pub interface: Option<String>,
     /// The VLAN on the uplink; 0 for untagged.
     pub vlan: u16,
+    /// A nat network's source ports (`nat_ports=LO-HI`).
+    pub nat_ports: Option<(u16, u16)>,
 }
 
 impl Default for NetworkOptions {
@@ -57,6 +63,7 @@ impl Default for NetworkOptions {
             offload: true,
             interface: None,
             vlan: 0,
+            nat_ports: None,
         }
     }
 }
@@ -108,6 +115,24 @@ impl NetworkOptions {
                     parsed.interface = Some(value.clone());
                 }
                 "vlanid" => parsed.vlan = number(key, value, 1..=4094)? as u16,
+                "nat_ports" => {
+                    let expected = "LO-HI, two ports 1024..=65535 with LO <= HI";
+                    let (lo, hi) = value
+                        .split_once('-')
+                        .ok_or_else(|| invalid(key, expected, value))?;
+                    let port = |s: &str| {
+                        s.trim()
+                            .parse::<u16>()
+                            .ok()
+                            .filter(|p| *p >= 1024)
+                            .ok_or_else(|| invalid(key, expected, value))
+                    };
+                    let (lo, hi) = (port(lo)?, port(hi)?);
+                    if lo > hi {
+                        return Err(invalid(key, expected, value));
+                    }
+                    parsed.nat_ports = Some((lo, hi));
+                }
                 _ => {
                     let known: Vec<&str> = KNOWN.iter().map(|(k, _)| *k).collect();
                     return Err(ApiError::new(

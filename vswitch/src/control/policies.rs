@@ -56,25 +56,52 @@ fn documents(value: &Value, field: &str) -> ApiResult<Vec<(String, Value)>> {
     }
 }
 
-/// Parses every document, refusing what this switch cannot enforce.
-fn parse_all(docs: &[(String, Value)]) -> ApiResult<Vec<Policy>> {
+/// Parses every document, refusing what this switch cannot enforce where
+/// they would apply: port mappings only on a nat network's endpoints;
+/// OutBoundNAT nowhere yet.
+fn parse_all(docs: &[(String, Value)], nat_endpoint: bool) -> ApiResult<Vec<Policy>> {
     let mut out = Vec::new();
     for (path, doc) in docs {
         let policy = parse_policy(doc, "").map_err(|e| policy_error(path, e))?;
-        if let Policy::PortMapping(_) | Policy::OutBoundNat(_) = policy {
-            // Accepting them would say the switch translates addresses,
-            // which it does not yet: refused rather than ignored.
-            return Err(invalid(
-                &format!("{path}.Type"),
-                format!(
-                    "{} needs address translation (the nat driver), which this vswitch does not have yet",
-                    policy.kind()
-                ),
-            ));
+        let refused = match policy {
+            Policy::PortMapping(_) if !nat_endpoint => {
+                Some("a PortMapping belongs to an endpoint of a nat network")
+            }
+            // Accepting it would say the switch translates there, which it
+            // does not yet: refused rather than ignored.
+            Policy::OutBoundNat(_) => Some(
+                "OutBoundNAT (translating l2bridge endpoints to the uplink's address) is not built yet; a nat network translates all outbound traffic",
+            ),
+            _ => None,
+        };
+        if let Some(why) = refused {
+            return Err(invalid(&format!("{path}.Type"), why));
         }
         out.push(policy);
     }
     Ok(out)
+}
+
+/// Sets `field` of a policy document (in `Settings` for the v2 form),
+/// matching its name as HNS does, case-insensitively.
+fn set_setting(doc: &mut Value, field: &str, value: Value) {
+    let Some(top) = doc.as_object_mut() else {
+        return;
+    };
+    let settings_key = top.keys().find(|k| k.eq_ignore_ascii_case("settings")).cloned();
+    let obj = match settings_key {
+        Some(k) => match top.get_mut(&k).and_then(Value::as_object_mut) {
+            Some(o) => o,
+            None => return,
+        },
+        None => top,
+    };
+    let key = obj
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case(field))
+        .cloned()
+        .unwrap_or_else(|| field.to_owned());
+    obj.insert(key, value);
 }
 
 fn parsed(records: &[PolicyRecord]) -> impl Iterator<Item = (&PolicyRecord, Policy)> + '_ {
@@ -138,10 +165,29 @@ impl Controller {
         owner: Option<Owner>,
         network_id: &str,
     ) -> ApiResult<Vec<PolicyRecord>> {
-        let docs = documents(value, field)?;
-        let policies = parse_all(&docs)?;
-        // Everything the new ones will sit beside, on any endpoint.
+        let mut docs = documents(value, field)?;
         let net = self.state.network_by_id(network_id);
+        let nat = net.is_some_and(|n| n.driver.wire_mac() == Some(crate::api::WireMac::Translated));
+        let nat_endpoint = nat && !matches!(owner, Some(Owner::Network(_)));
+        let policies = parse_all(&docs, nat_endpoint)?;
+        // Mappings: a free external port (one picked for 0, written back
+        // into the document so it is reported and kept).
+        let mut taken: Vec<(u8, u16)> = Vec::new();
+        for ((path, doc), policy) in docs.iter_mut().zip(&policies) {
+            if let (Policy::PortMapping(m), Some(net)) = (policy, net) {
+                let proto = match m.protocol {
+                    crate::policy::L4::Tcp => 6,
+                    crate::policy::L4::Udp => 17,
+                };
+                let port_field = format!("{path}.ExternalPort");
+                let port = self.check_mapping(net, &port_field, proto, m.external_port, &taken)?;
+                taken.push((proto, port));
+                if port != m.external_port {
+                    set_setting(doc, "ExternalPort", Value::from(port));
+                }
+            }
+        }
+        // Everything the new ones will sit beside, on any endpoint.
         let mut beside: Vec<&PolicyRecord> = net.iter().flat_map(|n| &n.policies).collect();
         match owner {
             Some(Owner::Endpoint(i)) => beside.extend(&self.state.endpoints[i].policies),
@@ -267,14 +313,25 @@ impl Controller {
                 .map(|e| e.id.clone())
                 .collect(),
         };
+        let net_id = match owner {
+            Owner::Endpoint(i) => self.state.endpoints[i].network_id.clone(),
+            Owner::Network(i) => self.state.networks[i].id.clone(),
+        };
         let result = affected
             .iter()
             .try_for_each(|id| self.push_layers(id))
+            .and_then(|()| match self.state.network_by_id(&net_id).cloned() {
+                Some(net) => self.push_nat(&net),
+                None => Ok(()),
+            })
             .and_then(|()| self.save());
         if let Err(e) = result {
             self.state = before;
             for id in &affected {
                 let _ = self.push_layers(id);
+            }
+            if let Some(net) = self.state.network_by_id(&net_id).cloned() {
+                let _ = self.push_nat(&net);
             }
             return Err(e);
         }
@@ -515,15 +572,19 @@ mod tests {
             "Policies",
         )
         .unwrap();
-        let e = parse_all(&docs).unwrap_err();
+        let e = parse_all(&docs, false).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("Policies[0].Settings.LocalPorts"));
         let nat = documents(
             &json!({"Type": "PortMapping", "Settings": {"Protocol": 6, "InternalPort": 80, "ExternalPort": 8080}}),
             "Policies",
         )
         .unwrap();
-        let e = parse_all(&nat).unwrap_err();
+        let e = parse_all(&nat, false).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("Policies.Type"));
-        assert!(e.message.contains("nat driver"), "{}", e.message);
+        assert!(e.message.contains("nat network"), "{}", e.message);
+        assert!(parse_all(&nat, true).is_ok());
+        let mut doc = json!({"type": "PortMapping", "settings": {"externalport": 0}});
+        set_setting(&mut doc, "ExternalPort", json!(61001));
+        assert_eq!(doc["settings"]["externalport"], 61001);
     }
 }

@@ -25,6 +25,8 @@ pub struct Uplink {
     pub counters: Arc<PortCounters>,
     /// Networks using it.
     pub users: usize,
+    /// The port mappings steered to the switch (nat networks).
+    pub nat_ports: Vec<(u8, u16)>,
 }
 
 /// What the kernel says about an interface that is to become an uplink.
@@ -35,6 +37,8 @@ pub struct InterfaceFacts {
     pub rx_queues: u32,
     /// The host's own addresses on it.
     pub addrs: Vec<IpAddr>,
+    /// Its IPv4 addresses with their prefix lengths (on-link subnets).
+    pub prefixes4: Vec<(Ipv4Addr, u8)>,
 }
 
 impl InterfaceFacts {
@@ -94,13 +98,20 @@ pub fn inspect(ifname: &str) -> Result<InterfaceFacts, UplinkError> {
         mac: MacAddr(info.mac),
         mtu: info.mtu,
         rx_queues: info.rx_queues,
-        addrs: addresses(ifname),
+        addrs: addresses(ifname).into_iter().map(|(ip, _)| ip).collect(),
+        prefixes4: addresses(ifname)
+            .into_iter()
+            .filter_map(|(ip, len)| match ip {
+                IpAddr::V4(v4) => Some((v4, len)),
+                IpAddr::V6(_) => None,
+            })
+            .collect(),
     })
 }
 
 /// The IPv4 and IPv6 addresses on an interface of the calling thread's
-/// namespace.
-fn addresses(ifname: &str) -> Vec<IpAddr> {
+/// namespace, with their prefix lengths.
+fn addresses(ifname: &str) -> Vec<(IpAddr, u8)> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.
@@ -119,13 +130,20 @@ fn addresses(ifname: &str) -> Vec<IpAddr> {
                 match i32::from((*ifa.ifa_addr).sa_family) {
                     libc::AF_INET => {
                         let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                            sin.sin_addr.s_addr,
-                        ))));
+                        let len = if ifa.ifa_netmask.is_null() {
+                            32
+                        } else {
+                            let mask = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+                            u32::from_be(mask.sin_addr.s_addr).count_ones() as u8
+                        };
+                        out.push((
+                            IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))),
+                            len,
+                        ));
                     }
                     libc::AF_INET6 => {
                         let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                        out.push((IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)), 128));
                     }
                     _ => {}
                 }
@@ -200,6 +218,7 @@ pub fn attach(ifname: &str, trunk: TrunkId, datapath: &Datapath) -> Result<Uplin
                 trunk,
                 counters,
                 users: 0,
+                nat_ports: Vec::new(),
             })
         }
         Err(e) => {

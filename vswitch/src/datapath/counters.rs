@@ -43,12 +43,21 @@ pub enum DropReason {
     /// A new connection, refused because connection tracking is at its
     /// limit (per port or global); established ones keep going.
     ConntrackFull = 14,
-    /// The endpoint sent faster than its QOS policy allows.
+    /// Not a drop: the endpoint sent faster than its QOS policy allows, and
+    /// its port was paused (shaped) until the rate allowed more.
     QosExceeded = 15,
+    /// A nat network had no source port left for a new connection.
+    NatExhausted = 16,
+    /// A translated frame's next hop has no known MAC yet; the kernel was
+    /// asked to resolve it (or there is no route on the uplink).
+    NeighborUnresolved = 17,
+    /// Arrived on a nat network's uplink for no translated connection or
+    /// port mapping.
+    NatNoBinding = 18,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Malformed,
         DropReason::InvalidSourceMac,
         DropReason::MacSpoofing,
@@ -65,6 +74,9 @@ impl DropReason {
         DropReason::AclBlocked,
         DropReason::ConntrackFull,
         DropReason::QosExceeded,
+        DropReason::NatExhausted,
+        DropReason::NeighborUnresolved,
+        DropReason::NatNoBinding,
     ];
 
     pub fn name(self) -> &'static str {
@@ -85,6 +97,9 @@ impl DropReason {
             DropReason::AclBlocked => "acl_blocked",
             DropReason::ConntrackFull => "conntrack_full",
             DropReason::QosExceeded => "qos_exceeded",
+            DropReason::NatExhausted => "nat_exhausted",
+            DropReason::NeighborUnresolved => "neighbor_unresolved",
+            DropReason::NatNoBinding => "nat_no_binding",
         }
     }
 }

@@ -31,6 +31,7 @@ pub use crate::pipeline::{NetId, PortId, PortSecurity};
 pub use counters::{DropReason, PortCounters};
 
 use crate::pipeline::conntrack::{ConnInfo, Limits};
+use crate::pipeline::nat::NatConfig;
 use crate::pipeline::flowcache::CacheStats;
 use crate::pipeline::verdict::pop_vlan;
 use crate::pipeline::{
@@ -48,6 +49,8 @@ const AGING_TICK: Duration = Duration::from_secs(1);
 const WAKE_TOKEN: u64 = u64::MAX;
 /// Epoll tokens of trunk queues: this bit, the trunk id and the queue.
 const TRUNK_TOKEN: u64 = 1 << 48;
+/// Frames read at once from a port with a QOS rate.
+const SHAPED_BATCH: usize = 4;
 
 /// Where a port's frames come from and go to.
 pub enum PortKind {
@@ -130,6 +133,10 @@ enum Command {
     Trace {
         port: PortId,
         frame: Vec<u8>,
+    },
+    SetNat {
+        net: NetId,
+        cfg: Option<NatConfig>,
     },
 }
 
@@ -257,6 +264,11 @@ impl Datapath {
         self.call(Command::SetSecurity { port, security }).map(drop)
     }
 
+    /// Makes `net` a nat network with `cfg` (or not, with `None`).
+    pub fn set_nat(&self, net: NetId, cfg: Option<NatConfig>) -> io::Result<()> {
+        self.call(Command::SetNat { net, cfg }).map(drop)
+    }
+
     /// Every port's flow cache counters and number of entries.
     pub fn flow_stats(&self) -> io::Result<Vec<(PortId, CacheStats, usize)>> {
         match self.call(Command::FlowStats)? {
@@ -330,6 +342,73 @@ struct Tables {
     /// Frames leaving transformed are composed here (translated, tagged),
     /// so a flood can still hand the original to other ports.
     egress: Packet,
+    /// Asks the kernel for nat networks' next hops.
+    neighbours: Neighbours,
+}
+
+/// Next-hop MACs of nat networks, from the kernel's neighbour table (the
+/// uplink is the host's too; the kernel resolves, the switch asks).
+struct Neighbours {
+    netlink: Option<crate::netns::netlink::Netlink>,
+    /// When each address was last asked about: at most every 100 ms, so a
+    /// burst towards an unresolved hop costs one netlink call.
+    asked: std::collections::HashMap<std::net::Ipv4Addr, Instant>,
+}
+
+impl Neighbours {
+    const RETRY: Duration = Duration::from_millis(100);
+
+    fn new() -> Neighbours {
+        Neighbours {
+            netlink: None,
+            asked: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Asks the kernel for `ip`'s MAC on `ifindex`; on an answer, tells the
+    /// pipeline (true). Otherwise starts the kernel's resolution.
+    fn lookup(
+        &mut self,
+        pipeline: &mut Pipeline,
+        net: NetId,
+        ifindex: u32,
+        ip: std::net::Ipv4Addr,
+        now: Instant,
+    ) -> bool {
+        if self
+            .asked
+            .get(&ip)
+            .is_some_and(|t| now.saturating_duration_since(*t) < Self::RETRY)
+        {
+            return false;
+        }
+        self.asked.insert(ip, now);
+        if self.netlink.is_none() {
+            match crate::netns::netlink::Netlink::open() {
+                Ok(nl) => self.netlink = Some(nl),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open netlink for neighbour lookups");
+                    return false;
+                }
+            }
+        }
+        let nl = self.netlink.as_mut().expect("opened above");
+        match nl.neigh_get(ifindex, ip) {
+            Ok(Some(n)) if n.usable() => {
+                if let Some(mac) = n.mac {
+                    pipeline.set_neighbour(net, ip, MacAddr(mac), now);
+                    self.asked.remove(&ip);
+                    return true;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, %ip, "neighbour lookup failed"),
+        }
+        if let Err(e) = nl.neigh_resolve(ifindex, ip) {
+            tracing::debug!(error = %e, %ip, "could not start neighbour resolution");
+        }
+        false
+    }
 }
 
 impl Tables {
@@ -339,6 +418,7 @@ impl Tables {
             pipeline: Pipeline::new(limits),
             trunks: HashMap::new(),
             egress: Packet::new(),
+            neighbours: Neighbours::new(),
         }
     }
 
@@ -443,6 +523,8 @@ struct Worker {
     /// Frames taken from an uplink queue at once: enough for a run of
     /// wire-sized TCP segments to fill a 64 KiB super-frame (see gro.rs).
     uplink_batch: Vec<Packet>,
+    /// Shaped ports taken out of epoll, and when to read them again.
+    paused: Vec<(PortId, Instant)>,
 }
 
 impl Worker {
@@ -454,6 +536,7 @@ impl Worker {
             tables: Tables::new(limits),
             batch: (0..BATCH).map(|_| Packet::new()).collect(),
             uplink_batch: (0..UPLINK_BATCH).map(|_| Packet::new()).collect(),
+            paused: Vec::new(),
         }
     }
 
@@ -464,11 +547,17 @@ impl Worker {
         let mut last_aging = Instant::now();
         loop {
             ready.clear();
-            ready.extend(
-                self.epoll
-                    .wait(&mut events, AGING_TICK.as_millis() as i32)?,
-            );
+            // Wake for the first shaped port due to be read again.
+            let timeout = self
+                .paused
+                .iter()
+                .map(|(_, t)| t.saturating_duration_since(Instant::now()))
+                .min()
+                .map_or(AGING_TICK, |d| d.min(AGING_TICK));
+            let timeout_ms = timeout.as_nanos().div_ceil(1_000_000) as i32;
+            ready.extend(self.epoll.wait(&mut events, timeout_ms)?);
             let now = Instant::now();
+            self.resume_shaped(now);
             for &(token, broken) in &ready {
                 if token == WAKE_TOKEN {
                     self.wake.drain();
@@ -527,11 +616,18 @@ impl Worker {
             Command::AddPort(spec) => t.add_port(&self.epoll, spec),
             Command::RemovePort { port } => {
                 t.remove_port(&self.epoll, port);
+                self.paused.retain(|(p, _)| *p != port);
                 Outcome::Done
             }
             Command::DumpFdb { net } => Outcome::Fdb(t.pipeline.fdb_entries(net, Instant::now())),
             Command::SetLayers { port, layers } => {
                 if t.pipeline.set_layers(port, layers, Instant::now()) {
+                    // A rate removed or changed: read it again at once.
+                    for (p, until) in &mut self.paused {
+                        if *p == port {
+                            *until = Instant::now();
+                        }
+                    }
                     Outcome::Done
                 } else {
                     Outcome::Failed(io::Error::other(format!("datapath has no port {port}")))
@@ -543,6 +639,18 @@ impl Worker {
                 } else {
                     Outcome::Failed(io::Error::other(format!("datapath has no port {port}")))
                 }
+            }
+            Command::SetNat { net, cfg } => {
+                let router = cfg.as_ref().and_then(|c| c.router.map(|r| (c.uplink_ifindex, r)));
+                if !t.pipeline.set_nat(net, cfg) {
+                    return Outcome::Failed(io::Error::other(format!("datapath has no network {net}")));
+                }
+                // Most translated flows go to the router: have its MAC
+                // before the first of them.
+                if let Some((ifindex, router)) = router {
+                    t.neighbours.lookup(&mut t.pipeline, net, ifindex, router, Instant::now());
+                }
+                Outcome::Done
             }
             Command::FlowStats => Outcome::FlowStats(t.pipeline.flow_stats()),
             Command::DumpFlows { port } => {
@@ -580,21 +688,53 @@ impl Worker {
     }
 
     fn poll_port(&mut self, port: PortId, broken: bool, now: Instant) {
+        if self.paused.iter().any(|(p, _)| *p == port) {
+            return;
+        }
         let Some(slot) = self.tables.ports.get_mut(&port) else {
             return;
         };
         let SlotKind::Local(io) = &mut slot.kind else {
             return;
         };
-        let n = receive(
-            &self.epoll,
-            io.as_mut(),
-            &mut self.batch,
-            broken,
-            &slot.counters,
-        );
+        // A shaped port is read a few frames at a time, so what it sends
+        // beyond its rate before it is paused stays small.
+        let shaped = self.tables.pipeline.is_shaped(port);
+        let batch = if shaped {
+            &mut self.batch[..SHAPED_BATCH]
+        } else {
+            &mut self.batch[..]
+        };
+        let n = receive(&self.epoll, io.as_mut(), batch, broken, &slot.counters);
         for pkt in &mut self.batch[..n] {
             self.tables.receive(port, pkt, now);
+        }
+        if let Some(until) = self.tables.pipeline.paused_until(port).filter(|t| *t > now) {
+            // Over its rate: not read again until its debt is repaid. Its
+            // frames wait in its own queue; nothing is dropped.
+            if let Some(slot) = self.tables.ports.get(&port) {
+                if let SlotKind::Local(io) = &slot.kind {
+                    let _ = self.epoll.delete(io.raw_fd());
+                }
+                slot.counters.dropped(DropReason::QosExceeded);
+            }
+            self.paused.push((port, until));
+        }
+    }
+
+    /// Reads shaped ports again whose time has come.
+    fn resume_shaped(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.paused.len() {
+            let (port, until) = self.paused[i];
+            if until > now {
+                i += 1;
+                continue;
+            }
+            self.paused.swap_remove(i);
+            if let Some(SlotKind::Local(io)) = self.tables.ports.get(&port).map(|s| &s.kind) {
+                let _ = self.epoll.add(io.raw_fd(), u64::from(port));
+            }
         }
     }
 
@@ -717,7 +857,25 @@ impl Tables {
             return;
         };
         src.counters.rx(pkt.frame().len());
-        let Some(decision) = self.pipeline.decide(in_port, pkt.frame(), now) else {
+        let Some(mut decision) = self.pipeline.decide(in_port, pkt.frame(), now) else {
+            return;
+        };
+        if let Some((net, hop)) = decision.resolve {
+            // A nat network's next hop without a MAC: ask the kernel, and
+            // decide again if it knew.
+            let ifindex = self.pipeline.nat_ifindex(net);
+            let known = ifindex.is_some_and(|i| {
+                self.neighbours
+                    .lookup(&mut self.pipeline, net, i, hop, now)
+            });
+            if known {
+                match self.pipeline.decide(in_port, pkt.frame(), now) {
+                    Some(d) => decision = d,
+                    None => return,
+                }
+            }
+        }
+        let Some(src) = self.ports.get(&in_port) else {
             return;
         };
         if decision.learn_refused {

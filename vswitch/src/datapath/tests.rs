@@ -736,27 +736,39 @@ fn guards_drop_dhcp_servers_and_count() {
 }
 
 #[test]
-fn qos_caps_what_an_endpoint_sends() {
+fn qos_shapes_what_an_endpoint_sends_without_dropping() {
     let mut sw = Switch::new();
     sw.network(1);
     // 100 kB/s: the burst is the 64 KiB minimum (10 ms would be 1 kB).
     let a = endpoint(&mut sw, 1, policed(&[], AclAction::Allow, Some(100_000)));
     let b = endpoint(&mut sw, 2, Layers::default());
     let frame = tcp(1, 2, 1000, 80, 0x10);
-    let n = 2 * 65_536 / frame.len();
-    for _ in 0..n {
-        sw.send(1, &a, frame.clone());
+    let queued = 2 * 65_536 / frame.len();
+    for _ in 0..queued {
+        a.rx.lock().unwrap().push_back(frame.clone());
     }
+    let poll = |sw: &mut Switch| {
+        for _ in 0..queued {
+            sw.worker.resume_shaped(sw.now);
+            sw.worker.poll_port(1, false, sw.now);
+        }
+        sw.worker.tables.flush();
+    };
+    poll(&mut sw);
+    // The burst, and at most one batch beyond it, then the port is paused:
+    // the rest waits in the endpoint's queue.
+    let burst = 65_536 / frame.len();
     let passed = b.sent().len();
-    assert_eq!(passed, 65_536 / frame.len(), "the burst, no more");
-    assert!(a.drops(DropReason::QosExceeded) > 0);
-    // A second later the rate's worth more passes.
-    sw.now += Duration::from_secs(1);
-    for _ in 0..n {
-        sw.send(1, &a, frame.clone());
-    }
-    // 100 kB earned, but the bucket holds one burst at most.
-    assert_eq!(b.sent().len(), 65_536 / frame.len());
+    assert!((burst..=burst + SHAPED_BATCH).contains(&passed), "{passed}");
+    assert_eq!(a.rx.lock().unwrap().len(), queued - passed);
+    assert_eq!(a.drops(DropReason::QosExceeded), 1, "paused once");
+    // Half a second later, 50 kB more have gone; nothing was dropped.
+    sw.now += Duration::from_millis(500);
+    poll(&mut sw);
+    let later = b.sent().len();
+    let expect = 50_000 / frame.len();
+    assert!(later.abs_diff(expect) <= SHAPED_BATCH + 1, "{later} vs {expect}");
+    assert_eq!(a.counters.drops(DropReason::TxFailed), 0);
 }
 
 #[test]

@@ -180,6 +180,12 @@ impl Default for Limits {
 struct Entry {
     /// The tuple of the first packet.
     original: Tuple,
+    /// The tuple its replies carry: the original reversed, or, for a
+    /// translated connection, as the translation makes them.
+    reply: Tuple,
+    /// The NAT port (or echo id) the connection holds, given back when it
+    /// goes.
+    nat_port: Option<u16>,
     state: State,
     /// The port whose limit the entry counts against.
     port: u32,
@@ -191,6 +197,8 @@ struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnInfo {
     pub original: Tuple,
+    /// Differs from `original.reversed()` for a translated connection.
+    pub reply: Tuple,
     pub state: State,
     pub port: u32,
     pub idle: Duration,
@@ -206,6 +214,9 @@ pub struct Conntrack {
     /// Reply tuple to original tuple.
     replies: HashMap<Tuple, Tuple>,
     per_port: HashMap<u32, usize>,
+    /// NAT ports of removed connections, for their allocator: (zone,
+    /// protocol, port).
+    freed: Vec<(u32, u8, u16)>,
     limits: Limits,
     timeouts: Timeouts,
     /// When a full table was last swept for expired entries: at most once
@@ -236,6 +247,19 @@ impl Conntrack {
 
     /// Tracks one packet of `tuple` entering through `port`.
     pub fn track(&mut self, tuple: Tuple, seg: Segment, port: u32, now: Instant) -> Track {
+        self.track_translated(tuple, seg, port, now, None)
+    }
+
+    /// As [`Conntrack::track`]; a new connection is translated: its
+    /// replies carry `reply.0`, and it holds NAT port `reply.1`.
+    pub fn track_translated(
+        &mut self,
+        tuple: Tuple,
+        seg: Segment,
+        port: u32,
+        now: Instant,
+        reply: Option<(Tuple, Option<u16>)>,
+    ) -> Track {
         if let Segment::IcmpError { quoted } = seg {
             return match self.find(&quoted, now) {
                 Some(_) => Track::Related,
@@ -270,17 +294,20 @@ impl Conntrack {
                 return Track::Full;
             }
         }
+        let (reply, nat_port) = reply.unwrap_or((tuple.reversed(), None));
         self.entries.insert(
             tuple,
             Entry {
                 original: tuple,
+                reply,
+                nat_port,
                 state,
                 port,
                 last_seen: now,
                 packets: [1, 0],
             },
         );
-        self.replies.insert(tuple.reversed(), tuple);
+        self.replies.insert(reply, tuple);
         *self.per_port.entry(port).or_insert(0) += 1;
         Track::New
     }
@@ -372,7 +399,10 @@ impl Conntrack {
 
     fn remove(&mut self, key: &Tuple) {
         if let Some(e) = self.entries.remove(key) {
-            self.replies.remove(&e.original.reversed());
+            self.replies.remove(&e.reply);
+            if let Some(port) = e.nat_port {
+                self.freed.push((e.original.zone, e.original.proto, port));
+            }
             if let Some(n) = self.per_port.get_mut(&e.port) {
                 *n -= 1;
                 if *n == 0 {
@@ -410,12 +440,53 @@ impl Conntrack {
         theirs.len()
     }
 
+    /// The connection `tuple` belongs to, live or not: its original and
+    /// reply tuples, and which of them `tuple` is.
+    pub fn conn(&self, tuple: &Tuple) -> Option<(Tuple, Tuple, Dir)> {
+        if let Some(e) = self.entries.get(tuple) {
+            return Some((e.original, e.reply, Dir::Original));
+        }
+        let e = &self.entries[self.replies.get(tuple)?];
+        Some((e.original, e.reply, Dir::Reply))
+    }
+
+    /// Whether a connection's replies already carry `reply`.
+    pub fn reply_taken(&self, reply: &Tuple) -> bool {
+        self.replies.contains_key(reply) || self.entries.contains_key(reply)
+    }
+
+    /// Removes the closed and time-wait translated connections of `zone`
+    /// and `proto` (their ports are wanted for new ones); how many.
+    pub fn reclaim_closed(&mut self, zone: u32, proto: u8) -> usize {
+        let done: Vec<Tuple> = self
+            .entries
+            .values()
+            .filter(|e| {
+                e.original.zone == zone
+                    && e.original.proto == proto
+                    && e.nat_port.is_some()
+                    && matches!(e.state, State::Tcp(TcpState::TimeWait | TcpState::Closed))
+            })
+            .map(|e| e.original)
+            .collect();
+        for key in &done {
+            self.remove(key);
+        }
+        done.len()
+    }
+
+    /// NAT ports given back since the last call: (zone, protocol, port).
+    pub fn take_freed(&mut self) -> Vec<(u32, u8, u16)> {
+        std::mem::take(&mut self.freed)
+    }
+
     /// Every live connection.
     pub fn dump(&self, now: Instant) -> Vec<ConnInfo> {
         self.entries
             .values()
             .map(|e| ConnInfo {
                 original: e.original,
+                reply: e.reply,
                 state: e.state,
                 port: e.port,
                 idle: now.saturating_duration_since(e.last_seen),

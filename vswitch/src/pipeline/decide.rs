@@ -20,7 +20,7 @@
 //! [`Pipeline::trace`] runs the same code with a log and without side
 //! effects (nothing learned, tracked, cached, counted or charged).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use foldhash::{HashMap, HashMapExt};
@@ -30,7 +30,9 @@ use super::conntrack::{self, Conntrack, Track};
 use super::flowcache::{CacheStats, FlowCache};
 use super::forward::{self, PortSecurity};
 use super::l2bridge::{self, Ingress, Locals};
+use super::conntrack::{Dir, Segment, Tuple};
 use super::layers::{conn_of, AclOutcome, Layers};
+use super::nat::{self, Nat, NatConfig};
 use super::qos::TokenBucket;
 use super::verdict::{HeaderTransform, Verdict};
 use super::{NetId, PortId};
@@ -86,6 +88,8 @@ struct PortState {
     /// Bumped by every policy change: flows cached before it are stale.
     generation: u32,
     bucket: Option<TokenBucket>,
+    /// QoS: the port may not be read before then (its bucket is in debt).
+    paused_until: Option<Instant>,
     /// The ACL outcome of flows entering here (VFP's unified flow table).
     flows: FlowCache<FlowKey, AclOutcome, KeyedHash>,
 }
@@ -123,6 +127,8 @@ struct Network {
     /// l2bridge, which bridges same-host traffic without policy as
     /// Windows does; l2tunnel and the rest police it).
     police_local: bool,
+    /// A nat network's translation.
+    nat: Option<Nat>,
 }
 
 /// A network as the pipeline is told about it.
@@ -144,6 +150,9 @@ pub struct Decision {
     /// Not a drop: the source MAC was not learned because the port has
     /// taught its maximum already (counted as `learn_refused`).
     pub learn_refused: bool,
+    /// The frame was dropped because this next hop's MAC is not known: the
+    /// caller asks the kernel and tells [`Pipeline::set_neighbour`].
+    pub resolve: Option<(NetId, Ipv4Addr)>,
 }
 
 impl Decision {
@@ -152,7 +161,35 @@ impl Decision {
             verdict: Verdict::Drop(reason),
             meta,
             learn_refused: false,
+            resolve: None,
         }
+    }
+}
+
+/// What the ACL layers see of a translated packet: the sender's side
+/// before translation, the receiver's after, and what conntrack said.
+#[derive(Debug, Clone, Copy)]
+struct NatView {
+    out_view: Tuple,
+    in_view: Tuple,
+    seg: Segment,
+    track: Track,
+}
+
+/// Whether a packet may start a connection.
+fn starts(seg: Segment) -> bool {
+    match seg {
+        Segment::Tcp(f) => f.syn && !f.ack && !f.rst,
+        Segment::Echo { request } => request,
+        Segment::IcmpError { .. } => false,
+        Segment::Udp | Segment::Other => true,
+    }
+}
+
+fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
     }
 }
 
@@ -191,6 +228,7 @@ impl Pipeline {
             l2bridge: false,
             offload: cfg.offload,
             police_local: cfg.police_local,
+            nat: None,
         });
     }
 
@@ -235,6 +273,7 @@ impl Pipeline {
                 addrs: policy.addrs.iter().map(|(ip, _)| *ip).collect(),
                 egress,
                 bucket: policy.layers.qos.map(|rate| TokenBucket::new(rate, now)),
+                paused_until: None,
                 layers: policy.layers,
                 generation: 0,
                 flows: FlowCache::with_hasher(FLOWS_PER_PORT, FLOW_IDLE, keyed_hash()),
@@ -251,6 +290,7 @@ impl Pipeline {
         };
         if layers.qos != state.layers.qos {
             state.bucket = layers.qos.map(|rate| TokenBucket::new(rate, now));
+            state.paused_until = None;
         }
         state.layers = layers;
         state.generation = state.generation.wrapping_add(1);
@@ -264,6 +304,17 @@ impl Pipeline {
         };
         state.security = security;
         true
+    }
+
+    /// Whether a port has a QoS rate.
+    pub fn is_shaped(&self, port: PortId) -> bool {
+        self.ports.get(&port).is_some_and(|p| p.bucket.is_some())
+    }
+
+    /// Until when a port must not be read (QoS shaping); the datapath asks
+    /// after each batch.
+    pub fn paused_until(&self, port: PortId) -> Option<Instant> {
+        self.ports.get(&port)?.paused_until
     }
 
     /// A port's flow cache counters and size.
@@ -317,6 +368,7 @@ impl Pipeline {
             }
         }
         self.conntrack.forget_port(port);
+        self.release_nat_ports();
     }
 
     /// Whether the vNICs of `port`'s network take super-frames.
@@ -364,6 +416,7 @@ impl Pipeline {
             net.fdb.age(now);
         }
         self.conntrack.expire(now);
+        self.release_nat_ports();
     }
 
     /// The network's learned addresses: MAC, port, time since last seen.
@@ -451,6 +504,13 @@ impl Pipeline {
             step!("admit", "{src_mac} belongs to another port");
             return Some(Decision::drop(DropReason::MacSpoofing, meta));
         }
+        if net.nat.is_some() {
+            let m = meta.expect("classified");
+            if let Some(d) = self.nat_step(in_port, net_id, frame, &m, from_wire, dst_mac, now, &mut trace) {
+                return Some(d);
+            }
+        }
+        let net = self.nets.get_mut(&net_id)?;
         let mut xform = HeaderTransform::NONE;
         if let Some(uplink_mac) = l2bridge_mac {
             match l2bridge::ingress(frame, uplink_mac, &net.locals, &mut self.reply) {
@@ -465,6 +525,7 @@ impl Pipeline {
                         verdict: Verdict::Reply { out: in_port },
                         meta,
                         learn_refused: false,
+                        resolve: None,
                     });
                 }
                 Ingress::NotLocal => return Some(Decision::drop(DropReason::NotLocal, meta)),
@@ -521,21 +582,315 @@ impl Pipeline {
                     verdict,
                     meta,
                     learn_refused,
+                    resolve: None,
                 });
             }
         };
         let m = meta.as_ref().expect("classified");
-        if let Err(reason) = self.police(in_port, out, frame, m, police_local, now, &mut trace) {
+        if let Err(reason) =
+            self.police(in_port, out, frame, m, police_local, now, &mut trace, None)
+        {
             return Some(Decision {
                 verdict: Verdict::Drop(reason),
                 meta,
                 learn_refused,
+                resolve: None,
             });
         }
         Some(Decision {
             verdict,
             meta,
             learn_refused,
+            resolve: None,
+        })
+    }
+
+    /// Replaces a network's translation (`None`: not a nat network).
+    pub fn set_nat(&mut self, net: NetId, cfg: Option<NatConfig>) -> bool {
+        let Some(n) = self.nets.get_mut(&net) else {
+            return false;
+        };
+        match (n.nat.as_mut(), cfg) {
+            (Some(nat), Some(cfg)) => nat.reconfigure(cfg),
+            (_, cfg) => n.nat = cfg.map(Nat::new),
+        }
+        true
+    }
+
+    /// Records the MAC of a nat network's next hop.
+    pub fn set_neighbour(&mut self, net: NetId, ip: Ipv4Addr, mac: MacAddr, now: Instant) {
+        if let Some(nat) = self.nets.get_mut(&net).and_then(|n| n.nat.as_mut()) {
+            nat.set_neighbour(ip, mac, now);
+        }
+    }
+
+    /// The uplink interface of a nat network (for neighbour lookups).
+    pub fn nat_ifindex(&self, net: NetId) -> Option<u32> {
+        let nat = self.nets.get(&net)?.nat.as_ref()?;
+        Some(nat.cfg.uplink_ifindex)
+    }
+
+    /// NAT ports in use per network: (TCP, UDP, ICMP).
+    pub fn nat_in_use(&self) -> Vec<(NetId, [usize; 3])> {
+        self.nets
+            .iter()
+            .filter_map(|(&id, n)| Some((id, n.nat.as_ref()?.in_use())))
+            .collect()
+    }
+
+    /// Gives NAT ports of connections conntrack removed back to their
+    /// networks.
+    fn release_nat_ports(&mut self) {
+        for (zone, proto, port) in self.conntrack.take_freed() {
+            if let Some(nat) = self.nets.get_mut(&zone).and_then(|n| n.nat.as_mut()) {
+                nat.release(proto, port);
+            }
+        }
+    }
+
+    /// The nat layer: an endpoint's frame to the gateway for outside (or
+    /// for the uplink's address and a mapped port), or a frame the uplink
+    /// steered here, is translated and routed; `None` leaves the frame to
+    /// the switching below (traffic inside the network, to the host).
+    #[allow(clippy::too_many_arguments)]
+    fn nat_step(
+        &mut self,
+        in_port: PortId,
+        net_id: NetId,
+        frame: &[u8],
+        meta: &PacketMeta,
+        from_wire: bool,
+        dst_mac: MacAddr,
+        now: Instant,
+        trace: &mut Option<&mut Vec<TraceStep>>,
+    ) -> Option<Decision> {
+        macro_rules! step {
+            ($stage:expr, $($fmt:tt)*) => {
+                if let Some(log) = trace.as_deref_mut() {
+                    log.push(($stage, format!($($fmt)*)));
+                }
+            };
+        }
+        let dry = trace.is_some();
+        let drop = |reason| Some(Decision::drop(reason, Some(*meta)));
+        let net = self.nets.get(&net_id)?;
+        let nat = net.nat.as_ref()?;
+        let Some((tuple, seg)) = conn_of(frame, meta, net_id).filter(|_| meta.family == 4) else {
+            // Only IPv4 is translated; the uplink steers nothing else here.
+            return if from_wire { drop(DropReason::NatNoBinding) } else { None };
+        };
+        let addr = IpAddr::V4(nat.cfg.addr);
+        if !from_wire {
+            let dst = v4(tuple.dst)?;
+            let mapped = dst == nat.cfg.addr && nat.mapping(tuple.proto, tuple.dst_port).is_some();
+            let outside = dst != nat.cfg.addr && nat.is_outside(dst);
+            if dst_mac != nat.cfg.gateway_mac || !self.ports.get(&in_port)?.vnic() || !(mapped || outside) {
+                return None;
+            }
+        }
+        // The connection, and what the packet becomes.
+        let mut new_conn: Option<(Tuple, Option<u16>, u32)> = None;
+        let (to, track) = if let Segment::IcmpError { quoted } = seg {
+            // The quoted packet is as its receiver saw it: translated.
+            let found = self
+                .conntrack
+                .conn(&quoted.reversed())
+                .map(|(o, r, d)| (o, r, d))
+                .or_else(|| {
+                    self.conntrack.conn(&quoted).map(|(o, r, d)| {
+                        (o, r, if d == Dir::Original { Dir::Reply } else { Dir::Original })
+                    })
+                });
+            let Some((o, r, d)) = found else {
+                step!("nat", "an ICMP error about no translated connection");
+                return drop(DropReason::NatNoBinding);
+            };
+            let (from, to) = match d {
+                Dir::Reply => (r, o.reversed()),
+                Dir::Original => (o, r.reversed()),
+            };
+            // Translate the error as the flow's packets are translated.
+            let x = nat::rewrite(&from, &to);
+            let mut out = tuple;
+            if x.has(HeaderTransform::SET_SRC_IP) {
+                out.src = to.src;
+            }
+            if x.has(HeaderTransform::SET_DST_IP) {
+                out.dst = to.dst;
+            }
+            (out, Track::Related)
+        } else {
+            match self.conntrack.conn(&tuple) {
+                Some((_, r, Dir::Original)) => (r.reversed(), Track::Established(Dir::Original)),
+                Some((o, _, Dir::Reply)) => (o.reversed(), Track::Established(Dir::Reply)),
+                None => {
+                    if !starts(seg) {
+                        step!("nat", "not the start of a connection, and none is known");
+                        return drop(DropReason::NatNoBinding);
+                    }
+                    let zone = net_id;
+                    let reply = |src: IpAddr, dst: IpAddr, sport: u16, dport: u16| Tuple {
+                        zone,
+                        proto: tuple.proto,
+                        src,
+                        dst,
+                        src_port: sport,
+                        dst_port: dport,
+                    };
+                    let mapping = if from_wire || v4(tuple.dst) == Some(nat.cfg.addr) {
+                        nat.mapping(tuple.proto, tuple.dst_port).copied()
+                    } else {
+                        None
+                    };
+                    let internal_port = |ip: Ipv4Addr| {
+                        let mac = net.locals.get(&IpAddr::V4(ip))?;
+                        net.statics.get(mac).copied()
+                    };
+                    match (from_wire, mapping) {
+                        (true, None) => {
+                            step!("nat", "no translated connection or port mapping for it");
+                            return drop(DropReason::NatNoBinding);
+                        }
+                        (true, Some(m)) => {
+                            // Inbound through a mapping: replies come from
+                            // the endpoint, untranslated on the way in.
+                            let r = reply(
+                                IpAddr::V4(m.internal),
+                                tuple.src,
+                                m.internal_port,
+                                tuple.src_port,
+                            );
+                            step!("nat", "port mapping {}/{} -> {}:{}", tuple.proto, m.external, m.internal, m.internal_port);
+                            let owner = internal_port(m.internal).unwrap_or(in_port);
+                            new_conn = Some((r, None, owner));
+                            (r.reversed(), Track::New)
+                        }
+                        (false, m) => {
+                            let port = if dry {
+                                0
+                            } else {
+                                let nat = self.nets.get_mut(&net_id)?.nat.as_mut()?;
+                                let mut got = nat.allocate(tuple.proto);
+                                if got.is_none() {
+                                    self.conntrack.reclaim_closed(zone, tuple.proto);
+                                    self.release_nat_ports();
+                                    let nat = self.nets.get_mut(&net_id)?.nat.as_mut()?;
+                                    got = nat.allocate(tuple.proto);
+                                }
+                                match got {
+                                    Some(p) => p,
+                                    None => return drop(DropReason::NatExhausted),
+                                }
+                            };
+                            let r = match (m, tuple.proto) {
+                                // Hairpin: to a mapped port of the uplink's
+                                // address, from an endpoint.
+                                (Some(m), _) => reply(IpAddr::V4(m.internal), addr, m.internal_port, port),
+                                (None, conntrack::ICMP) => reply(tuple.dst, addr, port, 0),
+                                (None, _) => reply(tuple.dst, addr, tuple.dst_port, port),
+                            };
+                            step!("nat", "new connection: source becomes {addr}:{}", if dry { "<a free port>".to_owned() } else { port.to_string() });
+                            new_conn = Some((r, Some(port), in_port));
+                            (r.reversed(), Track::New)
+                        }
+                    }
+                }
+            }
+        };
+        let x = nat::rewrite(&tuple, &to);
+        step!(
+            "nat",
+            "{} {}:{} -> {}:{} becomes {}:{} -> {}:{}",
+            track_name(track),
+            tuple.src,
+            tuple.src_port,
+            tuple.dst,
+            tuple.dst_port,
+            to.src,
+            to.src_port,
+            to.dst,
+            to.dst_port
+        );
+        // Where it goes: an endpoint of the network, or out of the uplink.
+        let net = self.nets.get(&net_id)?;
+        let nat = net.nat.as_ref()?;
+        let dst = v4(to.dst)?;
+        let (out, macs) = match net.locals.get(&IpAddr::V4(dst)) {
+            Some(&mac) => {
+                let out = *net.statics.get(&mac)?;
+                (out, HeaderTransform::NONE.set_dst(mac).set_src(nat.cfg.gateway_mac))
+            }
+            None => {
+                let uplink = net
+                    .ports
+                    .iter()
+                    .copied()
+                    .find(|p| self.ports.get(p).is_some_and(|s| !s.vnic()));
+                let Some(uplink) = uplink else {
+                    step!("nat", "the network has no uplink port");
+                    return drop(DropReason::NatNoBinding);
+                };
+                let Some(hop) = nat.next_hop(dst) else {
+                    step!("nat", "no route to {dst} on the uplink");
+                    return drop(DropReason::NeighborUnresolved);
+                };
+                let Some(mac) = nat.neighbour(hop, now) else {
+                    step!("nat", "next hop {hop}: MAC not known yet");
+                    let mut d = Decision::drop(DropReason::NeighborUnresolved, Some(*meta));
+                    d.resolve = Some((net_id, hop));
+                    if !dry {
+                        if let Some((r, port, owner)) = new_conn {
+                            self.conntrack
+                                .track_translated(tuple, seg, owner, now, Some((r, port)));
+                        }
+                    }
+                    return Some(d);
+                };
+                step!("nat", "out of the uplink to next hop {hop} ({mac})");
+                (uplink, HeaderTransform::NONE.set_dst(mac).set_src(nat.cfg.uplink_mac))
+            }
+        };
+        let track = if dry {
+            track
+        } else {
+            match new_conn {
+                Some((r, port, owner)) => {
+                    let t = self
+                        .conntrack
+                        .track_translated(tuple, seg, owner, now, Some((r, port)));
+                    if t != Track::New {
+                        if let Some(port) = port {
+                            let nat = self.nets.get_mut(&net_id)?.nat.as_mut()?;
+                            nat.release(tuple.proto, port);
+                        }
+                    }
+                    t
+                }
+                None if track == Track::Related => track,
+                None => self.conntrack.track(tuple, seg, in_port, now),
+            }
+        };
+        if track == Track::Full {
+            step!("conntrack", "a new connection, and the table is full");
+            return drop(DropReason::ConntrackFull);
+        }
+        let egress = self.ports.get(&out).map_or(HeaderTransform::NONE, |p| p.egress);
+        let xform = macs.then(&x).then(&egress);
+        let view = NatView {
+            out_view: tuple,
+            in_view: to,
+            seg,
+            track,
+        };
+        let police_local = self.nets.get(&net_id)?.police_local;
+        if let Err(reason) = self.police(in_port, Some(out), frame, meta, police_local, now, trace, Some(view)) {
+            return drop(reason);
+        }
+        Some(Decision {
+            verdict: Verdict::Forward { out, xform },
+            meta: Some(*meta),
+            learn_refused: false,
+            resolve: None,
         })
     }
 
@@ -552,6 +907,7 @@ impl Pipeline {
         police_local: bool,
         now: Instant,
         trace: &mut Option<&mut Vec<TraceStep>>,
+        nat: Option<NatView>,
     ) -> Result<(), DropReason> {
         macro_rules! step {
             ($stage:expr, $($fmt:tt)*) => {
@@ -573,12 +929,12 @@ impl Pipeline {
                 "same-host traffic of an l2bridge network: not policed"
             );
         }
-        let conn = if out_layer || in_layer {
-            conn_of(frame, meta, src.net)
-        } else {
-            None
+        let conn = match nat {
+            _ if !(out_layer || in_layer) => None,
+            Some(v) => Some((v.out_view, v.in_view, v.seg, Some(v.track))),
+            None => conn_of(frame, meta, src.net).map(|(t, seg)| (t, t, seg, None)),
         };
-        if let Some((tuple, seg)) = conn {
+        if let Some((tuple, in_view, seg, known)) = conn {
             let side = if src.vnic() {
                 Side::FromVnic
             } else {
@@ -611,7 +967,7 @@ impl Pipeline {
                         (None, AclAction::Allow)
                     };
                     let (in_rule, in_action) = match dst {
-                        Some(d) if in_layer => d.layers.check(&tuple, Direction::In),
+                        Some(d) if in_layer => d.layers.check(&in_view, Direction::In),
                         _ => (None, AclAction::Allow),
                     };
                     AclOutcome {
@@ -644,7 +1000,10 @@ impl Pipeline {
                     src.flows.insert(key, outcome, generation, now);
                 }
             }
-            let track = if dry {
+            let track = if let Some(known) = known {
+                // Translated: conntrack was asked already.
+                Some(known)
+            } else if dry {
                 let (track, state) = self.conntrack.peek(&tuple, seg, in_port, now);
                 step!(
                     "conntrack",
@@ -677,14 +1036,24 @@ impl Pipeline {
                 }
             }
         }
-        if src_qos(self, in_port, frame.len(), dry, now, trace).is_err() {
-            return Err(DropReason::QosExceeded);
-        }
+        src_qos(self, in_port, frame.len(), dry, now, trace);
         Ok(())
     }
 }
 
-/// QoS on what a vNIC sends: the frame must fit the bucket.
+fn track_name(t: Track) -> &'static str {
+    match t {
+        Track::New => "new",
+        Track::Established(Dir::Original) => "established",
+        Track::Established(Dir::Reply) => "reply",
+        Track::Related => "related",
+        Track::Invalid => "invalid",
+        Track::Full => "full",
+    }
+}
+
+/// QoS on what a vNIC sends: the frame is charged; a bucket in debt
+/// pauses the port (the datapath stops reading it until then).
 fn src_qos(
     p: &mut Pipeline,
     in_port: PortId,
@@ -692,21 +1061,19 @@ fn src_qos(
     dry: bool,
     now: Instant,
     trace: &mut Option<&mut Vec<TraceStep>>,
-) -> Result<(), ()> {
+) {
     let Some(src) = p.ports.get_mut(&in_port) else {
-        return Ok(());
+        return;
     };
     let Some(bucket) = src.bucket.as_mut() else {
-        return Ok(());
+        return;
     };
     if let Some(log) = trace.as_deref_mut() {
-        log.push(("qos", format!("at most {} bytes/s", bucket.rate())));
-        return Ok(());
+        log.push(("qos", format!("shaped to {} bytes/s", bucket.rate())));
+        return;
     }
-    if dry || bucket.take(len as u64, now) {
-        Ok(())
-    } else {
-        Err(())
+    if !dry {
+        src.paused_until = bucket.charge(len as u64, now).map(|wait| now + wait);
     }
 }
 

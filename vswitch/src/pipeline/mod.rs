@@ -22,6 +22,7 @@ pub mod l2bridge;
 pub mod layers;
 pub mod nat;
 pub mod qos;
+pub mod translate;
 pub mod verdict;
 
 pub use classify::{classify, Direction, FlowKey, PacketMeta};

@@ -11,7 +11,13 @@
 //! bound sockets before a static mapping is accepted.
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
+
+use super::conntrack::{Tuple, ICMP, TCP, UDP};
+use super::verdict::HeaderTransform;
+use crate::wire::MacAddr;
 
 /// The kernel's default ephemeral range, when it cannot be read.
 pub const KERNEL_DEFAULT_EPHEMERAL: RangeInclusive<u16> = 32768..=60999;
@@ -94,6 +100,189 @@ impl PortAllocator {
 
     pub fn release(&mut self, port: u16) {
         self.in_use.remove(&port);
+    }
+}
+
+/// A static port mapping: `external` on the uplink's address leads to
+/// `internal:internal_port` on the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    pub proto: u8,
+    pub external: u16,
+    pub internal: Ipv4Addr,
+    pub internal_port: u16,
+}
+
+/// A nat network's translation, as the control plane sets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatConfig {
+    /// The uplink's address, which translated flows carry outside.
+    pub addr: Ipv4Addr,
+    pub uplink_mac: MacAddr,
+    pub uplink_ifindex: u32,
+    /// The network's gateway (on the host port): endpoints send outside
+    /// traffic to its MAC, and inbound frames come from it.
+    pub gateway: Ipv4Addr,
+    pub gateway_mac: MacAddr,
+    pub subnet: (Ipv4Addr, u8),
+    /// The uplink's connected prefixes (on-link next hops) and default
+    /// router.
+    pub onlink: Vec<(Ipv4Addr, u8)>,
+    pub router: Option<Ipv4Addr>,
+    /// The source ports (and echo ids) the switch translates to.
+    pub pool: RangeInclusive<u16>,
+    pub mappings: Vec<Mapping>,
+}
+
+/// How long a next hop's MAC is used before the kernel is asked again.
+pub const NEIGHBOUR_TTL: Duration = Duration::from_secs(30);
+
+pub fn in_prefix(ip: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// A nat network's state in the pipeline: its configuration, its port
+/// allocators (one per protocol) and its next hops' MACs.
+#[derive(Debug)]
+pub struct Nat {
+    pub cfg: NatConfig,
+    tcp: PortAllocator,
+    udp: PortAllocator,
+    icmp: PortAllocator,
+    neighbours: std::collections::HashMap<Ipv4Addr, (MacAddr, Instant)>,
+}
+
+impl Nat {
+    pub fn new(cfg: NatConfig) -> Nat {
+        let pool = |cfg: &NatConfig| PortAllocator::new(cfg.pool.clone(), 0..=0);
+        let mut nat = Nat {
+            tcp: pool(&cfg),
+            udp: pool(&cfg),
+            icmp: pool(&cfg),
+            cfg,
+            neighbours: std::collections::HashMap::new(),
+        };
+        for m in nat.cfg.mappings.clone() {
+            if let Some(a) = nat.allocator(m.proto) {
+                a.claim(m.external);
+            }
+        }
+        nat
+    }
+
+    /// Takes a new configuration; connections and ports in use stay.
+    pub fn reconfigure(&mut self, cfg: NatConfig) {
+        for m in self.cfg.mappings.clone() {
+            if !cfg.mappings.contains(&m) {
+                if let Some(a) = self.allocator(m.proto) {
+                    a.release(m.external);
+                }
+            }
+        }
+        for m in &cfg.mappings {
+            if !self.cfg.mappings.contains(m) {
+                if let Some(a) = self.allocator(m.proto) {
+                    a.claim(m.external);
+                }
+            }
+        }
+        if cfg.uplink_ifindex != self.cfg.uplink_ifindex {
+            self.neighbours.clear();
+        }
+        self.cfg = cfg;
+    }
+
+    fn allocator(&mut self, proto: u8) -> Option<&mut PortAllocator> {
+        match proto {
+            TCP => Some(&mut self.tcp),
+            UDP => Some(&mut self.udp),
+            ICMP => Some(&mut self.icmp),
+            _ => None,
+        }
+    }
+
+    pub fn allocate(&mut self, proto: u8) -> Option<u16> {
+        self.allocator(proto)?.allocate()
+    }
+
+    pub fn release(&mut self, proto: u8, port: u16) {
+        let mapped = self
+            .cfg
+            .mappings
+            .iter()
+            .any(|m| m.proto == proto && m.external == port);
+        if !mapped {
+            if let Some(a) = self.allocator(proto) {
+                a.release(port);
+            }
+        }
+    }
+
+    /// Ports in use, per protocol (TCP, UDP, ICMP).
+    pub fn in_use(&self) -> [usize; 3] {
+        [self.tcp.in_use(), self.udp.in_use(), self.icmp.in_use()]
+    }
+
+    pub fn mapping(&self, proto: u8, external: u16) -> Option<&Mapping> {
+        self.cfg
+            .mappings
+            .iter()
+            .find(|m| m.proto == proto && m.external == external)
+    }
+
+    /// Whether `dst`, sent by an endpoint to the gateway's MAC, leaves the
+    /// network (is neither on its subnet nor the gateway).
+    pub fn is_outside(&self, dst: Ipv4Addr) -> bool {
+        !in_prefix(dst, self.cfg.subnet) && dst != self.cfg.gateway && !dst.is_broadcast()
+    }
+
+    /// The next hop towards `dst` on the uplink: itself if on-link, else
+    /// the default router.
+    pub fn next_hop(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        if self.cfg.onlink.iter().any(|&p| in_prefix(dst, p)) {
+            Some(dst)
+        } else {
+            self.cfg.router
+        }
+    }
+
+    pub fn neighbour(&self, ip: Ipv4Addr, now: Instant) -> Option<MacAddr> {
+        let (mac, at) = self.neighbours.get(&ip)?;
+        (now.saturating_duration_since(*at) < NEIGHBOUR_TTL).then_some(*mac)
+    }
+
+    pub fn set_neighbour(&mut self, ip: Ipv4Addr, mac: MacAddr, now: Instant) {
+        self.neighbours.insert(ip, (mac, now));
+    }
+}
+
+/// The transformation that makes a packet carrying `from` carry `to`.
+pub fn rewrite(from: &Tuple, to: &Tuple) -> HeaderTransform {
+    let mut x = HeaderTransform::NONE;
+    if from.src != to.src {
+        x.flags |= HeaderTransform::SET_SRC_IP;
+        x.src_ip = v6(to.src);
+    }
+    if from.dst != to.dst {
+        x.flags |= HeaderTransform::SET_DST_IP;
+        x.dst_ip = v6(to.dst);
+    }
+    if from.src_port != to.src_port {
+        x.flags |= HeaderTransform::SET_SRC_PORT;
+        x.src_port = to.src_port;
+    }
+    if from.dst_port != to.dst_port {
+        x.flags |= HeaderTransform::SET_DST_PORT;
+        x.dst_port = to.dst_port;
+    }
+    x
+}
+
+fn v6(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
     }
 }
 

@@ -1,11 +1,14 @@
 //! HNS's QOS policy: a token bucket on an endpoint's outgoing bytes.
 //!
 //! As firecracker's rate limiter, the bucket takes `now` from the caller and
-//! never sleeps: a frame either fits in the tokens accumulated so far or is
-//! refused (the datapath drops it, and TCP backs off). The bucket holds at
-//! most `burst` bytes, so an idle endpoint cannot save up a flood; the
-//! default burst is what the rate sends in 10 ms, and never less than one
-//! 64 KiB super-frame, which must pass whole.
+//! never sleeps. The datapath shapes rather than polices: every frame it has
+//! read passes ([`TokenBucket::charge`]), the bucket may go into debt, and
+//! while it is in debt the datapath stops reading the endpoint's port. The
+//! endpoint's own queue then fills and its TCP slows down (TCP small queues)
+//! without a loss, where dropping 64 KiB super-frames made TCP collapse to
+//! a twentieth of the rate. The bucket holds at most `burst` bytes, so an
+//! idle endpoint cannot save up a flood; the default burst is what the rate
+//! sends in 10 ms, and never less than one 64 KiB super-frame.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +24,8 @@ pub struct TokenBucket {
     burst: u64,
     /// Whole bytes in the bucket.
     tokens: u64,
+    /// Bytes sent beyond the tokens, repaid before tokens accrue again.
+    debt: u64,
     /// What the last refills earned short of a whole byte, in byte-
     /// nanoseconds per second, so slow rates do not round to nothing.
     remainder_ns: u128,
@@ -40,6 +45,7 @@ impl TokenBucket {
             rate,
             burst,
             tokens: burst,
+            debt: 0,
             remainder_ns: 0,
             last: now,
         }
@@ -54,12 +60,32 @@ impl TokenBucket {
         self.last = now.max(self.last);
         // Bytes earned = rate * elapsed; the sub-byte remainder is kept.
         let earned = u128::from(self.rate) * elapsed.as_nanos() + self.remainder_ns;
-        let bytes = earned / 1_000_000_000;
+        let mut bytes = earned / 1_000_000_000;
         self.remainder_ns = earned % 1_000_000_000;
+        let repaid = bytes.min(u128::from(self.debt));
+        self.debt -= repaid as u64;
+        bytes -= repaid;
         self.tokens = (u128::from(self.tokens) + bytes).min(u128::from(self.burst)) as u64;
         if self.tokens == self.burst {
             self.remainder_ns = 0;
         }
+    }
+
+    /// Charges `bytes` that are sent whatever the bucket holds; returns how
+    /// long the sender must then wait before its debt is repaid (`None`: no
+    /// debt, send on).
+    pub fn charge(&mut self, bytes: u64, now: Instant) -> Option<Duration> {
+        self.refill(now);
+        if bytes <= self.tokens {
+            self.tokens -= bytes;
+        } else {
+            self.debt += bytes - self.tokens;
+            self.tokens = 0;
+        }
+        (self.debt > 0).then(|| {
+            let ns = (u128::from(self.debt) * 1_000_000_000).div_ceil(u128::from(self.rate.max(1)));
+            Duration::from_nanos(ns.min(u128::from(u64::MAX)) as u64)
+        })
     }
 
     /// Takes `bytes` if the bucket holds them; false means the frame
@@ -78,6 +104,21 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn charging_goes_into_debt_and_says_how_long_to_wait() {
+        let t0 = Instant::now();
+        // 1 MB/s, burst 64 KiB.
+        let mut b = TokenBucket::new(1_000_000, t0);
+        assert_eq!(b.charge(65_536, t0), None);
+        // 100 kB more than the bucket holds: 100 ms to repay.
+        assert_eq!(b.charge(100_000, t0), Some(Duration::from_millis(100)));
+        // Half-way, half the debt is left; then it is repaid and tokens
+        // accrue again.
+        assert_eq!(b.charge(0, t0 + Duration::from_millis(50)), Some(Duration::from_millis(50)));
+        assert_eq!(b.charge(0, t0 + Duration::from_millis(100)), None);
+        assert_eq!(b.charge(1_000, t0 + Duration::from_millis(101)), None);
+    }
 
     #[test]
     fn starts_full_and_refills_at_the_rate() {

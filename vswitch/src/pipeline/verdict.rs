@@ -13,10 +13,13 @@ use crate::port::{Packet, VirtioNetHdr};
 use crate::wire::{vlan_pop, vlan_push, ArpPacket, EtherType, EthernetFrame, MacAddr};
 
 /// A composed header transformation. Applied in this order: pop the outer
-/// VLAN tag, set the MACs, rewrite the MACs the frame announces, push a tag.
+/// VLAN tag, set the MACs, rewrite the MACs the frame announces, translate
+/// addresses and ports (NAT, [`super::translate`]), push a tag.
 ///
 /// Layout (64 bytes, mirrored in C by the fast path): `flags` u16 @0,
-/// `vlan` u16 @2, `src_mac` @4, `dst_mac` @10, `_reserved` @16..64.
+/// `vlan` u16 @2, `src_mac` @4, `dst_mac` @10, `src_ip` @16, `dst_ip` @32
+/// (IPv4-mapped), `src_port` u16 @48, `dst_port` u16 @50 (host order; an
+/// ICMP echo identifier is a source port), `_reserved` @52..64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct HeaderTransform {
@@ -26,11 +29,12 @@ pub struct HeaderTransform {
     pub vlan: u16,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
-    /// Room for NAT (issue 7's later steps): new source and destination
-    /// IPs (2 x 16, IPv4-mapped), ports (2 x 2) and the checksum deltas
-    /// they imply, without changing the size the eBPF maps were built for.
-    /// Zero until then.
-    pub _reserved: [u8; 48],
+    pub src_ip: [u8; 16],
+    pub dst_ip: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Zero; room for the fast path's needs without resizing its maps.
+    pub _reserved: [u8; 12],
 }
 
 const _: () = assert!(std::mem::size_of::<HeaderTransform>() == 64);
@@ -51,6 +55,12 @@ impl HeaderTransform {
     /// The ARP target hardware address becomes `dst_mac`: l2bridge ingress
     /// of an ARP reply to an endpoint.
     pub const ARP_TARGET_DST_MAC: u16 = 1 << 5;
+    /// The IPv4 source address becomes `src_ip` (checksums updated).
+    pub const SET_SRC_IP: u16 = 1 << 6;
+    pub const SET_DST_IP: u16 = 1 << 7;
+    /// The TCP/UDP source port (ICMP echo identifier) becomes `src_port`.
+    pub const SET_SRC_PORT: u16 = 1 << 8;
+    pub const SET_DST_PORT: u16 = 1 << 9;
 
     /// Leaves the frame as it is.
     pub const NONE: HeaderTransform = HeaderTransform {
@@ -58,7 +68,11 @@ impl HeaderTransform {
         vlan: 0,
         src_mac: [0; 6],
         dst_mac: [0; 6],
-        _reserved: [0; 48],
+        src_ip: [0; 16],
+        dst_ip: [0; 16],
+        src_port: 0,
+        dst_port: 0,
+        _reserved: [0; 12],
     };
 
     pub fn is_none(&self) -> bool {
@@ -115,13 +129,34 @@ impl HeaderTransform {
         if next.has(Self::PUSH_VLAN) {
             out.vlan = next.vlan;
         }
+        if next.has(Self::SET_SRC_IP) {
+            out.src_ip = next.src_ip;
+        }
+        if next.has(Self::SET_DST_IP) {
+            out.dst_ip = next.dst_ip;
+        }
+        if next.has(Self::SET_SRC_PORT) {
+            out.src_port = next.src_port;
+        }
+        if next.has(Self::SET_DST_PORT) {
+            out.dst_port = next.dst_port;
+        }
         out
+    }
+
+    /// Whether the transformation translates addresses or ports.
+    pub fn translates(&self) -> bool {
+        self.has(Self::SET_SRC_IP | Self::SET_DST_IP | Self::SET_SRC_PORT | Self::SET_DST_PORT)
     }
 
     /// The part of the transformation that keeps the frame's length (the
     /// MACs), applied to `frame` in place.
     pub fn rewrite(&self, frame: &mut [u8]) {
-        if self.flags & !(Self::PUSH_VLAN | Self::POP_VLAN) == 0 {
+        let macs = Self::SET_SRC_MAC
+            | Self::SET_DST_MAC
+            | Self::ANNOUNCE_SRC_MAC
+            | Self::ARP_TARGET_DST_MAC;
+        if self.flags & macs == 0 {
             return;
         }
         let Ok(mut eth) = EthernetFrame::new_checked(&mut frame[..]) else {
@@ -169,6 +204,13 @@ pub fn apply(xform: &HeaderTransform, pkt: &mut Packet) -> Result<(), NoRoom> {
         pop_vlan(pkt);
     }
     xform.rewrite(pkt.frame_mut());
+    if xform.translates() {
+        let partial = pkt.vnet.flags & VirtioNetHdr::F_NEEDS_CSUM != 0;
+        if let Ok(eth) = EthernetFrame::new_checked(pkt.frame()) {
+            let l3 = eth.header_len();
+            super::translate::translate(pkt.frame_mut(), l3, partial, xform);
+        }
+    }
     if xform.has(HeaderTransform::PUSH_VLAN) {
         push_vlan(pkt, xform.vlan)?;
     }
