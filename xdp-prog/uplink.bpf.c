@@ -9,6 +9,15 @@
  *   - ICMPv6 neighbour solicitation whose target is an endpoint IP -> switch
  *   - unicast IPv4/IPv6 whose destination is an endpoint IP
  *     (l2bridge mode: the frame carries the uplink's own MAC)      -> switch
+ *   - unicast IPv4 to an address the switch translates to (nat mode,
+ *     `nat_ranges`; the host keeps its own traffic to that address):
+ *       TCP/UDP whose destination port is in the switch's range or
+ *       is a static mapping's (`nat_ports`)                        -> switch
+ *       ICMP echo reply whose id is in the range                   -> switch
+ *       ICMP unreachable / time exceeded / parameter problem
+ *       quoting a packet the switch sent from that address (its
+ *       source port or echo request id the switch's, as above)     -> switch
+ *       a fragment other than the first (no ports to look at)      -> host
  *   - everything else (host unicast, other broadcast/multicast)    -> host
  *
  * "Switch" means bpf_redirect_map into `xsks` at the receive queue, with
@@ -41,6 +50,12 @@
 #define ARPOP_REPLY 2
 #define ICMPV6_NEIGHBOUR_SOLICITATION 135
 #define VLAN_VID_MASK 0x0fff
+#define IPV4_FRAG_OFFSET 0x1fff
+#define ICMP_ECHO_REPLY 0
+#define ICMP_DEST_UNREACH 3
+#define ICMP_ECHO_REQUEST 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETER_PROBLEM 12
 
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
@@ -62,6 +77,20 @@ struct {
 	__type(key, struct uplink_ip_key);
 	__type(value, __u32);
 } endpoint_ips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, UPLINK_MAX_NAT_ADDRS);
+	__type(key, struct uplink_nat_key);
+	__type(value, struct uplink_nat_range);
+} nat_ranges SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, UPLINK_MAX_ENDPOINTS);
+	__type(key, struct uplink_nat_port_key);
+	__type(value, __u32);
+} nat_ports SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -93,6 +122,8 @@ enum verdict {
 	V_HOST = 0,
 	V_SWITCH = 1,
 	V_MALFORMED = 2,
+	/* To the switch, and counted as NAT. */
+	V_NAT = 3,
 };
 
 static __always_inline int count(__u32 stat, int action)
@@ -259,6 +290,148 @@ static __always_inline enum verdict parse_arp(struct cursor *c, __u16 vlan)
 
 /* --- IPv4 ---------------------------------------------------------------- */
 
+/* A fragment other than the first: no transport header to look at. */
+static __always_inline int ipv4_is_later_fragment(const struct iphdr *ip)
+{
+	return (ip->frag_off & bpf_htons(IPV4_FRAG_OFFSET)) != 0;
+}
+
+/* Moves the cursor past the whole header `ip`, options included (IHL, at
+ * least 5, checked by the caller). Returns 0, or -1 when the frame is
+ * shorter. */
+static __always_inline int skip_ipv4_header(struct cursor *c, struct iphdr *ip)
+{
+	c->pos = ip;
+	return cursor_take(c, ip->ihl * 4) ? 0 : -1;
+}
+
+/* --- NAT ----------------------------------------------------------------- */
+
+/* The first four bytes of TCP and UDP. */
+struct l4_ports {
+	__be16 source;
+	__be16 dest;
+};
+
+/* ICMP header; id and sequence only mean that for echo messages. */
+struct icmp_head {
+	__u8 type;
+	__u8 code;
+	__be16 checksum;
+	__be16 id;
+	__be16 sequence;
+};
+
+_Static_assert(sizeof(struct icmp_head) == 8, "ICMP header layout");
+
+static __always_inline int nat_in_range(const struct uplink_nat_range *r, __u16 value)
+{
+	return value >= r->lo && value <= r->hi;
+}
+
+/* A TCP or UDP port (network order) of the switch at `addr`: in its range
+ * or a static mapping's. */
+static __always_inline int nat_owns_port(__u16 vlan, __be32 addr, const struct uplink_nat_range *r,
+					 __u8 proto, __be16 port)
+{
+	struct uplink_nat_port_key key = { .vlan = vlan, .proto = proto, .port = bpf_ntohs(port) };
+
+	if (nat_in_range(r, key.port))
+		return 1;
+	__builtin_memcpy(key.addr, &addr, 4);
+	return bpf_map_lookup_elem(&nat_ports, &key) != NULL;
+}
+
+/* An ICMP message to `addr` (the cursor at its header): an echo reply to the
+ * switch, or an error about a packet the switch sent from `addr`. */
+static __always_inline enum verdict nat_icmp(struct cursor *c, __u16 vlan, __be32 addr,
+					     const struct uplink_nat_range *r)
+{
+	struct icmp_head *icmp = cursor_take(c, sizeof(*icmp));
+	struct iphdr *quoted;
+
+	if (!icmp)
+		return V_MALFORMED;
+	switch (icmp->type) {
+	case ICMP_ECHO_REPLY:
+		return nat_in_range(r, bpf_ntohs(icmp->id)) ? V_NAT : V_HOST;
+	case ICMP_DEST_UNREACH:
+	case ICMP_TIME_EXCEEDED:
+	case ICMP_PARAMETER_PROBLEM:
+		break;
+	default:
+		return V_HOST;
+	}
+
+	/* RFC 792: the offending IP header and at least 8 bytes after it. */
+	quoted = cursor_take(c, sizeof(*quoted));
+	if (!quoted)
+		return V_MALFORMED;
+	if (quoted->version != 4 || quoted->ihl < 5 || quoted->saddr != addr ||
+	    ipv4_is_later_fragment(quoted))
+		return V_HOST;
+	if (skip_ipv4_header(c, quoted))
+		return V_MALFORMED;
+	switch (quoted->protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP: {
+		struct l4_ports *ports = cursor_take(c, sizeof(*ports));
+
+		if (!ports)
+			return V_MALFORMED;
+		return nat_owns_port(vlan, addr, r, quoted->protocol, ports->source) ? V_NAT
+										      : V_HOST;
+	}
+	case IPPROTO_ICMP: {
+		struct icmp_head *echo = cursor_take(c, sizeof(*echo));
+
+		if (!echo)
+			return V_MALFORMED;
+		return echo->type == ICMP_ECHO_REQUEST && nat_in_range(r, bpf_ntohs(echo->id))
+			       ? V_NAT
+			       : V_HOST;
+	}
+	default:
+		return V_HOST;
+	}
+}
+
+/* Unicast IPv4 to `ip->daddr`, not an endpoint's (the cursor right after
+ * the fixed header): a reply to a flow the switch translated, or a
+ * connection to one of its static mappings, when the switch translates to
+ * that address. */
+static __always_inline enum verdict nat_ipv4(struct cursor *c, __u16 vlan, struct iphdr *ip)
+{
+	struct uplink_nat_key key = { .vlan = vlan };
+	struct uplink_nat_range *found;
+	struct uplink_nat_range r;
+	__be32 addr = ip->daddr;
+
+	__builtin_memcpy(key.addr, &addr, 4);
+	found = bpf_map_lookup_elem(&nat_ranges, &key);
+	if (!found)
+		return V_HOST;
+	r = *found;
+	if (ipv4_is_later_fragment(ip))
+		return V_HOST;
+	if (skip_ipv4_header(c, ip))
+		return V_MALFORMED;
+	switch (ip->protocol) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP: {
+		struct l4_ports *ports = cursor_take(c, sizeof(*ports));
+
+		if (!ports)
+			return V_MALFORMED;
+		return nat_owns_port(vlan, addr, &r, ip->protocol, ports->dest) ? V_NAT : V_HOST;
+	}
+	case IPPROTO_ICMP:
+		return nat_icmp(c, vlan, addr, &r);
+	default:
+		return V_HOST;
+	}
+}
+
 static __always_inline enum verdict parse_ipv4(struct cursor *c, __u16 vlan, int unicast)
 {
 	struct iphdr *ip = cursor_take(c, sizeof(*ip));
@@ -267,7 +440,9 @@ static __always_inline enum verdict parse_ipv4(struct cursor *c, __u16 vlan, int
 		return V_MALFORMED;
 	if (!unicast)
 		return V_HOST;
-	return ipv4_is_endpoint(vlan, &ip->daddr) ? V_SWITCH : V_HOST;
+	if (ipv4_is_endpoint(vlan, &ip->daddr))
+		return V_SWITCH;
+	return nat_ipv4(c, vlan, ip);
 }
 
 /* --- IPv6 ---------------------------------------------------------------- */
@@ -372,6 +547,11 @@ int vswitch_uplink(struct xdp_md *ctx)
 
 	if (v == V_SWITCH)
 		return tagged_to_switch(ctx, &tag);
+	if (v == V_NAT) {
+		/* Counted at the decision, whatever the redirect then does. */
+		count(UPLINK_STAT_NAT, 0);
+		return tagged_to_switch(ctx, &tag);
+	}
 	if (v == V_MALFORMED)
 		return count(UPLINK_STAT_MALFORMED, XDP_PASS);
 	return count(UPLINK_STAT_PASSED, XDP_PASS);

@@ -26,7 +26,10 @@ enum uplink_stat {
 	 * offload, read with bpf_xdp_metadata_rx_vlan_tag): the tag was put
 	 * back into the frame. */
 	UPLINK_STAT_VLAN_RESTORED = 4,
-	UPLINK_STAT_MAX = 5,
+	/* A reply or mapped connection of a translated flow, handed to the
+	 * switch (counted when decided, so also when NO_SOCKET follows). */
+	UPLINK_STAT_NAT = 5,
+	UPLINK_STAT_MAX = 6,
 };
 
 /* In the device-bound build (UPLINK_DEV_BOUND), the call to the
@@ -54,12 +57,45 @@ struct uplink_ip_key {
 	__u8 addr[16];
 };
 
+/* Key of `nat_ranges`: an IPv4 address of the uplink that the switch
+ * translates to (nat mode), on a VLAN (0 = untagged). */
+struct uplink_nat_key {
+	__u16 vlan;
+	__u8 pad[2];
+	__u8 addr[4];
+};
+
+/* Value of `nat_ranges`: the switch's own source ports (TCP, UDP) and ICMP
+ * echo ids at that address, lo..=hi, host byte order. The host keeps the
+ * rest of the address's traffic. */
+struct uplink_nat_range {
+	__u16 lo;
+	__u16 hi;
+};
+
+/* Key of `nat_ports`: the external port of a static port mapping at an
+ * address of `nat_ranges` (it may lie outside the range). `proto` is
+ * IPPROTO_TCP or IPPROTO_UDP; `port` is in host byte order. */
+struct uplink_nat_port_key {
+	__u16 vlan;
+	__u8 proto;
+	__u8 pad;
+	__u16 port;
+	__u8 pad2[2];
+	__u8 addr[4];
+};
+
 _Static_assert(sizeof(struct uplink_mac_key) == 8, "uplink_mac_key layout");
 _Static_assert(sizeof(struct uplink_ip_key) == 20, "uplink_ip_key layout");
+_Static_assert(sizeof(struct uplink_nat_key) == 8, "uplink_nat_key layout");
+_Static_assert(sizeof(struct uplink_nat_range) == 4, "uplink_nat_range layout");
+_Static_assert(sizeof(struct uplink_nat_port_key) == 12, "uplink_nat_port_key layout");
 
 /* Largest number of receive queues an uplink can have sockets on. */
 #define UPLINK_MAX_QUEUES 64
-/* Entries of each endpoint map. */
+/* Entries of each endpoint map, and of `nat_ports`. */
 #define UPLINK_MAX_ENDPOINTS 4096
+/* Entries of `nat_ranges`: translated-to addresses (times VLANs). */
+#define UPLINK_MAX_NAT_ADDRS 64
 
 #endif

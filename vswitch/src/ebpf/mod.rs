@@ -94,6 +94,10 @@ pub enum EbpfError {
     },
     #[error("VLAN {0} is out of range (0 = untagged, 1..=4094)")]
     InvalidVlan(u16),
+    #[error("NAT port range {lo}..={hi} is empty")]
+    InvalidNatRange { lo: u16, hi: u16 },
+    #[error("NAT ports are TCP (6) or UDP (17), not protocol {0}")]
+    InvalidNatProtocol(u8),
 }
 
 /// Serialises [`ensure_bpffs`] within the process, so concurrent callers do

@@ -6,6 +6,15 @@
 //! the host stack, as does an endpoint frame arriving on a queue with no
 //! socket.
 //!
+//! NAT (nat mode): for an IPv4 address of the uplink given to
+//! [`UplinkProgram::set_nat_range`], unicast IPv4 to it goes to the switch
+//! when it is TCP/UDP to a port in the range or added with
+//! [`UplinkProgram::add_nat_port`], an ICMP echo reply with an id in the
+//! range, or an ICMP unreachable / time exceeded / parameter problem quoting
+//! a packet sent from that address with such a source port or echo request
+//! id. Everything else to the address (other ports, ARP, fragments after the
+//! first, which carry no ports) stays the host's.
+//!
 //! Lifetime: the attachment is a BPF link pinned at
 //! `/sys/fs/bpf/vswitch/<ifname>/link`, with the maps pinned beside it for
 //! inspection (`bpftool map dump pinned ...`). Dropping an [`UplinkProgram`]
@@ -17,8 +26,9 @@
 //! attaches a fresh program. Taking over would keep the old maps and mode,
 //! but there is nothing to keep: the old sockets are gone (the old program
 //! was passing everything to the host, as no program does), the daemon
-//! re-registers endpoints from its state, and attaching fresh re-probes the
-//! mode and guarantees the map layouts match this loader.
+//! re-registers endpoints (and NAT ranges and ports) from its state, and
+//! attaching fresh re-probes the mode and guarantees the map layouts match
+//! this loader.
 //!
 //! VLANs: the VID is read from the 802.1Q tag in the frame, or, where the
 //! driver keeps the tag out of band (a veth whose peer has TX VLAN offload,
@@ -40,7 +50,7 @@ use crate::sys::error_chain;
 use std::ffi::CString;
 use std::fmt;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
@@ -57,6 +67,8 @@ const PROGRAM: &str = "vswitch_uplink";
 const MAP_XSKS: &str = "xsks";
 const MAP_MACS: &str = "endpoint_macs";
 const MAP_IPS: &str = "endpoint_ips";
+const MAP_NAT_RANGES: &str = "nat_ranges";
+const MAP_NAT_PORTS: &str = "nat_ports";
 const MAP_STATS: &str = "stats";
 const LINK_PIN: &str = "link";
 
@@ -78,14 +90,53 @@ struct IpKey {
     addr: [u8; 16],
 }
 
+/// `struct uplink_nat_key` (xdp-prog/uplink.h): `addr` in network order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+struct NatKey {
+    vlan: u16,
+    pad: [u8; 2],
+    addr: [u8; 4],
+}
+
+/// `struct uplink_nat_range` (xdp-prog/uplink.h): host byte order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+struct NatRange {
+    lo: u16,
+    hi: u16,
+}
+
+/// `struct uplink_nat_port_key` (xdp-prog/uplink.h): `port` in host byte
+/// order, `addr` in network order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+struct NatPortKey {
+    vlan: u16,
+    proto: u8,
+    pad: u8,
+    port: u16,
+    pad2: [u8; 2],
+    addr: [u8; 4],
+}
+
 const _: () = assert!(std::mem::size_of::<MacKey>() == 8);
 const _: () = assert!(std::mem::size_of::<IpKey>() == 20);
+const _: () = assert!(std::mem::size_of::<NatKey>() == 8);
+const _: () = assert!(std::mem::size_of::<NatRange>() == 4);
+const _: () = assert!(std::mem::size_of::<NatPortKey>() == 12);
 
-// SAFETY: both are #[repr(C)] with only integer fields and no implicit
+// SAFETY: all are #[repr(C)] with only integer fields and no implicit
 // padding (sizes asserted above), so every byte pattern is a valid value.
 unsafe impl aya::Pod for MacKey {}
 // SAFETY: as for MacKey.
 unsafe impl aya::Pod for IpKey {}
+// SAFETY: as for MacKey.
+unsafe impl aya::Pod for NatKey {}
+// SAFETY: as for MacKey.
+unsafe impl aya::Pod for NatRange {}
+// SAFETY: as for MacKey.
+unsafe impl aya::Pod for NatPortKey {}
 
 /// `UPLINK_FAMILY_*` (xdp-prog/uplink.h).
 const FAMILY_IPV4: u8 = 4;
@@ -100,11 +151,12 @@ enum UplinkStat {
     Malformed = 2,
     NoSocket = 3,
     VlanRestored = 4,
+    Nat = 5,
 }
 
 /// `UPLINK_STAT_MAX`.
-const STAT_COUNT: u32 = 5;
-const _: () = assert!(UplinkStat::VlanRestored as u32 + 1 == STAT_COUNT);
+const STAT_COUNT: u32 = 6;
+const _: () = assert!(UplinkStat::Nat as u32 + 1 == STAT_COUNT);
 
 /// How the program runs on the interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +191,10 @@ pub struct XdpStats {
     /// Frames for the switch whose VLAN tag the driver had out of band, put
     /// back into the frame (device-bound program only).
     pub vlan_restored: u64,
+    /// Frames of translated flows (replies, connections to static mappings,
+    /// ICMP errors about them) steered to the switch. Counted when decided,
+    /// so also in `redirected` or, with no socket on the queue, `no_socket`.
+    pub nat: u64,
 }
 
 /// The steering program attached to one uplink. See the module docs.
@@ -153,6 +209,8 @@ pub struct UplinkProgram {
     xsks: XskMap<MapData>,
     macs: HashMap<MapData, MacKey, u32>,
     ips: HashMap<MapData, IpKey, u32>,
+    nat_ranges: HashMap<MapData, NatKey, NatRange>,
+    nat_ports: HashMap<MapData, NatPortKey, u32>,
     stats: PerCpuArray<MapData, u64>,
     /// Owns the loaded program; dropping it leaves the pinned link attached.
     _ebpf: Ebpf,
@@ -237,6 +295,10 @@ impl UplinkProgram {
         let macs =
             HashMap::try_from(pin_map(&mut ebpf, MAP_MACS)?).map_err(|e| typed(MAP_MACS, e))?;
         let ips = HashMap::try_from(pin_map(&mut ebpf, MAP_IPS)?).map_err(|e| typed(MAP_IPS, e))?;
+        let nat_ranges = HashMap::try_from(pin_map(&mut ebpf, MAP_NAT_RANGES)?)
+            .map_err(|e| typed(MAP_NAT_RANGES, e))?;
+        let nat_ports = HashMap::try_from(pin_map(&mut ebpf, MAP_NAT_PORTS)?)
+            .map_err(|e| typed(MAP_NAT_PORTS, e))?;
         let stats = PerCpuArray::try_from(pin_map(&mut ebpf, MAP_STATS)?)
             .map_err(|e| typed(MAP_STATS, e))?;
 
@@ -277,6 +339,8 @@ impl UplinkProgram {
             xsks,
             macs,
             ips,
+            nat_ranges,
+            nat_ports,
             stats,
             _ebpf: ebpf,
         })
@@ -376,6 +440,83 @@ impl UplinkProgram {
         })
     }
 
+    /// Steers to the switch the IPv4 traffic to `addr` on `vlan` that
+    /// belongs to flows it translates to that address: TCP/UDP to a port in
+    /// `lo..=hi`, echo replies with an id in it, and ICMP errors about such
+    /// packets (see the module docs). The rest of the traffic to `addr`
+    /// stays the host's. Replaces the range `addr` had.
+    pub fn set_nat_range(
+        &mut self,
+        vlan: u16,
+        addr: Ipv4Addr,
+        lo: u16,
+        hi: u16,
+    ) -> Result<(), EbpfError> {
+        if lo > hi {
+            return Err(EbpfError::InvalidNatRange { lo, hi });
+        }
+        let key = nat_key(check_vlan(vlan)?, addr);
+        self.nat_ranges
+            .insert(key, NatRange { lo, hi }, 0)
+            .map_err(|source| EbpfError::Map {
+                map: MAP_NAT_RANGES,
+                op: "setting a NAT range",
+                source: Box::new(source),
+            })
+    }
+
+    /// Undoes [`UplinkProgram::set_nat_range`]: all traffic to `addr` is the
+    /// host's again, ports added with [`UplinkProgram::add_nat_port`]
+    /// included (they stay in their map, unused, until removed or a range is
+    /// set again). Clearing an absent range is not an error.
+    pub fn clear_nat_range(&mut self, vlan: u16, addr: Ipv4Addr) -> Result<(), EbpfError> {
+        let key = nat_key(check_vlan(vlan)?, addr);
+        ignore_missing(self.nat_ranges.remove(&key)).map_err(|source| EbpfError::Map {
+            map: MAP_NAT_RANGES,
+            op: "clearing a NAT range",
+            source: Box::new(source),
+        })
+    }
+
+    /// Steers to the switch TCP or UDP (`proto`, `libc::IPPROTO_TCP` or
+    /// `IPPROTO_UDP`) to `port` at `addr` on `vlan`, and ICMP errors about
+    /// packets sent from it: the external port of a static port mapping. It
+    /// may lie outside the range; it only takes effect while `addr` has a
+    /// range ([`UplinkProgram::set_nat_range`]).
+    pub fn add_nat_port(
+        &mut self,
+        vlan: u16,
+        addr: Ipv4Addr,
+        proto: u8,
+        port: u16,
+    ) -> Result<(), EbpfError> {
+        let key = nat_port_key(check_vlan(vlan)?, addr, check_nat_proto(proto)?, port);
+        self.nat_ports
+            .insert(key, 0, 0)
+            .map_err(|source| EbpfError::Map {
+                map: MAP_NAT_PORTS,
+                op: "adding a NAT port",
+                source: Box::new(source),
+            })
+    }
+
+    /// Undoes [`UplinkProgram::add_nat_port`]; removing an absent port is
+    /// not an error.
+    pub fn remove_nat_port(
+        &mut self,
+        vlan: u16,
+        addr: Ipv4Addr,
+        proto: u8,
+        port: u16,
+    ) -> Result<(), EbpfError> {
+        let key = nat_port_key(check_vlan(vlan)?, addr, check_nat_proto(proto)?, port);
+        ignore_missing(self.nat_ports.remove(&key)).map_err(|source| EbpfError::Map {
+            map: MAP_NAT_PORTS,
+            op: "removing a NAT port",
+            source: Box::new(source),
+        })
+    }
+
     /// The program's counters, summed over CPUs.
     pub fn stats(&self) -> Result<XdpStats, EbpfError> {
         let read = |stat: UplinkStat| -> Result<u64, EbpfError> {
@@ -395,6 +536,7 @@ impl UplinkProgram {
             malformed: read(UplinkStat::Malformed)?,
             no_socket: read(UplinkStat::NoSocket)?,
             vlan_restored: read(UplinkStat::VlanRestored)?,
+            nat: read(UplinkStat::Nat)?,
         })
     }
 
@@ -510,7 +652,15 @@ fn is_busy(e: &ProgramError) -> bool {
 /// its link).
 fn remove_pins(dir: &Path) -> Result<bool, EbpfError> {
     let mut had_link = false;
-    for name in [LINK_PIN, MAP_XSKS, MAP_MACS, MAP_IPS, MAP_STATS] {
+    for name in [
+        LINK_PIN,
+        MAP_XSKS,
+        MAP_MACS,
+        MAP_IPS,
+        MAP_NAT_RANGES,
+        MAP_NAT_PORTS,
+        MAP_STATS,
+    ] {
         let path = dir.join(name);
         match std::fs::remove_file(&path) {
             Ok(()) => had_link |= name == LINK_PIN,
@@ -549,6 +699,32 @@ fn ip_key(vlan: u16, ip: IpAddr) -> IpKey {
     }
 }
 
+fn check_nat_proto(proto: u8) -> Result<u8, EbpfError> {
+    match i32::from(proto) {
+        libc::IPPROTO_TCP | libc::IPPROTO_UDP => Ok(proto),
+        _ => Err(EbpfError::InvalidNatProtocol(proto)),
+    }
+}
+
+fn nat_key(vlan: u16, addr: Ipv4Addr) -> NatKey {
+    NatKey {
+        vlan,
+        pad: [0; 2],
+        addr: addr.octets(),
+    }
+}
+
+fn nat_port_key(vlan: u16, addr: Ipv4Addr, proto: u8, port: u16) -> NatPortKey {
+    NatPortKey {
+        vlan,
+        proto,
+        pad: 0,
+        port,
+        pad2: [0; 2],
+        addr: addr.octets(),
+    }
+}
+
 /// Map deletes report ENOENT for an absent key; removal is idempotent here.
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
@@ -576,6 +752,39 @@ mod tests {
         let k = ip_key(0, IpAddr::V6(v6));
         assert_eq!(k.family, FAMILY_IPV6);
         assert_eq!(k.addr, v6.octets());
+    }
+
+    #[test]
+    fn nat_keys_match_the_c_layout() {
+        use std::mem::offset_of;
+        assert_eq!((offset_of!(NatKey, vlan), offset_of!(NatKey, addr)), (0, 4));
+        assert_eq!((offset_of!(NatRange, lo), offset_of!(NatRange, hi)), (0, 2));
+        assert_eq!(
+            (
+                offset_of!(NatPortKey, vlan),
+                offset_of!(NatPortKey, proto),
+                offset_of!(NatPortKey, port),
+                offset_of!(NatPortKey, addr)
+            ),
+            (0, 2, 4, 8)
+        );
+
+        let k = nat_key(7, Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(k.vlan, 7);
+        assert_eq!(k.pad, [0; 2]);
+        assert_eq!(k.addr, [192, 0, 2, 1], "network order");
+
+        let k = nat_port_key(0, Ipv4Addr::new(192, 0, 2, 1), 17, 0x1234);
+        assert_eq!((k.vlan, k.proto, k.pad, k.pad2), (0, 17, 0, [0; 2]));
+        assert_eq!(k.port, 0x1234, "host order, as the program converts it");
+        assert_eq!(k.addr, [192, 0, 2, 1]);
+    }
+
+    #[test]
+    fn nat_protocols() {
+        assert!(check_nat_proto(libc::IPPROTO_TCP as u8).is_ok());
+        assert!(check_nat_proto(libc::IPPROTO_UDP as u8).is_ok());
+        assert!(check_nat_proto(libc::IPPROTO_ICMP as u8).is_err());
     }
 
     #[test]
@@ -692,5 +901,258 @@ mod tests {
         drop(fd_link);
         assert!(!has_xdp(&net.ns_a, &net.a));
         let _ = std::fs::remove_dir_all(pins);
+    }
+
+    /// Waits until the NAT counter reaches `at_least`, then a little longer,
+    /// so that a frame counted when it should not have been shows up too.
+    /// Frames from one sender are processed in order: once a frame sent last
+    /// ("marker") is counted, the ones before it have been decided.
+    fn settled_nat(prog: &UplinkProgram, at_least: u64) -> u64 {
+        use std::time::{Duration, Instant};
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while prog.stats().unwrap().nat < at_least && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        prog.stats().unwrap().nat
+    }
+
+    const NAT_LO: u16 = 40000;
+    const NAT_HI: u16 = 40009;
+
+    /// A veth pair with the program attached to `a` and a NAT range for
+    /// `a`'s address; no AF_XDP socket, so steered frames still reach the
+    /// host (counted `no_socket`) and replies flow.
+    fn nat_uplink() -> Option<(super::super::testnet::VethNet, UplinkProgram)> {
+        use super::super::testnet::{is_root, VethNet};
+        if !is_root() {
+            eprintln!("skipped: needs root (namespaces, XDP)");
+            return None;
+        }
+        let net = VethNet::new().expect("building the veth topology");
+        let mut prog = net.in_a(|| UplinkProgram::attach(&net.a)).expect("attach");
+        prog.set_nat_range(0, Ipv4Addr::from(net.ip_a), NAT_LO, NAT_HI)
+            .unwrap();
+        Some((net, prog))
+    }
+
+    #[test]
+    fn nat_steers_tcp_and_udp_to_the_switch_ports() {
+        use std::net::{SocketAddr, TcpStream, UdpSocket};
+        use std::time::Duration;
+        let Some((net, mut prog)) = nat_uplink() else {
+            return;
+        };
+        let ip_a = Ipv4Addr::from(net.ip_a);
+        let udp = net
+            .in_b(|| UdpSocket::bind("0.0.0.0:0"))
+            .expect("UDP socket in b");
+        // The payload reads as ports in the range wherever it is parsed as
+        // a header, as a fragment after the first would be without the
+        // offset check.
+        let send = |ip: Ipv4Addr, port: u16, len: usize| {
+            let payload: Vec<u8> = NAT_LO.to_be_bytes().into_iter().cycle().take(len).collect();
+            udp.send_to(&payload, (ip, port)).expect("send");
+        };
+        let udp_proto = libc::IPPROTO_UDP as u8;
+
+        // In range: the switch's (and, with no socket, the host's after all).
+        let before = prog.stats().unwrap();
+        send(ip_a, 40005, 8);
+        assert_eq!(settled_nat(&prog, before.nat + 1), before.nat + 1);
+        let after = prog.stats().unwrap();
+        assert!(after.no_socket > before.no_socket, "{after:?}");
+        assert!(after.redirected == before.redirected, "{after:?}");
+
+        // With IP options (IHL 6: four NOPs), the ports are found after
+        // them.
+        let with_options = net
+            .in_b(|| UdpSocket::bind("0.0.0.0:0"))
+            .expect("UDP socket in b");
+        set_ip_options(&with_options, &[1, 1, 1, 1]);
+        let n = prog.stats().unwrap().nat;
+        with_options.send_to(b"x", (ip_a, NAT_HI)).unwrap();
+        assert_eq!(settled_nat(&prog, n + 1), n + 1, "ports after the options");
+
+        // Out of range: the host's. The in-range marker after it shows it
+        // was decided.
+        let before = prog.stats().unwrap();
+        send(ip_a, 50000, 8);
+        send(ip_a, NAT_LO, 8);
+        assert_eq!(settled_nat(&prog, before.nat + 1), before.nat + 1);
+        assert!(prog.stats().unwrap().passed > before.passed);
+
+        // A static mapping's port, outside the range; for UDP only.
+        prog.add_nat_port(0, ip_a, udp_proto, 50000).unwrap();
+        let n = prog.stats().unwrap().nat;
+        send(ip_a, 50000, 8);
+        assert_eq!(settled_nat(&prog, n + 1), n + 1);
+        let n = prog.stats().unwrap().nat;
+        let refused = net.in_b(|| {
+            TcpStream::connect_timeout(&SocketAddr::from((ip_a, 50000)), Duration::from_secs(2))
+        });
+        assert!(refused.is_err(), "nothing listens in a");
+        send(ip_a, NAT_HI, 8);
+        assert_eq!(settled_nat(&prog, n + 1), n + 1, "TCP 50000 is not mapped");
+
+        // TCP in range: the SYN is the switch's.
+        let n = prog.stats().unwrap().nat;
+        let _ = net.in_b(|| {
+            TcpStream::connect_timeout(
+                &SocketAddr::from((ip_a, NAT_LO + 3)),
+                Duration::from_secs(2),
+            )
+        });
+        assert_eq!(settled_nat(&prog, n + 1), n + 1);
+
+        prog.remove_nat_port(0, ip_a, udp_proto, 50000).unwrap();
+        prog.remove_nat_port(0, ip_a, udp_proto, 50000)
+            .expect("removing twice is fine");
+        let n = prog.stats().unwrap().nat;
+        send(ip_a, 50000, 8);
+        send(ip_a, NAT_LO, 8);
+        assert_eq!(settled_nat(&prog, n + 1), n + 1);
+
+        // Fragmented (MTU 1500): the first fragment carries the port, the
+        // second nothing to decide by, so it is the host's.
+        let n = prog.stats().unwrap().nat;
+        send(ip_a, 40005, 3000);
+        send(ip_a, NAT_LO, 8);
+        assert_eq!(settled_nat(&prog, n + 2), n + 2);
+
+        // Per address: clearing a's range leaves a second address's.
+        let ip_a2 = Ipv4Addr::new(10, 77, net.subnet, 3);
+        net.ip(
+            &net.ns_a,
+            &["addr", "add", &format!("{ip_a2}/24"), "dev", &net.a],
+        )
+        .unwrap();
+        prog.set_nat_range(0, ip_a2, NAT_LO, NAT_HI).unwrap();
+        prog.clear_nat_range(0, ip_a).unwrap();
+        prog.clear_nat_range(0, ip_a)
+            .expect("clearing twice is fine");
+        let n = prog.stats().unwrap().nat;
+        send(ip_a, 40005, 8);
+        send(ip_a2, 40005, 8);
+        assert_eq!(settled_nat(&prog, n + 1), n + 1);
+
+        assert!(matches!(
+            prog.set_nat_range(0, ip_a, 2, 1),
+            Err(EbpfError::InvalidNatRange { lo: 2, hi: 1 })
+        ));
+        assert!(matches!(
+            prog.add_nat_port(0, ip_a, libc::IPPROTO_ICMP as u8, 1),
+            Err(EbpfError::InvalidNatProtocol(1))
+        ));
+        prog.detach().unwrap();
+    }
+
+    fn set_ip_options(sock: &std::net::UdpSocket, options: &[u8]) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: options is valid for the length passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_OPTIONS,
+                options.as_ptr().cast(),
+                options.len() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "IP_OPTIONS: {}", io::Error::last_os_error());
+    }
+
+    /// Sends an ICMP echo request with identifier `id` through a raw socket.
+    fn send_echo_request(sock: &std::os::fd::OwnedFd, dst: Ipv4Addr, id: u16) {
+        use std::os::fd::AsRawFd;
+        let mut msg = [0u8; 16];
+        msg[0] = 8; // echo request
+        msg[4..6].copy_from_slice(&id.to_be_bytes());
+        msg[6..8].copy_from_slice(&1u16.to_be_bytes());
+        let mut sum: u32 = msg
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        msg[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        // SAFETY: sockaddr_in is plain data; all-zero is valid.
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        addr.sin_family = libc::AF_INET as u16;
+        addr.sin_addr.s_addr = u32::from_ne_bytes(dst.octets());
+        // SAFETY: msg and addr are valid for the lengths passed.
+        let n = unsafe {
+            libc::sendto(
+                sock.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        assert_eq!(
+            n,
+            msg.len() as isize,
+            "sendto: {}",
+            io::Error::last_os_error()
+        );
+    }
+
+    #[test]
+    fn nat_steers_echo_replies_and_icmp_errors_about_the_switch_flows() {
+        use std::net::UdpSocket;
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let Some((net, prog)) = nat_uplink() else {
+            return;
+        };
+        let ip_a = Ipv4Addr::from(net.ip_a);
+        let ip_b = Ipv4Addr::from(net.ip_b);
+        let raw = net.in_a(|| {
+            // SAFETY: plain socket(2) call.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_INET,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    libc::IPPROTO_ICMP,
+                )
+            };
+            assert!(fd >= 0, "raw ICMP socket: {}", io::Error::last_os_error());
+            // SAFETY: fd is a fresh socket we own.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        });
+
+        // b answers a's pings: the reply to an id in the range is the
+        // switch's, one outside it the host's.
+        let n = prog.stats().unwrap().nat;
+        send_echo_request(&raw, ip_b, NAT_LO + 1);
+        assert_eq!(settled_nat(&prog, n + 1), n + 1);
+        let n = prog.stats().unwrap().nat;
+        send_echo_request(&raw, ip_b, 7);
+        send_echo_request(&raw, ip_b, NAT_HI);
+        assert_eq!(settled_nat(&prog, n + 1), n + 1, "echo id 7 is the host's");
+
+        // UDP from a switch port at a to a closed port in b: b's port
+        // unreachable quotes it and is the switch's; the same from a host
+        // port is the host's.
+        let from_switch = net
+            .in_a(|| UdpSocket::bind((ip_a, NAT_LO + 7)))
+            .expect("UDP socket in a");
+        let from_host = net
+            .in_a(|| UdpSocket::bind((ip_a, NAT_HI + 100)))
+            .expect("UDP socket in a");
+        let n = prog.stats().unwrap().nat;
+        from_switch.send_to(b"x", (ip_b, 9)).unwrap();
+        assert_eq!(settled_nat(&prog, n + 1), n + 1);
+        let n = prog.stats().unwrap().nat;
+        from_host.send_to(b"x", (ip_b, 9)).unwrap();
+        send_echo_request(&raw, ip_b, NAT_LO);
+        assert_eq!(
+            settled_nat(&prog, n + 1),
+            n + 1,
+            "an error about a host flow"
+        );
+        prog.detach().unwrap();
     }
 }
