@@ -347,12 +347,11 @@ impl Controller {
             let (port, smac, dmac) = match peer_of(src) {
                 Some(peer) => (self.attached_port(peer)?, peer.mac, ep.mac),
                 None => match (host, uplink) {
-                    (Some((mac, id)), _) if net.driver.has_uplink() == false || uplink.is_none() => {
-                        (id, mac, ep.mac)
-                    }
                     (_, Some(id)) => {
                         let dmac = match net.driver.wire_mac() {
-                            Some(WireMac::Uplink) => uplink_mac.unwrap_or(ep.mac),
+                            Some(WireMac::Uplink | WireMac::Translated) => {
+                                uplink_mac.unwrap_or(ep.mac)
+                            }
                             _ => ep.mac,
                         };
                         (id, wire_host, dmac)
