@@ -1,20 +1,25 @@
 //! A minimal synchronous rtnetlink client: the handful of link, address and
-//! route operations the switch needs, over a `NETLINK_ROUTE` socket.
+//! route operations the switch needs, over a `NETLINK_ROUTE` socket, and the
+//! lookups nat mode asks of the host's own tables (route to a destination,
+//! IPv4 neighbour entries, an interface's IPv4 addresses).
 //!
 //! A [`Netlink`] acts in the namespace of the thread that opened it, so open
 //! it inside [`super::Netns::run`] to configure a container's links. Every
 //! request asks for an acknowledgement and waits for it; a kernel refusal
 //! comes back as [`NetlinkError::Kernel`] with the errno, the operation, and
-//! the kernel's extended-ack message when it gave one.
+//! the kernel's extended-ack message when it gave one. Each call is one
+//! blocking round trip to the kernel: fine on a flow's first packet, not per
+//! packet.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use thiserror::Error;
 
 /// Numbers from `<linux/netlink.h>`, `<linux/rtnetlink.h>`,
-/// `<linux/if_link.h>`, `<linux/if_addr.h>`, `<linux/veth.h>`.
+/// `<linux/if_link.h>`, `<linux/if_addr.h>`, `<linux/veth.h>`,
+/// `<linux/neighbour.h>`.
 mod consts {
     pub const NLMSG_HDRLEN: usize = 16;
     pub const NLA_HDRLEN: usize = 4;
@@ -25,6 +30,8 @@ mod consts {
 
     pub const NLM_F_REQUEST: u16 = 0x1;
     pub const NLM_F_ACK: u16 = 0x4;
+    /// In a get request: `NLM_F_ROOT | NLM_F_MATCH`, every object.
+    pub const NLM_F_DUMP: u16 = 0x300;
     pub const NLM_F_EXCL: u16 = 0x200;
     pub const NLM_F_CREATE: u16 = 0x400;
     /// In an NLMSG_ERROR: the echoed request was cut to its header.
@@ -44,7 +51,11 @@ mod consts {
     pub const RTM_DELLINK: u16 = 17;
     pub const RTM_GETLINK: u16 = 18;
     pub const RTM_NEWADDR: u16 = 20;
+    pub const RTM_GETADDR: u16 = 22;
     pub const RTM_NEWROUTE: u16 = 24;
+    pub const RTM_GETROUTE: u16 = 26;
+    pub const RTM_NEWNEIGH: u16 = 28;
+    pub const RTM_GETNEIGH: u16 = 30;
 
     pub const IFLA_ADDRESS: u16 = 1;
     pub const IFLA_IFNAME: u16 = 3;
@@ -65,12 +76,25 @@ mod consts {
     pub const IFA_FLAGS: u16 = 8;
     pub const IFA_F_NODAD: u32 = 0x02;
 
+    pub const RTA_DST: u16 = 1;
     pub const RTA_OIF: u16 = 4;
     pub const RTA_GATEWAY: u16 = 5;
+    pub const RTA_PREFSRC: u16 = 7;
+    /// A gateway of another family (an IPv4 route via an IPv6 next hop).
+    pub const RTA_VIA: u16 = 18;
     pub const RT_TABLE_MAIN: u8 = 254;
     pub const RTPROT_STATIC: u8 = 4;
     pub const RT_SCOPE_UNIVERSE: u8 = 0;
     pub const RTN_UNICAST: u8 = 1;
+
+    pub const NDA_DST: u16 = 1;
+    pub const NDA_LLADDR: u16 = 2;
+    pub const NDA_FLAGS_EXT: u16 = 15;
+    pub const NTF_USE: u8 = 0x01;
+    pub const NTF_EXT_LEARNED: u8 = 0x10;
+    /// Under `NDA_FLAGS_EXT`.
+    pub const NTF_EXT_MANAGED: u32 = 1 << 0;
+    pub const NTF_EXT_EXT_VALIDATED: u32 = 1 << 2;
 }
 use consts::*;
 
@@ -104,6 +128,13 @@ pub enum NetlinkError {
     InvalidPrefix { addr: IpAddr, prefix_len: u8 },
     #[error("no link named {0}")]
     NoSuchLink(String),
+    /// The kernel answered with something this client cannot represent.
+    #[error("{op} {target}: {what}")]
+    Unsupported {
+        op: &'static str,
+        target: String,
+        what: &'static str,
+    },
 }
 
 fn ext_ack(message: &Option<String>) -> String {
@@ -156,6 +187,78 @@ pub struct LinkChange {
     /// applies the move before the other changes, and a moved link is down
     /// until set up again (here or later, from inside the target).
     pub netns_fd: Option<RawFd>,
+}
+
+/// Where the kernel would send a packet to one IPv4 destination, as
+/// `ip route get` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// Output link. A local address routes out of `lo` (index 1), so a
+    /// caller that forwards out of one link compares this with its index.
+    pub oif: u32,
+    /// The next hop; `None` when the destination is on-link and is itself
+    /// the address to resolve.
+    pub gateway: Option<Ipv4Addr>,
+    /// The source address the kernel would pick.
+    pub prefsrc: Option<Ipv4Addr>,
+}
+
+/// Neighbour entry states (`NUD_*`), as bits of [`Neighbour::state`].
+pub mod nud {
+    pub const NONE: u16 = 0x00;
+    pub const INCOMPLETE: u16 = 0x01;
+    pub const REACHABLE: u16 = 0x02;
+    pub const STALE: u16 = 0x04;
+    pub const DELAY: u16 = 0x08;
+    pub const PROBE: u16 = 0x10;
+    pub const FAILED: u16 = 0x20;
+    pub const NOARP: u16 = 0x40;
+    pub const PERMANENT: u16 = 0x80;
+    /// The states in which the kernel itself sends to the cached address
+    /// (its `NUD_VALID`).
+    pub const VALID: u16 = REACHABLE | STALE | DELAY | PROBE | PERMANENT | NOARP;
+}
+
+/// An IPv4 neighbour (ARP) entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    /// The link-layer address; the kernel reports one only in a
+    /// [`nud::VALID`] state, and only 6-byte ones are kept.
+    pub mac: Option<[u8; 6]>,
+    /// [`nud`] bits.
+    pub state: u16,
+}
+
+impl Neighbour {
+    /// True when frames may be sent to [`Neighbour::mac`] now. STALE, DELAY
+    /// and PROBE count: the kernel sends to the cached address in them while
+    /// it re-confirms it.
+    pub fn usable(&self) -> bool {
+        self.mac.is_some() && self.state & nud::VALID != 0
+    }
+}
+
+/// A neighbour reply, with the flags that say who owns the entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NeighEntry {
+    neighbour: Neighbour,
+    /// `ndm_flags`.
+    flags: u8,
+    /// `NDA_FLAGS_EXT`, 0 when absent.
+    flags_ext: u32,
+}
+
+impl NeighEntry {
+    /// True for entries that are not the kernel's to resolve: static ones
+    /// (`PERMANENT`, `NOARP`) and ones another agent learned or manages. An
+    /// `NTF_USE` update is administrative: the kernel drops `PERMANENT` from
+    /// the state and clears the externally-learned, managed and validated
+    /// flags the request does not repeat, so these must not get one.
+    fn leave_alone(&self) -> bool {
+        self.neighbour.state & (nud::PERMANENT | nud::NOARP) != 0
+            || self.flags & NTF_EXT_LEARNED != 0
+            || self.flags_ext & (NTF_EXT_MANAGED | NTF_EXT_EXT_VALIDATED) != 0
+    }
 }
 
 /// A `NETLINK_ROUTE` socket bound to the namespace of the thread that opened it.
@@ -346,6 +449,158 @@ impl Netlink {
         }
     }
 
+    /// The route the kernel would use for a packet to `dst` from this host
+    /// (`ip route get`), or `None` when there is none: no matching route
+    /// (`ENETUNREACH`), or one of type unreachable (`EHOSTUNREACH`),
+    /// prohibit (`EACCES`) or blackhole (`EINVAL` without an extended-ack
+    /// message: the request's form is fixed and tested, so that is the
+    /// route's answer, not a refusal of the request). A route via an IPv6
+    /// next hop (`RTA_VIA`) is [`NetlinkError::Unsupported`]: there is no
+    /// IPv4 address to ARP for. Multicast and broadcast destinations come
+    /// back as routes like any other.
+    pub fn route_get(&mut self, dst: Ipv4Addr) -> Result<Option<RouteInfo>, NetlinkError> {
+        const OP: &str = "get route";
+        let target = || format!("to {dst}");
+        let mut req = encode_route_get(dst);
+        let mut found: Option<Result<RouteReply, &'static str>> = None;
+        let res = self.transact(&mut req, |ty, payload| {
+            if ty == RTM_NEWROUTE && found.is_none() {
+                found = Some(parse_route(payload));
+            }
+        });
+        match res {
+            Err(Failure::Errno(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES, _))
+            | Err(Failure::Errno(libc::EINVAL, None)) => return Ok(None),
+            Err(f) => return Err(f.into_error(OP, target())),
+            Ok(()) => {}
+        }
+        match found {
+            Some(Ok(RouteReply { via: true, .. })) => Err(NetlinkError::Unsupported {
+                op: OP,
+                target: target(),
+                what: "the route's next hop is an IPv6 address (RTA_VIA)",
+            }),
+            Some(Ok(RouteReply { info, .. })) => Ok(Some(info)),
+            Some(Err(what)) => Err(NetlinkError::Malformed {
+                op: OP,
+                target: target(),
+                what,
+            }),
+            None => Err(NetlinkError::Malformed {
+                op: OP,
+                target: target(),
+                what: "acknowledged without a route",
+            }),
+        }
+    }
+
+    /// The IPv4 neighbour entry for `ip` on link `ifindex`, or `None` when
+    /// the kernel has none. An entry exists in every state, including
+    /// INCOMPLETE and FAILED; see [`Neighbour::usable`].
+    pub fn neigh_get(
+        &mut self,
+        ifindex: u32,
+        ip: Ipv4Addr,
+    ) -> Result<Option<Neighbour>, NetlinkError> {
+        Ok(self.neigh_entry(ifindex, ip)?.map(|e| e.neighbour))
+    }
+
+    fn neigh_entry(
+        &mut self,
+        ifindex: u32,
+        ip: Ipv4Addr,
+    ) -> Result<Option<NeighEntry>, NetlinkError> {
+        const OP: &str = "get neighbour";
+        let target = || format!("{ip} on index {ifindex}");
+        let mut req = encode_neigh_get(ifindex, ip);
+        let mut found: Option<Result<NeighEntry, &'static str>> = None;
+        let res = self.transact(&mut req, |ty, payload| {
+            if ty == RTM_NEWNEIGH && found.is_none() {
+                found = Some(parse_neigh(payload));
+            }
+        });
+        match res {
+            Err(Failure::Errno(libc::ENOENT, _)) => return Ok(None),
+            Err(f) => return Err(f.into_error(OP, target())),
+            Ok(()) => {}
+        }
+        match found {
+            Some(Ok(entry)) => Ok(Some(entry)),
+            Some(Err(what)) => Err(NetlinkError::Malformed {
+                op: OP,
+                target: target(),
+                what,
+            }),
+            None => Err(NetlinkError::Malformed {
+                op: OP,
+                target: target(),
+                what: "acknowledged without a neighbour",
+            }),
+        }
+    }
+
+    /// Asks the kernel to resolve `ip` on link `ifindex` as if a packet were
+    /// waiting for it, and returns at once; poll [`Netlink::neigh_get`] for
+    /// the answer. With no entry, or a FAILED or NONE one, ARP starts
+    /// (INCOMPLETE, then REACHABLE or FAILED); a STALE entry is re-confirmed
+    /// (DELAY, PROBE); a REACHABLE one is only marked used. Marking used
+    /// matters: frames the switch sends itself never pass the kernel's
+    /// neighbour code, so an entry it relies on ages out unless this is
+    /// called while the flow lives.
+    ///
+    /// This is `RTM_NEWNEIGH` with `NTF_USE`, `NLM_F_CREATE` and state NONE:
+    /// an entry it creates is an ordinary one the kernel may collect.
+    /// Entries that are not the kernel's to resolve (PERMANENT, NOARP,
+    /// externally learned, managed or validated) are left untouched, since
+    /// `NTF_USE` would demote or strip them; that check is a separate query,
+    /// so an entry made permanent in between is not protected. No route is
+    /// needed: the request goes out of `ifindex`, from an address the
+    /// kernel picks for that link.
+    pub fn neigh_resolve(&mut self, ifindex: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+        if let Some(entry) = self.neigh_entry(ifindex, ip)? {
+            if entry.leave_alone() {
+                return Ok(());
+            }
+        }
+        let mut req = encode_neigh_use(ifindex, ip);
+        self.transact(&mut req, |_, _| ())
+            .map_err(|f| f.into_error("resolve neighbour", format!("{ip} on index {ifindex}")))
+    }
+
+    /// The IPv4 addresses on link `ifindex` with their prefix lengths, in
+    /// the kernel's order (primary addresses first); empty when the link has
+    /// none or does not exist. For a point-to-point address this is the
+    /// local end.
+    pub fn ipv4_addrs(&mut self, ifindex: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+        let mut req = encode_addr_dump(libc::AF_INET as u8, ifindex);
+        let mut addrs = Vec::new();
+        let mut bad = None;
+        // Without strict checking the kernel dumps every link's addresses;
+        // the index filter is ours.
+        let res = self.transact(&mut req, |ty, payload| {
+            if ty != RTM_NEWADDR {
+                return;
+            }
+            match parse_ipv4_addr(payload) {
+                Ok(Some((index, addr, prefix_len))) if index == ifindex => {
+                    addrs.push((addr, prefix_len))
+                }
+                Ok(_) => {}
+                Err(what) => bad = bad.or(Some(what)),
+            }
+        });
+        let target = || format!("IPv4 on index {ifindex}");
+        res.map_err(|f| f.into_error("list addresses", target()))?;
+        match bad {
+            Some(what) => Err(NetlinkError::Malformed {
+                op: "list addresses",
+                target: target(),
+                what,
+            }),
+            None => Ok(addrs),
+        }
+    }
+
     /// Sends `req` with a fresh sequence number and reads replies until the
     /// ack (or `NLMSG_DONE`), handing each data message to `on_reply`.
     fn transact(
@@ -379,7 +634,14 @@ impl Netlink {
                 }
                 match msg.ty {
                     NLMSG_NOOP => {}
-                    NLMSG_DONE => done = Some(Ok(())),
+                    // A dump ends here; a negative int after the header
+                    // is an error that cut it short.
+                    NLMSG_DONE => {
+                        done = Some(match dump_error(msg.payload) {
+                            Some(errno) => Err(Failure::Errno(errno, None)),
+                            None => Ok(()),
+                        })
+                    }
                     NLMSG_ERROR => {
                         done = Some(match parse_error(&msg) {
                             Ok((0, _)) => Ok(()),
@@ -667,6 +929,60 @@ fn encode_route_add_default(index: u32, gateway: IpAddr) -> Request {
     req
 }
 
+/// `RTM_GETROUTE` for one IPv4 destination, like `ip route get`.
+fn encode_route_get(dst: Ipv4Addr) -> Request {
+    let mut req = Request::new(RTM_GETROUTE, 0);
+    // struct rtmsg: AF_INET, a /32 destination, everything else unset.
+    let hdr = [libc::AF_INET as u8, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    req.header(&hdr);
+    req.attr(RTA_DST, &dst.octets());
+    req
+}
+
+/// `struct ndmsg`: family, pad, pad (u16), ifindex (i32), state (u16),
+/// flags, type.
+fn ndmsg(ifindex: u32, state: u16, flags: u8) -> [u8; 12] {
+    let mut m = [0u8; 12];
+    m[0] = libc::AF_INET as u8;
+    m[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    m[8..10].copy_from_slice(&state.to_ne_bytes());
+    m[10] = flags;
+    m
+}
+
+/// `RTM_GETNEIGH` for one entry; the kernel wants the link and the address
+/// and nothing else.
+fn encode_neigh_get(ifindex: u32, ip: Ipv4Addr) -> Request {
+    let mut req = Request::new(RTM_GETNEIGH, 0);
+    req.header(&ndmsg(ifindex, nud::NONE, 0));
+    req.attr(NDA_DST, &ip.octets());
+    req
+}
+
+/// `RTM_NEWNEIGH` with `NTF_USE`: the kernel creates the entry if needed
+/// (`NLM_F_CREATE`; not `NLM_F_EXCL`, an existing one is fine) and calls
+/// `neigh_event_send` on it. Under `NTF_USE` the kernel ignores the state
+/// for the update, but reads `PERMANENT` in it when creating (exempting the
+/// entry from garbage collection), so it is NONE. No `NDA_LLADDR`: the
+/// address is the kernel's to learn.
+fn encode_neigh_use(ifindex: u32, ip: Ipv4Addr) -> Request {
+    let mut req = Request::new(RTM_NEWNEIGH, NLM_F_CREATE);
+    req.header(&ndmsg(ifindex, nud::NONE, NTF_USE));
+    req.attr(NDA_DST, &ip.octets());
+    req
+}
+
+/// An `RTM_GETADDR` dump of one family. The index is set for kernels with
+/// strict checking, which then filter; others ignore it.
+fn encode_addr_dump(family: u8, ifindex: u32) -> Request {
+    let mut req = Request::new(RTM_GETADDR, NLM_F_DUMP);
+    let mut hdr = [0u8; 8];
+    hdr[0] = family;
+    hdr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    req.header(&hdr);
+    req
+}
+
 // ---- parsing ----
 
 struct Message<'a> {
@@ -790,6 +1106,102 @@ fn parse_link(payload: &[u8]) -> Result<LinkInfo, &'static str> {
         }
     }
     Ok(info)
+}
+
+fn attr_ipv4(payload: &[u8]) -> Option<Ipv4Addr> {
+    let octets: [u8; 4] = payload.try_into().ok()?;
+    Some(Ipv4Addr::from(octets))
+}
+
+/// An `RTM_NEWROUTE` answering `RTM_GETROUTE`.
+struct RouteReply {
+    info: RouteInfo,
+    /// The next hop came as `RTA_VIA` (another family) instead of
+    /// `RTA_GATEWAY`.
+    via: bool,
+}
+
+fn parse_route(payload: &[u8]) -> Result<RouteReply, &'static str> {
+    if payload.len() < 12 {
+        return Err("truncated rtmsg");
+    }
+    if payload[0] != libc::AF_INET as u8 {
+        return Err("not an IPv4 route");
+    }
+    let mut oif = None;
+    let mut info = RouteInfo {
+        oif: 0,
+        gateway: None,
+        prefsrc: None,
+    };
+    let mut via = false;
+    for (ty, data) in attrs(&payload[12..]) {
+        match ty {
+            RTA_OIF => oif = Some(attr_u32(data).ok_or("short RTA_OIF")?),
+            RTA_GATEWAY => info.gateway = Some(attr_ipv4(data).ok_or("bad RTA_GATEWAY")?),
+            RTA_PREFSRC => info.prefsrc = Some(attr_ipv4(data).ok_or("bad RTA_PREFSRC")?),
+            RTA_VIA => via = true,
+            _ => {}
+        }
+    }
+    info.oif = oif.ok_or("route without RTA_OIF")?;
+    Ok(RouteReply { info, via })
+}
+
+/// An `RTM_NEWNEIGH` payload.
+fn parse_neigh(payload: &[u8]) -> Result<NeighEntry, &'static str> {
+    if payload.len() < 12 {
+        return Err("truncated ndmsg");
+    }
+    let mut entry = NeighEntry {
+        neighbour: Neighbour {
+            mac: None,
+            state: u16::from_ne_bytes([payload[8], payload[9]]),
+        },
+        flags: payload[10],
+        flags_ext: 0,
+    };
+    for (ty, data) in attrs(&payload[12..]) {
+        match ty {
+            NDA_LLADDR => entry.neighbour.mac = data.try_into().ok(),
+            NDA_FLAGS_EXT => entry.flags_ext = attr_u32(data).ok_or("short NDA_FLAGS_EXT")?,
+            _ => {}
+        }
+    }
+    Ok(entry)
+}
+
+/// An `RTM_NEWADDR` payload: (index, address, prefix length) for IPv4,
+/// `None` for other families.
+fn parse_ipv4_addr(payload: &[u8]) -> Result<Option<(u32, Ipv4Addr, u8)>, &'static str> {
+    if payload.len() < 8 {
+        return Err("truncated ifaddrmsg");
+    }
+    if payload[0] != libc::AF_INET as u8 {
+        return Ok(None);
+    }
+    let prefix_len = payload[1];
+    let index = u32::from_ne_bytes(payload[4..8].try_into().unwrap());
+    let (mut local, mut address) = (None, None);
+    for (ty, data) in attrs(&payload[8..]) {
+        match ty {
+            IFA_LOCAL => local = Some(attr_ipv4(data).ok_or("bad IFA_LOCAL")?),
+            IFA_ADDRESS => address = Some(attr_ipv4(data).ok_or("bad IFA_ADDRESS")?),
+            _ => {}
+        }
+    }
+    // IFA_ADDRESS is the peer on a point-to-point link; IFA_LOCAL, when
+    // present, is always this end.
+    let addr = local
+        .or(address)
+        .ok_or("address without IFA_LOCAL or IFA_ADDRESS")?;
+    Ok(Some((index, addr, prefix_len)))
+}
+
+/// The (positive) errno an `NLMSG_DONE` carries when the dump failed.
+fn dump_error(payload: &[u8]) -> Option<i32> {
+    let status = i32::from_ne_bytes(payload.get(..4)?.try_into().ok()?);
+    (status < 0).then_some(-status)
 }
 
 /// An `NLMSG_ERROR`: the (positive) errno, 0 for an ack, and the
@@ -1002,6 +1414,20 @@ mod tests {
             let _ = attrs(&dgram[..cut]).count();
             let _ = parse_link(&dgram[..cut]);
         }
+        let oif = 4u32.to_ne_bytes();
+        let route = route_reply(2, &[(RTA_OIF, &oif[..]), (RTA_GATEWAY, &[10, 0, 0, 1])]);
+        let neigh = neigh_reply(nud::STALE, 0, &[(NDA_LLADDR, &[2, 0, 0, 0, 0, 1])]);
+        let addr = addr_reply(2, 24, 4, &[(IFA_LOCAL, &[10, 0, 0, 1])]);
+        for cut in 0..route.len() {
+            let _ = parse_route(&route[..cut]);
+        }
+        for cut in 0..neigh.len() {
+            let _ = parse_neigh(&neigh[..cut]);
+        }
+        for cut in 0..addr.len() {
+            let _ = parse_ipv4_addr(&addr[..cut]);
+            let _ = dump_error(&addr[..cut]);
+        }
     }
 
     #[test]
@@ -1030,6 +1456,263 @@ mod tests {
         );
     }
 
+    /// A nlmsghdr as `finished` writes it.
+    fn nlmsghdr(len: u32, ty: u16, flags: u16) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&len.to_ne_bytes());
+        h.extend_from_slice(&ty.to_ne_bytes());
+        h.extend_from_slice(&flags.to_ne_bytes());
+        h.extend_from_slice(&7u32.to_ne_bytes());
+        h.extend_from_slice(&0u32.to_ne_bytes());
+        h
+    }
+
+    #[test]
+    fn route_get_encoding() {
+        // RTM_GETROUTE, REQUEST|ACK.
+        let mut want = nlmsghdr(36, 26, 0x5);
+        // rtmsg: AF_INET, dst_len 32, the rest zero.
+        want.extend_from_slice(&[2, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // RTA_DST.
+        want.extend_from_slice(&8u16.to_ne_bytes());
+        want.extend_from_slice(&1u16.to_ne_bytes());
+        want.extend_from_slice(&[192, 0, 2, 9]);
+        assert_eq!(
+            finished(encode_route_get(Ipv4Addr::new(192, 0, 2, 9))),
+            want
+        );
+    }
+
+    #[test]
+    fn neigh_get_encoding() {
+        // RTM_GETNEIGH, REQUEST|ACK.
+        let mut want = nlmsghdr(36, 30, 0x5);
+        // ndmsg: AF_INET, pads, ifindex 6, state 0, flags 0, type 0.
+        want.extend_from_slice(&[2, 0, 0, 0]);
+        want.extend_from_slice(&6u32.to_ne_bytes());
+        want.extend_from_slice(&[0, 0, 0, 0]);
+        // NDA_DST.
+        want.extend_from_slice(&8u16.to_ne_bytes());
+        want.extend_from_slice(&1u16.to_ne_bytes());
+        want.extend_from_slice(&[10, 0, 0, 1]);
+        assert_eq!(
+            finished(encode_neigh_get(6, Ipv4Addr::new(10, 0, 0, 1))),
+            want
+        );
+    }
+
+    #[test]
+    fn neigh_use_encoding() {
+        // RTM_NEWNEIGH, REQUEST|ACK|CREATE: no EXCL, no REPLACE.
+        let mut want = nlmsghdr(36, 28, 0x405);
+        // ndmsg: AF_INET, ifindex 6, state NONE, flags NTF_USE.
+        want.extend_from_slice(&[2, 0, 0, 0]);
+        want.extend_from_slice(&6u32.to_ne_bytes());
+        want.extend_from_slice(&[0, 0, NTF_USE, 0]);
+        // NDA_DST, and no NDA_LLADDR.
+        want.extend_from_slice(&8u16.to_ne_bytes());
+        want.extend_from_slice(&1u16.to_ne_bytes());
+        want.extend_from_slice(&[10, 0, 0, 1]);
+        assert_eq!(
+            finished(encode_neigh_use(6, Ipv4Addr::new(10, 0, 0, 1))),
+            want
+        );
+    }
+
+    #[test]
+    fn addr_dump_encoding() {
+        // RTM_GETADDR, REQUEST|ACK|DUMP; ifaddrmsg with the index.
+        let mut want = nlmsghdr(24, 22, 0x305);
+        want.extend_from_slice(&[2, 0, 0, 0]);
+        want.extend_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(finished(encode_addr_dump(2, 3)), want);
+    }
+
+    /// An `RTM_NEWROUTE` payload as `ip route get` receives it.
+    fn route_reply(family: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut r = Request { buf: Vec::new() };
+        // rtmsg: family, /32, table main, type unicast, RTM_F_CLONED.
+        r.header(&[family, 32, 0, 0, 254, 0, 0, 1, 0, 2, 0, 0]);
+        for (ty, data) in attrs {
+            r.attr(*ty, data);
+        }
+        r.buf
+    }
+
+    #[test]
+    fn parses_route_reply() {
+        let table = 254u32.to_ne_bytes();
+        let oif = 4u32.to_ne_bytes();
+        let reply = route_reply(
+            2,
+            &[
+                (15, &table[..]),
+                (RTA_DST, &[198, 18, 1, 7]),
+                (RTA_OIF, &oif[..]),
+                (RTA_PREFSRC, &[10, 77, 1, 1]),
+                (RTA_GATEWAY, &[10, 77, 1, 2]),
+            ],
+        );
+        let got = parse_route(&reply).unwrap();
+        assert!(!got.via);
+        assert_eq!(
+            got.info,
+            RouteInfo {
+                oif: 4,
+                gateway: Some(Ipv4Addr::new(10, 77, 1, 2)),
+                prefsrc: Some(Ipv4Addr::new(10, 77, 1, 1)),
+            }
+        );
+        // On-link: no gateway.
+        let reply = route_reply(2, &[(RTA_OIF, &oif[..])]);
+        assert_eq!(parse_route(&reply).unwrap().info.gateway, None);
+        // struct rtvia: family AF_INET6, then the address.
+        let mut via = vec![10, 0];
+        via.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let reply = route_reply(2, &[(RTA_OIF, &oif[..]), (RTA_VIA, &via)]);
+        assert!(parse_route(&reply).unwrap().via);
+        assert!(parse_route(&route_reply(2, &[])).is_err());
+        assert!(parse_route(&route_reply(10, &[(RTA_OIF, &oif[..])])).is_err());
+        let short_gw = route_reply(2, &[(RTA_OIF, &oif[..]), (RTA_GATEWAY, &[10, 0])]);
+        assert!(parse_route(&short_gw).is_err());
+    }
+
+    /// An `RTM_NEWNEIGH` payload.
+    fn neigh_reply(state: u16, flags: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut r = Request { buf: Vec::new() };
+        let mut hdr = ndmsg(5, state, flags);
+        hdr[11] = RTN_UNICAST;
+        r.header(&hdr);
+        for (ty, data) in attrs {
+            r.attr(*ty, data);
+        }
+        r.buf
+    }
+
+    #[test]
+    fn parses_neighbour_reply() {
+        let mac = [0x02, 0xbb, 0, 0, 1, 2];
+        let probes = 0u32.to_ne_bytes();
+        let cacheinfo = [0u8; 16];
+        let reply = neigh_reply(
+            nud::REACHABLE,
+            0,
+            &[
+                (NDA_DST, &[10, 77, 1, 2]),
+                (NDA_LLADDR, &mac),
+                (4, &probes[..]),
+                (3, &cacheinfo),
+            ],
+        );
+        let e = parse_neigh(&reply).unwrap();
+        assert_eq!(
+            e.neighbour,
+            Neighbour {
+                mac: Some(mac),
+                state: nud::REACHABLE
+            }
+        );
+        assert!(e.neighbour.usable() && !e.leave_alone());
+
+        // Resolving: no address yet.
+        let e = parse_neigh(&neigh_reply(
+            nud::INCOMPLETE,
+            0,
+            &[(NDA_DST, &[10, 77, 1, 9])],
+        ))
+        .unwrap();
+        assert_eq!(e.neighbour.mac, None);
+        assert!(!e.neighbour.usable() && !e.leave_alone());
+
+        // Entries owned elsewhere.
+        let ext = NTF_EXT_MANAGED.to_ne_bytes();
+        for (state, flags, attrs) in [
+            (nud::PERMANENT, 0, vec![(NDA_LLADDR, &mac[..])]),
+            (nud::NOARP, 0, vec![(NDA_LLADDR, &mac[..])]),
+            (nud::STALE, NTF_EXT_LEARNED, vec![(NDA_LLADDR, &mac[..])]),
+            (nud::REACHABLE, 0, vec![(NDA_FLAGS_EXT, &ext[..])]),
+        ] {
+            let e = parse_neigh(&neigh_reply(state, flags, &attrs)).unwrap();
+            assert!(e.leave_alone(), "state {state:#x} flags {flags:#x}");
+        }
+        // A link without 6-byte addresses (NOARP, empty NDA_LLADDR).
+        let e = parse_neigh(&neigh_reply(nud::NOARP, 0, &[(NDA_LLADDR, &[])])).unwrap();
+        assert_eq!(e.neighbour.mac, None);
+        assert!(!e.neighbour.usable());
+    }
+
+    #[test]
+    fn usable_states() {
+        let mac = Some([2, 0, 0, 0, 0, 1]);
+        for state in [
+            nud::REACHABLE,
+            nud::STALE,
+            nud::DELAY,
+            nud::PROBE,
+            nud::PERMANENT,
+            nud::NOARP,
+        ] {
+            assert!(Neighbour { mac, state }.usable(), "{state:#x}");
+            assert!(!Neighbour { mac: None, state }.usable(), "{state:#x}");
+        }
+        for state in [nud::NONE, nud::INCOMPLETE, nud::FAILED] {
+            assert!(!Neighbour { mac, state }.usable(), "{state:#x}");
+        }
+    }
+
+    /// An `RTM_NEWADDR` payload.
+    fn addr_reply(family: u8, prefix_len: u8, index: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut r = Request { buf: Vec::new() };
+        let mut hdr = [family, prefix_len, 0x80, 0, 0, 0, 0, 0];
+        hdr[4..8].copy_from_slice(&index.to_ne_bytes());
+        r.header(&hdr);
+        for (ty, data) in attrs {
+            r.attr(*ty, data);
+        }
+        r.buf
+    }
+
+    #[test]
+    fn parses_address_reply() {
+        let a = [10, 77, 1, 1];
+        let reply = addr_reply(
+            2,
+            24,
+            4,
+            &[
+                (IFA_ADDRESS, &a),
+                (IFA_LOCAL, &a),
+                (3, b"xa1\0"),
+                (4, &[10, 77, 1, 255]),
+            ],
+        );
+        assert_eq!(
+            parse_ipv4_addr(&reply).unwrap(),
+            Some((4, Ipv4Addr::from(a), 24))
+        );
+        // Point-to-point: IFA_ADDRESS is the peer, IFA_LOCAL this end.
+        let reply = addr_reply(2, 32, 4, &[(IFA_ADDRESS, &[10, 0, 0, 2]), (IFA_LOCAL, &a)]);
+        assert_eq!(
+            parse_ipv4_addr(&reply).unwrap().unwrap().1,
+            Ipv4Addr::from(a)
+        );
+        let reply = addr_reply(2, 8, 1, &[(IFA_ADDRESS, &[127, 0, 0, 1])]);
+        assert_eq!(
+            parse_ipv4_addr(&reply).unwrap(),
+            Some((1, Ipv4Addr::LOCALHOST, 8))
+        );
+        assert_eq!(parse_ipv4_addr(&addr_reply(10, 64, 4, &[])).unwrap(), None);
+        assert!(parse_ipv4_addr(&addr_reply(2, 24, 4, &[])).is_err());
+    }
+
+    #[test]
+    fn dump_done_status() {
+        assert_eq!(dump_error(&0i32.to_ne_bytes()), None);
+        assert_eq!(dump_error(&(-libc::EINTR).to_ne_bytes()), Some(libc::EINTR));
+        // Old kernels sent NLMSG_DONE with no payload.
+        assert_eq!(dump_error(&[]), None);
+    }
+
     #[test]
     fn rejects_bad_ifnames() {
         for bad in ["", "0123456789abcdef", "a/b", "a b", "a:b", "."] {
@@ -1043,8 +1726,193 @@ mod tests {
 #[cfg(test)]
 mod root_tests {
     use super::*;
+    use crate::ebpf::testnet::{mac_text, VethNet};
     use crate::netns::testns::{root_or_skip, TestNetns};
     use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+
+    /// Polls `f` until it gives a value, failing the test at the deadline.
+    fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Routes, neighbours and addresses as ns_a of a [`VethNet`] sees them;
+    /// every packet stays on the test veth.
+    #[test]
+    fn looks_up_routes_neighbours_and_addresses() {
+        if !root_or_skip("looks_up_routes_neighbours_and_addresses") {
+            return;
+        }
+        let net = VethNet::new().expect("veth test topology");
+        let (ns_a, n) = (net.ns_a.as_str(), net.subnet);
+        let ip_a = Ipv4Addr::from(net.ip_a);
+        let ip_b = Ipv4Addr::from(net.ip_b);
+        // Nobody on the veth has this one.
+        let absent = Ipv4Addr::new(10, 77, n, 99);
+        // b's, but off a's subnet, and a has no route to it.
+        let off_subnet = Ipv4Addr::new(192, 0, 2, n);
+        let routed = Ipv4Addr::new(198, 18, n, 7);
+
+        let a = net.in_a(|| {
+            let mut nl = Netlink::open().unwrap();
+            let a = nl.link_index(&net.a).unwrap().unwrap();
+            // Before any IPv4 traffic: no entry, or none usable.
+            let before = nl.neigh_get(a, ip_b).unwrap();
+            assert!(!before.is_some_and(|nb| nb.usable()), "{before:?}");
+            assert_eq!(nl.ipv4_addrs(a).unwrap(), [(ip_a, 24)]);
+            assert_eq!(nl.ipv4_addrs(1).unwrap(), [(Ipv4Addr::LOCALHOST, 8)]);
+            assert_eq!(nl.ipv4_addrs(a + 1000).unwrap(), []);
+            a
+        });
+
+        let ip_b_text = ip_b.to_string();
+        let routed_net = format!("198.18.{n}.0/24");
+        net.ip(ns_a, &["route", "add", &routed_net, "via", &ip_b_text])
+            .unwrap();
+        for (kind, last) in [("blackhole", 1), ("prohibit", 2), ("unreachable", 3)] {
+            let dst = format!("198.19.{n}.{last}/32");
+            net.ip(ns_a, &["route", "add", kind, &dst]).unwrap();
+        }
+        let pinned = Ipv4Addr::new(10, 77, n, 50);
+        let pinned_mac = [0x02, 0x50, 0, 0, n, 50];
+        let learned = Ipv4Addr::new(10, 77, n, 51);
+        let (pinned_text, learned_text) = (pinned.to_string(), learned.to_string());
+        let mac_text_pinned = mac_text(pinned_mac);
+        net.ip(
+            ns_a,
+            &[
+                "neigh",
+                "add",
+                &pinned_text,
+                "lladdr",
+                &mac_text_pinned,
+                "dev",
+                &net.a,
+                "nud",
+                "permanent",
+            ],
+        )
+        .unwrap();
+        net.ip(
+            ns_a,
+            &[
+                "neigh",
+                "add",
+                &learned_text,
+                "lladdr",
+                &mac_text_pinned,
+                "dev",
+                &net.a,
+                "nud",
+                "stale",
+                "extern_learn",
+            ],
+        )
+        .unwrap();
+        let off_subnet_addr = format!("{off_subnet}/32");
+        net.ip(&net.ns_b, &["addr", "add", &off_subnet_addr, "dev", &net.b])
+            .unwrap();
+        // Unanswered probes give up after 3 x 100 ms instead of 3 s.
+        let retrans = format!("net.ipv4.neigh.{}.retrans_time_ms=100", net.a);
+        let out = net.exec(ns_a, &["sysctl", "-w", &retrans]).unwrap();
+        assert!(out.status.success(), "{out:?}");
+
+        net.in_a(|| {
+            let mut nl = Netlink::open().unwrap();
+            let on_link = RouteInfo {
+                oif: a,
+                gateway: None,
+                prefsrc: Some(ip_a),
+            };
+            assert_eq!(nl.route_get(ip_b).unwrap(), Some(on_link));
+            assert_eq!(
+                nl.route_get(routed).unwrap(),
+                Some(RouteInfo {
+                    gateway: Some(ip_b),
+                    ..on_link
+                })
+            );
+            // Local addresses route out of lo.
+            assert_eq!(nl.route_get(ip_a).unwrap().map(|r| r.oif), Some(1));
+            // No default route; then blackhole, prohibit, unreachable.
+            assert_eq!(nl.route_get(off_subnet).unwrap(), None);
+            for last in 1..=3 {
+                let dst = Ipv4Addr::new(198, 19, n, last);
+                assert_eq!(nl.route_get(dst).unwrap(), None, "{dst}");
+            }
+
+            nl.neigh_resolve(a, ip_b).unwrap();
+            let peer = wait_for("the peer's ARP reply", Duration::from_secs(5), || {
+                nl.neigh_get(a, ip_b).unwrap().filter(Neighbour::usable)
+            });
+            assert_eq!(peer.mac, Some(net.mac_b));
+            assert_eq!(peer.state & nud::PERMANENT, 0, "{peer:?}");
+            // Again on a usable entry: it stays usable.
+            nl.neigh_resolve(a, ip_b).unwrap();
+            assert!(nl.neigh_get(a, ip_b).unwrap().unwrap().usable());
+
+            // No route needed: b answers for its address off the subnet.
+            nl.neigh_resolve(a, off_subnet).unwrap();
+            let off = wait_for("ARP off the subnet", Duration::from_secs(5), || {
+                nl.neigh_get(a, off_subnet)
+                    .unwrap()
+                    .filter(Neighbour::usable)
+            });
+            assert_eq!(off.mac, Some(net.mac_b));
+
+            // Nobody answers: INCOMPLETE, then FAILED, never an address.
+            nl.neigh_resolve(a, absent).unwrap();
+            let probing = nl.neigh_get(a, absent).unwrap().unwrap();
+            assert_eq!(probing.mac, None);
+            assert!(
+                probing.state & (nud::INCOMPLETE | nud::FAILED) != 0,
+                "{probing:?}"
+            );
+            wait_for("resolution to fail", Duration::from_secs(5), || {
+                let e = nl.neigh_get(a, absent).unwrap().unwrap();
+                assert!(!e.usable(), "{e:?}");
+                (e.state == nud::FAILED).then_some(())
+            });
+            // A failed entry is probed again.
+            nl.neigh_resolve(a, absent).unwrap();
+            let again = nl.neigh_get(a, absent).unwrap().unwrap();
+            assert_eq!(again.state, nud::INCOMPLETE, "{again:?}");
+
+            // Entries others own are left as they were.
+            nl.neigh_resolve(a, pinned).unwrap();
+            assert_eq!(
+                nl.neigh_get(a, pinned).unwrap(),
+                Some(Neighbour {
+                    mac: Some(pinned_mac),
+                    state: nud::PERMANENT
+                })
+            );
+            nl.neigh_resolve(a, learned).unwrap();
+
+            let err = nl.neigh_get(a + 1000, ip_b).unwrap_err();
+            assert_eq!(err.errno(), Some(libc::ENODEV), "{err}");
+        });
+        // The kernel kept the learned entry's flag and state.
+        let out = net
+            .exec(ns_a, &["ip", "-j", "neigh", "show", &learned_text])
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(shown.contains("extern_learn"), "{shown}");
+        assert!(shown.contains("STALE"), "{shown}");
+        // What the kernel made of the resolved entries: ordinary ones.
+        let out = net
+            .exec(ns_a, &["ip", "-j", "neigh", "show", "dev", &net.a])
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(shown.matches("PERMANENT").count(), 1, "{shown}");
+    }
 
     #[test]
     fn configures_links_addresses_routes() {
