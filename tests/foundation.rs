@@ -442,7 +442,12 @@ fn ipv6_first_hop_spoofing_is_blocked() {
     let p = Pair::new("private", &["--subnet", &six]);
     let r = Netns::new("r");
     // A router: it may spoof, and its router guard is off.
-    p.d.endpoint(&p.net, &r, &["--allow-spoofing", "--router-guard", "off"], "epr");
+    p.d.endpoint(
+        &p.net,
+        &r,
+        &["--allow-spoofing", "--router-guard", "off"],
+        "epr",
+    );
     let c = Netns::new("c");
     p.d.endpoint(&p.net, &c, &[], "epc");
     let mac = |name: &str| {

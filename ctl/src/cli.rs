@@ -35,10 +35,14 @@ Options (-o KEY=VALUE):
   fdb_aging=SECONDS   how long a learned MAC is kept without traffic (default 300)
   fdb_max=N           learned MACs kept per network (default 8192)
   offload=on|off      TSO/checksum offload on the network's TAPs (default on)
-  interface=IFNAME    the uplink of a transparent or l2bridge network (required for them)
+  interface=IFNAME    the uplink of a transparent, l2bridge or l2tunnel network (required for
+                      them); of a nat network (default: the interface of the default route)
   vlanid=N            802.1Q VLAN of the network on its uplink, 1-4094
+  nat_ports=LO-HI     source ports a nat network translates to (default: above the kernel's
+                      ephemeral range, 61000-65535 by default)
 
 Examples:
+  vswitchctl network create -d nat mynat
   vswitchctl network create -d internal --subnet 10.1.0.0/24 --gateway 10.1.0.1 net1
   vswitchctl network create -d private --subnet 10.2.0.0/24 --subnet fd00:2::/64 --mtu 9000 net2
   vswitchctl network create -d l2bridge --subnet 192.168.1.0/24 --gateway 192.168.1.1 -o interface=eth1 wire

@@ -768,6 +768,7 @@ mod tests {
         assert_eq!(
             DRIVERS,
             [
+                "nat",
                 "internal",
                 "private",
                 "none",

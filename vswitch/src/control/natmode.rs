@@ -32,7 +32,10 @@ const MIN_POOL: usize = 256;
 /// The interface of the IPv4 default route, and its gateway, from
 /// `/proc/net/route` (the daemon's namespace).
 pub fn default_route() -> Option<(String, Ipv4Addr)> {
-    routes().into_iter().find(|r| r.1 == 0).map(|(i, _, g)| (i, g))
+    routes()
+        .into_iter()
+        .find(|r| r.1 == 0)
+        .map(|(i, _, g)| (i, g))
 }
 
 /// The default router reached through `ifname`.
@@ -190,7 +193,11 @@ impl Controller {
         }
     }
 
-    pub(super) fn push_nat_to(&mut self, net: &NetworkRecord, dp: crate::datapath::NetId) -> ApiResult<()> {
+    pub(super) fn push_nat_to(
+        &mut self,
+        net: &NetworkRecord,
+        dp: crate::datapath::NetId,
+    ) -> ApiResult<()> {
         if net.driver.wire_mac() != Some(WireMac::Translated) {
             return Ok(());
         }
@@ -203,7 +210,11 @@ impl Controller {
                 .map_err(internal)?;
             let old = std::mem::take(&mut up.nat_ports);
             for &(proto, port) in &old {
-                if !cfg.mappings.iter().any(|m| (m.proto, m.external) == (proto, port)) {
+                if !cfg
+                    .mappings
+                    .iter()
+                    .any(|m| (m.proto, m.external) == (proto, port))
+                {
                     let _ = up.program.remove_nat_port(vlan, cfg.addr, proto, port);
                 }
             }
@@ -282,7 +293,10 @@ impl Controller {
         if used(external) {
             return Err(conflict(
                 field,
-                format!("port {external} is already mapped on network '{}'", net.name),
+                format!(
+                    "port {external} is already mapped on network '{}'",
+                    net.name
+                ),
             ));
         }
         if host_holds(proto, external, addr) {

@@ -8,8 +8,8 @@ use super::errors::{conflict, internal, invalid, plumb_error, uplink_error};
 use super::plumb::{self, TapConfig, TapOrigin};
 use super::state::{Driver, NetworkRecord};
 use super::{
-    check_name, natmode, new_id, uplink, ApiResult, Controller, Ipv4Cidr, Ipv6Cidr, MacPool, NetRuntime,
-    NetworkOptions, PortHandle, DEFAULT_MTU, DEFAULT_POOL,
+    check_name, natmode, new_id, uplink, ApiResult, Controller, Ipv4Cidr, Ipv6Cidr, MacPool,
+    NetRuntime, NetworkOptions, PortHandle, DEFAULT_MTU, DEFAULT_POOL,
 };
 use crate::api::{self, ApiError, ErrorKind, HostPort, Reply, WireMac};
 use crate::datapath::{NetId, PortKind};
@@ -115,7 +115,10 @@ impl Controller {
         }
         let parsed = NetworkOptions::parse(&req.options)?;
         if parsed.nat_ports.is_some() && !translated {
-            return Err(invalid("options.nat_ports", "only a nat network translates"));
+            return Err(invalid(
+                "options.nat_ports",
+                "only a nat network translates",
+            ));
         }
         let facts = self.check_uplink_options(driver, &parsed)?;
         if translated {

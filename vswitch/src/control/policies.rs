@@ -88,7 +88,10 @@ fn set_setting(doc: &mut Value, field: &str, value: Value) {
     let Some(top) = doc.as_object_mut() else {
         return;
     };
-    let settings_key = top.keys().find(|k| k.eq_ignore_ascii_case("settings")).cloned();
+    let settings_key = top
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case("settings"))
+        .cloned();
     let obj = match settings_key {
         Some(k) => match top.get_mut(&k).and_then(Value::as_object_mut) {
             Some(o) => o,

@@ -31,8 +31,8 @@ pub use crate::pipeline::{NetId, PortId, PortSecurity};
 pub use counters::{DropReason, PortCounters};
 
 use crate::pipeline::conntrack::{ConnInfo, Limits};
-use crate::pipeline::nat::NatConfig;
 use crate::pipeline::flowcache::CacheStats;
+use crate::pipeline::nat::NatConfig;
 use crate::pipeline::verdict::pop_vlan;
 use crate::pipeline::{
     apply, Decision, FlowInfo, HeaderTransform, Layers, NetworkConfig, Pipeline, PortPolicy,
@@ -398,6 +398,12 @@ impl Neighbours {
                 if let Some(mac) = n.mac {
                     pipeline.set_neighbour(net, ip, MacAddr(mac), now);
                     self.asked.remove(&ip);
+                    // The switch's own frames bypass the kernel's neighbour
+                    // code: a stale entry is confirmed again before the
+                    // kernel forgets it.
+                    if n.state & crate::netns::netlink::nud::STALE != 0 {
+                        let _ = nl.neigh_resolve(ifindex, ip);
+                    }
                     return true;
                 }
             }
@@ -641,14 +647,19 @@ impl Worker {
                 }
             }
             Command::SetNat { net, cfg } => {
-                let router = cfg.as_ref().and_then(|c| c.router.map(|r| (c.uplink_ifindex, r)));
+                let router = cfg
+                    .as_ref()
+                    .and_then(|c| c.router.map(|r| (c.uplink_ifindex, r)));
                 if !t.pipeline.set_nat(net, cfg) {
-                    return Outcome::Failed(io::Error::other(format!("datapath has no network {net}")));
+                    return Outcome::Failed(io::Error::other(format!(
+                        "datapath has no network {net}"
+                    )));
                 }
                 // Most translated flows go to the router: have its MAC
                 // before the first of them.
                 if let Some((ifindex, router)) = router {
-                    t.neighbours.lookup(&mut t.pipeline, net, ifindex, router, Instant::now());
+                    t.neighbours
+                        .lookup(&mut t.pipeline, net, ifindex, router, Instant::now());
                 }
                 Outcome::Done
             }
@@ -864,10 +875,8 @@ impl Tables {
             // A nat network's next hop without a MAC: ask the kernel, and
             // decide again if it knew.
             let ifindex = self.pipeline.nat_ifindex(net);
-            let known = ifindex.is_some_and(|i| {
-                self.neighbours
-                    .lookup(&mut self.pipeline, net, i, hop, now)
-            });
+            let known = ifindex
+                .is_some_and(|i| self.neighbours.lookup(&mut self.pipeline, net, i, hop, now));
             if known {
                 match self.pipeline.decide(in_port, pkt.frame(), now) {
                     Some(d) => decision = d,

@@ -767,7 +767,10 @@ fn qos_shapes_what_an_endpoint_sends_without_dropping() {
     poll(&mut sw);
     let later = b.sent().len();
     let expect = 50_000 / frame.len();
-    assert!(later.abs_diff(expect) <= SHAPED_BATCH + 1, "{later} vs {expect}");
+    assert!(
+        later.abs_diff(expect) <= SHAPED_BATCH + 1,
+        "{later} vs {expect}"
+    );
     assert_eq!(a.counters.drops(DropReason::TxFailed), 0);
 }
 
@@ -794,4 +797,234 @@ fn trace_changes_nothing() {
     assert!(sw.worker.tables.pipeline.flows(None, sw.now).is_empty());
     assert_eq!(a.drops(DropReason::AclBlocked), 0);
     assert!(b.sent().is_empty());
+}
+
+// ---- nat ----
+
+const NAT_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
+const GW_MAC: MacAddr = MacAddr([0x02, 0x15, 0x5d, 0, 0, 0xfe]);
+
+fn nat_ip(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(172, 30, 0, last)
+}
+
+fn frame4(dst: MacAddr, src: MacAddr, proto: u8, s: Ipv4Addr, d: Ipv4Addr, l4: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&src.0);
+    let len = (20 + l4.len()) as u16;
+    f.extend_from_slice(&[
+        0x08,
+        0x00,
+        0x45,
+        0,
+        (len >> 8) as u8,
+        len as u8,
+        0,
+        0,
+        0,
+        0,
+        64,
+        proto,
+        0,
+        0,
+    ]);
+    f.extend_from_slice(&s.octets());
+    f.extend_from_slice(&d.octets());
+    f.extend_from_slice(l4);
+    f
+}
+
+fn syn(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = sport.to_be_bytes().to_vec();
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t
+}
+
+fn l4_ports(f: &[u8]) -> (Ipv4Addr, Ipv4Addr, u16, u16) {
+    let ip = |at: usize| Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3]);
+    let port = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+    (ip(26), ip(30), port(34), port(36))
+}
+
+/// A nat network: endpoints 172.30.0.2 and .3, a host port with the
+/// gateway, an uplink on trunk 10 whose next hop is already known.
+fn nat_switch(
+    pool: std::ops::RangeInclusive<u16>,
+    mappings: Vec<crate::pipeline::nat::Mapping>,
+) -> (Switch, Wire, Wire, Wire) {
+    let mut sw = Switch::new();
+    sw.network(1);
+    let wire = sw.trunk(10);
+    sw.uplink(100, 1, 10, 0, None);
+    let _host = sw.vnic(
+        50,
+        1,
+        Vnic {
+            mac: Some(GW_MAC),
+            ..Vnic::default()
+        },
+    );
+    let ep = |sw: &mut Switch, n: u8| {
+        sw.vnic(
+            PortId::from(n),
+            1,
+            Vnic {
+                security: Some(PortSecurity::new(mac(n), Some(nat_ip(n)), None)),
+                addrs: vec![(IpAddr::V4(nat_ip(n)), mac(n))],
+                mac: Some(mac(n)),
+                ..Vnic::default()
+            },
+        )
+    };
+    let a = ep(&mut sw, 2);
+    let b = ep(&mut sw, 3);
+    let cfg = crate::pipeline::nat::NatConfig {
+        addr: NAT_ADDR,
+        uplink_mac: UPLINK_MAC,
+        uplink_ifindex: 0,
+        gateway: nat_ip(1),
+        gateway_mac: GW_MAC,
+        subnet: (nat_ip(0), 24),
+        onlink: vec![(Ipv4Addr::new(192, 0, 2, 0), 24)],
+        router: None,
+        pool,
+        mappings,
+    };
+    sw.worker.tables.pipeline.set_nat(1, Some(cfg));
+    sw.worker
+        .tables
+        .pipeline
+        .set_neighbour(1, REMOTE, OUTSIDE, sw.now);
+    (sw, wire, a, b)
+}
+
+#[test]
+fn nat_translates_out_and_back() {
+    let (mut sw, wire, a, _b) = nat_switch(61000..=61009, Vec::new());
+    sw.send(
+        2,
+        &a,
+        frame4(GW_MAC, mac(2), 6, nat_ip(2), REMOTE, &syn(40000, 80, 0x02)),
+    );
+    let out = wire.sent();
+    assert_eq!(out.len(), 1);
+    assert_eq!(src_dst(&out[0]), (UPLINK_MAC, OUTSIDE));
+    let (s, d, sp, dp) = l4_ports(&out[0]);
+    assert_eq!((s, d, dp), (NAT_ADDR, REMOTE, 80));
+    assert!((61000..=61009).contains(&sp));
+    // The reply comes back to the endpoint, from the gateway.
+    sw.send_wire(
+        10,
+        &wire,
+        frame4(UPLINK_MAC, OUTSIDE, 6, REMOTE, NAT_ADDR, &syn(80, sp, 0x12)),
+    );
+    let back = a.sent();
+    assert_eq!(back.len(), 1);
+    assert_eq!(src_dst(&back[0]), (GW_MAC, mac(2)));
+    assert_eq!(l4_ports(&back[0]), (REMOTE, nat_ip(2), 80, 40000));
+    // Something for no translated connection is dropped and counted.
+    sw.send_wire(
+        10,
+        &wire,
+        frame4(
+            UPLINK_MAC,
+            OUTSIDE,
+            6,
+            REMOTE,
+            NAT_ADDR,
+            &syn(80, 61005, 0x10),
+        ),
+    );
+    assert!(a.sent().is_empty());
+}
+
+#[test]
+fn nat_port_mappings_and_hairpin() {
+    let m = crate::pipeline::nat::Mapping {
+        proto: 6,
+        external: 8080,
+        internal: nat_ip(3),
+        internal_port: 80,
+    };
+    let (mut sw, wire, a, b) = nat_switch(61000..=61009, vec![m]);
+    // From outside to the mapped port.
+    sw.send_wire(
+        10,
+        &wire,
+        frame4(
+            UPLINK_MAC,
+            OUTSIDE,
+            6,
+            REMOTE,
+            NAT_ADDR,
+            &syn(5555, 8080, 0x02),
+        ),
+    );
+    let got = b.sent();
+    assert_eq!(got.len(), 1);
+    assert_eq!(l4_ports(&got[0]), (REMOTE, nat_ip(3), 5555, 80));
+    // Its reply leaves from the mapped port.
+    sw.send(
+        3,
+        &b,
+        frame4(GW_MAC, mac(3), 6, nat_ip(3), REMOTE, &syn(80, 5555, 0x12)),
+    );
+    let out = wire.sent();
+    assert_eq!(l4_ports(&out[0]), (NAT_ADDR, REMOTE, 8080, 5555));
+    // Hairpin: a reaches b through the uplink's address.
+    sw.send(
+        2,
+        &a,
+        frame4(
+            GW_MAC,
+            mac(2),
+            6,
+            nat_ip(2),
+            NAT_ADDR,
+            &syn(40001, 8080, 0x02),
+        ),
+    );
+    let got = b.sent();
+    assert_eq!(got.len(), 1, "hairpinned to b");
+    let (s, d, sp, dp) = l4_ports(&got[0]);
+    assert_eq!((s, d, dp), (NAT_ADDR, nat_ip(3), 80));
+    sw.send(
+        3,
+        &b,
+        frame4(GW_MAC, mac(3), 6, nat_ip(3), NAT_ADDR, &syn(80, sp, 0x12)),
+    );
+    let back = a.sent();
+    assert_eq!(back.len(), 1);
+    assert_eq!(l4_ports(&back[0]), (NAT_ADDR, nat_ip(2), 8080, 40001));
+}
+
+#[test]
+fn nat_exhaustion_is_a_counted_drop_and_unknown_next_hops_ask() {
+    let (mut sw, wire, a, _b) = nat_switch(61000..=61001, Vec::new());
+    for sport in [1, 2, 3] {
+        sw.send(
+            2,
+            &a,
+            frame4(GW_MAC, mac(2), 6, nat_ip(2), REMOTE, &syn(sport, 80, 0x02)),
+        );
+    }
+    assert_eq!(wire.sent().len(), 2);
+    assert_eq!(a.drops(DropReason::NatExhausted), 1);
+    // A destination whose MAC the switch does not know: dropped, counted,
+    // and the decision asks for it.
+    let other = Ipv4Addr::new(192, 0, 2, 77);
+    let f = frame4(
+        GW_MAC,
+        mac(2),
+        17,
+        nat_ip(2),
+        other,
+        &[0, 1, 0, 2, 0, 8, 0, 0],
+    );
+    let d = sw.worker.tables.pipeline.decide(2, &f, sw.now).unwrap();
+    assert_eq!(d.verdict, Verdict::Drop(DropReason::NeighborUnresolved));
+    assert_eq!(d.resolve, Some((1, other)));
 }

@@ -27,10 +27,10 @@ use foldhash::{HashMap, HashMapExt};
 
 use super::classify::{classify, Direction as Side, FlowKey, PacketMeta};
 use super::conntrack::{self, Conntrack, Track};
+use super::conntrack::{Dir, Segment, Tuple};
 use super::flowcache::{CacheStats, FlowCache};
 use super::forward::{self, PortSecurity};
 use super::l2bridge::{self, Ingress, Locals};
-use super::conntrack::{Dir, Segment, Tuple};
 use super::layers::{conn_of, AclOutcome, Layers};
 use super::nat::{self, Nat, NatConfig};
 use super::qos::TokenBucket;
@@ -491,6 +491,7 @@ impl Pipeline {
                 "trusted port"
             }
         );
+        let classified = meta;
         let meta = Some(meta);
         let net_id = src.net;
         let net = self.nets.get_mut(&net_id)?;
@@ -505,8 +506,16 @@ impl Pipeline {
             return Some(Decision::drop(DropReason::MacSpoofing, meta));
         }
         if net.nat.is_some() {
-            let m = meta.expect("classified");
-            if let Some(d) = self.nat_step(in_port, net_id, frame, &m, from_wire, dst_mac, now, &mut trace) {
+            if let Some(d) = self.nat_step(
+                in_port,
+                net_id,
+                frame,
+                &classified,
+                from_wire,
+                dst_mac,
+                now,
+                &mut trace,
+            ) {
                 return Some(d);
             }
         }
@@ -677,14 +686,24 @@ impl Pipeline {
         let nat = net.nat.as_ref()?;
         let Some((tuple, seg)) = conn_of(frame, meta, net_id).filter(|_| meta.family == 4) else {
             // Only IPv4 is translated; the uplink steers nothing else here.
-            return if from_wire { drop(DropReason::NatNoBinding) } else { None };
+            return if from_wire {
+                drop(DropReason::NatNoBinding)
+            } else {
+                None
+            };
         };
         let addr = IpAddr::V4(nat.cfg.addr);
         if !from_wire {
             let dst = v4(tuple.dst)?;
-            let mapped = dst == nat.cfg.addr && nat.mapping(tuple.proto, tuple.dst_port).is_some();
-            let outside = dst != nat.cfg.addr && nat.is_outside(dst);
-            if dst_mac != nat.cfg.gateway_mac || !self.ports.get(&in_port)?.vnic() || !(mapped || outside) {
+            // To the uplink's address: a mapped port (hairpin), or the
+            // reply of a hairpinned connection; the rest is the host's.
+            let to_switch = if dst == nat.cfg.addr {
+                nat.mapping(tuple.proto, tuple.dst_port).is_some()
+                    || self.conntrack.conn(&tuple).is_some()
+            } else {
+                nat.is_outside(dst)
+            };
+            if dst_mac != nat.cfg.gateway_mac || !self.ports.get(&in_port)?.vnic() || !to_switch {
                 return None;
             }
         }
@@ -692,15 +711,19 @@ impl Pipeline {
         let mut new_conn: Option<(Tuple, Option<u16>, u32)> = None;
         let (to, track) = if let Segment::IcmpError { quoted } = seg {
             // The quoted packet is as its receiver saw it: translated.
-            let found = self
-                .conntrack
-                .conn(&quoted.reversed())
-                .map(|(o, r, d)| (o, r, d))
-                .or_else(|| {
-                    self.conntrack.conn(&quoted).map(|(o, r, d)| {
-                        (o, r, if d == Dir::Original { Dir::Reply } else { Dir::Original })
-                    })
-                });
+            let found = self.conntrack.conn(&quoted.reversed()).or_else(|| {
+                self.conntrack.conn(&quoted).map(|(o, r, d)| {
+                    (
+                        o,
+                        r,
+                        if d == Dir::Original {
+                            Dir::Reply
+                        } else {
+                            Dir::Original
+                        },
+                    )
+                })
+            });
             let Some((o, r, d)) = found else {
                 step!("nat", "an ICMP error about no translated connection");
                 return drop(DropReason::NatNoBinding);
@@ -760,7 +783,14 @@ impl Pipeline {
                                 m.internal_port,
                                 tuple.src_port,
                             );
-                            step!("nat", "port mapping {}/{} -> {}:{}", tuple.proto, m.external, m.internal, m.internal_port);
+                            step!(
+                                "nat",
+                                "port mapping {}/{} -> {}:{}",
+                                tuple.proto,
+                                m.external,
+                                m.internal,
+                                m.internal_port
+                            );
                             let owner = internal_port(m.internal).unwrap_or(in_port);
                             new_conn = Some((r, None, owner));
                             (r.reversed(), Track::New)
@@ -785,11 +815,21 @@ impl Pipeline {
                             let r = match (m, tuple.proto) {
                                 // Hairpin: to a mapped port of the uplink's
                                 // address, from an endpoint.
-                                (Some(m), _) => reply(IpAddr::V4(m.internal), addr, m.internal_port, port),
+                                (Some(m), _) => {
+                                    reply(IpAddr::V4(m.internal), addr, m.internal_port, port)
+                                }
                                 (None, conntrack::ICMP) => reply(tuple.dst, addr, port, 0),
                                 (None, _) => reply(tuple.dst, addr, tuple.dst_port, port),
                             };
-                            step!("nat", "new connection: source becomes {addr}:{}", if dry { "<a free port>".to_owned() } else { port.to_string() });
+                            step!(
+                                "nat",
+                                "new connection: source becomes {addr}:{}",
+                                if dry {
+                                    "<a free port>".to_owned()
+                                } else {
+                                    port.to_string()
+                                }
+                            );
                             new_conn = Some((r, Some(port), in_port));
                             (r.reversed(), Track::New)
                         }
@@ -818,7 +858,12 @@ impl Pipeline {
         let (out, macs) = match net.locals.get(&IpAddr::V4(dst)) {
             Some(&mac) => {
                 let out = *net.statics.get(&mac)?;
-                (out, HeaderTransform::NONE.set_dst(mac).set_src(nat.cfg.gateway_mac))
+                (
+                    out,
+                    HeaderTransform::NONE
+                        .set_dst(mac)
+                        .set_src(nat.cfg.gateway_mac),
+                )
             }
             None => {
                 let uplink = net
@@ -840,14 +885,24 @@ impl Pipeline {
                     d.resolve = Some((net_id, hop));
                     if !dry {
                         if let Some((r, port, owner)) = new_conn {
-                            self.conntrack
-                                .track_translated(tuple, seg, owner, now, Some((r, port)));
+                            self.conntrack.track_translated(
+                                tuple,
+                                seg,
+                                owner,
+                                now,
+                                Some((r, port)),
+                            );
                         }
                     }
                     return Some(d);
                 };
                 step!("nat", "out of the uplink to next hop {hop} ({mac})");
-                (uplink, HeaderTransform::NONE.set_dst(mac).set_src(nat.cfg.uplink_mac))
+                (
+                    uplink,
+                    HeaderTransform::NONE
+                        .set_dst(mac)
+                        .set_src(nat.cfg.uplink_mac),
+                )
             }
         };
         let track = if dry {
@@ -855,9 +910,9 @@ impl Pipeline {
         } else {
             match new_conn {
                 Some((r, port, owner)) => {
-                    let t = self
-                        .conntrack
-                        .track_translated(tuple, seg, owner, now, Some((r, port)));
+                    let t =
+                        self.conntrack
+                            .track_translated(tuple, seg, owner, now, Some((r, port)));
                     if t != Track::New {
                         if let Some(port) = port {
                             let nat = self.nets.get_mut(&net_id)?.nat.as_mut()?;
@@ -874,7 +929,10 @@ impl Pipeline {
             step!("conntrack", "a new connection, and the table is full");
             return drop(DropReason::ConntrackFull);
         }
-        let egress = self.ports.get(&out).map_or(HeaderTransform::NONE, |p| p.egress);
+        let egress = self
+            .ports
+            .get(&out)
+            .map_or(HeaderTransform::NONE, |p| p.egress);
         let xform = macs.then(&x).then(&egress);
         let view = NatView {
             out_view: tuple,
@@ -883,7 +941,16 @@ impl Pipeline {
             track,
         };
         let police_local = self.nets.get(&net_id)?.police_local;
-        if let Err(reason) = self.police(in_port, Some(out), frame, meta, police_local, now, trace, Some(view)) {
+        if let Err(reason) = self.police(
+            in_port,
+            Some(out),
+            frame,
+            meta,
+            police_local,
+            now,
+            trace,
+            Some(view),
+        ) {
             return drop(reason);
         }
         Some(Decision {

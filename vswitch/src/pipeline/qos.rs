@@ -115,7 +115,10 @@ mod tests {
         assert_eq!(b.charge(100_000, t0), Some(Duration::from_millis(100)));
         // Half-way, half the debt is left; then it is repaid and tokens
         // accrue again.
-        assert_eq!(b.charge(0, t0 + Duration::from_millis(50)), Some(Duration::from_millis(50)));
+        assert_eq!(
+            b.charge(0, t0 + Duration::from_millis(50)),
+            Some(Duration::from_millis(50))
+        );
         assert_eq!(b.charge(0, t0 + Duration::from_millis(100)), None);
         assert_eq!(b.charge(1_000, t0 + Duration::from_millis(101)), None);
     }

@@ -134,13 +134,11 @@ pub fn translate(frame: &mut [u8], l3: usize, partial: bool, x: &HeaderTransform
             }
             match l4[0] {
                 // Echo request and reply: the identifier is the port.
-                0 | 8 => {
-                    if x.has(HeaderTransform::SET_SRC_PORT) {
-                        let old = l4[4..6].to_vec();
-                        put16(l4, 4, x.src_port);
-                        let c = adjust_stored(get16(l4, 2), delta(&old, &l4[4..6]));
-                        put16(l4, 2, c);
-                    }
+                0 | 8 if x.has(HeaderTransform::SET_SRC_PORT) => {
+                    let old = l4[4..6].to_vec();
+                    put16(l4, 4, x.src_port);
+                    let c = adjust_stored(get16(l4, 2), delta(&old, &l4[4..6]));
+                    put16(l4, 2, c);
                 }
                 // Destination unreachable, time exceeded, parameter problem.
                 3 | 11 | 12 => {
@@ -184,10 +182,8 @@ fn translate_quoted(q: &mut [u8], x: &HeaderTransform) {
                 put16(l4, 2, x.src_port);
             }
         }
-        IPPROTO_ICMP if l4.len() >= 6 => {
-            if x.has(HeaderTransform::SET_SRC_PORT) {
-                put16(l4, 4, x.src_port);
-            }
+        IPPROTO_ICMP if l4.len() >= 6 && x.has(HeaderTransform::SET_SRC_PORT) => {
+            put16(l4, 4, x.src_port);
         }
         _ => {}
     }
@@ -207,7 +203,20 @@ mod tests {
         let mut f = vec![0u8; 14];
         f[12..14].copy_from_slice(&[0x08, 0x00]);
         let len = (20 + l4.len()) as u16;
-        let mut ip = vec![0x45, 0, (len >> 8) as u8, len as u8, 0, 1, 0x40, 0, 64, proto, 0, 0];
+        let mut ip = vec![
+            0x45,
+            0,
+            (len >> 8) as u8,
+            len as u8,
+            0,
+            1,
+            0x40,
+            0,
+            64,
+            proto,
+            0,
+            0,
+        ];
         ip.extend_from_slice(&src.octets());
         ip.extend_from_slice(&dst.octets());
         let c = checksum(&ip);
@@ -217,7 +226,13 @@ mod tests {
         f
     }
 
-    fn tcp_segment(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    fn tcp_segment(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut t = vec![0u8; 20];
         put16(&mut t, 0, sport);
         put16(&mut t, 2, dport);
@@ -304,7 +319,12 @@ mod tests {
     fn icmp_errors_translate_the_quoted_packet_the_other_way() {
         // A router says port unreachable about UPLINK:61001 -> REMOTE:53,
         // which was EP:40000 -> REMOTE:53 inside.
-        let mut quoted = ipv4(IPPROTO_UDP, UPLINK, REMOTE, &[0xee, 0x49, 0, 53, 0, 8, 0, 0]);
+        let mut quoted = ipv4(
+            IPPROTO_UDP,
+            UPLINK,
+            REMOTE,
+            &[0xee, 0x49, 0, 53, 0, 8, 0, 0],
+        );
         quoted.drain(..14);
         let mut err = vec![3, 3, 0, 0, 0, 0, 0, 0];
         err.extend_from_slice(&quoted);
