@@ -1,0 +1,1638 @@
+//! The nat driver end to end (issue 7, section 3): endpoints on a private
+//! subnet whose outbound IPv4 TCP, UDP and ICMP echo the switch translates
+//! to its uplink's address, port mappings that bring connections from
+//! outside to endpoints, hairpin, ICMP errors, the host's own sockets on the
+//! same address, port exhaustion, bad requests and restarts; with real
+//! namespaces and real traffic.
+//!
+//! Every test builds its own fabric ([`Site`]): a namespace `host` where its
+//! vswitchd runs, a veth uplink from it to an `outside` machine (directly,
+//! or through a `router` namespace), and endpoint namespaces. `outside`
+//! has no route to the private subnet, so an answer it sends reaches an
+//! endpoint only if the switch translated the request. Nothing of the root
+//! namespace is touched.
+//!
+//! Traffic comes from small python3 programs whose servers answer with
+//! what they saw: `TAG PEER_IP PEER_PORT` (see [`TCP_WHOAMI`]), so a test
+//! reads the translated source straight from the outside machine.
+//!
+//! Tests that measure throughput hold [`exclusive`], the others [`shared`]
+//! (the machine has two cores and vswitchd's datapath takes one).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vswitch_systests::{
+    iperf3, iperf3_with, require_root, tag, unique, unique_subnet, wait_until, Capture, Daemon,
+    KillOnDrop, Netns,
+};
+
+const FIVE_S: Duration = Duration::from_secs(5);
+const TEN_S: Duration = Duration::from_secs(10);
+
+// ------------------------------------------------------------------------
+// Scheduling: measurements alone.
+
+static MEASURE: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    MEASURE.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    MEASURE.write().unwrap_or_else(|p| p.into_inner())
+}
+
+// ------------------------------------------------------------------------
+// Topology.
+
+/// The outside machine's interface (its only one).
+const OUTSIDE_IF: &str = "eth0";
+
+/// A vswitch host with an uplink into a fabric of the test's own:
+///
+/// ```text
+/// on link:  [host: nuN  P.1] ──veth── [outside: eth0  P.2]
+/// routed:   [host: nuN  P.1] ──veth── [router: eth0 P.2 | eth1 Q.1] ──veth── [outside: eth0 Q.2]
+/// ```
+///
+/// The host's default route is via P.2 (the outside machine, or the
+/// router); the outside machine's only route towards the host is P.0/24
+/// (on link) or its default via the router: never the private subnet.
+///
+/// Fields drop in order: the daemon first (it removes its endpoints and
+/// networks), then the endpoint namespaces, then the fabric.
+struct Site {
+    d: Daemon,
+    eps: Vec<Netns>,
+    host: Netns,
+    outside: Netns,
+    router: Option<Netns>,
+    /// The host's uplink, unique per test (the daemon pins its XDP program
+    /// under the interface's name, in the one bpffs of the machine).
+    uplink: String,
+    /// `a.b.c` of the wire on the uplink: the host is .1, its next hop .2.
+    wire: String,
+    /// The outside machine's address.
+    outside_ip: String,
+}
+
+impl Site {
+    /// The host wired straight to the outside machine.
+    fn on_link() -> Site {
+        Site::build(false, &[])
+    }
+
+    /// The host behind a router from the outside machine.
+    fn routed() -> Site {
+        Site::build(true, &[])
+    }
+
+    fn build(routed: bool, daemon_args: &[&str]) -> Site {
+        let host = Netns::new("nh");
+        let outside = Netns::new("no");
+        let (_, wire) = unique_subnet();
+        let uplink = format!("nu{}", tag());
+        let (router, outside_ip) = if routed {
+            let router = Netns::new("nr");
+            let (_, far) = unique_subnet();
+            veth(&host, &uplink, &router, "eth0");
+            veth(&router, "eth1", &outside, OUTSIDE_IF);
+            router.ok(&["ip", "addr", "add", &format!("{wire}.2/24"), "dev", "eth0"]);
+            router.ok(&["ip", "addr", "add", &format!("{far}.1/24"), "dev", "eth1"]);
+            router.ok(&["ip", "link", "set", "eth0", "up"]);
+            router.ok(&["ip", "link", "set", "eth1", "up"]);
+            router.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+            quick_icmp(&router);
+            let outside_ip = format!("{far}.2");
+            outside.ok(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{outside_ip}/24"),
+                "dev",
+                OUTSIDE_IF,
+            ]);
+            outside.ok(&["ip", "link", "set", OUTSIDE_IF, "up"]);
+            outside.ok(&["ip", "route", "add", "default", "via", &format!("{far}.1")]);
+            (Some(router), outside_ip)
+        } else {
+            veth(&host, &uplink, &outside, OUTSIDE_IF);
+            let outside_ip = format!("{wire}.2");
+            outside.ok(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{outside_ip}/24"),
+                "dev",
+                OUTSIDE_IF,
+            ]);
+            outside.ok(&["ip", "link", "set", OUTSIDE_IF, "up"]);
+            (None, outside_ip)
+        };
+        quick_icmp(&outside);
+        host.ok(&["ip", "addr", "add", &format!("{wire}.1/24"), "dev", &uplink]);
+        host.ok(&["ip", "link", "set", &uplink, "up"]);
+        host.ok(&["ip", "route", "add", "default", "via", &format!("{wire}.2")]);
+        // The host does not route: whatever reaches the outside machine from
+        // an endpoint was translated by the switch, not forwarded by Linux.
+        host.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"]);
+        let d = Daemon::start_in_with(&host, daemon_args);
+        Site {
+            d,
+            eps: Vec::new(),
+            host,
+            outside,
+            router,
+            uplink,
+            wire,
+            outside_ip,
+        }
+    }
+
+    /// The uplink's address: what the outside machine sees.
+    fn uplink_ip(&self) -> String {
+        format!("{}.1", self.wire)
+    }
+
+    /// `network create -d nat --subnet S -o interface=UPLINK [extra] NAME`;
+    /// returns the name and the subnet's prefix (`a.b.c`).
+    fn nat_network(&self, extra: &[&str]) -> (String, String) {
+        let (subnet, prefix) = unique_subnet();
+        let name = format!("nat{}", tag());
+        let iface = format!("interface={}", self.uplink);
+        let mut args = vec!["network", "create", "-d", "nat", "--subnet", &subnet];
+        args.extend_from_slice(&["-o", &iface]);
+        args.extend_from_slice(extra);
+        args.push(&name);
+        self.d.ok(&args);
+        (name, prefix)
+    }
+
+    /// Endpoint `name` on `net` in a namespace of its own, with `args`
+    /// (e.g. `--ip`, `-p`); `prepare` runs in the namespace first. Returns
+    /// its index in `eps`.
+    fn endpoint_with(
+        &mut self,
+        net: &str,
+        name: &str,
+        args: &[&str],
+        prepare: impl Fn(&Netns),
+    ) -> usize {
+        let ns = Netns::new("ne");
+        prepare(&ns);
+        self.d.endpoint(net, &ns, args, name);
+        self.eps.push(ns);
+        self.eps.len() - 1
+    }
+
+    fn endpoint(&mut self, net: &str, name: &str, args: &[&str]) -> usize {
+        self.endpoint_with(net, name, args, |_| {})
+    }
+
+    /// The host's ephemeral ports and the default NAT pool above them.
+    fn ephemeral(&self) -> RangeInclusive<u16> {
+        let text = self
+            .host
+            .ok(&["cat", "/proc/sys/net/ipv4/ip_local_port_range"]);
+        let mut it = text.split_whitespace().map(|p| p.parse::<u16>().unwrap());
+        let (lo, hi) = (it.next().unwrap(), it.next().unwrap());
+        lo..=hi
+    }
+
+    fn default_pool(&self) -> RangeInclusive<u16> {
+        (self.ephemeral().end() + 1).max(1024)..=65535
+    }
+}
+
+/// A veth pair: `a_if` in `a`, `b_if` in `b`, both up, no address.
+fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+    a.ok(&[
+        "ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ]);
+    a.ok(&["ip", "link", "set", a_if, "up"]);
+    b.ok(&["ip", "link", "set", b_if, "up"]);
+}
+
+/// No ICMP rate limit in `ns`: every probe of a test gets its error.
+fn quick_icmp(ns: &Netns) {
+    ns.ok(&["sysctl", "-q", "-w", "net.ipv4.icmp_ratelimit=0"]);
+}
+
+/// Turns IPv6 off in `ns`: nothing but the test's own packets is sent.
+fn no_ipv6(ns: &Netns) {
+    for scope in ["all", "default"] {
+        ns.ok(&[
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("net.ipv6.conf.{scope}.disable_ipv6=1"),
+        ]);
+    }
+}
+
+fn in_subnet(ip: &str, prefix: &str) -> bool {
+    ip.starts_with(&format!("{prefix}."))
+}
+
+// ------------------------------------------------------------------------
+// Traffic, from python3 (scripts/lib.sh installs it).
+
+/// TCP servers on `addr`'s ports (argv[3:]): each connection is first told
+/// `TAG PEER_IP PEER_PORT\n` (who the server saw), then gets back what it
+/// sends until it closes.
+const TCP_WHOAMI: &str = r#"
+import socket, sys, threading
+tag, addr = sys.argv[1], sys.argv[2]
+def serve(c, peer):
+    try:
+        c.sendall(f"{tag} {peer[0]} {peer[1]}\n".encode())
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+    except OSError:
+        pass
+    c.close()
+def listen(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(1024)
+    while True:
+        c, peer = s.accept()
+        threading.Thread(target=serve, args=(c, peer), daemon=True).start()
+ts = [threading.Thread(target=listen, args=(int(p),)) for p in sys.argv[3:]]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+"#;
+
+/// One TCP connection to a [`TCP_WHOAMI`] server (from source port argv[4]
+/// if given): prints the greeting once a line sent has come back. Exit
+/// status 3: refused, 4: timed out, 1: anything else.
+const TCP_ASK: &str = r#"
+import socket, sys
+addr, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+sport = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+def line(s):
+    got = b""
+    while not got.endswith(b"\n"):
+        d = s.recv(256)
+        if not d:
+            raise OSError(f"closed after {got!r}")
+        got += d
+    return got
+try:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    if sport:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", sport))
+    s.connect((addr, port))
+    hello = line(s)
+    s.sendall(b"vswitch-nat-test\n")
+    back = line(s)
+    s.close()
+except ConnectionRefusedError as e:
+    sys.exit(print(f"refused: {e}", file=sys.stderr) or 3)
+except socket.timeout as e:
+    sys.exit(print(f"timeout: {e}", file=sys.stderr) or 4)
+except OSError as e:
+    sys.exit(f"{addr}:{port}: {e}")
+if back != b"vswitch-nat-test\n":
+    sys.exit(f"echo was {back!r}")
+print(hello.decode().strip())
+"#;
+
+/// A UDP server on `addr` port argv[3]: answers each datagram with
+/// `TAG PEER_IP PEER_PORT`.
+const UDP_WHOAMI: &str = r#"
+import socket, sys
+tag, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, port))
+while True:
+    d, peer = s.recvfrom(65536)
+    s.sendto(f"{tag} {peer[0]} {peer[1]}\n".encode(), peer)
+"#;
+
+/// One datagram on a connected UDP socket (from source port argv[4] if
+/// given); prints the answer. Exit status 3: refused (an ICMP port
+/// unreachable came back), 4: no answer in time.
+const UDP_ASK: &str = r#"
+import socket, sys
+addr, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+sport = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(timeout)
+if sport:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", sport))
+try:
+    s.connect((addr, port))
+    s.send(b"vswitch-nat-udp")
+    d = s.recv(256)
+except ConnectionRefusedError as e:
+    sys.exit(print(f"refused: {e}", file=sys.stderr) or 3)
+except socket.timeout as e:
+    sys.exit(print(f"timeout: {e}", file=sys.stderr) or 4)
+except OSError as e:
+    sys.exit(f"{addr}:{port}: {e}")
+print(d.decode().strip())
+"#;
+
+/// Holds TCP connections to a [`TCP_WHOAMI`] server, driven by lines on
+/// stdin, answering each with one JSON line: `open N TIMEOUT [SPORT]` opens
+/// N more (`{"ok": n, "peers": [greetings], "errors": [...]}`), `echo`
+/// sends a line on each held connection (`{"ok": n}`: how many echoed it).
+const TCP_HOLDER: &str = r#"
+import json, socket, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+conns = []
+def line(s):
+    got = b""
+    while not got.endswith(b"\n"):
+        d = s.recv(256)
+        if not d:
+            raise OSError(f"closed after {got!r}")
+        got += d
+    return got
+for cmd in sys.stdin:
+    cmd = cmd.split()
+    if cmd[0] == "open":
+        peers, errors = [], []
+        for _ in range(int(cmd[1])):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(float(cmd[2]))
+            try:
+                if len(cmd) > 3:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind(("0.0.0.0", int(cmd[3])))
+                s.connect((addr, port))
+                peers.append(line(s).decode().strip())
+                conns.append(s)
+            except OSError as e:
+                errors.append(str(e))
+                s.close()
+        print(json.dumps({"ok": len(peers), "peers": peers, "errors": errors}), flush=True)
+    elif cmd[0] == "echo":
+        ok = 0
+        for s in conns:
+            try:
+                s.sendall(b"x\n")
+                if line(s) == b"x\n":
+                    ok += 1
+            except OSError:
+                pass
+        print(json.dumps({"ok": ok}), flush=True)
+"#;
+
+/// Sends UDP probes to `dst` port argv[2] with TTL argv[3], again every
+/// half second, until the socket's error queue holds an ICMP error (printed
+/// as `TYPE CODE OFFENDER`) or argv[4] seconds pass (exit status 4).
+const UDP_PROBE: &str = r#"
+import socket, struct, sys, time
+dst, port, ttl, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+IP_RECVERR = 11
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
+s.setsockopt(socket.SOL_IP, socket.IP_TTL, ttl)
+s.connect((dst, port))
+deadline, next_send = time.time() + timeout, 0.0
+while time.time() < deadline:
+    if time.time() >= next_send:
+        try:
+            s.send(b"vswitch-nat-probe")
+        except OSError:
+            pass
+        next_send = time.time() + 0.5
+    try:
+        _, anc, _, _ = s.recvmsg(512, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        time.sleep(0.02)
+        continue
+    for level, kind, data in anc:
+        if level == socket.SOL_IP and kind == IP_RECVERR:
+            _, origin, etype, code, _, _, _ = struct.unpack("=IBBBBII", data[:16])
+            print(etype, code, socket.inet_ntoa(data[20:24]))
+            sys.exit(0)
+sys.exit(4)
+"#;
+
+/// Starts `args` in `ns` in the background, output discarded.
+fn spawn_in(ns: &Netns, args: &[&str]) -> KillOnDrop {
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {args:?} in {}: {e}", ns.name));
+    KillOnDrop(child)
+}
+
+/// Whether something in `ns` listens on `port`; `proto` is `t` or `u`.
+fn listening(ns: &Netns, proto: char, port: u16) -> bool {
+    !ns.ok(&["ss", &format!("-Hl{proto}n"), &format!("sport = :{port}")])
+        .trim()
+        .is_empty()
+}
+
+/// [`TCP_WHOAMI`] servers in `ns` on `addr`'s `ports`, once all listen.
+fn tcp_whoami(ns: &Netns, tag: &str, addr: &str, ports: &[u16]) -> KillOnDrop {
+    let ports_text: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let mut args = vec!["python3", "-c", TCP_WHOAMI, tag, addr];
+    args.extend(ports_text.iter().map(String::as_str));
+    let server = spawn_in(ns, &args);
+    let up = wait_until(TEN_S, || ports.iter().all(|&p| listening(ns, 't', p)));
+    assert!(up, "TCP servers on {ports:?} did not start in {}", ns.name);
+    server
+}
+
+fn udp_whoami(ns: &Netns, tag: &str, addr: &str, port: u16) -> KillOnDrop {
+    let server = spawn_in(
+        ns,
+        &["python3", "-c", UDP_WHOAMI, tag, addr, &port.to_string()],
+    );
+    let up = wait_until(TEN_S, || listening(ns, 'u', port));
+    assert!(up, "UDP server on {port} did not start in {}", ns.name);
+    server
+}
+
+/// What a whoami server answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    tag: String,
+    ip: String,
+    port: u16,
+}
+
+impl Seen {
+    fn parse(text: &str) -> Seen {
+        let f: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(f.len(), 3, "not a whoami answer: {text:?}");
+        Seen {
+            tag: f[0].to_owned(),
+            ip: f[1].to_owned(),
+            port: f[2]
+                .parse()
+                .unwrap_or_else(|_| panic!("not a port in {text:?}")),
+        }
+    }
+}
+
+/// How an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Refused,
+    Timeout,
+    Other,
+}
+
+fn ask(
+    program: &str,
+    ns: &Netns,
+    addr: &str,
+    port: u16,
+    sport: Option<u16>,
+) -> Result<Seen, (Failure, String)> {
+    let port = port.to_string();
+    let sport = sport.map(|p| p.to_string());
+    let mut args = vec!["python3", "-c", program, addr, &port, "1"];
+    if let Some(s) = &sport {
+        args.push(s);
+    }
+    let out = ns.exec(&args);
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    match out.status.code() {
+        Some(0) => Ok(Seen::parse(&String::from_utf8_lossy(&out.stdout))),
+        Some(3) => Err((Failure::Refused, err)),
+        Some(4) => Err((Failure::Timeout, err)),
+        _ => Err((Failure::Other, err)),
+    }
+}
+
+fn tcp_ask(ns: &Netns, addr: &str, port: u16) -> Result<Seen, (Failure, String)> {
+    ask(TCP_ASK, ns, addr, port, None)
+}
+
+fn udp_ask(ns: &Netns, addr: &str, port: u16) -> Result<Seen, (Failure, String)> {
+    ask(UDP_ASK, ns, addr, port, None)
+}
+
+/// Retries `attempt` until it answers or `timeout` passes (the first
+/// packet to a next hop not resolved yet may be dropped); panics with the
+/// last failure.
+fn within(
+    what: &str,
+    timeout: Duration,
+    mut attempt: impl FnMut() -> Result<Seen, (Failure, String)>,
+) -> Seen {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match attempt() {
+            Ok(seen) => return seen,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("{what}: no answer within {timeout:?}; last attempt: {e:?}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Pings `addr` from `ns` until answered, then 3 more: at least one of
+/// those must be answered too.
+fn pings(ns: &Netns, addr: &str) -> bool {
+    ns.ping_within(addr, TEN_S)
+        && ns
+            .exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", addr])
+            .status
+            .success()
+}
+
+/// TCP connections held open by a python3 process in a namespace.
+struct TcpHolder {
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    _child: KillOnDrop,
+}
+
+impl TcpHolder {
+    fn start(ns: &Netns, addr: &str, port: u16) -> TcpHolder {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", TCP_HOLDER, addr])
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the TCP holder");
+        TcpHolder {
+            stdin: child.stdin.take().expect("piped stdin"),
+            stdout: BufReader::new(child.stdout.take().expect("piped stdout")),
+            _child: KillOnDrop(child),
+        }
+    }
+
+    fn ask(&mut self, line: &str) -> Value {
+        writeln!(self.stdin, "{line}").expect("write to the TCP holder");
+        let mut answer = String::new();
+        self.stdout
+            .read_line(&mut answer)
+            .expect("read from the TCP holder");
+        serde_json::from_str(&answer)
+            .unwrap_or_else(|_| panic!("TCP holder answered {answer:?} to {line:?}"))
+    }
+
+    /// Opens `n` more connections; what their servers saw, and the errors
+    /// of those that did not connect.
+    fn open(&mut self, n: u32, timeout_s: f64, sport: Option<u16>) -> (Vec<Seen>, Vec<String>) {
+        let line = match sport {
+            Some(p) => format!("open {n} {timeout_s} {p}"),
+            None => format!("open {n} {timeout_s}"),
+        };
+        let answer = self.ask(&line);
+        let peers = answer["peers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{answer}"))
+            .iter()
+            .map(|p| Seen::parse(p.as_str().unwrap_or_default()))
+            .collect();
+        let errors = answer["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{answer}"))
+            .iter()
+            .map(|e| e.as_str().unwrap_or_default().to_owned())
+            .collect();
+        (peers, errors)
+    }
+
+    /// How many held connections echo a line.
+    fn echo(&mut self) -> u64 {
+        self.ask("echo")["ok"].as_u64().unwrap_or(0)
+    }
+}
+
+// ------------------------------------------------------------------------
+// What the daemon says.
+
+/// Drops for `reason` summed over every port of network `net`.
+fn net_drops(d: &Daemon, net: &str, reason: &str) -> u64 {
+    let stats = d.json(&["stats"]);
+    stats
+        .as_array()
+        .unwrap_or_else(|| panic!("stats answered {stats}, not a list"))
+        .iter()
+        .filter(|p| p["Network"] == net)
+        .map(|p| {
+            p["Drops"][reason].as_u64().unwrap_or_else(|| {
+                panic!("stats of {} have no drop reason {reason}: {p}", p["Port"])
+            })
+        })
+        .sum()
+}
+
+/// `policy ls [FILTER] --json`.
+fn policies(d: &Daemon, filter: &[&str]) -> Vec<Value> {
+    let mut args = vec!["policy", "ls"];
+    args.extend_from_slice(filter);
+    let list = d.json(&args);
+    list.as_array()
+        .unwrap_or_else(|| panic!("policy ls answered {list}, not a list"))
+        .clone()
+}
+
+/// `policy ls` without hit counters (they count traffic, not configuration).
+fn configured(d: &Daemon) -> Vec<Value> {
+    let mut list = policies(d, &[]);
+    for p in &mut list {
+        if let Some(p) = p.as_object_mut() {
+            p.remove("Hits");
+        }
+    }
+    list
+}
+
+/// A field of a policy's settings, by HNS's case-insensitive name; the
+/// settings may be shown as given (`{"Type", "Settings": {...}}`) or as
+/// the `Settings` object alone.
+fn setting<'a>(policy: &'a Value, field: &str) -> Option<&'a Value> {
+    let find = |obj: &'a Value, key: &str| {
+        obj.as_object()?
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    };
+    let settings = find(policy, "Settings")?;
+    let inner = find(settings, "Settings").unwrap_or(settings);
+    find(inner, field)
+}
+
+/// The PortMapping policies of `endpoint`: (ID, protocol, internal port,
+/// external port).
+fn mappings(d: &Daemon, endpoint: &str) -> Vec<(String, u64, u64, u64)> {
+    policies(d, &["--endpoint", endpoint])
+        .iter()
+        .filter(|p| p["Type"] == "PortMapping")
+        .map(|p| {
+            let num = |f: &str| {
+                setting(p, f)
+                    .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+                    .unwrap_or_else(|| panic!("PortMapping without {f}: {p}"))
+            };
+            (
+                p["ID"].as_str().unwrap_or_default().to_owned(),
+                num("Protocol"),
+                num("InternalPort"),
+                num("ExternalPort"),
+            )
+        })
+        .collect()
+}
+
+/// The external port of `endpoint`'s mapping to `internal` (`proto` 6/17).
+fn external_port(d: &Daemon, endpoint: &str, proto: u64, internal: u64) -> u16 {
+    let all = mappings(d, endpoint);
+    let m = all
+        .iter()
+        .find(|m| m.1 == proto && m.2 == internal)
+        .unwrap_or_else(|| panic!("{endpoint} has no mapping to {internal}/{proto}: {all:?}"));
+    u16::try_from(m.3).expect("a port")
+}
+
+/// A request that must be refused naming `expect`, with networks,
+/// endpoints, ports, the state file and policies unchanged.
+fn refused(d: &Daemon, args: &[&str], expect: &str) {
+    let before = configured(d);
+    d.refused(args, expect);
+    assert_eq!(
+        before,
+        configured(d),
+        "vswitchctl {args:?} changed the policies although refused"
+    );
+}
+
+/// Writes a policy document into the daemon's test directory.
+fn write_doc(d: &Daemon, doc: &Value) -> PathBuf {
+    let path = d.dir.join(format!("policy-{}.json", unique()));
+    std::fs::write(&path, doc.to_string()).expect("write policy file");
+    path
+}
+
+fn port_mapping(proto: u8, internal: u16, external: u16) -> Value {
+    json!({"Type": "PortMapping", "Settings": {"Protocol": proto, "InternalPort": internal, "ExternalPort": external}})
+}
+
+// ------------------------------------------------------------------------
+// Frames seen on the outside machine.
+
+/// (source, destination, ICMP type, echo id) of an IPv4 ICMP frame.
+fn icmp4(frame: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, u8, u16)> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    if *ip.get(9)? != 1 {
+        return None;
+    }
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let icmp = ip.get(ihl..ihl + 8)?;
+    Some((src, dst, icmp[0], u16::from_be_bytes([icmp[4], icmp[5]])))
+}
+
+// ------------------------------------------------------------------------
+// 1. Outbound translation.
+
+#[test]
+fn outbound_ping_tcp_udp_leave_with_the_uplink_address_and_pool_ports() {
+    if !require_root("outbound_ping_tcp_udp_leave_with_the_uplink_address_and_pool_ports") {
+        return;
+    }
+    let _g = exclusive();
+    let mut s = Site::on_link();
+    let (net, prefix) = s.nat_network(&[]);
+    let (ip1, ip2) = (format!("{prefix}.10"), format!("{prefix}.11"));
+    let a = s.endpoint(&net, "ep1", &["--ip", &ip1]);
+    let b = s.endpoint(&net, "ep2", &["--ip", &ip2]);
+    let (up_ip, out_ip) = (s.uplink_ip(), s.outside_ip.clone());
+    let pool = s.default_pool();
+    let cap = Capture::start(&s.outside, OUTSIDE_IF);
+    let _tcp = tcp_whoami(&s.outside, "outside", &out_ip, &[7000]);
+    let _udp = udp_whoami(&s.outside, "outside", &out_ip, 7001);
+
+    for (i, ep) in [(a, "ep1"), (b, "ep2")] {
+        let ns = &s.eps[i];
+        assert!(pings(ns, &out_ip), "{ep} cannot ping the outside machine");
+        let tcp = within(&format!("TCP {ep} -> outside"), TEN_S, || {
+            tcp_ask(ns, &out_ip, 7000)
+        });
+        assert_eq!(tcp.ip, up_ip, "outside saw {ep}'s TCP from {tcp:?}");
+        assert!(
+            pool.contains(&tcp.port),
+            "TCP source port {} outside the pool {pool:?}",
+            tcp.port
+        );
+        let udp = within(&format!("UDP {ep} -> outside"), TEN_S, || {
+            udp_ask(ns, &out_ip, 7001)
+        });
+        assert_eq!(udp.ip, up_ip, "outside saw {ep}'s UDP from {udp:?}");
+        assert!(
+            pool.contains(&udp.port),
+            "UDP source port {} outside the pool {pool:?}",
+            udp.port
+        );
+    }
+
+    // The same source port from both endpoints at once: two bindings.
+    let mut h1 = TcpHolder::start(&s.eps[a], &out_ip, 7000);
+    let mut h2 = TcpHolder::start(&s.eps[b], &out_ip, 7000);
+    let (p1, e1) = h1.open(1, 3.0, Some(40000));
+    let (p2, e2) = h2.open(1, 3.0, Some(40000));
+    assert_eq!((p1.len(), p2.len()), (1, 1), "errors: {e1:?} {e2:?}");
+    assert_ne!(
+        p1[0].port, p2[0].port,
+        "two endpoints' connections from port 40000 share {:?}",
+        p1[0]
+    );
+    for p in p1.iter().chain(&p2) {
+        assert_eq!(p.ip, up_ip);
+        assert!(pool.contains(&p.port), "{p:?} outside the pool {pool:?}");
+    }
+    assert_eq!((h1.echo(), h2.echo()), (1, 1));
+    // UDP likewise, while the first binding is still alive.
+    let u1 = within("UDP ep1:5000", TEN_S, || {
+        ask(UDP_ASK, &s.eps[a], &out_ip, 7001, Some(5000))
+    });
+    let u2 = within("UDP ep2:5000", TEN_S, || {
+        ask(UDP_ASK, &s.eps[b], &out_ip, 7001, Some(5000))
+    });
+    assert_ne!(
+        u1.port, u2.port,
+        "two endpoints' UDP from port 5000 share {u1:?}"
+    );
+
+    // flows dump shows the connection as the endpoint made it, with the
+    // translation.
+    let flows = s.d.json(&["flows", "dump", "--endpoint", "ep1"]);
+    let conns = flows["Connections"]
+        .as_array()
+        .unwrap_or_else(|| panic!("flows dump has no Connections: {flows:#}"));
+    let held = conns
+        .iter()
+        .find(|c| {
+            c["Source"] == ip1.as_str() && c["SourcePort"] == 40000 && c["DestinationPort"] == 7000
+        })
+        .unwrap_or_else(|| panic!("no connection {ip1}:40000 -> {out_ip}:7000 in {flows:#}"));
+    assert_eq!(held["Destination"], out_ip.as_str(), "{held}");
+    let text = held.to_string();
+    assert!(
+        text.contains(&up_ip) && text.contains(&p1[0].port.to_string()),
+        "the connection does not show its translation to {up_ip}:{}: {held}",
+        p1[0].port
+    );
+
+    // TCP super-frames both ways through the translation.
+    let up = iperf3(&s.eps[a], &s.outside, &out_ip, 2);
+    let down = iperf3_with(&s.eps[a], &s.outside, &out_ip, 2, &["-R"]);
+    eprintln!(
+        "iperf3 ep1 -> outside {:.2} Gbit/s, outside -> ep1 {:.2} Gbit/s",
+        up / 1e9,
+        down / 1e9
+    );
+    assert!(up > 10e6, "TCP ep1 -> outside too slow: {up} bit/s");
+    assert!(down > 10e6, "TCP outside -> ep1 too slow: {down} bit/s");
+
+    // The outside machine saw the uplink's address only, and echo ids from
+    // the pool.
+    cap.sync(&s.outside, &up_ip);
+    let frames = cap.frames();
+    let private: Vec<_> = frames
+        .iter()
+        .flat_map(|f| vswitch_systests::frame_ips(f))
+        .filter(|ip| in_subnet(&ip.to_string(), &prefix))
+        .collect();
+    assert!(
+        private.is_empty(),
+        "the outside machine saw private addresses: {private:?}"
+    );
+    let requests: Vec<_> = frames
+        .iter()
+        .filter_map(|f| icmp4(f))
+        .filter(|(_, dst, kind, _)| dst.to_string() == out_ip && *kind == 8)
+        .collect();
+    assert!(
+        !requests.is_empty(),
+        "no echo request reached the outside machine"
+    );
+    for (src, _, _, id) in &requests {
+        assert_eq!(src.to_string(), up_ip, "echo request from {src}");
+        assert!(pool.contains(id), "echo id {id} outside the pool {pool:?}");
+    }
+}
+
+// ------------------------------------------------------------------------
+// 2. The default interface and subnet.
+
+#[test]
+fn default_interface_is_the_default_routes_and_the_subnet_is_picked() {
+    if !require_root("default_interface_is_the_default_routes_and_the_subnet_is_picked") {
+        return;
+    }
+    let _g = shared();
+    let mut s = Site::on_link();
+    let net = format!("nat{}", tag());
+    s.d.ok(&["network", "create", "-d", "nat", &net]);
+    let info = s.d.json(&["network", "inspect", &net]);
+    assert_eq!(info["Options"]["interface"], s.uplink.as_str(), "{info:#}");
+    assert_eq!(info["UplinkInterface"], s.uplink.as_str(), "{info:#}");
+    let text = s.d.ok(&["network", "inspect", &net]);
+    assert!(
+        text.contains(&s.uplink),
+        "plain inspect does not name {}: {text}",
+        s.uplink
+    );
+    let subnet = info["Subnets"][0]["AddressPrefix"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no subnet: {info:#}"))
+        .to_owned();
+    assert!(
+        subnet.starts_with("172.30.") && subnet.ends_with(".0/24"),
+        "default subnet {subnet} is not a 172.30.x.0/24"
+    );
+    let prefix = subnet.trim_end_matches(".0/24").to_owned();
+    assert_eq!(
+        info["Subnets"][0]["GatewayAddress"],
+        format!("{prefix}.1"),
+        "{info:#}"
+    );
+    // The gateway lives on a host port in the daemon's namespace.
+    let host_if = info["HostInterface"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no host port: {info:#}"));
+    let addrs = s
+        .host
+        .ok(&["ip", "-4", "-o", "addr", "show", "dev", host_if]);
+    assert!(
+        addrs.contains(&format!("{prefix}.1/24")),
+        "{host_if}: {addrs}"
+    );
+
+    let a = s.endpoint(&net, "ep1", &[]);
+    let ep = s.d.json(&["endpoint", "inspect", "ep1"]);
+    let ip = ep["IPAddress"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        in_subnet(&ip, &prefix),
+        "ep1 got {ip}, not an address of {subnet}: {ep}"
+    );
+    let out_ip = s.outside_ip.clone();
+    let _srv = tcp_whoami(&s.outside, "outside", &out_ip, &[7000]);
+    let seen = within("TCP ep1 -> outside", TEN_S, || {
+        tcp_ask(&s.eps[a], &out_ip, 7000)
+    });
+    assert_eq!(seen.ip, s.uplink_ip());
+    assert!(
+        pings(&s.eps[a], &out_ip),
+        "ep1 cannot ping the outside machine"
+    );
+}
+
+// ------------------------------------------------------------------------
+// 3. An off-link destination, through the uplink's default router.
+
+#[test]
+fn off_link_destinations_go_through_the_default_router() {
+    if !require_root("off_link_destinations_go_through_the_default_router") {
+        return;
+    }
+    let _g = shared();
+    let mut s = Site::routed();
+    let (net, prefix) = s.nat_network(&[]);
+    let a = s.endpoint(&net, "ep1", &["--ip", &format!("{prefix}.10")]);
+    let out_ip = s.outside_ip.clone();
+    let _tcp = tcp_whoami(&s.outside, "outside", &out_ip, &[7000]);
+    let _udp = udp_whoami(&s.outside, "outside", &out_ip, 7001);
+    assert!(
+        pings(&s.eps[a], &out_ip),
+        "ep1 cannot ping the outside machine behind the router"
+    );
+    let tcp = within("TCP ep1 -> outside", TEN_S, || {
+        tcp_ask(&s.eps[a], &out_ip, 7000)
+    });
+    assert_eq!(tcp.ip, s.uplink_ip(), "{tcp:?}");
+    let udp = within("UDP ep1 -> outside", TEN_S, || {
+        udp_ask(&s.eps[a], &out_ip, 7001)
+    });
+    assert_eq!(udp.ip, s.uplink_ip(), "{udp:?}");
+    // The router's own address on the wire is on link.
+    let router_ip = format!("{}.2", s.wire);
+    assert!(pings(&s.eps[a], &router_ip), "ep1 cannot ping the router");
+    // The router forwarded it: the frames came to it addressed to its MAC.
+    let router = s.router.as_ref().expect("routed site");
+    let fwd = router.ok(&["cat", "/proc/net/snmp"]);
+    let forwarded: u64 = fwd
+        .lines()
+        .filter(|l| l.starts_with("Ip:"))
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(6))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(forwarded > 0, "the router forwarded nothing: {fwd}");
+}
+
+// ------------------------------------------------------------------------
+// 4. Port mappings from outside.
+
+#[test]
+fn static_and_dynamic_port_mappings_serve_outside_until_removed() {
+    if !require_root("static_and_dynamic_port_mappings_serve_outside_until_removed") {
+        return;
+    }
+    let _g = shared();
+    let mut s = Site::on_link();
+    let (net, prefix) = s.nat_network(&[]);
+    let a = s.endpoint(
+        &net,
+        "ep1",
+        &[
+            "--ip",
+            &format!("{prefix}.10"),
+            "-p",
+            "8080:80/tcp",
+            "-p",
+            "8053:53/udp",
+        ],
+    );
+    let b = s.endpoint(
+        &net,
+        "ep2",
+        &["--ip", &format!("{prefix}.11"), "-p", "0:80/tcp"],
+    );
+    let _s1 = tcp_whoami(&s.eps[a], "ep1", "0.0.0.0", &[80]);
+    let _s1u = udp_whoami(&s.eps[a], "ep1", "0.0.0.0", 53);
+    let _s2 = tcp_whoami(&s.eps[b], "ep2", "0.0.0.0", &[80]);
+    let (up_ip, out_ip) = (s.uplink_ip(), s.outside_ip.clone());
+
+    assert_eq!(external_port(&s.d, "ep1", 6, 80), 8080);
+    assert_eq!(external_port(&s.d, "ep1", 17, 53), 8053);
+    let dynamic = external_port(&s.d, "ep2", 6, 80);
+    assert!(dynamic != 0 && dynamic != 8080, "picked port {dynamic}");
+    assert!(
+        !s.ephemeral().contains(&dynamic),
+        "picked port {dynamic} is in the host's ephemeral range"
+    );
+
+    let seen = within("outside -> 8080", TEN_S, || {
+        tcp_ask(&s.outside, &up_ip, 8080)
+    });
+    assert_eq!(seen.tag, "ep1", "{seen:?}");
+    assert_eq!(seen.ip, out_ip, "ep1 saw the connection from {seen:?}");
+    let seen = within("outside -> picked port", TEN_S, || {
+        tcp_ask(&s.outside, &up_ip, dynamic)
+    });
+    assert_eq!(seen.tag, "ep2", "{seen:?}");
+    assert_eq!(seen.ip, out_ip, "ep2 saw the connection from {seen:?}");
+    let seen = within("outside -> 8053/udp", TEN_S, || {
+        udp_ask(&s.outside, &up_ip, 8053)
+    });
+    assert_eq!(seen.tag, "ep1", "{seen:?}");
+    // Many connections, each a new binding.
+    for i in 0..20 {
+        let seen = tcp_ask(&s.outside, &up_ip, 8080)
+            .unwrap_or_else(|e| panic!("connection {i} to 8080: {e:?}"));
+        assert_eq!(seen.tag, "ep1");
+    }
+
+    // Removing the policy stops the mapping and gives the port back to
+    // the host.
+    let id = mappings(&s.d, "ep1")
+        .into_iter()
+        .find(|m| m.3 == 8080)
+        .map(|m| m.0)
+        .expect("the 8080 mapping");
+    s.d.ok(&["policy", "rm", "--endpoint", "ep1", &id]);
+    assert!(
+        wait_until(FIVE_S, || tcp_ask(&s.outside, &up_ip, 8080).is_err()),
+        "8080 still served after its mapping was removed"
+    );
+    assert!(mappings(&s.d, "ep1").iter().all(|m| m.3 != 8080));
+    let _host = tcp_whoami(&s.host, "host", "0.0.0.0", &[8080]);
+    let seen = within("outside -> the host's own 8080", FIVE_S, || {
+        tcp_ask(&s.outside, &up_ip, 8080)
+    });
+    assert_eq!(
+        seen.tag, "host",
+        "8080 did not go back to the host: {seen:?}"
+    );
+    // The other mappings stay.
+    assert_eq!(
+        udp_ask(&s.outside, &up_ip, 8053).map(|s| s.tag),
+        Ok("ep1".to_owned())
+    );
+    assert_eq!(
+        tcp_ask(&s.outside, &up_ip, dynamic).map(|s| s.tag),
+        Ok("ep2".to_owned())
+    );
+
+    // Removing the endpoint takes its mapping with it.
+    s.d.ok(&["endpoint", "rm", "ep2"]);
+    assert!(
+        wait_until(FIVE_S, || tcp_ask(&s.outside, &up_ip, dynamic).is_err()),
+        "port {dynamic} still served after ep2 was removed"
+    );
+    assert_eq!(
+        udp_ask(&s.outside, &up_ip, 8053).map(|s| s.tag),
+        Ok("ep1".to_owned())
+    );
+}
+
+// ------------------------------------------------------------------------
+// 5. Hairpin.
+
+#[test]
+fn hairpin_reaches_a_mapped_port_of_another_endpoint() {
+    if !require_root("hairpin_reaches_a_mapped_port_of_another_endpoint") {
+        return;
+    }
+    let _g = shared();
+    let mut s = Site::on_link();
+    let (net, prefix) = s.nat_network(&[]);
+    let a = s.endpoint(&net, "ep1", &["--ip", &format!("{prefix}.10")]);
+    let b = s.endpoint(
+        &net,
+        "ep2",
+        &[
+            "--ip",
+            &format!("{prefix}.11"),
+            "-p",
+            "8080:80/tcp",
+            "-p",
+            "8053:53/udp",
+        ],
+    );
+    let _t = tcp_whoami(&s.eps[b], "ep2", "0.0.0.0", &[80]);
+    let _u = udp_whoami(&s.eps[b], "ep2", "0.0.0.0", 53);
+    let up_ip = s.uplink_ip();
+    let seen = within("ep1 -> uplink:8080", TEN_S, || {
+        tcp_ask(&s.eps[a], &up_ip, 8080)
+    });
+    assert_eq!(seen.tag, "ep2", "{seen:?}");
+    let seen = within("ep1 -> uplink:8053/udp", TEN_S, || {
+        udp_ask(&s.eps[a], &up_ip, 8053)
+    });
+    assert_eq!(seen.tag, "ep2", "{seen:?}");
+    // Outside still reaches it too.
+    let seen = within("outside -> uplink:8080", TEN_S, || {
+        tcp_ask(&s.outside, &up_ip, 8080)
+    });
+    assert_eq!(seen.tag, "ep2", "{seen:?}");
+}
+
+// ------------------------------------------------------------------------
+// 6. The host's own sockets on the uplink's address.
+
+#[test]
+fn host_sockets_keep_working_under_nat_load() {
+    if !require_root("host_sockets_keep_working_under_nat_load") {
+        return;
+    }
+    let _g = exclusive();
+    let mut s = Site::on_link();
+    let (net, prefix) = s.nat_network(&[]);
+    let a = s.endpoint(&net, "ep1", &["--ip", &format!("{prefix}.10")]);
+    let (up_ip, out_ip) = (s.uplink_ip(), s.outside_ip.clone());
+    let eph = s.ephemeral();
+    let pool = s.default_pool();
+    let _who = tcp_whoami(&s.outside, "outside", &out_ip, &[7000]);
+    let _iperf_srv = spawn_in(&s.outside, &["iperf3", "-s", "-B", &out_ip]);
+    assert!(wait_until(FIVE_S, || listening(&s.outside, 't', 5201)));
+    // A server of the host's own, on a port outside the pool.
+    let host_port = 7100;
+    assert!(!pool.contains(&host_port));
+    let _host_srv = tcp_whoami(&s.host, "host", "0.0.0.0", &[host_port]);
+    assert!(pings(&s.eps[a], &out_ip));
+
+    let report = s.d.dir.join("iperf3-load.json");
+    let mut load = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &s.eps[a].name,
+            "iperf3",
+            "-c",
+            &out_ip,
+            "-t",
+            "10",
+            "-J",
+        ])
+        .stdout(std::fs::File::create(&report).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(KillOnDrop)
+        .expect("start iperf3");
+    // Under way once the outside machine has the data connection.
+    let running = wait_until(FIVE_S, || {
+        s.outside
+            .ok(&["ss", "-Htn", "state", "established", "sport = :5201"])
+            .lines()
+            .count()
+            >= 2
+    });
+    assert!(running, "iperf3 from ep1 did not start");
+
+    for i in 0..10 {
+        let seen = within(&format!("host -> outside ({i})"), FIVE_S, || {
+            tcp_ask(&s.host, &out_ip, 7000)
+        });
+        assert_eq!(seen.ip, up_ip, "{seen:?}");
+        assert!(
+            eph.contains(&seen.port),
+            "the host's own connection left from {} (not its ephemeral range)",
+            seen.port
+        );
+        let seen = within(
+            &format!("outside -> host:{host_port} ({i})"),
+            FIVE_S,
+            || tcp_ask(&s.outside, &up_ip, host_port),
+        );
+        assert_eq!(seen.tag, "host", "{seen:?}");
+        assert_eq!(seen.ip, out_ip, "{seen:?}");
+    }
+    assert!(
+        s.host.ping(&out_ip),
+        "the host cannot ping the outside machine"
+    );
+    assert!(
+        s.outside.ping(&up_ip),
+        "the outside machine cannot ping the host"
+    );
+    assert!(
+        load.0.try_wait().expect("iperf3 status").is_none(),
+        "iperf3 ended before the host's connections were done: not under load"
+    );
+    let status = load.0.wait().expect("wait for iperf3");
+    let result: Value = serde_json::from_slice(&std::fs::read(&report).unwrap_or_default())
+        .unwrap_or_else(|_| panic!("iperf3 gave no JSON (exit {status})"));
+    assert!(
+        result.get("error").is_none(),
+        "iperf3 failed: {}",
+        result["error"]
+    );
+    let bps = result["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    eprintln!(
+        "iperf3 ep1 -> outside under the host's connections: {:.2} Gbit/s",
+        bps / 1e9
+    );
+    assert!(bps > 10e6, "iperf3 through the NAT too slow: {bps} bit/s");
+}
+
+// ------------------------------------------------------------------------
+// 7. Port exhaustion.
+
+#[test]
+fn port_exhaustion_is_a_counted_drop_and_old_connections_live() {
+    if !require_root("port_exhaustion_is_a_counted_drop_and_old_connections_live") {
+        return;
+    }
+    let _g = shared();
+    let mut s = Site::on_link();
+    let (net, prefix) = s.nat_network(&["-o", "nat_ports=64000-64003"]);
+    // No IPv6: nothing but the test's connections asks for a port.
+    let a = s.endpoint_with(&net, "ep1", &["--ip", &format!("{prefix}.10")], no_ipv6);
+    let out_ip = s.outside_ip.clone();
+    let _srv = tcp_whoami(&s.outside, "outside", &out_ip, &[7000]);
+    // The host resolves the outside machine first, so no connection's
+    // first packet waits for the neighbour.
+    assert!(s.host.ping_within(&out_ip, FIVE_S));
+
+    let mut held = TcpHolder::start(&s.eps[a], &out_ip, 7000);
+    let (peers, errors) = held.open(4, 3.0, None);
+    assert_eq!(peers.len(), 4, "4 connections on 4 ports: {errors:?}");
+    let ports: std::collections::BTreeSet<u16> = peers.iter().map(|p| p.port).collect();
+    assert_eq!(ports, (64000..=64003).collect(), "{peers:?}");
+    let before = net_drops(&s.d, &net, "nat_exhausted");
+    let (fifth, _) = held.open(1, 2.0, None);
+    assert!(
+        fifth.is_empty(),
+        "a 5th connection got a port of 4: {fifth:?}"
+    );
+    assert!(
+        wait_until(FIVE_S, || net_drops(&s.d, &net, "nat_exhausted") > before),
+        "the 5th connection was not counted as nat_exhausted"
+    );
+    // The daemon is fine and the four still carry data.
+    s.d.ok(&["network", "ls"]);
+    assert_eq!(held.echo(), 4, "held connections stopped at exhaustion");
+}
+
+// ------------------------------------------------------------------------
+// 8. ICMP errors.
+
+#[test]
+fn port_unreachable_reaches_the_endpoint_translated() {
+    if !require_root("port_unreachable_reaches_the_endpoint_translated") {
+        return;
+    }
+    let _g = shared();
+    let mut s = Site::on_link();
+    let (net, prefix) = s.nat_network(&[]);
+    let a = s.endpoint(&net, "ep1", &["--ip", &format!("{prefix}.10")]);
+    let out_ip = s.outside_ip.clone();
+    assert!(!listening(&s.outside, 'u', 9999));
+    let refused = wait_until(TEN_S, || {
+        matches!(
+            udp_ask(&s.eps[a], &out_ip, 9999),
+            Err((Failure::Refused, _))
+        )
+    });
+    assert!(
+        refused,
+        "no port unreachable reached ep1: {:?}",
+        udp_ask(&s.eps[a], &out_ip, 9999)
+    );
+    // Every time, not once.
+    for _ in 0..3 {
+        assert!(
+            matches!(
+                udp_ask(&s.eps[a], &out_ip, 9999),
+                Err((Failure::Refused, _))
+            ),
+            "a later port unreachable did not reach ep1"
+        );
+    }
+}
+
+#[test]
+fn ttl_expiry_at_the_router_reaches_the_endpoint() {
+    if !require_root("ttl_expiry_at_the_router_reaches_the_endpoint") {
+        return;
+    }
+    let _g = shared();
+    let mut s = Site::routed();
+    let (net, prefix) = s.nat_network(&[]);
+    let a = s.endpoint(&net, "ep1", &["--ip", &format!("{prefix}.10")]);
+    let out_ip = s.outside_ip.clone();
+    let router_ip = format!("{}.2", s.wire);
+    let probe = |ttl: u8| {
+        let out = s.eps[a].exec(&[
+            "python3",
+            "-c",
+            UDP_PROBE,
+            &out_ip,
+            "33434",
+            &ttl.to_string(),
+            "3",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // The switch may count as a hop or not; the router is one of the
+    // first three.
+    let hops: Vec<String> = (1..=3).map(probe).collect();
+    assert!(
+        hops.iter().any(|h| *h == format!("11 0 {router_ip}")),
+        "no time exceeded from the router {router_ip} at TTL 1-3: {hops:?}"
+    );
+    assert_eq!(
+        probe(16),
+        format!("3 3 {out_ip}"),
+        "no port unreachable from the outside machine"
+    );
+}
+
+// ------------------------------------------------------------------------
+// 9. Bad requests.
+
+#[test]
+fn bad_nat_requests_are_refused_and_change_nothing() {
+    if !require_root("bad_nat_requests_are_refused_and_change_nothing") {
+        return;
+    }
+    let _g = shared();
+    let mut s = Site::on_link();
+    let (subnet, _) = unique_subnet();
+    // An interface without an IPv4 address.
+    let bare = format!("nb{}", tag());
+    s.host.ok(&[
+        "ip",
+        "link",
+        "add",
+        &bare,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{bare}p"),
+    ]);
+    s.host.ok(&["ip", "link", "set", &bare, "up"]);
+    let iface = |i: &str| format!("interface={i}");
+    let name = format!("bad{}", tag());
+    refused(
+        &s.d,
+        &[
+            "network",
+            "create",
+            "-d",
+            "nat",
+            "--subnet",
+            &subnet,
+            "-o",
+            &iface(&bare),
+            &name,
+        ],
+        "options.interface",
+    );
+    refused(
+        &s.d,
+        &[
+            "network",
+            "create",
+            "-d",
+            "nat",
+            "--subnet",
+            &subnet,
+            "-o",
+            "interface=nosuchif0",
+            &name,
+        ],
+        "options.interface",
+    );
+    let eph = s.ephemeral();
+    let overlap = format!("nat_ports={}-{}", eph.end() - 10, eph.end() + 10);
+    let inside = format!("nat_ports={}-{}", eph.start() + 1, eph.start() + 100);
+    for ports in [&overlap, &inside] {
+        refused(
+            &s.d,
+            &[
+                "network",
+                "create",
+                "-d",
+                "nat",
+                "--subnet",
+                &subnet,
+                "-o",
+                &iface(&s.uplink),
+                "-o",
+                ports,
+                &name,
+            ],
+            "options.nat_ports",
+        );
+    }
+    refused(
+        &s.d,
+        &[
+            "network",
+            "create",
+            "-d",
+            "internal",
+            "--subnet",
+            &subnet,
+            "-o",
+            "nat_ports=64000-64100",
+            &name,
+        ],
+        "options.nat_ports",
+    );
+
+    let (net, prefix) = s.nat_network(&[]);
+    s.endpoint(
+        &net,
+        "ep1",
+        &["--ip", &format!("{prefix}.10"), "-p", "8080:80/tcp"],
+    );
+    // Namespaces in `s.eps` outlive the daemon's teardown.
+    let n = s.eps.len();
+    s.eps.push(Netns::new("ne"));
+    s.eps.push(Netns::new("ni"));
+    let (ns, ins) = (&s.eps[n], &s.eps[n + 1]);
+    let ep2 = |extra: &[&str]| {
+        let mut args = vec!["endpoint", "create", "--network", &net, "--netns", &ns.name];
+        args.extend_from_slice(extra);
+        args.push("ep2");
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>, expect: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&s.d, &args, expect);
+    };
+    // In the host's ephemeral range.
+    let eph_port = format!("{}:80/tcp", eph.start() + 5);
+    run(ep2(&["-p", &eph_port]), "ExternalPort");
+    let doc = write_doc(&s.d, &port_mapping(6, 80, eph.start() + 5));
+    let doc = doc.to_str().unwrap();
+    refused(
+        &s.d,
+        &["policy", "add", "--endpoint", "ep1", "--file", doc],
+        "ExternalPort",
+    );
+    // Taken by another mapping, in another request or the same one.
+    run(ep2(&["-p", "8080:81/tcp"]), "ExternalPort");
+    run(
+        ep2(&["-p", "8090:80/tcp", "-p", "8090:81/tcp"]),
+        "ExternalPort",
+    );
+    let raw = |policy: Value| {
+        let line = json!({"Op": "PolicyAdd", "Args": {"Endpoint": "ep1", "Policies": policy}});
+        s.d.raw(format!("{line}\n").as_bytes())
+    };
+    let answer = raw(port_mapping(6, 81, 8080));
+    assert_eq!(answer["Error"]["Kind"], "Conflict", "{answer}");
+    // Held by the host's own sockets: a TCP listener on every address, a
+    // UDP socket on the uplink's.
+    let _tcp = tcp_whoami(&s.host, "host", "0.0.0.0", &[8081]);
+    let _udp = udp_whoami(&s.host, "host", &s.uplink_ip(), 8082);
+    run(ep2(&["-p", "8081:80/tcp"]), "ExternalPort");
+    run(ep2(&["-p", "8082:53/udp"]), "ExternalPort");
+    let answer = raw(port_mapping(6, 80, 8081));
+    assert_eq!(answer["Error"]["Kind"], "Conflict", "{answer}");
+    let answer = raw(port_mapping(17, 53, 8082));
+    assert_eq!(answer["Error"]["Kind"], "Conflict", "{answer}");
+    // A PortMapping for a whole network, or on a network that does not
+    // translate.
+    let doc = write_doc(&s.d, &port_mapping(6, 80, 8085));
+    let doc = doc.to_str().unwrap();
+    refused(
+        &s.d,
+        &["policy", "add", "--network", &net, "--file", doc],
+        "PortMapping",
+    );
+    let (isubnet, _) = unique_subnet();
+    let inet = format!("int{}", tag());
+    s.d.ok(&[
+        "network", "create", "-d", "internal", "--subnet", &isubnet, &inet,
+    ]);
+    refused(
+        &s.d,
+        &[
+            "endpoint",
+            "create",
+            "--network",
+            &inet,
+            "--netns",
+            &ins.name,
+            "-p",
+            "8085:80/tcp",
+            "epi",
+        ],
+        "PortMapping",
+    );
+    s.d.endpoint(&inet, ins, &[], "epi");
+    refused(
+        &s.d,
+        &["policy", "add", "--endpoint", "epi", "--file", doc],
+        "PortMapping",
+    );
+    s.d.ok(&["endpoint", "rm", "epi"]);
+
+    // The same port for the other protocol is another mapping.
+    s.d.ok(&[
+        "policy",
+        "add",
+        "--endpoint",
+        "ep1",
+        "--file",
+        write_doc(&s.d, &port_mapping(17, 80, 8080))
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(
+        mappings(&s.d, "ep1").len(),
+        2,
+        "{:?}",
+        mappings(&s.d, "ep1")
+    );
+    // And a refused endpoint left its namespace usable.
+    s.d.endpoint(&net, ns, &["-p", "8090:80/tcp"], "ep2");
+    s.d.ok(&["endpoint", "rm", "ep2"]);
+}
+
+// ------------------------------------------------------------------------
+// 10. Restarts.
+
+#[test]
+fn mappings_and_translation_survive_restarts() {
+    if !require_root("mappings_and_translation_survive_restarts") {
+        return;
+    }
+    let _g = shared();
+    let mut s = Site::on_link();
+    let (net, prefix) = s.nat_network(&[]);
+    let a = s.endpoint(
+        &net,
+        "ep1",
+        &["--ip", &format!("{prefix}.10"), "-p", "8080:80/tcp"],
+    );
+    let b = s.endpoint(
+        &net,
+        "ep2",
+        &["--ip", &format!("{prefix}.11"), "-p", "0:80/tcp"],
+    );
+    let _s1 = tcp_whoami(&s.eps[a], "ep1", "0.0.0.0", &[80]);
+    let _s2 = tcp_whoami(&s.eps[b], "ep2", "0.0.0.0", &[80]);
+    let out_ip = s.outside_ip.clone();
+    let _o = tcp_whoami(&s.outside, "outside", &out_ip, &[7000]);
+    let dynamic = external_port(&s.d, "ep2", 6, 80);
+    let works = |s: &Site, when: &str| {
+        let up_ip = s.uplink_ip();
+        let seen = within(&format!("{when}: outside -> 8080"), TEN_S, || {
+            tcp_ask(&s.outside, &up_ip, 8080)
+        });
+        assert_eq!(seen.tag, "ep1", "{when}: {seen:?}");
+        let seen = within(&format!("{when}: outside -> {dynamic}"), TEN_S, || {
+            tcp_ask(&s.outside, &up_ip, dynamic)
+        });
+        assert_eq!(seen.tag, "ep2", "{when}: {seen:?}");
+        for i in [a, b] {
+            let seen = within(&format!("{when}: endpoint -> outside"), TEN_S, || {
+                tcp_ask(&s.eps[i], &s.outside_ip, 7000)
+            });
+            assert_eq!(seen.ip, up_ip, "{when}: {seen:?}");
+        }
+        assert!(
+            pings(&s.eps[a], &s.outside_ip),
+            "{when}: ep1 cannot ping outside"
+        );
+    };
+    works(&s, "before any restart");
+    let before = (
+        configured(&s.d),
+        s.d.json(&["network", "ls"]),
+        s.d.json(&["endpoint", "ls"]),
+    );
+
+    s.d.kill9();
+    s.d.spawn();
+    assert_eq!(
+        before,
+        (
+            configured(&s.d),
+            s.d.json(&["network", "ls"]),
+            s.d.json(&["endpoint", "ls"])
+        ),
+        "state differs after kill -9 and restart"
+    );
+    assert_eq!(
+        external_port(&s.d, "ep2", 6, 80),
+        dynamic,
+        "the picked port changed"
+    );
+    works(&s, "after kill -9 and restart");
+
+    let status = s.d.terminate();
+    assert!(status.success(), "vswitchd exited with {status}");
+    s.d.spawn();
+    works(&s, "after a clean restart");
+}
