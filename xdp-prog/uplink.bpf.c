@@ -43,6 +43,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "flow.h"
 #include "uplink.h"
 
 #define ARPHRD_ETHER 1

@@ -74,6 +74,18 @@ pub struct FlowKey {
 
 const _: () = assert!(std::mem::size_of::<FlowKey>() == 64);
 const _: () = assert!(std::mem::align_of::<FlowKey>() == 4);
+// The same offsets as `struct flow_key` in xdp-prog/flow.h.
+const _: () = {
+    use std::mem::offset_of;
+    assert!(offset_of!(FlowKey, src_ip) == 8);
+    assert!(offset_of!(FlowKey, dst_ip) == 24);
+    assert!(offset_of!(FlowKey, src_port) == 40);
+    assert!(offset_of!(FlowKey, vlan) == 44);
+    assert!(offset_of!(FlowKey, src_mac) == 48);
+    assert!(offset_of!(FlowKey, dst_mac) == 54);
+    assert!(offset_of!(FlowKey, proto) == 60);
+    assert!(offset_of!(FlowKey, direction) == 62);
+};
 
 impl FlowKey {
     /// Set in `vlan` when the frame was tagged (a priority tag has VID 0).

@@ -38,6 +38,16 @@ pub struct HeaderTransform {
 }
 
 const _: () = assert!(std::mem::size_of::<HeaderTransform>() == 64);
+// The same offsets as `struct header_transform` in xdp-prog/flow.h.
+const _: () = {
+    use std::mem::offset_of;
+    assert!(offset_of!(HeaderTransform, src_mac) == 4);
+    assert!(offset_of!(HeaderTransform, dst_mac) == 10);
+    assert!(offset_of!(HeaderTransform, src_ip) == 16);
+    assert!(offset_of!(HeaderTransform, dst_ip) == 32);
+    assert!(offset_of!(HeaderTransform, src_port) == 48);
+    assert!(offset_of!(HeaderTransform, dst_port) == 50);
+};
 
 impl HeaderTransform {
     /// The source MAC becomes `src_mac`.
