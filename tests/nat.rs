@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vswitch_systests::{
-    iperf3, iperf3_with, require_root, tag, unique, unique_subnet, wait_until, Capture, Daemon,
-    KillOnDrop, Netns,
+    iperf3, iperf3_with, link_mac, mac_bytes, require_root, tag, unique, unique_subnet, wait_until,
+    Capture, Daemon, KillOnDrop, Netns,
 };
 
 const FIVE_S: Duration = Duration::from_secs(5);
@@ -428,6 +428,34 @@ while time.time() < deadline:
 sys.exit(4)
 "#;
 
+/// One ICMP echo request with the id argv[2] from a raw socket, to argv[1];
+/// exit status 0 if its reply came back within 2 s.
+const ECHO_ID: &str = r#"
+import socket, struct, sys, time
+dst, ident = sys.argv[1], int(sys.argv[2])
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    s += s >> 16
+    return ~s & 0xffff
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(0.5)
+body = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"vswitch!"
+body = body[:2] + struct.pack("!H", csum(body)) + body[4:]
+s.sendto(body, (dst, 0))
+end = time.time() + 2
+while time.time() < end:
+    try:
+        d, _ = s.recvfrom(1500)
+    except socket.timeout:
+        continue
+    ihl = (d[0] & 15) * 4
+    kind, _, _, i, _ = struct.unpack("!BBHHH", d[ihl:ihl + 8])
+    if kind == 0 and i == ident:
+        sys.exit(0)
+sys.exit(f"no echo reply with id {ident}")
+"#;
+
 /// Starts `args` in `ns` in the background, output discarded.
 fn spawn_in(ns: &Netns, args: &[&str]) -> KillOnDrop {
     let child = Command::new("ip")
@@ -823,6 +851,69 @@ fn outbound_ping_tcp_udp_leave_with_the_uplink_address_and_pool_ports() {
         "two endpoints' UDP from port 5000 share {u1:?}"
     );
 
+    // TCP super-frames both ways through the translation.
+    let up = iperf3(&s.eps[a], &s.outside, &out_ip, 2);
+    let down = iperf3_with(&s.eps[a], &s.outside, &out_ip, 2, &["-R"]);
+    eprintln!(
+        "iperf3 ep1 -> outside {:.2} Gbit/s, outside -> ep1 {:.2} Gbit/s",
+        up / 1e9,
+        down / 1e9
+    );
+    assert!(up > 10e6, "TCP ep1 -> outside too slow: {up} bit/s");
+    assert!(down > 10e6, "TCP outside -> ep1 too slow: {down} bit/s");
+
+    // The outside machine saw the uplink's address only, and echo ids from
+    // the pool.
+    cap.sync(&s.outside, &up_ip);
+    let frames = cap.frames();
+    // No frame with a private address, ARP included: the private
+    // subnet's broadcast domain ends at the switch.
+    let private: Vec<String> = frames
+        .iter()
+        .filter(|f| {
+            vswitch_systests::frame_ips(f)
+                .iter()
+                .any(|ip| in_subnet(&ip.to_string(), &prefix))
+        })
+        .map(|f| f.iter().take(42).map(|b| format!("{b:02x}")).collect())
+        .collect();
+    assert!(
+        private.is_empty(),
+        "the outside machine saw {} frames with private addresses, e.g. {:?}",
+        private.len(),
+        &private[..private.len().min(4)]
+    );
+    // Every frame on the wire is the uplink's or the outside machine's:
+    // no endpoint MAC, IPv6 multicast included.
+    let known = [
+        mac_bytes(&link_mac(&s.host, &s.uplink)),
+        mac_bytes(&link_mac(&s.outside, OUTSIDE_IF)),
+    ];
+    let strangers: Vec<String> = frames
+        .iter()
+        .filter(|f| f.len() >= 14 && !known.iter().any(|m| f[6..12] == m[..]))
+        .map(|f| f.iter().take(42).map(|b| format!("{b:02x}")).collect())
+        .collect();
+    assert!(
+        strangers.is_empty(),
+        "{} frames on the wire came from neither the uplink nor the outside machine, e.g. {:?}",
+        strangers.len(),
+        &strangers[..strangers.len().min(4)]
+    );
+    let requests: Vec<_> = frames
+        .iter()
+        .filter_map(|f| icmp4(f))
+        .filter(|(_, dst, kind, _)| dst.to_string() == out_ip && *kind == 8)
+        .collect();
+    assert!(
+        !requests.is_empty(),
+        "no echo request reached the outside machine"
+    );
+    for (src, _, _, id) in &requests {
+        assert_eq!(src.to_string(), up_ip, "echo request from {src}");
+        assert!(pool.contains(id), "echo id {id} outside the pool {pool:?}");
+    }
+
     // flows dump shows the connection as the endpoint made it, with the
     // translation.
     let flows = s.d.json(&["flows", "dump", "--endpoint", "ep1"]);
@@ -842,44 +933,6 @@ fn outbound_ping_tcp_udp_leave_with_the_uplink_address_and_pool_ports() {
         "the connection does not show its translation to {up_ip}:{}: {held}",
         p1[0].port
     );
-
-    // TCP super-frames both ways through the translation.
-    let up = iperf3(&s.eps[a], &s.outside, &out_ip, 2);
-    let down = iperf3_with(&s.eps[a], &s.outside, &out_ip, 2, &["-R"]);
-    eprintln!(
-        "iperf3 ep1 -> outside {:.2} Gbit/s, outside -> ep1 {:.2} Gbit/s",
-        up / 1e9,
-        down / 1e9
-    );
-    assert!(up > 10e6, "TCP ep1 -> outside too slow: {up} bit/s");
-    assert!(down > 10e6, "TCP outside -> ep1 too slow: {down} bit/s");
-
-    // The outside machine saw the uplink's address only, and echo ids from
-    // the pool.
-    cap.sync(&s.outside, &up_ip);
-    let frames = cap.frames();
-    let private: Vec<_> = frames
-        .iter()
-        .flat_map(|f| vswitch_systests::frame_ips(f))
-        .filter(|ip| in_subnet(&ip.to_string(), &prefix))
-        .collect();
-    assert!(
-        private.is_empty(),
-        "the outside machine saw private addresses: {private:?}"
-    );
-    let requests: Vec<_> = frames
-        .iter()
-        .filter_map(|f| icmp4(f))
-        .filter(|(_, dst, kind, _)| dst.to_string() == out_ip && *kind == 8)
-        .collect();
-    assert!(
-        !requests.is_empty(),
-        "no echo request reached the outside machine"
-    );
-    for (src, _, _, id) in &requests {
-        assert_eq!(src.to_string(), up_ip, "echo request from {src}");
-        assert!(pool.contains(id), "echo id {id} outside the pool {pool:?}");
-    }
 }
 
 // ------------------------------------------------------------------------
@@ -1237,6 +1290,42 @@ fn host_sockets_keep_working_under_nat_load() {
         bps / 1e9
     );
     assert!(bps > 10e6, "iperf3 through the NAT too slow: {bps} bit/s");
+}
+
+/// The kernel keeps no ICMP echo ids from the switch the way
+/// ip_local_port_range keeps ports: a raw socket picks any id, and ping
+/// sockets (net.ipv4.ping_group_range) get ids that cycle through all of
+/// them. The host's own echo requests must get their replies whatever the
+/// id, the pool's included.
+#[test]
+fn host_echo_ids_in_the_pool_keep_their_replies() {
+    if !require_root("host_echo_ids_in_the_pool_keep_their_replies") {
+        return;
+    }
+    let _g = shared();
+    let mut s = Site::on_link();
+    let (net, prefix) = s.nat_network(&[]);
+    let a = s.endpoint(&net, "ep1", &["--ip", &format!("{prefix}.10")]);
+    let out_ip = s.outside_ip.clone();
+    // An endpoint's ping holds a binding meanwhile.
+    assert!(pings(&s.eps[a], &out_ip));
+    let _ping = spawn_in(&s.eps[a], &["ping", "-i", "0.2", &out_ip]);
+    assert!(s.host.ping_within(&out_ip, FIVE_S));
+    let pool = s.default_pool();
+    let mut lost = Vec::new();
+    for id in [1234, *pool.start(), *pool.start() + 1, 63000, *pool.end()] {
+        let out = s
+            .host
+            .exec(&["python3", "-c", ECHO_ID, &out_ip, &id.to_string()]);
+        if !out.status.success() {
+            lost.push(id);
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "the host's echo requests with ids {lost:?} got no reply (pool {pool:?}; nat_no_binding {})",
+        net_drops(&s.d, &net, "nat_no_binding")
+    );
 }
 
 // ------------------------------------------------------------------------

@@ -166,22 +166,72 @@ impl Controller {
                 format!("'{ifname}' has no IPv4 address for a nat network to translate to"),
             )
         })?;
-        let (subnet, gateway, gateway_mac) = match (net.subnet4, net.gateway4, net.host_mac) {
-            (Some(s), Some(g), Some(m)) => ((s.network(), s.prefix()), g, m),
-            _ => return Err(internal("nat network without subnet, gateway or host port")),
+        let subnet = net
+            .subnet4
+            .map(|s| (s.network(), s.prefix()))
+            .ok_or_else(|| internal("network without an IPv4 subnet"))?;
+        let translated = net.driver.wire_mac() == Some(WireMac::Translated);
+        let (sources, exceptions) = if translated {
+            (None, Vec::new())
+        } else {
+            let (sources, exceptions) = self.outbound_nat_of(net);
+            (Some(sources), exceptions)
         };
         Ok(NatConfig {
             addr,
             uplink_mac: facts.mac,
             uplink_ifindex: facts.index,
-            gateway,
-            gateway_mac,
+            gateway: net.gateway4.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            // A nat network's (or an off-uplink l2bridge's) gateway is its
+            // host port; an l2bridge's on the uplink's subnet is on the wire.
+            gateway_mac: net.host_mac,
+            sources,
+            exceptions,
             subnet,
             onlink: facts.prefixes4.clone(),
             router: router_of(ifname),
             pool: pool(net.parsed.nat_ports)?,
             mappings: self.mappings_of(net),
         })
+    }
+
+    /// An l2bridge network's OutBoundNAT: the endpoints it applies to (their
+    /// own policy or the network's) and the exceptions, all merged.
+    pub(super) fn outbound_nat_of(
+        &self,
+        net: &NetworkRecord,
+    ) -> (Vec<Ipv4Addr>, Vec<(Ipv4Addr, u8)>) {
+        let exceptions_of =
+            |records: &[super::state::PolicyRecord]| -> Option<Vec<(Ipv4Addr, u8)>> {
+                let mut found = None;
+                for r in records {
+                    if let Ok(Policy::OutBoundNat(o)) = crate::policy::parse_policy(&r.document, "")
+                    {
+                        let list: &mut Vec<(Ipv4Addr, u8)> = found.get_or_insert_with(Vec::new);
+                        for p in o.exceptions {
+                            if let std::net::IpAddr::V4(v4) = p.addr {
+                                list.push((v4, p.len));
+                            }
+                        }
+                    }
+                }
+                found
+            };
+        let network_wide = exceptions_of(&net.policies);
+        let mut sources = Vec::new();
+        let mut exceptions = network_wide.clone().unwrap_or_default();
+        for ep in self.state.endpoints_of(&net.id) {
+            let own = exceptions_of(&ep.policies);
+            if own.is_some() || network_wide.is_some() {
+                if let Some(ip) = ep.ipv4 {
+                    sources.push(ip);
+                }
+            }
+            exceptions.extend(own.unwrap_or_default());
+        }
+        exceptions.sort();
+        exceptions.dedup();
+        (sources, exceptions)
     }
 
     /// Tells the datapath and the uplink's XDP program how `net`
@@ -231,7 +281,10 @@ impl Controller {
     /// Takes `net`'s translation out of the uplink's XDP program (the
     /// network is going; other networks may keep the uplink).
     pub(super) fn clear_nat(&mut self, net: &NetworkRecord) {
-        if net.driver.wire_mac() != Some(WireMac::Translated) {
+        if !matches!(
+            net.driver.wire_mac(),
+            Some(WireMac::Translated | WireMac::Uplink)
+        ) {
             return;
         }
         let ifname = net.parsed.interface.clone().unwrap_or_default();

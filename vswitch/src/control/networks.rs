@@ -114,15 +114,18 @@ impl Controller {
             req.options.insert("interface".into(), ifname);
         }
         let parsed = NetworkOptions::parse(&req.options)?;
-        if parsed.nat_ports.is_some() && !translated {
+        let translates = translated || driver.wire_mac() == Some(WireMac::Uplink);
+        if parsed.nat_ports.is_some() && !translates {
             return Err(invalid(
                 "options.nat_ports",
-                "only a nat network translates",
+                "only nat networks (and l2bridge and l2tunnel ones with OutBoundNAT) translate",
             ));
+        }
+        if translated || parsed.nat_ports.is_some() {
+            natmode::pool(parsed.nat_ports)?;
         }
         let facts = self.check_uplink_options(driver, &parsed)?;
         if translated {
-            natmode::pool(parsed.nat_ports)?;
             let has_v4 = facts.as_ref().is_some_and(|f| f.ipv4().next().is_some());
             if !has_v4 {
                 return Err(invalid(

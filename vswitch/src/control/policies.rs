@@ -58,21 +58,28 @@ fn documents(value: &Value, field: &str) -> ApiResult<Vec<(String, Value)>> {
 }
 
 /// Parses every document, refusing what this switch cannot enforce where
-/// they would apply: port mappings only on a nat network's endpoints;
-/// OutBoundNAT nowhere yet.
-fn parse_all(docs: &[(String, Value)], nat_endpoint: bool) -> ApiResult<Vec<Policy>> {
+/// they would apply: port mappings only on a nat network's endpoints,
+/// OutBoundNAT only on l2bridge and l2tunnel networks (a nat network
+/// translates everything already).
+fn parse_all(
+    docs: &[(String, Value)],
+    nat_endpoint: bool,
+    bridged: bool,
+) -> ApiResult<Vec<Policy>> {
     let mut out = Vec::new();
     for (path, doc) in docs {
         let policy = parse_policy(doc, "").map_err(|e| policy_error(path, e))?;
-        let refused = match policy {
+        let refused = match &policy {
             Policy::PortMapping(_) if !nat_endpoint => {
                 Some("a PortMapping belongs to an endpoint of a nat network")
             }
-            // Accepting it would say the switch translates there, which it
-            // does not yet: refused rather than ignored.
-            Policy::OutBoundNat(_) => Some(
-                "OutBoundNAT (translating l2bridge endpoints to the uplink's address) is not built yet; a nat network translates all outbound traffic",
-            ),
+            Policy::OutBoundNat(o) if !bridged => {
+                Some(if o.exceptions.iter().any(|p| p.addr.is_ipv6()) {
+                    "OutBoundNAT translates IPv4 on l2bridge and l2tunnel networks"
+                } else {
+                    "OutBoundNAT belongs to an l2bridge or l2tunnel network (a nat network translates all outbound traffic)"
+                })
+            }
             _ => None,
         };
         if let Some(why) = refused {
@@ -173,7 +180,8 @@ impl Controller {
         let net = self.state.network_by_id(network_id);
         let nat = net.is_some_and(|n| n.driver.wire_mac() == Some(crate::api::WireMac::Translated));
         let nat_endpoint = nat && !matches!(owner, Some(Owner::Network(_)));
-        let policies = parse_all(&docs, nat_endpoint)?;
+        let bridged = net.is_some_and(|n| n.driver.wire_mac() == Some(crate::api::WireMac::Uplink));
+        let policies = parse_all(&docs, nat_endpoint, bridged)?;
         // Mappings: a free external port (one picked for 0, written back
         // into the document so it is reported and kept).
         let mut taken: Vec<(u8, u16)> = Vec::new();
@@ -596,17 +604,17 @@ mod tests {
             "Policies",
         )
         .unwrap();
-        let e = parse_all(&docs, false).unwrap_err();
+        let e = parse_all(&docs, false, false).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("Policies[0].Settings.LocalPorts"));
         let nat = documents(
             &json!({"Type": "PortMapping", "Settings": {"Protocol": 6, "InternalPort": 80, "ExternalPort": 8080}}),
             "Policies",
         )
         .unwrap();
-        let e = parse_all(&nat, false).unwrap_err();
+        let e = parse_all(&nat, false, false).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("Policies.Type"));
         assert!(e.message.contains("nat network"), "{}", e.message);
-        assert!(parse_all(&nat, true).is_ok());
+        assert!(parse_all(&nat, true, false).is_ok());
         let mut doc = json!({"type": "PortMapping", "settings": {"externalport": 0}});
         set_setting(&mut doc, "ExternalPort", json!(61001));
         assert_eq!(doc["settings"]["externalport"], 61001);

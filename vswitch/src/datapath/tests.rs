@@ -886,7 +886,9 @@ fn nat_switch(
         uplink_mac: UPLINK_MAC,
         uplink_ifindex: 0,
         gateway: nat_ip(1),
-        gateway_mac: GW_MAC,
+        gateway_mac: Some(GW_MAC),
+        sources: None,
+        exceptions: Vec::new(),
         subnet: (nat_ip(0), 24),
         onlink: vec![(Ipv4Addr::new(192, 0, 2, 0), 24)],
         router: None,
@@ -1027,4 +1029,71 @@ fn nat_exhaustion_is_a_counted_drop_and_unknown_next_hops_ask() {
     let d = sw.worker.tables.pipeline.decide(2, &f, sw.now).unwrap();
     assert_eq!(d.verdict, Verdict::Drop(DropReason::NeighborUnresolved));
     assert_eq!(d.resolve, Some((1, other)));
+}
+
+#[test]
+fn outbound_nat_on_l2bridge_translates_all_but_the_exceptions() {
+    let mut sw = Switch::new();
+    sw.network(1);
+    let wire = sw.trunk(10);
+    sw.uplink(100, 1, 10, 0, Some(UPLINK_MAC));
+    let ep = sw.vnic(
+        7,
+        1,
+        Vnic {
+            security: Some(PortSecurity::new(mac(7), Some(ip(7)), None)),
+            addrs: vec![(IpAddr::V4(ip(7)), mac(7))],
+            mac: Some(mac(7)),
+            ..Vnic::default()
+        },
+    );
+    let cfg = crate::pipeline::nat::NatConfig {
+        addr: ip(1),
+        uplink_mac: UPLINK_MAC,
+        uplink_ifindex: 0,
+        gateway: ip(254),
+        gateway_mac: None,
+        sources: Some(vec![ip(7)]),
+        exceptions: vec![(Ipv4Addr::new(10, 0, 0, 0), 8)],
+        subnet: (ip(0), 24),
+        onlink: vec![(ip(0), 24)],
+        router: Some(ip(254)),
+        pool: 61000..=61009,
+        mappings: Vec::new(),
+    };
+    sw.worker.tables.pipeline.set_nat(1, Some(cfg));
+    sw.worker
+        .tables
+        .pipeline
+        .set_neighbour(1, ip(254), OUTSIDE, sw.now);
+    let far = Ipv4Addr::new(198, 51, 100, 1);
+    sw.send(
+        7,
+        &ep,
+        frame4(OUTSIDE, mac(7), 6, ip(7), far, &syn(40000, 443, 0x02)),
+    );
+    let out = wire.sent();
+    assert_eq!(out.len(), 1);
+    let (s, d, sp, _) = l4_ports(&out[0]);
+    assert_eq!((s, d), (ip(1), far), "translated to the uplink's address");
+    assert_eq!(src_dst(&out[0]), (UPLINK_MAC, OUTSIDE));
+    // The reply comes back to the endpoint.
+    sw.send_wire(
+        10,
+        &wire,
+        frame4(UPLINK_MAC, OUTSIDE, 6, far, ip(1), &syn(443, sp, 0x12)),
+    );
+    let back = ep.sent();
+    assert_eq!(back.len(), 1);
+    assert_eq!(l4_ports(&back[0]), (far, ip(7), 443, 40000));
+    // An exception leaves untranslated, from the endpoint's own address.
+    let near = Ipv4Addr::new(10, 1, 2, 3);
+    sw.send(
+        7,
+        &ep,
+        frame4(OUTSIDE, mac(7), 6, ip(7), near, &syn(40001, 443, 0x02)),
+    );
+    let out = wire.sent();
+    assert_eq!(out.len(), 1);
+    assert_eq!(l4_ports(&out[0]).0, ip(7));
 }

@@ -693,6 +693,10 @@ impl Pipeline {
             };
         };
         let addr = IpAddr::V4(nat.cfg.addr);
+        if from_wire && tuple.dst != addr {
+            // An l2bridge network's own traffic with the wire: not ours.
+            return None;
+        }
         if !from_wire {
             let dst = v4(tuple.dst)?;
             // To the uplink's address: a mapped port (hairpin), or the
@@ -701,9 +705,14 @@ impl Pipeline {
                 nat.mapping(tuple.proto, tuple.dst_port).is_some()
                     || self.conntrack.conn(&tuple).is_some()
             } else {
-                nat.is_outside(dst)
+                nat.is_outside(dst) && v4(tuple.src).is_some_and(|s| nat.translates(s))
             };
-            if dst_mac != nat.cfg.gateway_mac || !self.ports.get(&in_port)?.vnic() || !to_switch {
+            let via_gateway = match nat.cfg.gateway_mac {
+                Some(mac) => dst_mac == mac,
+                // OutBoundNAT on l2bridge: the gateway is on the wire.
+                None => !dst_mac.is_multicast() && !net.statics.contains_key(&dst_mac),
+            };
+            if !via_gateway || !self.ports.get(&in_port)?.vnic() || !to_switch {
                 return None;
             }
         }
@@ -748,6 +757,11 @@ impl Pipeline {
                 Some((o, _, Dir::Reply)) => (o.reversed(), Track::Established(Dir::Reply)),
                 None => {
                     if !starts(seg) {
+                        if !from_wire && nat.cfg.sources.is_some() {
+                            // OutBoundNAT: the reply of a connection the
+                            // wire opened to the endpoint itself.
+                            return None;
+                        }
                         step!("nat", "not the start of a connection, and none is known");
                         return drop(DropReason::NatNoBinding);
                     }
@@ -862,7 +876,7 @@ impl Pipeline {
                     out,
                     HeaderTransform::NONE
                         .set_dst(mac)
-                        .set_src(nat.cfg.gateway_mac),
+                        .set_src(nat.cfg.gateway_mac.unwrap_or(nat.cfg.uplink_mac)),
                 )
             }
             None => {

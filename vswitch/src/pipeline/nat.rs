@@ -120,10 +120,17 @@ pub struct NatConfig {
     pub addr: Ipv4Addr,
     pub uplink_mac: MacAddr,
     pub uplink_ifindex: u32,
-    /// The network's gateway (on the host port): endpoints send outside
-    /// traffic to its MAC, and inbound frames come from it.
+    /// The network's gateway: endpoints send outside traffic to its MAC
+    /// (a nat network's host port), and translated frames reach them from
+    /// it. `None` on an l2bridge network with OutBoundNAT, whose gateway
+    /// is on the wire: any frame not for a vNIC of the network is looked
+    /// at, and translated ones reach endpoints from the uplink's MAC.
     pub gateway: Ipv4Addr,
-    pub gateway_mac: MacAddr,
+    pub gateway_mac: Option<MacAddr>,
+    /// OutBoundNAT: only these endpoints are translated (`None`: all, as
+    /// on a nat network), and never towards these prefixes.
+    pub sources: Option<Vec<Ipv4Addr>>,
+    pub exceptions: Vec<(Ipv4Addr, u8)>,
     pub subnet: (Ipv4Addr, u8),
     /// The uplink's connected prefixes (on-link next hops) and default
     /// router.
@@ -232,9 +239,19 @@ impl Nat {
     }
 
     /// Whether `dst`, sent by an endpoint to the gateway's MAC, leaves the
-    /// network (is neither on its subnet nor the gateway).
+    /// network (is neither on its subnet nor the gateway) and is to be
+    /// translated (no OutBoundNAT exception covers it).
     pub fn is_outside(&self, dst: Ipv4Addr) -> bool {
-        !in_prefix(dst, self.cfg.subnet) && dst != self.cfg.gateway && !dst.is_broadcast()
+        !in_prefix(dst, self.cfg.subnet)
+            && dst != self.cfg.gateway
+            && !dst.is_broadcast()
+            && !dst.is_multicast()
+            && !self.cfg.exceptions.iter().any(|&p| in_prefix(dst, p))
+    }
+
+    /// Whether an endpoint's outbound traffic is translated at all.
+    pub fn translates(&self, src: Ipv4Addr) -> bool {
+        self.cfg.sources.as_ref().is_none_or(|s| s.contains(&src))
     }
 
     /// The next hop towards `dst` on the uplink: itself if on-link, else
