@@ -22,3 +22,4 @@ cargo clippy --release --workspace --all-targets --locked --quiet -- -D warnings
 cargo test --release --workspace --locked "$@"
 say "benchmark smoke run"
 "$REPO/scripts/bench-iperf.sh" --smoke
+"$REPO/scripts/bench-policy.sh" --smoke
