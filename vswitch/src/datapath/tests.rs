@@ -1033,20 +1033,7 @@ fn nat_exhaustion_is_a_counted_drop_and_unknown_next_hops_ask() {
 
 #[test]
 fn outbound_nat_on_l2bridge_translates_all_but_the_exceptions() {
-    let mut sw = Switch::new();
-    sw.network(1);
-    let wire = sw.trunk(10);
-    sw.uplink(100, 1, 10, 0, Some(UPLINK_MAC));
-    let ep = sw.vnic(
-        7,
-        1,
-        Vnic {
-            security: Some(PortSecurity::new(mac(7), Some(ip(7)), None)),
-            addrs: vec![(IpAddr::V4(ip(7)), mac(7))],
-            mac: Some(mac(7)),
-            ..Vnic::default()
-        },
-    );
+    let (mut sw, wire, ep, _) = l2bridge_switch();
     let cfg = crate::pipeline::nat::NatConfig {
         addr: ip(1),
         uplink_mac: UPLINK_MAC,
@@ -1068,7 +1055,7 @@ fn outbound_nat_on_l2bridge_translates_all_but_the_exceptions() {
         .set_neighbour(1, ip(254), OUTSIDE, sw.now);
     let far = Ipv4Addr::new(198, 51, 100, 1);
     sw.send(
-        7,
+        1,
         &ep,
         frame4(OUTSIDE, mac(7), 6, ip(7), far, &syn(40000, 443, 0x02)),
     );
@@ -1089,7 +1076,7 @@ fn outbound_nat_on_l2bridge_translates_all_but_the_exceptions() {
     // An exception leaves untranslated, from the endpoint's own address.
     let near = Ipv4Addr::new(10, 1, 2, 3);
     sw.send(
-        7,
+        1,
         &ep,
         frame4(OUTSIDE, mac(7), 6, ip(7), near, &syn(40001, 443, 0x02)),
     );

@@ -42,6 +42,16 @@ use crate::policy::{AclAction, Direction};
 use crate::port::Packet;
 use crate::wire::MacAddr;
 
+/// Logs a step of a traced decision (`trace` is `None` outside `trace`:
+/// then nothing is formatted).
+macro_rules! step {
+    ($trace:ident, $stage:expr, $($fmt:tt)*) => {
+        if let Some(log) = $trace.as_deref_mut() {
+            log.push(($stage, format!($($fmt)*)));
+        }
+    };
+}
+
 /// Flows kept per policed port, and how long an idle one is kept.
 pub const FLOWS_PER_PORT: usize = 16_384;
 pub const FLOW_IDLE: Duration = Duration::from_secs(60);
@@ -454,13 +464,6 @@ impl Pipeline {
         now: Instant,
         mut trace: Option<&mut Vec<TraceStep>>,
     ) -> Option<Decision> {
-        macro_rules! step {
-            ($stage:expr, $($fmt:tt)*) => {
-                if let Some(log) = trace.as_deref_mut() {
-                    log.push(($stage, format!($($fmt)*)));
-                }
-            };
-        }
         let dry = trace.is_some();
         let src = self.ports.get(&in_port)?;
         let meta = match classify(frame) {
@@ -476,11 +479,12 @@ impl Pipeline {
         let (src_mac, mut dst_mac) = match admitted {
             Ok(addrs) => addrs,
             Err(reason) => {
-                step!("admit", "refused: {}", reason.name());
+                step!(trace, "admit", "refused: {}", reason.name());
                 return Some(Decision::drop(reason, Some(meta)));
             }
         };
         step!(
+            trace,
             "admit",
             "{} -> {}, {}",
             src_mac,
@@ -502,7 +506,7 @@ impl Pipeline {
             .get(&src_mac)
             .is_some_and(|&owner| owner != in_port)
         {
-            step!("admit", "{src_mac} belongs to another port");
+            step!(trace, "admit", "{src_mac} belongs to another port");
             return Some(Decision::drop(DropReason::MacSpoofing, meta));
         }
         if net.nat.is_some() {
@@ -525,11 +529,11 @@ impl Pipeline {
             match l2bridge::ingress(frame, uplink_mac, &net.locals, &mut self.reply) {
                 Ingress::Forward(x) => {
                     dst_mac = x.dst_after(dst_mac);
-                    step!("l2bridge", "to the endpoint at {dst_mac}");
+                    step!(trace, "l2bridge", "to the endpoint at {dst_mac}");
                     xform = x;
                 }
                 Ingress::Reply => {
-                    step!("l2bridge", "the switch answers for its endpoint");
+                    step!(trace, "l2bridge", "the switch answers for its endpoint");
                     return Some(Decision {
                         verdict: Verdict::Reply { out: in_port },
                         meta,
@@ -578,15 +582,15 @@ impl Pipeline {
         let police_local = net.police_local;
         let out = match verdict {
             Verdict::Forward { out, .. } => {
-                step!("fdb", "{dst_mac} is on port {out}");
+                step!(trace, "fdb", "{dst_mac} is on port {out}");
                 Some(out)
             }
             Verdict::Flood { .. } => {
-                step!("fdb", "{dst_mac}: flood within the network");
+                step!(trace, "fdb", "{dst_mac}: flood within the network");
                 None
             }
             _ => {
-                step!("fdb", "{dst_mac} is on the port it came from");
+                step!(trace, "fdb", "{dst_mac} is on the port it came from");
                 return Some(Decision {
                     verdict,
                     meta,
@@ -673,13 +677,6 @@ impl Pipeline {
         now: Instant,
         trace: &mut Option<&mut Vec<TraceStep>>,
     ) -> Option<Decision> {
-        macro_rules! step {
-            ($stage:expr, $($fmt:tt)*) => {
-                if let Some(log) = trace.as_deref_mut() {
-                    log.push(($stage, format!($($fmt)*)));
-                }
-            };
-        }
         let dry = trace.is_some();
         let drop = |reason| Some(Decision::drop(reason, Some(*meta)));
         let net = self.nets.get(&net_id)?;
@@ -734,7 +731,7 @@ impl Pipeline {
                 })
             });
             let Some((o, r, d)) = found else {
-                step!("nat", "an ICMP error about no translated connection");
+                step!(trace, "nat", "an ICMP error about no translated connection");
                 return drop(DropReason::NatNoBinding);
             };
             let (from, to) = match d {
@@ -762,7 +759,11 @@ impl Pipeline {
                             // wire opened to the endpoint itself.
                             return None;
                         }
-                        step!("nat", "not the start of a connection, and none is known");
+                        step!(
+                            trace,
+                            "nat",
+                            "not the start of a connection, and none is known"
+                        );
                         return drop(DropReason::NatNoBinding);
                     }
                     let zone = net_id;
@@ -785,7 +786,11 @@ impl Pipeline {
                     };
                     match (from_wire, mapping) {
                         (true, None) => {
-                            step!("nat", "no translated connection or port mapping for it");
+                            step!(
+                                trace,
+                                "nat",
+                                "no translated connection or port mapping for it"
+                            );
                             return drop(DropReason::NatNoBinding);
                         }
                         (true, Some(m)) => {
@@ -798,6 +803,7 @@ impl Pipeline {
                                 tuple.src_port,
                             );
                             step!(
+                                trace,
                                 "nat",
                                 "port mapping {}/{} -> {}:{}",
                                 tuple.proto,
@@ -836,6 +842,7 @@ impl Pipeline {
                                 (None, _) => reply(tuple.dst, addr, tuple.dst_port, port),
                             };
                             step!(
+                                trace,
                                 "nat",
                                 "new connection: source becomes {addr}:{}",
                                 if dry {
@@ -853,6 +860,7 @@ impl Pipeline {
         };
         let x = nat::rewrite(&tuple, &to);
         step!(
+            trace,
             "nat",
             "{} {}:{} -> {}:{} becomes {}:{} -> {}:{}",
             track_name(track),
@@ -886,15 +894,15 @@ impl Pipeline {
                     .copied()
                     .find(|p| self.ports.get(p).is_some_and(|s| !s.vnic()));
                 let Some(uplink) = uplink else {
-                    step!("nat", "the network has no uplink port");
+                    step!(trace, "nat", "the network has no uplink port");
                     return drop(DropReason::NatNoBinding);
                 };
                 let Some(hop) = nat.next_hop(dst) else {
-                    step!("nat", "no route to {dst} on the uplink");
+                    step!(trace, "nat", "no route to {dst} on the uplink");
                     return drop(DropReason::NeighborUnresolved);
                 };
                 let Some(mac) = nat.neighbour(hop, now) else {
-                    step!("nat", "next hop {hop}: MAC not known yet");
+                    step!(trace, "nat", "next hop {hop}: MAC not known yet");
                     let mut d = Decision::drop(DropReason::NeighborUnresolved, Some(*meta));
                     d.resolve = Some((net_id, hop));
                     if !dry {
@@ -910,7 +918,7 @@ impl Pipeline {
                     }
                     return Some(d);
                 };
-                step!("nat", "out of the uplink to next hop {hop} ({mac})");
+                step!(trace, "nat", "out of the uplink to next hop {hop} ({mac})");
                 (
                     uplink,
                     HeaderTransform::NONE
@@ -940,7 +948,11 @@ impl Pipeline {
             }
         };
         if track == Track::Full {
-            step!("conntrack", "a new connection, and the table is full");
+            step!(
+                trace,
+                "conntrack",
+                "a new connection, and the table is full"
+            );
             return drop(DropReason::ConntrackFull);
         }
         let egress = self
@@ -990,13 +1002,6 @@ impl Pipeline {
         trace: &mut Option<&mut Vec<TraceStep>>,
         nat: Option<NatView>,
     ) -> Result<(), DropReason> {
-        macro_rules! step {
-            ($stage:expr, $($fmt:tt)*) => {
-                if let Some(log) = trace.as_deref_mut() {
-                    log.push(($stage, format!($($fmt)*)));
-                }
-            };
-        }
         let dry = trace.is_some();
         let src = &self.ports[&in_port];
         let dst = out.and_then(|o| self.ports.get(&o));
@@ -1006,6 +1011,7 @@ impl Pipeline {
         let in_layer = dst.is_some_and(|d| d.vnic() && d.layers.policed()) && !exempt;
         if (out_layer || in_layer) && exempt {
             step!(
+                trace,
                 "acl",
                 "same-host traffic of an l2bridge network: not policed"
             );
@@ -1037,11 +1043,11 @@ impl Pipeline {
             let dst = out.and_then(|o| self.ports.get(&o));
             let outcome = match cached {
                 Some(o) => {
-                    step!("flow_cache", "hit: the flow was decided before");
+                    step!(trace, "flow_cache", "hit: the flow was decided before");
                     o
                 }
                 None => {
-                    step!("flow_cache", "miss: the layers decide");
+                    step!(trace, "flow_cache", "miss: the layers decide");
                     let (out_rule, out_action) = if out_layer {
                         src.layers.check(&tuple, Direction::Out)
                     } else {
@@ -1087,6 +1093,7 @@ impl Pipeline {
             } else if dry {
                 let (track, state) = self.conntrack.peek(&tuple, seg, in_port, now);
                 step!(
+                    trace,
                     "conntrack",
                     "{track:?}{}",
                     state.map_or(String::new(), |s| format!(", {s:?}"))
@@ -1099,7 +1106,11 @@ impl Pipeline {
             };
             if outcome.allowed {
                 if track == Some(Track::Full) {
-                    step!("conntrack", "a new connection, and the table is full");
+                    step!(
+                        trace,
+                        "conntrack",
+                        "a new connection, and the table is full"
+                    );
                     return Err(DropReason::ConntrackFull);
                 }
             } else {
@@ -1109,6 +1120,7 @@ impl Pipeline {
                 match track {
                     Some(Track::Established(conntrack::Dir::Reply) | Track::Related) => {
                         step!(
+                            trace,
                             "acl",
                             "blocked, but a reply of an allowed connection: passes"
                         );
