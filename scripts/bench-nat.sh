@@ -71,8 +71,9 @@ iperf3 on 5201, a connection server on 7000. The connection test is a small
 C program (built here with cc): connect, one byte each way, close with a
 reset (no TIME_WAIT), in a loop; a connection not done within 1 s fails.
 vswitchd runs with --conntrack-max 4194304 (and per port), so the table's
-size is not what is measured; its NAT pool and its 10 s timeout for reset
-connections are (see the drops column).
+size is not what is measured. The default NAT pool holds 4,536 ports: a
+connection test makes several times that many, so a pool that ran out would
+show as failures and as nat_exhausted on the drops line.
 EOF
 }
 
