@@ -13,7 +13,7 @@
  *     `nat_ranges`; the host keeps its own traffic to that address):
  *       TCP/UDP whose destination port is in the switch's range or
  *       is a static mapping's (`nat_ports`)                        -> switch
- *       ICMP echo reply whose id is in the range                   -> switch
+ *       ICMP echo reply whose id is one of the switch's (exact)    -> switch
  *       ICMP unreachable / time exceeded / parameter problem
  *       quoting a packet the switch sent from that address (its
  *       source port or echo request id the switch's, as above)     -> switch
@@ -343,6 +343,17 @@ static __always_inline int nat_owns_port(__u16 vlan, __be32 addr, const struct u
 	return bpf_map_lookup_elem(&nat_ports, &key) != NULL;
 }
 
+/* An ICMP echo identifier (network order) the switch uses at `addr`: exact
+ * entries, one per translated echo flow, since the host's own ping may pick
+ * any identifier (a range would take its replies). */
+static __always_inline int nat_owns_echo_id(__u16 vlan, __be32 addr, __be16 id)
+{
+	struct uplink_nat_port_key key = { .vlan = vlan, .proto = IPPROTO_ICMP, .port = bpf_ntohs(id) };
+
+	__builtin_memcpy(key.addr, &addr, 4);
+	return bpf_map_lookup_elem(&nat_ports, &key) != NULL;
+}
+
 /* An ICMP message to `addr` (the cursor at its header): an echo reply to the
  * switch, or an error about a packet the switch sent from `addr`. */
 static __always_inline enum verdict nat_icmp(struct cursor *c, __u16 vlan, __be32 addr,
@@ -355,7 +366,7 @@ static __always_inline enum verdict nat_icmp(struct cursor *c, __u16 vlan, __be3
 		return V_MALFORMED;
 	switch (icmp->type) {
 	case ICMP_ECHO_REPLY:
-		return nat_in_range(r, bpf_ntohs(icmp->id)) ? V_NAT : V_HOST;
+		return nat_owns_echo_id(vlan, addr, icmp->id) ? V_NAT : V_HOST;
 	case ICMP_DEST_UNREACH:
 	case ICMP_TIME_EXCEEDED:
 	case ICMP_PARAMETER_PROBLEM:
@@ -388,7 +399,7 @@ static __always_inline enum verdict nat_icmp(struct cursor *c, __u16 vlan, __be3
 
 		if (!echo)
 			return V_MALFORMED;
-		return echo->type == ICMP_ECHO_REQUEST && nat_in_range(r, bpf_ntohs(echo->id))
+		return echo->type == ICMP_ECHO_REQUEST && nat_owns_echo_id(vlan, addr, echo->id)
 			       ? V_NAT
 			       : V_HOST;
 	}

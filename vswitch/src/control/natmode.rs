@@ -248,16 +248,25 @@ impl Controller {
         net: &NetworkRecord,
         dp: crate::datapath::NetId,
     ) -> ApiResult<()> {
-        if net.driver.wire_mac() != Some(WireMac::Translated) {
-            return Ok(());
+        match net.driver.wire_mac() {
+            Some(WireMac::Translated) => {}
+            // l2bridge and l2tunnel translate only with OutBoundNAT.
+            Some(WireMac::Uplink) if !self.outbound_nat_of(net).0.is_empty() => {}
+            Some(WireMac::Uplink) => {
+                self.clear_nat(net);
+                return self.datapath.set_nat(dp, None, None).map_err(internal);
+            }
+            _ => return Ok(()),
         }
         let cfg = self.nat_config(net)?;
         let ifname = net.parsed.interface.clone().unwrap_or_default();
         let vlan = net.parsed.vlan;
+        let mut echo_ids = None;
         if let Some(up) = self.uplinks.get_mut(&ifname) {
             up.program
                 .set_nat_range(vlan, cfg.addr, *cfg.pool.start(), *cfg.pool.end())
                 .map_err(internal)?;
+            echo_ids = Some(up.program.echo_ids(vlan, cfg.addr).map_err(internal)?);
             let old = std::mem::take(&mut up.nat_ports);
             for &(proto, port) in &old {
                 if !cfg
@@ -275,7 +284,9 @@ impl Controller {
                 up.nat_ports.push((m.proto, m.external));
             }
         }
-        self.datapath.set_nat(dp, Some(cfg)).map_err(internal)
+        self.datapath
+            .set_nat(dp, Some(cfg), echo_ids)
+            .map_err(internal)
     }
 
     /// Takes `net`'s translation out of the uplink's XDP program (the

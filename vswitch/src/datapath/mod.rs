@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 pub use crate::pipeline::{NetId, PortId, PortSecurity};
 pub use counters::{DropReason, PortCounters};
 
+use crate::ebpf::EchoIds;
 use crate::pipeline::conntrack::{ConnInfo, Limits};
 use crate::pipeline::flowcache::CacheStats;
 use crate::pipeline::nat::NatConfig;
@@ -137,6 +138,7 @@ enum Command {
     SetNat {
         net: NetId,
         cfg: Option<NatConfig>,
+        echo_ids: Option<EchoIds>,
     },
 }
 
@@ -264,9 +266,16 @@ impl Datapath {
         self.call(Command::SetSecurity { port, security }).map(drop)
     }
 
-    /// Makes `net` a nat network with `cfg` (or not, with `None`).
-    pub fn set_nat(&self, net: NetId, cfg: Option<NatConfig>) -> io::Result<()> {
-        self.call(Command::SetNat { net, cfg }).map(drop)
+    /// Makes `net` a nat network with `cfg` (or not, with `None`);
+    /// `echo_ids` is where the echo identifiers it translates to go, for the
+    /// uplink's XDP program.
+    pub fn set_nat(
+        &self,
+        net: NetId,
+        cfg: Option<NatConfig>,
+        echo_ids: Option<EchoIds>,
+    ) -> io::Result<()> {
+        self.call(Command::SetNat { net, cfg, echo_ids }).map(drop)
     }
 
     /// Every port's flow cache counters and number of entries.
@@ -344,6 +353,8 @@ struct Tables {
     egress: Packet,
     /// Asks the kernel for nat networks' next hops.
     neighbours: Neighbours,
+    /// Where each nat network's echo identifiers are steered.
+    echo_ids: HashMap<NetId, EchoIds>,
 }
 
 /// Next-hop MACs of nat networks, from the kernel's neighbour table (the
@@ -425,6 +436,7 @@ impl Tables {
             trunks: HashMap::new(),
             egress: Packet::new(),
             neighbours: Neighbours::new(),
+            echo_ids: HashMap::new(),
         }
     }
 
@@ -581,6 +593,7 @@ impl Worker {
             if now.duration_since(last_aging) >= AGING_TICK {
                 last_aging = now;
                 self.tables.pipeline.age(now);
+                self.tables.steer_echo_ids();
             }
         }
     }
@@ -646,10 +659,18 @@ impl Worker {
                     Outcome::Failed(io::Error::other(format!("datapath has no port {port}")))
                 }
             }
-            Command::SetNat { net, cfg } => {
+            Command::SetNat { net, cfg, echo_ids } => {
                 let router = cfg
                     .as_ref()
                     .and_then(|c| c.router.map(|r| (c.uplink_ifindex, r)));
+                match echo_ids {
+                    Some(e) => {
+                        t.echo_ids.insert(net, e);
+                    }
+                    None => {
+                        t.echo_ids.remove(&net);
+                    }
+                }
                 if !t.pipeline.set_nat(net, cfg) {
                     return Outcome::Failed(io::Error::other(format!(
                         "datapath has no network {net}"
@@ -857,6 +878,20 @@ impl Tables {
         port
     }
 
+    /// Tells the uplinks' XDP programs about echo identifiers the nat
+    /// networks took or gave back, before the request leaves.
+    fn steer_echo_ids(&mut self) {
+        for (net, id, add) in self.pipeline.take_echo_events() {
+            let Some(map) = self.echo_ids.get_mut(&net) else {
+                continue;
+            };
+            let result = if add { map.add(id) } else { map.remove(id) };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, id, "could not steer an echo identifier");
+            }
+        }
+    }
+
     /// Whether the vNICs of `port`'s network take super-frames.
     fn takes_super_frames(&self, port: PortId) -> bool {
         self.pipeline.takes_super_frames(port)
@@ -871,6 +906,7 @@ impl Tables {
         let Some(mut decision) = self.pipeline.decide(in_port, pkt.frame(), now) else {
             return;
         };
+        self.steer_echo_ids();
         if let Some((net, hop)) = decision.resolve {
             // A nat network's next hop without a MAC: ask the kernel, and
             // decide again if it knew.

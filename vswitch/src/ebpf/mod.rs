@@ -14,7 +14,7 @@ mod uplink;
 #[cfg(test)]
 pub(crate) mod testnet;
 
-pub use uplink::{UplinkProgram, XdpMode, XdpStats};
+pub use uplink::{EchoIds, UplinkProgram, XdpMode, XdpStats};
 
 use std::ffi::CString;
 use std::io;

@@ -138,6 +138,27 @@ unsafe impl aya::Pod for NatRange {}
 // SAFETY: as for MacKey.
 unsafe impl aya::Pod for NatPortKey {}
 
+/// The datapath's handle on a nat network's echo identifiers in the XDP
+/// program's `nat_ports` map.
+pub struct EchoIds {
+    map: HashMap<MapData, NatPortKey, u32>,
+    vlan: u16,
+    addr: Ipv4Addr,
+}
+
+impl EchoIds {
+    /// Replies with identifier `id` go to the switch.
+    pub fn add(&mut self, id: u16) -> Result<(), MapError> {
+        let key = nat_port_key(self.vlan, self.addr, libc::IPPROTO_ICMP as u8, id);
+        self.map.insert(key, 0, 0)
+    }
+
+    pub fn remove(&mut self, id: u16) -> Result<(), MapError> {
+        let key = nat_port_key(self.vlan, self.addr, libc::IPPROTO_ICMP as u8, id);
+        ignore_missing(self.map.remove(&key))
+    }
+}
+
 /// `UPLINK_FAMILY_*` (xdp-prog/uplink.h).
 const FAMILY_IPV4: u8 = 4;
 const FAMILY_IPV6: u8 = 6;
@@ -517,6 +538,27 @@ impl UplinkProgram {
         })
     }
 
+    /// A handle on the NAT port map for the datapath thread, which adds
+    /// and removes echo identifiers as translated pings come and go.
+    pub fn echo_ids(&self, vlan: u16, addr: Ipv4Addr) -> Result<EchoIds, EbpfError> {
+        let path = self.pin_dir.join(MAP_NAT_PORTS);
+        let data = MapData::from_pin(&path).map_err(|source| EbpfError::Map {
+            map: MAP_NAT_PORTS,
+            op: "opening the pinned NAT port map",
+            source: Box::new(source),
+        })?;
+        let map = HashMap::try_from(Map::HashMap(data)).map_err(|source| EbpfError::Map {
+            map: MAP_NAT_PORTS,
+            op: "typing the NAT port map",
+            source: Box::new(source),
+        })?;
+        Ok(EchoIds {
+            map,
+            vlan: check_vlan(vlan)?,
+            addr,
+        })
+    }
+
     /// The program's counters, summed over CPUs.
     pub fn stats(&self) -> Result<XdpStats, EbpfError> {
         let read = |stat: UplinkStat| -> Result<u64, EbpfError> {
@@ -701,7 +743,8 @@ fn ip_key(vlan: u16, ip: IpAddr) -> IpKey {
 
 fn check_nat_proto(proto: u8) -> Result<u8, EbpfError> {
     match i32::from(proto) {
-        libc::IPPROTO_TCP | libc::IPPROTO_UDP => Ok(proto),
+        // ICMP: an echo identifier the switch translates to.
+        libc::IPPROTO_TCP | libc::IPPROTO_UDP | libc::IPPROTO_ICMP => Ok(proto),
         _ => Err(EbpfError::InvalidNatProtocol(proto)),
     }
 }
@@ -784,7 +827,8 @@ mod tests {
     fn nat_protocols() {
         assert!(check_nat_proto(libc::IPPROTO_TCP as u8).is_ok());
         assert!(check_nat_proto(libc::IPPROTO_UDP as u8).is_ok());
-        assert!(check_nat_proto(libc::IPPROTO_ICMP as u8).is_err());
+        assert!(check_nat_proto(libc::IPPROTO_ICMP as u8).is_ok());
+        assert!(check_nat_proto(libc::IPPROTO_GRE as u8).is_err());
     }
 
     #[test]
@@ -1041,8 +1085,8 @@ mod tests {
             Err(EbpfError::InvalidNatRange { lo: 2, hi: 1 })
         ));
         assert!(matches!(
-            prog.add_nat_port(0, ip_a, libc::IPPROTO_ICMP as u8, 1),
-            Err(EbpfError::InvalidNatProtocol(1))
+            prog.add_nat_port(0, ip_a, libc::IPPROTO_GRE as u8, 1),
+            Err(EbpfError::InvalidNatProtocol(47))
         ));
         prog.detach().unwrap();
     }
@@ -1123,15 +1167,26 @@ mod tests {
             unsafe { OwnedFd::from_raw_fd(fd) }
         });
 
-        // b answers a's pings: the reply to an id in the range is the
-        // switch's, one outside it the host's.
+        // b answers a's pings: the reply to an id the switch took is the
+        // switch's; any other is the host's, in the range or not (the
+        // host's ping picks any id).
+        let mut prog = prog;
+        for id in [NAT_LO, NAT_LO + 1, NAT_HI] {
+            prog.add_nat_port(0, ip_a, libc::IPPROTO_ICMP as u8, id)
+                .unwrap();
+        }
         let n = prog.stats().unwrap().nat;
         send_echo_request(&raw, ip_b, NAT_LO + 1);
         assert_eq!(settled_nat(&prog, n + 1), n + 1);
         let n = prog.stats().unwrap().nat;
         send_echo_request(&raw, ip_b, 7);
+        send_echo_request(&raw, ip_b, NAT_LO + 2);
         send_echo_request(&raw, ip_b, NAT_HI);
-        assert_eq!(settled_nat(&prog, n + 1), n + 1, "echo id 7 is the host's");
+        assert_eq!(
+            settled_nat(&prog, n + 1),
+            n + 1,
+            "echo ids 7 and NAT_LO + 2 are the host's"
+        );
 
         // UDP from a switch port at a to a closed port in b: b's port
         // unreachable quotes it and is the switch's; the same from a host

@@ -544,6 +544,12 @@ impl Pipeline {
                 Ingress::NotLocal => return Some(Decision::drop(DropReason::NotLocal, meta)),
             }
         }
+        // A nat network's subnet is private: nothing of it but translated
+        // traffic goes to or comes from the wire.
+        let private = net.nat.as_ref().is_some_and(|n| n.cfg.sources.is_none());
+        if private && from_wire {
+            return Some(Decision::drop(DropReason::NatNoBinding, meta));
+        }
         let learn_refused = !dry && net.fdb.learn(src_mac, in_port, now) == Learn::Refused;
         let verdict = if !dst_mac.is_multicast() {
             // The network's own vNICs are known without learning, so unicast
@@ -563,15 +569,15 @@ impl Pipeline {
                 None => Verdict::Flood {
                     net: net_id,
                     except: in_port,
-                    local_only: false,
+                    local_only: private,
                     xform,
                 },
             }
         } else {
             // An l2bridge network answers for its own endpoints: a question
             // about one of them needs no answer from the wire.
-            let local_only =
-                net.l2bridge && !from_wire && l2bridge::asks_for_local(frame, &net.locals);
+            let local_only = private
+                || (net.l2bridge && !from_wire && l2bridge::asks_for_local(frame, &net.locals));
             Verdict::Flood {
                 net: net_id,
                 except: in_port,
@@ -641,6 +647,18 @@ impl Pipeline {
     pub fn nat_ifindex(&self, net: NetId) -> Option<u32> {
         let nat = self.nets.get(&net)?.nat.as_ref()?;
         Some(nat.cfg.uplink_ifindex)
+    }
+
+    /// Echo identifiers nat networks took or gave back: (network, id,
+    /// taken).
+    pub fn take_echo_events(&mut self) -> Vec<(NetId, u16, bool)> {
+        let mut out = Vec::new();
+        for (&id, n) in &mut self.nets {
+            if let Some(nat) = n.nat.as_mut() {
+                out.extend(nat.echo_events.drain(..).map(|(e, add)| (id, e, add)));
+            }
+        }
+        out
     }
 
     /// NAT ports in use per network: (TCP, UDP, ICMP).
@@ -715,6 +733,7 @@ impl Pipeline {
         }
         // The connection, and what the packet becomes.
         let mut new_conn: Option<(Tuple, Option<u16>, u32)> = None;
+        let mut error_xform = None;
         let (to, track) = if let Segment::IcmpError { quoted } = seg {
             // The quoted packet is as its receiver saw it: translated.
             let found = self.conntrack.conn(&quoted.reversed()).or_else(|| {
@@ -738,7 +757,9 @@ impl Pipeline {
                 Dir::Reply => (r, o.reversed()),
                 Dir::Original => (o, r.reversed()),
             };
-            // Translate the error as the flow's packets are translated.
+            // Translate the error as the flow's packets are translated: the
+            // outer addresses, and the quoted packet's addresses and ports
+            // the other way round (translate.rs).
             let x = nat::rewrite(&from, &to);
             let mut out = tuple;
             if x.has(HeaderTransform::SET_SRC_IP) {
@@ -747,6 +768,7 @@ impl Pipeline {
             if x.has(HeaderTransform::SET_DST_IP) {
                 out.dst = to.dst;
             }
+            error_xform = Some(x);
             (out, Track::Related)
         } else {
             match self.conntrack.conn(&tuple) {
@@ -858,7 +880,7 @@ impl Pipeline {
                 }
             }
         };
-        let x = nat::rewrite(&tuple, &to);
+        let x = error_xform.unwrap_or_else(|| nat::rewrite(&tuple, &to));
         step!(
             trace,
             "nat",

@@ -158,6 +158,10 @@ pub struct Nat {
     udp: PortAllocator,
     icmp: PortAllocator,
     neighbours: std::collections::HashMap<Ipv4Addr, (MacAddr, Instant)>,
+    /// Echo identifiers taken (true) and given back (false) since the
+    /// datapath last looked: the uplink's XDP program steers replies by
+    /// exact identifier, so it must be told.
+    pub echo_events: Vec<(u16, bool)>,
 }
 
 impl Nat {
@@ -169,6 +173,7 @@ impl Nat {
             icmp: pool(&cfg),
             cfg,
             neighbours: std::collections::HashMap::new(),
+            echo_events: Vec::new(),
         };
         for m in nat.cfg.mappings.clone() {
             if let Some(a) = nat.allocator(m.proto) {
@@ -210,7 +215,11 @@ impl Nat {
     }
 
     pub fn allocate(&mut self, proto: u8) -> Option<u16> {
-        self.allocator(proto)?.allocate()
+        let port = self.allocator(proto)?.allocate()?;
+        if proto == ICMP {
+            self.echo_events.push((port, true));
+        }
+        Some(port)
     }
 
     pub fn release(&mut self, proto: u8, port: u16) {
@@ -222,6 +231,9 @@ impl Nat {
         if !mapped {
             if let Some(a) = self.allocator(proto) {
                 a.release(port);
+            }
+            if proto == ICMP {
+                self.echo_events.push((port, false));
             }
         }
     }
