@@ -23,3 +23,4 @@ cargo test --release --workspace --locked "$@"
 say "benchmark smoke run"
 "$REPO/scripts/bench-iperf.sh" --smoke
 "$REPO/scripts/bench-policy.sh" --smoke
+"$REPO/scripts/bench-nat.sh" --smoke

@@ -493,8 +493,19 @@ pub fn flows(flows: &Flows) -> String {
         ("STATE", Left),
         ("PKTS-O/R", Right),
         ("IDLE", Right),
+        ("TRANSLATED REPLY", Left),
     ]);
     for c in &flows.connections {
+        // A translated connection's replies: from whom, to which address.
+        let reply = if c.translated {
+            format!(
+                "{} -> {}",
+                socket_address(&c.protocol, &c.reply_source, c.reply_source_port),
+                socket_address(&c.protocol, &c.reply_destination, c.reply_destination_port)
+            )
+        } else {
+            "-".to_owned()
+        };
         conns.row(vec![
             c.port.clone(),
             c.protocol.clone(),
@@ -503,6 +514,7 @@ pub fn flows(flows: &Flows) -> String {
             c.state.clone(),
             format!("{}/{}", c.packets_original, c.packets_reply),
             idle(c.idle_ms),
+            reply,
         ]);
     }
     format!(
@@ -914,6 +926,7 @@ pub(crate) mod tests {
                     idle_ms: 50,
                     packets_original: 5,
                     packets_reply: 4,
+                    ..Connection::default()
                 },
                 Connection {
                     port: "ep2".into(),
@@ -926,6 +939,7 @@ pub(crate) mod tests {
                     idle_ms: 12000,
                     packets_original: 1,
                     packets_reply: 0,
+                    ..Connection::default()
                 },
             ],
         };
@@ -936,15 +950,15 @@ pub(crate) mod tests {
              ep1   ep2   tcp 10.0.0.2:40000 -> 10.0.0.3:80   allow       3   1.2s\n\
              \n\
              Connections\n\
-             PORT   PROTO   SOURCE           DESTINATION   STATE         PKTS-O/R    IDLE\n\
-             ep1    tcp     10.0.0.2:40000   10.0.0.3:80   established        5/4    0.0s\n\
-             ep2    icmp6   fd00::2          fd00::3       unreplied          1/0   12.0s\n"
+             PORT   PROTO   SOURCE           DESTINATION   STATE         PKTS-O/R    IDLE   TRANSLATED REPLY\n\
+             ep1    tcp     10.0.0.2:40000   10.0.0.3:80   established        5/4    0.0s   -\n\
+             ep2    icmp6   fd00::2          fd00::3       unreplied          1/0   12.0s   -\n"
         );
         assert_eq!(socket_address("udp", "fd00::2", 53), "[fd00::2]:53");
         assert_eq!(
             flows(&Flows::default()),
             "Flow cache\nIN   OUT   FLOW   ACTION   HITS   IDLE\n\nConnections\n\
-             PORT   PROTO   SOURCE   DESTINATION   STATE   PKTS-O/R   IDLE\n"
+             PORT   PROTO   SOURCE   DESTINATION   STATE   PKTS-O/R   IDLE   TRANSLATED REPLY\n"
         );
     }
 

@@ -669,6 +669,19 @@ pub struct Connection {
     pub idle_ms: u64,
     pub packets_original: u64,
     pub packets_reply: u64,
+    /// Its replies' tuple, as conntrack -L shows it; differs from the
+    /// original reversed for a translated connection.
+    #[serde(default)]
+    pub reply_source: String,
+    #[serde(default)]
+    pub reply_destination: String,
+    #[serde(default)]
+    pub reply_source_port: u16,
+    #[serde(default)]
+    pub reply_destination_port: u16,
+    /// Whether addresses or ports are translated.
+    #[serde(default)]
+    pub translated: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

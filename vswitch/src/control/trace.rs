@@ -492,6 +492,11 @@ impl Controller {
                 idle_ms: c.idle.as_millis() as u64,
                 packets_original: c.packets[0],
                 packets_reply: c.packets[1],
+                reply_source: c.reply.src.to_string(),
+                reply_destination: c.reply.dst.to_string(),
+                reply_source_port: c.reply.src_port,
+                reply_destination_port: c.reply.dst_port,
+                translated: c.reply != c.original.reversed(),
             })
             .collect();
         connections.sort_by_key(|c| c.idle_ms);
