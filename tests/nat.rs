@@ -1296,7 +1296,9 @@ fn host_sockets_keep_working_under_nat_load() {
 /// ip_local_port_range keeps ports: a raw socket picks any id, and ping
 /// sockets (net.ipv4.ping_group_range) get ids that cycle through all of
 /// them. The host's own echo requests must get their replies whatever the
-/// id, the pool's included.
+/// id, the pool's included, unless the switch holds that very id towards
+/// that very destination for a translated ping at the same time (then the
+/// two replies cannot be told apart; docs/design.md).
 #[test]
 fn host_echo_ids_in_the_pool_keep_their_replies() {
     if !require_root("host_echo_ids_in_the_pool_keep_their_replies") {
@@ -1313,7 +1315,9 @@ fn host_echo_ids_in_the_pool_keep_their_replies() {
     assert!(s.host.ping_within(&out_ip, FIVE_S));
     let pool = s.default_pool();
     let mut lost = Vec::new();
-    for id in [1234, *pool.start(), *pool.start() + 1, 63000, *pool.end()] {
+    // The endpoint's pings hold the pool's first ids (it is handed out
+    // from the bottom up); these are in the pool and not held.
+    for id in [1234, 63000, *pool.end() - 1, *pool.end()] {
         let out = s
             .host
             .exec(&["python3", "-c", ECHO_ID, &out_ip, &id.to_string()]);
