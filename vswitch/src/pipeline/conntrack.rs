@@ -17,6 +17,8 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+
+use crate::fdb::{keyed_hash, KeyedHash};
 use std::time::{Duration, Instant};
 
 /// IP protocol numbers the tracker understands.
@@ -206,13 +208,14 @@ pub struct ConnInfo {
     pub packets: [u64; 2],
 }
 
-/// The connection table.
-#[derive(Debug, Default)]
+/// The connection table. Tuples come off the wire, so the maps are keyed
+/// with a per-table seed, as the FDB is ([`crate::fdb::KeyedHash`]).
+#[derive(Debug)]
 pub struct Conntrack {
     /// By original tuple.
-    entries: HashMap<Tuple, Entry>,
+    entries: HashMap<Tuple, Entry, KeyedHash>,
     /// Reply tuple to original tuple.
-    replies: HashMap<Tuple, Tuple>,
+    replies: HashMap<Tuple, Tuple, KeyedHash>,
     per_port: HashMap<u32, usize>,
     /// NAT ports of removed connections, for their allocator: (zone,
     /// protocol, port).
@@ -228,12 +231,22 @@ pub struct Conntrack {
 /// How often a full table may be swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+impl Default for Conntrack {
+    fn default() -> Conntrack {
+        Conntrack::new(Limits::default(), Timeouts::default())
+    }
+}
+
 impl Conntrack {
     pub fn new(limits: Limits, timeouts: Timeouts) -> Conntrack {
         Conntrack {
+            entries: HashMap::with_hasher(keyed_hash()),
+            replies: HashMap::with_hasher(keyed_hash()),
+            per_port: HashMap::new(),
+            freed: Vec::new(),
             limits,
             timeouts,
-            ..Conntrack::default()
+            last_sweep: None,
         }
     }
 
