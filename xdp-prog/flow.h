@@ -54,6 +54,7 @@ _Static_assert(offsetof(struct flow_key, direction) == 62, "flow_key.direction")
 #define XFORM_SET_DST_IP (1 << 7)
 #define XFORM_SET_SRC_PORT (1 << 8)
 #define XFORM_SET_DST_PORT (1 << 9)
+#define XFORM_DEC_TTL (1 << 10)
 
 /* Applied in order: pop the outer tag, set MACs, rewrite announced MACs,
  * translate addresses and ports (checksums updated), push a tag. Ports in

@@ -54,10 +54,13 @@ pub enum DropReason {
     /// Arrived on a nat network's uplink for no translated connection or
     /// port mapping.
     NatNoBinding = 18,
+    /// A packet the nat network's switch was to route had no TTL left
+    /// (from an endpoint, it got time exceeded back from the gateway).
+    TtlExceeded = 19,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::Malformed,
         DropReason::InvalidSourceMac,
         DropReason::MacSpoofing,
@@ -77,6 +80,7 @@ impl DropReason {
         DropReason::NatExhausted,
         DropReason::NeighborUnresolved,
         DropReason::NatNoBinding,
+        DropReason::TtlExceeded,
     ];
 
     pub fn name(self) -> &'static str {
@@ -100,6 +104,7 @@ impl DropReason {
             DropReason::NatExhausted => "nat_exhausted",
             DropReason::NeighborUnresolved => "neighbor_unresolved",
             DropReason::NatNoBinding => "nat_no_binding",
+            DropReason::TtlExceeded => "ttl_exceeded",
         }
     }
 }

@@ -1084,3 +1084,42 @@ fn outbound_nat_on_l2bridge_translates_all_but_the_exceptions() {
     assert_eq!(out.len(), 1);
     assert_eq!(l4_ports(&out[0]).0, ip(7));
 }
+
+#[test]
+fn nat_routes_with_ttl_and_answers_time_exceeded() {
+    let (mut sw, wire, a, _b) = nat_switch(61000..=61009, Vec::new());
+    sw.send(
+        2,
+        &a,
+        frame4(
+            GW_MAC,
+            mac(2),
+            17,
+            nat_ip(2),
+            REMOTE,
+            &[0, 1, 0, 2, 0, 8, 0, 0],
+        ),
+    );
+    let out = wire.sent();
+    assert_eq!(out[0][22], 63, "one hop less");
+    let mut f = frame4(
+        GW_MAC,
+        mac(2),
+        17,
+        nat_ip(2),
+        REMOTE,
+        &[0, 1, 0, 3, 0, 8, 0, 0],
+    );
+    f[22] = 1;
+    sw.send(2, &a, f);
+    assert!(wire.sent().is_empty());
+    let back = a.sent();
+    assert_eq!(back.len(), 1);
+    assert_eq!(src_dst(&back[0]), (GW_MAC, mac(2)));
+    let (s, d, _, _) = l4_ports(&back[0]);
+    assert_eq!(
+        (s, d, back[0][23], back[0][34]),
+        (nat_ip(1), nat_ip(2), 1, 11)
+    );
+    assert_eq!(crate::wire::checksum(&back[0][34..]), 0);
+}

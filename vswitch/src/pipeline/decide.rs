@@ -731,6 +731,27 @@ impl Pipeline {
                 return None;
             }
         }
+        // A nat network's switch routes (it is the gateway): the TTL goes
+        // down by one, and a packet with none left is answered, from the
+        // gateway, with time exceeded. (On l2bridge the router is on the
+        // wire and does this.)
+        let routes = nat.cfg.sources.is_none();
+        let l3 = usize::from(meta.l3);
+        let ttl = frame.get(l3 + 8).copied().unwrap_or(0);
+        if routes && ttl <= 1 {
+            step!(trace, "nat", "TTL {ttl}: time exceeded");
+            if from_wire || dry {
+                return drop(DropReason::TtlExceeded);
+            }
+            let from = nat.cfg.gateway_mac.unwrap_or(nat.cfg.uplink_mac);
+            time_exceeded(frame, l3, from, nat.cfg.gateway, &mut self.reply);
+            return Some(Decision {
+                verdict: Verdict::Reply { out: in_port },
+                meta: Some(*meta),
+                learn_refused: false,
+                resolve: None,
+            });
+        }
         // The connection, and what the packet becomes.
         let mut new_conn: Option<(Tuple, Option<u16>, u32)> = None;
         let mut error_xform = None;
@@ -880,7 +901,10 @@ impl Pipeline {
                 }
             }
         };
-        let x = error_xform.unwrap_or_else(|| nat::rewrite(&tuple, &to));
+        let mut x = error_xform.unwrap_or_else(|| nat::rewrite(&tuple, &to));
+        if routes {
+            x.flags |= HeaderTransform::DEC_TTL;
+        }
         step!(
             trace,
             "nat",
@@ -1154,6 +1178,30 @@ impl Pipeline {
         src_qos(self, in_port, frame.len(), dry, now, trace);
         Ok(())
     }
+}
+
+/// ICMP time exceeded (RFC 792) about the IPv4 packet at `frame[l3..]`,
+/// from `gateway` (at `mac`) back to its sender, into `out`.
+fn time_exceeded(frame: &[u8], l3: usize, mac: MacAddr, gateway: Ipv4Addr, out: &mut Packet) {
+    let ip = &frame[l3..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let quoted = &ip[..(ihl + 8).min(ip.len())];
+    let mut icmp = vec![11, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(quoted);
+    let c = crate::wire::checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let len = (20 + icmp.len()) as u16;
+    let mut f = frame[6..12].to_vec();
+    f.extend_from_slice(&mac.0);
+    f.extend_from_slice(&[0x08, 0x00, 0x45, 0xc0]);
+    f.extend_from_slice(&len.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+    f.extend_from_slice(&gateway.octets());
+    f.extend_from_slice(&ip[12..16]);
+    let c = crate::wire::checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&icmp);
+    out.fill(&f);
 }
 
 fn track_name(t: Track) -> &'static str {

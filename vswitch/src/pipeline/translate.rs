@@ -68,11 +68,7 @@ fn ip_checksum(ip: &mut [u8], ihl: usize) {
 /// the L4 checksum is the device's to finish. Does nothing to what is not
 /// IPv4 or too short for its headers.
 pub fn translate(frame: &mut [u8], l3: usize, partial: bool, x: &HeaderTransform) {
-    let nat = HeaderTransform::SET_SRC_IP
-        | HeaderTransform::SET_DST_IP
-        | HeaderTransform::SET_SRC_PORT
-        | HeaderTransform::SET_DST_PORT;
-    if x.flags & nat == 0 {
+    if !x.translates() {
         return;
     }
     let Some(ip) = frame.get_mut(l3..) else {
@@ -93,6 +89,9 @@ pub fn translate(frame: &mut [u8], l3: usize, partial: bool, x: &HeaderTransform
         ip[16..20].copy_from_slice(&x.dst_ip[12..16]);
     }
     let addr_delta = delta(&old_addrs, &ip[12..20]);
+    if x.has(HeaderTransform::DEC_TTL) {
+        ip[8] = ip[8].saturating_sub(1);
+    }
     ip_checksum(ip, ihl);
     let first_fragment = get16(ip, 6) & 0x1fff == 0;
     if !first_fragment {

@@ -71,6 +71,8 @@ impl HeaderTransform {
     /// The TCP/UDP source port (ICMP echo identifier) becomes `src_port`.
     pub const SET_SRC_PORT: u16 = 1 << 8;
     pub const SET_DST_PORT: u16 = 1 << 9;
+    /// The IPv4 TTL goes down by one (the switch routes: nat).
+    pub const DEC_TTL: u16 = 1 << 10;
 
     /// Leaves the frame as it is.
     pub const NONE: HeaderTransform = HeaderTransform {
@@ -156,7 +158,13 @@ impl HeaderTransform {
 
     /// Whether the transformation translates addresses or ports.
     pub fn translates(&self) -> bool {
-        self.has(Self::SET_SRC_IP | Self::SET_DST_IP | Self::SET_SRC_PORT | Self::SET_DST_PORT)
+        self.has(
+            Self::SET_SRC_IP
+                | Self::SET_DST_IP
+                | Self::SET_SRC_PORT
+                | Self::SET_DST_PORT
+                | Self::DEC_TTL,
+        )
     }
 
     /// The part of the transformation that keeps the frame's length (the
