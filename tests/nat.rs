@@ -1225,8 +1225,9 @@ fn host_sockets_keep_working_under_nat_load() {
             "iperf3",
             "-c",
             &out_ip,
+            // Long enough to outlast the host's checks on a loaded machine.
             "-t",
-            "10",
+            "20",
             "-J",
         ])
         .stdout(std::fs::File::create(&report).unwrap())
