@@ -640,6 +640,15 @@ impl Fabric {
         up
     }
 
+    /// Puts another machine on the fabric: a veth `name` in `ns` (up, no
+    /// address) whose peer is on the bridge, e.g. a router beside
+    /// `outside`.
+    pub fn attach(&self, ns: &Netns, name: &str) {
+        let peer = format!("va{}", tag());
+        self.connect(ns, name, &peer);
+        ns.ok(&["ip", "link", "set", name, "up"]);
+    }
+
     /// Adds an address (CIDR) to `outside`'s interface `dev`.
     pub fn outside_addr(&self, dev: &str, cidr: &str) {
         add_addr(&self.outside, dev, cidr);
