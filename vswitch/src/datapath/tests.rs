@@ -1123,3 +1123,30 @@ fn nat_routes_with_ttl_and_answers_time_exceeded() {
     );
     assert_eq!(crate::wire::checksum(&back[0][34..]), 0);
 }
+
+#[test]
+fn outbound_nat_leaves_arp_from_the_wire_to_the_bridge() {
+    let (mut sw, wire, ep, _) = l2bridge_switch();
+    let cfg = crate::pipeline::nat::NatConfig {
+        addr: ip(1),
+        uplink_mac: UPLINK_MAC,
+        uplink_ifindex: 0,
+        gateway: ip(254),
+        gateway_mac: None,
+        sources: Some(vec![ip(7)]),
+        exceptions: Vec::new(),
+        subnet: (ip(0), 24),
+        onlink: vec![(ip(0), 24)],
+        router: Some(ip(254)),
+        pool: 61000..=61009,
+        mappings: Vec::new(),
+    };
+    sw.worker.tables.pipeline.set_nat(1, Some(cfg));
+    // The wire asks for the endpoint: the switch answers for it, as
+    // without OutBoundNAT.
+    sw.send_wire(10, &wire, arp_request(OUTSIDE, ip(2), ip(7)));
+    assert_eq!(wire.sent().len(), 1, "the l2bridge proxy answered");
+    // And the endpoint's own ARP reaches the wire.
+    sw.send(1, &ep, arp_request(mac(7), ip(7), ip(254)));
+    assert_eq!(wire.sent().len(), 1);
+}

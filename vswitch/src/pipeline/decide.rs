@@ -700,12 +700,10 @@ impl Pipeline {
         let net = self.nets.get(&net_id)?;
         let nat = net.nat.as_ref()?;
         let Some((tuple, seg)) = conn_of(frame, meta, net_id).filter(|_| meta.family == 4) else {
-            // Only IPv4 is translated; the uplink steers nothing else here.
-            return if from_wire {
-                drop(DropReason::NatNoBinding)
-            } else {
-                None
-            };
+            // Only IPv4 is translated. A nat network's uplink steers nothing
+            // else here (and the switching below drops it); an l2bridge's
+            // ARP, IPv6 and the rest are its endpoints' own traffic.
+            return None;
         };
         let addr = IpAddr::V4(nat.cfg.addr);
         if from_wire && tuple.dst != addr {
