@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vswitch_systests::{
-    iperf3, iperf3_with, link_mac, mac_bytes, require_root, tag, unique, unique_subnet, wait_until,
-    Capture, Daemon, KillOnDrop, Netns,
+    iperf3, iperf3_with, link_mac, listening, mac_bytes, require_root, spawn_in, tag, unique,
+    unique_subnet, wait_until, Capture, Daemon, KillOnDrop, Netns,
 };
 
 const FIVE_S: Duration = Duration::from_secs(5);
@@ -455,26 +455,6 @@ while time.time() < end:
         sys.exit(0)
 sys.exit(f"no echo reply with id {ident}")
 "#;
-
-/// Starts `args` in `ns` in the background, output discarded.
-fn spawn_in(ns: &Netns, args: &[&str]) -> KillOnDrop {
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {args:?} in {}: {e}", ns.name));
-    KillOnDrop(child)
-}
-
-/// Whether something in `ns` listens on `port`; `proto` is `t` or `u`.
-fn listening(ns: &Netns, proto: char, port: u16) -> bool {
-    !ns.ok(&["ss", &format!("-Hl{proto}n"), &format!("sport = :{port}")])
-        .trim()
-        .is_empty()
-}
 
 /// [`TCP_WHOAMI`] servers in `ns` on `addr`'s `ports`, once all listen.
 fn tcp_whoami(ns: &Netns, tag: &str, addr: &str, ports: &[u16]) -> KillOnDrop {

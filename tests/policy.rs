@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vswitch_systests::{
-    iperf3_with, mac_bytes, neighbours, require_root, tag, unique, unique_subnet, wait_until,
-    Daemon, KillOnDrop, Netns,
+    iperf3_with, listening, mac_bytes, neighbours, require_root, spawn_in, tag, unique,
+    unique_subnet, wait_until, Daemon, KillOnDrop, Netns,
 };
 
 // ------------------------------------------------------------------------
@@ -407,26 +407,6 @@ for line in sys.stdin:
                 pass
         print(ok, flush=True)
 "#;
-
-/// Starts `args` in `ns` in the background, output discarded.
-fn spawn_in(ns: &Netns, args: &[&str]) -> KillOnDrop {
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {args:?} in {}: {e}", ns.name));
-    KillOnDrop(child)
-}
-
-/// Whether something in `ns` listens on `port`; `proto` is `t` or `u`.
-fn listening(ns: &Netns, proto: char, port: u16) -> bool {
-    !ns.ok(&["ss", &format!("-Hl{proto}n"), &format!("sport = :{port}")])
-        .trim()
-        .is_empty()
-}
 
 /// TCP echo servers in `ns` on `addr`'s `ports`, once all listen.
 fn tcp_servers(ns: &Netns, addr: &str, ports: &[u16]) -> KillOnDrop {

@@ -460,6 +460,26 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Starts `args` in `ns` in the background, output discarded.
+pub fn spawn_in(ns: &Netns, args: &[&str]) -> KillOnDrop {
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {args:?} in {}: {e}", ns.name));
+    KillOnDrop(child)
+}
+
+/// Whether something in `ns` listens on `port`; `proto` is `t` or `u`.
+pub fn listening(ns: &Netns, proto: char, port: u16) -> bool {
+    !ns.ok(&["ss", &format!("-Hl{proto}n"), &format!("sport = :{port}")])
+        .trim()
+        .is_empty()
+}
+
 /// Runs an iperf3 TCP test from `client` to `server_addr` (served in
 /// `server`) for `secs` seconds; returns the received bit rate.
 pub fn iperf3(client: &Netns, server: &Netns, server_addr: &str, secs: u32) -> f64 {
