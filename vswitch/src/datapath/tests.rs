@@ -1031,9 +1031,9 @@ fn nat_exhaustion_is_a_counted_drop_and_unknown_next_hops_ask() {
     assert_eq!(d.resolve, Some((1, other)));
 }
 
-#[test]
-fn outbound_nat_on_l2bridge_translates_all_but_the_exceptions() {
-    let (mut sw, wire, ep, _) = l2bridge_switch();
+/// OutBoundNAT on `l2bridge_switch`'s network for its endpoint at ip(7),
+/// its router ip(254) known at `OUTSIDE`.
+fn l2bridge_outbound_nat(sw: &mut Switch, exceptions: Vec<(Ipv4Addr, u8)>) {
     let cfg = crate::pipeline::nat::NatConfig {
         addr: ip(1),
         uplink_mac: UPLINK_MAC,
@@ -1041,7 +1041,7 @@ fn outbound_nat_on_l2bridge_translates_all_but_the_exceptions() {
         gateway: ip(254),
         gateway_mac: None,
         sources: Some(vec![ip(7)]),
-        exceptions: vec![(Ipv4Addr::new(10, 0, 0, 0), 8)],
+        exceptions,
         subnet: (ip(0), 24),
         onlink: vec![(ip(0), 24)],
         router: Some(ip(254)),
@@ -1053,6 +1053,12 @@ fn outbound_nat_on_l2bridge_translates_all_but_the_exceptions() {
         .tables
         .pipeline
         .set_neighbour(1, ip(254), OUTSIDE, sw.now);
+}
+
+#[test]
+fn outbound_nat_on_l2bridge_translates_all_but_the_exceptions() {
+    let (mut sw, wire, ep, _) = l2bridge_switch();
+    l2bridge_outbound_nat(&mut sw, vec![(Ipv4Addr::new(10, 0, 0, 0), 8)]);
     let far = Ipv4Addr::new(198, 51, 100, 1);
     sw.send(
         1,
@@ -1127,21 +1133,7 @@ fn nat_routes_with_ttl_and_answers_time_exceeded() {
 #[test]
 fn outbound_nat_leaves_arp_from_the_wire_to_the_bridge() {
     let (mut sw, wire, ep, _) = l2bridge_switch();
-    let cfg = crate::pipeline::nat::NatConfig {
-        addr: ip(1),
-        uplink_mac: UPLINK_MAC,
-        uplink_ifindex: 0,
-        gateway: ip(254),
-        gateway_mac: None,
-        sources: Some(vec![ip(7)]),
-        exceptions: Vec::new(),
-        subnet: (ip(0), 24),
-        onlink: vec![(ip(0), 24)],
-        router: Some(ip(254)),
-        pool: 61000..=61009,
-        mappings: Vec::new(),
-    };
-    sw.worker.tables.pipeline.set_nat(1, Some(cfg));
+    l2bridge_outbound_nat(&mut sw, Vec::new());
     // The wire asks for the endpoint: the switch answers for it, as
     // without OutBoundNAT.
     sw.send_wire(10, &wire, arp_request(OUTSIDE, ip(2), ip(7)));
