@@ -52,8 +52,6 @@ SMOKE=0
 MIN_RATIO=0.6
 FORCE_BUILD=0
 
-posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 expects a positive whole number, got '$2'"; }
-
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) [ $# -ge 2 ] || die "--duration needs a value"; posint "$1" "$2"; DURATION=$2; shift 2 ;;

@@ -82,8 +82,8 @@ State and sockets of both vswitchd instances live under /tmp.
 EOF
 }
 
-# shellcheck source=scripts/lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 DURATION=10
 REPEAT=1
@@ -92,8 +92,6 @@ SMOKE=0
 MIN_RATIO=0.10
 FORCE_BUILD=0
 MODE=all
-
-posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 expects a positive whole number, got '$2'"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -126,90 +124,30 @@ RUN_TAP=0 RUN_UPLINK=0
 
 # ---------------------------------------------------------------- tools ----
 
-# Installs a Debian package only when the command it provides is missing.
-need_cmd() {
-    local cmd=$1 pkg=$2
-    command -v "$cmd" >/dev/null 2>&1 && return
-    say "installing $pkg (for $cmd)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "$pkg" >/dev/null
-    command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after installing $pkg"
-}
-need_cmd iperf3 iperf3
-need_cmd ip iproute2
-need_cmd ss iproute2
-need_cmd python3 python3
-need_cmd setsid util-linux
-need_cmd timeout coreutils
+need_bench_tools
 
-if [ "$FORCE_BUILD" -eq 1 ] || [ ! -x "$VSWITCHD" ] || [ ! -x "$VSWITCHCTL" ]; then
-    command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
-    command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain or build the binaries first"
-    say "building release binaries (cargo build --release --workspace in $REPO)"
-    # Unset CARGO_TARGET_DIR so the binaries land in $REPO/target/release,
-    # where lib.sh looks for them.
-    (cd "$REPO" && env -u CARGO_TARGET_DIR cargo build --release --workspace --quiet)
-    { [ -x "$VSWITCHD" ] && [ -x "$VSWITCHCTL" ]; } || die "build finished but $VSWITCHD or $VSWITCHCTL is missing"
-fi
+ensure_binaries "$FORCE_BUILD"
 
 # ---------------------------------------------------- state and cleanup ----
 
-P="vsb$$"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/vswitch-bench-$$.XXXXXX")
-# The TAP comparison's vswitchd (root namespace).
-SOCK="$WORK/vswitchd.sock"
-STATE="$WORK/state"
-DLOG="$WORK/vswitchd.log"
-# The uplink comparison's vswitchd (inside the host namespace).
+bench_init vsb vswitch-bench
+# The TAP comparison's vswitchd (root namespace) is bench-lib.sh's: SOCK,
+# STATE, DLOG, DAEMON_PID. The uplink comparison's runs inside the host
+# namespace.
 USOCK="$WORK/uplink-vswitchd.sock"
 USTATE="$WORK/uplink-state"
 UDLOG="$WORK/uplink-vswitchd.log"
-
-# Everything below is recorded right after it is created, and only what is
-# recorded is removed.
-CREATED_NS=()
-CREATED_EP=()
-CREATED_NET=()
-SERVER_PIDS=()
-DAEMON_PID=""
+DAEMON_LOGS+=("$UDLOG")
 UDAEMON_PID=""
 # The uplink network and endpoint that exist right now (one at a time: the
 # paths take turns on the uplink).
 UP_NET_LIVE=""
 UP_EP_LIVE=""
-CLEANED=0
 
-ctl() { "$VSWITCHCTL" --socket "$SOCK" "$@"; }
 uctl() { "$VSWITCHCTL" --socket "$USOCK" "$@"; }
 
-# Sends SIGTERM to PID, waits up to 5 s for it to exit, then SIGKILLs it.
-stop_pid() {
-    local pid=$1
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + 5))
-    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.05; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    [ "$CLEANED" -eq 1 ] && return
-    CLEANED=1
-    set +e
-    trap '' INT TERM
-    local i
-    for i in "${SERVER_PIDS[@]}"; do stop_pid "$i"; done
-    if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
-        for ((i = ${#CREATED_EP[@]} - 1; i >= 0; i--)); do
-            ctl endpoint rm "${CREATED_EP[i]}" >/dev/null 2>&1 || echo "warning: could not remove endpoint ${CREATED_EP[i]}" >&2
-        done
-        for ((i = ${#CREATED_NET[@]} - 1; i >= 0; i--)); do
-            ctl network rm "${CREATED_NET[i]}" >/dev/null 2>&1 || echo "warning: could not remove network ${CREATED_NET[i]}" >&2
-        done
-    fi
+# Run by cleanup: removes what the uplink daemon holds and stops it.
+cleanup_uplink() {
     if [ -n "$UDAEMON_PID" ] && kill -0 "$UDAEMON_PID" 2>/dev/null; then
         if [ -n "$UP_EP_LIVE" ]; then
             uctl endpoint rm "$UP_EP_LIVE" >/dev/null 2>&1 || echo "warning: could not remove endpoint $UP_EP_LIVE" >&2
@@ -218,32 +156,9 @@ cleanup() {
             uctl network rm "$UP_NET_LIVE" >/dev/null 2>&1 || echo "warning: could not remove network $UP_NET_LIVE" >&2
         fi
     fi
-    [ -n "$DAEMON_PID" ] && stop_pid "$DAEMON_PID"
-    [ -n "$UDAEMON_PID" ] && stop_pid "$UDAEMON_PID"
-    if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ]; then
-        for i in "$DLOG" "$UDLOG"; do
-            [ -s "$i" ] || continue
-            echo "---- last lines of $(basename "$i") ----" >&2
-            tail -n 20 "$i" >&2
-        done
-    fi
-    # Deleting a namespace deletes the veths, the bridges and any TAP left in
-    # it (and with the uplink veth, any XDP program still attached to it).
-    for ((i = ${#CREATED_NS[@]} - 1; i >= 0; i--)); do
-        ip netns del "${CREATED_NS[i]}" 2>/dev/null || echo "warning: could not delete namespace ${CREATED_NS[i]}" >&2
-    done
-    rm -rf "$WORK"
+    if [ -n "$UDAEMON_PID" ]; then stop_pid "$UDAEMON_PID"; fi
 }
-trap cleanup EXIT
-# Exiting from the signal trap runs the EXIT trap, so cleanup happens once.
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
-
-add_ns() {
-    ip netns add "$1"
-    CREATED_NS+=("$1")
-    ip -n "$1" link set lo up
-}
+CLEANUP_EXTRA=cleanup_uplink
 
 # start_daemon VAR STATE_DIR SOCKET LOG [NETNS]: starts a private vswitchd,
 # in NETNS when given, stores its PID in VAR and waits until it answers.
@@ -260,12 +175,7 @@ start_daemon() {
     setsid "${cmd[@]}" >"$log" 2>&1 </dev/null &
     pid=$!
     printf -v "$var" '%s' "$pid"
-    local deadline=$((SECONDS + 15))
-    until kill -0 "$pid" 2>/dev/null && "$VSWITCHCTL" --socket "$sock" network ls >/dev/null 2>&1; do
-        kill -0 "$pid" 2>/dev/null || die "vswitchd exited during start"
-        [ "$SECONDS" -lt "$deadline" ] || die "vswitchd did not answer on $sock within 15 s"
-        sleep 0.05
-    done
+    wait_daemon "$pid" "$sock"
 }
 
 # ------------------------------------------------------------ readiness ----
@@ -283,46 +193,13 @@ start_server() {
     done
 }
 
-# Waits until NS reaches ADDR (links up, ARP answered, path forwarding).
-wait_path() {
-    local ns=$1 addr=$2 deadline=$((SECONDS + 10))
-    until ip netns exec "$ns" ping -c 1 -W 1 -q "$addr" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || die "$ns cannot reach $addr within 10 s"
-        sleep 0.1
-    done
-}
-
 # ---------------------------------------------------------- measurement ----
 
-CLK_TCK=$(getconf CLK_TCK)
-# utime + stime of a daemon, all threads, in clock ticks. The command name
-# is "(vswitchd)" without spaces, so the fields can be split on whitespace.
-# Called in $(...): die prints its message, the failed assignment then stops
-# the script through set -e.
-daemon_ticks() {
-    local pid=$1 stat
-    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || die "vswitchd (pid $pid) is no longer running"
-    awk '{ print $14 + $15 }' <<<"$stat"
-}
-
-# run_one NAME CLIENT_NS SERVER_ADDR ROUND DAEMON_PID [IPERF3_ARG...]: one
-# iperf3 test (-R: the server sends); writes $WORK/NAME.ROUND.json and
-# $WORK/NAME.ROUND.cpu (CPU ticks of the vswitchd DAEMON_PID during the test).
+# run_one NAME CLIENT_NS SERVER_ADDR ROUND DAEMON_PID [IPERF3_ARG...]:
+# run_iperf with --streams parallel streams.
 run_one() {
-    local name=$1 ns=$2 addr=$3 round=$4 dpid=$5 out="$WORK/$1.$4.json" t0 t1
-    shift 5
-    kill -0 "$dpid" 2>/dev/null || die "vswitchd is no longer running"
-    t0=$(daemon_ticks "$dpid")
-    # --foreground: iperf3 stays in our process group, so a Ctrl-C stops the
-    # test at once instead of after it.
-    if ! timeout --foreground $((DURATION + OMIT + 30)) ip netns exec "$ns" \
-        iperf3 -c "$addr" -p 5201 -t "$DURATION" -O "$OMIT" -P "$STREAMS" -J "$@" >"$out" 2>"$WORK/$name.$round.err"; then
-        die "iperf3 $name (round $round) failed: $(python3 -c 'import json,sys
-try: print(json.load(open(sys.argv[1])).get("error","no error in JSON"))
-except Exception: print(open(sys.argv[2]).read().strip() or "no output")' "$out" "$WORK/$name.$round.err")"
-    fi
-    t1=$(daemon_ticks "$dpid")
-    echo "$((t1 - t0))" >"$WORK/$name.$round.cpu"
+    kill -0 "$5" 2>/dev/null || die "vswitchd is no longer running"
+    run_iperf "${@:1:5}" -P "$STREAMS" "${@:6}"
 }
 
 say "running: ${DURATION}s per test, $STREAMS stream(s), $REPEAT round(s)$([ "$SMOKE" -eq 1 ] && echo ', smoke')"
@@ -470,9 +347,10 @@ fi
 # -------------------------------------------------------------- report ----
 
 set +e
-python3 - "$WORK" "$REPEAT" "$DURATION" "$OMIT" "$STREAMS" "$CLK_TCK" "$SMOKE" "$MIN_RATIO" \
+report "$WORK" "$REPEAT" "$DURATION" "$OMIT" "$STREAMS" "$CLK_TCK" "$SMOKE" "$MIN_RATIO" \
     "$NET_O" "$NET_N" "$RUN_TAP" "$RUN_UPLINK" "$NET_UL" "$NET_UT" <<'PYEOF'
-import glob, json, statistics, sys
+import glob, json, sys
+from bench_report import drops_by_reason, finish, ratio as ratio_of, tcp
 
 (work, repeat, duration, omit, streams, clk_tck, smoke, min_ratio, net_o, net_n,
  run_tap, run_uplink, net_ul, net_ut) = sys.argv[1:]
@@ -481,25 +359,14 @@ smoke, min_ratio = smoke == "1", float(min_ratio)
 run_tap, run_uplink = run_tap == "1", run_uplink == "1"
 
 def result(name):
-    gbps, retr, cpu = [], [], []
-    for r in range(1, repeat + 1):
-        with open(f"{work}/{name}.{r}.json") as f:
-            end = json.load(f)["end"]
-        # Receiver side: what actually crossed the switch.
-        gbps.append(end["sum_received"]["bits_per_second"] / 1e9)
-        retr.append(end["sum_sent"].get("retransmits", 0))
-        with open(f"{work}/{name}.{r}.cpu") as f:
-            cpu.append(int(f.read()) / clk_tck)
-    return statistics.median(gbps), statistics.median(retr), statistics.median(cpu)
+    return tcp(work, name, repeat, clk_tck)
 
 def drops(stats, net):
-    return sum(sum(p.get("Drops", {}).values()) for p in stats if p.get("Network") == net)
+    return sum(drops_by_reason(stats, net).values())
 
 secs = duration + omit  # the daemon's CPU is counted over the whole test
 def cpu(c):
     return f"{c:6.2f} s ({100 * c / secs:3.0f}%)"
-def ratio_of(g, base):
-    return g / base if base > 0 else 0.0
 def title(what):
     print(f"iperf3 TCP {what}, {duration} s{' (+1 s omitted)' if omit else ''}, {streams} stream(s), "
           f"median of {repeat}")
@@ -590,12 +457,8 @@ else:
 
 print("(vswitchd CPU: its user+system time during the test, % of one core)")
 print()
-for msg in failed:
-    print(f"FAIL: {msg}", file=sys.stderr)
-
 out.update({"duration_s": duration, "streams": streams, "repeat": repeat, "smoke": smoke})
-print(json.dumps(out))
-sys.exit(3 if failed else 0)
+finish(failed, out)
 PYEOF
 report_rc=$?
 set -e

@@ -77,8 +77,8 @@ show as failures and as nat_exhausted on the drops line.
 EOF
 }
 
-# shellcheck source=scripts/lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 DURATION=10
 CONN_DURATION=5
@@ -88,8 +88,6 @@ ENFORCE=0
 FORCE_BUILD=0
 NAT_PORTS=""
 CT_MAX=4194304
-
-posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 expects a positive whole number, got '$2'"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -120,41 +118,17 @@ OMIT=0
 
 # ---------------------------------------------------------------- tools ----
 
-need_cmd() {
-    local cmd=$1 pkg=$2
-    command -v "$cmd" >/dev/null 2>&1 && return
-    say "installing $pkg (for $cmd)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "$pkg" >/dev/null
-    command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after installing $pkg"
-}
-need_cmd iperf3 iperf3
-need_cmd ip iproute2
-need_cmd ss iproute2
+need_bench_tools
 need_cmd iptables iptables
-need_cmd python3 python3
-need_cmd setsid util-linux
 need_cmd nsenter util-linux
-need_cmd timeout coreutils
 need_cmd cc gcc
 
-if [ "$FORCE_BUILD" -eq 1 ] || [ ! -x "$VSWITCHD" ] || [ ! -x "$VSWITCHCTL" ]; then
-    command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
-    command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain or build the binaries first"
-    say "building release binaries (cargo build --release --workspace in $REPO)"
-    (cd "$REPO" && env -u CARGO_TARGET_DIR cargo build --release --workspace --quiet)
-    { [ -x "$VSWITCHD" ] && [ -x "$VSWITCHCTL" ]; } || die "build finished but $VSWITCHD or $VSWITCHCTL is missing"
-fi
+ensure_binaries "$FORCE_BUILD"
 ensure_bpffs
 
 # ---------------------------------------------------- state and cleanup ----
 
-P="vsn$$"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/vswitch-bench-nat-$$.XXXXXX")
-SOCK="$WORK/vswitchd.sock"
-STATE="$WORK/state"
-DLOG="$WORK/vswitchd.log"
+bench_init vsn vswitch-bench-nat
 
 SUBNET=172.31.1.0/24 GATEWAY=172.31.1.1 IP_EP=172.31.1.10
 IP_UP=10.58.1.1 IP_OUT=10.58.1.2
@@ -164,63 +138,6 @@ NS_VH="$P-vh" NS_VE="$P-ve" NS_VO="$P-vo"
 # directory for every namespace: the uplink's name carries the PID.
 UP_M="${P}mu" UP_V="${P}vu"
 NET="${P}nat" EP="${P}ep"
-
-CREATED_NS=()
-CREATED_EP=()
-CREATED_NET=()
-SERVER_PIDS=()
-DAEMON_PID=""
-CLEANED=0
-
-ctl() { "$VSWITCHCTL" --socket "$SOCK" "$@"; }
-
-stop_pid() {
-    local pid=$1
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + 5))
-    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.05; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    [ "$CLEANED" -eq 1 ] && return
-    CLEANED=1
-    set +e
-    trap '' INT TERM
-    local i
-    for i in "${SERVER_PIDS[@]}"; do stop_pid "$i"; done
-    if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
-        for ((i = ${#CREATED_EP[@]} - 1; i >= 0; i--)); do
-            ctl endpoint rm "${CREATED_EP[i]}" >/dev/null 2>&1 || echo "warning: could not remove endpoint ${CREATED_EP[i]}" >&2
-        done
-        for ((i = ${#CREATED_NET[@]} - 1; i >= 0; i--)); do
-            ctl network rm "${CREATED_NET[i]}" >/dev/null 2>&1 || echo "warning: could not remove network ${CREATED_NET[i]}" >&2
-        done
-    fi
-    [ -n "$DAEMON_PID" ] && stop_pid "$DAEMON_PID"
-    if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ] && [ -s "$DLOG" ]; then
-        echo "---- last lines of $(basename "$DLOG") ----" >&2
-        tail -n 20 "$DLOG" >&2
-    fi
-    # Deleting a namespace deletes its veths, bridge, TAPs and iptables
-    # rules (and with the uplink, any XDP program still attached to it).
-    for ((i = ${#CREATED_NS[@]} - 1; i >= 0; i--)); do
-        ip netns del "${CREATED_NS[i]}" 2>/dev/null || echo "warning: could not delete namespace ${CREATED_NS[i]}" >&2
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
-
-add_ns() {
-    ip netns add "$1"
-    CREATED_NS+=("$1")
-    ip -n "$1" link set lo up
-}
 
 start_daemon() {
     mkdir -m 0700 "$STATE"
@@ -234,130 +151,12 @@ start_daemon() {
         --log-level warn --detach-on-exit \
         --conntrack-max "$CT_MAX" --conntrack-max-per-port "$CT_MAX" >"$DLOG" 2>&1 </dev/null &
     DAEMON_PID=$!
-    local deadline=$((SECONDS + 15))
-    until kill -0 "$DAEMON_PID" 2>/dev/null && ctl network ls >/dev/null 2>&1; do
-        kill -0 "$DAEMON_PID" 2>/dev/null || die "vswitchd exited during start: $(tail -n 5 "$DLOG")"
-        [ "$SECONDS" -lt "$deadline" ] || die "vswitchd did not answer on $SOCK within 15 s"
-        sleep 0.05
-    done
+    wait_daemon "$DAEMON_PID" "$SOCK" "$DLOG"
 }
 
-# ------------------------------------------------- the connection tool ----
-
-CONNRATE="$WORK/connrate"
-cat >"$WORK/connrate.c" <<'CEOF'
-/* connrate server ADDR PORT: accept, echo one byte, close, forever.
- * connrate client ADDR PORT SECONDS: connect, one byte each way, close with
- * a reset (SO_LINGER 0: no TIME_WAIT, so source ports never run out), in a
- * loop for SECONDS; prints {"connections": N, "failures": N, "seconds": S}.
- * A connection that does not complete within 1 s counts as a failure. */
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <time.h>
-#include <unistd.h>
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-int main(int argc, char **argv)
-{
-    struct sockaddr_in sa;
-    struct timeval tv = { 1, 0 };
-    char byte = 'x';
-    int one = 1;
-
-    if (argc < 4 || (strcmp(argv[1], "client") == 0 && argc < 5)) {
-        fprintf(stderr, "usage: connrate server ADDR PORT | client ADDR PORT SECONDS\n");
-        return 2;
-    }
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((unsigned short)atoi(argv[3]));
-    if (inet_pton(AF_INET, argv[2], &sa.sin_addr) != 1) {
-        fprintf(stderr, "connrate: bad IPv4 address %s\n", argv[2]);
-        return 2;
-    }
-    if (strcmp(argv[1], "server") == 0) {
-        int s = socket(AF_INET, SOCK_STREAM, 0);
-        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (bind(s, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(s, 4096) != 0) {
-            perror("connrate: bind/listen");
-            return 1;
-        }
-        for (;;) {
-            int c = accept(s, NULL, NULL);
-            if (c < 0)
-                continue;
-            setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-            if (read(c, &byte, 1) == 1 && write(c, &byte, 1) != 1)
-                perror("connrate: write");
-            close(c);
-        }
-    }
-    {
-        struct linger lg = { 1, 0 };
-        double start = now(), end = start + atof(argv[4]);
-        long ok = 0, failed = 0;
-        while (now() < end) {
-            int s = socket(AF_INET, SOCK_STREAM, 0);
-            if (s < 0) {
-                perror("connrate: socket");
-                return 1;
-            }
-            /* SO_SNDTIMEO bounds connect() too. */
-            setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-            setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-            setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-            if (connect(s, (struct sockaddr *)&sa, sizeof sa) == 0 && write(s, &byte, 1) == 1 &&
-                read(s, &byte, 1) == 1)
-                ok++;
-            else
-                failed++;
-            close(s);
-        }
-        printf("{\"connections\": %ld, \"failures\": %ld, \"seconds\": %.3f}\n", ok, failed,
-               now() - start);
-    }
-    return 0;
-}
-CEOF
-cc -O2 -Wall -Werror -o "$CONNRATE" "$WORK/connrate.c" || die "cannot build the connection-rate tool"
+build_connrate
 
 # ------------------------------------------------------------ readiness ----
-
-start_servers() {
-    local ns=$1 pid deadline
-    ip netns exec "$ns" iperf3 -s -p 5201 -B "$IP_OUT" >"$WORK/iperf3-$ns.log" 2>&1 </dev/null &
-    SERVER_PIDS+=($!)
-    ip netns exec "$ns" "$CONNRATE" server "$IP_OUT" 7000 >"$WORK/connrate-$ns.log" 2>&1 </dev/null &
-    SERVER_PIDS+=($!)
-    pid=$!
-    deadline=$((SECONDS + 10))
-    until [ -n "$(ip netns exec "$ns" ss -Hltn 'sport = :5201')" ] && [ -n "$(ip netns exec "$ns" ss -Hltn 'sport = :7000')" ]; do
-        kill -0 "$pid" 2>/dev/null || die "connection server in $ns exited: $(cat "$WORK/connrate-$ns.log")"
-        [ "$SECONDS" -lt "$deadline" ] || die "servers in $ns not listening within 10 s"
-        sleep 0.05
-    done
-}
-
-# Waits until NS reaches the outside machine: the first packet towards a
-# next hop not resolved yet may be dropped while the kernel resolves it.
-wait_path() {
-    local ns=$1 deadline=$((SECONDS + 10))
-    until ip netns exec "$ns" ping -c 1 -W 1 -q "$IP_OUT" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || die "$ns cannot reach $IP_OUT within 10 s"
-        sleep 0.1
-    done
-}
 
 # Checks that the outside machine sees the endpoint of NS as the uplink's
 # address: its answer to a TCP connection names the peer.
@@ -379,43 +178,6 @@ s = socket.create_connection((sys.argv[1], 7001), timeout=5); print(s.recv(64).d
         die "$ns cannot open a TCP connection to $IP_OUT"
     wait "$srv" 2>/dev/null || true
     [ "$seen" = "$IP_UP" ] || die "the outside machine saw $ns's connection from '$seen', not the uplink's $IP_UP"
-}
-
-# ---------------------------------------------------------- measurement ----
-
-CLK_TCK=$(getconf CLK_TCK)
-daemon_ticks() {
-    local stat
-    stat=$(cat "/proc/$DAEMON_PID/stat" 2>/dev/null) || die "vswitchd (pid $DAEMON_PID) is no longer running"
-    awk '{ print $14 + $15 }' <<<"$stat"
-}
-
-# run_tcp NAME CLIENT_NS ROUND [iperf3 args]: iperf3 into
-# $WORK/NAME.ROUND.json, vswitchd's CPU ticks during it into
-# $WORK/NAME.ROUND.cpu.
-run_tcp() {
-    local name=$1 ns=$2 round=$3 out="$WORK/$1.$3.json" t0 t1
-    shift 3
-    t0=$(daemon_ticks)
-    if ! timeout --foreground $((DURATION + OMIT + 30)) ip netns exec "$ns" \
-        iperf3 -c "$IP_OUT" -p 5201 -t "$DURATION" -O "$OMIT" -J "$@" >"$out" 2>"$WORK/$name.$round.err"; then
-        die "iperf3 $name (round $round) failed: $(python3 -c 'import json,sys
-try: print(json.load(open(sys.argv[1])).get("error","no error in JSON"))
-except Exception: print(open(sys.argv[2]).read().strip() or "no output")' "$out" "$WORK/$name.$round.err")"
-    fi
-    t1=$(daemon_ticks)
-    echo "$((t1 - t0))" >"$WORK/$name.$round.cpu"
-}
-
-# run_conn NAME CLIENT_NS ROUND: connection rate into $WORK/NAME.ROUND.conn.
-run_conn() {
-    local name=$1 ns=$2 round=$3 t0 t1
-    t0=$(daemon_ticks)
-    timeout --foreground $((CONN_DURATION + 30)) ip netns exec "$ns" \
-        "$CONNRATE" client "$IP_OUT" 7000 "$CONN_DURATION" >"$WORK/$name.$round.conn" 2>"$WORK/$name.$round.connerr" ||
-        die "connection test $name (round $round) failed: $(cat "$WORK/$name.$round.connerr")"
-    t1=$(daemon_ticks)
-    echo "$((t1 - t0))" >"$WORK/$name.$round.conncpu"
 }
 
 say "running: ${DURATION}s per iperf3 test, ${CONN_DURATION}s per connection test, $REPEAT round(s)$([ "$SMOKE" -eq 1 ] && echo ', smoke')"
@@ -470,8 +232,8 @@ POOL=$(ctl network inspect "$NET" --json | python3 -c 'import json,sys; print(js
 
 for pair in "$NS_ME:$NS_MO" "$NS_VE:$NS_VO"; do
     ep_ns=${pair%%:*} out_ns=${pair##*:}
-    start_servers "$out_ns"
-    wait_path "$ep_ns"
+    start_servers "$out_ns" "$IP_OUT" -B "$IP_OUT"
+    wait_path "$ep_ns" "$IP_OUT"
     check_translated "$ep_ns" "$out_ns"
 done
 say "both endpoints reach $IP_OUT as $IP_UP"
@@ -483,9 +245,9 @@ declare -A CLIENT_NS=([masq]="$NS_ME" [vswitch]="$NS_VE")
 for ((r = 1; r <= REPEAT; r++)); do
     # Interleaved rounds spread any drift of the machine over both paths.
     for path in "${PATHS[@]}"; do
-        run_tcp "$path" "${CLIENT_NS[$path]}" "$r"
-        run_tcp "${path}_rev" "${CLIENT_NS[$path]}" "$r" -R
-        run_conn "$path" "${CLIENT_NS[$path]}" "$r"
+        run_iperf "$path" "${CLIENT_NS[$path]}" "$IP_OUT" "$r" "$DAEMON_PID"
+        run_iperf "${path}_rev" "${CLIENT_NS[$path]}" "$IP_OUT" "$r" "$DAEMON_PID" -R
+        run_conn "$path" "${CLIENT_NS[$path]}" "$IP_OUT" "$r" "$DAEMON_PID"
     done
     say "round $r/$REPEAT done"
 done
@@ -496,59 +258,27 @@ ip netns exec "$NS_MH" iptables -t nat -L POSTROUTING -v -n -x >"$WORK/masq-rule
 # -------------------------------------------------------------- report ----
 
 set +e
-python3 - "$WORK" "$REPEAT" "$DURATION" "$OMIT" "$CONN_DURATION" "$CLK_TCK" "$SMOKE" "$ENFORCE" \
+report "$WORK" "$REPEAT" "$DURATION" "$OMIT" "$CONN_DURATION" "$CLK_TCK" "$SMOKE" "$ENFORCE" \
     "$NET" "$POOL" <<'PYEOF'
-import json, statistics, sys
+import json, sys
+from bench_report import check_targets, conn, drops_by_reason, finish, ratio, tcp
 
 (work, repeat, duration, omit, conn_duration, clk_tck, smoke, enforce, net, pool) = sys.argv[1:]
 repeat, duration, omit, conn_duration = int(repeat), int(duration), int(omit), int(conn_duration)
 clk_tck = int(clk_tck)
 smoke, enforce = smoke == "1", enforce == "1"
 
-def median(xs):
-    return statistics.median(xs) if xs else 0.0
-
-def tcp(name):
-    gbps, retr, cpu = [], [], []
-    for r in range(1, repeat + 1):
-        with open(f"{work}/{name}.{r}.json") as f:
-            end = json.load(f)["end"]
-        gbps.append(end["sum_received"]["bits_per_second"] / 1e9)
-        retr.append(end["sum_sent"].get("retransmits", 0))
-        with open(f"{work}/{name}.{r}.cpu") as f:
-            cpu.append(int(f.read()) / clk_tck)
-    return median(gbps), median(retr), median(cpu)
-
-def conn(name):
-    cps, fails, cpu = [], [], []
-    for r in range(1, repeat + 1):
-        with open(f"{work}/{name}.{r}.conn") as f:
-            c = json.load(f)
-        cps.append(c["connections"] / c["seconds"])
-        fails.append(c["failures"])
-        with open(f"{work}/{name}.{r}.conncpu") as f:
-            cpu.append(int(f.read()) / clk_tck)
-    return median(cps), sum(fails), median(cpu)
-
 res = {}
 for path in ("masq", "vswitch"):
-    gbps, retr, cpu = tcp(path)
-    rev, rev_retr, _ = tcp(f"{path}_rev")
-    cps, fails, conn_cpu = conn(path)
+    gbps, retr, cpu = tcp(work, path, repeat, clk_tck)
+    rev, rev_retr, _ = tcp(work, f"{path}_rev", repeat, clk_tck)
+    cps, fails, conn_cpu = conn(work, path, repeat, clk_tck)
     res[path] = {"gbps": gbps, "retr": retr, "cpu": cpu, "rev": rev, "rev_retr": rev_retr,
                  "cps": cps, "fails": fails, "conn_cpu": conn_cpu}
 
 with open(f"{work}/stats.json") as f:
     stats = json.load(f)
-drops = {}
-for p in stats:
-    if p.get("Network") == net:
-        for reason, n in p.get("Drops", {}).items():
-            if n:
-                drops[reason] = drops.get(reason, 0) + n
-
-def ratio(a, b):
-    return a / b if b > 0 else 0.0
+net_drops = drops_by_reason(stats, net)
 
 m, v = res["masq"], res["vswitch"]
 secs = duration + omit
@@ -567,18 +297,14 @@ for name in ("masq", "vswitch"):
 print("(ratio: to the MASQUERADE path; -R: outside -> endpoint; vswitchd CPU: its user+system time "
       "during the endpoint -> outside iperf3 test, % of one core)")
 print(f"vswitch NAT pool: {pool}; drops on the nat network: "
-      + (", ".join(f"{k} {n}" for k, n in sorted(drops.items())) or "none"))
+      + (", ".join(f"{k} {n}" for k, n in sorted(net_drops.items())) or "none"))
 
 targets = [
     ("tcp_ratio", "vswitch / MASQUERADE, TCP", ratio(v["gbps"], m["gbps"]), 0.8),
     ("conn_ratio", "vswitch / MASQUERADE, conn/s", ratio(v["cps"], m["cps"]), 0.5),
 ]
 print()
-met = True
-for key, what, value, target in targets:
-    ok = value >= target
-    met = met and ok
-    print(f"{what:<32} {value:5.2f}  (target >= {target:.2f})  {'ok' if ok else 'BELOW'}")
+met = check_targets(targets, 32)
 print()
 
 failed = []
@@ -590,8 +316,6 @@ if not smoke:
             failed.append(f"{labels[name]} completed no connection")
     if enforce and not met:
         failed.append("a ratio is below its target (--enforce)")
-for msg in failed:
-    print(f"FAIL: {msg}", file=sys.stderr)
 
 out = {}
 for name, r in res.items():
@@ -607,10 +331,9 @@ for key, _, value, _ in targets:
 out["rev_ratio"] = round(ratio(v["rev"], m["rev"]), 3)
 out["targets_met"] = met
 out["nat_pool"] = pool
-out["vswitch_drops"] = drops
+out["vswitch_drops"] = net_drops
 out.update({"duration_s": duration, "conn_duration_s": conn_duration, "repeat": repeat, "smoke": smoke})
-print(json.dumps(out))
-sys.exit(3 if failed else 0)
+finish(failed, out)
 PYEOF
 report_rc=$?
 set -e

@@ -73,8 +73,8 @@ connect, one byte each way, close with a reset (no TIME_WAIT), in a loop.
 EOF
 }
 
-# shellcheck source=scripts/lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/bench-lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/bench-lib.sh"
 
 DURATION=10
 CONN_DURATION=5
@@ -85,8 +85,6 @@ SMOKE=0
 ENFORCE=0
 FORCE_BUILD=0
 RULES_GIVEN=0
-
-posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 expects a positive whole number, got '$2'"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -115,93 +113,14 @@ OMIT=0
 
 # ---------------------------------------------------------------- tools ----
 
-need_cmd() {
-    local cmd=$1 pkg=$2
-    command -v "$cmd" >/dev/null 2>&1 && return
-    say "installing $pkg (for $cmd)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "$pkg" >/dev/null
-    command -v "$cmd" >/dev/null 2>&1 || die "$cmd still missing after installing $pkg"
-}
-need_cmd iperf3 iperf3
-need_cmd ip iproute2
-need_cmd ss iproute2
-need_cmd python3 python3
-need_cmd setsid util-linux
-need_cmd timeout coreutils
+need_bench_tools
 need_cmd cc gcc
 
-if [ "$FORCE_BUILD" -eq 1 ] || [ ! -x "$VSWITCHD" ] || [ ! -x "$VSWITCHCTL" ]; then
-    command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
-    command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain or build the binaries first"
-    say "building release binaries (cargo build --release --workspace in $REPO)"
-    (cd "$REPO" && env -u CARGO_TARGET_DIR cargo build --release --workspace --quiet)
-    { [ -x "$VSWITCHD" ] && [ -x "$VSWITCHCTL" ]; } || die "build finished but $VSWITCHD or $VSWITCHCTL is missing"
-fi
+ensure_binaries "$FORCE_BUILD"
 
 # ---------------------------------------------------- state and cleanup ----
 
-P="vsp$$"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/vswitch-bench-policy-$$.XXXXXX")
-SOCK="$WORK/vswitchd.sock"
-STATE="$WORK/state"
-DLOG="$WORK/vswitchd.log"
-
-CREATED_NS=()
-CREATED_EP=()
-CREATED_NET=()
-SERVER_PIDS=()
-DAEMON_PID=""
-CLEANED=0
-
-ctl() { "$VSWITCHCTL" --socket "$SOCK" "$@"; }
-
-stop_pid() {
-    local pid=$1
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + 5))
-    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.05; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local rc=$?
-    [ "$CLEANED" -eq 1 ] && return
-    CLEANED=1
-    set +e
-    trap '' INT TERM
-    local i
-    for i in "${SERVER_PIDS[@]}"; do stop_pid "$i"; done
-    if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
-        for ((i = ${#CREATED_EP[@]} - 1; i >= 0; i--)); do
-            ctl endpoint rm "${CREATED_EP[i]}" >/dev/null 2>&1 || echo "warning: could not remove endpoint ${CREATED_EP[i]}" >&2
-        done
-        for ((i = ${#CREATED_NET[@]} - 1; i >= 0; i--)); do
-            ctl network rm "${CREATED_NET[i]}" >/dev/null 2>&1 || echo "warning: could not remove network ${CREATED_NET[i]}" >&2
-        done
-    fi
-    [ -n "$DAEMON_PID" ] && stop_pid "$DAEMON_PID"
-    if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ] && [ -s "$DLOG" ]; then
-        echo "---- last lines of $(basename "$DLOG") ----" >&2
-        tail -n 20 "$DLOG" >&2
-    fi
-    for ((i = ${#CREATED_NS[@]} - 1; i >= 0; i--)); do
-        ip netns del "${CREATED_NS[i]}" 2>/dev/null || echo "warning: could not delete namespace ${CREATED_NS[i]}" >&2
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM HUP
-
-add_ns() {
-    ip netns add "$1"
-    CREATED_NS+=("$1")
-    ip -n "$1" link set lo up
-}
+bench_init vsp vswitch-bench-policy
 
 start_daemon() {
     mkdir -m 0700 "$STATE"
@@ -210,161 +129,10 @@ start_daemon() {
     setsid "$VSWITCHD" --state-dir "$STATE" --socket "$SOCK" --log-level warn \
         --conntrack-max "$CT_MAX" --conntrack-max-per-port "$CT_MAX" >"$DLOG" 2>&1 </dev/null &
     DAEMON_PID=$!
-    local deadline=$((SECONDS + 15))
-    until kill -0 "$DAEMON_PID" 2>/dev/null && ctl network ls >/dev/null 2>&1; do
-        kill -0 "$DAEMON_PID" 2>/dev/null || die "vswitchd exited during start: $(tail -n 5 "$DLOG")"
-        [ "$SECONDS" -lt "$deadline" ] || die "vswitchd did not answer on $SOCK within 15 s"
-        sleep 0.05
-    done
+    wait_daemon "$DAEMON_PID" "$SOCK" "$DLOG"
 }
 
-# ------------------------------------------------- the connection tool ----
-
-CONNRATE="$WORK/connrate"
-cat >"$WORK/connrate.c" <<'CEOF'
-/* connrate server ADDR PORT: accept, echo one byte, close, forever.
- * connrate client ADDR PORT SECONDS: connect, one byte each way, close with
- * a reset (SO_LINGER 0: no TIME_WAIT, so source ports never run out), in a
- * loop for SECONDS; prints {"connections": N, "failures": N, "seconds": S}.
- * A connection that does not complete within 1 s counts as a failure. */
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <time.h>
-#include <unistd.h>
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-int main(int argc, char **argv)
-{
-    struct sockaddr_in sa;
-    struct timeval tv = { 1, 0 };
-    char byte = 'x';
-    int one = 1;
-
-    if (argc < 4 || (strcmp(argv[1], "client") == 0 && argc < 5)) {
-        fprintf(stderr, "usage: connrate server ADDR PORT | client ADDR PORT SECONDS\n");
-        return 2;
-    }
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((unsigned short)atoi(argv[3]));
-    if (inet_pton(AF_INET, argv[2], &sa.sin_addr) != 1) {
-        fprintf(stderr, "connrate: bad IPv4 address %s\n", argv[2]);
-        return 2;
-    }
-    if (strcmp(argv[1], "server") == 0) {
-        int s = socket(AF_INET, SOCK_STREAM, 0);
-        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (bind(s, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(s, 4096) != 0) {
-            perror("connrate: bind/listen");
-            return 1;
-        }
-        for (;;) {
-            int c = accept(s, NULL, NULL);
-            if (c < 0)
-                continue;
-            setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-            if (read(c, &byte, 1) == 1 && write(c, &byte, 1) != 1)
-                perror("connrate: write");
-            close(c);
-        }
-    }
-    {
-        struct linger lg = { 1, 0 };
-        double start = now(), end = start + atof(argv[4]);
-        long ok = 0, failed = 0;
-        while (now() < end) {
-            int s = socket(AF_INET, SOCK_STREAM, 0);
-            if (s < 0) {
-                perror("connrate: socket");
-                return 1;
-            }
-            /* SO_SNDTIMEO bounds connect() too. */
-            setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-            setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-            setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-            if (connect(s, (struct sockaddr *)&sa, sizeof sa) == 0 && write(s, &byte, 1) == 1 &&
-                read(s, &byte, 1) == 1)
-                ok++;
-            else
-                failed++;
-            close(s);
-        }
-        printf("{\"connections\": %ld, \"failures\": %ld, \"seconds\": %.3f}\n", ok, failed,
-               now() - start);
-    }
-    return 0;
-}
-CEOF
-cc -O2 -Wall -Werror -o "$CONNRATE" "$WORK/connrate.c" || die "cannot build the connection-rate tool"
-
-# ------------------------------------------------------------ readiness ----
-
-start_servers() {
-    local ns=$1 addr=$2 pid deadline
-    ip netns exec "$ns" iperf3 -s -p 5201 >"$WORK/iperf3-$ns.log" 2>&1 </dev/null &
-    SERVER_PIDS+=($!)
-    ip netns exec "$ns" "$CONNRATE" server "$addr" 7000 >"$WORK/connrate-$ns.log" 2>&1 </dev/null &
-    SERVER_PIDS+=($!)
-    pid=$!
-    deadline=$((SECONDS + 10))
-    until [ -n "$(ip netns exec "$ns" ss -Hltn 'sport = :5201')" ] && [ -n "$(ip netns exec "$ns" ss -Hltn 'sport = :7000')" ]; do
-        kill -0 "$pid" 2>/dev/null || die "connection server in $ns exited: $(cat "$WORK/connrate-$ns.log")"
-        [ "$SECONDS" -lt "$deadline" ] || die "servers in $ns not listening within 10 s"
-        sleep 0.05
-    done
-}
-
-wait_path() {
-    local ns=$1 addr=$2 deadline=$((SECONDS + 10))
-    until ip netns exec "$ns" ping -c 1 -W 1 -q "$addr" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || die "$ns cannot reach $addr within 10 s"
-        sleep 0.1
-    done
-}
-
-# ---------------------------------------------------------- measurement ----
-
-CLK_TCK=$(getconf CLK_TCK)
-daemon_ticks() {
-    local stat
-    stat=$(cat "/proc/$DAEMON_PID/stat" 2>/dev/null) || die "vswitchd (pid $DAEMON_PID) is no longer running"
-    awk '{ print $14 + $15 }' <<<"$stat"
-}
-
-# run_tcp NAME CLIENT_NS SERVER_ADDR ROUND: iperf3 into $WORK/NAME.ROUND.json,
-# vswitchd's CPU ticks during it into $WORK/NAME.ROUND.cpu.
-run_tcp() {
-    local name=$1 ns=$2 addr=$3 round=$4 out="$WORK/$1.$4.json" t0 t1
-    t0=$(daemon_ticks)
-    if ! timeout --foreground $((DURATION + OMIT + 30)) ip netns exec "$ns" \
-        iperf3 -c "$addr" -p 5201 -t "$DURATION" -O "$OMIT" -J >"$out" 2>"$WORK/$name.$round.err"; then
-        die "iperf3 $name (round $round) failed: $(python3 -c 'import json,sys
-try: print(json.load(open(sys.argv[1])).get("error","no error in JSON"))
-except Exception: print(open(sys.argv[2]).read().strip() or "no output")' "$out" "$WORK/$name.$round.err")"
-    fi
-    t1=$(daemon_ticks)
-    echo "$((t1 - t0))" >"$WORK/$name.$round.cpu"
-}
-
-# run_conn NAME CLIENT_NS SERVER_ADDR ROUND: connection rate into
-# $WORK/NAME.ROUND.conn.
-run_conn() {
-    local name=$1 ns=$2 addr=$3 round=$4
-    timeout --foreground $((CONN_DURATION + 30)) ip netns exec "$ns" \
-        "$CONNRATE" client "$addr" 7000 "$CONN_DURATION" >"$WORK/$name.$round.conn" 2>"$WORK/$name.$round.connerr" ||
-        die "connection test $name (round $round) failed: $(cat "$WORK/$name.$round.connerr")"
-}
+build_connrate
 
 say "running: ${DURATION}s per iperf3 test, ${CONN_DURATION}s per connection test, $REPEAT round(s), $RULES rules$([ "$SMOKE" -eq 1 ] && echo ', smoke')"
 
@@ -497,8 +265,8 @@ done
 for ((r = 1; r <= REPEAT; r++)); do
     # Interleaved rounds spread any drift of the machine over all paths.
     for path in "${PATHS[@]}"; do
-        run_tcp "$path" "${CLIENT_NS[$path]}" "${SERVER_IP[$path]}" "$r"
-        run_conn "$path" "${CLIENT_NS[$path]}" "${SERVER_IP[$path]}" "$r"
+        run_iperf "$path" "${CLIENT_NS[$path]}" "${SERVER_IP[$path]}" "$r" "$DAEMON_PID"
+        run_conn "$path" "${CLIENT_NS[$path]}" "${SERVER_IP[$path]}" "$r" "$DAEMON_PID"
     done
     say "round $r/$REPEAT done"
 done
@@ -511,9 +279,10 @@ done
 # -------------------------------------------------------------- report ----
 
 set +e
-python3 - "$WORK" "$REPEAT" "$DURATION" "$OMIT" "$CONN_DURATION" "$CLK_TCK" "$SMOKE" "$ENFORCE" "$RULES" \
+report "$WORK" "$REPEAT" "$DURATION" "$OMIT" "$CONN_DURATION" "$CLK_TCK" "$SMOKE" "$ENFORCE" "$RULES" \
     "${NET[none]}" "${NET[one]}" "${NET[many]}" <<'PYEOF'
-import json, statistics, sys
+import json, sys
+from bench_report import check_targets, conn, drops_by_reason, finish, ratio, tcp
 
 (work, repeat, duration, omit, conn_duration, clk_tck, smoke, enforce, rules,
  net_none, net_one, net_many) = sys.argv[1:]
@@ -522,36 +291,12 @@ clk_tck, rules = int(clk_tck), int(rules)
 smoke, enforce = smoke == "1", enforce == "1"
 
 def result(name):
-    gbps, retr, cpu, cps, fails = [], [], [], [], []
-    for r in range(1, repeat + 1):
-        with open(f"{work}/{name}.{r}.json") as f:
-            end = json.load(f)["end"]
-        gbps.append(end["sum_received"]["bits_per_second"] / 1e9)
-        retr.append(end["sum_sent"].get("retransmits", 0))
-        with open(f"{work}/{name}.{r}.cpu") as f:
-            cpu.append(int(f.read()) / clk_tck)
-        with open(f"{work}/{name}.{r}.conn") as f:
-            conn = json.load(f)
-        cps.append(conn["connections"] / conn["seconds"])
-        fails.append(conn["failures"])
-    return {"gbps": statistics.median(gbps), "retr": statistics.median(retr),
-            "cpu": statistics.median(cpu), "cps": statistics.median(cps),
-            "fails": sum(fails)}
+    gbps, retr, cpu = tcp(work, name, repeat, clk_tck)
+    cps, fails, _ = conn(work, name, repeat, clk_tck)
+    return {"gbps": gbps, "retr": retr, "cpu": cpu, "cps": cps, "fails": fails}
 
 with open(f"{work}/stats.json") as f:
     stats = json.load(f)
-
-def drops(net):
-    by_reason = {}
-    for p in stats:
-        if p.get("Network") == net:
-            for reason, n in p.get("Drops", {}).items():
-                if n:
-                    by_reason[reason] = by_reason.get(reason, 0) + n
-    return by_reason
-
-def ratio(a, b):
-    return a / b if b > 0 else 0.0
 
 res = {name: result(name) for name in ("bridge", "none", "one", "many")}
 nets = {"bridge": None, "none": net_none, "one": net_one, "many": net_many}
@@ -568,7 +313,7 @@ print(f"{'path':<24} {'Gbit/s':>7} {'ratio':>6} {'retrans':>8} {'conn/s':>8} {'r
 for name in ("bridge", "none", "one", "many"):
     r = res[name]
     cpu = "-" if name == "bridge" else f"{r['cpu']:6.2f} s ({100 * r['cpu'] / secs:3.0f}%)"
-    d = "-" if nets[name] is None else (", ".join(f"{k} {v}" for k, v in sorted(drops(nets[name]).items())) or "0")
+    d = "-" if nets[name] is None else (", ".join(f"{k} {v}" for k, v in sorted(drops_by_reason(stats, nets[name]).items())) or "0")
     print(f"{labels[name]:<24} {r['gbps']:7.2f} {ratio(r['gbps'], base['gbps']):6.2f} {r['retr']:8.0f} "
           f"{r['cps']:8.0f} {ratio(r['cps'], base['cps']):6.2f} {r['fails']:6d} {cpu:>15}  {d}")
 print("(ratio: to the linux bridge; vswitchd CPU: its user+system time during the iperf3 test, % of one core)")
@@ -583,11 +328,7 @@ targets = [
     ("rules_conn_ratio", f"{rules} rules / 1 rule, conn/s", ratio(res["many"]["cps"], res["one"]["cps"]), 0.5),
 ]
 print()
-met = True
-for key, what, value, target in targets:
-    ok = value >= target
-    met = met and ok
-    print(f"{what:<40} {value:5.2f}  (target >= {target:.2f})  {'ok' if ok else 'BELOW'}")
+met = check_targets(targets, 40)
 print(f"ACL hits on the server endpoints: 1 rule {hits('one')}, {rules} rules {hits('many')}")
 print()
 
@@ -600,8 +341,6 @@ if not smoke:
             failed.append(f"{labels[name]} completed no connection")
     if enforce and not met:
         failed.append("a ratio is below its target (--enforce)")
-for msg in failed:
-    print(f"FAIL: {msg}", file=sys.stderr)
 
 loads = {}
 with open(f"{work}/load.s") as f:
@@ -623,8 +362,7 @@ out["targets_met"] = met
 out["rules"] = rules
 out["rules_load_s"] = round(max(loads.values()), 2) if loads else None
 out.update({"duration_s": duration, "conn_duration_s": conn_duration, "repeat": repeat, "smoke": smoke})
-print(json.dumps(out))
-sys.exit(3 if failed else 0)
+finish(failed, out)
 PYEOF
 report_rc=$?
 set -e

@@ -12,6 +12,9 @@ PACKAGES=(clang llvm libbpf-dev iproute2 iputils-ping iperf3 tcpdump ethtool pro
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# posint OPTION VALUE: dies unless VALUE, given to OPTION, is a positive whole number.
+posint() { [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "$1 expects a positive whole number, got '$2'"; }
+
 need_root() {
     [ "$(id -u)" -eq 0 ] || die "run as root: vswitch creates namespaces, TAP devices and eBPF programs"
 }

@@ -11,22 +11,19 @@
 //! is touched.
 //!
 //! Traffic comes from small python3 programs whose servers answer with
-//! what they saw, `TAG PEER_IP PEER_PORT` (see [`TCP_WHOAMI`]), so a test
+//! what they saw, `TAG PEER_IP PEER_PORT` (see [`tcp_whoami`]), so a test
 //! reads the source address straight from the machine that received it.
 
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vswitch_systests::{
-    require_root, tag, unique, unique_subnet, wait_until, Capture, Daemon, Fabric, KillOnDrop,
-    Netns, OUTSIDE_IF,
+    configured, default_nat_pool, drops_on, icmp4, pings, quick_icmp, require_root, tag, tcp_ask,
+    tcp_whoami, udp_ask, udp_whoami, unique, unique_subnet, veth, wait_until, within, Answer,
+    Capture, Daemon, Fabric, Failure, Netns, Seen, FIVE_S, OUTSIDE_IF, TEN_S,
 };
-
-const FIVE_S: Duration = Duration::from_secs(5);
-const TEN_S: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------------------
 // Topology.
@@ -95,238 +92,14 @@ impl Site {
         name
     }
 
-    /// The host's ephemeral ports, and the default NAT pool above them.
+    /// The default NAT pool: above the host's ephemeral ports.
     fn default_pool(&self) -> RangeInclusive<u16> {
-        let text = self
-            .f
-            .host
-            .ok(&["cat", "/proc/sys/net/ipv4/ip_local_port_range"]);
-        let mut it = text.split_whitespace().map(|p| p.parse::<u16>().unwrap());
-        let (_, hi) = (it.next().unwrap(), it.next().unwrap());
-        (hi + 1).max(1024)..=65535
+        default_nat_pool(&self.f.host)
     }
-}
-
-/// A veth pair: `a_if` in `a`, `b_if` in `b`, both up, no address.
-fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    a.ok(&[
-        "ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
-    ]);
-    a.ok(&["ip", "link", "set", a_if, "up"]);
-    b.ok(&["ip", "link", "set", b_if, "up"]);
-}
-
-/// No ICMP rate limit in `ns`: every probe of a test gets its answer.
-fn quick_icmp(ns: &Netns) {
-    ns.ok(&["sysctl", "-q", "-w", "net.ipv4.icmp_ratelimit=0"]);
 }
 
 // ------------------------------------------------------------------------
-// Traffic, from python3 (there is no nc or socat where the tests run).
-
-/// TCP servers on `addr`'s ports (argv[3:]): each connection is first told
-/// `TAG PEER_IP PEER_PORT\n` (who the server saw), then gets back what it
-/// sends until it closes.
-const TCP_WHOAMI: &str = r#"
-import socket, sys, threading
-tag, addr = sys.argv[1], sys.argv[2]
-def serve(c, peer):
-    try:
-        c.sendall(f"{tag} {peer[0]} {peer[1]}\n".encode())
-        while True:
-            d = c.recv(65536)
-            if not d:
-                break
-            c.sendall(d)
-    except OSError:
-        pass
-    c.close()
-def listen(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((addr, port))
-    s.listen(1024)
-    while True:
-        c, peer = s.accept()
-        threading.Thread(target=serve, args=(c, peer), daemon=True).start()
-ts = [threading.Thread(target=listen, args=(int(p),)) for p in sys.argv[3:]]
-for t in ts:
-    t.start()
-for t in ts:
-    t.join()
-"#;
-
-/// One TCP connection to a [`TCP_WHOAMI`] server: prints the greeting once
-/// a line sent has come back. Exit status 3: refused, 4: timed out, 1:
-/// anything else.
-const TCP_ASK: &str = r#"
-import socket, sys
-addr, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-def line(s):
-    got = b""
-    while not got.endswith(b"\n"):
-        d = s.recv(256)
-        if not d:
-            raise OSError(f"closed after {got!r}")
-        got += d
-    return got
-try:
-    s = socket.create_connection((addr, port), timeout=timeout)
-    hello = line(s)
-    s.sendall(b"vswitch-l2policy-test\n")
-    back = line(s)
-    s.close()
-except ConnectionRefusedError as e:
-    sys.exit(print(f"refused: {e}", file=sys.stderr) or 3)
-except socket.timeout as e:
-    sys.exit(print(f"timeout: {e}", file=sys.stderr) or 4)
-except OSError as e:
-    sys.exit(f"{addr}:{port}: {e}")
-if back != b"vswitch-l2policy-test\n":
-    sys.exit(f"echo was {back!r}")
-print(hello.decode().strip())
-"#;
-
-/// A UDP server on `addr` port argv[3]: answers each datagram with
-/// `TAG PEER_IP PEER_PORT`.
-const UDP_WHOAMI: &str = r#"
-import socket, sys
-tag, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((addr, port))
-while True:
-    d, peer = s.recvfrom(65536)
-    s.sendto(f"{tag} {peer[0]} {peer[1]}\n".encode(), peer)
-"#;
-
-/// One datagram on a connected UDP socket; prints the answer. Exit status
-/// 3: refused (an ICMP port unreachable came back), 4: no answer in time.
-const UDP_ASK: &str = r#"
-import socket, sys
-addr, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(timeout)
-try:
-    s.connect((addr, port))
-    s.send(b"vswitch-l2policy-udp")
-    d = s.recv(256)
-except ConnectionRefusedError as e:
-    sys.exit(print(f"refused: {e}", file=sys.stderr) or 3)
-except socket.timeout as e:
-    sys.exit(print(f"timeout: {e}", file=sys.stderr) or 4)
-except OSError as e:
-    sys.exit(f"{addr}:{port}: {e}")
-print(d.decode().strip())
-"#;
-
-/// Starts `args` in `ns` in the background, output discarded.
-fn spawn_in(ns: &Netns, args: &[&str]) -> KillOnDrop {
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {args:?} in {}: {e}", ns.name));
-    KillOnDrop(child)
-}
-
-/// Whether something in `ns` listens on `port`; `proto` is `t` or `u`.
-fn listening(ns: &Netns, proto: char, port: u16) -> bool {
-    !ns.ok(&["ss", &format!("-Hl{proto}n"), &format!("sport = :{port}")])
-        .trim()
-        .is_empty()
-}
-
-/// [`TCP_WHOAMI`] servers in `ns` on `addr`'s `ports`, once all listen.
-fn tcp_whoami(ns: &Netns, tag: &str, addr: &str, ports: &[u16]) -> KillOnDrop {
-    let ports_text: Vec<String> = ports.iter().map(u16::to_string).collect();
-    let mut args = vec!["python3", "-c", TCP_WHOAMI, tag, addr];
-    args.extend(ports_text.iter().map(String::as_str));
-    let server = spawn_in(ns, &args);
-    let up = wait_until(TEN_S, || ports.iter().all(|&p| listening(ns, 't', p)));
-    assert!(up, "TCP servers on {ports:?} did not start in {}", ns.name);
-    server
-}
-
-fn udp_whoami(ns: &Netns, tag: &str, addr: &str, port: u16) -> KillOnDrop {
-    let server = spawn_in(
-        ns,
-        &["python3", "-c", UDP_WHOAMI, tag, addr, &port.to_string()],
-    );
-    let up = wait_until(TEN_S, || listening(ns, 'u', port));
-    assert!(up, "UDP server on {port} did not start in {}", ns.name);
-    server
-}
-
-/// What a whoami server answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
-    tag: String,
-    ip: String,
-    port: u16,
-}
-
-impl Seen {
-    fn parse(text: &str) -> Seen {
-        let f: Vec<&str> = text.split_whitespace().collect();
-        assert_eq!(f.len(), 3, "not a whoami answer: {text:?}");
-        Seen {
-            tag: f[0].to_owned(),
-            ip: f[1].to_owned(),
-            port: f[2]
-                .parse()
-                .unwrap_or_else(|_| panic!("not a port in {text:?}")),
-        }
-    }
-}
-
-/// How an attempt failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    Refused,
-    Timeout,
-    Other,
-}
-
-type Answer = Result<Seen, (Failure, String)>;
-
-fn ask(program: &str, ns: &Netns, addr: &str, port: u16) -> Answer {
-    let port = port.to_string();
-    let out = ns.exec(&["python3", "-c", program, addr, &port, "1"]);
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    match out.status.code() {
-        Some(0) => Ok(Seen::parse(&String::from_utf8_lossy(&out.stdout))),
-        Some(3) => Err((Failure::Refused, err)),
-        Some(4) => Err((Failure::Timeout, err)),
-        _ => Err((Failure::Other, err)),
-    }
-}
-
-fn tcp_ask(ns: &Netns, addr: &str, port: u16) -> Answer {
-    ask(TCP_ASK, ns, addr, port)
-}
-
-fn udp_ask(ns: &Netns, addr: &str, port: u16) -> Answer {
-    ask(UDP_ASK, ns, addr, port)
-}
-
-/// Retries `attempt` until it answers or `timeout` passes (the first
-/// packet towards a next hop not resolved yet may be dropped); panics with
-/// the last failure.
-fn within(what: &str, timeout: Duration, mut attempt: impl FnMut() -> Answer) -> Seen {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match attempt() {
-            Ok(seen) => return seen,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("{what}: no answer within {timeout:?}; last attempt: {e:?}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
+// Traffic, from the harness's python3 programs.
 
 /// Retries `attempt` until what the server saw satisfies `good` or
 /// `timeout` passes (a policy change reaches the datapath after its
@@ -350,51 +123,8 @@ fn seen_until(
     }
 }
 
-/// Pings `addr` from `ns` until answered, then 3 more: at least one of
-/// those must be answered too.
-fn pings(ns: &Netns, addr: &str) -> bool {
-    ns.ping_within(addr, TEN_S)
-        && ns
-            .exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", addr])
-            .status
-            .success()
-}
-
-/// (source, destination, ICMP type) of an IPv4 ICMP frame.
-fn icmp4(frame: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, u8)> {
-    if frame.get(12..14)? != [0x08, 0x00] {
-        return None;
-    }
-    let ip = frame.get(14..)?;
-    let ihl = usize::from(ip.first()? & 0x0f) * 4;
-    if *ip.get(9)? != 1 {
-        return None;
-    }
-    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    Some((src, dst, *ip.get(ihl)?))
-}
-
 // ------------------------------------------------------------------------
 // What the daemon says.
-
-/// `policy ls [FILTER] --json`, without hit counters (they count traffic,
-/// not configuration).
-fn configured(d: &Daemon, filter: &[&str]) -> Vec<Value> {
-    let mut args = vec!["policy", "ls"];
-    args.extend_from_slice(filter);
-    let list = d.json(&args);
-    let mut list = list
-        .as_array()
-        .unwrap_or_else(|| panic!("policy ls answered {list}, not a list"))
-        .clone();
-    for p in &mut list {
-        if let Some(p) = p.as_object_mut() {
-            p.remove("Hits");
-        }
-    }
-    list
-}
 
 /// `policy add --endpoint EP --file - --json` with `doc` on stdin, which
 /// must succeed; the IDs of the policies it added.
@@ -462,21 +192,6 @@ fn refused_on_stdin(d: &Daemon, owner: &[&str], doc: &Value, expect: &str) {
         (d.snapshot(), configured(d, &[])),
         "vswitchctl {args:?} with {doc} changed state although refused"
     );
-}
-
-/// Drops for `reason` summed over `ports` (`stats PORT --json`): a packet
-/// one endpoint's policy stops may be counted on the port it came from or
-/// the one it was for.
-fn drops_on(d: &Daemon, ports: &[&str], reason: &str) -> u64 {
-    ports
-        .iter()
-        .map(|port| {
-            let s = d.json(&["stats", port])[0].clone();
-            s["Drops"][reason]
-                .as_u64()
-                .unwrap_or_else(|| panic!("stats of {port} have no drop reason {reason}: {s}"))
-        })
-        .sum()
 }
 
 // ------------------------------------------------------------------------
@@ -652,8 +367,8 @@ fn outbound_nat_on_l2bridge_translates_all_but_the_exceptions() {
         .frames()
         .iter()
         .filter_map(|f| icmp4(f))
-        .filter(|(_, dst, kind)| dst.to_string() == far_ip && *kind == 8)
-        .map(|(src, _, _)| src)
+        .filter(|(_, dst, kind, _)| dst.to_string() == far_ip && *kind == 8)
+        .map(|(src, _, _, _)| src)
         .collect();
     assert!(!requests.is_empty(), "no echo request reached far");
     assert!(

@@ -13,47 +13,26 @@
 //! namespace is touched.
 //!
 //! Traffic comes from small python3 programs whose servers answer with
-//! what they saw: `TAG PEER_IP PEER_PORT` (see [`TCP_WHOAMI`]), so a test
+//! what they saw: `TAG PEER_IP PEER_PORT` (see [`tcp_whoami`]), so a test
 //! reads the translated source straight from the outside machine.
 //!
 //! Tests that measure throughput hold [`exclusive`], the others [`shared`]
 //! (the machine has two cores and vswitchd's datapath takes one).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
-use std::process::{ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 use vswitch_systests::{
-    iperf3, iperf3_with, link_mac, listening, mac_bytes, require_root, spawn_in, tag, unique,
-    unique_subnet, wait_until, Capture, Daemon, KillOnDrop, Netns,
+    ask, configured, default_nat_pool, ephemeral_ports, exclusive, icmp4, iperf3, iperf3_with,
+    link_mac, listening, mac_bytes, no_ipv6, pings, policies, quick_icmp, require_root, shared,
+    spawn_in, tag, tcp_ask, tcp_whoami, udp_ask, udp_whoami, unique_subnet, veth, wait_until,
+    within, write_doc, Capture, Daemon, Failure, KillOnDrop, Netns, TcpHolder, FIVE_S, OUTSIDE_IF,
+    TEN_S, UDP_ASK,
 };
-
-const FIVE_S: Duration = Duration::from_secs(5);
-const TEN_S: Duration = Duration::from_secs(10);
-
-// ------------------------------------------------------------------------
-// Scheduling: measurements alone.
-
-static MEASURE: RwLock<()> = RwLock::new(());
-
-fn shared() -> RwLockReadGuard<'static, ()> {
-    MEASURE.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    MEASURE.write().unwrap_or_else(|p| p.into_inner())
-}
 
 // ------------------------------------------------------------------------
 // Topology.
-
-/// The outside machine's interface (its only one).
-const OUTSIDE_IF: &str = "eth0";
 
 /// A vswitch host with an uplink into a fabric of the test's own:
 ///
@@ -99,7 +78,7 @@ impl Site {
         let outside = Netns::new("no");
         let (_, wire) = unique_subnet();
         let uplink = format!("nu{}", tag());
-        let (router, outside_ip) = if routed {
+        let (router, outside_ip, outside_gateway) = if routed {
             let router = Netns::new("nr");
             let (_, far) = unique_subnet();
             veth(&host, &uplink, &router, "eth0");
@@ -110,32 +89,23 @@ impl Site {
             router.ok(&["ip", "link", "set", "eth1", "up"]);
             router.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
             quick_icmp(&router);
-            let outside_ip = format!("{far}.2");
-            outside.ok(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{outside_ip}/24"),
-                "dev",
-                OUTSIDE_IF,
-            ]);
-            outside.ok(&["ip", "link", "set", OUTSIDE_IF, "up"]);
-            outside.ok(&["ip", "route", "add", "default", "via", &format!("{far}.1")]);
-            (Some(router), outside_ip)
+            (Some(router), format!("{far}.2"), Some(format!("{far}.1")))
         } else {
             veth(&host, &uplink, &outside, OUTSIDE_IF);
-            let outside_ip = format!("{wire}.2");
-            outside.ok(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{outside_ip}/24"),
-                "dev",
-                OUTSIDE_IF,
-            ]);
-            outside.ok(&["ip", "link", "set", OUTSIDE_IF, "up"]);
-            (None, outside_ip)
+            (None, format!("{wire}.2"), None)
         };
+        outside.ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{outside_ip}/24"),
+            "dev",
+            OUTSIDE_IF,
+        ]);
+        outside.ok(&["ip", "link", "set", OUTSIDE_IF, "up"]);
+        if let Some(gateway) = &outside_gateway {
+            outside.ok(&["ip", "route", "add", "default", "via", gateway]);
+        }
         quick_icmp(&outside);
         host.ok(&["ip", "addr", "add", &format!("{wire}.1/24"), "dev", &uplink]);
         host.ok(&["ip", "link", "set", &uplink, "up"]);
@@ -198,42 +168,11 @@ impl Site {
 
     /// The host's ephemeral ports and the default NAT pool above them.
     fn ephemeral(&self) -> RangeInclusive<u16> {
-        let text = self
-            .host
-            .ok(&["cat", "/proc/sys/net/ipv4/ip_local_port_range"]);
-        let mut it = text.split_whitespace().map(|p| p.parse::<u16>().unwrap());
-        let (lo, hi) = (it.next().unwrap(), it.next().unwrap());
-        lo..=hi
+        ephemeral_ports(&self.host)
     }
 
     fn default_pool(&self) -> RangeInclusive<u16> {
-        (self.ephemeral().end() + 1).max(1024)..=65535
-    }
-}
-
-/// A veth pair: `a_if` in `a`, `b_if` in `b`, both up, no address.
-fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    a.ok(&[
-        "ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
-    ]);
-    a.ok(&["ip", "link", "set", a_if, "up"]);
-    b.ok(&["ip", "link", "set", b_if, "up"]);
-}
-
-/// No ICMP rate limit in `ns`: every probe of a test gets its error.
-fn quick_icmp(ns: &Netns) {
-    ns.ok(&["sysctl", "-q", "-w", "net.ipv4.icmp_ratelimit=0"]);
-}
-
-/// Turns IPv6 off in `ns`: nothing but the test's own packets is sent.
-fn no_ipv6(ns: &Netns) {
-    for scope in ["all", "default"] {
-        ns.ok(&[
-            "sysctl",
-            "-q",
-            "-w",
-            &format!("net.ipv6.conf.{scope}.disable_ipv6=1"),
-        ]);
+        default_nat_pool(&self.host)
     }
 }
 
@@ -242,159 +181,8 @@ fn in_subnet(ip: &str, prefix: &str) -> bool {
 }
 
 // ------------------------------------------------------------------------
-// Traffic, from python3 (scripts/lib.sh installs it).
-
-/// TCP servers on `addr`'s ports (argv[3:]): each connection is first told
-/// `TAG PEER_IP PEER_PORT\n` (who the server saw), then gets back what it
-/// sends until it closes.
-const TCP_WHOAMI: &str = r#"
-import socket, sys, threading
-tag, addr = sys.argv[1], sys.argv[2]
-def serve(c, peer):
-    try:
-        c.sendall(f"{tag} {peer[0]} {peer[1]}\n".encode())
-        while True:
-            d = c.recv(65536)
-            if not d:
-                break
-            c.sendall(d)
-    except OSError:
-        pass
-    c.close()
-def listen(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((addr, port))
-    s.listen(1024)
-    while True:
-        c, peer = s.accept()
-        threading.Thread(target=serve, args=(c, peer), daemon=True).start()
-ts = [threading.Thread(target=listen, args=(int(p),)) for p in sys.argv[3:]]
-for t in ts:
-    t.start()
-for t in ts:
-    t.join()
-"#;
-
-/// One TCP connection to a [`TCP_WHOAMI`] server (from source port argv[4]
-/// if given): prints the greeting once a line sent has come back. Exit
-/// status 3: refused, 4: timed out, 1: anything else.
-const TCP_ASK: &str = r#"
-import socket, sys
-addr, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-sport = int(sys.argv[4]) if len(sys.argv) > 4 else 0
-def line(s):
-    got = b""
-    while not got.endswith(b"\n"):
-        d = s.recv(256)
-        if not d:
-            raise OSError(f"closed after {got!r}")
-        got += d
-    return got
-try:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    if sport:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", sport))
-    s.connect((addr, port))
-    hello = line(s)
-    s.sendall(b"vswitch-nat-test\n")
-    back = line(s)
-    s.close()
-except ConnectionRefusedError as e:
-    sys.exit(print(f"refused: {e}", file=sys.stderr) or 3)
-except socket.timeout as e:
-    sys.exit(print(f"timeout: {e}", file=sys.stderr) or 4)
-except OSError as e:
-    sys.exit(f"{addr}:{port}: {e}")
-if back != b"vswitch-nat-test\n":
-    sys.exit(f"echo was {back!r}")
-print(hello.decode().strip())
-"#;
-
-/// A UDP server on `addr` port argv[3]: answers each datagram with
-/// `TAG PEER_IP PEER_PORT`.
-const UDP_WHOAMI: &str = r#"
-import socket, sys
-tag, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((addr, port))
-while True:
-    d, peer = s.recvfrom(65536)
-    s.sendto(f"{tag} {peer[0]} {peer[1]}\n".encode(), peer)
-"#;
-
-/// One datagram on a connected UDP socket (from source port argv[4] if
-/// given); prints the answer. Exit status 3: refused (an ICMP port
-/// unreachable came back), 4: no answer in time.
-const UDP_ASK: &str = r#"
-import socket, sys
-addr, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-sport = int(sys.argv[4]) if len(sys.argv) > 4 else 0
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(timeout)
-if sport:
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", sport))
-try:
-    s.connect((addr, port))
-    s.send(b"vswitch-nat-udp")
-    d = s.recv(256)
-except ConnectionRefusedError as e:
-    sys.exit(print(f"refused: {e}", file=sys.stderr) or 3)
-except socket.timeout as e:
-    sys.exit(print(f"timeout: {e}", file=sys.stderr) or 4)
-except OSError as e:
-    sys.exit(f"{addr}:{port}: {e}")
-print(d.decode().strip())
-"#;
-
-/// Holds TCP connections to a [`TCP_WHOAMI`] server, driven by lines on
-/// stdin, answering each with one JSON line: `open N TIMEOUT [SPORT]` opens
-/// N more (`{"ok": n, "peers": [greetings], "errors": [...]}`), `echo`
-/// sends a line on each held connection (`{"ok": n}`: how many echoed it).
-const TCP_HOLDER: &str = r#"
-import json, socket, sys
-addr, port = sys.argv[1], int(sys.argv[2])
-conns = []
-def line(s):
-    got = b""
-    while not got.endswith(b"\n"):
-        d = s.recv(256)
-        if not d:
-            raise OSError(f"closed after {got!r}")
-        got += d
-    return got
-for cmd in sys.stdin:
-    cmd = cmd.split()
-    if cmd[0] == "open":
-        peers, errors = [], []
-        for _ in range(int(cmd[1])):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.settimeout(float(cmd[2]))
-            try:
-                if len(cmd) > 3:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    s.bind(("0.0.0.0", int(cmd[3])))
-                s.connect((addr, port))
-                peers.append(line(s).decode().strip())
-                conns.append(s)
-            except OSError as e:
-                errors.append(str(e))
-                s.close()
-        print(json.dumps({"ok": len(peers), "peers": peers, "errors": errors}), flush=True)
-    elif cmd[0] == "echo":
-        ok = 0
-        for s in conns:
-            try:
-                s.sendall(b"x\n")
-                if line(s) == b"x\n":
-                    ok += 1
-            except OSError:
-                pass
-        print(json.dumps({"ok": ok}), flush=True)
-"#;
+// Traffic, from python3 (scripts/lib.sh installs it), beyond the harness's
+// whoami programs.
 
 /// Sends UDP probes to `dst` port argv[2] with TTL argv[3], again every
 /// half second, until the socket's error queue holds an ICMP error (printed
@@ -456,181 +244,6 @@ while time.time() < end:
 sys.exit(f"no echo reply with id {ident}")
 "#;
 
-/// [`TCP_WHOAMI`] servers in `ns` on `addr`'s `ports`, once all listen.
-fn tcp_whoami(ns: &Netns, tag: &str, addr: &str, ports: &[u16]) -> KillOnDrop {
-    let ports_text: Vec<String> = ports.iter().map(u16::to_string).collect();
-    let mut args = vec!["python3", "-c", TCP_WHOAMI, tag, addr];
-    args.extend(ports_text.iter().map(String::as_str));
-    let server = spawn_in(ns, &args);
-    let up = wait_until(TEN_S, || ports.iter().all(|&p| listening(ns, 't', p)));
-    assert!(up, "TCP servers on {ports:?} did not start in {}", ns.name);
-    server
-}
-
-fn udp_whoami(ns: &Netns, tag: &str, addr: &str, port: u16) -> KillOnDrop {
-    let server = spawn_in(
-        ns,
-        &["python3", "-c", UDP_WHOAMI, tag, addr, &port.to_string()],
-    );
-    let up = wait_until(TEN_S, || listening(ns, 'u', port));
-    assert!(up, "UDP server on {port} did not start in {}", ns.name);
-    server
-}
-
-/// What a whoami server answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Seen {
-    tag: String,
-    ip: String,
-    port: u16,
-}
-
-impl Seen {
-    fn parse(text: &str) -> Seen {
-        let f: Vec<&str> = text.split_whitespace().collect();
-        assert_eq!(f.len(), 3, "not a whoami answer: {text:?}");
-        Seen {
-            tag: f[0].to_owned(),
-            ip: f[1].to_owned(),
-            port: f[2]
-                .parse()
-                .unwrap_or_else(|_| panic!("not a port in {text:?}")),
-        }
-    }
-}
-
-/// How an attempt failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    Refused,
-    Timeout,
-    Other,
-}
-
-fn ask(
-    program: &str,
-    ns: &Netns,
-    addr: &str,
-    port: u16,
-    sport: Option<u16>,
-) -> Result<Seen, (Failure, String)> {
-    let port = port.to_string();
-    let sport = sport.map(|p| p.to_string());
-    let mut args = vec!["python3", "-c", program, addr, &port, "1"];
-    if let Some(s) = &sport {
-        args.push(s);
-    }
-    let out = ns.exec(&args);
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    match out.status.code() {
-        Some(0) => Ok(Seen::parse(&String::from_utf8_lossy(&out.stdout))),
-        Some(3) => Err((Failure::Refused, err)),
-        Some(4) => Err((Failure::Timeout, err)),
-        _ => Err((Failure::Other, err)),
-    }
-}
-
-fn tcp_ask(ns: &Netns, addr: &str, port: u16) -> Result<Seen, (Failure, String)> {
-    ask(TCP_ASK, ns, addr, port, None)
-}
-
-fn udp_ask(ns: &Netns, addr: &str, port: u16) -> Result<Seen, (Failure, String)> {
-    ask(UDP_ASK, ns, addr, port, None)
-}
-
-/// Retries `attempt` until it answers or `timeout` passes (the first
-/// packet to a next hop not resolved yet may be dropped); panics with the
-/// last failure.
-fn within(
-    what: &str,
-    timeout: Duration,
-    mut attempt: impl FnMut() -> Result<Seen, (Failure, String)>,
-) -> Seen {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match attempt() {
-            Ok(seen) => return seen,
-            Err(e) if Instant::now() >= deadline => {
-                panic!("{what}: no answer within {timeout:?}; last attempt: {e:?}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
-/// Pings `addr` from `ns` until answered, then 3 more: at least one of
-/// those must be answered too.
-fn pings(ns: &Netns, addr: &str) -> bool {
-    ns.ping_within(addr, TEN_S)
-        && ns
-            .exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", addr])
-            .status
-            .success()
-}
-
-/// TCP connections held open by a python3 process in a namespace.
-struct TcpHolder {
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    _child: KillOnDrop,
-}
-
-impl TcpHolder {
-    fn start(ns: &Netns, addr: &str, port: u16) -> TcpHolder {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "python3", "-c", TCP_HOLDER, addr])
-            .arg(port.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the TCP holder");
-        TcpHolder {
-            stdin: child.stdin.take().expect("piped stdin"),
-            stdout: BufReader::new(child.stdout.take().expect("piped stdout")),
-            _child: KillOnDrop(child),
-        }
-    }
-
-    fn ask(&mut self, line: &str) -> Value {
-        writeln!(self.stdin, "{line}").expect("write to the TCP holder");
-        let mut answer = String::new();
-        self.stdout
-            .read_line(&mut answer)
-            .expect("read from the TCP holder");
-        serde_json::from_str(&answer)
-            .unwrap_or_else(|_| panic!("TCP holder answered {answer:?} to {line:?}"))
-    }
-
-    /// Opens `n` more connections; what their servers saw, and the errors
-    /// of those that did not connect.
-    fn open(&mut self, n: u32, timeout_s: f64, sport: Option<u16>) -> (Vec<Seen>, Vec<String>) {
-        let line = match sport {
-            Some(p) => format!("open {n} {timeout_s} {p}"),
-            None => format!("open {n} {timeout_s}"),
-        };
-        let answer = self.ask(&line);
-        let peers = answer["peers"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{answer}"))
-            .iter()
-            .map(|p| Seen::parse(p.as_str().unwrap_or_default()))
-            .collect();
-        let errors = answer["errors"]
-            .as_array()
-            .unwrap_or_else(|| panic!("{answer}"))
-            .iter()
-            .map(|e| e.as_str().unwrap_or_default().to_owned())
-            .collect();
-        (peers, errors)
-    }
-
-    /// How many held connections echo a line.
-    fn echo(&mut self) -> u64 {
-        self.ask("echo")["ok"].as_u64().unwrap_or(0)
-    }
-}
-
 // ------------------------------------------------------------------------
 // What the daemon says.
 
@@ -648,27 +261,6 @@ fn net_drops(d: &Daemon, net: &str, reason: &str) -> u64 {
             })
         })
         .sum()
-}
-
-/// `policy ls [FILTER] --json`.
-fn policies(d: &Daemon, filter: &[&str]) -> Vec<Value> {
-    let mut args = vec!["policy", "ls"];
-    args.extend_from_slice(filter);
-    let list = d.json(&args);
-    list.as_array()
-        .unwrap_or_else(|| panic!("policy ls answered {list}, not a list"))
-        .clone()
-}
-
-/// `policy ls` without hit counters (they count traffic, not configuration).
-fn configured(d: &Daemon) -> Vec<Value> {
-    let mut list = policies(d, &[]);
-    for p in &mut list {
-        if let Some(p) = p.as_object_mut() {
-            p.remove("Hits");
-        }
-    }
-    list
 }
 
 /// A field of a policy's settings, by HNS's case-insensitive name; the
@@ -721,43 +313,17 @@ fn external_port(d: &Daemon, endpoint: &str, proto: u64, internal: u64) -> u16 {
 /// A request that must be refused naming `expect`, with networks,
 /// endpoints, ports, the state file and policies unchanged.
 fn refused(d: &Daemon, args: &[&str], expect: &str) {
-    let before = configured(d);
+    let before = configured(d, &[]);
     d.refused(args, expect);
     assert_eq!(
         before,
-        configured(d),
+        configured(d, &[]),
         "vswitchctl {args:?} changed the policies although refused"
     );
 }
 
-/// Writes a policy document into the daemon's test directory.
-fn write_doc(d: &Daemon, doc: &Value) -> PathBuf {
-    let path = d.dir.join(format!("policy-{}.json", unique()));
-    std::fs::write(&path, doc.to_string()).expect("write policy file");
-    path
-}
-
 fn port_mapping(proto: u8, internal: u16, external: u16) -> Value {
     json!({"Type": "PortMapping", "Settings": {"Protocol": proto, "InternalPort": internal, "ExternalPort": external}})
-}
-
-// ------------------------------------------------------------------------
-// Frames seen on the outside machine.
-
-/// (source, destination, ICMP type, echo id) of an IPv4 ICMP frame.
-fn icmp4(frame: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, u8, u16)> {
-    if frame.get(12..14)? != [0x08, 0x00] {
-        return None;
-    }
-    let ip = frame.get(14..)?;
-    let ihl = usize::from(ip.first()? & 0x0f) * 4;
-    if *ip.get(9)? != 1 {
-        return None;
-    }
-    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let icmp = ip.get(ihl..ihl + 8)?;
-    Some((src, dst, icmp[0], u16::from_be_bytes([icmp[4], icmp[5]])))
 }
 
 // ------------------------------------------------------------------------
@@ -1545,7 +1111,7 @@ fn bad_nat_requests_are_refused_and_change_nothing() {
     // In the host's ephemeral range.
     let eph_port = format!("{}:80/tcp", eph.start() + 5);
     run(ep2(&["-p", &eph_port]), "ExternalPort");
-    let doc = write_doc(&s.d, &port_mapping(6, 80, eph.start() + 5));
+    let doc = write_doc(&s.d, port_mapping(6, 80, eph.start() + 5));
     let doc = doc.to_str().unwrap();
     refused(
         &s.d,
@@ -1576,7 +1142,7 @@ fn bad_nat_requests_are_refused_and_change_nothing() {
     assert_eq!(answer["Error"]["Kind"], "Conflict", "{answer}");
     // A PortMapping for a whole network, or on a network that does not
     // translate.
-    let doc = write_doc(&s.d, &port_mapping(6, 80, 8085));
+    let doc = write_doc(&s.d, port_mapping(6, 80, 8085));
     let doc = doc.to_str().unwrap();
     refused(
         &s.d,
@@ -1618,7 +1184,7 @@ fn bad_nat_requests_are_refused_and_change_nothing() {
         "--endpoint",
         "ep1",
         "--file",
-        write_doc(&s.d, &port_mapping(17, 80, 8080))
+        write_doc(&s.d, port_mapping(17, 80, 8080))
             .to_str()
             .unwrap(),
     ]);
@@ -1682,7 +1248,7 @@ fn mappings_and_translation_survive_restarts() {
     };
     works(&s, "before any restart");
     let before = (
-        configured(&s.d),
+        configured(&s.d, &[]),
         s.d.json(&["network", "ls"]),
         s.d.json(&["endpoint", "ls"]),
     );
@@ -1692,7 +1258,7 @@ fn mappings_and_translation_survive_restarts() {
     assert_eq!(
         before,
         (
-            configured(&s.d),
+            configured(&s.d, &[]),
             s.d.json(&["network", "ls"]),
             s.d.json(&["endpoint", "ls"])
         ),

@@ -10,32 +10,16 @@
 //! in this binary (the machine has two cores, and vswitchd's datapath
 //! thread takes one).
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vswitch_systests::{
-    iperf3_with, listening, mac_bytes, neighbours, require_root, spawn_in, tag, unique,
-    unique_subnet, wait_until, Daemon, KillOnDrop, Netns,
+    configured, drops, drops_on, exclusive, iperf3_with, listening, mac_bytes, neighbours, no_ipv6,
+    policies, port_stats, require_root, shared, spawn_in, tag, tcp_ask, tcp_whoami, udp_ask,
+    udp_whoami, unique, unique_subnet, wait_until, write_doc, Daemon, KillOnDrop, Netns, TcpHolder,
+    FIVE_S, TEN_S,
 };
-
-// ------------------------------------------------------------------------
-// Scheduling: measurements alone.
-
-static MEASURE: RwLock<()> = RwLock::new(());
-
-/// Held by tests whose only traffic is functional (a few packets).
-fn shared() -> RwLockReadGuard<'static, ()> {
-    MEASURE.read().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Held by tests that measure rates or delays.
-fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    MEASURE.write().unwrap_or_else(|p| p.into_inner())
-}
 
 // ------------------------------------------------------------------------
 // Topology.
@@ -53,6 +37,11 @@ struct Lab {
 }
 
 impl Lab {
+    /// The two endpoints on a daemon of their own, no options anywhere.
+    fn start() -> Lab {
+        Lab::new(Daemon::start(), &[], &[], &[])
+    }
+
     /// `net_args` go to `network create` (e.g. an IPv6 `--subnet`),
     /// `a_args` and `b_args` to the two `endpoint create`s.
     fn new(d: Daemon, net_args: &[&str], a_args: &[&str], b_args: &[&str]) -> Lab {
@@ -121,19 +110,6 @@ fn unique_subnet6() -> String {
     )
 }
 
-/// Turns IPv6 off in `ns`: no router solicitations or MLD reports that a
-/// connection count could include.
-fn no_ipv6(ns: &Netns) {
-    for scope in ["all", "default"] {
-        ns.ok(&[
-            "sysctl",
-            "-q",
-            "-w",
-            &format!("net.ipv6.conf.{scope}.disable_ipv6=1"),
-        ]);
-    }
-}
-
 fn endpoint_field(d: &Daemon, ep: &str, field: &str) -> Value {
     d.json(&["endpoint", "inspect", ep])[field].clone()
 }
@@ -162,14 +138,6 @@ fn net_owner(name: &str) -> [&str; 2] {
     ["--network", name]
 }
 
-/// Writes a policy document into the daemon's test directory (removed
-/// with it).
-fn write_doc(d: &Daemon, text: &str) -> PathBuf {
-    let path = d.dir.join(format!("policy-{}.json", unique()));
-    std::fs::write(&path, text).expect("write policy file");
-    path
-}
-
 fn add_args<'a>(owner: &[&'a str], path: &'a str) -> Vec<&'a str> {
     let mut args = vec!["policy", "add"];
     args.extend_from_slice(owner);
@@ -180,7 +148,7 @@ fn add_args<'a>(owner: &[&'a str], path: &'a str) -> Vec<&'a str> {
 /// `policy add OWNER --file F --json`, which must succeed; the policies
 /// it added.
 fn add(d: &Daemon, owner: &[&str], doc: &Value) -> Vec<Value> {
-    let path = write_doc(d, &doc.to_string());
+    let path = write_doc(d, doc);
     let reply = d.json(&add_args(owner, path.to_str().unwrap()));
     reply
         .as_array()
@@ -193,16 +161,6 @@ fn rm(d: &Daemon, owner: &[&str], id: &str) {
     args.extend_from_slice(owner);
     args.push(id);
     d.ok(&args);
-}
-
-/// `policy ls [FILTER] --json`.
-fn policies(d: &Daemon, filter: &[&str]) -> Vec<Value> {
-    let mut args = vec!["policy", "ls"];
-    args.extend_from_slice(filter);
-    let list = d.json(&args);
-    list.as_array()
-        .unwrap_or_else(|| panic!("policy ls answered {list}, not a list"))
-        .clone()
 }
 
 /// The Hits counter of the policy `id` as `policy ls --endpoint EP` shows
@@ -218,24 +176,8 @@ fn hits(d: &Daemon, endpoint: &str, id: &str) -> u64 {
         .unwrap_or_else(|| panic!("policy {id} has no Hits counter: {p}"))
 }
 
-/// `policy ls` without its hit counters, which count traffic, not
-/// configuration.
-fn configured(d: &Daemon) -> Vec<Value> {
-    let mut list = policies(d, &[]);
-    for p in &mut list {
-        if let Some(p) = p.as_object_mut() {
-            p.remove("Hits");
-        }
-    }
-    list
-}
-
 // ------------------------------------------------------------------------
 // Counters.
-
-fn port_stats(d: &Daemon, port: &str) -> Value {
-    d.json(&["stats", port])[0].clone()
-}
 
 fn counter(d: &Daemon, port: &str, field: &str) -> u64 {
     let s = port_stats(d, port);
@@ -244,100 +186,9 @@ fn counter(d: &Daemon, port: &str, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("stats of {port} have no {field}: {s}"))
 }
 
-fn drops(d: &Daemon, port: &str, reason: &str) -> u64 {
-    let s = port_stats(d, port);
-    s["Drops"][reason]
-        .as_u64()
-        .unwrap_or_else(|| panic!("stats of {port} have no drop reason {reason}: {s}"))
-}
-
-/// Drops for `reason` summed over `ports`: a packet one endpoint's policy
-/// stops may be counted on the port it came from or the one it was for.
-fn drops_on(d: &Daemon, ports: &[&str], reason: &str) -> u64 {
-    ports.iter().map(|p| drops(d, p, reason)).sum()
-}
-
 // ------------------------------------------------------------------------
 // Traffic, from python3 (always there where the tests run: scripts/lib.sh
 // installs it, and the harness's `send_frames` uses it already).
-
-/// Echo servers on TCP `ports` of `addr`: each connection gets back what
-/// it sends, until it closes.
-const TCP_SERVER: &str = r#"
-import socket, sys, threading
-addr = sys.argv[1]
-fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-def serve(c):
-    try:
-        while True:
-            d = c.recv(65536)
-            if not d:
-                break
-            c.sendall(d)
-    except OSError:
-        pass
-    c.close()
-def listen(port):
-    s = socket.socket(fam, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((addr, port))
-    s.listen(1024)
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
-ts = [threading.Thread(target=listen, args=(int(p),)) for p in sys.argv[2:]]
-for t in ts:
-    t.start()
-for t in ts:
-    t.join()
-"#;
-
-/// One TCP connection that sends a message and must get it back; exit
-/// status 0 if it did.
-const TCP_CLIENT: &str = r#"
-import socket, sys
-addr, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-msg = b"vswitch-policy-test"
-try:
-    s = socket.create_connection((addr, port), timeout=timeout)
-    s.sendall(msg)
-    got = b""
-    while len(got) < len(msg):
-        d = s.recv(256)
-        if not d:
-            break
-        got += d
-    s.close()
-except OSError as e:
-    sys.exit(f"{addr}:{port}: {e}")
-sys.exit(0 if got == msg else f"{addr}:{port}: echo was {got!r}")
-"#;
-
-/// A UDP echo server on `addr` port `port`.
-const UDP_ECHO: &str = r#"
-import socket, sys
-addr, port = sys.argv[1], int(sys.argv[2])
-s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((addr, port))
-while True:
-    d, peer = s.recvfrom(65536)
-    s.sendto(d, peer)
-"#;
-
-/// One UDP datagram that must come back within the timeout.
-const UDP_CLIENT: &str = r#"
-import socket, sys
-addr, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(timeout)
-msg = b"vswitch-policy-udp"
-try:
-    s.sendto(msg, (addr, port))
-    d, _ = s.recvfrom(256)
-except OSError as e:
-    sys.exit(f"{addr}:{port}: {e}")
-sys.exit(0 if d == msg else f"echo was {d!r}")
-"#;
 
 /// Listens on UDP `ports` (IPv4 and IPv6, broadcasts included) and
 /// appends "PORT PAYLOAD" lines to a file; writes "ready" once bound.
@@ -378,62 +229,10 @@ s.bind(("::" if six else "0.0.0.0", sport))
 s.sendto(payload, (dst, dport))
 "#;
 
-/// Holds TCP connections open, driven by lines on stdin: `open N TIMEOUT`
-/// opens N more (answers how many connected), `echo` sends a byte on each
-/// held connection (answers how many echoed it).
-const TCP_HOLDER: &str = r#"
-import socket, sys
-addr, port = sys.argv[1], int(sys.argv[2])
-conns = []
-for line in sys.stdin:
-    cmd = line.split()
-    if cmd[0] == "open":
-        ok = 0
-        for _ in range(int(cmd[1])):
-            try:
-                conns.append(socket.create_connection((addr, port), timeout=float(cmd[2])))
-                ok += 1
-            except OSError:
-                pass
-        print(ok, flush=True)
-    elif cmd[0] == "echo":
-        ok = 0
-        for s in conns:
-            try:
-                s.sendall(b"x")
-                if s.recv(1) == b"x":
-                    ok += 1
-            except OSError:
-                pass
-        print(ok, flush=True)
-"#;
-
-/// TCP echo servers in `ns` on `addr`'s `ports`, once all listen.
-fn tcp_servers(ns: &Netns, addr: &str, ports: &[u16]) -> KillOnDrop {
-    let ports_text: Vec<String> = ports.iter().map(u16::to_string).collect();
-    let mut args = vec!["python3", "-c", TCP_SERVER, addr];
-    args.extend(ports_text.iter().map(String::as_str));
-    let server = spawn_in(ns, &args);
-    let up = wait_until(Duration::from_secs(10), || {
-        ports.iter().all(|&p| listening(ns, 't', p))
-    });
-    assert!(up, "TCP servers on {ports:?} did not start in {}", ns.name);
-    server
-}
-
-fn udp_echo(ns: &Netns, addr: &str, port: u16) -> KillOnDrop {
-    let server = spawn_in(ns, &["python3", "-c", UDP_ECHO, addr, &port.to_string()]);
-    let up = wait_until(Duration::from_secs(10), || listening(ns, 'u', port));
-    assert!(up, "UDP echo on {port} did not start in {}", ns.name);
-    server
-}
-
-/// One TCP connection from `ns` to `addr:port` carries data both ways
-/// within a second.
+/// One TCP connection from `ns` to a [`tcp_whoami`] server on `addr:port`
+/// carries data both ways within a second.
 fn tcp_ok(ns: &Netns, addr: &str, port: u16) -> bool {
-    ns.exec(&["python3", "-c", TCP_CLIENT, addr, &port.to_string(), "1"])
-        .status
-        .success()
+    tcp_ask(ns, addr, port).is_ok()
 }
 
 /// [`tcp_ok`] retried until `timeout` (the first connection of a path
@@ -442,10 +241,10 @@ fn tcp_within(ns: &Netns, addr: &str, port: u16, timeout: Duration) -> bool {
     wait_until(timeout, || tcp_ok(ns, addr, port))
 }
 
+/// One datagram from `ns` to a [`udp_whoami`] server on `addr:port` is
+/// answered within a second.
 fn udp_ok(ns: &Netns, addr: &str, port: u16) -> bool {
-    ns.exec(&["python3", "-c", UDP_CLIENT, addr, &port.to_string(), "1"])
-        .status
-        .success()
+    udp_ask(ns, addr, port).is_ok()
 }
 
 fn udp_send(ns: &Netns, sport: u16, dst: &str, dport: u16, payload: &[u8]) {
@@ -478,7 +277,7 @@ impl UdpSink {
             _child: spawn_in(ns, &args),
             path,
         };
-        let ready = wait_until(Duration::from_secs(10), || sink.got().contains("ready"));
+        let ready = wait_until(TEN_S, || sink.got().contains("ready"));
         assert!(ready, "UDP sink on {ports:?} did not start in {}", ns.name);
         sink
     }
@@ -492,7 +291,7 @@ impl UdpSink {
     /// through the switch, and this waits until it is in.
     fn sync(&self, from: &Netns, dst: &str) {
         let marker = format!("sync-{}", unique());
-        let seen = wait_until(Duration::from_secs(10), || {
+        let seen = wait_until(TEN_S, || {
             udp_send(from, 1067, dst, SYNC_PORT, marker.as_bytes());
             self.got().contains(&marker)
         });
@@ -512,53 +311,6 @@ impl Drop for UdpSink {
 
 /// A UDP port that means nothing to the switch, for [`UdpSink::sync`].
 const SYNC_PORT: u16 = 6868;
-
-/// TCP connections held open by a python3 process in a namespace.
-struct TcpHolder {
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    _child: KillOnDrop,
-}
-
-impl TcpHolder {
-    fn start(ns: &Netns, addr: &str, port: u16) -> TcpHolder {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "python3", "-c", TCP_HOLDER, addr])
-            .arg(port.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the TCP holder");
-        TcpHolder {
-            stdin: child.stdin.take().expect("piped stdin"),
-            stdout: BufReader::new(child.stdout.take().expect("piped stdout")),
-            _child: KillOnDrop(child),
-        }
-    }
-
-    fn ask(&mut self, line: &str) -> u64 {
-        writeln!(self.stdin, "{line}").expect("write to the TCP holder");
-        let mut answer = String::new();
-        self.stdout
-            .read_line(&mut answer)
-            .expect("read from the TCP holder");
-        answer
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("TCP holder answered {answer:?} to {line:?}"))
-    }
-
-    /// Opens `n` more connections; how many connected.
-    fn open(&mut self, n: u32, timeout_s: f64) -> u64 {
-        self.ask(&format!("open {n} {timeout_s}"))
-    }
-
-    /// How many held connections echo a byte.
-    fn echo(&mut self) -> u64 {
-        self.ask("echo")
-    }
-}
 
 /// The connections `flows dump` shows for `endpoint`'s port that are TCP,
 /// to `dport`, and in `state`.
@@ -588,12 +340,12 @@ fn acl_blocks_tcp_in_by_port_and_the_lower_priority_number_wins() {
         return;
     }
     let _g = shared();
-    let lab = Lab::new(Daemon::start(), &[], &[], &[]);
+    let lab = Lab::start();
     let (d, a, b) = (&lab.d, &lab.a, &lab.b);
     let (ip_a, ip_b) = (lab.ip(10), lab.ip(11));
-    let _srv = tcp_servers(b, &ip_b, &[80, 81]);
+    let _srv = tcp_whoami(b, "ep2", &ip_b, &[80, 81]);
     assert!(
-        tcp_within(a, &ip_b, 80, Duration::from_secs(5)),
+        tcp_within(a, &ip_b, 80, FIVE_S),
         "no TCP a -> b:80 before any policy"
     );
     assert!(tcp_ok(a, &ip_b, 81));
@@ -707,10 +459,10 @@ fn acl_matches_cidrs_and_port_ranges() {
             .to_owned()
     };
     let (a6, b6) = (v6("ep1"), v6("ep2"));
-    assert!(a.ping_within(&ip_b, Duration::from_secs(5)));
-    assert!(c.ping_within(&ip_b, Duration::from_secs(5)));
-    assert!(a.ping_within(&b6, Duration::from_secs(5)));
-    assert!(c.ping_within(&b6, Duration::from_secs(5)));
+    assert!(a.ping_within(&ip_b, FIVE_S));
+    assert!(c.ping_within(&ip_b, FIVE_S));
+    assert!(a.ping_within(&b6, FIVE_S));
+    assert!(c.ping_within(&b6, FIVE_S));
 
     // IPv4 CIDR: .8/30 holds a (.10) but not c (.20).
     add(
@@ -745,10 +497,10 @@ fn acl_matches_cidrs_and_port_ranges() {
     rm(d, &ep("ep2"), "icmp6-host");
 
     // Port ranges, both edges and both neighbours.
-    let _srv = tcp_servers(b, &ip_b, &[4999, 5000, 5005, 5010, 5011]);
+    let _srv = tcp_whoami(b, "ep2", &ip_b, &[4999, 5000, 5005, 5010, 5011]);
     for port in [4999, 5000, 5005, 5010, 5011] {
         assert!(
-            tcp_within(a, &ip_b, port, Duration::from_secs(5)),
+            tcp_within(a, &ip_b, port, FIVE_S),
             "no TCP to {port} before any policy"
         );
     }
@@ -817,12 +569,12 @@ fn acl_blocks_out_and_replies_to_allowed_connections_pass() {
         return;
     }
     let _g = shared();
-    let lab = Lab::new(Daemon::start(), &[], &[], &[]);
+    let lab = Lab::start();
     let (d, a, b) = (&lab.d, &lab.a, &lab.b);
     let (ip_a, ip_b) = (lab.ip(10), lab.ip(11));
-    let _srv_b = tcp_servers(b, &ip_b, &[80, 81]);
-    let _srv_a = tcp_servers(a, &ip_a, &[80]);
-    assert!(tcp_within(a, &ip_b, 81, Duration::from_secs(5)));
+    let _srv_b = tcp_whoami(b, "ep2", &ip_b, &[80, 81]);
+    let _srv_a = tcp_whoami(a, "ep1", &ip_a, &[80]);
+    assert!(tcp_within(a, &ip_b, 81, FIVE_S));
 
     add(
         d,
@@ -857,14 +609,14 @@ fn acl_is_stateful_block_in_allow_out_lets_replies_in() {
         return;
     }
     let _g = shared();
-    let lab = Lab::new(Daemon::start(), &[], &[], &[]);
+    let lab = Lab::start();
     let (d, a, b) = (&lab.d, &lab.a, &lab.b);
     let (ip_a, ip_b) = (lab.ip(10), lab.ip(11));
-    let _tcp_a = tcp_servers(a, &ip_a, &[7000]);
-    let _tcp_b = tcp_servers(b, &ip_b, &[7000]);
-    let _udp_a = udp_echo(a, &ip_a, 7001);
-    let _udp_b = udp_echo(b, &ip_b, 7001);
-    assert!(a.ping_within(&ip_b, Duration::from_secs(5)));
+    let _tcp_a = tcp_whoami(a, "ep1", &ip_a, &[7000]);
+    let _tcp_b = tcp_whoami(b, "ep2", &ip_b, &[7000]);
+    let _udp_a = udp_whoami(a, "ep1", &ip_a, 7001);
+    let _udp_b = udp_whoami(b, "ep2", &ip_b, 7001);
+    assert!(a.ping_within(&ip_b, FIVE_S));
 
     // One document, a list, both rules.
     let added = add(
@@ -894,7 +646,11 @@ fn acl_is_stateful_block_in_allow_out_lets_replies_in() {
 
     // The connection b opened is tracked, with replies counted.
     let mut held = TcpHolder::start(b, &ip_a, 7000);
-    assert_eq!(held.open(1, 3.0), 1, "b could not open a connection to a");
+    assert_eq!(
+        held.open(1, 3.0, None).0.len(),
+        1,
+        "b could not open a connection to a"
+    );
     assert_eq!(held.echo(), 1);
     let tracked = connections(d, "ep2", 7000, "established");
     assert!(
@@ -911,11 +667,11 @@ fn default_acl_action_block_lets_only_allowed_traffic_through() {
         return;
     }
     let _g = shared();
-    let lab = Lab::new(Daemon::start(), &[], &[], &[]);
+    let lab = Lab::start();
     let (d, a, b) = (&lab.d, &lab.a, &lab.b);
     let (ip_a, ip_b) = (lab.ip(10), lab.ip(11));
-    let _srv = tcp_servers(b, &ip_b, &[7000, 7002]);
-    assert!(tcp_within(a, &ip_b, 7002, Duration::from_secs(5)));
+    let _srv = tcp_whoami(b, "ep2", &ip_b, &[7000, 7002]);
+    assert!(tcp_within(a, &ip_b, 7002, FIVE_S));
     add(
         d,
         &ep("ep2"),
@@ -960,8 +716,8 @@ fn arp_and_neighbour_discovery_are_never_blocked() {
         .as_str()
         .unwrap()
         .to_lowercase();
-    assert!(a.ping_within(&ip_b, Duration::from_secs(5)));
-    assert!(a.ping_within(&b6, Duration::from_secs(5)));
+    assert!(a.ping_within(&ip_b, FIVE_S));
+    assert!(a.ping_within(&b6, FIVE_S));
     add(
         d,
         &ep("ep2"),
@@ -997,9 +753,9 @@ fn network_policy_applies_to_every_endpoint_of_the_network() {
         return;
     }
     let _g = shared();
-    let mut lab = Lab::new(Daemon::start(), &[], &[], &[]);
+    let mut lab = Lab::start();
     let (ip_a, ip_b) = (lab.ip(10), lab.ip(11));
-    assert!(lab.a.ping_within(&ip_b, Duration::from_secs(5)));
+    assert!(lab.a.ping_within(&ip_b, FIVE_S));
     let net = lab.net.clone();
     let added = add(
         &lab.d,
@@ -1010,11 +766,8 @@ fn network_policy_applies_to_every_endpoint_of_the_network() {
     // An endpoint created afterwards gets it too.
     let c_idx = lab.add_endpoint("ep3", 12, &[]);
     let (d, a, b, c) = (&lab.d, &lab.a, &lab.b, &lab.more[c_idx]);
-    let _srv = tcp_servers(b, &ip_b, &[7000]);
-    assert!(
-        tcp_within(c, &ip_b, 7000, Duration::from_secs(5)),
-        "ep3 has no path to ep2"
-    );
+    let _srv = tcp_whoami(b, "ep2", &ip_b, &[7000]);
+    assert!(tcp_within(c, &ip_b, 7000, FIVE_S), "ep3 has no path to ep2");
     assert!(!a.ping(&ip_b), "network Block In ICMP let a ping b");
     assert!(!b.ping(&ip_a), "network Block In ICMP let b ping a");
     assert!(!c.ping(&ip_a), "network Block In ICMP let ep3 ping a");
@@ -1048,10 +801,10 @@ fn block_added_under_running_iperf3_stops_it_within_a_second() {
         return;
     }
     let _g = exclusive();
-    let lab = Lab::new(Daemon::start(), &[], &[], &[]);
+    let lab = Lab::start();
     let (d, a, b) = (&lab.d, &lab.a, &lab.b);
     let ip_b = lab.ip(11);
-    assert!(a.ping_within(&ip_b, Duration::from_secs(5)));
+    assert!(a.ping_within(&ip_b, FIVE_S));
     // A policy from the start, so the flow is in the flow cache when the
     // Block comes: the Block must take effect through the port's policy
     // generation, at the flow's next packet.
@@ -1067,12 +820,12 @@ fn block_added_under_running_iperf3_stops_it_within_a_second() {
     );
     let server = spawn_in(b, &["iperf3", "-s", "-1", "-B", &ip_b]);
     assert!(
-        wait_until(Duration::from_secs(5), || listening(b, 't', 5201)),
+        wait_until(FIVE_S, || listening(b, 't', 5201)),
         "iperf3 server did not start"
     );
     let client = spawn_in(a, &["iperf3", "-c", &ip_b, "-t", "60", "-i", "0"]);
     let tx = || counter(d, "ep2", "TxBytes");
-    let flowing = wait_until(Duration::from_secs(10), || {
+    let flowing = wait_until(TEN_S, || {
         let before = tx();
         std::thread::sleep(Duration::from_millis(200));
         tx() - before > 1_000_000
@@ -1141,10 +894,10 @@ fn qos_caps_what_an_endpoint_sends() {
         return;
     }
     let _g = exclusive();
-    let lab = Lab::new(Daemon::start(), &[], &[], &[]);
+    let lab = Lab::start();
     let (d, a, b) = (&lab.d, &lab.a, &lab.b);
     let ip_b = lab.ip(11);
-    assert!(a.ping_within(&ip_b, Duration::from_secs(5)));
+    assert!(a.ping_within(&ip_b, FIVE_S));
     // -O 1: the first second, the bucket's burst and slow start, is left
     // out.
     let measure = || iperf3_with(a, b, &ip_b, 4, &["-O", "1"]);
@@ -1192,12 +945,12 @@ fn qos_caps_what_an_endpoint_sends() {
 /// A `policy add` that must be refused: the one-line error mentions
 /// `expect`, and neither the daemon's state nor `policy ls` changed.
 fn refused_policy(d: &Daemon, owner: &[&str], text: &str, expect: &str) {
-    let before = configured(d);
+    let before = configured(d, &[]);
     let path = write_doc(d, text);
     d.refused(&add_args(owner, path.to_str().unwrap()), expect);
     assert_eq!(
         before,
-        configured(d),
+        configured(d, &[]),
         "refused policy {text} changed policy ls"
     );
 }
@@ -1208,7 +961,7 @@ fn bad_policies_are_refused_naming_the_field_and_change_nothing() {
         return;
     }
     let _g = shared();
-    let lab = Lab::new(Daemon::start(), &[], &[], &[]);
+    let lab = Lab::start();
     let d = &lab.d;
     let net = lab.net.as_str();
     add(
@@ -1329,7 +1082,7 @@ fn bad_policies_are_refused_naming_the_field_and_change_nothing() {
     }
 
     // Removing what is not there, or through the wrong owner.
-    let before = configured(d);
+    let before = configured(d, &[]);
     d.refused(
         &["policy", "rm", "--endpoint", "ep1", "nosuchid"],
         "nosuchid",
@@ -1342,11 +1095,11 @@ fn bad_policies_are_refused_naming_the_field_and_change_nothing() {
     );
     d.refused(&["policy", "ls", "--endpoint", "nosuchep"], "nosuchep");
     d.refused(&["policy", "ls", "--network", "nosuchnet"], "nosuchnet");
-    assert_eq!(before, configured(d));
+    assert_eq!(before, configured(d, &[]));
 
     // An endpoint whose initial policies are bad is not created at all.
     let c = Netns::new("pbad");
-    let bad = write_doc(d, &acl_with(r#""Protocols": "6", "LocalPorts": "70000""#));
+    let bad = write_doc(d, acl_with(r#""Protocols": "6", "LocalPorts": "70000""#));
     d.refused(
         &[
             "endpoint",
@@ -1361,7 +1114,7 @@ fn bad_policies_are_refused_naming_the_field_and_change_nothing() {
         ],
         "LocalPorts",
     );
-    assert_eq!(before, configured(d));
+    assert_eq!(before, configured(d, &[]));
     assert!(
         !c.exec(&["ip", "link", "show", "eth0"]).status.success(),
         "a refused endpoint left its interface in {}",
@@ -1411,8 +1164,8 @@ fn dhcp_guard_drops_server_messages_until_turned_off() {
         .unwrap()
         .to_owned();
     let sink = UdpSink::start(b, &[67, 68, 546, SYNC_PORT]);
-    assert!(a.ping_within(&ip_b, Duration::from_secs(5)));
-    assert!(a.ping_within(&b6, Duration::from_secs(5)));
+    assert!(a.ping_within(&ip_b, FIVE_S));
+    assert!(a.ping_within(&b6, FIVE_S));
     sink.sync(a, &ip_b);
     sink.sync(a, &b6);
 
@@ -1454,7 +1207,7 @@ fn dhcp_guard_drops_server_messages_until_turned_off() {
     d.ok(&["endpoint", "set", "ep1", "--dhcp-guard", "off"]);
     assert_eq!(endpoint_field(d, "ep1", "DhcpGuard"), false);
     let counted = drops(d, "ep1", "dhcp_guard");
-    let arrived = wait_until(Duration::from_secs(5), || {
+    let arrived = wait_until(FIVE_S, || {
         server_messages("2");
         let got = sink.got();
         ["srv-u2", "srv-b2", "srv-l2", "srv-62"]
@@ -1518,8 +1271,7 @@ fn router_guard_holds_with_allow_spoofing_until_turned_off() {
     let before = drops(d, "ep1", "router_guard");
     send_frames(a, "eth0", &[ra.clone(), ra.clone(), redirect]);
     assert!(
-        wait_until(Duration::from_secs(5), || drops(d, "ep1", "router_guard")
-            >= before + 3),
+        wait_until(FIVE_S, || drops(d, "ep1", "router_guard") >= before + 3),
         "an --allow-spoofing endpoint's RAs and redirect were not dropped as router_guard"
     );
     let has_route = || {
@@ -1531,7 +1283,7 @@ fn router_guard_holds_with_allow_spoofing_until_turned_off() {
     d.ok(&["endpoint", "set", "ep1", "--router-guard", "off"]);
     assert_eq!(endpoint_field(d, "ep1", "RouterGuard"), false);
     assert_eq!(endpoint_field(d, "ep1", "AllowSpoofing"), true);
-    let routed = wait_until(Duration::from_secs(5), || {
+    let routed = wait_until(FIVE_S, || {
         send_frames(a, "eth0", std::slice::from_ref(&ra));
         has_route()
     });
@@ -1557,13 +1309,17 @@ fn conntrack_per_port_limit_refuses_new_connections_and_keeps_old_ones() {
         &ep("ep1"),
         &acl("track", "Allow", "Out", json!({"Priority": 100})),
     );
-    let _srv = tcp_servers(b, &ip_b, &[7000]);
+    let _srv = tcp_whoami(b, "ep2", &ip_b, &[7000]);
     let mut held = TcpHolder::start(a, &ip_b, 7000);
-    assert_eq!(held.open(8, 3.0), 8, "8 connections under a limit of 8");
+    assert_eq!(
+        held.open(8, 3.0, None).0.len(),
+        8,
+        "8 connections under a limit of 8"
+    );
     assert_eq!(held.echo(), 8);
     let full = drops_on(d, &["ep1", "ep2"], "conntrack_full");
     assert_eq!(
-        held.open(1, 2.0),
+        held.open(1, 2.0, None).0.len(),
         0,
         "a 9th connection got past a limit of 8"
     );
@@ -1609,20 +1365,20 @@ fn conntrack_global_limit_counts_every_port() {
             &acl("track", "Allow", "Out", json!({"Priority": 100})),
         );
     }
-    let _srv = tcp_servers(b, &ip_b, &[7000]);
+    let _srv = tcp_whoami(b, "ep2", &ip_b, &[7000]);
     let mut from_a = TcpHolder::start(a, &ip_b, 7000);
     let mut from_c = TcpHolder::start(c, &ip_b, 7000);
-    assert_eq!(from_a.open(5, 3.0), 5);
-    assert_eq!(from_c.open(3, 3.0), 3);
+    assert_eq!(from_a.open(5, 3.0, None).0.len(), 5);
+    assert_eq!(from_c.open(3, 3.0, None).0.len(), 3);
     let all = ["ep1", "ep2", "ep3"];
     let full = drops_on(d, &all, "conntrack_full");
     assert_eq!(
-        from_a.open(1, 2.0),
+        from_a.open(1, 2.0, None).0.len(),
         0,
         "a 9th connection (from ep1) got past 8"
     );
     assert_eq!(
-        from_c.open(1, 2.0),
+        from_c.open(1, 2.0, None).0.len(),
         0,
         "a 9th connection (from ep3) got past 8"
     );
@@ -1659,13 +1415,12 @@ fn policies_survive_restarts_and_keep_holding() {
     // ep2 starts with its policy: enforced from its first packet.
     let start = write_doc(
         &d,
-        &acl(
+        acl(
             "no-web",
             "Block",
             "In",
             json!({"Protocols": "6", "LocalPorts": "80"}),
-        )
-        .to_string(),
+        ),
     );
     d.endpoint(&net, &a, &["--ip", &ip_a], "ep1");
     d.endpoint(
@@ -1689,10 +1444,10 @@ fn policies_survive_restarts_and_keep_holding() {
         &net_owner(&net),
         &acl("no-ping", "Block", "In", json!({"Protocols": "1"})),
     );
-    let _srv = tcp_servers(&lab.b, &ip_b, &[80, 81]);
+    let _srv = tcp_whoami(&lab.b, "ep2", &ip_b, &[80, 81]);
     let holds = |lab: &Lab, when: &str| {
         assert!(
-            tcp_within(&lab.a, &ip_b, 81, Duration::from_secs(5)),
+            tcp_within(&lab.a, &ip_b, 81, FIVE_S),
             "{when}: no TCP a -> b:81"
         );
         assert!(
@@ -1703,19 +1458,19 @@ fn policies_survive_restarts_and_keep_holding() {
         assert!(!lab.b.ping(&ip_a), "{when}: no-ping let b ping a");
     };
     holds(&lab, "before any restart");
-    let before = (configured(&lab.d), lab.d.json(&["endpoint", "ls"]));
+    let before = (configured(&lab.d, &[]), lab.d.json(&["endpoint", "ls"]));
     assert_eq!(before.0.len(), 3, "{:?}", before.0);
 
     lab.d.kill9();
     lab.d.spawn();
-    let after = (configured(&lab.d), lab.d.json(&["endpoint", "ls"]));
+    let after = (configured(&lab.d, &[]), lab.d.json(&["endpoint", "ls"]));
     assert_eq!(before, after, "policies differ after kill -9 and restart");
     holds(&lab, "after kill -9 and restart");
 
     let status = lab.d.terminate();
     assert!(status.success(), "vswitchd exited with {status}");
     lab.d.spawn();
-    let after = (configured(&lab.d), lab.d.json(&["endpoint", "ls"]));
+    let after = (configured(&lab.d, &[]), lab.d.json(&["endpoint", "ls"]));
     assert_eq!(before, after, "policies differ after a clean restart");
     holds(&lab, "after a clean restart");
     // Still removable, by the same ids.
@@ -1735,11 +1490,11 @@ fn trace_names_the_blocking_rule_and_the_forwarding_port() {
         return;
     }
     let _g = shared();
-    let lab = Lab::new(Daemon::start(), &[], &[], &[]);
+    let lab = Lab::start();
     let (d, a, b) = (&lab.d, &lab.a, &lab.b);
     let (ip_a, ip_b) = (lab.ip(10), lab.ip(11));
     // Both MACs learned, so an allowed packet is forwarded, not flooded.
-    assert!(a.ping_within(&ip_b, Duration::from_secs(5)));
+    assert!(a.ping_within(&ip_b, FIVE_S));
     assert!(b.ping(&ip_a));
     add(
         d,
@@ -1797,7 +1552,7 @@ fn trace_names_the_blocking_rule_and_the_forwarding_port() {
     );
 
     // And the datapath agrees with the trace.
-    let _srv = tcp_servers(b, &ip_b, &[80, 81]);
-    assert!(tcp_within(a, &ip_b, 81, Duration::from_secs(5)));
+    let _srv = tcp_whoami(b, "ep2", &ip_b, &[80, 81]);
+    assert!(tcp_within(a, &ip_b, 81, FIVE_S));
     assert!(!tcp_ok(a, &ip_b, 80));
 }

@@ -1,12 +1,17 @@
 //! Harness for the integration tests: a private `vswitchd` per test, network
-//! namespaces with unique names, and wait-until helpers. Everything a test
-//! creates is removed on drop, also when the test fails.
+//! namespaces with unique names, and wait-until helpers; and what several
+//! test files use to build their topologies, make traffic (python3 programs
+//! whose servers say whom they saw) and read policies and counters back.
+//! Everything a test creates is removed on drop, also when the test fails.
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -1073,6 +1078,473 @@ pub fn neighbour_advert(target: std::net::Ipv6Addr, mac: [u8; 6]) -> Vec<u8> {
 /// The all-nodes multicast group and its MAC.
 pub const ALL_NODES: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 pub const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
+// ---------------------------------------------------------------------------
+// Scheduling: measurements alone.
+
+static MEASURE: RwLock<()> = RwLock::new(());
+
+/// Held by a test whose only traffic is functional (a few packets): any
+/// number of them run side by side.
+pub fn shared() -> RwLockReadGuard<'static, ()> {
+    MEASURE.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Held by a test that measures rates or delays: no other test of its
+/// binary that holds [`shared`] or [`exclusive`] runs meanwhile (the
+/// machine has two cores, and vswitchd's datapath thread takes one).
+pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    MEASURE.write().unwrap_or_else(|p| p.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// Pieces of a test's own topology.
+
+pub const FIVE_S: Duration = Duration::from_secs(5);
+pub const TEN_S: Duration = Duration::from_secs(10);
+
+/// A veth pair: `a_if` in `a`, `b_if` in `b`, both up, no address.
+pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+    a.ok(&[
+        "ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ]);
+    a.ok(&["ip", "link", "set", a_if, "up"]);
+    b.ok(&["ip", "link", "set", b_if, "up"]);
+}
+
+/// No ICMP rate limit in `ns`: every probe of a test gets its answer or
+/// its error.
+pub fn quick_icmp(ns: &Netns) {
+    ns.ok(&["sysctl", "-q", "-w", "net.ipv4.icmp_ratelimit=0"]);
+}
+
+/// Turns IPv6 off in `ns`: no router solicitations or MLD reports, nothing
+/// but the test's own packets (that a connection count or a port pool
+/// could include).
+pub fn no_ipv6(ns: &Netns) {
+    for scope in ["all", "default"] {
+        ns.ok(&[
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("net.ipv6.conf.{scope}.disable_ipv6=1"),
+        ]);
+    }
+}
+
+/// The ephemeral ports of `ns` (`net.ipv4.ip_local_port_range`).
+pub fn ephemeral_ports(ns: &Netns) -> RangeInclusive<u16> {
+    let text = ns.ok(&["cat", "/proc/sys/net/ipv4/ip_local_port_range"]);
+    let mut it = text.split_whitespace().map(|p| p.parse::<u16>().unwrap());
+    let (lo, hi) = (it.next().unwrap(), it.next().unwrap());
+    lo..=hi
+}
+
+/// The default NAT pool of a vswitchd running in `ns`: the ports above its
+/// ephemeral ones.
+pub fn default_nat_pool(ns: &Netns) -> RangeInclusive<u16> {
+    (ephemeral_ports(ns).end() + 1).max(1024)..=65535
+}
+
+/// Pings `addr` from `ns` until answered, then 3 more: at least one of
+/// those must be answered too.
+pub fn pings(ns: &Netns, addr: &str) -> bool {
+    ns.ping_within(addr, TEN_S)
+        && ns
+            .exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", addr])
+            .status
+            .success()
+}
+
+/// (source, destination, ICMP type, echo id) of an IPv4 ICMP frame.
+pub fn icmp4(frame: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, u8, u16)> {
+    if frame.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    let ihl = usize::from(ip.first()? & 0x0f) * 4;
+    if *ip.get(9)? != 1 {
+        return None;
+    }
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let icmp = ip.get(ihl..ihl + 8)?;
+    Some((src, dst, icmp[0], u16::from_be_bytes([icmp[4], icmp[5]])))
+}
+
+// ---------------------------------------------------------------------------
+// Traffic, from small python3 programs (there is no nc or socat where the
+// tests run; scripts/lib.sh installs python3). Their servers answer with
+// what they saw, `TAG PEER_IP PEER_PORT` (see [`TCP_WHOAMI`]), so a test
+// reads the source address straight from the machine that received it.
+
+/// TCP servers on `addr`'s ports (argv[3:]): each connection is first told
+/// `TAG PEER_IP PEER_PORT\n` (who the server saw), then gets back what it
+/// sends until it closes.
+pub const TCP_WHOAMI: &str = r#"
+import socket, sys, threading
+tag, addr = sys.argv[1], sys.argv[2]
+def serve(c, peer):
+    try:
+        c.sendall(f"{tag} {peer[0]} {peer[1]}\n".encode())
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            c.sendall(d)
+    except OSError:
+        pass
+    c.close()
+def listen(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(1024)
+    while True:
+        c, peer = s.accept()
+        threading.Thread(target=serve, args=(c, peer), daemon=True).start()
+ts = [threading.Thread(target=listen, args=(int(p),)) for p in sys.argv[3:]]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+"#;
+
+/// One TCP connection to a [`TCP_WHOAMI`] server (from source port argv[4]
+/// if given): prints the greeting once a line sent has come back. Exit
+/// status 3: refused, 4: timed out, 1: anything else.
+pub const TCP_ASK: &str = r#"
+import socket, sys
+addr, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+sport = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+def line(s):
+    got = b""
+    while not got.endswith(b"\n"):
+        d = s.recv(256)
+        if not d:
+            raise OSError(f"closed after {got!r}")
+        got += d
+    return got
+try:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    if sport:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", sport))
+    s.connect((addr, port))
+    hello = line(s)
+    s.sendall(b"vswitch-test\n")
+    back = line(s)
+    s.close()
+except ConnectionRefusedError as e:
+    sys.exit(print(f"refused: {e}", file=sys.stderr) or 3)
+except socket.timeout as e:
+    sys.exit(print(f"timeout: {e}", file=sys.stderr) or 4)
+except OSError as e:
+    sys.exit(f"{addr}:{port}: {e}")
+if back != b"vswitch-test\n":
+    sys.exit(f"echo was {back!r}")
+print(hello.decode().strip())
+"#;
+
+/// A UDP server on `addr` port argv[3]: answers each datagram with
+/// `TAG PEER_IP PEER_PORT`.
+pub const UDP_WHOAMI: &str = r#"
+import socket, sys
+tag, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((addr, port))
+while True:
+    d, peer = s.recvfrom(65536)
+    s.sendto(f"{tag} {peer[0]} {peer[1]}\n".encode(), peer)
+"#;
+
+/// One datagram on a connected UDP socket (from source port argv[4] if
+/// given); prints the answer. Exit status 3: refused (an ICMP port
+/// unreachable came back), 4: no answer in time.
+pub const UDP_ASK: &str = r#"
+import socket, sys
+addr, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+sport = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(timeout)
+if sport:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", sport))
+try:
+    s.connect((addr, port))
+    s.send(b"vswitch-test-udp")
+    d = s.recv(256)
+except ConnectionRefusedError as e:
+    sys.exit(print(f"refused: {e}", file=sys.stderr) or 3)
+except socket.timeout as e:
+    sys.exit(print(f"timeout: {e}", file=sys.stderr) or 4)
+except OSError as e:
+    sys.exit(f"{addr}:{port}: {e}")
+print(d.decode().strip())
+"#;
+
+/// Holds TCP connections to a [`TCP_WHOAMI`] server, driven by lines on
+/// stdin, answering each with one JSON line: `open N TIMEOUT [SPORT]` opens
+/// N more (`{"ok": n, "peers": [greetings], "errors": [...]}`), `echo`
+/// sends a line on each held connection (`{"ok": n}`: how many echoed it).
+pub const TCP_HOLDER: &str = r#"
+import json, socket, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+conns = []
+def line(s):
+    got = b""
+    while not got.endswith(b"\n"):
+        d = s.recv(256)
+        if not d:
+            raise OSError(f"closed after {got!r}")
+        got += d
+    return got
+for cmd in sys.stdin:
+    cmd = cmd.split()
+    if cmd[0] == "open":
+        peers, errors = [], []
+        for _ in range(int(cmd[1])):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(float(cmd[2]))
+            try:
+                if len(cmd) > 3:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind(("0.0.0.0", int(cmd[3])))
+                s.connect((addr, port))
+                peers.append(line(s).decode().strip())
+                conns.append(s)
+            except OSError as e:
+                errors.append(str(e))
+                s.close()
+        print(json.dumps({"ok": len(peers), "peers": peers, "errors": errors}), flush=True)
+    elif cmd[0] == "echo":
+        ok = 0
+        for s in conns:
+            try:
+                s.sendall(b"x\n")
+                if line(s) == b"x\n":
+                    ok += 1
+            except OSError:
+                pass
+        print(json.dumps({"ok": ok}), flush=True)
+"#;
+
+/// [`TCP_WHOAMI`] servers in `ns` on `addr`'s `ports`, once all listen.
+pub fn tcp_whoami(ns: &Netns, tag: &str, addr: &str, ports: &[u16]) -> KillOnDrop {
+    let ports_text: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let mut args = vec!["python3", "-c", TCP_WHOAMI, tag, addr];
+    args.extend(ports_text.iter().map(String::as_str));
+    let server = spawn_in(ns, &args);
+    let up = wait_until(TEN_S, || ports.iter().all(|&p| listening(ns, 't', p)));
+    assert!(up, "TCP servers on {ports:?} did not start in {}", ns.name);
+    server
+}
+
+/// A [`UDP_WHOAMI`] server in `ns` on `addr:port`, once it listens.
+pub fn udp_whoami(ns: &Netns, tag: &str, addr: &str, port: u16) -> KillOnDrop {
+    let server = spawn_in(
+        ns,
+        &["python3", "-c", UDP_WHOAMI, tag, addr, &port.to_string()],
+    );
+    let up = wait_until(TEN_S, || listening(ns, 'u', port));
+    assert!(up, "UDP server on {port} did not start in {}", ns.name);
+    server
+}
+
+/// What a whoami server answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub tag: String,
+    pub ip: String,
+    pub port: u16,
+}
+
+impl Seen {
+    pub fn parse(text: &str) -> Seen {
+        let f: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(f.len(), 3, "not a whoami answer: {text:?}");
+        Seen {
+            tag: f[0].to_owned(),
+            ip: f[1].to_owned(),
+            port: f[2]
+                .parse()
+                .unwrap_or_else(|_| panic!("not a port in {text:?}")),
+        }
+    }
+}
+
+/// How an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Refused,
+    Timeout,
+    Other,
+}
+
+/// What a whoami server saw, or how and why the attempt failed.
+pub type Answer = Result<Seen, (Failure, String)>;
+
+/// Runs `program` ([`TCP_ASK`] or [`UDP_ASK`]) in `ns` towards
+/// `addr:port`, from `sport` if given, with a 1 s timeout.
+pub fn ask(program: &str, ns: &Netns, addr: &str, port: u16, sport: Option<u16>) -> Answer {
+    let port = port.to_string();
+    let sport = sport.map(|p| p.to_string());
+    let mut args = vec!["python3", "-c", program, addr, &port, "1"];
+    if let Some(s) = &sport {
+        args.push(s);
+    }
+    let out = ns.exec(&args);
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    match out.status.code() {
+        Some(0) => Ok(Seen::parse(&String::from_utf8_lossy(&out.stdout))),
+        Some(3) => Err((Failure::Refused, err)),
+        Some(4) => Err((Failure::Timeout, err)),
+        _ => Err((Failure::Other, err)),
+    }
+}
+
+pub fn tcp_ask(ns: &Netns, addr: &str, port: u16) -> Answer {
+    ask(TCP_ASK, ns, addr, port, None)
+}
+
+pub fn udp_ask(ns: &Netns, addr: &str, port: u16) -> Answer {
+    ask(UDP_ASK, ns, addr, port, None)
+}
+
+/// Retries `attempt` until it answers or `timeout` passes (the first
+/// packet towards a next hop not resolved yet may be dropped); panics with
+/// the last failure.
+pub fn within(what: &str, timeout: Duration, mut attempt: impl FnMut() -> Answer) -> Seen {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match attempt() {
+            Ok(seen) => return seen,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("{what}: no answer within {timeout:?}; last attempt: {e:?}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// TCP connections held open by a [`TCP_HOLDER`] process in a namespace.
+pub struct TcpHolder {
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    _child: KillOnDrop,
+}
+
+impl TcpHolder {
+    /// A holder in `ns` for connections to the [`TCP_WHOAMI`] server on
+    /// `addr:port`; it opens none yet.
+    pub fn start(ns: &Netns, addr: &str, port: u16) -> TcpHolder {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", TCP_HOLDER, addr])
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the TCP holder");
+        TcpHolder {
+            stdin: child.stdin.take().expect("piped stdin"),
+            stdout: BufReader::new(child.stdout.take().expect("piped stdout")),
+            _child: KillOnDrop(child),
+        }
+    }
+
+    fn command(&mut self, line: &str) -> Value {
+        writeln!(self.stdin, "{line}").expect("write to the TCP holder");
+        let mut answer = String::new();
+        self.stdout
+            .read_line(&mut answer)
+            .expect("read from the TCP holder");
+        serde_json::from_str(&answer)
+            .unwrap_or_else(|_| panic!("TCP holder answered {answer:?} to {line:?}"))
+    }
+
+    /// Opens `n` more connections, each given `timeout_s` seconds, from
+    /// source port `sport` if given; what their servers saw, and the errors
+    /// of those that did not connect.
+    pub fn open(&mut self, n: u32, timeout_s: f64, sport: Option<u16>) -> (Vec<Seen>, Vec<String>) {
+        let line = match sport {
+            Some(p) => format!("open {n} {timeout_s} {p}"),
+            None => format!("open {n} {timeout_s}"),
+        };
+        let answer = self.command(&line);
+        let peers = answer["peers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{answer}"))
+            .iter()
+            .map(|p| Seen::parse(p.as_str().unwrap_or_default()))
+            .collect();
+        let errors = answer["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{answer}"))
+            .iter()
+            .map(|e| e.as_str().unwrap_or_default().to_owned())
+            .collect();
+        (peers, errors)
+    }
+
+    /// How many held connections echo a line.
+    pub fn echo(&mut self) -> u64 {
+        self.command("echo")["ok"].as_u64().unwrap_or(0)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Policies and counters, as vswitchctl shows them.
+
+/// `policy ls [FILTER] --json`.
+pub fn policies(d: &Daemon, filter: &[&str]) -> Vec<Value> {
+    let mut args = vec!["policy", "ls"];
+    args.extend_from_slice(filter);
+    let list = d.json(&args);
+    list.as_array()
+        .unwrap_or_else(|| panic!("policy ls answered {list}, not a list"))
+        .clone()
+}
+
+/// [`policies`] without their hit counters, which count traffic, not
+/// configuration.
+pub fn configured(d: &Daemon, filter: &[&str]) -> Vec<Value> {
+    let mut list = policies(d, filter);
+    for p in &mut list {
+        if let Some(p) = p.as_object_mut() {
+            p.remove("Hits");
+        }
+    }
+    list
+}
+
+/// Writes a policy document into the daemon's test directory (removed
+/// with it).
+pub fn write_doc(d: &Daemon, doc: impl std::fmt::Display) -> PathBuf {
+    let path = d.dir.join(format!("policy-{}.json", unique()));
+    std::fs::write(&path, doc.to_string()).expect("write policy file");
+    path
+}
+
+/// `stats PORT --json`: the counters of one port.
+pub fn port_stats(d: &Daemon, port: &str) -> Value {
+    d.json(&["stats", port])[0].clone()
+}
+
+/// The drops of `port` for `reason`.
+pub fn drops(d: &Daemon, port: &str, reason: &str) -> u64 {
+    let s = port_stats(d, port);
+    s["Drops"][reason]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stats of {port} have no drop reason {reason}: {s}"))
+}
+
+/// Drops for `reason` summed over `ports`: a packet one endpoint's policy
+/// stops may be counted on the port it came from or the one it was for.
+pub fn drops_on(d: &Daemon, ports: &[&str], reason: &str) -> u64 {
+    ports.iter().map(|p| drops(d, p, reason)).sum()
+}
 
 #[cfg(test)]
 mod tests {
