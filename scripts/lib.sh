@@ -7,7 +7,7 @@ VSWITCHD="$BIN/vswitchd"
 VSWITCHCTL="$BIN/vswitchctl"
 
 # Debian packages the build, the tests, the lab and the benchmarks use.
-PACKAGES=(clang llvm libbpf-dev iproute2 iputils-ping iperf3 tcpdump ethtool procps python3 bpftool iptables)
+PACKAGES=(clang llvm libbpf-dev iproute2 iputils-ping iperf3 tcpdump ethtool procps python3 bpftool iptables prometheus)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -29,7 +29,19 @@ install_deps() {
         say "installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq "${missing[@]}" >/dev/null
+        # Packages are tools here, not services: prometheus (for promtool)
+        # would otherwise start its server and exporter where systemd runs.
+        # policy-rc.d 101 is Debian's way to say "start nothing".
+        local guard=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            guard=/usr/sbin/policy-rc.d
+            printf '#!/bin/sh\nexit 101\n' > "$guard" && chmod 755 "$guard"
+        fi
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || {
+            [ -z "$guard" ] || rm -f "$guard"
+            die "apt-get install ${missing[*]} failed"
+        }
+        [ -z "$guard" ] || rm -f "$guard"
     fi
     command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
     command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain"

@@ -4,7 +4,8 @@
 //! The crate is the daemon's library: `control` serves the API and owns the
 //! state, `datapath` moves frames between `port`s as the `pipeline` decides
 //! (with the `fdb`), `netns`
-//! plumbs links and addresses over netlink, `wire` parses packets.
+//! plumbs links and addresses over netlink, `wire` parses packets,
+//! `metrics` serves Prometheus scrapes.
 
 pub use vswitch_api as api;
 
@@ -13,6 +14,7 @@ pub mod datapath;
 pub mod ebpf;
 pub mod fdb;
 pub mod ifname;
+pub mod metrics;
 pub mod netns;
 pub mod pipeline;
 pub mod policy;

@@ -1,7 +1,9 @@
 //! `vswitchd`: the switch daemon. Owns the networks and endpoints, serves the
-//! control API on a Unix socket, and runs the datapath.
+//! control API on a Unix socket (and, with `--metrics`, Prometheus scrapes
+//! over TCP), and runs the datapath.
 
 use std::fs::{self, OpenOptions};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -15,6 +17,7 @@ use tracing_subscriber::filter::LevelFilter;
 use vswitch::api::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 use vswitch::control::server::Server;
 use vswitch::control::Controller;
+use vswitch::metrics::MetricsServer;
 use vswitch::pipeline::conntrack::Limits;
 
 /// The vswitch daemon: a software switch reproducing the Hyper-V virtual
@@ -48,6 +51,19 @@ struct Args {
     /// busy endpoint cannot take the whole table.
     #[arg(long, default_value_t = Limits::default().per_port, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16_777_216))]
     conntrack_max_per_port: usize,
+    /// Serve Prometheus metrics at http://ADDRESS/metrics (an IP address
+    /// and port, e.g. 127.0.0.1:9477). Off unless given; anyone who can
+    /// reach the address can read the counters and names.
+    #[arg(long, value_name = "ADDRESS", value_parser = metrics_address)]
+    metrics: Option<SocketAddr>,
+}
+
+/// `--metrics`: an IP address and port; host names are not resolved (a
+/// daemon's listening address should not depend on DNS at boot).
+fn metrics_address(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("'{text}' is not an IP address and port, such as 127.0.0.1:9477 or [::1]:9477")
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,6 +100,14 @@ fn main() -> anyhow::Result<()> {
     // and clients that connect during restore simply wait for the lock.
     let server = Server::bind(&args.socket)
         .with_context(|| format!("listen on {}", args.socket.display()))?;
+    // A taken metrics address, too, stops the daemon before it touches
+    // the kernel.
+    let metrics = args
+        .metrics
+        .map(|addr| {
+            MetricsServer::bind(addr).with_context(|| format!("--metrics: cannot listen on {addr}"))
+        })
+        .transpose()?;
     let controller = Controller::open(
         &args.state_dir,
         Limits {
@@ -93,6 +117,19 @@ fn main() -> anyhow::Result<()> {
     )
     .context("restore state")?;
     let controller = Arc::new(Mutex::new(controller));
+    if let Some(metrics) = metrics {
+        let addr = metrics.local_addr().context("metrics listener address")?;
+        let ctl = controller.clone();
+        metrics
+            .spawn(move || {
+                ctl.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .metrics_text()
+                    .map_err(|e| e.to_string())
+            })
+            .context("start the metrics thread")?;
+        tracing::info!(address = %addr, "serving metrics at /metrics");
+    }
 
     let stop = server.stop_handle();
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("install signal handlers")?;

@@ -11,11 +11,12 @@
 //! as an API error). Here: the controller, restoring it on start, request
 //! dispatch and saving. [`policies`]: HNS policies and the port settings
 //! (`endpoint set`) that compile into an endpoint's layers; [`trace`]: the
-//! trace and flow dump requests.
+//! trace and flow dump requests; [`metrics`]: what `/metrics` shows.
 
 mod endpoints;
 mod errors;
 mod ipam;
+mod metrics;
 mod natmode;
 mod networks;
 mod options;

@@ -18,6 +18,14 @@ use crate::api::{self, ApiError, ErrorKind};
 use crate::pipeline::{Guards, Layers};
 use crate::policy::{parse_policy, Acl, AclAction, Policy, PolicyError};
 
+/// ACL hit counts by (endpoint id, policy id) and, summed over a network's
+/// endpoints, by (network id, policy id).
+#[derive(Default)]
+struct Hits<'a> {
+    endpoint: HashMap<(&'a str, &'a str), u64>,
+    network: HashMap<(&'a str, &'a str), u64>,
+}
+
 /// Whose policies a request is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Owner {
@@ -415,23 +423,39 @@ impl Controller {
     }
 
     /// Every ACL policy's hits, over every endpoint using it: one pass, so
-    /// listing 10,000 rules is not 10,000 passes.
-    fn hits(&self) -> HashMap<&str, u64> {
-        let mut out: HashMap<&str, u64> = HashMap::new();
-        for p in self.endpoints.values().filter_map(|rt| rt.port.as_ref()) {
+    /// listing 10,000 rules is not 10,000 passes. Counted per owner, not
+    /// per id alone: two endpoints may each have an ACL of the same `Id`
+    /// (ids are unique only among the policies that apply to one
+    /// endpoint), and each has its own count.
+    fn hits(&self) -> Hits<'_> {
+        let mut out = Hits::default();
+        for ep in &self.state.endpoints {
+            let Some(p) = self.endpoints.get(&ep.id).and_then(|rt| rt.port.as_ref()) else {
+                continue;
+            };
             for (id, h) in p.rule_ids.iter().zip(p.layers.hits.iter()) {
-                *out.entry(id.as_str()).or_default() += h.load(Ordering::Relaxed);
+                let n = h.load(Ordering::Relaxed);
+                *out.endpoint.entry((&ep.id, id)).or_default() += n;
+                *out.network.entry((&ep.network_id, id)).or_default() += n;
             }
         }
         out
     }
 
-    fn view(&self, r: &PolicyRecord, owner: Owner, hits: &HashMap<&str, u64>) -> api::PolicyView {
+    fn view(&self, r: &PolicyRecord, owner: Owner, hits: &Hits<'_>) -> api::PolicyView {
         let policy = parse_policy(&r.document, "").ok();
         let is_acl = matches!(policy, Some(Policy::Acl(_)));
-        let (endpoint, network) = match owner {
-            Owner::Endpoint(i) => (Some(self.state.endpoints[i].name.clone()), None),
-            Owner::Network(i) => (None, Some(self.state.networks[i].name.clone())),
+        let (endpoint, network, count) = match owner {
+            Owner::Endpoint(i) => {
+                let ep = &self.state.endpoints[i];
+                let count = hits.endpoint.get(&(ep.id.as_str(), r.id.as_str()));
+                (Some(ep.name.clone()), None, count)
+            }
+            Owner::Network(i) => {
+                let net = &self.state.networks[i];
+                let count = hits.network.get(&(net.id.as_str(), r.id.as_str()));
+                (None, Some(net.name.clone()), count)
+            }
         };
         api::PolicyView {
             id: r.id.clone(),
@@ -439,7 +463,7 @@ impl Controller {
             endpoint,
             network,
             settings: r.document.clone(),
-            hits: is_acl.then(|| hits.get(r.id.as_str()).copied().unwrap_or(0)),
+            hits: is_acl.then(|| count.copied().unwrap_or(0)),
         }
     }
 

@@ -37,7 +37,7 @@ use crate::pipeline::nat::NatConfig;
 use crate::pipeline::verdict::pop_vlan;
 use crate::pipeline::{
     apply, Decision, FlowInfo, HeaderTransform, Layers, NetworkConfig, Pipeline, PortPolicy,
-    PortRole, TraceStep, Verdict,
+    PortRole, TableSizes, TraceStep, Verdict,
 };
 use crate::port::{Packet, PortIo, VirtioNetHdr, BATCH, UPLINK_BATCH};
 use crate::sys::{Epoll, EventFd};
@@ -128,6 +128,7 @@ enum Command {
         security: Option<PortSecurity>,
     },
     FlowStats,
+    TableSizes,
     DumpFlows {
         port: Option<PortId>,
     },
@@ -154,6 +155,7 @@ enum Outcome {
     Done,
     Fdb(Vec<(MacAddr, PortId, Duration)>),
     FlowStats(Vec<(PortId, CacheStats, usize)>),
+    TableSizes(TableSizes),
     Flows(Vec<FlowInfo>, Vec<ConnInfo>),
     Trace(Option<TraceResult>),
     Failed(io::Error),
@@ -283,6 +285,14 @@ impl Datapath {
         match self.call(Command::FlowStats)? {
             Outcome::FlowStats(s) => Ok(s),
             _ => Ok(Vec::new()),
+        }
+    }
+
+    /// How full the FDBs, NAT pools and connection table are.
+    pub fn table_sizes(&self) -> io::Result<TableSizes> {
+        match self.call(Command::TableSizes)? {
+            Outcome::TableSizes(s) => Ok(s),
+            _ => Ok(TableSizes::default()),
         }
     }
 
@@ -685,6 +695,7 @@ impl Worker {
                 Outcome::Done
             }
             Command::FlowStats => Outcome::FlowStats(t.pipeline.flow_stats()),
+            Command::TableSizes => Outcome::TableSizes(t.pipeline.table_sizes()),
             Command::DumpFlows { port } => {
                 let now = Instant::now();
                 Outcome::Flows(

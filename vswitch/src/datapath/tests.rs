@@ -917,6 +917,12 @@ fn nat_translates_out_and_back() {
     let (s, d, sp, dp) = l4_ports(&out[0]);
     assert_eq!((s, d, dp), (NAT_ADDR, REMOTE, 80));
     assert!((61000..=61009).contains(&sp));
+    // What /metrics reads: one TCP port taken, one connection tracked.
+    let sizes = sw.worker.tables.pipeline.table_sizes();
+    assert_eq!(sizes.nat_ports, vec![(1, [1, 0, 0])]);
+    assert_eq!(sizes.conntrack, 1);
+    assert_eq!(sizes.fdb.len(), 1);
+    assert_eq!(sizes.fdb[0].0, 1);
     // The reply comes back to the endpoint, from the gateway.
     sw.send_wire(
         10,

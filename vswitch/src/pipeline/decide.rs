@@ -141,6 +141,19 @@ struct Network {
     nat: Option<Nat>,
 }
 
+/// How full the tables that grow with traffic are (for `/metrics`): each
+/// an O(1) read, so a scrape does not hold up the datapath thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableSizes {
+    /// FDB entries per network, counting those expired since the last
+    /// aging tick (a second at most) and not removed yet.
+    pub fdb: Vec<(NetId, usize)>,
+    /// NAT ports in use per nat network: TCP, UDP, ICMP.
+    pub nat_ports: Vec<(NetId, [usize; 3])>,
+    /// Tracked connections, all zones.
+    pub conntrack: usize,
+}
+
 /// A network as the pipeline is told about it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NetworkConfig {
@@ -667,6 +680,15 @@ impl Pipeline {
             .iter()
             .filter_map(|(&id, n)| Some((id, n.nat.as_ref()?.in_use())))
             .collect()
+    }
+
+    /// See [`TableSizes`].
+    pub fn table_sizes(&self) -> TableSizes {
+        TableSizes {
+            fdb: self.nets.iter().map(|(&id, n)| (id, n.fdb.len())).collect(),
+            nat_ports: self.nat_in_use(),
+            conntrack: self.conntrack.len(),
+        }
     }
 
     /// Gives NAT ports of connections conntrack removed back to their

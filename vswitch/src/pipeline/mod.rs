@@ -26,7 +26,9 @@ pub mod translate;
 pub mod verdict;
 
 pub use classify::{classify, Direction, FlowKey, PacketMeta};
-pub use decide::{Decision, FlowInfo, NetworkConfig, Pipeline, PortPolicy, PortRole, TraceStep};
+pub use decide::{
+    Decision, FlowInfo, NetworkConfig, Pipeline, PortPolicy, PortRole, TableSizes, TraceStep,
+};
 pub use forward::{Guards, PortSecurity};
 pub use layers::{AclOutcome, Layers};
 pub use verdict::{apply, HeaderTransform, Verdict};
