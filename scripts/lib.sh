@@ -37,11 +37,17 @@ install_deps() {
             guard=/usr/sbin/policy-rc.d
             printf '#!/bin/sh\nexit 101\n' > "$guard" && chmod 755 "$guard"
         fi
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || {
-            [ -z "$guard" ] || rm -f "$guard"
-            die "apt-get install ${missing[*]} failed"
-        }
+        # prometheus is wanted for promtool only: not its recommended
+        # exporters. Everything else installs as it always has.
+        local tools=() bare=()
+        for p in "${missing[@]}"; do
+            case "$p" in prometheus) bare+=("$p") ;; *) tools+=("$p") ;; esac
+        done
+        local ok=1
+        [ "${#tools[@]}" -eq 0 ] || apt-get install -y -qq "${tools[@]}" >/dev/null || ok=0
+        [ "${#bare[@]}" -eq 0 ] || apt-get install -y -qq --no-install-recommends "${bare[@]}" >/dev/null || ok=0
         [ -z "$guard" ] || rm -f "$guard"
+        [ "$ok" -eq 1 ] || die "apt-get install ${missing[*]} failed"
     fi
     command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
     command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain"
