@@ -7,7 +7,9 @@
 # vswitch. An l2bridge network (10.77.0.0/24, 2 endpoints) runs on lab-up0
 # and a transparent one (10.78.0.0/24, 1 endpoint) on lab-up1; lab-outside
 # pings them, runs iperf3 to them, and shows its neighbour table: one MAC for
-# every l2bridge endpoint, each transparent endpoint with its own.
+# every l2bridge endpoint, each transparent endpoint with its own. A nat
+# network on lab-up2 translates its endpoint (lab-n1) to this host's
+# 10.77.0.3, maps 10.77.0.3:8080 to lab-n1:80, and carries an HNS ACL.
 # Leaves the lab up for you to explore.
 #
 #   scripts/lab.sh          bring the lab up (again: it is idempotent)
@@ -29,8 +31,12 @@ NAMESPACES=(lab-a lab-b lab-c)
 FABRIC=lab-fabric
 OUTSIDE=lab-outside
 BRIDGE=br0
-UPLINKS=(lab-up0 lab-up1)
+UPLINKS=(lab-up0 lab-up1 lab-up2)
 HOST_ADDR=10.77.0.2/24
+# The nat network's uplink address: what lab-outside sees its endpoint as.
+NAT_ADDR=10.77.0.3/24
+NAT_NET=lab-nat
+NAT_EP=lab-n1
 OUTSIDE_ADDRS=(10.77.0.1/24 10.78.0.1/24)
 L2_NET=lab-l2bridge
 L2_SUBNET=10.77.0.0/24
@@ -116,6 +122,7 @@ fabric_up() {
         sysctl -qw "net.ipv4.conf.${UPLINKS[$i]}.arp_ignore=1"
     done
     add_addr "" "${UPLINKS[0]}" "$HOST_ADDR"
+    add_addr "" "${UPLINKS[2]}" "$NAT_ADDR"
 }
 
 uplink_lab() {
@@ -149,6 +156,7 @@ uplink_lab() {
     iperf "$OUTSIDE" lab-l2a "$(ep_ip lab-l2a IPAddress)" 2 "to an l2bridge endpoint"
     iperf "$OUTSIDE" lab-tr "$(ep_ip lab-tr IPAddress)" 2 "to a transparent endpoint"
 
+    nat_lab
     echo
     say "$OUTSIDE's neighbour table: l2bridge endpoints share one MAC, transparent ones have their own"
     ip -n "$OUTSIDE" neigh show dev eth0 | grep -E '^10\.7[78]\.' | sort -V | sed 's/^/    /'
@@ -158,6 +166,45 @@ uplink_lab() {
         IFS=: read -r ep net addr <<<"$spec"
         printf '    %-24s %s\n' "endpoint $ep ($net)" "$(ep_ip "$ep" MacAddress)"
     done
+}
+
+# A nat network (WinNAT): its endpoint reaches lab-outside from this host's
+# address on lab-up2, and lab-outside reaches it through a port mapping.
+nat_lab() {
+    echo
+    say "nat: $NAT_NET on ${UPLINKS[2]} (${NAT_ADDR%/*}), endpoint $NAT_EP with -p 8080:80/tcp"
+    ctl network inspect "$NAT_NET" >/dev/null 2>&1 \
+        || ctl network create -d nat -o interface="${UPLINKS[2]}" "$NAT_NET"
+    ensure_ns "$NAT_EP"
+    if ! ctl endpoint inspect "$NAT_EP" >/dev/null 2>&1; then
+        ctl endpoint create --network "$NAT_NET" --netns "$NAT_EP" -p 8080:80/tcp "$NAT_EP"
+        # An HNS ACL: nothing but the mapped web port comes in (replies of
+        # the endpoint's own connections still do: ACLs are stateful).
+        ctl policy add --endpoint "$NAT_EP" --file - <<'JSON'
+[{"Type": "ACL", "Settings": {"Id": "web-in", "Action": "Allow", "Direction": "In",
+  "Protocols": "6", "LocalPorts": "80", "Priority": 100}},
+ {"Type": "ACL", "Settings": {"Id": "no-in", "Action": "Block", "Direction": "In", "Priority": 200}}]
+JSON
+    fi
+    say "ping $NAT_EP -> $OUTSIDE (10.77.0.1), translated to ${NAT_ADDR%/*}"
+    wait_for 5 ip netns exec "$NAT_EP" ping -c1 -W1 10.77.0.1 || die "$NAT_EP cannot reach $OUTSIDE"
+    ip netns exec "$NAT_EP" ping -c 3 -i 0.2 10.77.0.1 | tail -2
+    say "$OUTSIDE -> ${NAT_ADDR%/*}:8080, mapped to $NAT_EP:80"
+    ip netns exec "$NAT_EP" python3 -c '
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 80)); s.listen(1); s.settimeout(10)
+c, peer = s.accept(); c.sendall(f"hello {peer[0]}, from inside the nat network\n".encode())
+' &
+    local server=$!
+    wait_for 5 bash -c "ip netns exec $NAT_EP ss -Hltn 'sport = :80' | grep -q ." || true
+    ip netns exec "$OUTSIDE" python3 -c '
+import socket, sys
+print("    " + socket.create_connection((sys.argv[1], 8080), timeout=5).recv(100).decode().strip())
+' "${NAT_ADDR%/*}" || say "the mapped port did not answer"
+    wait "$server" 2>/dev/null || true
+    ctl policy ls --endpoint "$NAT_EP"
+    ctl flows dump --endpoint "$NAT_EP" | sed -n '/Connections/,$p'
 }
 
 up() {
@@ -203,6 +250,8 @@ The lab is up. Try:
   $VSWITCHCTL fdb show $NET
   ip netns exec lab-c ping $(ep_ip lab-a IPAddress)
   ip netns exec $OUTSIDE ping $(ep_ip lab-l2b IPAddress)      # l2bridge, through ${UPLINKS[0]}
+  ip netns exec $NAT_EP ping 10.77.0.1                 # nat: $OUTSIDE sees ${NAT_ADDR%/*}
+  $VSWITCHCTL trace --endpoint $NAT_EP --in --packet 'tcp,src=10.77.0.1,dst=${NAT_ADDR%/*},sport=40000,dport=8080'
   ip netns exec $FABRIC tcpdump -i $BRIDGE -e -n       # the wire
   $0 down        # remove it
 MSG
@@ -229,15 +278,15 @@ down() {
         uplink_eps+=("$ep")
     done
     if daemon_up; then
-        for ep in "${NAMESPACES[@]}" "${uplink_eps[@]}"; do
+        for ep in "${NAMESPACES[@]}" "${uplink_eps[@]}" "$NAT_EP"; do
             if ctl endpoint inspect "$ep" >/dev/null 2>&1; then ctl endpoint rm "$ep"; fi
         done
         # Removing the uplink networks detaches their XDP programs.
-        for net in "$NET" "$L2_NET" "$TR_NET"; do
+        for net in "$NET" "$L2_NET" "$TR_NET" "$NAT_NET"; do
             if ctl network inspect "$net" >/dev/null 2>&1; then ctl network rm "$net"; fi
         done
     fi
-    for ep in "${NAMESPACES[@]}" "${uplink_eps[@]}" "$OUTSIDE" "$FABRIC"; do
+    for ep in "${NAMESPACES[@]}" "${uplink_eps[@]}" "$NAT_EP" "$OUTSIDE" "$FABRIC"; do
         if ns_exists "$ep"; then ip netns del "$ep"; fi
     done
     # Deleting the fabric took the veth pairs with it; this is for a lab

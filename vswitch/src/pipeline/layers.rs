@@ -10,8 +10,9 @@
 //! Which traffic the ACL layer sees: IP between a policed endpoint and
 //! anything else, in the endpoint's terms (Out: what it sends, In: what it
 //! receives; Local: its side). ARP is not IP and neighbour discovery is
-//! IPv6's ARP: neither is ever blocked, so a Block-everything rule cannot
-//! cut an endpoint off from resolving its neighbours. A flood (broadcast,
+//! IPv6's ARP: neither is ever blocked, nor is anything else to IPv6
+//! link-local multicast (MLD, router messages), so a Block-everything rule
+//! cannot cut an endpoint off from its link. A flood (broadcast,
 //! multicast, a destination not yet learned) passes the sender's Out layer
 //! only; the receivers' In layers see unicast.
 
@@ -163,7 +164,14 @@ pub fn conn_of(frame: &[u8], meta: &PacketMeta, zone: u32) -> Option<(Tuple, Seg
     };
     let l3 = usize::from(meta.l3);
     let (src, dst) = if v6 {
-        (ip_at(frame, l3 + 8, true)?, ip_at(frame, l3 + 24, true)?)
+        let dst = ip_at(frame, l3 + 24, true)?;
+        // Link-local multicast (ff02::/16) is the link's own control
+        // traffic: neighbour discovery, MLD (behind a hop-by-hop header),
+        // router messages. Never policed, as ARP is not.
+        if matches!(dst, IpAddr::V6(d) if d.segments()[0] == 0xff02) {
+            return None;
+        }
+        (ip_at(frame, l3 + 8, true)?, dst)
     } else {
         (ip_at(frame, l3 + 12, false)?, ip_at(frame, l3 + 16, false)?)
     };
@@ -353,6 +361,15 @@ mod tests {
         ns.extend_from_slice(&[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
         ns.extend_from_slice(&[135, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(conn(&ns), None);
+        // An MLD report behind a hop-by-hop header, to ff02::16.
+        let mut mld = vec![0x33, 0x33, 0, 0, 0, 0x16, 2, 0, 0, 0, 0, 1, 0x86, 0xdd];
+        mld.extend_from_slice(&[0x60, 0, 0, 0, 0, 36, 0, 1]);
+        mld.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        mld.extend_from_slice(&[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16]);
+        mld.extend_from_slice(&[58, 0, 5, 2, 0, 0, 1, 0]);
+        mld.extend_from_slice(&[143, 0, 0, 0, 0, 0, 0, 1]);
+        mld.extend_from_slice(&[0; 20]);
+        assert_eq!(conn(&mld), None);
     }
 
     #[test]
