@@ -892,6 +892,10 @@ impl Tables {
     /// Tells the uplinks' XDP programs about echo identifiers the nat
     /// networks took or gave back, before the request leaves.
     fn steer_echo_ids(&mut self) {
+        // Called per frame: nothing to look at without a nat network.
+        if self.echo_ids.is_empty() {
+            return;
+        }
         for (net, id, add) in self.pipeline.take_echo_events() {
             let Some(map) = self.echo_ids.get_mut(&net) else {
                 continue;

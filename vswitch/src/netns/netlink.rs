@@ -352,31 +352,46 @@ impl Netlink {
         mut req: Request,
         target: impl Fn() -> String,
     ) -> Result<Option<LinkInfo>, NetlinkError> {
-        const OP: &str = "get link";
-        let mut found: Option<Result<LinkInfo, &'static str>> = None;
-        let res = self.transact(&mut req, |ty, payload| {
-            if ty == RTM_NEWLINK && found.is_none() {
-                found = Some(parse_link(payload));
+        let get = Get {
+            op: "get link",
+            reply: RTM_NEWLINK,
+            absent: |f| matches!(f, Failure::Errno(libc::ENODEV, _)),
+            missing: "acknowledged without a link",
+        };
+        self.get_one(&mut req, &get, parse_link, target)
+    }
+
+    /// The one object a get request answers with: the first reply of
+    /// `get.reply`'s type, parsed; `None` when the kernel's error says
+    /// there is none.
+    fn get_one<T>(
+        &mut self,
+        req: &mut Request,
+        get: &Get,
+        parse: impl Fn(&[u8]) -> Result<T, &'static str>,
+        target: impl Fn() -> String,
+    ) -> Result<Option<T>, NetlinkError> {
+        let mut found: Option<Result<T, &'static str>> = None;
+        let res = self.transact(req, |ty, payload| {
+            if ty == get.reply && found.is_none() {
+                found = Some(parse(payload));
             }
         });
         match res {
-            Err(Failure::Errno(libc::ENODEV, _)) => return Ok(None),
-            Err(f) => return Err(f.into_error(OP, target())),
+            Err(f) if (get.absent)(&f) => return Ok(None),
+            Err(f) => return Err(f.into_error(get.op, target())),
             Ok(()) => {}
         }
-        match found {
-            Some(Ok(info)) => Ok(Some(info)),
-            Some(Err(what)) => Err(NetlinkError::Malformed {
-                op: OP,
-                target: target(),
-                what,
-            }),
-            None => Err(NetlinkError::Malformed {
-                op: OP,
-                target: target(),
-                what: "acknowledged without a link",
-            }),
-        }
+        let what = match found {
+            Some(Ok(v)) => return Ok(Some(v)),
+            Some(Err(what)) => what,
+            None => get.missing,
+        };
+        Err(NetlinkError::Malformed {
+            op: get.op,
+            target: target(),
+            what,
+        })
     }
 
     /// Applies `change` to link `index` in one request.
@@ -459,38 +474,27 @@ impl Netlink {
     /// IPv4 address to ARP for. Multicast and broadcast destinations come
     /// back as routes like any other.
     pub fn route_get(&mut self, dst: Ipv4Addr) -> Result<Option<RouteInfo>, NetlinkError> {
-        const OP: &str = "get route";
         let target = || format!("to {dst}");
-        let mut req = encode_route_get(dst);
-        let mut found: Option<Result<RouteReply, &'static str>> = None;
-        let res = self.transact(&mut req, |ty, payload| {
-            if ty == RTM_NEWROUTE && found.is_none() {
-                found = Some(parse_route(payload));
-            }
-        });
-        match res {
-            Err(Failure::Errno(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES, _))
-            | Err(Failure::Errno(libc::EINVAL, None)) => return Ok(None),
-            Err(f) => return Err(f.into_error(OP, target())),
-            Ok(()) => {}
-        }
-        match found {
-            Some(Ok(RouteReply { via: true, .. })) => Err(NetlinkError::Unsupported {
-                op: OP,
+        let get = Get {
+            op: "get route",
+            reply: RTM_NEWROUTE,
+            absent: |f| {
+                matches!(
+                    f,
+                    Failure::Errno(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES, _)
+                        | Failure::Errno(libc::EINVAL, None)
+                )
+            },
+            missing: "acknowledged without a route",
+        };
+        match self.get_one(&mut encode_route_get(dst), &get, parse_route, target)? {
+            Some(RouteReply { via: true, .. }) => Err(NetlinkError::Unsupported {
+                op: get.op,
                 target: target(),
                 what: "the route's next hop is an IPv6 address (RTA_VIA)",
             }),
-            Some(Ok(RouteReply { info, .. })) => Ok(Some(info)),
-            Some(Err(what)) => Err(NetlinkError::Malformed {
-                op: OP,
-                target: target(),
-                what,
-            }),
-            None => Err(NetlinkError::Malformed {
-                op: OP,
-                target: target(),
-                what: "acknowledged without a route",
-            }),
+            Some(RouteReply { info, .. }) => Ok(Some(info)),
+            None => Ok(None),
         }
     }
 
@@ -510,33 +514,18 @@ impl Netlink {
         ifindex: u32,
         ip: Ipv4Addr,
     ) -> Result<Option<NeighEntry>, NetlinkError> {
-        const OP: &str = "get neighbour";
-        let target = || format!("{ip} on index {ifindex}");
-        let mut req = encode_neigh_get(ifindex, ip);
-        let mut found: Option<Result<NeighEntry, &'static str>> = None;
-        let res = self.transact(&mut req, |ty, payload| {
-            if ty == RTM_NEWNEIGH && found.is_none() {
-                found = Some(parse_neigh(payload));
-            }
-        });
-        match res {
-            Err(Failure::Errno(libc::ENOENT, _)) => return Ok(None),
-            Err(f) => return Err(f.into_error(OP, target())),
-            Ok(()) => {}
-        }
-        match found {
-            Some(Ok(entry)) => Ok(Some(entry)),
-            Some(Err(what)) => Err(NetlinkError::Malformed {
-                op: OP,
-                target: target(),
-                what,
-            }),
-            None => Err(NetlinkError::Malformed {
-                op: OP,
-                target: target(),
-                what: "acknowledged without a neighbour",
-            }),
-        }
+        let get = Get {
+            op: "get neighbour",
+            reply: RTM_NEWNEIGH,
+            absent: |f| matches!(f, Failure::Errno(libc::ENOENT, _)),
+            missing: "acknowledged without a neighbour",
+        };
+        self.get_one(
+            &mut encode_neigh_get(ifindex, ip),
+            &get,
+            parse_neigh,
+            || format!("{ip} on index {ifindex}"),
+        )
     }
 
     /// Asks the kernel to resolve `ip` on link `ifindex` as if a packet were
@@ -708,6 +697,16 @@ impl Netlink {
 
 /// How a request failed, before the operation's context is attached.
 #[derive(Debug)]
+/// What a get request expects: its name in errors, the reply's type,
+/// which failure means "no such object", and what to say of an ack
+/// without one.
+struct Get {
+    op: &'static str,
+    reply: u16,
+    absent: fn(&Failure) -> bool,
+    missing: &'static str,
+}
+
 enum Failure {
     Io(&'static str, io::Error),
     Errno(i32, Option<String>),

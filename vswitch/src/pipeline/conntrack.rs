@@ -84,6 +84,19 @@ pub enum Segment {
     Other,
 }
 
+impl Segment {
+    /// Whether a packet like this may start a connection: a plain SYN, an
+    /// echo request, any datagram; not an ICMP error, which only relates.
+    pub fn starts(self) -> bool {
+        match self {
+            Segment::Tcp(f) => f.syn && !f.ack && !f.rst,
+            Segment::Echo { request } => request,
+            Segment::IcmpError { .. } => false,
+            Segment::Udp | Segment::Other => true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TcpState {
     /// A SYN was seen, no answer yet.
@@ -286,11 +299,12 @@ impl Conntrack {
             entry.state = advance(entry.state, seg, dir);
             return Track::Established(dir);
         }
+        // Mid-stream or stray TCP, an echo reply: no state to join.
+        if !seg.starts() {
+            return Track::Invalid;
+        }
         let state = match seg {
-            Segment::Tcp(f) if f.syn && !f.ack && !f.rst => State::Tcp(TcpState::SynSent),
-            // Mid-stream or stray TCP: no state to join.
-            Segment::Tcp(_) => return Track::Invalid,
-            Segment::Echo { request: false } => return Track::Invalid,
+            Segment::Tcp(_) => State::Tcp(TcpState::SynSent),
             _ => State::Datagram { replied: false },
         };
         let used = self.per_port.get(&port).copied().unwrap_or(0);
@@ -366,12 +380,7 @@ impl Conntrack {
         if let Some((e, dir)) = live(tuple) {
             return (Track::Established(dir), Some(e.state));
         }
-        let starts = match seg {
-            Segment::Tcp(f) => f.syn && !f.ack && !f.rst,
-            Segment::Echo { request } => request,
-            _ => true,
-        };
-        if !starts {
+        if !seg.starts() {
             return (Track::Invalid, None);
         }
         let used = self.per_port.get(&port).copied().unwrap_or(0);

@@ -199,16 +199,6 @@ struct NatView {
     track: Track,
 }
 
-/// Whether a packet may start a connection.
-fn starts(seg: Segment) -> bool {
-    match seg {
-        Segment::Tcp(f) => f.syn && !f.ack && !f.rst,
-        Segment::Echo { request } => request,
-        Segment::IcmpError { .. } => false,
-        Segment::Udp | Segment::Other => true,
-    }
-}
-
 fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
     match ip {
         IpAddr::V4(v4) => Some(v4),
@@ -816,7 +806,7 @@ impl Pipeline {
                 Some((_, r, Dir::Original)) => (r.reversed(), Track::Established(Dir::Original)),
                 Some((o, _, Dir::Reply)) => (o.reversed(), Track::Established(Dir::Reply)),
                 None => {
-                    if !starts(seg) {
+                    if !seg.starts() {
                         if !from_wire && nat.cfg.sources.is_some() {
                             // OutBoundNAT: the reply of a connection the
                             // wire opened to the endpoint itself.
