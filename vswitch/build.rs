@@ -15,6 +15,7 @@ use std::process::Command;
 const PROGRAMS: &[(&str, &str, &[&str])] = &[
     ("uplink", "uplink", &[]),
     ("uplink_devbound", "uplink", &["-DUPLINK_DEV_BOUND"]),
+    ("fastpath", "fastpath", &[]),
 ];
 
 fn main() {

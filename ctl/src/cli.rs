@@ -131,6 +131,15 @@ pub enum Command {
     /// Show the flow cache and tracked connections
     #[command(subcommand)]
     Flows(FlowsCommand),
+    /// Show the kernel fast path: its pinned programs and where they are attached
+    #[command(subcommand)]
+    Datapath(DatapathCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatapathCommand {
+    /// Show the fast path's pin directory, program version and attachments
+    Show(JsonFlag),
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,6 +239,11 @@ pub struct EndpointCreateArgs {
     /// Let the endpoint send from MAC or IP addresses that are not its own
     #[arg(long)]
     pub allow_spoofing: bool,
+    /// The vNIC's kind: `tap` (every frame through vswitchd) or `veth` (a veth
+    /// pair; the kernel fast path forwards what needs no policy, vswitchd the
+    /// rest) [default: tap]
+    #[arg(long, value_name = "KIND")]
+    pub backend: Option<vswitch_api::Backend>,
     /// Drop DHCP server messages the endpoint sends, e.g. --dhcp-guard off [default: on]
     #[arg(long, value_name = "on|off", hide_possible_values = true)]
     pub dhcp_guard: Option<Switch>,
@@ -618,6 +632,7 @@ impl Command {
             Command::Flows(FlowsCommand::Dump { endpoint, .. }) => Request::FlowsDump {
                 endpoint: endpoint.clone(),
             },
+            Command::Datapath(DatapathCommand::Show(_)) => Request::DatapathShow,
         })
     }
 }
@@ -663,6 +678,7 @@ impl EndpointCreateArgs {
             dhcp_guard: self.dhcp_guard.map(Switch::is_on),
             router_guard: self.router_guard.map(Switch::is_on),
             policies: merge_policies(file, &self.publish),
+            backend: self.backend,
         })
     }
 }
@@ -861,6 +877,8 @@ mod tests {
             "--ifname",
             "eth1",
             "--allow-spoofing",
+            "--backend",
+            "veth",
             "ep1",
         ]);
         assert_eq!(
@@ -877,6 +895,7 @@ mod tests {
                 dhcp_guard: None,
                 router_guard: None,
                 policies: Value::Null,
+                backend: Some(vswitch_api::Backend::Veth),
             })
         );
     }

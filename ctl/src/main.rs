@@ -17,8 +17,8 @@ use serde::Serialize;
 use vswitch_api::{Reply, Response};
 
 use cli::{
-    Cli, Command, CommandError, EndpointCommand, FdbCommand, FlowsCommand, NetworkCommand,
-    PolicyCommand, PortCommand, UsageError,
+    Cli, Command, CommandError, DatapathCommand, EndpointCommand, FdbCommand, FlowsCommand,
+    NetworkCommand, PolicyCommand, PortCommand, UsageError,
 };
 
 const UNEXPECTED: &str = "unexpected reply from daemon";
@@ -184,6 +184,13 @@ fn output(command: &Command, response: Response) -> Result<String> {
                 json(&flows)?
             } else {
                 render::flows(&flows)
+            }
+        }
+        (Command::Datapath(DatapathCommand::Show(format)), Reply::Datapath(info)) => {
+            if format.json {
+                json(&info)?
+            } else {
+                render::datapath(&info)
             }
         }
         _ => return Err(anyhow!(UNEXPECTED)),

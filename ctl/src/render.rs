@@ -3,7 +3,8 @@
 
 use serde_json::{Map, Value};
 use vswitch_api::{
-    Endpoint, EndpointState, FdbEntry, Flows, Network, PolicyView, Port, PortStats, Trace,
+    DatapathInfo, Endpoint, EndpointState, FdbEntry, Flows, Network, PolicyView, Port, PortStats,
+    Trace,
 };
 
 /// Blank columns between table cells, as `docker ls` does.
@@ -274,8 +275,82 @@ pub fn stats(stats: &[PortStats], detailed: bool) -> String {
             }
             out.push('\n');
             out.push_str(&cache.render());
+            if let Some(f) = &s.fast_path {
+                let mut fast =
+                    Table::new(&[("FAST-PATH", Left), ("PACKETS", Right), ("BYTES", Right)]);
+                for (name, packets, bytes) in [
+                    (
+                        "forwarded in the kernel",
+                        f.forwarded_packets,
+                        f.forwarded_bytes,
+                    ),
+                    (
+                        "delivered by the kernel",
+                        f.delivered_packets,
+                        f.delivered_bytes,
+                    ),
+                    ("punted to vswitchd", f.punted_packets, f.punted_bytes),
+                ] {
+                    fast.row(vec![
+                        name.to_owned(),
+                        packets.to_string(),
+                        bytes.to_string(),
+                    ]);
+                }
+                for (reason, n) in f.drops.iter().filter(|(_, n)| **n > 0) {
+                    fast.row(vec![
+                        format!("dropped: {reason}"),
+                        n.to_string(),
+                        String::new(),
+                    ]);
+                }
+                out.push('\n');
+                out.push_str(&fast.render());
+            }
         }
     }
+    out
+}
+
+/// `vswitchctl datapath show`.
+pub fn datapath(info: &DatapathInfo) -> String {
+    use Align::*;
+    let mut out = String::new();
+    if !info.loaded {
+        out.push_str(&format!(
+            "fast path not loaded (no veth endpoint yet); it will pin under {}\nprogram version {} (layout {})\n",
+            info.pin_dir, info.version, info.layout
+        ));
+        return out;
+    }
+    out.push_str(&format!(
+        "pinned under {}\nprogram version {} (layout {}), {}\n\n",
+        info.pin_dir, info.version, info.layout, info.origin
+    ));
+    let mut table = Table::new(&[
+        ("INTERFACE", Left),
+        ("IFINDEX", Right),
+        ("PORT", Left),
+        ("PROGRAM", Left),
+        ("HOOK", Left),
+        ("STATE", Left),
+    ]);
+    for a in &info.attachments {
+        table.row(vec![
+            a.interface.clone(),
+            a.ifindex.to_string(),
+            a.port.clone(),
+            a.program.clone(),
+            a.hook.clone(),
+            if a.attached {
+                "attached"
+            } else {
+                "NOT ATTACHED"
+            }
+            .to_owned(),
+        ]);
+    }
+    out.push_str(&table.render());
     out
 }
 
@@ -609,6 +684,7 @@ pub(crate) mod tests {
 
     pub(crate) fn endpoint() -> Endpoint {
         Endpoint {
+            backend: vswitch_api::Backend::Tap,
             id: "77aa".into(),
             name: "ep1".into(),
             network: "net1".into(),
@@ -734,6 +810,7 @@ pub(crate) mod tests {
     #[test]
     fn stats_sum_drops_and_list_reasons() {
         let s = PortStats {
+            fast_path: None,
             port: "ep1".into(),
             network: "net1".into(),
             rx_packets: 10,

@@ -291,6 +291,8 @@ pub enum Request {
     },
     /// What the switch would do with a packet, step by step.
     Trace(TraceRequest),
+    /// The kernel fast path's programs, pins and attachments.
+    DatapathShow,
     /// The flow cache and connection tracking entries, of one endpoint's
     /// port or of every port.
     FlowsDump {
@@ -388,6 +390,47 @@ pub struct EndpointCreate {
     /// HNS policies the endpoint starts with (one or a list), as for
     /// [`PolicyAdd::policies`]; `null` for none.
     pub policies: serde_json::Value,
+    /// The vNIC's kind; [`Backend::default`] when absent.
+    #[serde(default)]
+    pub backend: Option<Backend>,
+}
+
+/// How an endpoint's vNIC is made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A TAP in the endpoint's namespace; every frame crosses the daemon.
+    #[default]
+    Tap,
+    /// A veth pair: the kernel's fast path forwards what needs no policy,
+    /// and punts the rest to the daemon.
+    Veth,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Tap => "tap",
+            Backend::Veth => "veth",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Backend, String> {
+        match s {
+            "tap" => Ok(Backend::Tap),
+            "veth" => Ok(Backend::Veth),
+            _ => Err(format!("'{s}' is not a backend: tap or veth")),
+        }
+    }
 }
 
 /// What the daemon answers. (Built once per request: the size difference
@@ -412,6 +455,7 @@ pub enum Reply {
     Policies(Vec<PolicyView>),
     Trace(Trace),
     Flows(Flows),
+    Datapath(DatapathInfo),
     /// A removal succeeded. `warning` says what of it could not be done
     /// (a device the daemon could no longer reach).
     Removed {
@@ -569,6 +613,8 @@ pub struct Endpoint {
     /// How many policies apply to the endpoint (its own and its network's).
     #[serde(default)]
     pub policy_count: usize,
+    #[serde(default)]
+    pub backend: Backend,
     pub state: EndpointState,
 }
 
@@ -752,6 +798,58 @@ pub struct PortStats {
     /// The port's flow cache (endpoints with policies).
     #[serde(default)]
     pub flow_cache: FlowCacheStats,
+    /// veth endpoints: what the kernel fast path did with the port's
+    /// frames. Its packets count wire frames (a GSO frame its segments);
+    /// `rx_packets`/`tx_packets` above include the forwarded ones.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fast_path: Option<FastPathStats>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FastPathStats {
+    /// Received from the port and forwarded in the kernel.
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    /// Sent to the port by the kernel (from another port's fast path).
+    pub delivered_packets: u64,
+    pub delivered_bytes: u64,
+    /// Received from the port and handed to the slow path.
+    pub punted_packets: u64,
+    pub punted_bytes: u64,
+    /// Dropped in the kernel, by reason (the slow path's reason names).
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// What the kernel fast path has pinned and attached (`vswitchctl
+/// datapath show`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DatapathInfo {
+    /// False until the first veth endpoint needs the fast path.
+    pub loaded: bool,
+    pub pin_dir: String,
+    /// The layout (map formats) and program version of this build.
+    pub layout: u32,
+    pub version: String,
+    /// How this daemon found bpffs: `loaded`, `adopted` (a previous
+    /// instance's programs, kept running) or `replaced`.
+    pub origin: String,
+    pub attachments: Vec<Attachment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Attachment {
+    pub interface: String,
+    pub ifindex: u32,
+    /// The endpoint (or uplink) whose device it is.
+    pub port: String,
+    pub program: String,
+    /// Hook and mode, e.g. `tcx ingress`.
+    pub hook: String,
+    /// Whether the kernel lists the program on the hook now.
+    pub attached: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

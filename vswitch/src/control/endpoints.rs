@@ -12,7 +12,7 @@ use super::{
     check_ifname, check_name, ipam, new_id, uplink, ApiResult, Controller, EndpointRuntime,
     MacPool, PortHandle, Subnet, DEFAULT_IFNAME,
 };
-use crate::api::{self, ApiError, ErrorKind, Reply, WireMac};
+use crate::api::{self, ApiError, Backend, ErrorKind, Reply, WireMac};
 use crate::datapath::{PortKind, PortSecurity};
 use crate::port::tap::TapOwner;
 use crate::sys::random_bytes;
@@ -77,12 +77,22 @@ impl Controller {
             ));
         }
         plumb::resolve_netns(&req.netns).map_err(netns_error)?;
+        let backend = req.backend.unwrap_or_default();
         let policies = if req.policies.is_null() {
             Vec::new()
         } else {
             self.check_new_policies(&req.policies, "policies", None, &net.id)?
         };
         if !net.driver.switched() {
+            if req.backend.is_some() {
+                return Err(invalid(
+                    "backend",
+                    format!(
+                        "the {} driver gives endpoints loopback only: no --backend",
+                        net.driver
+                    ),
+                ));
+            }
             if req.ip.is_some()
                 || req.ipv6.is_some()
                 || req.mac_address.is_some()
@@ -110,6 +120,7 @@ impl Controller {
                     router_guard: true,
                     default_block: false,
                     policies,
+                    backend: api::Backend::Tap,
                 },
             ));
         }
@@ -191,6 +202,7 @@ impl Controller {
                 router_guard: req.router_guard.unwrap_or(true),
                 default_block: false,
                 policies,
+                backend,
             },
         ))
     }
@@ -236,6 +248,11 @@ impl Controller {
             .get(&net.id)
             .map(|rt| rt.dp)
             .ok_or_else(|| internal("network not running"))?;
+        if ep.backend == Backend::Veth {
+            return self
+                .start_veth_endpoint(net, ep, &ns, &cfg, dp, origin)
+                .map(Some);
+        }
         let tap = plumb::endpoint_tap(&ns, &cfg, origin).map_err(|e| plumb_error(e, "ifname"))?;
         let owner = match tap.owner() {
             Ok(owner) => owner,
@@ -270,8 +287,90 @@ impl Controller {
             }
         };
         port.tap = Some(owner);
-        // Frames from the wire for this endpoint go to the switch, not the
-        // host: its MAC on a transparent network, its addresses on both.
+        if let Err(e) = self.steer_endpoint(net, ep, &ips) {
+            let _ = self.datapath.remove_port(port.id);
+            if origin == TapOrigin::Fresh {
+                plumb::delete_endpoint_tap(&ns, &cfg.ifname);
+            }
+            return Err(e);
+        }
+        Ok(Some(port))
+    }
+
+    /// A veth endpoint: the pair and its punt TAP, the TAP a datapath port
+    /// as a TAP endpoint's is (the slow path cannot tell them apart), the
+    /// fast path on the host end.
+    fn start_veth_endpoint(
+        &mut self,
+        net: &NetworkRecord,
+        ep: &EndpointRecord,
+        ns: &crate::netns::Netns,
+        cfg: &TapConfig,
+        dp: crate::datapath::NetId,
+        origin: TapOrigin,
+    ) -> ApiResult<PortHandle> {
+        let names = plumb::VethNames::of(&ep.id);
+        let veth =
+            plumb::endpoint_veth(ns, cfg, &names, origin).map_err(|e| plumb_error(e, "ifname"))?;
+        let undo = || {
+            if origin == TapOrigin::Fresh {
+                plumb::delete_veth(&names);
+            }
+        };
+        let owner = match veth.punt.owner() {
+            Ok(owner) => owner,
+            Err(e) => {
+                undo();
+                return Err(internal(e));
+            }
+        };
+        let layers = self.layers_of(ep);
+        let handle = match self.fast_attach(net, dp, ep, &veth, &names, &layers.0) {
+            Ok(h) => h,
+            Err(e) => {
+                undo();
+                return Err(e);
+            }
+        };
+        let ips = endpoint_ips(ep);
+        let addrs = ips.iter().map(|ip| (*ip, ep.mac)).collect();
+        let attached = self.attach(
+            ep.port_id,
+            dp,
+            PortKind::Local(Box::new(veth.punt)),
+            security_of(ep),
+            true,
+            addrs,
+            Some(ep.mac),
+            layers,
+        );
+        let mut port = match attached {
+            Ok(port) => port,
+            Err(e) => {
+                self.fast_detach(&handle);
+                undo();
+                return Err(internal(e));
+            }
+        };
+        port.tap = Some(owner);
+        port.veth = Some(handle.clone());
+        if let Err(e) = self.steer_endpoint(net, ep, &ips) {
+            let _ = self.datapath.remove_port(port.id);
+            self.fast_detach(&handle);
+            undo();
+            return Err(e);
+        }
+        Ok(port)
+    }
+
+    /// Frames from the wire for this endpoint go to the switch, not the
+    /// host: its MAC on a transparent network, its addresses on both.
+    fn steer_endpoint(
+        &mut self,
+        net: &NetworkRecord,
+        ep: &EndpointRecord,
+        ips: &[IpAddr],
+    ) -> ApiResult<()> {
         let steered = net.driver.wire_mac() != Some(WireMac::Translated);
         if let Some(up) = net
             .parsed
@@ -281,16 +380,12 @@ impl Controller {
             .filter(|_| steered)
         {
             let mac = (net.driver.wire_mac() == Some(WireMac::Endpoint)).then_some(ep.mac);
-            if let Err(e) = up.steer(net.parsed.vlan, mac, &ips) {
-                up.unsteer(net.parsed.vlan, mac, &ips);
-                let _ = self.datapath.remove_port(port.id);
-                if origin == TapOrigin::Fresh {
-                    plumb::delete_endpoint_tap(&ns, &cfg.ifname);
-                }
+            if let Err(e) = up.steer(net.parsed.vlan, mac, ips) {
+                up.unsteer(net.parsed.vlan, mac, ips);
                 return Err(uplink_error(e));
             }
         }
-        Ok(Some(port))
+        Ok(())
     }
 
     /// Takes the endpoint out of the datapath and deletes its TAP. The TAP
@@ -318,6 +413,16 @@ impl Controller {
                 None => false,
             };
             let _ = self.datapath.remove_port(port.id);
+            if let Some(h) = &port.veth {
+                self.fast_detach(h);
+                plumb::delete_veth(&h.names);
+                deleted = true;
+            }
+        }
+        if ep.backend == Backend::Veth && !deleted {
+            // Never attached in this run (a failed restart): by name.
+            plumb::delete_veth(&plumb::VethNames::of(&ep.id));
+            deleted = true;
         }
         let steered = net.driver.wire_mac() != Some(WireMac::Translated);
         if let Some(up) = net

@@ -15,6 +15,7 @@
 
 mod endpoints;
 mod errors;
+mod fastpath;
 mod ipam;
 mod metrics;
 mod natmode;
@@ -72,6 +73,8 @@ struct PortHandle {
     /// shared), and the policy id of each ACL rule in them.
     layers: Layers,
     rule_ids: Vec<String>,
+    /// veth endpoints: their devices and fast path entries.
+    veth: Option<fastpath::VethHandle>,
 }
 
 struct NetRuntime {
@@ -141,6 +144,8 @@ pub struct Controller {
     /// Uplink trunks are numbered as they are attached: no record names
     /// them (an uplink is shared by the networks naming its interface).
     next_trunk_id: u32,
+    /// The kernel fast path, once a veth endpoint needed it.
+    fast: Option<crate::ebpf::fastpath::FastPath>,
 }
 
 impl Controller {
@@ -166,6 +171,7 @@ impl Controller {
             uplinks: HashMap::new(),
             invalid: HashMap::new(),
             next_trunk_id: 1,
+            fast: None,
         };
         ctl.restore(saved);
         Ok(ctl)
@@ -258,6 +264,7 @@ impl Controller {
             self.endpoints.insert(ep.id.clone(), rt);
             self.state.endpoints.push(ep);
         }
+        self.fast_sweep();
         // Port mappings are the endpoints' policies: known only now.
         for net in self.state.networks.clone() {
             if let Err(e) = self.push_nat(&net) {
@@ -316,6 +323,7 @@ impl Controller {
             } => self.policy_remove(endpoint.as_deref(), network.as_deref(), &id),
             Request::Trace(req) => self.trace(req).map(Reply::Trace),
             Request::FlowsDump { endpoint } => self.flows(endpoint.as_deref()).map(Reply::Flows),
+            Request::DatapathShow => Ok(Reply::Datapath(self.datapath_show())),
         };
         match result {
             Ok(reply) => Response::Ok(reply),
@@ -393,6 +401,7 @@ impl Controller {
             tap: None,
             layers,
             rule_ids,
+            veth: None,
         })
     }
 }

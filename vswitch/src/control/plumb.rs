@@ -43,6 +43,8 @@ pub enum PlumbError {
     Tap(#[from] TapError),
     #[error("{0} exists but is not a TAP device")]
     NotTap(String),
+    #[error("{0} exists but is not a veth device")]
+    NotVeth(String),
     #[error("datapath refused the port: {0}")]
     Datapath(String),
     #[error("write {0}: {1}")]
@@ -104,22 +106,36 @@ fn make_tap(cfg: &TapConfig, origin: TapOrigin) -> Result<Tap, PlumbError> {
     let index = nl
         .link_index(&cfg.ifname)?
         .ok_or_else(|| NetlinkError::NoSuchLink(cfg.ifname.clone()))?;
-    nl.link_set(
-        index,
-        &LinkChange {
-            mtu: Some(cfg.mtu),
-            mac: Some(cfg.mac.0),
-            ..LinkChange::default()
-        },
-    )?;
-    eui64_link_local(&cfg.ifname)?;
-    nl.link_set(
-        index,
-        &LinkChange {
-            up: Some(true),
-            ..LinkChange::default()
-        },
-    )?;
+    configure_vnic(&mut nl, index, cfg)?;
+    tap.set_persist(true)?;
+    Ok(tap)
+}
+
+/// Configures a vNIC in its namespace (the calling thread's) as an endpoint
+/// sees it: MTU, MAC, an EUI-64 link-local address, up, its addresses and
+/// default routes.
+fn configure_vnic(nl: &mut Netlink, index: u32, cfg: &TapConfig) -> Result<(), PlumbError> {
+    // Only what differs: a vNIC taken back after a restart is up, and a
+    // running veth may refuse a MAC change even to the same address.
+    let now = nl.link_info_by_index(index)?;
+    let change = LinkChange {
+        mtu: (now.as_ref().map(|l| l.mtu) != Some(cfg.mtu)).then_some(cfg.mtu),
+        mac: (now.as_ref().map(|l| l.mac) != Some(cfg.mac.0)).then_some(cfg.mac.0),
+        ..LinkChange::default()
+    };
+    if change != LinkChange::default() {
+        nl.link_set(index, &change)?;
+    }
+    if !now.as_ref().is_some_and(|l| l.up) {
+        eui64_link_local(&cfg.ifname)?;
+        nl.link_set(
+            index,
+            &LinkChange {
+                up: Some(true),
+                ..LinkChange::default()
+            },
+        )?;
+    }
     if let Some((ip, prefix)) = cfg.ipv4 {
         nl.addr_add(index, IpAddr::V4(ip), prefix)?;
         if let Some(gw) = cfg.gateway4 {
@@ -132,8 +148,7 @@ fn make_tap(cfg: &TapConfig, origin: TapOrigin) -> Result<Tap, PlumbError> {
             nl.route_add_default(index, IpAddr::V6(gw))?;
         }
     }
-    tap.set_persist(true)?;
-    Ok(tap)
+    Ok(())
 }
 
 /// Makes the kernel derive the interface's link-local address from its MAC
@@ -149,6 +164,162 @@ fn eui64_link_local(ifname: &str) -> Result<(), PlumbError> {
         Ok(_) => std::fs::write(&knob, "0").map_err(|e| PlumbError::Sysctl(knob, e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(PlumbError::Sysctl(knob, e)),
+    }
+}
+
+/// A veth endpoint's devices in the daemon's namespace: the host end of the
+/// pair, a switch port the fast path runs on, and the punt TAP through which
+/// the slow path sees what the kernel does not forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethNames {
+    pub host: String,
+    pub punt: String,
+    /// The peer's name until it moves into the endpoint's namespace.
+    pub staging: String,
+}
+
+impl VethNames {
+    /// From the endpoint's id: unique, and stable across restarts.
+    pub fn of(endpoint_id: &str) -> VethNames {
+        let tag: String = endpoint_id
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(8)
+            .collect();
+        VethNames {
+            host: format!("vse{tag}"),
+            punt: format!("vsp{tag}"),
+            staging: format!("vsq{tag}"),
+        }
+    }
+}
+
+/// A veth endpoint's devices, made or taken back.
+pub struct VethPort {
+    pub host_index: u32,
+    pub punt_index: u32,
+    pub punt: Tap,
+}
+
+/// Makes (or takes back) a veth endpoint: the pair, its endpoint end
+/// configured inside `ns` as a TAP endpoint's vNIC is, its host end and its
+/// punt TAP up in the daemon's namespace (with no addresses of their own:
+/// IPv6 off, so the host never speaks on them). A fresh one that fails
+/// part-way is deleted.
+pub fn endpoint_veth(
+    ns: &Netns,
+    cfg: &TapConfig,
+    names: &VethNames,
+    origin: TapOrigin,
+) -> Result<VethPort, PlumbError> {
+    let made = make_veth(ns, cfg, names, origin);
+    if made.is_err() && origin == TapOrigin::Fresh {
+        delete_veth(names);
+    }
+    made
+}
+
+fn make_veth(
+    ns: &Netns,
+    cfg: &TapConfig,
+    names: &VethNames,
+    origin: TapOrigin,
+) -> Result<VethPort, PlumbError> {
+    let mut nl = Netlink::open()?;
+    if origin == TapOrigin::Fresh || nl.link_index(&names.host)?.is_none() {
+        nl.veth_create(&names.host, &names.staging)?;
+        let staging = nl
+            .link_index(&names.staging)?
+            .ok_or_else(|| NetlinkError::NoSuchLink(names.staging.clone()))?;
+        let target = std::fs::File::open(ns.path()).map_err(|source| {
+            PlumbError::Netns(NetnsError::Sys {
+                call: "open",
+                path: ns.path().to_owned(),
+                source,
+            })
+        })?;
+        nl.link_set(
+            staging,
+            &LinkChange {
+                netns_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&target)),
+                name: Some(cfg.ifname.clone()),
+                ..LinkChange::default()
+            },
+        )?;
+    }
+    match nl.link_info(&names.host)? {
+        Some(info) if info.kind.as_deref() == Some("veth") => {}
+        _ => return Err(PlumbError::NotVeth(names.host.clone())),
+    }
+    ns.run(|| -> Result<(), PlumbError> {
+        ensure_loopback_up()?;
+        let mut nl = Netlink::open()?;
+        let index = nl
+            .link_index(&cfg.ifname)?
+            .ok_or_else(|| NetlinkError::NoSuchLink(cfg.ifname.clone()))?;
+        configure_vnic(&mut nl, index, cfg)
+    })??;
+    let punt = match nl.link_info(&names.punt)? {
+        Some(info) if info.kind.as_deref() == Some("tun") => Tap::open(&names.punt, true)?,
+        Some(_) => return Err(PlumbError::NotTap(names.punt.clone())),
+        None => Tap::create(&names.punt, true)?,
+    };
+    let mut index_of = |name: &str| -> Result<u32, PlumbError> {
+        let index = nl
+            .link_index(name)?
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))?;
+        silence_ipv6(name)?;
+        nl.link_set(
+            index,
+            &LinkChange {
+                mtu: Some(cfg.mtu),
+                up: Some(true),
+                ..LinkChange::default()
+            },
+        )?;
+        Ok(index)
+    };
+    let host_index = index_of(&names.host)?;
+    let punt_index = index_of(&names.punt)?;
+    punt.set_persist(true)?;
+    Ok(VethPort {
+        host_index,
+        punt_index,
+        punt,
+    })
+}
+
+/// Turns IPv6 off on a device of the switch's own (no link-local address,
+/// no router solicitations or MLD reports sent into an endpoint).
+fn silence_ipv6(ifname: &str) -> Result<(), PlumbError> {
+    let knob = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    match std::fs::write(&knob, "1") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PlumbError::Sysctl(knob, e)),
+    }
+}
+
+/// Deletes a veth endpoint's devices (the pair goes with its host end)
+/// that exist. Failures are logged: the caller is already undoing.
+pub fn delete_veth(names: &VethNames) {
+    let result = (|| -> Result<(), PlumbError> {
+        let mut nl = Netlink::open()?;
+        for (name, kind) in [
+            (&names.host, "veth"),
+            (&names.staging, "veth"),
+            (&names.punt, "tun"),
+        ] {
+            if let Some(info) = nl.link_info(name)? {
+                if info.kind.as_deref() == Some(kind) {
+                    nl.link_del(info.index)?;
+                }
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(host = %names.host, error = %e, "could not delete veth endpoint devices");
     }
 }
 

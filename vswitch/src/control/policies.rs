@@ -417,9 +417,10 @@ impl Controller {
         self.datapath
             .set_layers(port.id, layers.clone())
             .map_err(internal)?;
-        port.layers = layers;
+        port.layers = layers.clone();
         port.rule_ids = ids;
-        Ok(())
+        let ep = ep.clone();
+        self.fast_sync(&ep, &layers)
     }
 
     /// Every ACL policy's hits, over every endpoint using it: one pass, so

@@ -97,6 +97,9 @@ pub struct EndpointRecord {
     pub default_block: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicyRecord>,
+    /// TAP (absent from older files) or veth.
+    #[serde(default)]
+    pub backend: crate::api::Backend,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +234,11 @@ impl StateFile {
         &self.path
     }
 
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     fn io_err(&self, op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError {
         let path = path.to_owned();
         move |source| StateError::Io { op, path, source }
@@ -359,6 +367,7 @@ mod tests {
                 dhcp_guard: true,
                 router_guard: false,
                 default_block: false,
+                backend: crate::api::Backend::Veth,
                 policies: vec![PolicyRecord {
                     id: "allow-web".into(),
                     document: serde_json::json!({"Type": "ACL", "Settings": {"Action": "Allow"}}),

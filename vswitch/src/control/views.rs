@@ -60,6 +60,7 @@ impl Controller {
             },
         };
         api::Endpoint {
+            backend: e.backend,
             id: e.id.clone(),
             name: e.name.clone(),
             network: net.map(|n| n.name.clone()).unwrap_or_default(),
@@ -149,9 +150,9 @@ impl Controller {
                         interface: e.ifname.clone(),
                         netns: Some(e.netns.clone()),
                         mac_address: e.mac.to_string(),
-                        backend: "tap".into(),
+                        backend: e.backend.name().into(),
                         xdp_mode: None,
-                        offload: n.parsed.offload,
+                        offload: n.parsed.offload || e.backend == api::Backend::Veth,
                         state: self.endpoint_view(e).state,
                     },
                     rt.and_then(|rt| rt.port.as_ref()).map(|p| &p.counters),
@@ -199,13 +200,19 @@ impl Controller {
                 let flow_cache = caches.get(&p.id).cloned().unwrap_or_default();
                 let c = counters.map(|c| c.as_ref());
                 let get = |f: fn(&PortCounters) -> u64| c.map(f).unwrap_or(0);
+                let fast_path = (p.kind == api::PortKind::Endpoint)
+                    .then(|| self.veth_of(p.id))
+                    .flatten()
+                    .and_then(|h| self.fast_stats(h));
+                let fp = fast_path.clone().unwrap_or_default();
                 api::PortStats {
                     port: p.name,
                     network: p.network,
-                    rx_packets: get(|c| PortCounters::get(&c.rx_packets)),
-                    rx_bytes: get(|c| PortCounters::get(&c.rx_bytes)),
-                    tx_packets: get(|c| PortCounters::get(&c.tx_packets)),
-                    tx_bytes: get(|c| PortCounters::get(&c.tx_bytes)),
+                    rx_packets: get(|c| PortCounters::get(&c.rx_packets)) + fp.forwarded_packets,
+                    rx_bytes: get(|c| PortCounters::get(&c.rx_bytes)) + fp.forwarded_bytes,
+                    tx_packets: get(|c| PortCounters::get(&c.tx_packets)) + fp.delivered_packets,
+                    tx_bytes: get(|c| PortCounters::get(&c.tx_bytes)) + fp.delivered_bytes,
+                    fast_path,
                     rx_partial_checksums: get(|c| PortCounters::get(&c.rx_partial_checksums)),
                     drops: DropReason::ALL
                         .iter()

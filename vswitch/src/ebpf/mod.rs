@@ -7,8 +7,11 @@
 //!
 //! - [`UplinkProgram`]: the XDP program on an uplink that hands endpoint
 //!   traffic to the switch's AF_XDP sockets and leaves the rest to the host.
+//! - [`fastpath::FastPath`]: the TC programs that switch veth endpoints'
+//!   traffic in the kernel and punt the rest to the slow path.
 
 mod devbound;
+pub mod fastpath;
 mod uplink;
 
 #[cfg(test)]

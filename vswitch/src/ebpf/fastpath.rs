@@ -1,0 +1,690 @@
+//! The kernel fast path (`xdp-prog/fastpath.bpf.c`): TC programs on veth
+//! endpoints' host ends and on their punt TAPs, and the maps the slow path
+//! fills for them (ports, FDB, networks) and reads back (counters).
+//!
+//! Everything is pinned in one directory per switch instance (see
+//! [`FastPath::pin_dir_for`]): maps and programs by name, each attachment (a
+//! tcx link) under `links/<interface>`. A daemon that stops or dies leaves
+//! them in place, so frames the kernel forwards keep flowing; the next
+//! instance adopts what it finds when the pinned `meta` map names this
+//! build's layout and program version, and replaces all of it, saying so,
+//! when it does not.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuHashMap};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::programs::{LinkOrder, ProgramError};
+use aya::Ebpf;
+
+use super::{ensure_bpffs, EbpfError, PIN_ROOT};
+use crate::ifname::IfName;
+
+static FASTPATH_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
+
+/// `FP_LAYOUT` in xdp-prog/fastpath.h.
+pub const LAYOUT: u32 = 1;
+
+const MAP_PORTS: &str = "ports";
+const MAP_FDB: &str = "fdb";
+const MAP_NETS: &str = "nets";
+const MAP_COUNTERS: &str = "counters";
+const MAP_META: &str = "meta";
+const MAPS: [&str; 5] = [MAP_PORTS, MAP_FDB, MAP_NETS, MAP_COUNTERS, MAP_META];
+const LINKS: &str = "links";
+
+/// The programs, by the section function name in fastpath.bpf.c.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    /// On an endpoint's host veth: what the endpoint sends.
+    Port,
+    /// On a punt TAP: what the slow path sends to the endpoint.
+    Inject,
+}
+
+impl Program {
+    pub const ALL: [Program; 2] = [Program::Port, Program::Inject];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Port => "vswitch_port",
+            Program::Inject => "vswitch_inject",
+        }
+    }
+}
+
+/// `fp_port.flags` (xdp-prog/fastpath.h).
+pub mod port_flags {
+    pub const SLOW: u32 = 1 << 0;
+    pub const SPOOF: u32 = 1 << 1;
+    pub const UPLINK: u32 = 1 << 2;
+    pub const INJECT: u32 = 1 << 3;
+    pub const SLOW_IN: u32 = 1 << 4;
+}
+
+/// `fp_fdb.flags`.
+pub mod fdb_flags {
+    pub const ENDPOINT: u32 = 1 << 0;
+    pub const UPLINK: u32 = 1 << 1;
+    pub const SLOW: u32 = 1 << 2;
+}
+
+/// `fp_net.flags`.
+pub mod net_flags {
+    pub const L2BRIDGE: u32 = 1 << 0;
+    pub const VLAN: u32 = 1 << 1;
+    pub const SLOW: u32 = 1 << 2;
+}
+
+/// `struct fp_port`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FpPort {
+    pub port_id: u32,
+    pub net: u32,
+    pub flags: u32,
+    pub peer: u32,
+    pub mac: [u8; 6],
+    pub pad: [u8; 2],
+    pub ipv4: [u8; 4],
+    pub ipv6: [u8; 16],
+    pub ll6: [u8; 16],
+    pub reserved: [u8; 4],
+}
+
+/// `struct fp_fdb_key`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FdbKey {
+    pub net: u32,
+    pub mac: [u8; 6],
+    pub pad: [u8; 2],
+}
+
+/// `struct fp_fdb`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FdbEntry {
+    pub ifindex: u32,
+    pub flags: u32,
+}
+
+/// `struct fp_net`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FpNet {
+    pub flags: u32,
+    pub uplink: u32,
+    pub vlan: u16,
+    pub uplink_mac: [u8; 6],
+    pub reserved: [u8; 4],
+}
+
+/// `struct fp_counters`, also as summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FpCounters {
+    pub fast_rx_packets: u64,
+    pub fast_rx_bytes: u64,
+    pub fast_tx_packets: u64,
+    pub fast_tx_bytes: u64,
+    pub punted_packets: u64,
+    pub punted_bytes: u64,
+    pub injected_packets: u64,
+    pub injected_bytes: u64,
+    pub drops: [u64; 32],
+}
+
+impl FpCounters {
+    fn add(&mut self, o: &FpCounters) {
+        self.fast_rx_packets += o.fast_rx_packets;
+        self.fast_rx_bytes += o.fast_rx_bytes;
+        self.fast_tx_packets += o.fast_tx_packets;
+        self.fast_tx_bytes += o.fast_tx_bytes;
+        self.punted_packets += o.punted_packets;
+        self.punted_bytes += o.punted_bytes;
+        self.injected_packets += o.injected_packets;
+        self.injected_bytes += o.injected_bytes;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+}
+
+/// `struct fp_meta`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+struct FpMeta {
+    layout: u32,
+    reserved: u32,
+    version: u64,
+}
+
+// SAFETY: plain #[repr(C)] integers and byte arrays with no padding the
+// kernel could leave uninitialised (every gap is a named field).
+unsafe impl aya::Pod for FpPort {}
+unsafe impl aya::Pod for FdbKey {}
+unsafe impl aya::Pod for FdbEntry {}
+unsafe impl aya::Pod for FpNet {}
+unsafe impl aya::Pod for FpCounters {}
+unsafe impl aya::Pod for FpMeta {}
+
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<FpPort>() == 64);
+    assert!(offset_of!(FpPort, mac) == 16);
+    assert!(offset_of!(FpPort, ipv4) == 24);
+    assert!(offset_of!(FpPort, ipv6) == 28);
+    assert!(offset_of!(FpPort, ll6) == 44);
+    assert!(size_of::<FdbKey>() == 12);
+    assert!(size_of::<FdbEntry>() == 8);
+    assert!(size_of::<FpNet>() == 20);
+    assert!(offset_of!(FpNet, uplink_mac) == 10);
+    assert!(size_of::<FpCounters>() == 64 + 32 * 8);
+    assert!(size_of::<FpMeta>() == 16);
+};
+
+/// The version of the embedded programs: a hash of the object file, so any
+/// change to the C side is a new version.
+pub fn program_version() -> u64 {
+    fnv1a(FASTPATH_OBJ)
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// How [`FastPath::open`] found bpffs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Nothing was pinned: loaded fresh.
+    Loaded,
+    /// A previous instance's programs and maps, adopted as they are.
+    Adopted,
+    /// A previous instance's objects of another layout or version, removed
+    /// and loaded fresh (their attachments were detached).
+    Replaced { layout: u32, version: u64 },
+}
+
+/// One attachment as `vswitchctl datapath show` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub program: &'static str,
+    /// True when the kernel lists the program on the device's tcx ingress.
+    pub attached: bool,
+}
+
+/// The loaded fast path: its programs and typed maps.
+pub struct FastPath {
+    dir: PathBuf,
+    origin: Origin,
+    port_prog: SchedClassifier,
+    inject_prog: SchedClassifier,
+    ports: HashMap<MapData, u32, FpPort>,
+    fdb: HashMap<MapData, FdbKey, FdbEntry>,
+    nets: HashMap<MapData, u32, FpNet>,
+    counters: PerCpuHashMap<MapData, u32, FpCounters>,
+}
+
+impl fmt::Debug for FastPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FastPath")
+            .field("dir", &self.dir)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> EbpfError {
+    move |source| EbpfError::Map {
+        map,
+        op,
+        source: Box::new(source),
+    }
+}
+
+fn pin_err(path: &Path) -> impl FnOnce(aya::pin::PinError) -> EbpfError + '_ {
+    move |source| EbpfError::Pin {
+        path: path.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+fn load_err(program: &'static str) -> impl FnOnce(ProgramError) -> EbpfError {
+    move |source| EbpfError::Load {
+        program,
+        source: Box::new(source),
+    }
+}
+
+fn dir_err(path: &Path) -> impl FnOnce(io::Error) -> EbpfError + '_ {
+    move |source| EbpfError::PinDir {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl FastPath {
+    /// The pin directory of the switch whose state lives in `state_dir`:
+    /// one per instance, so daemons in different namespaces (whose ifindexes
+    /// and network ids overlap) never share maps. The name is longer than
+    /// any interface name, so it cannot meet an uplink's pin directory.
+    pub fn pin_dir_for(state_dir: &Path) -> PathBuf {
+        let canonical = state_dir
+            .canonicalize()
+            .unwrap_or_else(|_| state_dir.to_owned());
+        let hash = fnv1a(canonical.as_os_str().as_encoded_bytes());
+        Path::new(PIN_ROOT).join(format!("fastpath-{:08x}", hash as u32))
+    }
+
+    /// Adopts what a previous instance pinned in `dir`, or loads the
+    /// programs fresh (replacing pins of another version).
+    pub fn open(dir: &Path) -> Result<FastPath, EbpfError> {
+        ensure_bpffs()?;
+        if private_mounts() {
+            // `ip netns exec` gives its command a mount namespace of its own
+            // and a fresh /sys: pins made there die with the daemon, and
+            // the fast path with them. `nsenter --net` keeps the host's.
+            tracing::warn!(dir = %dir.display(),
+                "vswitchd runs in a mount namespace of its own: its pins vanish when it exits, so forwarding stops across a restart (start it with `nsenter --net=...`, not `ip netns exec`)");
+        }
+        std::fs::create_dir_all(dir.join(LINKS)).map_err(dir_err(dir))?;
+        let ours = (LAYOUT, program_version());
+        let origin = match read_meta(dir) {
+            Some(found) if found == ours => Origin::Adopted,
+            Some((layout, version)) => {
+                tracing::warn!(dir = %dir.display(), layout, version = format_args!("{version:016x}"),
+                    "pinned fast path is from another build: replacing it (kernel forwarding stops until ports re-attach)");
+                remove_pins(dir)?;
+                load_and_pin(dir, ours.1)?;
+                Origin::Replaced { layout, version }
+            }
+            None => {
+                remove_pins(dir)?;
+                load_and_pin(dir, ours.1)?;
+                Origin::Loaded
+            }
+        };
+        let fp = FastPath::from_pins(dir, origin)?;
+        tracing::info!(dir = %dir.display(), origin = ?fp.origin,
+            version = format_args!("{:016x}", ours.1), "fast path ready");
+        Ok(fp)
+    }
+
+    fn from_pins(dir: &Path, origin: Origin) -> Result<FastPath, EbpfError> {
+        let prog =
+            |p: Program| SchedClassifier::from_pin(dir.join(p.name())).map_err(load_err(p.name()));
+        let map = |name: &'static str| -> Result<MapData, EbpfError> {
+            MapData::from_pin(dir.join(name)).map_err(map_err(name, "opening the pinned map"))
+        };
+        Ok(FastPath {
+            dir: dir.to_owned(),
+            origin,
+            port_prog: prog(Program::Port)?,
+            inject_prog: prog(Program::Inject)?,
+            ports: HashMap::try_from(Map::HashMap(map(MAP_PORTS)?))
+                .map_err(map_err(MAP_PORTS, "checking key and value sizes"))?,
+            fdb: HashMap::try_from(Map::HashMap(map(MAP_FDB)?))
+                .map_err(map_err(MAP_FDB, "checking key and value sizes"))?,
+            nets: HashMap::try_from(Map::HashMap(map(MAP_NETS)?))
+                .map_err(map_err(MAP_NETS, "checking key and value sizes"))?,
+            counters: PerCpuHashMap::try_from(Map::PerCpuHashMap(map(MAP_COUNTERS)?))
+                .map_err(map_err(MAP_COUNTERS, "checking key and value sizes"))?,
+        })
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn link_path(&self, ifname: &IfName) -> PathBuf {
+        self.dir.join(LINKS).join(ifname.as_str())
+    }
+
+    fn program(&mut self, which: Program) -> &mut SchedClassifier {
+        match which {
+            Program::Port => &mut self.port_prog,
+            Program::Inject => &mut self.inject_prog,
+        }
+    }
+
+    /// Attaches `which` to the tcx ingress of `ifname` (in the calling
+    /// thread's namespace) and pins the link. A pinned link still attached
+    /// there with the same program is kept: that is how a restart adopts.
+    /// Returns true when it was kept.
+    pub fn attach(&mut self, ifname: &IfName, which: Program) -> Result<bool, EbpfError> {
+        let path = self.link_path(ifname);
+        if path.exists() {
+            if self.is_attached(ifname, which) {
+                return Ok(true);
+            }
+            // The device went away (and maybe came back): the link is
+            // defunct.
+            unpin_link(&path)?;
+        }
+        let prog = self.program(which);
+        let id = prog
+            .attach_with_options(
+                ifname.as_str(),
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| EbpfError::Load {
+                program: which.name(),
+                source: Box::new(source),
+            })?;
+        let link = prog.take_link(id).map_err(load_err(which.name()))?;
+        let link = FdLink::try_from(link).map_err(|_| EbpfError::NotALink {
+            ifname: ifname.as_str().to_owned(),
+        })?;
+        link.pin(&path).map_err(pin_err(&path))?;
+        Ok(false)
+    }
+
+    /// Whether `which` is on the tcx ingress of `ifname` now.
+    fn is_attached(&self, ifname: &IfName, which: Program) -> bool {
+        let prog = match which {
+            Program::Port => &self.port_prog,
+            Program::Inject => &self.inject_prog,
+        };
+        let Ok(ours) = prog.info().map(|i| i.id()) else {
+            return false;
+        };
+        match SchedClassifier::query_tcx(ifname.as_str(), TcAttachType::Ingress) {
+            Ok((_, progs)) => progs.iter().any(|p| p.id() == ours),
+            Err(_) => false,
+        }
+    }
+
+    /// Detaches whatever this instance pinned on `ifname`. Nothing pinned
+    /// is success.
+    pub fn detach(&mut self, ifname: &IfName) -> Result<(), EbpfError> {
+        let path = self.link_path(ifname);
+        if path.exists() {
+            unpin_link(&path)?;
+        }
+        Ok(())
+    }
+
+    pub fn set_port(&mut self, ifindex: u32, port: &FpPort) -> Result<(), EbpfError> {
+        self.ports
+            .insert(ifindex, *port, 0)
+            .map_err(map_err(MAP_PORTS, "insert"))
+    }
+
+    pub fn port(&self, ifindex: u32) -> Option<FpPort> {
+        self.ports.get(&ifindex, 0).ok()
+    }
+
+    pub fn remove_port(&mut self, ifindex: u32) -> Result<(), EbpfError> {
+        ignore_missing(self.ports.remove(&ifindex)).map_err(map_err(MAP_PORTS, "remove"))?;
+        ignore_missing(self.counters.remove(&ifindex)).map_err(map_err(MAP_COUNTERS, "remove"))
+    }
+
+    pub fn set_fdb(&mut self, net: u32, mac: [u8; 6], entry: FdbEntry) -> Result<(), EbpfError> {
+        let key = FdbKey {
+            net,
+            mac,
+            pad: [0; 2],
+        };
+        self.fdb
+            .insert(key, entry, 0)
+            .map_err(map_err(MAP_FDB, "insert"))
+    }
+
+    pub fn remove_fdb(&mut self, net: u32, mac: [u8; 6]) -> Result<(), EbpfError> {
+        let key = FdbKey {
+            net,
+            mac,
+            pad: [0; 2],
+        };
+        ignore_missing(self.fdb.remove(&key)).map_err(map_err(MAP_FDB, "remove"))
+    }
+
+    pub fn set_net(&mut self, net: u32, entry: &FpNet) -> Result<(), EbpfError> {
+        self.nets
+            .insert(net, *entry, 0)
+            .map_err(map_err(MAP_NETS, "insert"))
+    }
+
+    pub fn remove_net(&mut self, net: u32) -> Result<(), EbpfError> {
+        ignore_missing(self.nets.remove(&net)).map_err(map_err(MAP_NETS, "remove"))
+    }
+
+    /// The kernel's counters for `ifindex`, summed over CPUs (zero before
+    /// the first frame).
+    pub fn counters(&self, ifindex: u32) -> FpCounters {
+        let mut sum = FpCounters::default();
+        if let Ok(per_cpu) = self.counters.get(&ifindex, 0) {
+            for c in per_cpu.iter() {
+                sum.add(c);
+            }
+        }
+        sum
+    }
+
+    /// Removes the entries of devices not in `live` (left by an instance
+    /// whose ports are gone), and FDB entries that lead to them.
+    pub fn retain_ports(&mut self, live: &[u32]) -> Result<(), EbpfError> {
+        let stale: Vec<u32> = self
+            .ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|i| !live.contains(i))
+            .collect();
+        for ifindex in &stale {
+            self.remove_port(*ifindex)?;
+        }
+        let dead: Vec<FdbKey> = self
+            .fdb
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, e)| e.flags & fdb_flags::ENDPOINT != 0 && !live.contains(&e.ifindex))
+            .map(|(k, _)| k)
+            .collect();
+        for key in dead {
+            ignore_missing(self.fdb.remove(&key)).map_err(map_err(MAP_FDB, "remove"))?;
+        }
+        Ok(())
+    }
+
+    /// Every pinned attachment, with whether the kernel still runs it.
+    pub fn attachments(&self) -> Vec<Attachment> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.dir.join(LINKS)) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(ifname) = IfName::new(&name) else {
+                continue;
+            };
+            let ifindex = crate::sys::if_index(&name).unwrap_or(0);
+            let which = match self.ports.get(&ifindex, 0) {
+                Ok(p) if p.flags & port_flags::INJECT != 0 => Program::Inject,
+                _ => Program::Port,
+            };
+            out.push(Attachment {
+                attached: self.is_attached(&ifname, which),
+                ifname: name,
+                ifindex,
+                program: which.name(),
+            });
+        }
+        out.sort_by(|a, b| a.ifname.cmp(&b.ifname));
+        out
+    }
+}
+
+/// True when this process's mount namespace is not init's.
+fn private_mounts() -> bool {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    matches!((ns("self"), ns("1")), (Some(a), Some(b)) if a != b)
+}
+
+/// The layout and version the pinned `meta` map records, if there is one.
+fn read_meta(dir: &Path) -> Option<(u32, u64)> {
+    let data = MapData::from_pin(dir.join(MAP_META)).ok()?;
+    let map: aya::maps::Array<MapData, FpMeta> =
+        aya::maps::Array::try_from(Map::Array(data)).ok()?;
+    let meta = map.get(&0, 0).ok()?;
+    Some((meta.layout, meta.version))
+}
+
+/// Loads the object, pins its maps and programs in `dir` and records the
+/// version in `meta`.
+fn load_and_pin(dir: &Path, version: u64) -> Result<(), EbpfError> {
+    let mut ebpf = Ebpf::load(FASTPATH_OBJ).map_err(|source| EbpfError::Parse {
+        program: "fastpath",
+        source: Box::new(source),
+    })?;
+    for which in Program::ALL {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(which.name())
+            .ok_or(EbpfError::Missing(which.name()))?
+            .try_into()
+            .map_err(load_err(which.name()))?;
+        prog.load().map_err(load_err(which.name()))?;
+        let path = dir.join(which.name());
+        prog.pin(&path).map_err(pin_err(&path))?;
+    }
+    for name in MAPS {
+        let map = ebpf.map(name).ok_or(EbpfError::Missing(name))?;
+        let path = dir.join(name);
+        map.pin(&path).map_err(pin_err(&path))?;
+    }
+    let meta = ebpf
+        .take_map(MAP_META)
+        .ok_or(EbpfError::Missing(MAP_META))?;
+    let mut meta: aya::maps::Array<MapData, FpMeta> =
+        aya::maps::Array::try_from(meta).map_err(map_err(MAP_META, "typing"))?;
+    // Written last: a half-pinned directory has no meta and is replaced.
+    meta.set(
+        0,
+        FpMeta {
+            layout: LAYOUT,
+            reserved: 0,
+            version,
+        },
+        0,
+    )
+    .map_err(map_err(MAP_META, "write"))?;
+    Ok(())
+}
+
+/// Unpins a link; closing the last descriptor (here) detaches it.
+fn unpin_link(path: &Path) -> Result<(), EbpfError> {
+    match PinnedLink::from_pin(path) {
+        Ok(link) => {
+            let fd = link.unpin().map_err(|source| EbpfError::Unpin {
+                path: path.to_owned(),
+                source,
+            })?;
+            drop(fd);
+            Ok(())
+        }
+        // Not a link (or unreadable): remove the file all the same.
+        Err(_) => std::fs::remove_file(path).map_err(|source| EbpfError::Unpin {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Removes everything pinned in `dir`: links first (detaching them), then
+/// programs and maps.
+fn remove_pins(dir: &Path) -> Result<(), EbpfError> {
+    if let Ok(entries) = std::fs::read_dir(dir.join(LINKS)) {
+        for entry in entries.flatten() {
+            unpin_link(&entry.path())?;
+        }
+    }
+    // meta first, so an interrupted removal is never mistaken for a
+    // complete pin set.
+    let names = std::iter::once(MAP_META)
+        .chain(MAPS.into_iter().filter(|m| *m != MAP_META))
+        .chain(Program::ALL.iter().map(|p| p.name()));
+    for name in names {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(EbpfError::Unpin { path, source }),
+        }
+    }
+    Ok(())
+}
+
+/// Removes an instance's whole pin directory (its daemon's state is gone
+/// for good: tests, `vswitchd --reset`).
+pub fn remove_instance(dir: &Path) -> Result<(), EbpfError> {
+    remove_pins(dir)?;
+    let _ = std::fs::remove_dir(dir.join(LINKS));
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::DropReason;
+
+    /// The C enum in drop_reasons.h is the Rust DropReason, name for name
+    /// and number for number.
+    #[test]
+    fn drop_reasons_match_the_c_header() {
+        let header = include_str!("../../../xdp-prog/drop_reasons.h");
+        let mut found = Vec::new();
+        for line in header.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("DROP_") {
+                if let Some((name, num)) = rest.trim_end_matches(',').split_once(" = ") {
+                    found.push((name.to_ascii_lowercase(), num.parse::<u8>().unwrap()));
+                }
+            }
+        }
+        let ours: Vec<(String, u8)> = DropReason::ALL
+            .iter()
+            .map(|r| (r.name().to_owned(), *r as u8))
+            .collect();
+        assert_eq!(found, ours);
+        assert!(ours.len() <= 32, "fp_counters.drops has 32 slots");
+    }
+
+    #[test]
+    fn layout_matches_the_c_header() {
+        let header = include_str!("../../../xdp-prog/fastpath.h");
+        assert!(header.contains(&format!("#define FP_LAYOUT {LAYOUT}\n")));
+    }
+
+    #[test]
+    fn pin_dirs_differ_per_state_dir_and_cannot_be_interface_names() {
+        let a = FastPath::pin_dir_for(Path::new("/var/lib/vswitch"));
+        let b = FastPath::pin_dir_for(Path::new("/tmp/other"));
+        assert_ne!(a, b);
+        let name = a.file_name().unwrap().to_str().unwrap();
+        assert!(
+            IfName::new(name).is_err(),
+            "{name} could be an uplink's pin dir"
+        );
+    }
+}

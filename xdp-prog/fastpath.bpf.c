@@ -1,0 +1,305 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * The kernel fast path: TC programs on the host ends of veth endpoints and on
+ * their punt TAPs. The slow path (vswitchd) decides; these programs forward
+ * what it has already decided, and hand it everything else.
+ *
+ * vswitch_port (ingress of an endpoint's host veth, i.e. what the endpoint
+ * sends), per frame:
+ *   - unknown device                                   -> drop (no port)
+ *   - port or network marked slow (policy, l2tunnel)    -> punt
+ *   - source MAC not the port's (unless it may spoof)   -> drop mac_spoofing
+ *   - group destination, ARP, VLAN tag, other ethertype -> punt
+ *   - IPv4/IPv6 from an address not the port's, DHCP or
+ *     DHCPv6 server ports, ICMPv6 other than echo,
+ *     IPv6 extension headers                           -> punt
+ *   - destination MAC in `fdb`, not marked slow:
+ *       a veth endpoint on this host                   -> bpf_redirect_peer
+ *       on the wire (learned on the network's uplink)  -> out of the uplink
+ *         (l2bridge: source MAC rewritten to the uplink's; VLAN pushed)
+ *   - anything else                                    -> punt
+ *
+ * "Punt" is bpf_redirect to the port's punt TAP: the slow path reads it with
+ * its virtio-net header, so a GSO super-frame arrives whole (XDP, AF_XDP or
+ * a packet socket on the veth would lose GSO or see every frame twice; see
+ * docs/design.md). vswitch_inject (ingress of a punt TAP: what the slow path
+ * writes) sends each frame on to the veth endpoint's peer, GSO intact.
+ *
+ * The programs never return TC_ACT_OK: the host stack never sees an
+ * endpoint's frames. Counters are per CPU, per device (`counters`); a drop
+ * is counted in the DropReason slot the slow path uses for the same reason.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "drop_reasons.h"
+#include "fastpath.h"
+
+#define IPPROTO_ICMPV6_ 58
+#define ICMPV6_ECHO_REQUEST 128
+#define ICMPV6_ECHO_REPLY 129
+#define DHCP_SERVER_PORT 67
+#define DHCPV6_SERVER_PORT 547
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_PORTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct fp_port);
+} ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_FDB);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fp_fdb_key);
+	__type(value, struct fp_fdb);
+} fdb SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_NETS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct fp_net);
+} nets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, FP_MAX_PORTS);
+	__type(key, __u32);
+	__type(value, struct fp_counters);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fp_meta);
+} meta SEC(".maps");
+
+/* The counters of `ifindex`, created on first use. */
+static __always_inline struct fp_counters *counters_of(__u32 ifindex)
+{
+	struct fp_counters *c = bpf_map_lookup_elem(&counters, &ifindex);
+
+	if (c)
+		return c;
+	struct fp_counters zero = {};
+	bpf_map_update_elem(&counters, &ifindex, &zero, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&counters, &ifindex);
+}
+
+/* Wire frames in this skb: a GSO super-frame counts its segments. */
+static __always_inline __u64 frames_of(struct __sk_buff *skb)
+{
+	return skb->gso_segs > 1 ? skb->gso_segs : 1;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, __u32 reason)
+{
+	struct fp_counters *c = counters_of(skb->ifindex);
+
+	/* Per-CPU values: no other writer, no atomics. */
+	if (c && reason < DROP_REASON_MAX && reason < 32)
+		c->drops[reason] += frames_of(skb);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int punt(struct __sk_buff *skb, const struct fp_port *port)
+{
+	struct fp_counters *c = counters_of(skb->ifindex);
+
+	if (c) {
+		c->punted_packets += frames_of(skb);
+		c->punted_bytes += skb->len;
+	}
+	return bpf_redirect(port->peer, 0);
+}
+
+/* Counts a frame forwarded in the kernel from `skb->ifindex` to `to`. */
+static __always_inline void count_fast(struct __sk_buff *skb, __u32 to)
+{
+	__u64 frames = frames_of(skb);
+	struct fp_counters *c = counters_of(skb->ifindex);
+
+	if (c) {
+		c->fast_rx_packets += frames;
+		c->fast_rx_bytes += skb->len;
+	}
+	c = counters_of(to);
+	if (c) {
+		c->fast_tx_packets += frames;
+		c->fast_tx_bytes += skb->len;
+	}
+}
+
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	return *(const __u32 *)a == *(const __u32 *)b &&
+	       *(const __u16 *)(a + 4) == *(const __u16 *)(b + 4);
+}
+
+static __always_inline int ip6_eq(const __u8 *a, const __u8 *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+/* Whether the IP header after the Ethernet header leaves the frame to the
+ * kernel: the port's own source address, and nothing the slow path polices
+ * (DHCP server ports, NDP and router messages, extension headers).
+ * Returns 1 for "forward in the kernel", 0 for "punt". */
+static __always_inline int ip_is_plain(struct __sk_buff *skb, const struct fp_port *port,
+				       __be16 proto)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	int spoof = port->flags & FP_PORT_SPOOF;
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+
+		if ((void *)(ip + 1) > end || ip->ihl < 5)
+			return 0;
+		if (!spoof && ip->saddr != *(const __u32 *)port->ipv4)
+			return 0;
+		if (ip->protocol == IPPROTO_UDP && !(ip->frag_off & bpf_htons(0x1fff))) {
+			__u16 *sport = (void *)ip + ip->ihl * 4;
+
+			if ((void *)(sport + 1) > end)
+				return 0;
+			if (*sport == bpf_htons(DHCP_SERVER_PORT))
+				return 0;
+		}
+		return 1;
+	}
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		if (!spoof && !ip6_eq(ip6->saddr.in6_u.u6_addr8, port->ipv6) &&
+		    !ip6_eq(ip6->saddr.in6_u.u6_addr8, port->ll6))
+			return 0;
+		if (ip6->nexthdr == IPPROTO_TCP)
+			return 1;
+		if (ip6->nexthdr == IPPROTO_UDP) {
+			__u16 *sport = (void *)(ip6 + 1);
+
+			if ((void *)(sport + 1) > end)
+				return 0;
+			return *sport != bpf_htons(DHCPV6_SERVER_PORT);
+		}
+		if (ip6->nexthdr == IPPROTO_ICMPV6_) {
+			__u8 *type = (void *)(ip6 + 1);
+
+			if ((void *)(type + 1) > end)
+				return 0;
+			return *type == ICMPV6_ECHO_REQUEST || *type == ICMPV6_ECHO_REPLY;
+		}
+		return 0;
+	}
+	return 0;
+}
+
+/* Headers the fast path reads: Ethernet, IPv6 and a UDP source port. */
+#define FP_PULL_LEN (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + 8)
+
+SEC("classifier")
+int vswitch_port(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct fp_port *port = bpf_map_lookup_elem(&ports, &ifindex);
+
+	if (!port)
+		return drop(skb, DROP_MALFORMED);
+	if (port->flags & FP_PORT_SLOW)
+		return punt(skb, port);
+	if (skb->vlan_present)
+		return punt(skb, port);
+
+	/* A veth skb keeps its headers linear; pull them when it does not. */
+	if ((void *)(long)skb->data + FP_PULL_LEN > (void *)(long)skb->data_end)
+		bpf_skb_pull_data(skb, skb->len < FP_PULL_LEN ? skb->len : FP_PULL_LEN);
+	/* bpf_skb_pull_data may move the packet: re-read the port as well. */
+	port = bpf_map_lookup_elem(&ports, &ifindex);
+	if (!port)
+		return TC_ACT_SHOT;
+
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return punt(skb, port);
+	if (!(port->flags & FP_PORT_SPOOF) && !mac_eq(eth->h_source, port->mac))
+		return drop(skb, DROP_MAC_SPOOFING);
+	if (eth->h_dest[0] & 1)
+		return punt(skb, port);
+	if (!ip_is_plain(skb, port, eth->h_proto))
+		return punt(skb, port);
+
+	struct fp_fdb_key key = { .net = port->net };
+	__builtin_memcpy(key.mac, eth->h_dest, 6);
+	struct fp_fdb *to = bpf_map_lookup_elem(&fdb, &key);
+
+	if (!to || (to->flags & FP_FDB_SLOW))
+		return punt(skb, port);
+
+	if (to->flags & FP_FDB_ENDPOINT) {
+		/* Unicast back to where it came from: the slow path counts it. */
+		if (to->ifindex == ifindex)
+			return punt(skb, port);
+		count_fast(skb, to->ifindex);
+		return bpf_redirect_peer(to->ifindex, 0);
+	}
+	if (to->flags & FP_FDB_UPLINK) {
+		__u32 net_id = port->net;
+		struct fp_net *net = bpf_map_lookup_elem(&nets, &net_id);
+
+		if (!net || !net->uplink || (net->flags & FP_NET_SLOW))
+			return punt(skb, port);
+		__u32 uplink = net->uplink;
+		__u16 vlan = net->vlan;
+		__u32 flags = net->flags;
+
+		if (flags & FP_NET_L2BRIDGE &&
+		    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), net->uplink_mac, 6, 0))
+			return drop(skb, DROP_TX_FAILED);
+		if (flags & FP_NET_VLAN && bpf_skb_vlan_push(skb, bpf_htons(ETH_P_8021Q), vlan))
+			return drop(skb, DROP_TX_FAILED);
+		count_fast(skb, uplink);
+		return bpf_redirect(uplink, 0);
+	}
+	return punt(skb, port);
+}
+
+SEC("classifier")
+int vswitch_inject(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct fp_port *port = bpf_map_lookup_elem(&ports, &ifindex);
+
+	if (!port || !(port->flags & FP_PORT_INJECT))
+		return drop(skb, DROP_MALFORMED);
+	struct fp_counters *c = counters_of(ifindex);
+
+	if (c) {
+		c->injected_packets += frames_of(skb);
+		c->injected_bytes += skb->len;
+	}
+	if (port->flags & FP_PORT_UPLINK)
+		return bpf_redirect(port->peer, 0);
+	return bpf_redirect_peer(port->peer, 0);
+}
+
+char _license[] SEC("license") = "Apache-2.0";

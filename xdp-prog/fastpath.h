@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Types shared between fastpath.bpf.c and its loader
+ * (vswitch/src/ebpf/fastpath.rs), which mirrors every struct with #[repr(C)]
+ * and asserts the same sizes and offsets. Change both together; FP_LAYOUT
+ * names the layout, and a daemon that finds pinned maps of another layout
+ * replaces them instead of adopting them.
+ */
+#ifndef VSWITCH_FASTPATH_H
+#define VSWITCH_FASTPATH_H
+
+#include <linux/types.h>
+#include <stddef.h>
+
+#include "flow.h"
+
+/* Bumped whenever a struct below, a map's definition or a flag changes
+ * meaning. */
+#define FP_LAYOUT 1
+
+/* fp_port.flags */
+/* Every frame from this port goes to the slow path (it has policy, or its
+ * network is one whose traffic the slow path must see). */
+#define FP_PORT_SLOW (1 << 0)
+/* The port may send from any MAC and IP (--allow-spoofing). */
+#define FP_PORT_SPOOF (1 << 1)
+/* An uplink: frames arrive from the wire. */
+#define FP_PORT_UPLINK (1 << 2)
+/* A punt TAP: frames the slow path writes to it go out of `peer`. */
+#define FP_PORT_INJECT (1 << 3)
+/* Frames to this port need the slow path (its inbound policy). Copied into
+ * the FDB entries that lead to it. */
+#define FP_PORT_SLOW_IN (1 << 4)
+
+/* `ports`, keyed by the ifindex the program runs on. */
+struct fp_port {
+	/* The switch's port id (the slow path's PortId) and network id. */
+	__u32 port_id;
+	__u32 net;
+	__u32 flags;
+	/* Endpoint and uplink: the punt TAP. A punt TAP: the device its
+	 * injected frames leave through (the endpoint's host veth). */
+	__u32 peer;
+	/* Endpoint: the only source MAC, IPv4 and IPv6 addresses it may send
+	 * from without the slow path looking (all zero: none). Link-local
+	 * IPv6 from the MAC (EUI-64) is allowed too. */
+	__u8 mac[6];
+	__u8 pad[2];
+	__u8 ipv4[4];
+	__u8 ipv6[16];
+	__u8 ll6[16];
+	__u8 reserved[4];
+};
+
+_Static_assert(sizeof(struct fp_port) == 64, "fp_port size");
+_Static_assert(offsetof(struct fp_port, mac) == 16, "fp_port.mac");
+_Static_assert(offsetof(struct fp_port, ipv4) == 24, "fp_port.ipv4");
+_Static_assert(offsetof(struct fp_port, ipv6) == 28, "fp_port.ipv6");
+_Static_assert(offsetof(struct fp_port, ll6) == 44, "fp_port.ll6");
+
+/* `fdb` key: a MAC in a network. */
+struct fp_fdb_key {
+	__u32 net;
+	__u8 mac[6];
+	__u8 pad[2];
+};
+
+_Static_assert(sizeof(struct fp_fdb_key) == 12, "fp_fdb_key size");
+
+/* fp_fdb.flags */
+/* The destination is a veth endpoint: bpf_redirect_peer to `ifindex`. */
+#define FP_FDB_ENDPOINT (1 << 0)
+/* The destination is on the wire: out of the network's uplink. */
+#define FP_FDB_UPLINK (1 << 1)
+/* The destination needs the slow path (FP_PORT_SLOW_IN). */
+#define FP_FDB_SLOW (1 << 2)
+
+struct fp_fdb {
+	/* The endpoint's host veth; for FP_FDB_UPLINK, unused (see fp_net). */
+	__u32 ifindex;
+	__u32 flags;
+};
+
+_Static_assert(sizeof(struct fp_fdb) == 8, "fp_fdb size");
+
+/* fp_net.flags */
+/* l2bridge: frames leave the uplink with the uplink's MAC as source. */
+#define FP_NET_L2BRIDGE (1 << 0)
+/* Tag frames leaving the uplink with `vlan`. */
+#define FP_NET_VLAN (1 << 1)
+/* No kernel forwarding at all in this network (l2tunnel: the host's
+ * switch polices same-host traffic; nat: the slow path routes). */
+#define FP_NET_SLOW (1 << 2)
+
+/* `nets`, keyed by network id. */
+struct fp_net {
+	__u32 flags;
+	/* The uplink device, 0 when the network has none. */
+	__u32 uplink;
+	__u16 vlan;
+	__u8 uplink_mac[6];
+	__u8 reserved[4];
+};
+
+_Static_assert(sizeof(struct fp_net) == 20, "fp_net size");
+
+/* Per-CPU counters of one device the program runs on, keyed by ifindex.
+ * Packets count wire frames (a GSO super-frame counts its segments). */
+struct fp_counters {
+	/* Forwarded in the kernel: received from the port, sent to it. */
+	__u64 fast_rx_packets;
+	__u64 fast_rx_bytes;
+	__u64 fast_tx_packets;
+	__u64 fast_tx_bytes;
+	/* Handed to the slow path through the punt TAP. */
+	__u64 punted_packets;
+	__u64 punted_bytes;
+	/* Written by the slow path and sent on (punt TAPs). */
+	__u64 injected_packets;
+	__u64 injected_bytes;
+	/* Dropped in the kernel, by DropReason (drop_reasons.h). */
+	__u64 drops[32];
+};
+
+_Static_assert(sizeof(struct fp_counters) == 64 + 32 * 8, "fp_counters size");
+
+/* `meta` (array, one entry): the layout and program version of what is
+ * pinned, so a restarted daemon knows whether it may adopt it. */
+struct fp_meta {
+	__u32 layout;
+	__u32 reserved;
+	__u64 version;
+};
+
+#define FP_MAX_PORTS 4096
+#define FP_MAX_FDB 65536
+#define FP_MAX_NETS 1024
+
+#endif
