@@ -25,8 +25,16 @@
  * docs/design.md). vswitch_inject (ingress of a punt TAP: what the slow path
  * writes) sends each frame on to the veth endpoint's peer, GSO intact.
  *
- * The programs never return TC_ACT_OK: the host stack never sees an
- * endpoint's frames. Counters are per CPU, per device (`counters`); a drop
+ * vswitch_uplink (ingress of an uplink, behind its XDP program, which
+ * passes on the unicast IP frames of veth endpoints instead of handing
+ * them to AF_XDP): the network from (uplink, VLAN) in `uplinks`; the veth
+ * endpoint from the destination MAC (transparent) or, for frames to the
+ * uplink's own MAC, from the destination IP (l2bridge, whose MAC is then
+ * rewritten to the endpoint's); the VLAN tag popped; bpf_redirect_peer.
+ * Anything else is the host's (TC_ACT_OK), as XDP decided.
+ *
+ * The endpoint programs never return TC_ACT_OK: the host stack never sees
+ * an endpoint's frames. Counters are per CPU, per device (`counters`); a drop
  * is counted in the DropReason slot the slow path uses for the same reason.
  */
 #include <linux/bpf.h>
@@ -70,6 +78,22 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fp_net);
 } nets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_NETS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fp_uplink_key);
+	__type(value, struct fp_uplink);
+} uplinks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_PORTS * 2);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fp_ip_key);
+	__type(value, struct fp_ip);
+} endpoint_ips SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -300,6 +324,102 @@ int vswitch_inject(struct __sk_buff *skb)
 	if (port->flags & FP_PORT_UPLINK)
 		return bpf_redirect(port->peer, 0);
 	return bpf_redirect_peer(port->peer, 0);
+}
+
+/* The veth endpoint an l2bridge frame from the wire is for, by its
+ * destination IP. */
+static __always_inline struct fp_ip *endpoint_by_ip(struct __sk_buff *skb, __u32 net, __u32 l3,
+						    __be16 proto)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct fp_ip_key key = { .net = net };
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + l3;
+
+		if ((void *)(ip + 1) > end)
+			return NULL;
+		key.family = FP_FAMILY_IPV4;
+		__builtin_memcpy(key.addr, &ip->daddr, 4);
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + l3;
+
+		if ((void *)(ip6 + 1) > end)
+			return NULL;
+		/* Neighbour discovery is the slow path's (XDP sent it there). */
+		if (ip6->nexthdr == IPPROTO_ICMPV6_)
+			return NULL;
+		key.family = FP_FAMILY_IPV6;
+		__builtin_memcpy(key.addr, ip6->daddr.in6_u.u6_addr8, 16);
+	} else {
+		return NULL;
+	}
+	return bpf_map_lookup_elem(&endpoint_ips, &key);
+}
+
+SEC("classifier")
+int vswitch_uplink(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct fp_uplink_key ukey = { .ifindex = ifindex };
+	__u32 l3 = sizeof(struct ethhdr);
+	__be16 proto;
+
+	if ((void *)(long)skb->data + FP_PULL_LEN + 4 > (void *)(long)skb->data_end)
+		bpf_skb_pull_data(skb, skb->len < FP_PULL_LEN + 4 ? skb->len : FP_PULL_LEN + 4);
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return TC_ACT_OK;
+	proto = eth->h_proto;
+	if (skb->vlan_present) {
+		ukey.vlan = skb->vlan_tci & 0x0fff;
+	} else if (proto == bpf_htons(ETH_P_8021Q)) {
+		__be16 *tag = (void *)(eth + 1);
+
+		if ((void *)(tag + 2) > end)
+			return TC_ACT_OK;
+		ukey.vlan = bpf_ntohs(tag[0]) & 0x0fff;
+		proto = tag[1];
+		l3 += 4;
+	}
+	struct fp_uplink *up = bpf_map_lookup_elem(&uplinks, &ukey);
+
+	if (!up || (eth->h_dest[0] & 1))
+		return TC_ACT_OK;
+	__u32 to = 0;
+	__u8 rewrite[6];
+	int set_mac = 0;
+
+	if ((up->flags & FP_NET_L2BRIDGE) && mac_eq(eth->h_dest, up->mac)) {
+		struct fp_ip *ep = endpoint_by_ip(skb, up->net, l3, proto);
+
+		if (!ep || (ep->flags & FP_FDB_SLOW))
+			return TC_ACT_OK;
+		to = ep->ifindex;
+		__builtin_memcpy(rewrite, ep->mac, 6);
+		set_mac = 1;
+	} else {
+		struct fp_fdb_key key = { .net = up->net };
+
+		__builtin_memcpy(key.mac, eth->h_dest, 6);
+		struct fp_fdb *fdb_entry = bpf_map_lookup_elem(&fdb, &key);
+
+		if (!fdb_entry || !(fdb_entry->flags & FP_FDB_ENDPOINT) ||
+		    (fdb_entry->flags & FP_FDB_SLOW))
+			return TC_ACT_OK;
+		to = fdb_entry->ifindex;
+	}
+	if ((skb->vlan_present || l3 > sizeof(struct ethhdr)) && bpf_skb_vlan_pop(skb))
+		return drop(skb, DROP_MALFORMED);
+	if (set_mac &&
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), rewrite, 6, 0))
+		return drop(skb, DROP_MALFORMED);
+	count_fast(skb, to);
+	return bpf_redirect_peer(to, 0);
 }
 
 char _license[] SEC("license") = "Apache-2.0";

@@ -16,7 +16,7 @@
 
 /* Bumped whenever a struct below, a map's definition or a flag changes
  * meaning. */
-#define FP_LAYOUT 1
+#define FP_LAYOUT 2
 
 /* fp_port.flags */
 /* Every frame from this port goes to the slow path (it has policy, or its
@@ -103,6 +103,51 @@ struct fp_net {
 };
 
 _Static_assert(sizeof(struct fp_net) == 20, "fp_net size");
+
+/* `uplinks`: which network a frame from an uplink belongs to, by the
+ * uplink's ifindex and the frame's VLAN (0: untagged). */
+struct fp_uplink_key {
+	__u32 ifindex;
+	__u16 vlan;
+	__u8 pad[2];
+};
+
+_Static_assert(sizeof(struct fp_uplink_key) == 8, "fp_uplink_key size");
+
+struct fp_uplink {
+	__u32 net;
+	/* FP_NET_* */
+	__u32 flags;
+	/* l2bridge: the uplink's MAC, which the endpoints share on the wire. */
+	__u8 mac[6];
+	__u8 pad[2];
+};
+
+_Static_assert(sizeof(struct fp_uplink) == 16, "fp_uplink size");
+
+/* `endpoint_ips`: l2bridge endpoints by address, for frames from the wire
+ * that carry the uplink's MAC. IPv4 in addr[0..4], the rest zero. */
+struct fp_ip_key {
+	__u32 net;
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+
+_Static_assert(sizeof(struct fp_ip_key) == 24, "fp_ip_key size");
+
+struct fp_ip {
+	/* The endpoint's host veth. */
+	__u32 ifindex;
+	__u32 flags;
+	__u8 mac[6];
+	__u8 pad[2];
+};
+
+_Static_assert(sizeof(struct fp_ip) == 16, "fp_ip size");
+
+#define FP_FAMILY_IPV4 4
+#define FP_FAMILY_IPV6 6
 
 /* Per-CPU counters of one device the program runs on, keyed by ifindex.
  * Packets count wire frames (a GSO super-frame counts its segments). */

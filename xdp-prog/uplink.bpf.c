@@ -20,6 +20,10 @@
  *       a fragment other than the first (no ports to look at)      -> host
  *   - everything else (host unicast, other broadcast/multicast)    -> host
  *
+ * An endpoint entry flagged UPLINK_EP_KERNEL is a veth endpoint the kernel
+ * fast path delivers to: its unicast IPv4/IPv6 frames are passed on to the
+ * TC program behind this one (fastpath.bpf.c, vswitch_uplink) instead.
+ *
  * "Switch" means bpf_redirect_map into `xsks` at the receive queue, with
  * XDP_PASS as the fallback so frames still reach the host when no socket is
  * bound (the daemon is restarting, say). Lookups use the frame's 802.1Q VID,
@@ -125,6 +129,8 @@ enum verdict {
 	V_MALFORMED = 2,
 	/* To the switch, and counted as NAT. */
 	V_NAT = 3,
+	/* To a veth endpoint, through the TC fast path behind XDP. */
+	V_KERNEL = 4,
 };
 
 static __always_inline int count(__u32 stat, int action)
@@ -153,12 +159,13 @@ static __always_inline int is_group_mac(const __u8 *mac)
 
 /* --- Ethernet ----------------------------------------------------------- */
 
-static __always_inline int mac_is_endpoint(__u16 vlan, const __u8 *mac)
+/* The endpoint_macs value for `mac`, or NULL when it is no endpoint's. */
+static __always_inline __u32 *mac_is_endpoint(__u16 vlan, const __u8 *mac)
 {
 	struct uplink_mac_key key = { .vlan = vlan };
 
 	__builtin_memcpy(key.mac, mac, 6);
-	return bpf_map_lookup_elem(&endpoint_macs, &key) != NULL;
+	return bpf_map_lookup_elem(&endpoint_macs, &key);
 }
 
 struct vlan_tag {
@@ -239,20 +246,27 @@ static __always_inline int push_oob_tag(struct xdp_md *ctx, const struct oob_tag
 
 /* --- IP ------------------------------------------------------------------ */
 
-static __always_inline int ipv4_is_endpoint(__u16 vlan, const __be32 *addr)
+/* The endpoint_ips value for an address, or NULL. */
+static __always_inline __u32 *ipv4_is_endpoint(__u16 vlan, const __be32 *addr)
 {
 	struct uplink_ip_key key = { .vlan = vlan, .family = UPLINK_FAMILY_IPV4 };
 
 	__builtin_memcpy(key.addr, addr, 4);
-	return bpf_map_lookup_elem(&endpoint_ips, &key) != NULL;
+	return bpf_map_lookup_elem(&endpoint_ips, &key);
 }
 
-static __always_inline int ipv6_is_endpoint(__u16 vlan, const struct in6_addr *addr)
+static __always_inline __u32 *ipv6_is_endpoint(__u16 vlan, const struct in6_addr *addr)
 {
 	struct uplink_ip_key key = { .vlan = vlan, .family = UPLINK_FAMILY_IPV6 };
 
 	__builtin_memcpy(key.addr, addr, 16);
-	return bpf_map_lookup_elem(&endpoint_ips, &key) != NULL;
+	return bpf_map_lookup_elem(&endpoint_ips, &key);
+}
+
+/* An endpoint value that leaves the frame to the kernel fast path. */
+static __always_inline int kernel_delivers(const __u32 *value)
+{
+	return value && (*value & UPLINK_EP_KERNEL);
 }
 
 /* --- ARP ----------------------------------------------------------------- */
@@ -452,8 +466,10 @@ static __always_inline enum verdict parse_ipv4(struct cursor *c, __u16 vlan, int
 		return V_MALFORMED;
 	if (!unicast)
 		return V_HOST;
-	if (ipv4_is_endpoint(vlan, &ip->daddr))
-		return V_SWITCH;
+	__u32 *ep = ipv4_is_endpoint(vlan, &ip->daddr);
+
+	if (ep)
+		return kernel_delivers(ep) ? V_KERNEL : V_SWITCH;
 	return nat_ipv4(c, vlan, ip);
 }
 
@@ -496,7 +512,11 @@ static __always_inline enum verdict parse_ipv6(struct cursor *c, __u16 vlan, int
 	}
 	if (!unicast)
 		return V_HOST;
-	return ipv6_is_endpoint(vlan, &ip6->daddr) ? V_SWITCH : V_HOST;
+	__u32 *ep = ipv6_is_endpoint(vlan, &ip6->daddr);
+
+	if (!ep)
+		return V_HOST;
+	return kernel_delivers(ep) && ip6->nexthdr != IPPROTO_ICMPV6 ? V_KERNEL : V_SWITCH;
 }
 
 /* --- Entry --------------------------------------------------------------- */
@@ -538,8 +558,14 @@ int vswitch_uplink(struct xdp_md *ctx)
 	} else if (parse_vlan(&c, &proto, &vlan) == V_MALFORMED) {
 		return count(UPLINK_STAT_MALFORMED, XDP_PASS);
 	}
-	if (mac_is_endpoint(vlan, eth->h_dest))
+	__u32 *ep = mac_is_endpoint(vlan, eth->h_dest);
+
+	if (ep) {
+		if (kernel_delivers(ep) &&
+		    (proto == bpf_htons(ETH_P_IP) || proto == bpf_htons(ETH_P_IPV6)))
+			return count(UPLINK_STAT_KERNEL, XDP_PASS);
 		return tagged_to_switch(ctx, &tag);
+	}
 
 	unicast = !is_group_mac(eth->h_dest);
 	switch (proto) {
@@ -559,6 +585,8 @@ int vswitch_uplink(struct xdp_md *ctx)
 
 	if (v == V_SWITCH)
 		return tagged_to_switch(ctx, &tag);
+	if (v == V_KERNEL)
+		return count(UPLINK_STAT_KERNEL, XDP_PASS);
 	if (v == V_NAT) {
 		/* Counted at the decision, whatever the redirect then does. */
 		count(UPLINK_STAT_NAT, 0);

@@ -29,7 +29,10 @@ enum uplink_stat {
 	/* A reply or mapped connection of a translated flow, handed to the
 	 * switch (counted when decided, so also when NO_SOCKET follows). */
 	UPLINK_STAT_NAT = 5,
-	UPLINK_STAT_MAX = 6,
+	/* For a veth endpoint the kernel fast path delivers: left to the TC
+	 * program behind (vswitch_uplink in fastpath.bpf.c). */
+	UPLINK_STAT_KERNEL = 6,
+	UPLINK_STAT_MAX = 7,
 };
 
 /* In the device-bound build (UPLINK_DEV_BOUND), the call to the
@@ -42,6 +45,11 @@ enum uplink_stat {
 /* `family` values of struct uplink_ip_key. */
 #define UPLINK_FAMILY_IPV4 4
 #define UPLINK_FAMILY_IPV6 6
+
+/* Value flag of `endpoint_macs` and `endpoint_ips`: the endpoint is a veth
+ * the kernel fast path delivers to, so its unicast IP frames go on to the
+ * TC program instead of the AF_XDP socket. */
+#define UPLINK_EP_KERNEL 1
 
 /* Key of `endpoint_macs`: a destination MAC on a VLAN (0 = untagged). */
 struct uplink_mac_key {

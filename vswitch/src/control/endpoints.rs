@@ -287,7 +287,7 @@ impl Controller {
             }
         };
         port.tap = Some(owner);
-        if let Err(e) = self.steer_endpoint(net, ep, &ips) {
+        if let Err(e) = self.steer_endpoint(net, ep, &ips, false) {
             let _ = self.datapath.remove_port(port.id);
             if origin == TapOrigin::Fresh {
                 plumb::delete_endpoint_tap(&ns, &cfg.ifname);
@@ -354,7 +354,13 @@ impl Controller {
         };
         port.tap = Some(owner);
         port.veth = Some(handle.clone());
-        if let Err(e) = self.steer_endpoint(net, ep, &ips) {
+        let slow = self
+            .fast
+            .as_ref()
+            .and_then(|fp| fp.port(handle.host_index))
+            .is_none_or(|p| p.flags & crate::ebpf::fastpath::port_flags::SLOW != 0);
+        let kernel = super::fastpath::kernel_uplink(net) && !slow;
+        if let Err(e) = self.steer_endpoint(net, ep, &ips, kernel) {
             let _ = self.datapath.remove_port(port.id);
             self.fast_detach(&handle);
             undo();
@@ -365,11 +371,12 @@ impl Controller {
 
     /// Frames from the wire for this endpoint go to the switch, not the
     /// host: its MAC on a transparent network, its addresses on both.
-    fn steer_endpoint(
+    pub(super) fn steer_endpoint(
         &mut self,
         net: &NetworkRecord,
         ep: &EndpointRecord,
         ips: &[IpAddr],
+        kernel: bool,
     ) -> ApiResult<()> {
         let steered = net.driver.wire_mac() != Some(WireMac::Translated);
         if let Some(up) = net
@@ -380,7 +387,7 @@ impl Controller {
             .filter(|_| steered)
         {
             let mac = (net.driver.wire_mac() == Some(WireMac::Endpoint)).then_some(ep.mac);
-            if let Err(e) = up.steer(net.parsed.vlan, mac, ips) {
+            if let Err(e) = up.steer(net.parsed.vlan, mac, ips, kernel) {
                 up.unsteer(net.parsed.vlan, mac, ips);
                 return Err(uplink_error(e));
             }

@@ -17,12 +17,14 @@ use super::{ApiResult, Controller};
 use crate::api::{self, Driver};
 use crate::datapath::{DropReason, NetId};
 use crate::ebpf::fastpath::{
-    fdb_flags, net_flags, port_flags, FastPath, FdbEntry, FpNet, FpPort, Origin, Program,
+    fdb_flags, net_flags, port_flags, FastPath, FdbEntry, FpIp, FpNet, FpPort, FpUplink, IpKey,
+    Origin, Program, UplinkKey,
 };
 use crate::ebpf::EbpfError;
 use crate::ifname::IfName;
 use crate::pipeline::forward::link_local_of;
 use crate::pipeline::Layers;
+use std::net::IpAddr;
 
 /// A veth endpoint's kernel objects, as the controller tracks them.
 #[derive(Debug, Clone)]
@@ -32,6 +34,17 @@ pub(super) struct VethHandle {
     pub punt_index: u32,
     pub net: NetId,
     pub mac: [u8; 6],
+    /// Entries of `endpoint_ips` (l2bridge networks with a kernel uplink).
+    pub ips: Vec<IpAddr>,
+}
+
+/// Whether the kernel may carry a network's traffic to and from its uplink:
+/// transparent and l2bridge networks without network policies (OutBoundNAT
+/// and ACLs on the network are the slow path's).
+pub(super) fn kernel_uplink(net: &NetworkRecord) -> bool {
+    matches!(net.driver, Driver::Transparent | Driver::L2Bridge)
+        && net.policies.is_empty()
+        && net.parsed.interface.is_some()
 }
 
 fn fast_error(e: EbpfError) -> api::ApiError {
@@ -52,17 +65,6 @@ fn flags_of(ep: &EndpointRecord, layers: &Layers) -> u32 {
         flags |= port_flags::SPOOF;
     }
     flags
-}
-
-fn net_entry(net: &NetworkRecord) -> FpNet {
-    let mut flags = 0;
-    if net.driver == Driver::L2Tunnel {
-        flags |= net_flags::SLOW;
-    }
-    FpNet {
-        flags,
-        ..FpNet::default()
-    }
 }
 
 impl Controller {
@@ -92,6 +94,11 @@ impl Controller {
             punt_index: veth.punt_index,
             net: dp_net,
             mac: ep.mac.0,
+            ips: if kernel_uplink(net) && net.driver == Driver::L2Bridge {
+                endpoint_ips(ep)
+            } else {
+                Vec::new()
+            },
         };
         let flags = flags_of(ep, layers);
         let result = (|| -> ApiResult<()> {
@@ -116,7 +123,6 @@ impl Controller {
             }
             // Entries first, programs second: a program never runs on a
             // device the maps do not know.
-            fp.set_net(dp_net, &net_entry(net)).map_err(fast_error)?;
             fp.set_port(veth.host_index, &entry).map_err(fast_error)?;
             fp.set_port(
                 veth.punt_index,
@@ -136,6 +142,16 @@ impl Controller {
             if kept_port && kept_inject {
                 tracing::debug!(endpoint = %ep.name, "fast path attachments adopted");
             }
+            if self.fast_network(net, dp_net)? && net.driver == Driver::L2Bridge {
+                let fp = self.fast_path()?;
+                for ip in endpoint_ips(ep) {
+                    fp.set_ip(
+                        IpKey::new(dp_net, ip),
+                        &ip_entry(veth.host_index, ep, flags),
+                    )
+                    .map_err(fast_error)?;
+                }
+            }
             Ok(())
         })();
         if let Err(e) = result {
@@ -151,11 +167,14 @@ impl Controller {
         let Some(fp) = self.fast.as_mut() else {
             return;
         };
-        let steps = [
+        let mut steps = vec![
             fp.remove_fdb(h.net, h.mac),
             fp.remove_port(h.host_index),
             fp.remove_port(h.punt_index),
         ];
+        for ip in &h.ips {
+            steps.push(fp.remove_ip(IpKey::new(h.net, *ip)));
+        }
         for name in [&h.names.host, &h.names.punt] {
             if let Ok(n) = IfName::new(name) {
                 if let Err(e) = fp.detach(&n) {
@@ -195,7 +214,116 @@ impl Controller {
         }
         fp.set_port(h.host_index, &entry).map_err(fast_error)?;
         fp.set_fdb(h.net, h.mac, fdb_entry(h.host_index, flags))
-            .map_err(fast_error)
+            .map_err(fast_error)?;
+        for ip in &h.ips {
+            fp.set_ip(IpKey::new(h.net, *ip), &ip_entry(h.host_index, ep, flags))
+                .map_err(fast_error)?;
+        }
+        // Frames from the wire: to the kernel only while it may forward.
+        if let Some(net) = self.state.network_by_id(&ep.network_id).cloned() {
+            let kernel = kernel_uplink(&net) && flags & port_flags::SLOW == 0;
+            self.steer_endpoint(&net, ep, &endpoint_ips(ep), kernel)?;
+        }
+        Ok(())
+    }
+
+    /// Describes a network to the kernel: its flags and, when the kernel
+    /// may use its uplink, the uplink (both directions: the TC program on
+    /// it, its (ifindex, VLAN) entry, and the mirror of MACs learned on it).
+    /// Returns whether the kernel uses the uplink.
+    fn fast_network(&mut self, net: &NetworkRecord, dp_net: NetId) -> ApiResult<bool> {
+        let mut entry = FpNet::default();
+        if net.driver == Driver::L2Tunnel {
+            entry.flags |= net_flags::SLOW;
+        }
+        let uplink = net
+            .parsed
+            .interface
+            .as_ref()
+            .filter(|_| kernel_uplink(net))
+            .and_then(|i| Some((i.clone(), self.uplinks.get(i)?)))
+            .map(|(i, up)| (i, up.ifindex, up.mac));
+        let uplink_port = self
+            .nets
+            .get(&net.id)
+            .and_then(|rt| rt.uplink.as_ref())
+            .map(|p| p.id);
+        let (Some((ifname_, ifindex, mac)), Some(uplink_port)) = (uplink, uplink_port) else {
+            self.fast_path()?
+                .set_net(dp_net, &entry)
+                .map_err(fast_error)?;
+            return Ok(false);
+        };
+        let vlan = net.parsed.vlan;
+        entry.uplink = ifindex;
+        entry.vlan = vlan;
+        if vlan != 0 {
+            entry.flags |= net_flags::VLAN;
+        }
+        let l2bridge = net.driver == Driver::L2Bridge;
+        if l2bridge {
+            entry.flags |= net_flags::L2BRIDGE;
+            entry.uplink_mac = mac.0;
+        }
+        let fresh = self.fast_nets.insert(dp_net);
+        let fp = self.fast_path()?;
+        fp.set_net(dp_net, &entry).map_err(fast_error)?;
+        fp.set_uplink(
+            UplinkKey {
+                ifindex,
+                vlan,
+                pad: [0; 2],
+            },
+            &FpUplink {
+                net: dp_net,
+                flags: if l2bridge { net_flags::L2BRIDGE } else { 0 },
+                mac: mac.0,
+                pad: [0; 2],
+            },
+        )
+        .map_err(fast_error)?;
+        fp.attach(&ifname(&ifname_)?, Program::Uplink)
+            .map_err(fast_error)?;
+        if fresh {
+            let mirror = fp.fdb_mirror(dp_net, uplink_port).map_err(fast_error)?;
+            if let Err(e) = self.datapath.set_mirror(dp_net, Some(mirror)) {
+                self.fast_nets.remove(&dp_net);
+                return Err(internal(e));
+            }
+        }
+        Ok(true)
+    }
+
+    /// Forgets a network that stops: its kernel entries (the datapath drops
+    /// its mirror with it).
+    pub(super) fn fast_forget_network(&mut self, net: &NetworkRecord, dp_net: NetId) {
+        self.fast_nets.remove(&dp_net);
+        let ifindex = net
+            .parsed
+            .interface
+            .as_ref()
+            .and_then(|i| self.uplinks.get(i))
+            .map(|u| u.ifindex);
+        let Some(fp) = self.fast.as_mut() else {
+            return;
+        };
+        let _ = fp.remove_net(dp_net);
+        if let Some(ifindex) = ifindex {
+            let _ = fp.remove_uplink(UplinkKey {
+                ifindex,
+                vlan: net.parsed.vlan,
+                pad: [0; 2],
+            });
+        }
+    }
+
+    /// An uplink no network uses any more: its TC program goes.
+    pub(super) fn fast_release_uplink(&mut self, ifname_: &str) {
+        if let (Some(fp), Ok(name)) = (self.fast.as_mut(), IfName::new(ifname_)) {
+            if let Err(e) = fp.detach(&name) {
+                tracing::warn!(ifname = ifname_, error = %crate::sys::error_chain(&e), "could not detach the uplink's fast path program");
+            }
+        }
     }
 
     /// After a restart: entries for devices no endpoint claimed are a dead
@@ -294,6 +422,20 @@ impl Controller {
                 })
                 .collect(),
         }
+    }
+}
+
+fn endpoint_ips(ep: &EndpointRecord) -> Vec<IpAddr> {
+    let v4 = ep.ipv4.map(IpAddr::V4);
+    v4.into_iter().chain(ep.ipv6.map(IpAddr::V6)).collect()
+}
+
+fn ip_entry(ifindex: u32, ep: &EndpointRecord, port_flags_: u32) -> FpIp {
+    FpIp {
+        ifindex,
+        flags: fdb_entry(ifindex, port_flags_).flags,
+        mac: ep.mac.0,
+        pad: [0; 2],
     }
 }
 

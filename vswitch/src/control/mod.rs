@@ -146,6 +146,8 @@ pub struct Controller {
     next_trunk_id: u32,
     /// The kernel fast path, once a veth endpoint needed it.
     fast: Option<crate::ebpf::fastpath::FastPath>,
+    /// Networks whose uplink the kernel fast path uses (mirror installed).
+    fast_nets: HashSet<NetId>,
 }
 
 impl Controller {
@@ -172,6 +174,7 @@ impl Controller {
             invalid: HashMap::new(),
             next_trunk_id: 1,
             fast: None,
+            fast_nets: HashSet::new(),
         };
         ctl.restore(saved);
         Ok(ctl)

@@ -521,6 +521,9 @@ impl Controller {
         if up.users == 0 {
             let up = self.uplinks.remove(ifname).expect("present");
             up.release(&self.datapath, keep_program);
+            if !keep_program {
+                self.fast_release_uplink(ifname);
+            }
         }
     }
 
@@ -533,6 +536,7 @@ impl Controller {
         for port in [rt.host, rt.uplink].into_iter().flatten() {
             let _ = self.datapath.remove_port(port.id);
         }
+        self.fast_forget_network(net, rt.dp);
         let _ = self.datapath.remove_network(rt.dp);
         if let (Some(ifname), true) = (&net.parsed.interface, had_uplink) {
             self.release_uplink(ifname, false);

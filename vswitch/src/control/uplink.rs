@@ -247,17 +247,21 @@ impl Uplink {
     }
 
     /// Steers an endpoint's frames to the switch.
+    /// With `kernel`, the endpoint's unicast IP frames are left to the
+    /// kernel fast path (a veth endpoint without policy); setting it again
+    /// replaces the flag.
     pub fn steer(
         &mut self,
         vlan: u16,
         mac: Option<MacAddr>,
         ips: &[IpAddr],
+        kernel: bool,
     ) -> Result<(), UplinkError> {
         if let Some(mac) = mac {
-            self.program.add_mac(vlan, mac.0)?;
+            self.program.add_mac(vlan, mac.0, kernel)?;
         }
         for ip in ips {
-            self.program.add_ip(vlan, *ip)?;
+            self.program.add_ip(vlan, *ip, kernel)?;
         }
         Ok(())
     }

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 pub use crate::pipeline::{NetId, PortId, PortSecurity};
 pub use counters::{DropReason, PortCounters};
 
+use crate::ebpf::fastpath::FdbMirror;
 use crate::ebpf::EchoIds;
 use crate::pipeline::conntrack::{ConnInfo, Limits};
 use crate::pipeline::flowcache::CacheStats;
@@ -52,6 +53,9 @@ const WAKE_TOKEN: u64 = u64::MAX;
 const TRUNK_TOKEN: u64 = 1 << 48;
 /// Frames read at once from a port with a QOS rate.
 const SHAPED_BATCH: usize = 4;
+/// How often MACs learned on uplinks are mirrored into the kernel FDB: a
+/// veth endpoint's flow to the wire moves to the kernel within this.
+const MIRROR_TICK: Duration = Duration::from_millis(200);
 
 /// Where a port's frames come from and go to.
 pub enum PortKind {
@@ -118,6 +122,10 @@ enum Command {
     },
     DumpFdb {
         net: NetId,
+    },
+    SetMirror {
+        net: NetId,
+        mirror: Option<FdbMirror>,
     },
     SetLayers {
         port: PortId,
@@ -258,6 +266,12 @@ impl Datapath {
         }
     }
 
+    /// Mirrors (or, with `None`, stops mirroring) the MACs learned on a
+    /// network's uplink port into the kernel fast path's FDB.
+    pub fn set_mirror(&self, net: NetId, mirror: Option<FdbMirror>) -> io::Result<()> {
+        self.call(Command::SetMirror { net, mirror }).map(drop)
+    }
+
     /// Replaces a port's policy layers; cached flows are recomputed.
     pub fn set_layers(&self, port: PortId, layers: Layers) -> io::Result<()> {
         self.call(Command::SetLayers { port, layers }).map(drop)
@@ -365,6 +379,8 @@ struct Tables {
     neighbours: Neighbours,
     /// Where each nat network's echo identifiers are steered.
     echo_ids: HashMap<NetId, EchoIds>,
+    /// Networks whose uplink-learned MACs the kernel fast path knows.
+    mirrors: HashMap<NetId, FdbMirror>,
 }
 
 /// Next-hop MACs of nat networks, from the kernel's neighbour table (the
@@ -447,6 +463,7 @@ impl Tables {
             egress: Packet::new(),
             neighbours: Neighbours::new(),
             echo_ids: HashMap::new(),
+            mirrors: HashMap::new(),
         }
     }
 
@@ -573,6 +590,7 @@ impl Worker {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
         let mut ready: Vec<(u64, bool)> = Vec::with_capacity(64);
         let mut last_aging = Instant::now();
+        let mut last_mirror = Instant::now();
         loop {
             ready.clear();
             // Wake for the first shaped port due to be read again.
@@ -605,6 +623,10 @@ impl Worker {
                 self.tables.pipeline.age(now);
                 self.tables.steer_echo_ids();
             }
+            if !self.tables.mirrors.is_empty() && now.duration_since(last_mirror) >= MIRROR_TICK {
+                last_mirror = now;
+                self.tables.sync_mirrors(now);
+            }
         }
     }
 
@@ -631,6 +653,9 @@ impl Worker {
             }
             Command::RemoveNetwork { net } => {
                 t.pipeline.remove_network(net);
+                if let Some(mut m) = t.mirrors.remove(&net) {
+                    m.clear();
+                }
                 Outcome::Done
             }
             Command::AddTrunk(spec) => t.add_trunk(&self.epoll, spec),
@@ -649,6 +674,15 @@ impl Worker {
                 Outcome::Done
             }
             Command::DumpFdb { net } => Outcome::Fdb(t.pipeline.fdb_entries(net, Instant::now())),
+            Command::SetMirror { net, mirror } => {
+                if let Some(mut old) = t.mirrors.remove(&net) {
+                    old.clear();
+                }
+                if let Some(m) = mirror {
+                    t.mirrors.insert(net, m);
+                }
+                Outcome::Done
+            }
             Command::SetLayers { port, layers } => {
                 if t.pipeline.set_layers(port, layers, Instant::now()) {
                     // A rate removed or changed: read it again at once.
@@ -891,6 +925,20 @@ impl Tables {
 
     /// Tells the uplinks' XDP programs about echo identifiers the nat
     /// networks took or gave back, before the request leaves.
+    /// Mirrors each network's uplink-learned MACs into the kernel FDB.
+    fn sync_mirrors(&mut self, now: Instant) {
+        for (net, mirror) in &mut self.mirrors {
+            let learned: std::collections::HashSet<[u8; 6]> = self
+                .pipeline
+                .fdb_entries(*net, now)
+                .into_iter()
+                .filter(|(_, port, _)| *port == mirror.uplink_port)
+                .map(|(mac, _, _)| mac.0)
+                .collect();
+            mirror.sync(&learned);
+        }
+    }
+
     fn steer_echo_ids(&mut self) {
         // Called per frame: nothing to look at without a nat network.
         if self.echo_ids.is_empty() {

@@ -27,14 +27,24 @@ static FASTPATH_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
 
 /// `FP_LAYOUT` in xdp-prog/fastpath.h.
-pub const LAYOUT: u32 = 1;
+pub const LAYOUT: u32 = 2;
 
 const MAP_PORTS: &str = "ports";
 const MAP_FDB: &str = "fdb";
 const MAP_NETS: &str = "nets";
 const MAP_COUNTERS: &str = "counters";
 const MAP_META: &str = "meta";
-const MAPS: [&str; 5] = [MAP_PORTS, MAP_FDB, MAP_NETS, MAP_COUNTERS, MAP_META];
+const MAP_UPLINKS: &str = "uplinks";
+const MAP_IPS: &str = "endpoint_ips";
+const MAPS: [&str; 7] = [
+    MAP_PORTS,
+    MAP_FDB,
+    MAP_NETS,
+    MAP_COUNTERS,
+    MAP_META,
+    MAP_UPLINKS,
+    MAP_IPS,
+];
 const LINKS: &str = "links";
 
 /// The programs, by the section function name in fastpath.bpf.c.
@@ -44,15 +54,19 @@ pub enum Program {
     Port,
     /// On a punt TAP: what the slow path sends to the endpoint.
     Inject,
+    /// On an uplink, behind its XDP program: frames from the wire for veth
+    /// endpoints.
+    Uplink,
 }
 
 impl Program {
-    pub const ALL: [Program; 2] = [Program::Port, Program::Inject];
+    pub const ALL: [Program; 3] = [Program::Port, Program::Inject, Program::Uplink];
 
     pub fn name(self) -> &'static str {
         match self {
             Program::Port => "vswitch_port",
             Program::Inject => "vswitch_inject",
+            Program::Uplink => "vswitch_uplink",
         }
     }
 }
@@ -124,6 +138,65 @@ pub struct FpNet {
     pub reserved: [u8; 4],
 }
 
+/// `struct fp_uplink_key`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct UplinkKey {
+    pub ifindex: u32,
+    pub vlan: u16,
+    pub pad: [u8; 2],
+}
+
+/// `struct fp_uplink`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FpUplink {
+    pub net: u32,
+    pub flags: u32,
+    pub mac: [u8; 6],
+    pub pad: [u8; 2],
+}
+
+/// `struct fp_ip_key`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IpKey {
+    pub net: u32,
+    pub family: u8,
+    pub pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+
+impl IpKey {
+    pub fn new(net: u32, ip: std::net::IpAddr) -> IpKey {
+        let mut key = IpKey {
+            net,
+            ..IpKey::default()
+        };
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                key.family = 4;
+                key.addr[..4].copy_from_slice(&v4.octets());
+            }
+            std::net::IpAddr::V6(v6) => {
+                key.family = 6;
+                key.addr = v6.octets();
+            }
+        }
+        key
+    }
+}
+
+/// `struct fp_ip`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FpIp {
+    pub ifindex: u32,
+    pub flags: u32,
+    pub mac: [u8; 6],
+    pub pad: [u8; 2],
+}
+
 /// `struct fp_counters`, also as summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
@@ -172,6 +245,10 @@ unsafe impl aya::Pod for FdbEntry {}
 unsafe impl aya::Pod for FpNet {}
 unsafe impl aya::Pod for FpCounters {}
 unsafe impl aya::Pod for FpMeta {}
+unsafe impl aya::Pod for UplinkKey {}
+unsafe impl aya::Pod for FpUplink {}
+unsafe impl aya::Pod for IpKey {}
+unsafe impl aya::Pod for FpIp {}
 
 const _: () = {
     use std::mem::{offset_of, size_of};
@@ -186,6 +263,11 @@ const _: () = {
     assert!(offset_of!(FpNet, uplink_mac) == 10);
     assert!(size_of::<FpCounters>() == 64 + 32 * 8);
     assert!(size_of::<FpMeta>() == 16);
+    assert!(size_of::<UplinkKey>() == 8);
+    assert!(size_of::<FpUplink>() == 16);
+    assert!(size_of::<IpKey>() == 24);
+    assert!(offset_of!(IpKey, addr) == 8);
+    assert!(size_of::<FpIp>() == 16);
 };
 
 /// The version of the embedded programs: a hash of the object file, so any
@@ -228,7 +310,10 @@ pub struct FastPath {
     origin: Origin,
     port_prog: SchedClassifier,
     inject_prog: SchedClassifier,
+    uplink_prog: SchedClassifier,
     ports: HashMap<MapData, u32, FpPort>,
+    uplinks: HashMap<MapData, UplinkKey, FpUplink>,
+    ips: HashMap<MapData, IpKey, FpIp>,
     fdb: HashMap<MapData, FdbKey, FdbEntry>,
     nets: HashMap<MapData, u32, FpNet>,
     counters: PerCpuHashMap<MapData, u32, FpCounters>,
@@ -330,6 +415,11 @@ impl FastPath {
             origin,
             port_prog: prog(Program::Port)?,
             inject_prog: prog(Program::Inject)?,
+            uplink_prog: prog(Program::Uplink)?,
+            uplinks: HashMap::try_from(Map::HashMap(map(MAP_UPLINKS)?))
+                .map_err(map_err(MAP_UPLINKS, "checking key and value sizes"))?,
+            ips: HashMap::try_from(Map::HashMap(map(MAP_IPS)?))
+                .map_err(map_err(MAP_IPS, "checking key and value sizes"))?,
             ports: HashMap::try_from(Map::HashMap(map(MAP_PORTS)?))
                 .map_err(map_err(MAP_PORTS, "checking key and value sizes"))?,
             fdb: HashMap::try_from(Map::HashMap(map(MAP_FDB)?))
@@ -357,6 +447,7 @@ impl FastPath {
         match which {
             Program::Port => &mut self.port_prog,
             Program::Inject => &mut self.inject_prog,
+            Program::Uplink => &mut self.uplink_prog,
         }
     }
 
@@ -398,6 +489,7 @@ impl FastPath {
         let prog = match which {
             Program::Port => &self.port_prog,
             Program::Inject => &self.inject_prog,
+            Program::Uplink => &self.uplink_prog,
         };
         let Ok(ours) = prog.info().map(|i| i.id()) else {
             return false;
@@ -451,6 +543,40 @@ impl FastPath {
             pad: [0; 2],
         };
         ignore_missing(self.fdb.remove(&key)).map_err(map_err(MAP_FDB, "remove"))
+    }
+
+    pub fn set_uplink(&mut self, key: UplinkKey, entry: &FpUplink) -> Result<(), EbpfError> {
+        self.uplinks
+            .insert(key, *entry, 0)
+            .map_err(map_err(MAP_UPLINKS, "insert"))
+    }
+
+    pub fn remove_uplink(&mut self, key: UplinkKey) -> Result<(), EbpfError> {
+        ignore_missing(self.uplinks.remove(&key)).map_err(map_err(MAP_UPLINKS, "remove"))
+    }
+
+    pub fn set_ip(&mut self, key: IpKey, entry: &FpIp) -> Result<(), EbpfError> {
+        self.ips
+            .insert(key, *entry, 0)
+            .map_err(map_err(MAP_IPS, "insert"))
+    }
+
+    pub fn remove_ip(&mut self, key: IpKey) -> Result<(), EbpfError> {
+        ignore_missing(self.ips.remove(&key)).map_err(map_err(MAP_IPS, "remove"))
+    }
+
+    /// A handle on the FDB for the datapath thread, which mirrors the MACs
+    /// learned on network `net`'s uplink port into it.
+    pub fn fdb_mirror(&self, net: u32, uplink_port: u32) -> Result<FdbMirror, EbpfError> {
+        let data = MapData::from_pin(self.dir.join(MAP_FDB))
+            .map_err(map_err(MAP_FDB, "opening the pinned map"))?;
+        Ok(FdbMirror {
+            fdb: HashMap::try_from(Map::HashMap(data))
+                .map_err(map_err(MAP_FDB, "checking key and value sizes"))?,
+            net,
+            uplink_port,
+            mirrored: std::collections::HashSet::new(),
+        })
     }
 
     pub fn set_net(&mut self, net: u32, entry: &FpNet) -> Result<(), EbpfError> {
@@ -514,7 +640,8 @@ impl FastPath {
             let ifindex = crate::sys::if_index(&name).unwrap_or(0);
             let which = match self.ports.get(&ifindex, 0) {
                 Ok(p) if p.flags & port_flags::INJECT != 0 => Program::Inject,
-                _ => Program::Port,
+                Ok(_) => Program::Port,
+                Err(_) => Program::Uplink,
             };
             out.push(Attachment {
                 attached: self.is_attached(&ifname, which),
@@ -525,6 +652,81 @@ impl FastPath {
         }
         out.sort_by(|a, b| a.ifname.cmp(&b.ifname));
         out
+    }
+}
+
+/// The MACs the slow path learned on one network's uplink port, mirrored
+/// into the kernel FDB as "on the wire", so a veth endpoint's frames to them
+/// leave through the uplink without the slow path. Owned by the datapath
+/// thread, which syncs it from its FDB.
+pub struct FdbMirror {
+    fdb: HashMap<MapData, FdbKey, FdbEntry>,
+    pub net: u32,
+    pub uplink_port: u32,
+    mirrored: std::collections::HashSet<[u8; 6]>,
+}
+
+impl fmt::Debug for FdbMirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FdbMirror")
+            .field("net", &self.net)
+            .field("mirrored", &self.mirrored.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FdbMirror {
+    fn key(&self, mac: [u8; 6]) -> FdbKey {
+        FdbKey {
+            net: self.net,
+            mac,
+            pad: [0; 2],
+        }
+    }
+
+    /// Makes the kernel's uplink entries of this network exactly `learned`.
+    pub fn sync(&mut self, learned: &std::collections::HashSet<[u8; 6]>) {
+        let gone: Vec<[u8; 6]> = self.mirrored.difference(learned).copied().collect();
+        for mac in gone {
+            let key = self.key(mac);
+            // Only an uplink entry: never an endpoint's that replaced it.
+            if matches!(self.fdb.get(&key, 0), Ok(e) if e.flags & fdb_flags::UPLINK != 0) {
+                let _ = self.fdb.remove(&key);
+            }
+            self.mirrored.remove(&mac);
+        }
+        for mac in learned {
+            if self.mirrored.contains(mac) {
+                continue;
+            }
+            let key = self.key(*mac);
+            if let Ok(e) = self.fdb.get(&key, 0) {
+                // A previous instance's mirror entry is taken over; an
+                // endpoint's own MAC is left alone.
+                if e.flags & fdb_flags::UPLINK != 0 {
+                    self.mirrored.insert(*mac);
+                }
+                continue;
+            }
+            let entry = FdbEntry {
+                ifindex: 0,
+                flags: fdb_flags::UPLINK,
+            };
+            match self.fdb.insert(key, entry, 0) {
+                Ok(()) => {
+                    self.mirrored.insert(*mac);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "kernel FDB full: the slow path keeps forwarding");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Removes every entry this mirror made.
+    pub fn clear(&mut self) {
+        self.sync(&std::collections::HashSet::new());
     }
 }
 

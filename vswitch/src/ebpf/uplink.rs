@@ -173,11 +173,16 @@ enum UplinkStat {
     NoSocket = 3,
     VlanRestored = 4,
     Nat = 5,
+    Kernel = 6,
 }
 
 /// `UPLINK_STAT_MAX`.
-const STAT_COUNT: u32 = 6;
-const _: () = assert!(UplinkStat::Nat as u32 + 1 == STAT_COUNT);
+const STAT_COUNT: u32 = 7;
+const _: () = assert!(UplinkStat::Kernel as u32 + 1 == STAT_COUNT);
+
+/// `UPLINK_EP_KERNEL`: the endpoint value flag for veth endpoints the
+/// kernel fast path delivers to.
+const EP_KERNEL: u32 = 1;
 
 /// How the program runs on the interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +221,8 @@ pub struct XdpStats {
     /// ICMP errors about them) steered to the switch. Counted when decided,
     /// so also in `redirected` or, with no socket on the queue, `no_socket`.
     pub nat: u64,
+    /// Unicast IP frames for veth endpoints, left to the TC fast path.
+    pub kernel: u64,
 }
 
 /// The steering program attached to one uplink. See the module docs.
@@ -410,13 +417,15 @@ impl UplinkProgram {
 
     /// Steers frames whose destination is `mac` on `vlan` (0 = untagged) to
     /// the switch: an endpoint with its own MAC (transparent mode).
-    pub fn add_mac(&mut self, vlan: u16, mac: [u8; 6]) -> Result<(), EbpfError> {
+    /// With `kernel`, its unicast IP frames are left to the TC fast path
+    /// (a veth endpoint with no policy) instead.
+    pub fn add_mac(&mut self, vlan: u16, mac: [u8; 6], kernel: bool) -> Result<(), EbpfError> {
         let key = MacKey {
             vlan: check_vlan(vlan)?,
             mac,
         };
         self.macs
-            .insert(key, 0, 0)
+            .insert(key, if kernel { EP_KERNEL } else { 0 }, 0)
             .map_err(|source| EbpfError::Map {
                 map: MAP_MACS,
                 op: "adding an endpoint MAC",
@@ -441,13 +450,17 @@ impl UplinkProgram {
     /// Steers unicast IP to `ip`, ARP for it and neighbour solicitations for
     /// it on `vlan` to the switch: an endpoint behind the uplink's MAC
     /// (l2bridge mode).
-    pub fn add_ip(&mut self, vlan: u16, ip: IpAddr) -> Result<(), EbpfError> {
+    /// `kernel` as for [`UplinkProgram::add_mac`].
+    pub fn add_ip(&mut self, vlan: u16, ip: IpAddr, kernel: bool) -> Result<(), EbpfError> {
         let key = ip_key(check_vlan(vlan)?, ip);
-        self.ips.insert(key, 0, 0).map_err(|source| EbpfError::Map {
-            map: MAP_IPS,
-            op: "adding an endpoint IP",
-            source: Box::new(source),
-        })
+        let value = if kernel { EP_KERNEL } else { 0 };
+        self.ips
+            .insert(key, value, 0)
+            .map_err(|source| EbpfError::Map {
+                map: MAP_IPS,
+                op: "adding an endpoint IP",
+                source: Box::new(source),
+            })
     }
 
     /// Undoes [`UplinkProgram::add_ip`]; removing an absent IP is not an
@@ -579,6 +592,7 @@ impl UplinkProgram {
             no_socket: read(UplinkStat::NoSocket)?,
             vlan_restored: read(UplinkStat::VlanRestored)?,
             nat: read(UplinkStat::Nat)?,
+            kernel: read(UplinkStat::Kernel)?,
         })
     }
 
@@ -885,6 +899,7 @@ mod tests {
             .add_ip(
                 0,
                 IpAddr::V4(std::net::Ipv4Addr::new(10, 77, net.subnet, 9)),
+                false,
             )
             .unwrap();
         assert!(has_xdp(&net.ns_a, &net.a));

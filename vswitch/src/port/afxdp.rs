@@ -1160,8 +1160,8 @@ mod netns_tests {
             .unwrap();
         assert!(recv_matching(&mut up.port, short, |f| contains(f, b"vsx-before")).is_none());
 
-        up.prog.add_mac(0, ENDPOINT_MAC).unwrap();
-        up.prog.add_mac(10, ENDPOINT_MAC).unwrap();
+        up.prog.add_mac(0, ENDPOINT_MAC, false).unwrap();
+        up.prog.add_mac(10, ENDPOINT_MAC, false).unwrap();
         raw.send(&frame(ENDPOINT_MAC, up.net.mac_b, None, b"vsx-untagged"))
             .unwrap();
         let got = recv_matching(&mut up.port, wait, |f| contains(f, b"vsx-untagged"));
@@ -1265,8 +1265,10 @@ mod netns_tests {
         let ep4 = [10, 77, up.net.subnet, 50];
         let ep6 = Ipv6Addr::new(0xfd77, up.net.subnet.into(), 0, 0, 0, 0, 0, 0x50);
         let b6 = Ipv6Addr::new(0xfd77, up.net.subnet.into(), 0, 0, 0, 0, 0, 2);
-        up.prog.add_ip(0, IpAddr::V4(Ipv4Addr::from(ep4))).unwrap();
-        up.prog.add_ip(0, IpAddr::V6(ep6)).unwrap();
+        up.prog
+            .add_ip(0, IpAddr::V4(Ipv4Addr::from(ep4)), false)
+            .unwrap();
+        up.prog.add_ip(0, IpAddr::V6(ep6), false).unwrap();
 
         // (b) ARP request for the endpoint IP.
         raw.send(&arp_request(up.net.mac_b, up.net.ip_b, ep4))
@@ -1317,7 +1319,7 @@ mod netns_tests {
         let Some(mut up) = setup() else { return };
         assert!(up.port.flags_partial_checksums(), "a veth in copy mode");
         let ep = format!("10.77.{}.50", up.net.subnet);
-        up.prog.add_ip(0, ep.parse().unwrap()).unwrap();
+        up.prog.add_ip(0, ep.parse().unwrap(), false).unwrap();
         let mac_a = crate::ebpf::testnet::mac_text(up.net.mac_a);
         let (ns_b, b) = (up.net.ns_b.clone(), up.net.b.clone());
         up.net
@@ -1361,7 +1363,7 @@ mod netns_tests {
         let raw = up
             .net
             .in_b(|| RawSocket::open(&up.net.b).expect("AF_PACKET in B"));
-        up.prog.add_mac(0, ENDPOINT_MAC).unwrap();
+        up.prog.add_mac(0, ENDPOINT_MAC, false).unwrap();
         up.prog.unregister_xsk(0).unwrap();
         raw.send(&frame(ENDPOINT_MAC, up.net.mac_b, None, b"vsx-nosock"))
             .unwrap();
