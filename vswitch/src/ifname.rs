@@ -5,8 +5,10 @@
 //! a pattern (`eth%d` becomes the first free `eth0`, `eth1`, ...), so a name
 //! with one would not be the name asked for: refused here too. Every layer
 //! that names an interface (the API, netlink, TAPs, AF_XDP, the eBPF pin
-//! directories) checks through [`IfName::new`], so they cannot disagree on
-//! what a valid name is and a request is refused before anything changes.
+//! directories) checks through [`IfName::new`] or [`IfName::checked`], so
+//! they cannot disagree on what a valid name is and a request is refused
+//! before anything changes. Layers with their own error type convert from
+//! [`InvalidIfName`] rather than wrap the check in a function of their own.
 
 use std::fmt;
 
@@ -30,6 +32,16 @@ pub enum IfNameError {
     BadChar(char),
 }
 
+/// A name refused by [`IfName::checked`], kept with the reason so each
+/// layer's error can say both.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid interface name {name:?}: {reason}")]
+pub struct InvalidIfName {
+    pub name: String,
+    #[source]
+    pub reason: IfNameError,
+}
+
 impl IfName {
     pub fn new(name: &str) -> Result<IfName, IfNameError> {
         if name.is_empty() {
@@ -49,6 +61,16 @@ impl IfName {
             return Err(IfNameError::BadChar(c));
         }
         Ok(IfName(name.to_owned()))
+    }
+
+    /// [`IfName::new`] for callers whose errors name the refused string:
+    /// `IfName::checked(name)?` where the caller's error is
+    /// `From<InvalidIfName>`.
+    pub fn checked(name: &str) -> Result<IfName, InvalidIfName> {
+        IfName::new(name).map_err(|reason| InvalidIfName {
+            name: name.to_owned(),
+            reason,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -113,6 +135,21 @@ mod tests {
         ] {
             assert_eq!(IfName::new(bad), Err(IfNameError::BadChar(c)), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn checked_keeps_the_name() {
+        assert_eq!(IfName::checked("eth0").unwrap().as_str(), "eth0");
+        let e = IfName::checked("a/b").unwrap_err();
+        assert_eq!(
+            (e.name.as_str(), e.reason),
+            ("a/b", IfNameError::BadChar('/'))
+        );
+        assert!(
+            e.to_string()
+                .starts_with(r#"invalid interface name "a/b": "#),
+            "{e}"
+        );
     }
 
     #[test]

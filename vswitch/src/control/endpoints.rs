@@ -5,15 +5,18 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use super::errors::{conflict, internal, invalid, netns_error, plumb_error, uplink_error};
+use super::errors::{
+    conflict, internal, invalid, invalid_ifname, netns_error, plumb_error, uplink_error,
+};
 use super::plumb::{self, TapConfig, TapOrigin};
 use super::state::{EndpointRecord, NetworkRecord};
 use super::{
-    check_ifname, check_name, ipam, new_id, uplink, ApiResult, Controller, EndpointRuntime,
-    MacPool, PortHandle, Subnet, DEFAULT_IFNAME,
+    check_name, ipam, new_id, uplink, ApiResult, Controller, EndpointRuntime, MacPool, PortHandle,
+    Subnet, DEFAULT_IFNAME,
 };
 use crate::api::{self, ApiError, Backend, ErrorKind, Reply, WireMac};
 use crate::datapath::{PortKind, PortSecurity};
+use crate::ifname::IfName;
 use crate::port::tap::TapOwner;
 use crate::sys::random_bytes;
 use crate::wire::MacAddr;
@@ -125,7 +128,7 @@ impl Controller {
             ));
         }
         let ifname = req.ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_owned());
-        check_ifname(&ifname)?;
+        IfName::checked(&ifname).map_err(|e| invalid_ifname("ifname", e))?;
         if let Some(other) = self
             .state
             .endpoints

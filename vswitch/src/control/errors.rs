@@ -4,6 +4,7 @@
 //! at fault.
 
 use crate::api::{ApiError, ErrorKind};
+use crate::ifname::InvalidIfName;
 use crate::netns::NetnsError;
 use crate::port::tap::TapError;
 
@@ -14,6 +15,15 @@ use super::uplink::UplinkError;
 /// A request field holds a value the switch does not take.
 pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::InvalidArgument, Some(field), message)
+}
+
+/// A request field holds a string the kernel would not take as an interface
+/// name ([`crate::ifname::IfName::checked`]).
+pub fn invalid_ifname(field: &str, e: InvalidIfName) -> ApiError {
+    invalid(
+        field,
+        format!("'{}' is not an interface name: {}", e.name, e.reason),
+    )
 }
 
 /// A request field names something already taken.

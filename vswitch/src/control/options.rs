@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use crate::api::{ApiError, ErrorKind};
 use crate::fdb::FdbConfig;
+use crate::ifname::IfName;
+
+use super::errors::invalid_ifname;
 
 /// Every option a network understands, with its meaning, for error messages.
 pub const KNOWN: &[(&str, &str)] = &[
@@ -105,13 +108,7 @@ impl NetworkOptions {
                     }
                 }
                 "interface" => {
-                    crate::ifname::IfName::new(value).map_err(|e| {
-                        ApiError::new(
-                            ErrorKind::InvalidArgument,
-                            Some("options.interface"),
-                            format!("'{value}' is not an interface name: {e}"),
-                        )
-                    })?;
+                    IfName::checked(value).map_err(|e| invalid_ifname("options.interface", e))?;
                     parsed.interface = Some(value.clone());
                 }
                 "vlanid" => parsed.vlan = number(key, value, 1..=4094)? as u16,

@@ -59,7 +59,8 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{ProgramError, Xdp};
 use aya::Ebpf;
 
-use super::{check_ifname, ensure_bpffs, EbpfError, PIN_ROOT};
+use super::{ensure_bpffs, EbpfError, PIN_ROOT};
+use crate::ifname::IfName;
 
 static UPLINK_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/uplink.bpf.o"));
 
@@ -261,7 +262,8 @@ impl UplinkProgram {
     /// generic (skb) otherwise. Replaces a program a previous instance left
     /// pinned (see the module docs).
     pub fn attach(ifname: &str) -> Result<UplinkProgram, EbpfError> {
-        check_ifname(ifname)?;
+        // The name also names the pin directory: checked before either.
+        IfName::checked(ifname)?;
         let c_name = CString::new(ifname).expect("checked: no NUL");
         // SAFETY: c_name is a valid NUL-terminated string for the call.
         let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };

@@ -3,6 +3,12 @@
 //! lookups nat mode asks of the host's own tables (route to a destination,
 //! IPv4 neighbour entries, an interface's IPv4 addresses).
 //!
+//! Messages are built and read with `netlink-packet-route`; the socket is a
+//! plain blocking `netlink_sys::Socket`. What this module owns is the
+//! transaction ([`Netlink::transact`]): one request, its replies, and the ack
+//! that ends them, which is the one place kernel refusals are turned into
+//! errors.
+//!
 //! A [`Netlink`] acts in the namespace of the thread that opened it, so open
 //! it inside [`super::Netns::run`] to configure a container's links. Every
 //! request asks for an acknowledgement and waits for it; a kernel refusal
@@ -13,90 +19,37 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 
+use netlink_packet_core::{
+    parse_string, parse_u32, DecodeError, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload, NlasIterator, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeader, AddressHeaderFlags, AddressMessage, AddressScope,
+};
+use netlink_packet_route::link::{
+    self, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkHeader,
+    LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourHeader,
+    NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use thiserror::Error;
 
-/// Numbers from `<linux/netlink.h>`, `<linux/rtnetlink.h>`,
-/// `<linux/if_link.h>`, `<linux/if_addr.h>`, `<linux/veth.h>`,
-/// `<linux/neighbour.h>`.
-mod consts {
-    pub const NLMSG_HDRLEN: usize = 16;
-    pub const NLA_HDRLEN: usize = 4;
+use crate::ifname::{IfName, InvalidIfName};
 
-    pub const NLMSG_NOOP: u16 = 1;
-    pub const NLMSG_ERROR: u16 = 2;
-    pub const NLMSG_DONE: u16 = 3;
-
-    pub const NLM_F_REQUEST: u16 = 0x1;
-    pub const NLM_F_ACK: u16 = 0x4;
-    /// In a get request: `NLM_F_ROOT | NLM_F_MATCH`, every object.
-    pub const NLM_F_DUMP: u16 = 0x300;
-    pub const NLM_F_EXCL: u16 = 0x200;
-    pub const NLM_F_CREATE: u16 = 0x400;
-    /// In an NLMSG_ERROR: the echoed request was cut to its header.
-    pub const NLM_F_CAPPED: u16 = 0x100;
-    /// In an NLMSG_ERROR: extended-ack attributes follow.
-    pub const NLM_F_ACK_TLVS: u16 = 0x200;
-
-    pub const NLA_F_NESTED: u16 = 0x8000;
-    pub const NLA_TYPE_MASK: u16 = 0x3fff;
-
-    pub const SOL_NETLINK: libc::c_int = 270;
-    pub const NETLINK_CAP_ACK: libc::c_int = 10;
-    pub const NETLINK_EXT_ACK: libc::c_int = 11;
-    pub const NLMSGERR_ATTR_MSG: u16 = 1;
-
-    pub const RTM_NEWLINK: u16 = 16;
-    pub const RTM_DELLINK: u16 = 17;
-    pub const RTM_GETLINK: u16 = 18;
-    pub const RTM_NEWADDR: u16 = 20;
-    pub const RTM_GETADDR: u16 = 22;
-    pub const RTM_NEWROUTE: u16 = 24;
-    pub const RTM_GETROUTE: u16 = 26;
-    pub const RTM_NEWNEIGH: u16 = 28;
-    pub const RTM_GETNEIGH: u16 = 30;
-
-    pub const IFLA_ADDRESS: u16 = 1;
-    pub const IFLA_IFNAME: u16 = 3;
-    pub const IFLA_MTU: u16 = 4;
-    pub const IFLA_LINKINFO: u16 = 18;
-    pub const IFLA_NET_NS_FD: u16 = 28;
-    pub const IFLA_EXT_MASK: u16 = 29;
-    pub const IFLA_NUM_RX_QUEUES: u16 = 32;
-    pub const IFLA_INFO_KIND: u16 = 1;
-    pub const IFLA_INFO_DATA: u16 = 2;
-    pub const VETH_INFO_PEER: u16 = 1;
-    pub const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
-
-    pub const IFF_UP: u32 = 0x1;
-
-    pub const IFA_ADDRESS: u16 = 1;
-    pub const IFA_LOCAL: u16 = 2;
-    pub const IFA_FLAGS: u16 = 8;
-    pub const IFA_F_NODAD: u32 = 0x02;
-
-    pub const RTA_DST: u16 = 1;
-    pub const RTA_OIF: u16 = 4;
-    pub const RTA_GATEWAY: u16 = 5;
-    pub const RTA_PREFSRC: u16 = 7;
-    /// A gateway of another family (an IPv4 route via an IPv6 next hop).
-    pub const RTA_VIA: u16 = 18;
-    pub const RT_TABLE_MAIN: u8 = 254;
-    pub const RTPROT_STATIC: u8 = 4;
-    pub const RT_SCOPE_UNIVERSE: u8 = 0;
-    pub const RTN_UNICAST: u8 = 1;
-
-    pub const NDA_DST: u16 = 1;
-    pub const NDA_LLADDR: u16 = 2;
-    pub const NDA_FLAGS_EXT: u16 = 15;
-    pub const NTF_USE: u8 = 0x01;
-    pub const NTF_EXT_LEARNED: u8 = 0x10;
-    /// Under `NDA_FLAGS_EXT`.
-    pub const NTF_EXT_MANAGED: u32 = 1 << 0;
-    pub const NTF_EXT_EXT_VALIDATED: u32 = 1 << 2;
-}
-use consts::*;
+/// `sizeof(struct nlmsghdr)`: what a capped error echoes of the request.
+const NLMSG_HDRLEN: usize = 16;
+/// `NLMSGERR_ATTR_MSG` from `<linux/netlink.h>`: the extended-ack text.
+const NLMSGERR_ATTR_MSG: u16 = 1;
 
 #[derive(Debug, Error)]
 pub enum NetlinkError {
@@ -113,11 +66,20 @@ pub enum NetlinkError {
         /// The kernel's extended-ack text, e.g. "MTU greater than device maximum".
         message: Option<String>,
     },
+    /// A reply that decoded but lacks what the operation needs (a route
+    /// without an output link, an ack without the object asked for).
     #[error("{op} {target}: malformed reply: {what}")]
     Malformed {
         op: &'static str,
         target: String,
         what: &'static str,
+    },
+    /// A reply the message decoder (`netlink-packet-route`) could not read.
+    #[error("{op} {target}: undecodable reply: {source}")]
+    Decode {
+        op: &'static str,
+        target: String,
+        source: DecodeError,
     },
     #[error("invalid interface name {name:?}: {reason}")]
     InvalidName {
@@ -243,9 +205,9 @@ impl Neighbour {
 struct NeighEntry {
     neighbour: Neighbour,
     /// `ndm_flags`.
-    flags: u8,
-    /// `NDA_FLAGS_EXT`, 0 when absent.
-    flags_ext: u32,
+    flags: NeighbourFlags,
+    /// `NDA_FLAGS_EXT`, empty when absent.
+    flags_ext: NeighbourExtFlags,
 }
 
 impl NeighEntry {
@@ -256,71 +218,34 @@ impl NeighEntry {
     /// flags the request does not repeat, so these must not get one.
     fn leave_alone(&self) -> bool {
         self.neighbour.state & (nud::PERMANENT | nud::NOARP) != 0
-            || self.flags & NTF_EXT_LEARNED != 0
-            || self.flags_ext & (NTF_EXT_MANAGED | NTF_EXT_EXT_VALIDATED) != 0
+            || self.flags.contains(NeighbourFlags::ExtLearned)
+            || self
+                .flags_ext
+                .intersects(NeighbourExtFlags::Managed | NeighbourExtFlags::ExtValidated)
     }
 }
 
 /// A `NETLINK_ROUTE` socket bound to the namespace of the thread that opened it.
 pub struct Netlink {
-    fd: OwnedFd,
+    socket: Socket,
     seq: u32,
     buf: Vec<u8>,
 }
 
 impl Netlink {
     pub fn open() -> Result<Netlink, NetlinkError> {
-        let sys = |call| NetlinkError::Sys {
-            call,
-            source: io::Error::last_os_error(),
-        };
-        // SAFETY: socket takes no pointers; the result is checked.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(sys("socket"));
-        }
-        // SAFETY: raw is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: addr is a valid sockaddr_nl of the given length.
-        let ret = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if ret < 0 {
-            return Err(sys("bind"));
-        }
+        let sys = |call| move |source| NetlinkError::Sys { call, source };
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(sys("socket"))?;
+        socket.bind_auto().map_err(sys("bind"))?;
         // Extended acks carry the kernel's reason in text; capped acks keep
         // error replies from echoing the whole request. Both are best effort:
         // without them errors still carry the errno.
-        for opt in [NETLINK_EXT_ACK, NETLINK_CAP_ACK] {
-            let one: libc::c_int = 1;
-            // SAFETY: passes a live c_int of the stated size.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    SOL_NETLINK,
-                    opt,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-        }
+        let _ = socket.set_ext_ack(true);
+        let _ = socket.set_cap_ack(true);
         Ok(Netlink {
-            fd,
+            socket,
             seq: 0,
-            buf: vec![0; 32 * 1024],
+            buf: Vec::with_capacity(32 * 1024),
         })
     }
 
@@ -331,50 +256,61 @@ impl Netlink {
 
     /// The link called `name`, or `None` when there is none.
     pub fn link_info(&mut self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
-        validate_ifname(name)?;
-        let mut req = Request::new(RTM_GETLINK, 0);
-        req.header(&ifinfomsg(0, 0, 0));
-        req.attr_str(IFLA_IFNAME, name);
-        req.attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+        let req = encode_link_get(LinkHeader::default(), Some(IfName::checked(name)?));
         self.get_link(req, || name.to_string())
     }
 
     /// The link with index `index`, or `None` when there is none.
     pub fn link_info_by_index(&mut self, index: u32) -> Result<Option<LinkInfo>, NetlinkError> {
-        let mut req = Request::new(RTM_GETLINK, 0);
-        req.header(&ifinfomsg(index, 0, 0));
-        req.attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
-        self.get_link(req, || format!("index {index}"))
+        let header = LinkHeader {
+            index,
+            ..Default::default()
+        };
+        self.get_link(encode_link_get(header, None), || format!("index {index}"))
+    }
+
+    /// Every link in this namespace, in the kernel's order.
+    pub fn links(&mut self) -> Result<Vec<LinkInfo>, NetlinkError> {
+        let mut links = Vec::new();
+        self.transact(encode_link_dump(), |reply| {
+            if let RouteNetlinkMessage::NewLink(msg) = reply {
+                links.push(parse_link(msg));
+            }
+        })
+        .map_err(|f| f.into_error("list links", "(all)".to_string()))?;
+        Ok(links)
     }
 
     fn get_link(
         &mut self,
-        mut req: Request,
+        req: Request,
         target: impl Fn() -> String,
     ) -> Result<Option<LinkInfo>, NetlinkError> {
         let get = Get {
             op: "get link",
-            reply: RTM_NEWLINK,
             absent: |f| matches!(f, Failure::Errno(libc::ENODEV, _)),
             missing: "acknowledged without a link",
         };
-        self.get_one(&mut req, &get, parse_link, target)
+        let parse = |reply| match reply {
+            RouteNetlinkMessage::NewLink(msg) => Some(Ok(parse_link(msg))),
+            _ => None,
+        };
+        self.get_one(req, &get, parse, target)
     }
 
-    /// The one object a get request answers with: the first reply of
-    /// `get.reply`'s type, parsed; `None` when the kernel's error says
-    /// there is none.
+    /// The one object a get request answers with: the first reply `parse`
+    /// recognises, parsed; `None` when the kernel's error says there is none.
     fn get_one<T>(
         &mut self,
-        req: &mut Request,
+        req: Request,
         get: &Get,
-        parse: impl Fn(&[u8]) -> Result<T, &'static str>,
+        parse: impl Fn(RouteNetlinkMessage) -> Option<Result<T, &'static str>>,
         target: impl Fn() -> String,
     ) -> Result<Option<T>, NetlinkError> {
         let mut found: Option<Result<T, &'static str>> = None;
-        let res = self.transact(req, |ty, payload| {
-            if ty == get.reply && found.is_none() {
-                found = Some(parse(payload));
+        let res = self.transact(req, |reply| {
+            if found.is_none() {
+                found = parse(reply);
             }
         });
         match res {
@@ -396,37 +332,52 @@ impl Netlink {
 
     /// Applies `change` to link `index` in one request.
     pub fn link_set(&mut self, index: u32, change: &LinkChange) -> Result<(), NetlinkError> {
-        let mut req = encode_link_set(index, change)?;
-        self.transact(&mut req, |_, _| ())
+        let req = encode_link_set(index, change)?;
+        self.transact(req, |_| ())
             .map_err(|f| f.into_error("set link", format!("index {index}")))
     }
 
     /// Creates a link of a kind that needs no parameters ("bridge", "dummy",
     /// ...), down.
     pub fn link_add(&mut self, name: &str, kind: &str) -> Result<(), NetlinkError> {
-        validate_ifname(name)?;
-        let mut req = Request::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
-        req.header(&ifinfomsg(0, 0, 0));
-        req.attr_str(IFLA_IFNAME, name);
-        let info = req.nest_begin(IFLA_LINKINFO);
-        req.attr_str(IFLA_INFO_KIND, kind);
-        req.nest_end(info);
-        self.transact(&mut req, |_, _| ())
+        let req = encode_link_add(&IfName::checked(name)?, kind);
+        self.transact(req, |_| ())
             .map_err(|f| f.into_error("add link", format!("{name} ({kind})")))
     }
 
     /// Creates a veth pair `name` <-> `peer_name`, both down, in this namespace.
     pub fn veth_create(&mut self, name: &str, peer_name: &str) -> Result<(), NetlinkError> {
-        let mut req = encode_veth_create(name, peer_name)?;
-        self.transact(&mut req, |_, _| ())
+        let req = encode_veth_create(name, peer_name, None)?;
+        self.transact(req, |_| ())
             .map_err(|f| f.into_error("create veth", format!("{name}/{peer_name}")))
+    }
+
+    /// Creates a veth pair, both ends down: `name` in this namespace and
+    /// `peer_name` directly in the namespace open at `peer_netns_fd`. Made
+    /// there, the peer never exists under its name here, so it cannot clash
+    /// with a link of this namespace, and there is no half-moved pair to
+    /// clean up if a later step fails.
+    pub fn veth_create_in(
+        &mut self,
+        name: &str,
+        peer_name: &str,
+        peer_netns_fd: RawFd,
+    ) -> Result<(), NetlinkError> {
+        let req = encode_veth_create(name, peer_name, Some(peer_netns_fd))?;
+        self.transact(req, |_| ()).map_err(|f| {
+            f.into_error(
+                "create veth",
+                format!("{name}/{peer_name} (peer in netns fd {peer_netns_fd})"),
+            )
+        })
     }
 
     /// Deletes link `index` (both ends, for a veth).
     pub fn link_del(&mut self, index: u32) -> Result<(), NetlinkError> {
-        let mut req = Request::new(RTM_DELLINK, 0);
-        req.header(&ifinfomsg(index, 0, 0));
-        self.transact(&mut req, |_, _| ())
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        let req = Request::new(RouteNetlinkMessage::DelLink(msg), 0);
+        self.transact(req, |_| ())
             .map_err(|f| f.into_error("delete link", format!("index {index}")))
     }
 
@@ -439,8 +390,8 @@ impl Netlink {
         addr: IpAddr,
         prefix_len: u8,
     ) -> Result<(), NetlinkError> {
-        let mut req = encode_addr_add(index, addr, prefix_len)?;
-        match self.transact(&mut req, |_, _| ()) {
+        let req = encode_addr_add(index, addr, prefix_len)?;
+        match self.transact(req, |_| ()) {
             Ok(()) | Err(Failure::Errno(libc::EEXIST, _)) => Ok(()),
             Err(f) => Err(f.into_error(
                 "add address",
@@ -454,8 +405,8 @@ impl Netlink {
     /// gateway) counts as success. For IPv4 the link must be up and the
     /// gateway on a connected subnet.
     pub fn route_add_default(&mut self, index: u32, gateway: IpAddr) -> Result<(), NetlinkError> {
-        let mut req = encode_route_add_default(index, gateway);
-        match self.transact(&mut req, |_, _| ()) {
+        let req = encode_route_add_default(index, gateway);
+        match self.transact(req, |_| ()) {
             Ok(()) | Err(Failure::Errno(libc::EEXIST, _)) => Ok(()),
             Err(f) => Err(f.into_error(
                 "add default route",
@@ -477,7 +428,6 @@ impl Netlink {
         let target = || format!("to {dst}");
         let get = Get {
             op: "get route",
-            reply: RTM_NEWROUTE,
             absent: |f| {
                 matches!(
                     f,
@@ -487,7 +437,11 @@ impl Netlink {
             },
             missing: "acknowledged without a route",
         };
-        match self.get_one(&mut encode_route_get(dst), &get, parse_route, target)? {
+        let parse = |reply| match reply {
+            RouteNetlinkMessage::NewRoute(msg) => Some(parse_route(msg)),
+            _ => None,
+        };
+        match self.get_one(encode_route_get(dst), &get, parse, target)? {
             Some(RouteReply { via: true, .. }) => Err(NetlinkError::Unsupported {
                 op: get.op,
                 target: target(),
@@ -516,16 +470,16 @@ impl Netlink {
     ) -> Result<Option<NeighEntry>, NetlinkError> {
         let get = Get {
             op: "get neighbour",
-            reply: RTM_NEWNEIGH,
             absent: |f| matches!(f, Failure::Errno(libc::ENOENT, _)),
             missing: "acknowledged without a neighbour",
         };
-        self.get_one(
-            &mut encode_neigh_get(ifindex, ip),
-            &get,
-            parse_neigh,
-            || format!("{ip} on index {ifindex}"),
-        )
+        let parse = |reply| match reply {
+            RouteNetlinkMessage::NewNeighbour(msg) => Some(Ok(parse_neigh(msg))),
+            _ => None,
+        };
+        self.get_one(encode_neigh_get(ifindex, ip), &get, parse, || {
+            format!("{ip} on index {ifindex}")
+        })
     }
 
     /// Asks the kernel to resolve `ip` on link `ifindex` as if a packet were
@@ -551,8 +505,7 @@ impl Netlink {
                 return Ok(());
             }
         }
-        let mut req = encode_neigh_use(ifindex, ip);
-        self.transact(&mut req, |_, _| ())
+        self.transact(encode_neigh_use(ifindex, ip), |_| ())
             .map_err(|f| f.into_error("resolve neighbour", format!("{ip} on index {ifindex}")))
     }
 
@@ -561,16 +514,15 @@ impl Netlink {
     /// none or does not exist. For a point-to-point address this is the
     /// local end.
     pub fn ipv4_addrs(&mut self, ifindex: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
-        let mut req = encode_addr_dump(libc::AF_INET as u8, ifindex);
         let mut addrs = Vec::new();
         let mut bad = None;
         // Without strict checking the kernel dumps every link's addresses;
         // the index filter is ours.
-        let res = self.transact(&mut req, |ty, payload| {
-            if ty != RTM_NEWADDR {
+        let res = self.transact(encode_addr_dump(AddressFamily::Inet, ifindex), |reply| {
+            let RouteNetlinkMessage::NewAddress(msg) = reply else {
                 return;
-            }
-            match parse_ipv4_addr(payload) {
+            };
+            match parse_ipv4_addr(msg) {
                 Ok(Some((index, addr, prefix_len))) if index == ifindex => {
                     addrs.push((addr, prefix_len))
                 }
@@ -591,126 +543,152 @@ impl Netlink {
     }
 
     /// Sends `req` with a fresh sequence number and reads replies until the
-    /// ack (or `NLMSG_DONE`), handing each data message to `on_reply`.
+    /// ack (or `NLMSG_DONE`), handing each decoded data message to
+    /// `on_reply`. A reply the decoder cannot read does not stop the
+    /// reading, so the socket is left clean for the next request; it fails
+    /// the transaction once the kernel has acknowledged it.
     fn transact(
         &mut self,
-        req: &mut Request,
-        mut on_reply: impl FnMut(u16, &[u8]),
+        req: Request,
+        mut on_reply: impl FnMut(RouteNetlinkMessage),
     ) -> Result<(), Failure> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let bytes = req.finish(seq, NLM_F_REQUEST | NLM_F_ACK);
+        let bytes = req.encode(seq);
         loop {
-            // SAFETY: bytes is a live buffer of bytes.len() bytes.
-            let n =
-                unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-            if n >= 0 {
-                break;
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(Failure::Io("send", err));
+            match self.socket.send(&bytes, 0) {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Failure::Io("send", e)),
             }
         }
+        let mut undecodable = None;
         loop {
-            let len = self.recv()?;
-            let mut done = None;
-            for msg in Messages::new(&self.buf[..len]) {
-                let msg = msg.map_err(Failure::Malformed)?;
-                // Replies to an earlier, abandoned request are not ours.
-                if msg.seq != seq {
-                    continue;
-                }
-                match msg.ty {
-                    NLMSG_NOOP => {}
-                    // A dump ends here; a negative int after the header
-                    // is an error that cut it short.
-                    NLMSG_DONE => {
-                        done = Some(match dump_error(msg.payload) {
-                            Some(errno) => Err(Failure::Errno(errno, None)),
-                            None => Ok(()),
-                        })
-                    }
-                    NLMSG_ERROR => {
-                        done = Some(match parse_error(&msg) {
-                            Ok((0, _)) => Ok(()),
-                            Ok((errno, text)) => Err(Failure::Errno(errno, text)),
-                            Err(what) => Err(Failure::Malformed(what)),
-                        })
-                    }
-                    ty => on_reply(ty, msg.payload),
-                }
-                if done.is_some() {
-                    break;
-                }
-            }
-            if let Some(done) = done {
-                return done;
+            self.recv()?;
+            if let Some(done) = read_datagram(&self.buf, seq, &mut on_reply, &mut undecodable) {
+                return match (done, undecodable) {
+                    (Ok(()), Some(e)) => Err(Failure::Decode(e)),
+                    (done, _) => done,
+                };
             }
         }
     }
 
     /// Receives one datagram into `self.buf`, growing it first if the
-    /// waiting datagram is larger.
-    fn recv(&mut self) -> Result<usize, Failure> {
+    /// waiting datagram is larger than its capacity.
+    fn recv(&mut self) -> Result<(), Failure> {
+        let retry = |res: io::Result<usize>| match res {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(Failure::Io("recv", e)),
+            Ok(n) => Ok(Some(n)),
+        };
         loop {
-            // SAFETY: peeks into a live, writable buffer of its length;
             // MSG_TRUNC makes the return value the datagram's full size.
-            let want = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    libc::MSG_PEEK | libc::MSG_TRUNC,
-                )
+            self.buf.clear();
+            let peeked = self
+                .socket
+                .recv(&mut self.buf, libc::MSG_PEEK | libc::MSG_TRUNC);
+            let Some(want) = retry(peeked)? else {
+                continue;
             };
-            if want < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Failure::Io("recv", err));
+            self.buf.clear();
+            self.buf.reserve(want);
+            if retry(self.socket.recv(&mut self.buf, 0))?.is_some() {
+                return Ok(());
             }
-            if want as usize > self.buf.len() {
-                self.buf.resize(want as usize, 0);
-            }
-            // SAFETY: as above, without peeking; the buffer now fits.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    0,
-                )
-            };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Failure::Io("recv", err));
-            }
-            return Ok(n as usize);
         }
     }
 }
 
-/// How a request failed, before the operation's context is attached.
-#[derive(Debug)]
-/// What a get request expects: its name in errors, the reply's type,
-/// which failure means "no such object", and what to say of an ack
-/// without one.
+/// Reads the messages of one datagram that answer request `seq`: data
+/// messages go to `on_reply` (the first undecodable one into
+/// `undecodable`), and the ack, error or `NLMSG_DONE` that ends the
+/// transaction is returned. `None`: the replies go on in another datagram.
+fn read_datagram(
+    dgram: &[u8],
+    seq: u32,
+    on_reply: &mut impl FnMut(RouteNetlinkMessage),
+    undecodable: &mut Option<DecodeError>,
+) -> Option<Result<(), Failure>> {
+    let mut rest = dgram;
+    while !rest.is_empty() {
+        let frame = match NetlinkBuffer::new_checked(rest) {
+            Ok(frame) => frame,
+            Err(e) => return Some(Err(Failure::Decode(e))),
+        };
+        let len = frame.length() as usize;
+        let (bytes, after) = rest.split_at(len);
+        rest = after.get(align4(len) - len..).unwrap_or(&[]);
+        // Replies to an earlier, abandoned request are not ours.
+        if frame.sequence_number() != seq {
+            continue;
+        }
+        let msg = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {
+            Ok(msg) => msg,
+            Err(e) => {
+                undecodable.get_or_insert(e);
+                continue;
+            }
+        };
+        match msg.payload {
+            // A dump ends here; a negative status is an error that cut it
+            // short.
+            NetlinkPayload::Done(done) if done.code < 0 => {
+                return Some(Err(Failure::Errno(-done.code, None)))
+            }
+            NetlinkPayload::Done(_) => return Some(Ok(())),
+            NetlinkPayload::Error(err) => {
+                return Some(match err.code {
+                    None => Ok(()),
+                    Some(code) => Err(Failure::Errno(
+                        -code.get(),
+                        ext_ack_text(msg.header.flags, &err.header),
+                    )),
+                })
+            }
+            NetlinkPayload::InnerMessage(reply) => on_reply(reply),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The kernel's extended-ack text in an `NLMSG_ERROR`, if it sent one.
+/// `echo` is what follows the error code: the request (only its header
+/// when `NLM_F_CAPPED`), then, with `NLM_F_ACK_TLVS`, the attributes.
+fn ext_ack_text(flags: u16, echo: &[u8]) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    let echoed = if flags & NLM_F_CAPPED != 0 {
+        NLMSG_HDRLEN
+    } else {
+        parse_u32(echo.get(..4)?).ok()? as usize
+    };
+    NlasIterator::new(echo.get(align4(echoed)..)?)
+        .map_while(Result::ok)
+        .find(|nla| nla.kind() == NLMSGERR_ATTR_MSG)
+        .and_then(|nla| parse_string(nla.value()).ok())
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// What a get request expects: its name in errors, which failure means
+/// "no such object", and what to say of an ack without one.
 struct Get {
     op: &'static str,
-    reply: u16,
     absent: fn(&Failure) -> bool,
     missing: &'static str,
 }
 
+/// How a request failed, before the operation's context is attached.
+#[derive(Debug)]
 enum Failure {
     Io(&'static str, io::Error),
     Errno(i32, Option<String>),
-    Malformed(&'static str),
+    Decode(DecodeError),
 }
 
 impl Failure {
@@ -723,161 +701,131 @@ impl Failure {
                 source: io::Error::from_raw_os_error(errno),
                 message,
             },
-            Failure::Malformed(what) => NetlinkError::Malformed { op, target, what },
+            Failure::Decode(source) => NetlinkError::Decode { op, target, source },
         }
     }
 }
 
-fn validate_ifname(name: &str) -> Result<(), NetlinkError> {
-    crate::ifname::IfName::new(name)
-        .map(drop)
-        .map_err(|reason| NetlinkError::InvalidName {
-            name: name.to_string(),
-            reason,
-        })
+impl From<InvalidIfName> for NetlinkError {
+    fn from(e: InvalidIfName) -> NetlinkError {
+        NetlinkError::InvalidName {
+            name: e.name,
+            reason: e.reason,
+        }
+    }
 }
 
-// ---- encoding ----
+// ---- requests ----
 
-/// A request under construction: header, fixed family header, attributes.
+/// A request: the message, and the flags beyond `NLM_F_REQUEST |
+/// NLM_F_ACK` that give it its meaning (`NLM_F_CREATE`, `NLM_F_EXCL`,
+/// `NLM_F_DUMP`).
+#[derive(Debug)]
 struct Request {
-    buf: Vec<u8>,
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
+    message: RouteNetlinkMessage,
+    flags: u16,
 }
 
 impl Request {
-    fn new(ty: u16, flags: u16) -> Request {
-        let mut buf = vec![0u8; NLMSG_HDRLEN];
-        buf[4..6].copy_from_slice(&ty.to_ne_bytes());
-        buf[6..8].copy_from_slice(&flags.to_ne_bytes());
-        Request { buf }
+    fn new(message: RouteNetlinkMessage, flags: u16) -> Request {
+        Request { message, flags }
     }
 
-    fn pad(&mut self) {
-        self.buf.resize(align4(self.buf.len()), 0);
-    }
-
-    /// Appends the family header (`ifinfomsg`, `ifaddrmsg`, `rtmsg`).
-    fn header(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-        self.pad();
-    }
-
-    fn attr(&mut self, ty: u16, payload: &[u8]) {
-        let len = (NLA_HDRLEN + payload.len()) as u16;
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(payload);
-        self.pad();
-    }
-
-    fn attr_u32(&mut self, ty: u16, v: u32) {
-        self.attr(ty, &v.to_ne_bytes());
-    }
-
-    /// A NUL-terminated string, as the kernel's NLA_STRING policies expect.
-    fn attr_str(&mut self, ty: u16, s: &str) {
-        let start = self.buf.len();
-        let len = (NLA_HDRLEN + s.len() + 1) as u16;
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(s.as_bytes());
-        self.buf.push(0);
-        debug_assert_eq!(self.buf.len() - start, len as usize);
-        self.pad();
-    }
-
-    fn nest_begin(&mut self, ty: u16) -> usize {
-        let at = self.buf.len();
-        self.attr(ty | NLA_F_NESTED, &[]);
-        at
-    }
-
-    fn nest_end(&mut self, at: usize) {
-        let len = (self.buf.len() - at) as u16;
-        self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    /// Fills in length and sequence number and ORs in `flags`.
-    fn finish(&mut self, seq: u32, flags: u16) -> &[u8] {
-        let len = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        let old = u16::from_ne_bytes([self.buf[6], self.buf[7]]);
-        self.buf[6..8].copy_from_slice(&(old | flags).to_ne_bytes());
-        self.buf[8..12].copy_from_slice(&seq.to_ne_bytes());
-        &self.buf
+    /// The request as sent: asking for an ack, numbered `seq`.
+    fn encode(self, seq: u32) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | self.flags;
+        header.sequence_number = seq;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(self.message));
+        msg.finalize();
+        let mut bytes = vec![0; msg.buffer_len()];
+        msg.serialize(&mut bytes);
+        bytes
     }
 }
 
-/// `struct ifinfomsg` for AF_UNSPEC.
-fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; 16] {
-    let mut m = [0u8; 16];
-    m[4..8].copy_from_slice(&index.to_ne_bytes());
-    m[8..12].copy_from_slice(&flags.to_ne_bytes());
-    m[12..16].copy_from_slice(&change.to_ne_bytes());
-    m
+/// `RTM_GETLINK` for one link, by `header.index` or by name, without the
+/// statistics (which nothing here reads).
+fn encode_link_get(header: LinkHeader, name: Option<IfName>) -> Request {
+    let mut msg = LinkMessage::default();
+    msg.header = header;
+    if let Some(name) = name {
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    }
+    msg.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    Request::new(RouteNetlinkMessage::GetLink(msg), 0)
 }
 
-fn family(addr: &IpAddr) -> u8 {
-    match addr {
-        IpAddr::V4(_) => libc::AF_INET as u8,
-        IpAddr::V6(_) => libc::AF_INET6 as u8,
-    }
-}
-
-fn addr_bytes(addr: &IpAddr) -> Vec<u8> {
-    match addr {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
+/// An `RTM_GETLINK` dump of every link, without statistics.
+fn encode_link_dump() -> Request {
+    let mut req = encode_link_get(LinkHeader::default(), None);
+    req.flags = NLM_F_DUMP;
+    req
 }
 
 fn encode_link_set(index: u32, change: &LinkChange) -> Result<Request, NetlinkError> {
-    if let Some(name) = &change.name {
-        validate_ifname(name)?;
+    let name = change.name.as_deref().map(IfName::checked).transpose()?;
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    match change.up {
+        Some(true) => {
+            msg.header.flags = LinkFlags::Up;
+            msg.header.change_mask = LinkFlags::Up;
+        }
+        Some(false) => msg.header.change_mask = LinkFlags::Up,
+        None => {}
     }
-    let mut req = Request::new(RTM_NEWLINK, 0);
-    let (flags, mask) = match change.up {
-        Some(true) => (IFF_UP, IFF_UP),
-        Some(false) => (0, IFF_UP),
-        None => (0, 0),
-    };
-    req.header(&ifinfomsg(index, flags, mask));
+    let attrs = &mut msg.attributes;
     if let Some(fd) = change.netns_fd {
-        req.attr_u32(IFLA_NET_NS_FD, fd as u32);
+        attrs.push(LinkAttribute::NetNsFd(fd));
     }
-    if let Some(name) = &change.name {
-        req.attr_str(IFLA_IFNAME, name);
+    if let Some(name) = name {
+        attrs.push(LinkAttribute::IfName(name.to_string()));
     }
     if let Some(mtu) = change.mtu {
-        req.attr_u32(IFLA_MTU, mtu);
+        attrs.push(LinkAttribute::Mtu(mtu));
     }
-    if let Some(mac) = &change.mac {
-        req.attr(IFLA_ADDRESS, mac);
+    if let Some(mac) = change.mac {
+        attrs.push(LinkAttribute::Address(mac.to_vec()));
     }
-    Ok(req)
+    Ok(Request::new(RouteNetlinkMessage::NewLink(msg), 0))
 }
 
-fn encode_veth_create(name: &str, peer_name: &str) -> Result<Request, NetlinkError> {
-    validate_ifname(name)?;
-    validate_ifname(peer_name)?;
-    let mut req = Request::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
-    req.header(&ifinfomsg(0, 0, 0));
-    req.attr_str(IFLA_IFNAME, name);
-    let info = req.nest_begin(IFLA_LINKINFO);
-    req.attr_str(IFLA_INFO_KIND, "veth");
-    let data = req.nest_begin(IFLA_INFO_DATA);
+/// `RTM_NEWLINK` creating `name`, failing if it exists.
+fn new_link(name: &IfName, info: Vec<link::LinkInfo>) -> Request {
+    let mut msg = LinkMessage::default();
+    msg.attributes = vec![
+        LinkAttribute::IfName(name.to_string()),
+        LinkAttribute::LinkInfo(info),
+    ];
+    Request::new(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+}
+
+fn encode_link_add(name: &IfName, kind: &str) -> Request {
+    new_link(name, vec![link::LinkInfo::Kind(InfoKind::from(kind))])
+}
+
+/// A veth pair; with `peer_netns_fd`, the peer is made in that namespace.
+fn encode_veth_create(
+    name: &str,
+    peer_name: &str,
+    peer_netns_fd: Option<RawFd>,
+) -> Result<Request, NetlinkError> {
+    let name = IfName::checked(name)?;
+    let peer_name = IfName::checked(peer_name)?;
     // The peer is described like a link of its own: ifinfomsg, then attrs.
-    let peer = req.nest_begin(VETH_INFO_PEER);
-    req.header(&ifinfomsg(0, 0, 0));
-    req.attr_str(IFLA_IFNAME, peer_name);
-    req.nest_end(peer);
-    req.nest_end(data);
-    req.nest_end(info);
-    Ok(req)
+    let mut peer = LinkMessage::default();
+    peer.attributes
+        .push(LinkAttribute::IfName(peer_name.to_string()));
+    if let Some(fd) = peer_netns_fd {
+        peer.attributes.push(LinkAttribute::NetNsFd(fd));
+    }
+    let info = vec![
+        link::LinkInfo::Kind(InfoKind::Veth),
+        link::LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+    ];
+    Ok(new_link(&name, info))
 }
 
 fn encode_addr_add(index: u32, addr: IpAddr, prefix_len: u8) -> Result<Request, NetlinkError> {
@@ -885,77 +833,80 @@ fn encode_addr_add(index: u32, addr: IpAddr, prefix_len: u8) -> Result<Request, 
     if prefix_len > max {
         return Err(NetlinkError::InvalidPrefix { addr, prefix_len });
     }
-    let ifa_flags = if addr.is_ipv6() { IFA_F_NODAD } else { 0 };
-    let mut req = Request::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL);
-    // struct ifaddrmsg: family, prefixlen, flags, scope, index.
-    let mut hdr = [0u8; 8];
-    hdr[0] = family(&addr);
-    hdr[1] = prefix_len;
-    hdr[2] = ifa_flags as u8;
-    hdr[3] = RT_SCOPE_UNIVERSE;
-    hdr[4..8].copy_from_slice(&index.to_ne_bytes());
-    req.header(&hdr);
-    let bytes = addr_bytes(&addr);
-    req.attr(IFA_LOCAL, &bytes);
-    req.attr(IFA_ADDRESS, &bytes);
-    if ifa_flags != 0 {
-        req.attr_u32(IFA_FLAGS, ifa_flags);
+    let mut msg = AddressMessage::default();
+    msg.header = AddressHeader {
+        family: family(&addr),
+        prefix_len,
+        flags: AddressHeaderFlags::empty(),
+        scope: AddressScope::Universe,
+        index,
+    };
+    msg.attributes = vec![
+        AddressAttribute::Local(addr),
+        AddressAttribute::Address(addr),
+    ];
+    if addr.is_ipv6() {
+        msg.header.flags = AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
     }
-    Ok(req)
+    Ok(Request::new(
+        RouteNetlinkMessage::NewAddress(msg),
+        NLM_F_CREATE | NLM_F_EXCL,
+    ))
 }
 
 fn encode_route_add_default(index: u32, gateway: IpAddr) -> Request {
-    let mut req = Request::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL);
-    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope,
-    // type, flags (u32).
-    let hdr = [
-        family(&gateway),
-        0,
-        0,
-        0,
-        RT_TABLE_MAIN,
-        RTPROT_STATIC,
-        RT_SCOPE_UNIVERSE,
-        RTN_UNICAST,
-        0,
-        0,
-        0,
-        0,
+    let mut msg = RouteMessage::default();
+    msg.header = RouteHeader {
+        address_family: family(&gateway),
+        table: RouteHeader::RT_TABLE_MAIN,
+        protocol: RouteProtocol::Static,
+        scope: RouteScope::Universe,
+        kind: RouteType::Unicast,
+        ..Default::default()
+    };
+    msg.attributes = vec![
+        RouteAttribute::Gateway(RouteAddress::from(gateway)),
+        RouteAttribute::Oif(index),
     ];
-    req.header(&hdr);
-    req.attr(RTA_GATEWAY, &addr_bytes(&gateway));
-    req.attr_u32(RTA_OIF, index);
-    req
+    Request::new(
+        RouteNetlinkMessage::NewRoute(msg),
+        NLM_F_CREATE | NLM_F_EXCL,
+    )
 }
 
 /// `RTM_GETROUTE` for one IPv4 destination, like `ip route get`.
 fn encode_route_get(dst: Ipv4Addr) -> Request {
-    let mut req = Request::new(RTM_GETROUTE, 0);
-    // struct rtmsg: AF_INET, a /32 destination, everything else unset.
-    let hdr = [libc::AF_INET as u8, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    req.header(&hdr);
-    req.attr(RTA_DST, &dst.octets());
-    req
+    let mut msg = RouteMessage::default();
+    // A /32 destination, everything else unset.
+    msg.header = RouteHeader {
+        address_family: AddressFamily::Inet,
+        destination_prefix_length: 32,
+        ..Default::default()
+    };
+    msg.attributes = vec![RouteAttribute::Destination(RouteAddress::Inet(dst))];
+    Request::new(RouteNetlinkMessage::GetRoute(msg), 0)
 }
 
-/// `struct ndmsg`: family, pad, pad (u16), ifindex (i32), state (u16),
-/// flags, type.
-fn ndmsg(ifindex: u32, state: u16, flags: u8) -> [u8; 12] {
-    let mut m = [0u8; 12];
-    m[0] = libc::AF_INET as u8;
-    m[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-    m[8..10].copy_from_slice(&state.to_ne_bytes());
-    m[10] = flags;
-    m
+fn neigh_message(ifindex: u32, ip: Ipv4Addr, flags: NeighbourFlags) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header = NeighbourHeader {
+        family: AddressFamily::Inet,
+        ifindex,
+        state: NeighbourState::None,
+        flags,
+        ..Default::default()
+    };
+    msg.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(ip))];
+    msg
 }
 
 /// `RTM_GETNEIGH` for one entry; the kernel wants the link and the address
 /// and nothing else.
 fn encode_neigh_get(ifindex: u32, ip: Ipv4Addr) -> Request {
-    let mut req = Request::new(RTM_GETNEIGH, 0);
-    req.header(&ndmsg(ifindex, nud::NONE, 0));
-    req.attr(NDA_DST, &ip.octets());
-    req
+    let msg = neigh_message(ifindex, ip, NeighbourFlags::empty());
+    Request::new(RouteNetlinkMessage::GetNeighbour(msg), 0)
 }
 
 /// `RTM_NEWNEIGH` with `NTF_USE`: the kernel creates the entry if needed
@@ -965,151 +916,61 @@ fn encode_neigh_get(ifindex: u32, ip: Ipv4Addr) -> Request {
 /// entry from garbage collection), so it is NONE. No `NDA_LLADDR`: the
 /// address is the kernel's to learn.
 fn encode_neigh_use(ifindex: u32, ip: Ipv4Addr) -> Request {
-    let mut req = Request::new(RTM_NEWNEIGH, NLM_F_CREATE);
-    req.header(&ndmsg(ifindex, nud::NONE, NTF_USE));
-    req.attr(NDA_DST, &ip.octets());
-    req
+    let msg = neigh_message(ifindex, ip, NeighbourFlags::Use);
+    Request::new(RouteNetlinkMessage::NewNeighbour(msg), NLM_F_CREATE)
 }
 
 /// An `RTM_GETADDR` dump of one family. The index is set for kernels with
 /// strict checking, which then filter; others ignore it.
-fn encode_addr_dump(family: u8, ifindex: u32) -> Request {
-    let mut req = Request::new(RTM_GETADDR, NLM_F_DUMP);
-    let mut hdr = [0u8; 8];
-    hdr[0] = family;
-    hdr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-    req.header(&hdr);
-    req
+fn encode_addr_dump(family: AddressFamily, ifindex: u32) -> Request {
+    let mut msg = AddressMessage::default();
+    msg.header.family = family;
+    msg.header.index = ifindex;
+    Request::new(RouteNetlinkMessage::GetAddress(msg), NLM_F_DUMP)
 }
 
-// ---- parsing ----
-
-struct Message<'a> {
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    payload: &'a [u8],
-}
-
-/// The messages of one datagram.
-struct Messages<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Messages<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Messages { buf }
+fn family(addr: &IpAddr) -> AddressFamily {
+    match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
     }
 }
 
-impl<'a> Iterator for Messages<'a> {
-    type Item = Result<Message<'a>, &'static str>;
+// ---- replies ----
 
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        if self.buf.len() < NLMSG_HDRLEN {
-            self.buf = &[];
-            return Some(Err("truncated message header"));
-        }
-        let len = u32::from_ne_bytes(self.buf[0..4].try_into().unwrap()) as usize;
-        if len < NLMSG_HDRLEN || len > self.buf.len() {
-            self.buf = &[];
-            return Some(Err("bad message length"));
-        }
-        let msg = Message {
-            ty: u16::from_ne_bytes([self.buf[4], self.buf[5]]),
-            flags: u16::from_ne_bytes([self.buf[6], self.buf[7]]),
-            seq: u32::from_ne_bytes(self.buf[8..12].try_into().unwrap()),
-            payload: &self.buf[NLMSG_HDRLEN..len],
-        };
-        self.buf = &self.buf[align4(len).min(self.buf.len())..];
-        Some(Ok(msg))
-    }
-}
-
-/// The attributes in `buf`, as (type without flag bits, payload). Stops at
-/// the first malformed one.
-struct Attrs<'a> {
-    buf: &'a [u8],
-}
-
-fn attrs(buf: &[u8]) -> Attrs<'_> {
-    Attrs { buf }
-}
-
-impl<'a> Iterator for Attrs<'a> {
-    type Item = (u16, &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.buf.len() < NLA_HDRLEN {
-            return None;
-        }
-        let len = u16::from_ne_bytes([self.buf[0], self.buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([self.buf[2], self.buf[3]]) & NLA_TYPE_MASK;
-        if len < NLA_HDRLEN || len > self.buf.len() {
-            self.buf = &[];
-            return None;
-        }
-        let payload = &self.buf[NLA_HDRLEN..len];
-        self.buf = &self.buf[align4(len).min(self.buf.len())..];
-        Some((ty, payload))
-    }
-}
-
-/// A string attribute, without its NUL terminator.
-fn attr_string(payload: &[u8]) -> String {
-    let end = payload
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(payload.len());
-    String::from_utf8_lossy(&payload[..end]).into_owned()
-}
-
-fn attr_u32(payload: &[u8]) -> Option<u32> {
-    Some(u32::from_ne_bytes(payload.get(..4)?.try_into().ok()?))
-}
-
-/// An `RTM_NEWLINK` payload.
-fn parse_link(payload: &[u8]) -> Result<LinkInfo, &'static str> {
-    if payload.len() < 16 {
-        return Err("truncated ifinfomsg");
-    }
-    let index = u32::from_ne_bytes(payload[4..8].try_into().unwrap());
-    let flags = u32::from_ne_bytes(payload[8..12].try_into().unwrap());
+/// An `RTM_NEWLINK`.
+fn parse_link(msg: LinkMessage) -> LinkInfo {
+    let flags = msg.header.flags.bits();
     let mut info = LinkInfo {
-        index,
+        index: msg.header.index,
         name: String::new(),
         mac: [0; 6],
         mtu: 0,
-        up: flags & IFF_UP != 0,
+        up: msg.header.flags.contains(LinkFlags::Up),
         flags,
         kind: None,
         rx_queues: 1,
     };
-    for (ty, data) in attrs(&payload[16..]) {
-        match ty {
-            IFLA_IFNAME => info.name = attr_string(data),
-            IFLA_ADDRESS if data.len() == 6 => info.mac.copy_from_slice(data),
-            IFLA_MTU => info.mtu = attr_u32(data).ok_or("short IFLA_MTU")?,
-            IFLA_NUM_RX_QUEUES => {
-                info.rx_queues = attr_u32(data).ok_or("short IFLA_NUM_RX_QUEUES")?.max(1)
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => info.name = name,
+            LinkAttribute::Address(mac) => {
+                if let Ok(mac) = mac.try_into() {
+                    info.mac = mac;
+                }
             }
-            IFLA_LINKINFO => {
-                info.kind = attrs(data)
-                    .find(|(t, _)| *t == IFLA_INFO_KIND)
-                    .map(|(_, k)| attr_string(k));
+            LinkAttribute::Mtu(mtu) => info.mtu = mtu,
+            LinkAttribute::NumRxQueues(n) => info.rx_queues = n.max(1),
+            LinkAttribute::LinkInfo(infos) => {
+                info.kind = infos.into_iter().find_map(|i| match i {
+                    link::LinkInfo::Kind(kind) => Some(kind.to_string()),
+                    _ => None,
+                });
             }
             _ => {}
         }
     }
-    Ok(info)
-}
-
-fn attr_ipv4(payload: &[u8]) -> Option<Ipv4Addr> {
-    let octets: [u8; 4] = payload.try_into().ok()?;
-    Some(Ipv4Addr::from(octets))
+    info
 }
 
 /// An `RTM_NEWROUTE` answering `RTM_GETROUTE`.
@@ -1120,13 +981,14 @@ struct RouteReply {
     via: bool,
 }
 
-fn parse_route(payload: &[u8]) -> Result<RouteReply, &'static str> {
-    if payload.len() < 12 {
-        return Err("truncated rtmsg");
-    }
-    if payload[0] != libc::AF_INET as u8 {
+fn parse_route(msg: RouteMessage) -> Result<RouteReply, &'static str> {
+    if msg.header.address_family != AddressFamily::Inet {
         return Err("not an IPv4 route");
     }
+    let ipv4 = |a: RouteAddress, what| match a {
+        RouteAddress::Inet(a) => Ok(a),
+        _ => Err(what),
+    };
     let mut oif = None;
     let mut info = RouteInfo {
         oif: 0,
@@ -1134,12 +996,12 @@ fn parse_route(payload: &[u8]) -> Result<RouteReply, &'static str> {
         prefsrc: None,
     };
     let mut via = false;
-    for (ty, data) in attrs(&payload[12..]) {
-        match ty {
-            RTA_OIF => oif = Some(attr_u32(data).ok_or("short RTA_OIF")?),
-            RTA_GATEWAY => info.gateway = Some(attr_ipv4(data).ok_or("bad RTA_GATEWAY")?),
-            RTA_PREFSRC => info.prefsrc = Some(attr_ipv4(data).ok_or("bad RTA_PREFSRC")?),
-            RTA_VIA => via = true,
+    for attr in msg.attributes {
+        match attr {
+            RouteAttribute::Oif(index) => oif = Some(index),
+            RouteAttribute::Gateway(a) => info.gateway = Some(ipv4(a, "bad RTA_GATEWAY")?),
+            RouteAttribute::PrefSource(a) => info.prefsrc = Some(ipv4(a, "bad RTA_PREFSRC")?),
+            RouteAttribute::Via(_) => via = true,
             _ => {}
         }
     }
@@ -1147,45 +1009,43 @@ fn parse_route(payload: &[u8]) -> Result<RouteReply, &'static str> {
     Ok(RouteReply { info, via })
 }
 
-/// An `RTM_NEWNEIGH` payload.
-fn parse_neigh(payload: &[u8]) -> Result<NeighEntry, &'static str> {
-    if payload.len() < 12 {
-        return Err("truncated ndmsg");
-    }
+/// An `RTM_NEWNEIGH`.
+fn parse_neigh(msg: NeighbourMessage) -> NeighEntry {
     let mut entry = NeighEntry {
         neighbour: Neighbour {
             mac: None,
-            state: u16::from_ne_bytes([payload[8], payload[9]]),
+            state: msg.header.state.into(),
         },
-        flags: payload[10],
-        flags_ext: 0,
+        flags: msg.header.flags,
+        flags_ext: NeighbourExtFlags::empty(),
     };
-    for (ty, data) in attrs(&payload[12..]) {
-        match ty {
-            NDA_LLADDR => entry.neighbour.mac = data.try_into().ok(),
-            NDA_FLAGS_EXT => entry.flags_ext = attr_u32(data).ok_or("short NDA_FLAGS_EXT")?,
+    for attr in msg.attributes {
+        match attr {
+            NeighbourAttribute::LinkLayerAddress(mac) => {
+                entry.neighbour.mac = mac.try_into().ok();
+            }
+            NeighbourAttribute::ExtFlags(flags) => entry.flags_ext = flags,
             _ => {}
         }
     }
-    Ok(entry)
+    entry
 }
 
-/// An `RTM_NEWADDR` payload: (index, address, prefix length) for IPv4,
-/// `None` for other families.
-fn parse_ipv4_addr(payload: &[u8]) -> Result<Option<(u32, Ipv4Addr, u8)>, &'static str> {
-    if payload.len() < 8 {
-        return Err("truncated ifaddrmsg");
-    }
-    if payload[0] != libc::AF_INET as u8 {
+/// An `RTM_NEWADDR`: (index, address, prefix length) for IPv4, `None` for
+/// other families.
+fn parse_ipv4_addr(msg: AddressMessage) -> Result<Option<(u32, Ipv4Addr, u8)>, &'static str> {
+    if msg.header.family != AddressFamily::Inet {
         return Ok(None);
     }
-    let prefix_len = payload[1];
-    let index = u32::from_ne_bytes(payload[4..8].try_into().unwrap());
+    let ipv4 = |a: IpAddr, what| match a {
+        IpAddr::V4(a) => Ok(a),
+        IpAddr::V6(_) => Err(what),
+    };
     let (mut local, mut address) = (None, None);
-    for (ty, data) in attrs(&payload[8..]) {
-        match ty {
-            IFA_LOCAL => local = Some(attr_ipv4(data).ok_or("bad IFA_LOCAL")?),
-            IFA_ADDRESS => address = Some(attr_ipv4(data).ok_or("bad IFA_ADDRESS")?),
+    for attr in msg.attributes {
+        match attr {
+            AddressAttribute::Local(a) => local = Some(ipv4(a, "bad IFA_LOCAL")?),
+            AddressAttribute::Address(a) => address = Some(ipv4(a, "bad IFA_ADDRESS")?),
             _ => {}
         }
     }
@@ -1194,77 +1054,187 @@ fn parse_ipv4_addr(payload: &[u8]) -> Result<Option<(u32, Ipv4Addr, u8)>, &'stat
     let addr = local
         .or(address)
         .ok_or("address without IFA_LOCAL or IFA_ADDRESS")?;
-    Ok(Some((index, addr, prefix_len)))
-}
-
-/// The (positive) errno an `NLMSG_DONE` carries when the dump failed.
-fn dump_error(payload: &[u8]) -> Option<i32> {
-    let status = i32::from_ne_bytes(payload.get(..4)?.try_into().ok()?);
-    (status < 0).then_some(-status)
-}
-
-/// An `NLMSG_ERROR`: the (positive) errno, 0 for an ack, and the
-/// extended-ack message if any.
-fn parse_error(msg: &Message<'_>) -> Result<(i32, Option<String>), &'static str> {
-    let p = msg.payload;
-    if p.len() < 4 + NLMSG_HDRLEN {
-        return Err("truncated error message");
-    }
-    let error = i32::from_ne_bytes(p[0..4].try_into().unwrap());
-    let mut text = None;
-    if msg.flags & NLM_F_ACK_TLVS != 0 {
-        let echoed = if msg.flags & NLM_F_CAPPED != 0 {
-            NLMSG_HDRLEN
-        } else {
-            u32::from_ne_bytes(p[4..8].try_into().unwrap()) as usize
-        };
-        if let Some(tlvs) = p.get(4 + align4(echoed)..) {
-            text = attrs(tlvs)
-                .find(|(t, _)| *t == NLMSGERR_ATTR_MSG)
-                .map(|(_, m)| attr_string(m));
-        }
-    }
-    Ok((-error, text))
+    Ok(Some((msg.header.index, addr, msg.header.prefix_len)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::Ipv6Addr;
 
-    fn finished(mut req: Request) -> Vec<u8> {
-        req.finish(7, NLM_F_REQUEST | NLM_F_ACK).to_vec()
+    // Numbers from the kernel headers, for fixtures and expectations.
+    const RTM_NEWLINK: u16 = 16;
+    const RTM_NEWADDR: u16 = 20;
+    const RTM_NEWROUTE: u16 = 24;
+    const RTM_NEWNEIGH: u16 = 28;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const IFLA_ADDRESS: u16 = 1;
+    const IFLA_IFNAME: u16 = 3;
+    const IFLA_MTU: u16 = 4;
+    const IFLA_LINKINFO: u16 = 18;
+    const IFLA_NET_NS_FD: u16 = 28;
+    const IFLA_EXT_MASK: u16 = 29;
+    const IFLA_NUM_RX_QUEUES: u16 = 32;
+    const IFLA_INFO_KIND: u16 = 1;
+    const IFLA_INFO_DATA: u16 = 2;
+    const VETH_INFO_PEER: u16 = 1;
+    const IFF_UP: u32 = 0x1;
+    const IFA_ADDRESS: u16 = 1;
+    const IFA_LOCAL: u16 = 2;
+    const IFA_FLAGS: u16 = 8;
+    const IFA_F_NODAD: u32 = 0x02;
+    const RTA_DST: u16 = 1;
+    const RTA_OIF: u16 = 4;
+    const RTA_GATEWAY: u16 = 5;
+    const RTA_PREFSRC: u16 = 7;
+    const RTA_VIA: u16 = 18;
+    const NDA_DST: u16 = 1;
+    const NDA_LLADDR: u16 = 2;
+    const NDA_FLAGS_EXT: u16 = 15;
+    const NTF_USE: u8 = 0x01;
+    const NTF_EXT_LEARNED: u8 = 0x10;
+    const NTF_EXT_MANAGED: u32 = 1 << 0;
+
+    /// A request as `transact` sends it, numbered 7.
+    fn wire(req: Request) -> Vec<u8> {
+        req.encode(7)
+    }
+
+    /// An attribute as the kernel lays it out: header, payload, padding.
+    fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        a.extend_from_slice(&ty.to_ne_bytes());
+        a.extend_from_slice(payload);
+        a.resize(align4(a.len()), 0);
+        a
+    }
+
+    /// A family header followed by attributes.
+    fn body(header: &[u8], attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut b = header.to_vec();
+        for (ty, data) in attrs {
+            b.extend(nla(*ty, data));
+        }
+        b
+    }
+
+    /// A nlmsghdr numbered 7, as `wire` writes it.
+    fn nlmsghdr(len: u32, ty: u16, flags: u16) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&len.to_ne_bytes());
+        h.extend_from_slice(&ty.to_ne_bytes());
+        h.extend_from_slice(&flags.to_ne_bytes());
+        h.extend_from_slice(&7u32.to_ne_bytes());
+        h.extend_from_slice(&0u32.to_ne_bytes());
+        h
+    }
+
+    /// A whole message from the kernel.
+    fn message(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        m.resize(align4(m.len()), 0);
+        m
+    }
+
+    /// The attributes in `buf`, as (type without flag bits, payload).
+    fn attrs(buf: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        NlasIterator::new(buf)
+            .map(|a| a.unwrap())
+            .map(|a| (a.kind(), a.value().to_vec()))
+            .collect()
+    }
+
+    /// Decodes one reply as `transact` would.
+    fn decode(ty: u16, payload: &[u8]) -> Result<RouteNetlinkMessage, DecodeError> {
+        let (mut got, mut bad) = (None, None);
+        let mut dgram = message(ty, 0, 1, payload);
+        dgram.extend(message(NLMSG_ERROR, 0, 1, &[0; 20]));
+        let done = read_datagram(&dgram, 1, &mut |m| got = Some(m), &mut bad);
+        assert!(matches!(done, Some(Ok(()))), "{done:?}");
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(got.expect("a reply")),
+        }
+    }
+
+    fn link_reply(payload: &[u8]) -> LinkInfo {
+        match decode(RTM_NEWLINK, payload).unwrap() {
+            RouteNetlinkMessage::NewLink(m) => parse_link(m),
+            m => panic!("{m:?}"),
+        }
+    }
+
+    fn route_reply(payload: &[u8]) -> Result<RouteReply, String> {
+        match decode(RTM_NEWROUTE, payload).map_err(|e| e.to_string())? {
+            RouteNetlinkMessage::NewRoute(m) => parse_route(m).map_err(str::to_string),
+            m => panic!("{m:?}"),
+        }
+    }
+
+    fn neigh_reply(payload: &[u8]) -> NeighEntry {
+        match decode(RTM_NEWNEIGH, payload).unwrap() {
+            RouteNetlinkMessage::NewNeighbour(m) => parse_neigh(m),
+            m => panic!("{m:?}"),
+        }
+    }
+
+    fn addr_reply(payload: &[u8]) -> Result<Option<(u32, Ipv4Addr, u8)>, String> {
+        match decode(RTM_NEWADDR, payload).map_err(|e| e.to_string())? {
+            RouteNetlinkMessage::NewAddress(m) => parse_ipv4_addr(m).map_err(str::to_string),
+            m => panic!("{m:?}"),
+        }
+    }
+
+    /// `struct ifinfomsg` for AF_UNSPEC.
+    fn ifinfomsg(index: u32, flags: u32, change: u32) -> Vec<u8> {
+        let mut m = vec![0u8; 4];
+        m.extend_from_slice(&index.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&change.to_ne_bytes());
+        m
+    }
+
+    /// `struct ndmsg` for AF_INET: family, pads, ifindex, state, flags, type.
+    fn ndmsg(ifindex: u32, state: u16, flags: u8, ty: u8) -> Vec<u8> {
+        let mut m = vec![2, 0, 0, 0];
+        m.extend_from_slice(&ifindex.to_ne_bytes());
+        m.extend_from_slice(&state.to_ne_bytes());
+        m.extend_from_slice(&[flags, ty]);
+        m
     }
 
     #[test]
     fn addr_add_v4_encoding() {
         let req = encode_addr_add(5, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 24).unwrap();
-        let mut want = Vec::new();
         // nlmsghdr: len 40, RTM_NEWADDR, REQUEST|ACK|EXCL|CREATE, seq 7, pid 0.
-        want.extend_from_slice(&40u32.to_ne_bytes());
-        want.extend_from_slice(&20u16.to_ne_bytes());
-        want.extend_from_slice(&0x605u16.to_ne_bytes());
-        want.extend_from_slice(&7u32.to_ne_bytes());
-        want.extend_from_slice(&0u32.to_ne_bytes());
+        let mut want = nlmsghdr(40, 20, 0x605);
         // ifaddrmsg: AF_INET, /24, no flags, universe, index 5.
         want.extend_from_slice(&[2, 24, 0, 0]);
         want.extend_from_slice(&5u32.to_ne_bytes());
         // IFA_LOCAL, IFA_ADDRESS.
-        for ty in [2u16, 1] {
-            want.extend_from_slice(&8u16.to_ne_bytes());
-            want.extend_from_slice(&ty.to_ne_bytes());
-            want.extend_from_slice(&[10, 0, 0, 2]);
-        }
-        assert_eq!(finished(req), want);
+        want.extend(nla(IFA_LOCAL, &[10, 0, 0, 2]));
+        want.extend(nla(IFA_ADDRESS, &[10, 0, 0, 2]));
+        assert_eq!(wire(req), want);
     }
 
     #[test]
     fn addr_add_v6_sets_nodad() {
-        let bytes = finished(encode_addr_add(1, "fd00::1".parse().unwrap(), 64).unwrap());
+        let bytes = wire(encode_addr_add(1, "fd00::1".parse().unwrap(), 64).unwrap());
         assert_eq!(bytes.len(), 16 + 8 + 20 + 20 + 8);
+        assert_eq!(&bytes[6..8], &0x605u16.to_ne_bytes());
         assert_eq!(&bytes[16..20], &[10, 64, IFA_F_NODAD as u8, 0]);
-        let flags: Vec<_> = attrs(&bytes[24..]).map(|(t, _)| t).collect();
-        assert_eq!(flags, [IFA_LOCAL, IFA_ADDRESS, IFA_FLAGS]);
+        let got = attrs(&bytes[24..]);
+        let types: Vec<_> = got.iter().map(|(t, _)| *t).collect();
+        assert_eq!(types, [IFA_LOCAL, IFA_ADDRESS, IFA_FLAGS]);
+        assert_eq!(got[2].1, IFA_F_NODAD.to_ne_bytes());
         assert!(matches!(
             encode_addr_add(1, "fd00::1".parse().unwrap(), 129),
             Err(NetlinkError::InvalidPrefix { .. })
@@ -1273,49 +1243,92 @@ mod tests {
     }
 
     #[test]
-    fn string_attrs_are_nul_terminated_and_padded() {
-        let mut req = Request::new(RTM_GETLINK, 0);
-        req.header(&ifinfomsg(0, 0, 0));
-        req.attr_str(IFLA_IFNAME, "eth0");
-        req.attr_u32(IFLA_EXT_MASK, 8);
-        let bytes = finished(req);
-        // "eth0\0" is 5 bytes: attr len 9, padded to 12.
+    fn link_get_encoding() {
+        let name = IfName::new("eth0").unwrap();
+        let bytes = wire(encode_link_get(LinkHeader::default(), Some(name)));
+        // RTM_GETLINK, REQUEST|ACK; an all-zero ifinfomsg.
+        assert_eq!(&bytes[..16], &nlmsghdr(52, 18, 0x5)[..]);
+        assert_eq!(&bytes[16..32], &[0; 16]);
+        // "eth0\0" is 5 bytes, as the kernel's NLA_STRING policies expect:
+        // attr len 9, padded to 12.
         assert_eq!(&bytes[32..34], &9u16.to_ne_bytes());
         assert_eq!(&bytes[36..41], b"eth0\0");
         assert_eq!(&bytes[41..44], &[0, 0, 0]);
-        assert_eq!(&bytes[46..48], &IFLA_EXT_MASK.to_ne_bytes());
-        assert_eq!(bytes.len(), 52);
-        let got: Vec<_> = attrs(&bytes[32..]).collect();
-        assert_eq!(got.len(), 2);
-        assert_eq!(attr_string(got[0].1), "eth0");
-        assert_eq!(attr_u32(got[1].1), Some(8));
+        // IFLA_EXT_MASK: RTEXT_FILTER_SKIP_STATS.
+        assert_eq!(
+            attrs(&bytes[44..]),
+            [(IFLA_EXT_MASK, 8u32.to_ne_bytes().to_vec())]
+        );
+        let by_index = LinkHeader {
+            index: 9,
+            ..Default::default()
+        };
+        let bytes = wire(encode_link_get(by_index, None));
+        assert_eq!(&bytes[16..32], &ifinfomsg(9, 0, 0)[..]);
+        assert_eq!(attrs(&bytes[32..]).len(), 1);
     }
 
     #[test]
-    fn veth_nesting() {
-        let bytes = finished(encode_veth_create("va", "vb").unwrap());
-        let top: Vec<_> = attrs(&bytes[32..]).collect();
-        assert_eq!(top[0].0, IFLA_IFNAME);
-        let (ty, info) = top[1];
-        assert_eq!(ty, IFLA_LINKINFO);
-        // Nested flag set on the wire, masked when parsed.
+    fn link_dump_encoding() {
+        let bytes = wire(encode_link_dump());
+        // RTM_GETLINK, REQUEST|ACK|DUMP; an all-zero ifinfomsg; no name.
+        assert_eq!(&bytes[..16], &nlmsghdr(40, 18, 0x305)[..]);
+        assert_eq!(&bytes[16..32], &[0; 16]);
         assert_eq!(
-            u16::from_ne_bytes([bytes[32 + 8 + 2], bytes[32 + 8 + 3]]),
-            IFLA_LINKINFO | NLA_F_NESTED
+            attrs(&bytes[32..]),
+            [(IFLA_EXT_MASK, 8u32.to_ne_bytes().to_vec())]
         );
-        let info: Vec<_> = attrs(info).collect();
-        assert_eq!(attr_string(info[0].1), "veth");
-        assert_eq!(info[1].0, IFLA_INFO_DATA);
-        let (pty, peer) = attrs(info[1].1).next().unwrap();
-        assert_eq!(pty, VETH_INFO_PEER);
-        assert_eq!(&peer[..16], &[0; 16]);
-        let (nty, name) = attrs(&peer[16..]).next().unwrap();
-        assert_eq!((nty, attr_string(name).as_str()), (IFLA_IFNAME, "vb"));
-        // Lengths add up to the whole message.
-        assert_eq!(
-            u32::from_ne_bytes(bytes[0..4].try_into().unwrap()) as usize,
-            bytes.len()
-        );
+    }
+
+    #[test]
+    fn link_add_encoding() {
+        let bytes = wire(encode_link_add(&IfName::new("br0").unwrap(), "bridge"));
+        // RTM_NEWLINK, REQUEST|ACK|EXCL|CREATE.
+        assert_eq!(&bytes[4..8], &[16, 0, 0x05, 0x06]);
+        let top = attrs(&bytes[32..]);
+        assert_eq!(top[0], (IFLA_IFNAME, b"br0\0".to_vec()));
+        assert_eq!(top[1].0, IFLA_LINKINFO);
+        assert_eq!(attrs(&top[1].1), [(IFLA_INFO_KIND, b"bridge\0".to_vec())]);
+        assert_eq!(top.len(), 2);
+    }
+
+    #[test]
+    fn veth_encoding() {
+        for netns_fd in [None, Some(9)] {
+            let bytes = wire(encode_veth_create("va", "vb", netns_fd).unwrap());
+            // RTM_NEWLINK, REQUEST|ACK|EXCL|CREATE: an existing name fails.
+            assert_eq!(&bytes[4..8], &[16, 0, 0x05, 0x06]);
+            assert_eq!(&bytes[16..32], &[0; 16]);
+            let top = attrs(&bytes[32..]);
+            assert_eq!(top[0], (IFLA_IFNAME, b"va\0".to_vec()));
+            assert_eq!(top[1].0, IFLA_LINKINFO);
+            let info = attrs(&top[1].1);
+            assert_eq!(info[0], (IFLA_INFO_KIND, b"veth\0".to_vec()));
+            assert_eq!(info[1].0, IFLA_INFO_DATA);
+            let data = attrs(&info[1].1);
+            assert_eq!(data.len(), 1);
+            let (pty, peer) = &data[0];
+            assert_eq!(*pty, VETH_INFO_PEER);
+            // The peer: its own ifinfomsg, then its attributes.
+            assert_eq!(&peer[..16], &[0; 16]);
+            let mut want = vec![(IFLA_IFNAME, b"vb\0".to_vec())];
+            if let Some(fd) = netns_fd {
+                want.push((IFLA_NET_NS_FD, (fd as u32).to_ne_bytes().to_vec()));
+            }
+            assert_eq!(attrs(&peer[16..]), want);
+            // Lengths add up to the whole message; nothing else at the top.
+            assert_eq!(top.len(), 2);
+            assert_eq!(
+                u32::from_ne_bytes(bytes[0..4].try_into().unwrap()) as usize,
+                bytes.len()
+            );
+        }
+        for (a, b) in [("va", "a-name-longer-than-15"), ("a/b", "vb")] {
+            assert!(matches!(
+                encode_veth_create(a, b, None),
+                Err(NetlinkError::InvalidName { .. })
+            ));
+        }
     }
 
     #[test]
@@ -1327,10 +1340,28 @@ mod tests {
             name: Some("eth1".into()),
             netns_fd: Some(9),
         };
-        let bytes = finished(encode_link_set(3, &change).unwrap());
-        assert_eq!(&bytes[16..32], &ifinfomsg(3, 0, IFF_UP));
-        let got: Vec<_> = attrs(&bytes[32..]).map(|(t, _)| t).collect();
-        assert_eq!(got, [IFLA_NET_NS_FD, IFLA_IFNAME, IFLA_MTU, IFLA_ADDRESS]);
+        let bytes = wire(encode_link_set(3, &change).unwrap());
+        // RTM_NEWLINK, REQUEST|ACK only: changes an existing link.
+        assert_eq!(&bytes[4..8], &[16, 0, 0x05, 0]);
+        assert_eq!(&bytes[16..32], &ifinfomsg(3, 0, IFF_UP)[..]);
+        let got = attrs(&bytes[32..]);
+        let types: Vec<_> = got.iter().map(|(t, _)| *t).collect();
+        assert_eq!(types, [IFLA_NET_NS_FD, IFLA_IFNAME, IFLA_MTU, IFLA_ADDRESS]);
+        assert_eq!(got[0].1, 9u32.to_ne_bytes());
+        assert_eq!(got[1].1, b"eth1\0");
+        assert_eq!(got[2].1, 1400u32.to_ne_bytes());
+        assert_eq!(got[3].1, [2, 0, 0, 0, 0, 1]);
+
+        let up = LinkChange {
+            up: Some(true),
+            ..Default::default()
+        };
+        let bytes = wire(encode_link_set(3, &up).unwrap());
+        assert_eq!(&bytes[16..32], &ifinfomsg(3, IFF_UP, IFF_UP)[..]);
+        assert_eq!(bytes.len(), 32);
+        let none = wire(encode_link_set(3, &LinkChange::default()).unwrap());
+        assert_eq!(&none[16..32], &ifinfomsg(3, 0, 0)[..]);
+
         let bad = LinkChange {
             name: Some("a-name-longer-than-15".into()),
             ..Default::default()
@@ -1343,105 +1374,205 @@ mod tests {
 
     #[test]
     fn default_route_encoding() {
-        let gw = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1));
-        let bytes = finished(encode_route_add_default(4, gw));
-        assert_eq!(&bytes[16..24], &[10, 0, 0, 0, 254, 4, 0, 1]);
-        let got: Vec<_> = attrs(&bytes[28..]).collect();
-        assert_eq!(got[0], (RTA_GATEWAY, &gw_bytes(gw)[..]));
-        assert_eq!(got[1].0, RTA_OIF);
-        assert_eq!(attr_u32(got[1].1), Some(4));
+        let gw = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+        let bytes = wire(encode_route_add_default(4, IpAddr::V6(gw)));
+        // RTM_NEWROUTE, REQUEST|ACK|EXCL|CREATE.
+        assert_eq!(&bytes[4..8], &[24, 0, 0x05, 0x06]);
+        // rtmsg: AF_INET6, no prefixes, main table, static, universe, unicast.
+        assert_eq!(&bytes[16..28], &[10, 0, 0, 0, 254, 4, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(
+            attrs(&bytes[28..]),
+            [
+                (RTA_GATEWAY, gw.octets().to_vec()),
+                (RTA_OIF, 4u32.to_ne_bytes().to_vec())
+            ]
+        );
+        let v4 = wire(encode_route_add_default(
+            4,
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+        ));
+        assert_eq!(v4[16], 2);
+        assert_eq!(attrs(&v4[28..])[0], (RTA_GATEWAY, vec![10, 0, 0, 1]));
+    }
 
-        fn gw_bytes(gw: IpAddr) -> Vec<u8> {
-            addr_bytes(&gw)
-        }
+    #[test]
+    fn route_get_encoding() {
+        // RTM_GETROUTE, REQUEST|ACK.
+        let mut want = nlmsghdr(36, 26, 0x5);
+        // rtmsg: AF_INET, dst_len 32, the rest zero.
+        want.extend_from_slice(&[2, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        want.extend(nla(RTA_DST, &[192, 0, 2, 9]));
+        assert_eq!(wire(encode_route_get(Ipv4Addr::new(192, 0, 2, 9))), want);
+    }
+
+    #[test]
+    fn neigh_get_encoding() {
+        // RTM_GETNEIGH, REQUEST|ACK.
+        let mut want = nlmsghdr(36, 30, 0x5);
+        // ndmsg: AF_INET, ifindex 6, state 0, flags 0, type 0.
+        want.extend(ndmsg(6, 0, 0, 0));
+        want.extend(nla(NDA_DST, &[10, 0, 0, 1]));
+        assert_eq!(wire(encode_neigh_get(6, Ipv4Addr::new(10, 0, 0, 1))), want);
+    }
+
+    #[test]
+    fn neigh_use_encoding() {
+        // RTM_NEWNEIGH, REQUEST|ACK|CREATE: no EXCL, no REPLACE.
+        let mut want = nlmsghdr(36, 28, 0x405);
+        // ndmsg: AF_INET, ifindex 6, state NONE, flags NTF_USE.
+        want.extend(ndmsg(6, 0, NTF_USE, 0));
+        // NDA_DST, and no NDA_LLADDR.
+        want.extend(nla(NDA_DST, &[10, 0, 0, 1]));
+        assert_eq!(wire(encode_neigh_use(6, Ipv4Addr::new(10, 0, 0, 1))), want);
+    }
+
+    #[test]
+    fn addr_dump_encoding() {
+        // RTM_GETADDR, REQUEST|ACK|DUMP; ifaddrmsg with the index.
+        let mut want = nlmsghdr(24, 22, 0x305);
+        want.extend_from_slice(&[2, 0, 0, 0]);
+        want.extend_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(wire(encode_addr_dump(AddressFamily::Inet, 3)), want);
     }
 
     /// An NLMSG_ERROR as the kernel sends it with CAP_ACK and EXT_ACK.
     fn error_reply(seq: u32, errno: i32, text: Option<&str>) -> Vec<u8> {
         let mut tlv = Vec::new();
         if let Some(t) = text {
-            let mut r = Request { buf: Vec::new() };
-            r.attr_str(NLMSGERR_ATTR_MSG, t);
-            tlv = r.buf;
+            tlv = nla(NLMSGERR_ATTR_MSG, format!("{t}\0").as_bytes());
         }
         let mut flags = NLM_F_CAPPED;
         if !tlv.is_empty() {
             flags |= NLM_F_ACK_TLVS;
         }
-        let len = 16 + 4 + 16 + tlv.len();
-        let mut m = Vec::new();
-        m.extend_from_slice(&(len as u32).to_ne_bytes());
-        m.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        m.extend_from_slice(&flags.to_ne_bytes());
-        m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(&(-errno).to_ne_bytes());
+        let mut payload = (-errno).to_ne_bytes().to_vec();
         // The echoed request header (its length says 60, but it is capped).
-        m.extend_from_slice(&60u32.to_ne_bytes());
-        m.extend_from_slice(&[0; 12]);
-        m.extend_from_slice(&tlv);
-        m
+        payload.extend_from_slice(&60u32.to_ne_bytes());
+        payload.extend_from_slice(&[0; 12]);
+        payload.extend(tlv);
+        message(NLMSG_ERROR, flags, seq, &payload)
+    }
+
+    fn outcome(dgram: &[u8], seq: u32) -> Option<Result<(), Failure>> {
+        read_datagram(dgram, seq, &mut |m| panic!("{m:?}"), &mut None)
     }
 
     #[test]
     fn parses_acks_and_errors() {
         let mut dgram = error_reply(3, 0, None);
         dgram.extend(error_reply(4, libc::EINVAL, Some("MTU too small")));
-        let msgs: Vec<_> = Messages::new(&dgram).map(Result::unwrap).collect();
-        assert_eq!(msgs.len(), 2);
-        assert_eq!((msgs[0].ty, msgs[0].seq), (NLMSG_ERROR, 3));
-        assert_eq!(parse_error(&msgs[0]).unwrap(), (0, None));
+        assert!(matches!(outcome(&dgram, 3), Some(Ok(()))));
+        let Some(Err(Failure::Errno(errno, text))) = outcome(&dgram, 4) else {
+            panic!("not an error");
+        };
         assert_eq!(
-            parse_error(&msgs[1]).unwrap(),
-            (libc::EINVAL, Some("MTU too small".to_string()))
+            (errno, text.as_deref()),
+            (libc::EINVAL, Some("MTU too small"))
         );
+        // Not ours: the transaction goes on.
+        assert!(outcome(&dgram, 5).is_none());
+
+        // Without CAP_ACK the whole request is echoed before the text.
+        let mut payload = (-libc::EEXIST).to_ne_bytes().to_vec();
+        payload.extend(nlmsghdr(24, 16, 0x605));
+        payload.extend_from_slice(&[0; 8]);
+        payload.extend(nla(NLMSGERR_ATTR_MSG, b"exists\0"));
+        let dgram = message(NLMSG_ERROR, NLM_F_ACK_TLVS, 9, &payload);
+        let Some(Err(Failure::Errno(errno, text))) = outcome(&dgram, 9) else {
+            panic!("not an error");
+        };
+        assert_eq!((errno, text.as_deref()), (libc::EEXIST, Some("exists")));
+
         let err = Failure::Errno(libc::EINVAL, Some("MTU too small".into()))
             .into_error("set link", "index 3".into());
         assert_eq!(err.errno(), Some(libc::EINVAL));
         let text = err.to_string();
         assert!(text.starts_with("set link index 3: "), "{text}");
         assert!(text.ends_with("(MTU too small)"), "{text}");
+        let bare = Failure::Errno(libc::ENODEV, None).into_error("delete link", "index 3".into());
+        let enodev = io::Error::from_raw_os_error(libc::ENODEV);
+        assert_eq!(bare.to_string(), format!("delete link index 3: {enodev}"));
+    }
+
+    #[test]
+    fn dump_done_status() {
+        let done = |payload: &[u8]| outcome(&message(NLMSG_DONE, 2, 1, payload), 1);
+        assert!(matches!(done(&0i32.to_ne_bytes()), Some(Ok(()))));
+        assert!(matches!(
+            done(&(-libc::EINTR).to_ne_bytes()),
+            Some(Err(Failure::Errno(libc::EINTR, None)))
+        ));
+        // Old kernels sent NLMSG_DONE with no payload.
+        assert!(matches!(done(&[]), Some(Ok(()))));
+    }
+
+    #[test]
+    fn undecodable_reply_is_read_past() {
+        // A route whose gateway is two bytes, then the ack.
+        let oif = 4u32.to_ne_bytes();
+        let route = body(
+            &[2, 32, 0, 0, 254, 0, 0, 1, 0, 0, 0, 0],
+            &[(RTA_OIF, &oif), (RTA_GATEWAY, &[10, 0])],
+        );
+        let mut dgram = message(RTM_NEWROUTE, 0, 1, &route);
+        dgram.extend(error_reply(1, 0, None));
+        let mut bad = None;
+        let done = read_datagram(&dgram, 1, &mut |m| panic!("{m:?}"), &mut bad);
+        assert!(matches!(done, Some(Ok(()))), "{done:?}");
+        assert!(bad.is_some());
     }
 
     #[test]
     fn truncated_input_does_not_panic() {
         let dgram = error_reply(1, libc::EPERM, Some("nope"));
         for cut in 0..dgram.len() {
-            for m in Messages::new(&dgram[..cut]).flatten() {
-                let _ = parse_error(&m);
-            }
-            let _ = attrs(&dgram[..cut]).count();
-            let _ = parse_link(&dgram[..cut]);
+            let _ = outcome(&dgram[..cut], 1);
+            let _ = ext_ack_text(NLM_F_ACK_TLVS, &dgram[20..cut.max(20)]);
+            let _ = ext_ack_text(NLM_F_ACK_TLVS | NLM_F_CAPPED, &dgram[20..cut.max(20)]);
         }
         let oif = 4u32.to_ne_bytes();
-        let route = route_reply(2, &[(RTA_OIF, &oif[..]), (RTA_GATEWAY, &[10, 0, 0, 1])]);
-        let neigh = neigh_reply(nud::STALE, 0, &[(NDA_LLADDR, &[2, 0, 0, 0, 0, 1])]);
-        let addr = addr_reply(2, 24, 4, &[(IFA_LOCAL, &[10, 0, 0, 1])]);
-        for cut in 0..route.len() {
-            let _ = parse_route(&route[..cut]);
-        }
-        for cut in 0..neigh.len() {
-            let _ = parse_neigh(&neigh[..cut]);
-        }
-        for cut in 0..addr.len() {
-            let _ = parse_ipv4_addr(&addr[..cut]);
-            let _ = dump_error(&addr[..cut]);
+        let link = body(
+            &ifinfomsg(7, 1, 0),
+            &[(IFLA_IFNAME, b"tap0\0"), (IFLA_MTU, &oif)],
+        );
+        let route = body(
+            &[2, 32, 0, 0, 254, 0, 0, 1, 0, 0, 0, 0],
+            &[(RTA_OIF, &oif), (RTA_GATEWAY, &[10, 0, 0, 1])],
+        );
+        let neigh = body(
+            &ndmsg(5, nud::STALE, 0, 1),
+            &[(NDA_LLADDR, &[2, 0, 0, 0, 0, 1])],
+        );
+        let addr = body(&[2, 24, 0, 0, 4, 0, 0, 0], &[(IFA_LOCAL, &[10, 0, 0, 1])]);
+        for (ty, payload) in [
+            (RTM_NEWLINK, &link),
+            (RTM_NEWROUTE, &route),
+            (RTM_NEWNEIGH, &neigh),
+            (RTM_NEWADDR, &addr),
+        ] {
+            for cut in 0..payload.len() {
+                let mut dgram = message(ty, 0, 1, &payload[..cut]);
+                dgram.extend(error_reply(1, 0, None));
+                let _ = read_datagram(&dgram, 1, &mut |_| (), &mut None);
+            }
         }
     }
 
     #[test]
     fn parses_link_reply() {
-        let mut r = Request { buf: Vec::new() };
-        r.header(&ifinfomsg(7, IFF_UP | 0x10000, 0));
-        r.attr_str(IFLA_IFNAME, "tap0");
-        r.attr_u32(IFLA_MTU, 1500);
-        r.attr(IFLA_ADDRESS, &[2, 1, 2, 3, 4, 5]);
-        let li = r.nest_begin(IFLA_LINKINFO);
-        r.attr_str(IFLA_INFO_KIND, "tun");
-        r.nest_end(li);
-        let info = parse_link(&r.buf).unwrap();
+        let mtu = 1500u32.to_ne_bytes();
+        let kind = nla(IFLA_INFO_KIND, b"tun\0");
+        let reply = body(
+            &ifinfomsg(7, IFF_UP | 0x10000, 0),
+            &[
+                (IFLA_IFNAME, b"tap0\0"),
+                (IFLA_MTU, &mtu),
+                (IFLA_ADDRESS, &[2, 1, 2, 3, 4, 5]),
+                (IFLA_LINKINFO, &kind),
+            ],
+        );
         assert_eq!(
-            info,
+            link_reply(&reply),
             LinkInfo {
                 index: 7,
                 name: "tap0".into(),
@@ -1453,106 +1584,47 @@ mod tests {
                 rx_queues: 1,
             }
         );
-    }
-
-    /// A nlmsghdr as `finished` writes it.
-    fn nlmsghdr(len: u32, ty: u16, flags: u16) -> Vec<u8> {
-        let mut h = Vec::new();
-        h.extend_from_slice(&len.to_ne_bytes());
-        h.extend_from_slice(&ty.to_ne_bytes());
-        h.extend_from_slice(&flags.to_ne_bytes());
-        h.extend_from_slice(&7u32.to_ne_bytes());
-        h.extend_from_slice(&0u32.to_ne_bytes());
-        h
-    }
-
-    #[test]
-    fn route_get_encoding() {
-        // RTM_GETROUTE, REQUEST|ACK.
-        let mut want = nlmsghdr(36, 26, 0x5);
-        // rtmsg: AF_INET, dst_len 32, the rest zero.
-        want.extend_from_slice(&[2, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        // RTA_DST.
-        want.extend_from_slice(&8u16.to_ne_bytes());
-        want.extend_from_slice(&1u16.to_ne_bytes());
-        want.extend_from_slice(&[192, 0, 2, 9]);
-        assert_eq!(
-            finished(encode_route_get(Ipv4Addr::new(192, 0, 2, 9))),
-            want
-        );
-    }
-
-    #[test]
-    fn neigh_get_encoding() {
-        // RTM_GETNEIGH, REQUEST|ACK.
-        let mut want = nlmsghdr(36, 30, 0x5);
-        // ndmsg: AF_INET, pads, ifindex 6, state 0, flags 0, type 0.
-        want.extend_from_slice(&[2, 0, 0, 0]);
-        want.extend_from_slice(&6u32.to_ne_bytes());
-        want.extend_from_slice(&[0, 0, 0, 0]);
-        // NDA_DST.
-        want.extend_from_slice(&8u16.to_ne_bytes());
-        want.extend_from_slice(&1u16.to_ne_bytes());
-        want.extend_from_slice(&[10, 0, 0, 1]);
-        assert_eq!(
-            finished(encode_neigh_get(6, Ipv4Addr::new(10, 0, 0, 1))),
-            want
-        );
-    }
-
-    #[test]
-    fn neigh_use_encoding() {
-        // RTM_NEWNEIGH, REQUEST|ACK|CREATE: no EXCL, no REPLACE.
-        let mut want = nlmsghdr(36, 28, 0x405);
-        // ndmsg: AF_INET, ifindex 6, state NONE, flags NTF_USE.
-        want.extend_from_slice(&[2, 0, 0, 0]);
-        want.extend_from_slice(&6u32.to_ne_bytes());
-        want.extend_from_slice(&[0, 0, NTF_USE, 0]);
-        // NDA_DST, and no NDA_LLADDR.
-        want.extend_from_slice(&8u16.to_ne_bytes());
-        want.extend_from_slice(&1u16.to_ne_bytes());
-        want.extend_from_slice(&[10, 0, 0, 1]);
-        assert_eq!(
-            finished(encode_neigh_use(6, Ipv4Addr::new(10, 0, 0, 1))),
-            want
-        );
-    }
-
-    #[test]
-    fn addr_dump_encoding() {
-        // RTM_GETADDR, REQUEST|ACK|DUMP; ifaddrmsg with the index.
-        let mut want = nlmsghdr(24, 22, 0x305);
-        want.extend_from_slice(&[2, 0, 0, 0]);
-        want.extend_from_slice(&3u32.to_ne_bytes());
-        assert_eq!(finished(encode_addr_dump(2, 3)), want);
+        // No 6-byte address (lo has one of zeros; tunnels have other
+        // sizes); queues as reported, but never 0.
+        for (queues, want) in [(4u32, 4), (0, 1)] {
+            let q = queues.to_ne_bytes();
+            let reply = body(
+                &ifinfomsg(1, 0, 0),
+                &[
+                    (IFLA_IFNAME, b"gre0\0"),
+                    (IFLA_ADDRESS, &[0, 0, 0, 0]),
+                    (IFLA_NUM_RX_QUEUES, &q),
+                ],
+            );
+            let info = link_reply(&reply);
+            assert_eq!((info.mac, info.rx_queues, info.kind), ([0; 6], want, None));
+            assert!(!info.up);
+        }
     }
 
     /// An `RTM_NEWROUTE` payload as `ip route get` receives it.
-    fn route_reply(family: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
-        let mut r = Request { buf: Vec::new() };
+    fn route_body(family: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
         // rtmsg: family, /32, table main, type unicast, RTM_F_CLONED.
-        r.header(&[family, 32, 0, 0, 254, 0, 0, 1, 0, 2, 0, 0]);
-        for (ty, data) in attrs {
-            r.attr(*ty, data);
-        }
-        r.buf
+        let mut hdr = vec![family, 32, 0, 0, 254, 0, 0, 1];
+        hdr.extend_from_slice(&0x200u32.to_ne_bytes());
+        body(&hdr, attrs)
     }
 
     #[test]
     fn parses_route_reply() {
         let table = 254u32.to_ne_bytes();
         let oif = 4u32.to_ne_bytes();
-        let reply = route_reply(
+        let reply = route_body(
             2,
             &[
-                (15, &table[..]),
+                (15, &table),
                 (RTA_DST, &[198, 18, 1, 7]),
-                (RTA_OIF, &oif[..]),
+                (RTA_OIF, &oif),
                 (RTA_PREFSRC, &[10, 77, 1, 1]),
                 (RTA_GATEWAY, &[10, 77, 1, 2]),
             ],
         );
-        let got = parse_route(&reply).unwrap();
+        let got = route_reply(&reply).unwrap();
         assert!(!got.via);
         assert_eq!(
             got.info,
@@ -1563,29 +1635,17 @@ mod tests {
             }
         );
         // On-link: no gateway.
-        let reply = route_reply(2, &[(RTA_OIF, &oif[..])]);
-        assert_eq!(parse_route(&reply).unwrap().info.gateway, None);
+        let reply = route_body(2, &[(RTA_OIF, &oif)]);
+        assert_eq!(route_reply(&reply).unwrap().info.gateway, None);
         // struct rtvia: family AF_INET6, then the address.
         let mut via = vec![10, 0];
         via.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-        let reply = route_reply(2, &[(RTA_OIF, &oif[..]), (RTA_VIA, &via)]);
-        assert!(parse_route(&reply).unwrap().via);
-        assert!(parse_route(&route_reply(2, &[])).is_err());
-        assert!(parse_route(&route_reply(10, &[(RTA_OIF, &oif[..])])).is_err());
-        let short_gw = route_reply(2, &[(RTA_OIF, &oif[..]), (RTA_GATEWAY, &[10, 0])]);
-        assert!(parse_route(&short_gw).is_err());
-    }
-
-    /// An `RTM_NEWNEIGH` payload.
-    fn neigh_reply(state: u16, flags: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
-        let mut r = Request { buf: Vec::new() };
-        let mut hdr = ndmsg(5, state, flags);
-        hdr[11] = RTN_UNICAST;
-        r.header(&hdr);
-        for (ty, data) in attrs {
-            r.attr(*ty, data);
-        }
-        r.buf
+        let reply = route_body(2, &[(RTA_OIF, &oif), (RTA_VIA, &via)]);
+        assert!(route_reply(&reply).unwrap().via);
+        assert!(route_reply(&route_body(2, &[])).is_err());
+        assert!(route_reply(&route_body(10, &[(RTA_OIF, &oif)])).is_err());
+        let short_gw = route_body(2, &[(RTA_OIF, &oif), (RTA_GATEWAY, &[10, 0])]);
+        assert!(route_reply(&short_gw).is_err());
     }
 
     #[test]
@@ -1593,17 +1653,16 @@ mod tests {
         let mac = [0x02, 0xbb, 0, 0, 1, 2];
         let probes = 0u32.to_ne_bytes();
         let cacheinfo = [0u8; 16];
-        let reply = neigh_reply(
-            nud::REACHABLE,
-            0,
+        let reply = body(
+            &ndmsg(5, nud::REACHABLE, 0, 1),
             &[
                 (NDA_DST, &[10, 77, 1, 2]),
                 (NDA_LLADDR, &mac),
-                (4, &probes[..]),
+                (4, &probes),
                 (3, &cacheinfo),
             ],
         );
-        let e = parse_neigh(&reply).unwrap();
+        let e = neigh_reply(&reply);
         assert_eq!(
             e.neighbour,
             Neighbour {
@@ -1614,12 +1673,10 @@ mod tests {
         assert!(e.neighbour.usable() && !e.leave_alone());
 
         // Resolving: no address yet.
-        let e = parse_neigh(&neigh_reply(
-            nud::INCOMPLETE,
-            0,
+        let e = neigh_reply(&body(
+            &ndmsg(5, nud::INCOMPLETE, 0, 1),
             &[(NDA_DST, &[10, 77, 1, 9])],
-        ))
-        .unwrap();
+        ));
         assert_eq!(e.neighbour.mac, None);
         assert!(!e.neighbour.usable() && !e.leave_alone());
 
@@ -1631,13 +1688,17 @@ mod tests {
             (nud::STALE, NTF_EXT_LEARNED, vec![(NDA_LLADDR, &mac[..])]),
             (nud::REACHABLE, 0, vec![(NDA_FLAGS_EXT, &ext[..])]),
         ] {
-            let e = parse_neigh(&neigh_reply(state, flags, &attrs)).unwrap();
+            let e = neigh_reply(&body(&ndmsg(5, state, flags, 1), &attrs));
             assert!(e.leave_alone(), "state {state:#x} flags {flags:#x}");
         }
         // A link without 6-byte addresses (NOARP, empty NDA_LLADDR).
-        let e = parse_neigh(&neigh_reply(nud::NOARP, 0, &[(NDA_LLADDR, &[])])).unwrap();
+        let e = neigh_reply(&body(&ndmsg(5, nud::NOARP, 0, 1), &[(NDA_LLADDR, &[])]));
         assert_eq!(e.neighbour.mac, None);
         assert!(!e.neighbour.usable());
+        // A state combination the decoder has no name for keeps its bits.
+        let both = nud::STALE | nud::PERMANENT;
+        let e = neigh_reply(&body(&ndmsg(5, both, 0, 1), &[]));
+        assert_eq!(e.neighbour.state, both);
     }
 
     #[test]
@@ -1660,21 +1721,16 @@ mod tests {
     }
 
     /// An `RTM_NEWADDR` payload.
-    fn addr_reply(family: u8, prefix_len: u8, index: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
-        let mut r = Request { buf: Vec::new() };
-        let mut hdr = [family, prefix_len, 0x80, 0, 0, 0, 0, 0];
-        hdr[4..8].copy_from_slice(&index.to_ne_bytes());
-        r.header(&hdr);
-        for (ty, data) in attrs {
-            r.attr(*ty, data);
-        }
-        r.buf
+    fn addr_body(family: u8, prefix_len: u8, index: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut hdr = vec![family, prefix_len, 0x80, 0];
+        hdr.extend_from_slice(&index.to_ne_bytes());
+        body(&hdr, attrs)
     }
 
     #[test]
     fn parses_address_reply() {
         let a = [10, 77, 1, 1];
-        let reply = addr_reply(
+        let reply = addr_body(
             2,
             24,
             4,
@@ -1686,38 +1742,32 @@ mod tests {
             ],
         );
         assert_eq!(
-            parse_ipv4_addr(&reply).unwrap(),
+            addr_reply(&reply).unwrap(),
             Some((4, Ipv4Addr::from(a), 24))
         );
         // Point-to-point: IFA_ADDRESS is the peer, IFA_LOCAL this end.
-        let reply = addr_reply(2, 32, 4, &[(IFA_ADDRESS, &[10, 0, 0, 2]), (IFA_LOCAL, &a)]);
+        let reply = addr_body(2, 32, 4, &[(IFA_ADDRESS, &[10, 0, 0, 2]), (IFA_LOCAL, &a)]);
+        assert_eq!(addr_reply(&reply).unwrap().unwrap().1, Ipv4Addr::from(a));
+        let reply = addr_body(2, 8, 1, &[(IFA_ADDRESS, &[127, 0, 0, 1])]);
         assert_eq!(
-            parse_ipv4_addr(&reply).unwrap().unwrap().1,
-            Ipv4Addr::from(a)
-        );
-        let reply = addr_reply(2, 8, 1, &[(IFA_ADDRESS, &[127, 0, 0, 1])]);
-        assert_eq!(
-            parse_ipv4_addr(&reply).unwrap(),
+            addr_reply(&reply).unwrap(),
             Some((1, Ipv4Addr::LOCALHOST, 8))
         );
-        assert_eq!(parse_ipv4_addr(&addr_reply(10, 64, 4, &[])).unwrap(), None);
-        assert!(parse_ipv4_addr(&addr_reply(2, 24, 4, &[])).is_err());
-    }
-
-    #[test]
-    fn dump_done_status() {
-        assert_eq!(dump_error(&0i32.to_ne_bytes()), None);
-        assert_eq!(dump_error(&(-libc::EINTR).to_ne_bytes()), Some(libc::EINTR));
-        // Old kernels sent NLMSG_DONE with no payload.
-        assert_eq!(dump_error(&[]), None);
+        assert_eq!(addr_reply(&addr_body(10, 64, 4, &[])).unwrap(), None);
+        assert!(addr_reply(&addr_body(2, 24, 4, &[])).is_err());
     }
 
     #[test]
     fn rejects_bad_ifnames() {
-        for bad in ["", "0123456789abcdef", "a/b", "a b", "a:b", "."] {
-            assert!(validate_ifname(bad).is_err(), "{bad:?}");
+        for bad in ["", "0123456789abcdef", "a/b", "a b", "a:b", ".", "e%d"] {
+            let err = encode_veth_create(bad, "ok", None).unwrap_err();
+            assert!(matches!(err, NetlinkError::InvalidName { .. }), "{bad:?}");
+            assert!(
+                err.to_string().starts_with("invalid interface name"),
+                "{err}"
+            );
         }
-        validate_ifname("0123456789abcde").unwrap();
+        encode_veth_create("0123456789abcde", "ok", None).unwrap();
     }
 }
 
@@ -2044,5 +2094,108 @@ mod root_tests {
             .run(|| Netlink::open().unwrap().link_index("eth0").unwrap())
             .unwrap();
         assert_eq!(gone, None);
+    }
+
+    /// `veth_create_in` makes the peer straight in the other namespace, and
+    /// `links` lists what each namespace holds.
+    #[test]
+    fn creates_veth_with_peer_elsewhere_and_lists_links() {
+        if !root_or_skip("creates_veth_with_peer_elsewhere_and_lists_links") {
+            return;
+        }
+        let here = TestNetns::new("vin");
+        let there = TestNetns::new("vin2");
+        let there_fd = std::fs::File::open(format!("/run/netns/{}", there.name)).unwrap();
+        let not_netns = std::fs::File::open("/dev/null").unwrap();
+        let fd = there_fd.as_raw_fd();
+        let a = here
+            .netns()
+            .run(|| {
+                let mut nl = Netlink::open().unwrap();
+                // The test's links; a new namespace may also hold the
+                // fallback devices of loaded tunnel modules (sit0, ...).
+                let names = |links: &[LinkInfo]| -> Vec<String> {
+                    let ours = links.iter().filter(|l| l.name.starts_with("vsin-"));
+                    ours.map(|l| l.name.clone()).collect()
+                };
+                let before = nl.links().unwrap();
+                assert!(before.iter().any(|l| l.index == 1 && l.name == "lo"));
+                assert_eq!(names(&before), [] as [&str; 0]);
+
+                nl.veth_create_in("vsin-a", "vsin-b", fd).unwrap();
+                // The peer never exists here, not even for a moment.
+                assert_eq!(nl.link_index("vsin-b").unwrap(), None);
+                let links = nl.links().unwrap();
+                assert_eq!(names(&links), ["vsin-a"]);
+                let a = nl.link_info("vsin-a").unwrap().unwrap();
+                assert!(links.contains(&a), "{links:?}");
+                assert_eq!(a.kind.as_deref(), Some("veth"));
+                assert!(!a.up);
+
+                // Either name taken: refused, and no half of a pair is left.
+                let err = nl.veth_create_in("vsin-a", "vsin-c", fd).unwrap_err();
+                assert_eq!(err.errno(), Some(libc::EEXIST), "{err}");
+                let err = nl.veth_create_in("vsin-x", "vsin-b", fd).unwrap_err();
+                assert_eq!(err.errno(), Some(libc::EEXIST), "{err}");
+                // A descriptor that is not a namespace.
+                let err = nl
+                    .veth_create_in("vsin-y", "vsin-z", not_netns.as_raw_fd())
+                    .unwrap_err();
+                assert!(err.errno().is_some(), "{err}");
+                eprintln!("expected refusal: {err}");
+                assert_eq!(names(&nl.links().unwrap()), ["vsin-a"]);
+                a.index
+            })
+            .unwrap();
+
+        let peer = there
+            .netns()
+            .run(|| {
+                let mut nl = Netlink::open().unwrap();
+                let links = nl.links().unwrap();
+                let peer: Vec<_> = links
+                    .iter()
+                    .filter(|l| l.name.starts_with("vsin-"))
+                    .collect();
+                assert_eq!(peer.len(), 1, "{links:?}");
+                assert_eq!(peer[0].name, "vsin-b");
+                peer[0].clone()
+            })
+            .unwrap();
+        assert_eq!(peer.kind.as_deref(), Some("veth"));
+        assert!(!peer.up);
+        let shown = there.ip(&["-j", "link", "show", "vsin-b"]);
+        assert!(shown.contains(r#""ifname":"vsin-b""#), "{shown}");
+
+        // Deleting one end takes the other, in its namespace, with it.
+        here.netns()
+            .run(|| Netlink::open().unwrap().link_del(a).unwrap())
+            .unwrap();
+        let left = there
+            .netns()
+            .run(|| Netlink::open().unwrap().link_index("vsin-b").unwrap())
+            .unwrap();
+        assert_eq!(left, None);
+    }
+
+    /// Every link of the host's own namespace decodes, whatever its kind,
+    /// and a dump agrees with asking for each link by index.
+    #[test]
+    fn lists_the_hosts_links() {
+        if !root_or_skip("lists_the_hosts_links") {
+            return;
+        }
+        let mut nl = Netlink::open().unwrap();
+        let links = nl.links().unwrap();
+        assert!(
+            links.iter().any(|l| l.index == 1 && l.name == "lo"),
+            "{links:?}"
+        );
+        for link in &links {
+            // Links may come and go meanwhile; the ones still there agree.
+            if let Some(again) = nl.link_info_by_index(link.index).unwrap() {
+                assert_eq!((&again.name, &again.kind), (&link.name, &link.kind));
+            }
+        }
     }
 }

@@ -37,6 +37,7 @@
 //!
 //! The socket is bound in the calling thread's network namespace.
 
+use crate::ifname::{IfName, InvalidIfName};
 use crate::sys::error_chain;
 use std::ffi::CString;
 use std::io;
@@ -72,8 +73,8 @@ const _: () = assert!(RING_SIZE >= TX_FRAMES);
 /// Setting up the socket failed; names the step.
 #[derive(Debug, thiserror::Error)]
 pub enum XskError {
-    #[error("interface name {0:?} is not valid")]
-    InvalidInterfaceName(String),
+    #[error(transparent)]
+    InvalidInterfaceName(#[from] InvalidIfName),
     #[error("interface {0} does not exist in this network namespace")]
     NoSuchInterface(String),
     #[error("{call} failed")]
@@ -828,21 +829,8 @@ fn ones_complement_sum(data: &[u8]) -> u64 {
     sum
 }
 
-fn check_ifname(ifname: &str) -> Result<(), XskError> {
-    if ifname.is_empty()
-        || ifname.len() >= libc::IFNAMSIZ
-        || ifname.contains('/')
-        || ifname.contains('\0')
-        || ifname == "."
-        || ifname == ".."
-    {
-        return Err(XskError::InvalidInterfaceName(ifname.to_string()));
-    }
-    Ok(())
-}
-
 fn ifindex(ifname: &str) -> Result<u32, XskError> {
-    check_ifname(ifname)?;
+    IfName::checked(ifname)?;
     let name = CString::new(ifname).expect("checked: no NUL");
     // SAFETY: name is NUL-terminated.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };

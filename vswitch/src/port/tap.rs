@@ -39,7 +39,7 @@ const TUN_F_TSO_ECN: libc::c_uint = 0x08;
 const TUN_F_USO4: libc::c_uint = 0x20;
 const TUN_F_USO6: libc::c_uint = 0x40;
 
-use crate::ifname::IFNAMSIZ;
+use crate::ifname::{IfName, InvalidIfName, IFNAMSIZ};
 
 /// The largest MTU a TAP takes: the kernel's 65535 less the Ethernet
 /// header (`tun` sets `max_mtu = MAX_MTU - hard_header_len`).
@@ -110,7 +110,7 @@ impl Tap {
     /// Creates a new TAP called `name`; fails with [`TapError::Exists`] when
     /// any link of that name exists in the calling thread's namespace.
     pub fn create(name: &str, offload: bool) -> Result<Tap, TapError> {
-        validate_name(name)?;
+        IfName::checked(name)?;
         let cname = std::ffi::CString::new(name).expect("validated: no NUL");
         // A friendlier answer for links that are not TAPs; IFF_TUN_EXCL
         // below is what makes creation atomic.
@@ -122,7 +122,7 @@ impl Tap {
     }
 
     fn open_flags(name: &str, offload: bool, extra: libc::c_short) -> Result<Tap, TapError> {
-        validate_name(name)?;
+        IfName::checked(name)?;
         let sys = |call, source| TapError::Sys {
             call,
             name: name.to_string(),
@@ -251,13 +251,13 @@ impl Tap {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), TapError> {
-    crate::ifname::IfName::new(name)
-        .map(drop)
-        .map_err(|reason| TapError::InvalidName {
-            name: name.to_string(),
-            reason,
-        })
+impl From<InvalidIfName> for TapError {
+    fn from(e: InvalidIfName) -> TapError {
+        TapError::InvalidName {
+            name: e.name,
+            reason: e.reason,
+        }
+    }
 }
 
 impl PortIo for Tap {
