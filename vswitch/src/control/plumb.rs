@@ -174,8 +174,6 @@ fn eui64_link_local(ifname: &str) -> Result<(), PlumbError> {
 pub struct VethNames {
     pub host: String,
     pub punt: String,
-    /// The peer's name until it moves into the endpoint's namespace.
-    pub staging: String,
 }
 
 impl VethNames {
@@ -189,7 +187,6 @@ impl VethNames {
         VethNames {
             host: format!("vse{tag}"),
             punt: format!("vsp{tag}"),
-            staging: format!("vsq{tag}"),
         }
     }
 }
@@ -227,10 +224,6 @@ fn make_veth(
 ) -> Result<VethPort, PlumbError> {
     let mut nl = Netlink::open()?;
     if origin == TapOrigin::Fresh || nl.link_index(&names.host)?.is_none() {
-        nl.veth_create(&names.host, &names.staging)?;
-        let staging = nl
-            .link_index(&names.staging)?
-            .ok_or_else(|| NetlinkError::NoSuchLink(names.staging.clone()))?;
         let target = std::fs::File::open(ns.path()).map_err(|source| {
             PlumbError::Netns(NetnsError::Sys {
                 call: "open",
@@ -238,13 +231,12 @@ fn make_veth(
                 source,
             })
         })?;
-        nl.link_set(
-            staging,
-            &LinkChange {
-                netns_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&target)),
-                name: Some(cfg.ifname.clone()),
-                ..LinkChange::default()
-            },
+        // The endpoint's end is made inside its namespace, under its own
+        // name: a refusal (the name is taken there) leaves no half pair.
+        nl.veth_create_in(
+            &names.host,
+            &cfg.ifname,
+            std::os::fd::AsRawFd::as_raw_fd(&target),
         )?;
     }
     match nl.link_info(&names.host)? {
@@ -305,11 +297,7 @@ fn silence_ipv6(ifname: &str) -> Result<(), PlumbError> {
 pub fn delete_veth(names: &VethNames) {
     let result = (|| -> Result<(), PlumbError> {
         let mut nl = Netlink::open()?;
-        for (name, kind) in [
-            (&names.host, "veth"),
-            (&names.staging, "veth"),
-            (&names.punt, "tun"),
-        ] {
+        for (name, kind) in [(&names.host, "veth"), (&names.punt, "tun")] {
             if let Some(info) = nl.link_info(name)? {
                 if info.kind.as_deref() == Some(kind) {
                     nl.link_del(info.index)?;
