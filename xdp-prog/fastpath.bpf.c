@@ -31,7 +31,8 @@
  * endpoint from the destination MAC (transparent) or, for frames to the
  * uplink's own MAC, from the destination IP (l2bridge, whose MAC is then
  * rewritten to the endpoint's); the VLAN tag popped; bpf_redirect_peer.
- * Anything else is the host's (TC_ACT_OK), as XDP decided.
+ * Anything else goes on (TCX_NEXT): to the host stack, as XDP decided, or
+ * to the next program on the hook.
  *
  * The endpoint programs never return TC_ACT_OK: the host stack never sees
  * an endpoint's frames. Counters are per CPU, per device (`counters`); a drop
@@ -54,6 +55,9 @@
 #define ICMPV6_ECHO_REPLY 129
 #define DHCP_SERVER_PORT 67
 #define DHCPV6_SERVER_PORT 547
+/* tcx: on to the next program on the hook (the uplink's own steering, when
+ * it runs in TC); with none, the host stack. */
+#define UPLINK_NEXT (-1) /* TCX_NEXT (TC_ACT_UNSPEC); older uapi headers lack the name */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -373,7 +377,7 @@ int vswitch_uplink(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 
 	if ((void *)(eth + 1) > end)
-		return TC_ACT_OK;
+		return UPLINK_NEXT;
 	proto = eth->h_proto;
 	if (skb->vlan_present) {
 		ukey.vlan = skb->vlan_tci & 0x0fff;
@@ -381,7 +385,7 @@ int vswitch_uplink(struct __sk_buff *skb)
 		__be16 *tag = (void *)(eth + 1);
 
 		if ((void *)(tag + 2) > end)
-			return TC_ACT_OK;
+			return UPLINK_NEXT;
 		ukey.vlan = bpf_ntohs(tag[0]) & 0x0fff;
 		proto = tag[1];
 		l3 += 4;
@@ -389,7 +393,7 @@ int vswitch_uplink(struct __sk_buff *skb)
 	struct fp_uplink *up = bpf_map_lookup_elem(&uplinks, &ukey);
 
 	if (!up || (eth->h_dest[0] & 1))
-		return TC_ACT_OK;
+		return UPLINK_NEXT;
 	__u32 to = 0;
 	__u8 rewrite[6];
 	int set_mac = 0;
@@ -398,7 +402,7 @@ int vswitch_uplink(struct __sk_buff *skb)
 		struct fp_ip *ep = endpoint_by_ip(skb, up->net, l3, proto);
 
 		if (!ep || (ep->flags & FP_FDB_SLOW))
-			return TC_ACT_OK;
+			return UPLINK_NEXT;
 		to = ep->ifindex;
 		__builtin_memcpy(rewrite, ep->mac, 6);
 		set_mac = 1;
@@ -410,7 +414,7 @@ int vswitch_uplink(struct __sk_buff *skb)
 
 		if (!fdb_entry || !(fdb_entry->flags & FP_FDB_ENDPOINT) ||
 		    (fdb_entry->flags & FP_FDB_SLOW))
-			return TC_ACT_OK;
+			return UPLINK_NEXT;
 		to = fdb_entry->ifindex;
 	}
 	if ((skb->vlan_present || l3 > sizeof(struct ethhdr)) && bpf_skb_vlan_pop(skb))
