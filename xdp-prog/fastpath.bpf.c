@@ -19,6 +19,11 @@
  *         (l2bridge: source MAC rewritten to the uplink's; VLAN pushed)
  *   - anything else                                    -> punt
  *
+ * A port or destination marked slow (policy) is not always punted: a TCP
+ * or UDP packet of a flow the slow path has offloaded (`flows`, keyed by
+ * the slow path's own flow key) is forwarded as the slow path decided,
+ * except TCP SYN, FIN and RST, which connection tracking must see.
+ *
  * "Punt" is bpf_redirect to the port's punt TAP: the slow path reads it with
  * its virtio-net header, so a GSO super-frame arrives whole (XDP, AF_XDP or
  * a packet socket on the veth would lose GSO or see every frame twice; see
@@ -107,6 +112,14 @@ struct {
 } counters SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_FLOWS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct flow_key);
+	__type(value, struct fp_flow);
+} flows SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
@@ -131,9 +144,11 @@ static __always_inline __u64 frames_of(struct __sk_buff *skb)
 	return skb->gso_segs > 1 ? skb->gso_segs : 1;
 }
 
-static __always_inline int drop(struct __sk_buff *skb, __u32 reason)
+/* Helpers take the ifindex read once at entry: the verifier refuses a
+ * second read through a context pointer the compiler has offset. */
+static __always_inline int drop(struct __sk_buff *skb, __u32 ifindex, __u32 reason)
 {
-	struct fp_counters *c = counters_of(skb->ifindex);
+	struct fp_counters *c = counters_of(ifindex);
 
 	/* Per-CPU values: no other writer, no atomics. */
 	if (c && reason < DROP_REASON_MAX && reason < 32)
@@ -141,9 +156,9 @@ static __always_inline int drop(struct __sk_buff *skb, __u32 reason)
 	return TC_ACT_SHOT;
 }
 
-static __always_inline int punt(struct __sk_buff *skb, const struct fp_port *port)
+static __always_inline int punt(struct __sk_buff *skb, __u32 ifindex, const struct fp_port *port)
 {
-	struct fp_counters *c = counters_of(skb->ifindex);
+	struct fp_counters *c = counters_of(ifindex);
 
 	if (c) {
 		c->punted_packets += frames_of(skb);
@@ -152,11 +167,11 @@ static __always_inline int punt(struct __sk_buff *skb, const struct fp_port *por
 	return bpf_redirect(port->peer, 0);
 }
 
-/* Counts a frame forwarded in the kernel from `skb->ifindex` to `to`. */
-static __always_inline void count_fast(struct __sk_buff *skb, __u32 to)
+/* Counts a frame forwarded in the kernel from `from` to `to`. */
+static __always_inline void count_fast(struct __sk_buff *skb, __u32 from, __u32 to)
 {
 	__u64 frames = frames_of(skb);
-	struct fp_counters *c = counters_of(skb->ifindex);
+	struct fp_counters *c = counters_of(from);
 
 	if (c) {
 		c->fast_rx_packets += frames;
@@ -239,8 +254,116 @@ static __always_inline int ip_is_plain(struct __sk_buff *skb, const struct fp_po
 	return 0;
 }
 
-/* Headers the fast path reads: Ethernet, IPv6 and a UDP source port. */
-#define FP_PULL_LEN (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + 8)
+/* Headers the fast path reads: Ethernet, IPv6 and a TCP header to its
+ * flags (IPv4 options beyond that are read only when linear). */
+#define FP_PULL_LEN (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + 14)
+
+#define TCP_FLAGS_OFFSET 13
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+
+/* The slow path's flow key of a plain TCP/UDP frame from `port` (see
+ * classify.rs: IPv4 as IPv4-mapped IPv6, ports in host byte order). Returns
+ * 0 when the frame is not one the kernel may offload: not TCP/UDP, a later
+ * fragment, TCP SYN, FIN or RST. */
+static __always_inline int flow_key_of(struct __sk_buff *skb, const struct fp_port *port,
+				       struct flow_key *key)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u8 *l4;
+
+	if ((void *)(eth + 1) > end)
+		return 0;
+	key->net = port->net;
+	key->in_port = port->port_id;
+	key->ethertype = bpf_ntohs(eth->h_proto);
+	__builtin_memcpy(key->src_mac, eth->h_source, 6);
+	__builtin_memcpy(key->dst_mac, eth->h_dest, 6);
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end || ip->ihl < 5)
+			return 0;
+		if (ip->frag_off & bpf_htons(0x1fff))
+			return 0;
+		key->family = 4;
+		key->proto = ip->protocol;
+		key->src_ip[10] = 0xff;
+		key->src_ip[11] = 0xff;
+		__builtin_memcpy(&key->src_ip[12], &ip->saddr, 4);
+		key->dst_ip[10] = 0xff;
+		key->dst_ip[11] = 0xff;
+		__builtin_memcpy(&key->dst_ip[12], &ip->daddr, 4);
+		l4 = (__u8 *)ip + ip->ihl * 4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		key->family = 6;
+		key->proto = ip6->nexthdr;
+		__builtin_memcpy(key->src_ip, ip6->saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(key->dst_ip, ip6->daddr.in6_u.u6_addr8, 16);
+		l4 = (__u8 *)(ip6 + 1);
+	} else {
+		return 0;
+	}
+	if (key->proto == IPPROTO_TCP) {
+		if ((void *)(l4 + TCP_FLAGS_OFFSET + 1) > end)
+			return 0;
+		if (l4[TCP_FLAGS_OFFSET] & (TCP_FIN | TCP_SYN | TCP_RST))
+			return 0;
+	} else if (key->proto == IPPROTO_UDP) {
+		if ((void *)(l4 + 4) > end)
+			return 0;
+	} else {
+		return 0;
+	}
+	key->src_port = bpf_ntohs(*(__be16 *)l4);
+	key->dst_port = bpf_ntohs(*(__be16 *)(l4 + 2));
+	return 1;
+}
+
+/* Carries out an offloaded flow's verdict, or punts when there is none. */
+static __always_inline int offloaded(struct __sk_buff *skb, __u32 ifindex,
+				     const struct fp_port *port)
+{
+	struct flow_key key = {};
+
+	if (!flow_key_of(skb, port, &key))
+		return punt(skb, ifindex, port);
+	struct fp_flow *flow = bpf_map_lookup_elem(&flows, &key);
+
+	if (!flow)
+		return punt(skb, ifindex, port);
+	__sync_fetch_and_add(&flow->packets, frames_of(skb));
+	__sync_fetch_and_add(&flow->bytes, skb->len);
+	flow->last_seen = bpf_ktime_get_ns();
+
+	__u32 to = flow->ifindex;
+	__u32 flags = flow->flags;
+	__u16 xflags = flow->xform.flags;
+	__u16 vlan = flow->xform.vlan;
+	__u8 src_mac[6], dst_mac[6];
+
+	__builtin_memcpy(src_mac, flow->xform.src_mac, 6);
+	__builtin_memcpy(dst_mac, flow->xform.dst_mac, 6);
+	if ((xflags & XFORM_SET_SRC_MAC) &&
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), src_mac, 6, 0))
+		return drop(skb, ifindex, DROP_TX_FAILED);
+	if ((xflags & XFORM_SET_DST_MAC) &&
+	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), dst_mac, 6, 0))
+		return drop(skb, ifindex, DROP_TX_FAILED);
+	if ((xflags & XFORM_PUSH_VLAN) && bpf_skb_vlan_push(skb, bpf_htons(ETH_P_8021Q), vlan))
+		return drop(skb, ifindex, DROP_TX_FAILED);
+	count_fast(skb, ifindex, to);
+	if (flags & FP_FLOW_UPLINK)
+		return bpf_redirect(to, 0);
+	return bpf_redirect_peer(to, 0);
+}
 
 SEC("classifier")
 int vswitch_port(struct __sk_buff *skb)
@@ -249,11 +372,9 @@ int vswitch_port(struct __sk_buff *skb)
 	struct fp_port *port = bpf_map_lookup_elem(&ports, &ifindex);
 
 	if (!port)
-		return drop(skb, DROP_MALFORMED);
-	if (port->flags & FP_PORT_SLOW)
-		return punt(skb, port);
+		return drop(skb, ifindex, DROP_MALFORMED);
 	if (skb->vlan_present)
-		return punt(skb, port);
+		return punt(skb, ifindex, port);
 
 	/* A veth skb keeps its headers linear; pull them when it does not. */
 	if ((void *)(long)skb->data + FP_PULL_LEN > (void *)(long)skb->data_end)
@@ -268,26 +389,30 @@ int vswitch_port(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 
 	if ((void *)(eth + 1) > end)
-		return punt(skb, port);
+		return punt(skb, ifindex, port);
 	if (!(port->flags & FP_PORT_SPOOF) && !mac_eq(eth->h_source, port->mac))
-		return drop(skb, DROP_MAC_SPOOFING);
+		return drop(skb, ifindex, DROP_MAC_SPOOFING);
 	if (eth->h_dest[0] & 1)
-		return punt(skb, port);
+		return punt(skb, ifindex, port);
 	if (!ip_is_plain(skb, port, eth->h_proto))
-		return punt(skb, port);
+		return punt(skb, ifindex, port);
+	if (port->flags & FP_PORT_SLOW)
+		return offloaded(skb, ifindex, port);
 
 	struct fp_fdb_key key = { .net = port->net };
 	__builtin_memcpy(key.mac, eth->h_dest, 6);
 	struct fp_fdb *to = bpf_map_lookup_elem(&fdb, &key);
 
-	if (!to || (to->flags & FP_FDB_SLOW))
-		return punt(skb, port);
+	if (!to)
+		return punt(skb, ifindex, port);
+	if (to->flags & FP_FDB_SLOW)
+		return offloaded(skb, ifindex, port);
 
 	if (to->flags & FP_FDB_ENDPOINT) {
 		/* Unicast back to where it came from: the slow path counts it. */
 		if (to->ifindex == ifindex)
-			return punt(skb, port);
-		count_fast(skb, to->ifindex);
+			return punt(skb, ifindex, port);
+		count_fast(skb, ifindex, to->ifindex);
 		return bpf_redirect_peer(to->ifindex, 0);
 	}
 	if (to->flags & FP_FDB_UPLINK) {
@@ -295,20 +420,20 @@ int vswitch_port(struct __sk_buff *skb)
 		struct fp_net *net = bpf_map_lookup_elem(&nets, &net_id);
 
 		if (!net || !net->uplink || (net->flags & FP_NET_SLOW))
-			return punt(skb, port);
+			return punt(skb, ifindex, port);
 		__u32 uplink = net->uplink;
 		__u16 vlan = net->vlan;
 		__u32 flags = net->flags;
 
 		if (flags & FP_NET_L2BRIDGE &&
 		    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), net->uplink_mac, 6, 0))
-			return drop(skb, DROP_TX_FAILED);
+			return drop(skb, ifindex, DROP_TX_FAILED);
 		if (flags & FP_NET_VLAN && bpf_skb_vlan_push(skb, bpf_htons(ETH_P_8021Q), vlan))
-			return drop(skb, DROP_TX_FAILED);
-		count_fast(skb, uplink);
+			return drop(skb, ifindex, DROP_TX_FAILED);
+		count_fast(skb, ifindex, uplink);
 		return bpf_redirect(uplink, 0);
 	}
-	return punt(skb, port);
+	return punt(skb, ifindex, port);
 }
 
 SEC("classifier")
@@ -318,7 +443,7 @@ int vswitch_inject(struct __sk_buff *skb)
 	struct fp_port *port = bpf_map_lookup_elem(&ports, &ifindex);
 
 	if (!port || !(port->flags & FP_PORT_INJECT))
-		return drop(skb, DROP_MALFORMED);
+		return drop(skb, ifindex, DROP_MALFORMED);
 	struct fp_counters *c = counters_of(ifindex);
 
 	if (c) {
@@ -418,11 +543,11 @@ int vswitch_uplink(struct __sk_buff *skb)
 		to = fdb_entry->ifindex;
 	}
 	if ((skb->vlan_present || l3 > sizeof(struct ethhdr)) && bpf_skb_vlan_pop(skb))
-		return drop(skb, DROP_MALFORMED);
+		return drop(skb, ifindex, DROP_MALFORMED);
 	if (set_mac &&
 	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), rewrite, 6, 0))
-		return drop(skb, DROP_MALFORMED);
-	count_fast(skb, to);
+		return drop(skb, ifindex, DROP_MALFORMED);
+	count_fast(skb, ifindex, to);
 	return bpf_redirect_peer(to, 0);
 }
 

@@ -16,7 +16,7 @@
 
 /* Bumped whenever a struct below, a map's definition or a flag changes
  * meaning. */
-#define FP_LAYOUT 2
+#define FP_LAYOUT 3
 
 /* fp_port.flags */
 /* Every frame from this port goes to the slow path (it has policy, or its
@@ -148,6 +148,34 @@ _Static_assert(sizeof(struct fp_ip) == 16, "fp_ip size");
 
 #define FP_FAMILY_IPV4 4
 #define FP_FAMILY_IPV6 6
+
+/* fp_flow.flags: where an offloaded flow goes. */
+/* bpf_redirect_peer to `ifindex`, a veth endpoint's host end. */
+#define FP_FLOW_PEER (1 << 0)
+/* bpf_redirect out of `ifindex`, an uplink. */
+#define FP_FLOW_UPLINK (1 << 1)
+
+/* `flows`, keyed by the slow path's flow key (flow.h): a flow whose verdict
+ * the slow path computed and the kernel can carry out (allow, with MAC
+ * rewrites and a VLAN push). TCP SYN, FIN and RST always go to the slow
+ * path, whose connection tracking ends the flow; the kernel counts and
+ * stamps each packet it forwards, and the slow path reads that to age the
+ * connection. */
+struct fp_flow {
+	__u32 ifindex;
+	__u32 flags;
+	struct header_transform xform;
+	__u64 packets;
+	__u64 bytes;
+	/* bpf_ktime_get_ns() of the last packet. */
+	__u64 last_seen;
+};
+
+_Static_assert(sizeof(struct fp_flow) == 96, "fp_flow size");
+_Static_assert(offsetof(struct fp_flow, xform) == 8, "fp_flow.xform");
+_Static_assert(offsetof(struct fp_flow, packets) == 72, "fp_flow.packets");
+
+#define FP_MAX_FLOWS 65536
 
 /* Per-CPU counters of one device the program runs on, keyed by ifindex.
  * Packets count wire frames (a GSO super-frame counts its segments). */

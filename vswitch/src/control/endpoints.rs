@@ -280,6 +280,7 @@ impl Controller {
             addrs,
             Some(ep.mac),
             layers,
+            None,
         ) {
             Ok(port) => port,
             Err(e) => {
@@ -346,6 +347,7 @@ impl Controller {
             addrs,
             Some(ep.mac),
             layers,
+            Some(crate::datapath::KernelPort::Peer(veth.host_index)),
         );
         let mut port = match attached {
             Ok(port) => port,

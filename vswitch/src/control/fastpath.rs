@@ -72,7 +72,12 @@ impl Controller {
     pub(super) fn fast_path(&mut self) -> ApiResult<&mut FastPath> {
         if self.fast.is_none() {
             let dir = FastPath::pin_dir_for(self.file.dir());
-            self.fast = Some(FastPath::open(&dir).map_err(fast_error)?);
+            let fp = FastPath::open(&dir).map_err(fast_error)?;
+            let table = fp.flow_table().map_err(fast_error)?;
+            self.datapath
+                .set_flow_table(Some(table))
+                .map_err(internal)?;
+            self.fast = Some(fp);
         }
         Ok(self.fast.as_mut().expect("just opened"))
     }

@@ -36,7 +36,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::api::{ApiError, EndpointState, ErrorKind, Reply, Request, Response};
-use crate::datapath::{Datapath, NetId, PortCounters, PortId, PortKind, PortSecurity, PortSpec};
+use crate::datapath::{
+    Datapath, KernelPort, NetId, PortCounters, PortId, PortKind, PortSecurity, PortSpec,
+};
 use crate::pipeline::conntrack::Limits;
 use crate::pipeline::Layers;
 use crate::sys::random_bytes;
@@ -384,6 +386,7 @@ impl Controller {
         addrs: Vec<(IpAddr, MacAddr)>,
         mac: Option<MacAddr>,
         (layers, rule_ids): (Layers, Vec<String>),
+        kernel: Option<KernelPort>,
     ) -> std::io::Result<PortHandle> {
         let counters = Arc::new(PortCounters::default());
         self.datapath.add_port(PortSpec {
@@ -396,6 +399,7 @@ impl Controller {
             addrs,
             mac,
             layers: layers.clone(),
+            kernel,
         })?;
         Ok(PortHandle {
             id,

@@ -444,6 +444,7 @@ impl Controller {
                     Vec::new(),
                     Some(mac),
                     Default::default(),
+                    None,
                 )
                 .map_err(|e| plumb::PlumbError::Datapath(e.to_string()))
             });
@@ -487,6 +488,7 @@ impl Controller {
         }
         let up = self.uplinks.get_mut(ifname).expect("inserted above");
         up.users += 1;
+        let kernel = Some(crate::datapath::KernelPort::Uplink(up.ifindex));
         let kind = PortKind::Uplink {
             trunk: up.trunk,
             vlan: net.parsed.vlan,
@@ -503,6 +505,7 @@ impl Controller {
             Vec::new(),
             None,
             Default::default(),
+            kernel,
         ) {
             Ok(port) => Ok(port),
             Err(e) => {

@@ -14,6 +14,7 @@
 pub mod counters;
 mod gro;
 mod gso;
+mod offload;
 #[cfg(test)]
 mod props;
 #[cfg(test)]
@@ -29,8 +30,9 @@ use std::time::{Duration, Instant};
 
 pub use crate::pipeline::{NetId, PortId, PortSecurity};
 pub use counters::{DropReason, PortCounters};
+pub use offload::KernelPort;
 
-use crate::ebpf::fastpath::FdbMirror;
+use crate::ebpf::fastpath::{FdbMirror, FlowTable};
 use crate::ebpf::EchoIds;
 use crate::pipeline::conntrack::{ConnInfo, Limits};
 use crate::pipeline::flowcache::CacheStats;
@@ -90,6 +92,9 @@ pub struct PortSpec {
     pub mac: Option<MacAddr>,
     /// Guards, ACLs, QoS.
     pub layers: Layers,
+    /// How the kernel fast path reaches the port (veth endpoints, uplinks),
+    /// for offloaded flows.
+    pub kernel: Option<KernelPort>,
 }
 
 /// An uplink device as handed to the datapath: one AF_XDP socket per
@@ -127,6 +132,7 @@ enum Command {
         net: NetId,
         mirror: Option<FdbMirror>,
     },
+    SetFlowTable(Option<FlowTable>),
     SetLayers {
         port: PortId,
         layers: Layers,
@@ -272,6 +278,11 @@ impl Datapath {
         self.call(Command::SetMirror { net, mirror }).map(drop)
     }
 
+    /// Hands the datapath the kernel's flow map, where it offloads flows.
+    pub fn set_flow_table(&self, table: Option<FlowTable>) -> io::Result<()> {
+        self.call(Command::SetFlowTable(table)).map(drop)
+    }
+
     /// Replaces a port's policy layers; cached flows are recomputed.
     pub fn set_layers(&self, port: PortId, layers: Layers) -> io::Result<()> {
         self.call(Command::SetLayers { port, layers }).map(drop)
@@ -351,6 +362,7 @@ enum SlotKind {
 /// A port's I/O side; its forwarding side is in the pipeline.
 struct PortSlot {
     kind: SlotKind,
+    net: NetId,
     counters: Arc<PortCounters>,
     gso: bool,
     /// Sent to since the last flush.
@@ -381,6 +393,8 @@ struct Tables {
     echo_ids: HashMap<NetId, EchoIds>,
     /// Networks whose uplink-learned MACs the kernel fast path knows.
     mirrors: HashMap<NetId, FdbMirror>,
+    /// Flows handed to the kernel fast path.
+    offloads: offload::Offloads,
 }
 
 /// Next-hop MACs of nat networks, from the kernel's neighbour table (the
@@ -464,6 +478,7 @@ impl Tables {
             neighbours: Neighbours::new(),
             echo_ids: HashMap::new(),
             mirrors: HashMap::new(),
+            offloads: offload::Offloads::new(),
         }
     }
 
@@ -530,10 +545,12 @@ impl Tables {
         };
         let added = self.pipeline.add_port(spec.id, policy);
         debug_assert!(added, "the network was checked above");
+        self.offloads.set_port(spec.id, spec.kernel);
         self.ports.insert(
             spec.id,
             PortSlot {
                 kind,
+                net: spec.net,
                 counters: spec.counters,
                 gso: spec.gso,
                 dirty: false,
@@ -543,6 +560,7 @@ impl Tables {
     }
 
     fn remove_port(&mut self, epoll: &Epoll, port: PortId) {
+        self.offloads.remove_port(port);
         if let Some(slot) = self.ports.remove(&port) {
             match &slot.kind {
                 SlotKind::Local(io) => {
@@ -622,6 +640,7 @@ impl Worker {
                 last_aging = now;
                 self.tables.pipeline.age(now);
                 self.tables.steer_echo_ids();
+                self.tables.offloads.sync(&mut self.tables.pipeline, now);
             }
             if !self.tables.mirrors.is_empty() && now.duration_since(last_mirror) >= MIRROR_TICK {
                 last_mirror = now;
@@ -652,6 +671,7 @@ impl Worker {
                 Outcome::Done
             }
             Command::RemoveNetwork { net } => {
+                t.offloads.forget_net(net);
                 t.pipeline.remove_network(net);
                 if let Some(mut m) = t.mirrors.remove(&net) {
                     m.clear();
@@ -674,6 +694,10 @@ impl Worker {
                 Outcome::Done
             }
             Command::DumpFdb { net } => Outcome::Fdb(t.pipeline.fdb_entries(net, Instant::now())),
+            Command::SetFlowTable(table) => {
+                t.offloads.set_table(table);
+                Outcome::Done
+            }
             Command::SetMirror { net, mirror } => {
                 if let Some(mut old) = t.mirrors.remove(&net) {
                     old.clear();
@@ -684,6 +708,8 @@ impl Worker {
                 Outcome::Done
             }
             Command::SetLayers { port, layers } => {
+                // Offloaded flows were decided under the old policy.
+                t.offloads.forget_port(port);
                 if t.pipeline.set_layers(port, layers, Instant::now()) {
                     // A rate removed or changed: read it again at once.
                     for (p, until) in &mut self.paused {
@@ -697,6 +723,7 @@ impl Worker {
                 }
             }
             Command::SetSecurity { port, security } => {
+                t.offloads.forget_port(port);
                 if t.pipeline.set_security(port, security) {
                     Outcome::Done
                 } else {
@@ -992,6 +1019,19 @@ impl Tables {
         match decision.verdict {
             Verdict::Drop(reason) => src.counters.dropped(reason),
             Verdict::Forward { out, xform } => {
+                if let Some(meta) = &decision.meta {
+                    let net = src.net;
+                    self.offloads.consider(
+                        &mut self.pipeline,
+                        net,
+                        in_port,
+                        out,
+                        &xform,
+                        pkt.frame(),
+                        meta,
+                        now,
+                    );
+                }
                 // The frame is ours and goes to one port: a vNIC gets it
                 // transformed in place; an uplink composes it in `egress`
                 // (a super-frame may still have to be segmented from the

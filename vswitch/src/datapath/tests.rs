@@ -124,6 +124,7 @@ impl Switch {
             addrs: opts.addrs,
             mac: opts.mac,
             layers: opts.layers,
+            kernel: None,
         }));
         wire
     }
@@ -164,6 +165,7 @@ impl Switch {
             addrs: Vec::new(),
             mac: None,
             layers: Layers::default(),
+            kernel: None,
         }));
         counters
     }

@@ -22,12 +22,13 @@ use aya::Ebpf;
 
 use super::{ensure_bpffs, EbpfError, PIN_ROOT};
 use crate::ifname::IfName;
+use crate::pipeline::{FlowKey, HeaderTransform};
 
 static FASTPATH_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
 
 /// `FP_LAYOUT` in xdp-prog/fastpath.h.
-pub const LAYOUT: u32 = 2;
+pub const LAYOUT: u32 = 3;
 
 const MAP_PORTS: &str = "ports";
 const MAP_FDB: &str = "fdb";
@@ -36,7 +37,9 @@ const MAP_COUNTERS: &str = "counters";
 const MAP_META: &str = "meta";
 const MAP_UPLINKS: &str = "uplinks";
 const MAP_IPS: &str = "endpoint_ips";
-const MAPS: [&str; 7] = [
+const MAP_FLOWS: &str = "flows";
+const MAPS: [&str; 8] = [
+    MAP_FLOWS,
     MAP_PORTS,
     MAP_FDB,
     MAP_NETS,
@@ -197,6 +200,24 @@ pub struct FpIp {
     pub pad: [u8; 2],
 }
 
+/// `fp_flow.flags`.
+pub mod flow_flags {
+    pub const PEER: u32 = 1 << 0;
+    pub const UPLINK: u32 = 1 << 1;
+}
+
+/// `struct fp_flow`: an offloaded flow's verdict and the kernel's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct FpFlow {
+    pub ifindex: u32,
+    pub flags: u32,
+    pub xform: HeaderTransform,
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_seen: u64,
+}
+
 /// `struct fp_counters`, also as summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
@@ -249,6 +270,11 @@ unsafe impl aya::Pod for UplinkKey {}
 unsafe impl aya::Pod for FpUplink {}
 unsafe impl aya::Pod for IpKey {}
 unsafe impl aya::Pod for FpIp {}
+unsafe impl aya::Pod for FpFlow {}
+// SAFETY: as above; both are asserted to be 64 bytes with every byte a
+// named field (classify.rs, verdict.rs).
+unsafe impl aya::Pod for FlowKey {}
+unsafe impl aya::Pod for HeaderTransform {}
 
 const _: () = {
     use std::mem::{offset_of, size_of};
@@ -268,6 +294,9 @@ const _: () = {
     assert!(size_of::<IpKey>() == 24);
     assert!(offset_of!(IpKey, addr) == 8);
     assert!(size_of::<FpIp>() == 16);
+    assert!(size_of::<FpFlow>() == 96);
+    assert!(offset_of!(FpFlow, xform) == 8);
+    assert!(offset_of!(FpFlow, packets) == 72);
 };
 
 /// The version of the embedded programs: a hash of the object file, so any
@@ -579,6 +608,16 @@ impl FastPath {
         })
     }
 
+    /// A handle on the offloaded flows for the datapath thread.
+    pub fn flow_table(&self) -> Result<FlowTable, EbpfError> {
+        let data = MapData::from_pin(self.dir.join(MAP_FLOWS))
+            .map_err(map_err(MAP_FLOWS, "opening the pinned map"))?;
+        Ok(FlowTable {
+            map: HashMap::try_from(Map::HashMap(data))
+                .map_err(map_err(MAP_FLOWS, "checking key and value sizes"))?,
+        })
+    }
+
     pub fn set_net(&mut self, net: u32, entry: &FpNet) -> Result<(), EbpfError> {
         self.nets
             .insert(net, *entry, 0)
@@ -727,6 +766,42 @@ impl FdbMirror {
     /// Removes every entry this mirror made.
     pub fn clear(&mut self) {
         self.sync(&std::collections::HashSet::new());
+    }
+}
+
+/// The kernel's offloaded flows, as the datapath thread installs, reads and
+/// removes them.
+pub struct FlowTable {
+    map: HashMap<MapData, FlowKey, FpFlow>,
+}
+
+impl fmt::Debug for FlowTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlowTable").finish_non_exhaustive()
+    }
+}
+
+impl FlowTable {
+    /// Offloads a flow; fails when the map is full (the slow path keeps it).
+    pub fn insert(&mut self, key: &FlowKey, flow: &FpFlow) -> Result<(), EbpfError> {
+        self.map
+            .insert(*key, *flow, 0)
+            .map_err(map_err(MAP_FLOWS, "insert"))
+    }
+
+    /// The kernel's packet count of an offloaded flow, if it is there.
+    pub fn packets(&self, key: &FlowKey) -> Option<u64> {
+        self.map.get(key, 0).ok().map(|f| f.packets)
+    }
+
+    pub fn remove(&mut self, key: &FlowKey) {
+        let _ = self.map.remove(key);
+    }
+
+    /// Every offloaded flow's key (a restarted daemon takes them over or
+    /// drops them).
+    pub fn keys(&self) -> Vec<FlowKey> {
+        self.map.keys().filter_map(Result::ok).collect()
     }
 }
 

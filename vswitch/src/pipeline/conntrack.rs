@@ -355,6 +355,26 @@ impl Conntrack {
         Some(Track::Established(dir))
     }
 
+    /// Counts `packets` the kernel forwarded for an offloaded flow in the
+    /// connection `tuple` belongs to (either way), as if they had passed
+    /// here: the connection stays alive while they flow. True while the
+    /// connection may stay offloaded: TCP established, or a datagram flow
+    /// the other side answered.
+    pub fn refresh(&mut self, tuple: &Tuple, packets: u64, now: Instant) -> bool {
+        let Some((key, dir)) = self.find(tuple, now) else {
+            return false;
+        };
+        let entry = self.entries.get_mut(&key).expect("found above");
+        if packets > 0 {
+            entry.last_seen = now;
+            entry.packets[dir as usize] += packets;
+        }
+        matches!(
+            entry.state,
+            State::Tcp(TcpState::Established) | State::Datagram { replied: true }
+        )
+    }
+
     /// What [`Conntrack::track`] would answer, changing nothing (for
     /// `trace`); with the state of the connection found.
     pub fn peek(

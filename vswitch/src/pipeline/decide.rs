@@ -432,6 +432,29 @@ impl Pipeline {
         self.release_nat_ports();
     }
 
+    /// For an offloaded flow: counts the `packets` the kernel forwarded
+    /// since the last call into its connection (see
+    /// [`Conntrack::refresh`]). False when the flow must come back to the
+    /// slow path: its connection ended, closes, or expired.
+    pub fn refresh_offloaded(&mut self, key: &FlowKey, packets: u64, now: Instant) -> bool {
+        let ip = |b: [u8; 16]| {
+            let v6 = std::net::Ipv6Addr::from(b);
+            match v6.to_ipv4_mapped() {
+                Some(v4) if key.family == 4 => IpAddr::V4(v4),
+                _ => IpAddr::V6(v6),
+            }
+        };
+        let tuple = Tuple {
+            zone: key.net,
+            proto: key.proto,
+            src: ip(key.src_ip),
+            dst: ip(key.dst_ip),
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+        };
+        self.conntrack.refresh(&tuple, packets, now)
+    }
+
     /// The network's learned addresses: MAC, port, time since last seen.
     pub fn fdb_entries(&self, net: NetId, now: Instant) -> Vec<(MacAddr, PortId, Duration)> {
         self.nets
