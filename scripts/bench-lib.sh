@@ -177,17 +177,24 @@ build_connrate() {
 # start_servers NS ADDR [IPERF3_ARG...]: an iperf3 server on 5201 and a
 # connection server on ADDR:7000 in NS, once both listen.
 start_servers() {
-    local ns=$1 addr=$2 pid deadline
+    local ns=$1 addr=$2
     shift 2
     ip netns exec "$ns" iperf3 -s -p 5201 "$@" >"$WORK/iperf3-$ns.log" 2>&1 </dev/null &
     SERVER_PIDS+=($!)
+    wait_listening "$ns" -Hltn 5201 "$!" "$WORK/iperf3-$ns.log" "iperf3 server"
     ip netns exec "$ns" "$CONNRATE" server "$addr" 7000 >"$WORK/connrate-$ns.log" 2>&1 </dev/null &
     SERVER_PIDS+=($!)
-    pid=$!
-    deadline=$((SECONDS + 10))
-    until [ -n "$(ip netns exec "$ns" ss -Hltn 'sport = :5201')" ] && [ -n "$(ip netns exec "$ns" ss -Hltn 'sport = :7000')" ]; do
-        kill -0 "$pid" 2>/dev/null || die "connection server in $ns exited: $(cat "$WORK/connrate-$ns.log")"
-        [ "$SECONDS" -lt "$deadline" ] || die "servers in $ns not listening within 10 s"
+    wait_listening "$ns" -Hltn 7000 "$!" "$WORK/connrate-$ns.log" "connection server"
+}
+
+# wait_listening NS SS_FLAGS PORT PID LOG WHAT: waits up to 10 s until a
+# socket of NS listens on PORT (ss SS_FLAGS: -Hltn TCP, -Hlun UDP); dies,
+# quoting LOG, if WHAT (process PID) exits first.
+wait_listening() {
+    local ns=$1 flags=$2 port=$3 pid=$4 log=$5 what=$6 deadline=$((SECONDS + 10))
+    until [ -n "$(ip netns exec "$ns" ss "$flags" "sport = :$port" 2>/dev/null)" ]; do
+        kill -0 "$pid" 2>/dev/null || die "$what in $ns exited: $(cat "$log")"
+        [ "$SECONDS" -lt "$deadline" ] || die "$what in $ns not listening on $port within 10 s"
         sleep 0.05
     done
 }
@@ -256,16 +263,10 @@ run_conn() {
 # start_sockperf NS ADDR: a sockperf UDP server on ADDR:11111 in NS, once it
 # listens.
 start_sockperf() {
-    local ns=$1 addr=$2 pid deadline
+    local ns=$1 addr=$2
     ip netns exec "$ns" sockperf server -i "$addr" -p 11111 >"$WORK/sockperf-$ns.log" 2>&1 </dev/null &
     SERVER_PIDS+=($!)
-    pid=$!
-    deadline=$((SECONDS + 10))
-    until [ -n "$(ip netns exec "$ns" ss -Hlun 'sport = :11111')" ]; do
-        kill -0 "$pid" 2>/dev/null || die "sockperf server in $ns exited: $(cat "$WORK/sockperf-$ns.log")"
-        [ "$SECONDS" -lt "$deadline" ] || die "sockperf server in $ns not listening within 10 s"
-        sleep 0.05
-    done
+    wait_listening "$ns" -Hlun 11111 "$!" "$WORK/sockperf-$ns.log" "sockperf server"
 }
 
 # run_latency NAME CLIENT_NS SERVER_ADDR ROUND: DURATION s of UDP ping-pong

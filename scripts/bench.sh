@@ -228,11 +228,19 @@ veth_into() {
     ip -n "$3" link set eth0 up
 }
 
-# new_bridge NS: a namespace NS with br0 up.
+# new_bridge NS [PORT PEER_NS ADDR]...: a namespace NS with br0 up, and for
+# each PORT a veth in br0 to eth0 (ADDR/24) of a new namespace PEER_NS.
 new_bridge() {
-    add_ns "$1"
-    ip -n "$1" link add br0 type bridge
-    ip -n "$1" link set br0 up
+    local ns=$1
+    shift
+    add_ns "$ns"
+    ip -n "$ns" link add br0 type bridge
+    ip -n "$ns" link set br0 up
+    while [ $# -ge 3 ]; do
+        veth_into "$ns" "$1" "$2" "$3"
+        ip -n "$ns" link set "$1" master br0
+        shift 3
+    done
 }
 
 # The paths: PATH_IDS in measuring order; for each, the namespaces and the
@@ -260,11 +268,7 @@ start_vswitchd "$NS_VH" --conntrack-max "$CT_MAX" --conntrack-max-per-port "$CT_
 
 if [ -n "${RUN[fast]:-}${RUN[acl]:-}${RUN[tap]:-}" ]; then
     say "same-host bridge: $P-b1 <-> br0 in $P-br <-> $P-b2 (10.61.1.0/24)"
-    new_bridge "$P-br"
-    veth_into "$P-br" p1 "$P-b1" 10.61.1.11
-    veth_into "$P-br" p2 "$P-b2" 10.61.1.12
-    ip -n "$P-br" link set p1 master br0
-    ip -n "$P-br" link set p2 master br0
+    new_bridge "$P-br" p1 "$P-b1" 10.61.1.11 p2 "$P-b2" 10.61.1.12
     add_path sh-bridge "$P-b1" "$P-b2" 10.61.1.12 none
 fi
 
@@ -378,11 +382,7 @@ fi
 
 if [ -n "${RUN[uplink]:-}" ]; then
     say "uplink bridge: $P-ue (10.62.1.10) <-> br0 + uplink in $P-uh <-> $P-uo (10.62.1.100)"
-    new_bridge "$P-uh"
-    veth_into "$P-uh" up "$P-uo" 10.62.1.100
-    veth_into "$P-uh" pe "$P-ue" 10.62.1.10
-    ip -n "$P-uh" link set up master br0
-    ip -n "$P-uh" link set pe master br0
+    new_bridge "$P-uh" pu "$P-uo" 10.62.1.100 pe "$P-ue" 10.62.1.10
     add_path up-bridge-out "$P-ue" "$P-uo" 10.62.1.100 none
     add_path up-bridge-in "$P-uo" "$P-ue" 10.62.1.10 none
     n=2
@@ -411,13 +411,11 @@ fi
 
 if [ -n "${RUN[nat]:-}" ]; then
     say "nat masquerade: $P-me (172.31.1.10) <-> br0 (172.31.1.1, MASQUERADE) in $P-mh <-> $P-mo (10.63.1.2)"
-    new_bridge "$P-mh"
+    new_bridge "$P-mh" pe "$P-me" 172.31.1.10
     ip -n "$P-mh" addr add 172.31.1.1/24 dev br0
     veth_into "$P-mh" "${P}mu" "$P-mo" 10.63.1.2
     ip -n "$P-mh" addr add 10.63.1.1/24 dev "${P}mu"
     ip -n "$P-mh" route add default via 10.63.1.2
-    veth_into "$P-mh" pe "$P-me" 172.31.1.10
-    ip -n "$P-mh" link set pe master br0
     ip -n "$P-me" route add default via 172.31.1.1
     ip netns exec "$P-mh" sysctl -q -w net.ipv4.ip_forward=1
     ip netns exec "$P-mh" iptables -t nat -A POSTROUTING -s 172.31.1.0/24 ! -o br0 -j MASQUERADE ||
