@@ -185,12 +185,7 @@ start_server() {
     local ns=$1
     ip netns exec "$ns" iperf3 -s -p 5201 >"$WORK/server-$ns.log" 2>&1 </dev/null &
     SERVER_PIDS+=($!)
-    local pid=$! deadline=$((SECONDS + 10))
-    until [ -n "$(ip netns exec "$ns" ss -Hltn 'sport = :5201' 2>/dev/null)" ]; do
-        kill -0 "$pid" 2>/dev/null || die "iperf3 server in $ns exited: $(cat "$WORK/server-$ns.log")"
-        [ "$SECONDS" -lt "$deadline" ] || die "iperf3 server in $ns not listening within 10 s"
-        sleep 0.05
-    done
+    wait_listening "$ns" -Hltn 5201 "$!" "$WORK/server-$ns.log" "iperf3 server"
 }
 
 # ---------------------------------------------------------- measurement ----

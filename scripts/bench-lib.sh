@@ -147,6 +147,23 @@ wait_daemon() {
     done
 }
 
+# start_vswitchd NS [VSWITCHD_ARG...]: a private vswitchd (STATE, SOCK,
+# DLOG) in network namespace NS, its PID in DAEMON_PID, once it answers.
+# nsenter execs the daemon (no fork: $! is its PID) and keeps the root mount
+# namespace, so its eBPF objects are pinned in the real bpffs (ip netns exec
+# would mount a sysfs without it). setsid: a Ctrl-C on the terminal must not
+# reach the daemon before cleanup has removed the endpoints through it.
+# --detach-on-exit: a clean stop leaves no XDP program on an uplink.
+start_vswitchd() {
+    local ns=$1
+    shift
+    mkdir -m 0700 "$STATE"
+    setsid nsenter --net="/run/netns/$ns" "$VSWITCHD" --state-dir "$STATE" --socket "$SOCK" \
+        --log-level warn --detach-on-exit "$@" >"$DLOG" 2>&1 </dev/null &
+    DAEMON_PID=$!
+    wait_daemon "$DAEMON_PID" "$SOCK" "$DLOG"
+}
+
 # ------------------------------------------------- the connection tool ----
 
 # Builds scripts/connrate.c into CONNRATE (in WORK).
@@ -160,17 +177,24 @@ build_connrate() {
 # start_servers NS ADDR [IPERF3_ARG...]: an iperf3 server on 5201 and a
 # connection server on ADDR:7000 in NS, once both listen.
 start_servers() {
-    local ns=$1 addr=$2 pid deadline
+    local ns=$1 addr=$2
     shift 2
     ip netns exec "$ns" iperf3 -s -p 5201 "$@" >"$WORK/iperf3-$ns.log" 2>&1 </dev/null &
     SERVER_PIDS+=($!)
+    wait_listening "$ns" -Hltn 5201 "$!" "$WORK/iperf3-$ns.log" "iperf3 server"
     ip netns exec "$ns" "$CONNRATE" server "$addr" 7000 >"$WORK/connrate-$ns.log" 2>&1 </dev/null &
     SERVER_PIDS+=($!)
-    pid=$!
-    deadline=$((SECONDS + 10))
-    until [ -n "$(ip netns exec "$ns" ss -Hltn 'sport = :5201')" ] && [ -n "$(ip netns exec "$ns" ss -Hltn 'sport = :7000')" ]; do
-        kill -0 "$pid" 2>/dev/null || die "connection server in $ns exited: $(cat "$WORK/connrate-$ns.log")"
-        [ "$SECONDS" -lt "$deadline" ] || die "servers in $ns not listening within 10 s"
+    wait_listening "$ns" -Hltn 7000 "$!" "$WORK/connrate-$ns.log" "connection server"
+}
+
+# wait_listening NS SS_FLAGS PORT PID LOG WHAT: waits up to 10 s until a
+# socket of NS listens on PORT (ss SS_FLAGS: -Hltn TCP, -Hlun UDP); dies,
+# quoting LOG, if WHAT (process PID) exits first.
+wait_listening() {
+    local ns=$1 flags=$2 port=$3 pid=$4 log=$5 what=$6 deadline=$((SECONDS + 10))
+    until [ -n "$(ip netns exec "$ns" ss "$flags" "sport = :$port" 2>/dev/null)" ]; do
+        kill -0 "$pid" 2>/dev/null || die "$what in $ns exited: $(cat "$log")"
+        [ "$SECONDS" -lt "$deadline" ] || die "$what in $ns not listening on $port within 10 s"
         sleep 0.05
     done
 }
@@ -231,6 +255,73 @@ run_conn() {
         die "connection test $name (round $round) failed: $(cat "$WORK/$name.$round.connerr")"
     t1=$(daemon_ticks "$dpid")
     echo "$((t1 - t0))" >"$WORK/$name.$round.conncpu"
+}
+
+# The request/response and packet-rate tests below need sockperf and
+# trafgen: need_cmd sockperf sockperf; need_cmd trafgen netsniff-ng.
+
+# start_sockperf NS ADDR: a sockperf UDP server on ADDR:11111 in NS, once it
+# listens.
+start_sockperf() {
+    local ns=$1 addr=$2
+    ip netns exec "$ns" sockperf server -i "$addr" -p 11111 >"$WORK/sockperf-$ns.log" 2>&1 </dev/null &
+    SERVER_PIDS+=($!)
+    wait_listening "$ns" -Hlun 11111 "$!" "$WORK/sockperf-$ns.log" "sockperf server"
+}
+
+# run_latency NAME CLIENT_NS SERVER_ADDR ROUND: DURATION s of UDP ping-pong
+# (one 14-byte request in flight, full round trips) against a start_sockperf
+# server; writes sockperf's report to $WORK/NAME.ROUND.lat.
+run_latency() {
+    local name=$1 ns=$2 addr=$3 round=$4 out="$WORK/$1.$4.lat"
+    timeout --foreground $((DURATION + 30)) ip netns exec "$ns" \
+        sockperf ping-pong -i "$addr" -p 11111 -t "$DURATION" --full-rtt >"$out" 2>&1 ||
+        die "sockperf $name (round $round) failed: $(tail -n 3 "$out")"
+    grep -q 'percentile 50.000' "$out" || die "sockperf $name (round $round) reported no round trips: $(tail -n 3 "$out")"
+}
+
+# link_packets NS DIR: DIR (rx or tx) packets of eth0 in NS.
+link_packets() {
+    ip -n "$1" -j -s link show eth0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"][sys.argv[1]]["packets"])' "$2"
+}
+
+# drop_udp_sink NS: UDP to port 9 (the packet-rate test's) is dropped in NS
+# on arrival, before routing: the receiver's own socket lookup and ICMP
+# errors are not what the test measures. Goes with the namespace.
+drop_udp_sink() {
+    ip netns exec "$1" iptables -t raw -A PREROUTING -p udp --dport 9 -j DROP ||
+        die "iptables raw rule in $1 failed"
+}
+
+# run_pps NAME TX_NS RX_NS DST_ADDR ROUND: DURATION s of 64-byte frames
+# (UDP, 18 bytes of payload, one flow to DST_ADDR port 9) from trafgen on
+# eth0 of TX_NS, one process on one core, to eth0's next hop; counts what
+# eth0 of RX_NS received. Writes {"tx": N, "rx": N, "seconds": S} to
+# $WORK/NAME.ROUND.pps. Call it after wait_path, so the next hop is resolved.
+run_pps() {
+    local name=$1 tx=$2 rx=$3 dst=$4 round=$5 cfg="$WORK/$1.trafgen" smac dmac src hop rc=0
+    local rx0 tx0 rx1 tx1 t0 t1
+    smac=$(ip -n "$tx" -j link show eth0 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["address"])')
+    read -r src hop < <(ip -n "$tx" -j route get "$dst" | python3 -c 'import json,sys
+r = json.load(sys.stdin)[0]; print(r["prefsrc"], r.get("gateway", r["dst"]))')
+    ip netns exec "$tx" ping -c 1 -W 1 -q "$dst" >/dev/null 2>&1 || true
+    dmac=$(ip -n "$tx" -j neigh show "$hop" dev eth0 | python3 -c 'import json,sys
+n = json.load(sys.stdin); print(n[0].get("lladdr", "") if n else "")')
+    [ -n "$dmac" ] || die "pps $name: no neighbour entry for $hop in $tx"
+    printf '{ eth(da=%s, sa=%s, type=0x0800), ipv4(saddr=%s, daddr=%s, ttl=64, df), udp(sport=4000, dport=9), fill(0x00, 18) }\n' \
+        "$dmac" "$smac" "$src" "$dst" >"$cfg"
+    rx0=$(link_packets "$rx" rx) tx0=$(link_packets "$tx" tx) t0=$(date +%s.%N)
+    # -Q and --no-sock-mem: trafgen leaves IRQ affinity and the core socket
+    # buffer sysctls of the machine alone.
+    timeout --preserve-status -s INT "$DURATION" ip netns exec "$tx" \
+        trafgen --no-sock-mem -Q -C -P 1 -o eth0 -i "$cfg" >"$WORK/$name.$round.trafgen.log" 2>&1 || rc=$?
+    t1=$(date +%s.%N)
+    [ "$rc" -eq 0 ] || [ "$rc" -eq 130 ] || die "trafgen $name (round $round) failed: $(tail -n 3 "$WORK/$name.$round.trafgen.log")"
+    # What is still queued inside the switch arrives, then counts.
+    sleep 0.3
+    rx1=$(link_packets "$rx" rx) tx1=$(link_packets "$tx" tx)
+    printf '{"tx": %s, "rx": %s, "seconds": %s}\n' "$((tx1 - tx0))" "$((rx1 - rx0))" \
+        "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')" >"$WORK/$name.$round.pps"
 }
 
 # --------------------------------------------------------------- report ----

@@ -7,6 +7,7 @@ are the ones run_iperf and run_conn in bench-lib.sh write.
 """
 
 import json
+import re
 import statistics
 import sys
 
@@ -79,3 +80,32 @@ def finish(failed, out):
         print(f"FAIL: {msg}", file=sys.stderr)
     print(json.dumps(out))
     sys.exit(3 if failed else 0)
+
+
+def latency(work, name, repeat):
+    """Medians over the sockperf rounds NAME.1 .. NAME.REPEAT: round-trip
+    p50 and p99 in microseconds."""
+    p50, p99 = [], []
+    for r in range(1, repeat + 1):
+        with open(f"{work}/{name}.{r}.lat") as f:
+            text = f.read()
+        p50.append(_percentile(text, "50.000"))
+        p99.append(_percentile(text, "99.000"))
+    return median(p50), median(p99)
+
+
+def _percentile(text, which):
+    m = re.search(r"percentile " + re.escape(which) + r" = +([0-9.]+)", text)
+    return float(m.group(1)) if m else 0.0
+
+
+def pps(work, name, repeat):
+    """Medians over the packet-rate rounds NAME.1 .. NAME.REPEAT: packets
+    per second received and sent."""
+    rx, tx = [], []
+    for r in range(1, repeat + 1):
+        with open(f"{work}/{name}.{r}.pps") as f:
+            p = json.load(f)
+        rx.append(p["rx"] / p["seconds"])
+        tx.append(p["tx"] / p["seconds"])
+    return median(rx), median(tx)
