@@ -105,6 +105,30 @@ impl Controller {
                     *n,
                 );
             }
+            if let Some(f) = &s.fast_path {
+                let packets = out.counter(
+                    "vswitch_port_fast_path_packets_total",
+                    "veth endpoints: wire frames the kernel fast path forwarded from the port, delivered to it, or punted to vswitchd.",
+                );
+                for (path, n) in [
+                    ("forwarded", f.forwarded_packets),
+                    ("delivered", f.delivered_packets),
+                    ("punted", f.punted_packets),
+                ] {
+                    packets.sample(&[labels[0], labels[1], labels[2], ("path", path)], n);
+                }
+                let bytes = out.counter(
+                    "vswitch_port_fast_path_bytes_total",
+                    "veth endpoints: bytes of the frames in vswitch_port_fast_path_packets_total.",
+                );
+                for (path, n) in [
+                    ("forwarded", f.forwarded_bytes),
+                    ("delivered", f.delivered_bytes),
+                    ("punted", f.punted_bytes),
+                ] {
+                    bytes.sample(&[labels[0], labels[1], labels[2], ("path", path)], n);
+                }
+            }
         }
         Ok(())
     }
