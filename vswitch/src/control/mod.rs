@@ -116,7 +116,13 @@ impl EndpointRuntime {
     /// whose namespace is gone (the switch's TAP descriptor keeps the
     /// namespace alive but unreachable), is detached.
     fn current_state(&self, ep: &EndpointRecord) -> EndpointState {
-        if self.port.as_ref().is_some_and(|p| p.counters.has_failed()) {
+        // A veth pair goes whole: its host end gone means the vNIC is.
+        let veth_gone = self
+            .port
+            .as_ref()
+            .and_then(|p| p.veth.as_ref())
+            .is_some_and(|h| crate::sys::if_index(&h.names.host) != Some(h.host_index));
+        if veth_gone || self.port.as_ref().is_some_and(|p| p.counters.has_failed()) {
             return EndpointState::Detached {
                 reason: format!("interface {} is gone from {}", ep.ifname, ep.netns),
             };
