@@ -421,10 +421,20 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.teardown()));
+        // The fast path's pins outlive the daemon on purpose (a restart
+        // adopts them); the test's instance is gone for good, so they go.
+        let mut pins = None;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if self.child.is_none() {
+                self.spawn();
+            }
+            pins = self.fastpath_pin_dir();
+            self.teardown()
+        }));
         if result.is_err() {
             self.kill9();
         }
+        remove_fastpath_pins(pins);
         let log = self.log();
         let unexpected = self.unexpected_log_lines();
         let failing = std::thread::panicking() || !unexpected.is_empty();
@@ -1544,6 +1554,160 @@ pub fn drops(d: &Daemon, port: &str, reason: &str) -> u64 {
 /// stops may be counted on the port it came from or the one it was for.
 pub fn drops_on(d: &Daemon, ports: &[&str], reason: &str) -> u64 {
     ports.iter().map(|p| drops(d, p, reason)).sum()
+}
+
+// ---------------------------------------------------------------------------
+// The kernel fast path of veth endpoints, as vswitchctl shows it.
+
+impl Daemon {
+    /// `PinDir` of `datapath show`, if the daemon answers.
+    pub fn fastpath_pin_dir(&self) -> Option<PathBuf> {
+        let out = self.ctl(&["datapath", "show", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let info: Value = serde_json::from_slice(&out.stdout).ok()?;
+        info["PinDir"].as_str().map(PathBuf::from)
+    }
+}
+
+/// Removes a fast path pin directory a test's daemon left in bpffs (only
+/// one of `/sys/fs/bpf/vswitch/fastpath-*`; nothing given is nothing done).
+pub fn remove_fastpath_pins(dir: Option<PathBuf>) {
+    if let Some(dir) = dir {
+        if dir
+            .to_str()
+            .is_some_and(|d| d.starts_with("/sys/fs/bpf/vswitch/fastpath-"))
+        {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// `datapath show --json`.
+pub fn datapath(d: &Daemon) -> Value {
+    d.json(&["datapath", "show"])
+}
+
+/// The `FastPath` object of `stats PORT --json` (veth endpoints only).
+pub fn fast_stats(d: &Daemon, port: &str) -> Value {
+    let s = port_stats(d, port);
+    match s.get("FastPath") {
+        Some(fp) if fp.is_object() => fp.clone(),
+        _ => panic!("stats of {port} have no FastPath: {s}"),
+    }
+}
+
+/// One counter of [`fast_stats`], e.g. `ForwardedPackets`.
+pub fn fast_counter(d: &Daemon, port: &str, field: &str) -> u64 {
+    let fp = fast_stats(d, port);
+    fp[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("FastPath of {port} has no {field}: {fp}"))
+}
+
+/// The fast path's drops of `port` for `reason`.
+pub fn fast_drops(d: &Daemon, port: &str, reason: &str) -> u64 {
+    let fp = fast_stats(d, port);
+    fp["Drops"][reason]
+        .as_u64()
+        .unwrap_or_else(|| panic!("FastPath of {port} has no drop reason {reason}: {fp}"))
+}
+
+/// Runs an iperf3 TCP test like [`iperf3_with`] and returns its whole JSON
+/// report (`intervals`, `end`), for a test that looks at each interval.
+pub fn iperf3_report(
+    client: &Netns,
+    server: &Netns,
+    server_addr: &str,
+    secs: u32,
+    extra: &[&str],
+) -> Value {
+    let mut daemon = Command::new("ip");
+    daemon
+        .args([
+            "netns",
+            "exec",
+            &server.name,
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            server_addr,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = KillOnDrop(daemon.spawn().expect("start iperf3 server"));
+    let listening = wait_until(Duration::from_secs(5), || listening(server, 't', 5201));
+    assert!(listening, "iperf3 server did not start in {}", server.name);
+    // A client whose traffic stops spins forever: stopped 20 s after it
+    // should have finished.
+    let limit = (secs + 20).to_string();
+    let secs = secs.to_string();
+    let mut args = vec![
+        "timeout",
+        "-k",
+        "5",
+        &limit,
+        "iperf3",
+        "-c",
+        server_addr,
+        "-t",
+        &secs,
+        "-J",
+    ];
+    args.extend_from_slice(extra);
+    let out = client.exec(&args);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "iperf3 gave no JSON (exit status {}; 124: stopped after {limit} s): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        report.get("error").is_none(),
+        "iperf3 failed: {}",
+        report["error"]
+    );
+    report
+}
+
+/// An Ethernet frame holding an IPv4 UDP datagram (TTL 64, no UDP
+/// checksum) with `payload`.
+pub fn udp4_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ports: (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let udp_len = 8 + payload.len() as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&(20 + udp_len).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 17, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&ports.0.to_be_bytes());
+    f.extend_from_slice(&ports.1.to_be_bytes());
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
 }
 
 #[cfg(test)]
