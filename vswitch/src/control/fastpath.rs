@@ -56,9 +56,13 @@ fn ifname(name: &str) -> ApiResult<IfName> {
 }
 
 /// What the kernel must leave to the slow path for this port.
-fn flags_of(ep: &EndpointRecord, layers: &Layers) -> u32 {
+/// l2tunnel polices same-host traffic too: its ports are slow whatever
+/// their own layers (the kernel then forwards only flows the slow path
+/// offloaded after deciding them).
+fn flags_of(net: Option<&NetworkRecord>, ep: &EndpointRecord, layers: &Layers) -> u32 {
     let mut flags = 0;
-    if layers.policed() || layers.qos.is_some() {
+    let policed_net = net.is_some_and(|n| n.driver == Driver::L2Tunnel);
+    if policed_net || layers.policed() || layers.qos.is_some() {
         flags |= port_flags::SLOW | port_flags::SLOW_IN;
     }
     if ep.allow_spoofing {
@@ -105,7 +109,7 @@ impl Controller {
                 Vec::new()
             },
         };
-        let flags = flags_of(ep, layers);
+        let flags = flags_of(Some(net), ep, layers);
         let result = (|| -> ApiResult<()> {
             let host = ifname(&names.host)?;
             let punt = ifname(&names.punt)?;
@@ -203,7 +207,7 @@ impl Controller {
         else {
             return Ok(());
         };
-        let flags = flags_of(ep, layers);
+        let flags = flags_of(self.state.network_by_id(&ep.network_id), ep, layers);
         let fp = self.fast_path()?;
         let mut entry = FpPort {
             port_id: 0,
