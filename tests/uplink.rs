@@ -614,6 +614,27 @@ fn bad_uplink_requests_are_refused_unchanged() {
         &[&format!("interface={up_b}"), "vlanid=30"],
         "options.interface",
     );
+    // Networks sharing an uplink share its I/O mode: up_b runs tc, the
+    // default for a veth.
+    refuse(
+        "l2bridge",
+        &[&format!("interface={up_b}"), "vlanid=30", "uplink_io=afxdp"],
+        "options.uplink_io",
+    );
+    s.network(
+        "l2bridge",
+        &[&sub()],
+        &up_b,
+        &["-o", "vlanid=40", "-o", "uplink_io=tc"],
+    );
+    for bad in ["xdp", "TC", ""] {
+        refuse(
+            "l2bridge",
+            &[&format!("interface={up_c}"), &format!("uplink_io={bad}")],
+            "options.uplink_io",
+        );
+    }
+    refuse("private", &["uplink_io=tc"], "options.uplink_io");
 
     // An endpoint may not take the uplink's own MAC: every frame for the
     // host on that interface would be steered to it.

@@ -1239,6 +1239,143 @@ mod tests {
         assert!(!pin_dir.exists(), "pins left behind");
     }
 
+    /// An Ethernet frame from `src` to `dst`, 802.1Q-tagged when `vlan` is
+    /// given, of a local experimental EtherType, ending in `marker`.
+    fn marked_frame(dst: [u8; 6], src: [u8; 6], vlan: Option<u16>, marker: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        if let Some(vid) = vlan {
+            f.extend_from_slice(&[0x81, 0x00]);
+            f.extend_from_slice(&vid.to_be_bytes());
+        }
+        f.extend_from_slice(&[0x88, 0xb5]);
+        f.resize(f.len() + 46, 0);
+        f.extend_from_slice(marker);
+        f
+    }
+
+    /// Reads the TAP until a frame ending in `marker` arrives (or 2 s).
+    fn read_tap(tap: &mut crate::port::tap::Tap, marker: &[u8]) -> Option<Vec<u8>> {
+        use crate::port::{Packet, PortIo};
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut batch: Vec<Packet> = (0..4).map(|_| Packet::new()).collect();
+        while std::time::Instant::now() < deadline {
+            let n = tap.recv_batch(&mut batch).unwrap_or(0);
+            if let Some(p) = batch[..n].iter().find(|p| p.frame().ends_with(marker)) {
+                return Some(p.frame().to_vec());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        None
+    }
+
+    #[test]
+    fn tc_mode_steers_to_the_punt_tap_and_sends_what_it_writes() {
+        use super::super::testnet::{is_root, RawSocket, VethNet};
+        use crate::port::{tap::Tap, Packet, PortIo};
+        use std::time::Duration;
+        if !is_root() {
+            eprintln!("skipped: needs root (namespaces, TC, TAP)");
+            return;
+        }
+        let net = VethNet::new().expect("building the veth topology");
+        let punt = format!("{}t", net.a);
+        let mut tap = net.in_a(|| Tap::create(&punt, true)).expect("punt TAP");
+        net.ip(&net.ns_a, &["link", "set", &punt, "up"]).unwrap();
+
+        // A previous instance's XDP program is replaced, not stacked.
+        drop(
+            net.in_a(|| UplinkProgram::attach(&net.a))
+                .expect("XDP attach"),
+        );
+        let mut prog = net
+            .in_a(|| UplinkProgram::attach_tc(&net.a, &punt))
+            .expect("TC attach");
+        assert_eq!(prog.mode(), UplinkHook::Tc);
+        assert!(
+            !has_xdp(&net.ns_a, &net.a),
+            "the XDP program stayed attached"
+        );
+        assert!(prog.pin_dir().join(LINK_TC_PIN).exists());
+        assert!(!prog.pin_dir().join(LINK_PIN).exists());
+
+        let ep = [0x02, 0xee, 0, 0, net.subnet, 9];
+        prog.add_mac(0, ep, false).unwrap();
+        prog.add_mac(7, ep, false).unwrap();
+        let raw_b = net
+            .in_b(|| RawSocket::open(&net.b))
+            .expect("packet socket in b");
+
+        // To an endpoint MAC: on the punt TAP. Tagged: the stack takes the
+        // tag out of the frame before TC, and the TAP puts it back.
+        raw_b
+            .send(&marked_frame(ep, net.mac_b, None, b"plain"))
+            .unwrap();
+        let got = read_tap(&mut tap, b"plain").expect("untagged frame on the punt TAP");
+        assert_eq!(&got[12..14], &[0x88, 0xb5]);
+        raw_b
+            .send(&marked_frame(ep, net.mac_b, Some(7), b"tagged"))
+            .unwrap();
+        let got = read_tap(&mut tap, b"tagged").expect("VLAN 7 frame on the punt TAP");
+        assert_eq!(&got[12..16], &[0x81, 0x00, 0, 7], "tag back in the frame");
+        // An unknown VLAN's frame is the host's.
+        let passed = prog.stats().unwrap().passed;
+        raw_b
+            .send(&marked_frame(ep, net.mac_b, Some(8), b"vlan8"))
+            .unwrap();
+        assert!(read_tap(&mut tap, b"vlan8").is_none());
+        assert!(prog.stats().unwrap().passed > passed);
+
+        // The host keeps its own traffic.
+        let ip_a = Ipv4Addr::from(net.ip_a).to_string();
+        let ping = net
+            .exec(&net.ns_b, &["ping", "-c", "1", "-W", "2", &ip_a])
+            .unwrap();
+        assert!(ping.status.success(), "b cannot ping a's own address");
+
+        // What the switch writes to the punt TAP leaves on the uplink.
+        let mut pkt = Packet::new();
+        pkt.fill(&marked_frame(net.mac_b, ep, None, b"inject"));
+        tap.send(&pkt).unwrap();
+        assert!(
+            raw_b
+                .recv_matching(Duration::from_secs(2), |f| f.ends_with(b"inject"))
+                .is_some(),
+            "a frame written to the punt TAP did not reach the wire"
+        );
+        let stats = prog.stats().unwrap();
+        assert!(stats.redirected >= 2 && stats.injected >= 1, "{stats:?}");
+
+        // With the punt TAP cleared (a clean stop keeping the program),
+        // the switch's frames are the host's.
+        prog.clear_punt().unwrap();
+        let no_socket = prog.stats().unwrap().no_socket;
+        raw_b
+            .send(&marked_frame(ep, net.mac_b, None, b"cleared"))
+            .unwrap();
+        assert!(read_tap(&mut tap, b"cleared").is_none());
+        assert!(prog.stats().unwrap().no_socket > no_socket);
+
+        // And XDP replaces TC in turn: never two steering programs.
+        let pin_dir = prog.pin_dir().to_path_buf();
+        drop(prog);
+        let xdp = net
+            .in_a(|| UplinkProgram::attach(&net.a))
+            .expect("XDP attach");
+        assert!(!pin_dir.join(LINK_TC_PIN).exists());
+        assert!(
+            !steering_on_tcx_in(&net, &net.a),
+            "TC steering stayed attached"
+        );
+        xdp.detach().unwrap();
+        assert!(!pin_dir.exists(), "pins left behind");
+    }
+
+    fn steering_on_tcx_in(net: &super::super::testnet::VethNet, dev: &str) -> bool {
+        net.in_a(|| steering_on_tcx(dev))
+    }
+
     #[test]
     fn falls_back_to_generic_mode() {
         use super::super::testnet::{is_root, VethNet};
