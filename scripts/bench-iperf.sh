@@ -12,9 +12,12 @@
 # Uplink (endpoint to an "outside" namespace, through one veth, the uplink):
 #   bridge              the uplink and the endpoint's veth in a Linux bridge
 #                       (the classic equivalent of l2bridge/transparent)
-#   l2bridge            the same uplink attached by vswitch (XDP + AF_XDP),
+#   l2bridge            the same uplink attached by vswitch (its default I/O
+#                       for a veth uplink: TC steering to a punt TAP),
 #                       -d l2bridge, the endpoint a TAP
 #   transparent         the same with -d transparent
+#   veth                -d transparent, the endpoint a veth (--backend veth:
+#                       the kernel fast path delivers to it)
 #
 # Prints a table per comparison (Gbit/s, ratio to the bridge, vswitchd CPU
 # time) and, as the last line of stdout, one JSON object for scripts.
@@ -34,7 +37,8 @@ comparisons:
           vswitch with -o offload=off
   uplink  endpoint namespace to an outside namespace through one veth: Linux
           bridge with the veth enslaved, vswitch -d l2bridge and -d transparent
-          with -o interface=<the veth>
+          with -o interface=<the veth> (TAP endpoints), and -d transparent
+          with a veth endpoint
 
 Options:
   --tap          run only the TAP comparison
@@ -76,6 +80,7 @@ and 10.56.0.0/24, addressed only inside the script's own namespaces):
   bridge:      vsb<P>up and a veth to vsb<P>-ub eth0 (10.56.0.10) in lbr
   l2bridge:    vsb<P>up -- vswitchd -- (TAP) eth0 vsb<P>-ul (10.56.0.10)
   transparent: vsb<P>up -- vswitchd -- (TAP) eth0 vsb<P>-ut (10.56.0.10)
+  veth:        vsb<P>up -- vswitchd -- (veth) eth0 vsb<P>-uv (10.56.0.10)
   (vswitchd: a second private instance, run inside vsb<P>-host; the uplink is
   moved between the paths every round, so only one uses it at a time)
 State and sockets of both vswitchd instances live under /tmp.
@@ -168,7 +173,7 @@ start_daemon() {
     local cmd=("$VSWITCHD" --state-dir "$state" --socket "$sock" --log-level warn)
     # In a namespace of ours: the uplink is an interface in vswitchd's own
     # namespace. ip netns exec execs the daemon (no fork), so $! is its PID.
-    # --detach-on-exit: a clean stop leaves no XDP program on the uplink.
+    # --detach-on-exit: a clean stop leaves no steering program on the uplink.
     [ -z "$ns" ] || cmd=(ip netns exec "$ns" "${cmd[@]}" --detach-on-exit)
     # setsid: a Ctrl-C on the terminal must not reach the daemon before
     # cleanup has removed the endpoints through it.
@@ -263,23 +268,24 @@ fi
 # ----------------------------------------------------- uplink comparison ----
 
 NS_FAB="$P-fab" NS_OUT="$P-out" NS_HOST="$P-host"
-NS_UB="$P-ub" NS_UL="$P-ul" NS_UT="$P-ut"
+NS_UB="$P-ub" NS_UL="$P-ul" NS_UT="$P-ut" NS_UV="$P-uv"
 # The uplink's name carries the PID too: vswitchd pins its XDP program under
 # /sys/fs/bpf/vswitch/<ifname>, one directory for every namespace.
 UPLINK="${P}up"
 IP_OUT=10.56.0.100 IP_UEP=10.56.0.10
-NET_UL="${P}ul" NET_UT="${P}ut"
-EP_UL="${P}ule" EP_UT="${P}ute"
+NET_UL="${P}ul" NET_UT="${P}ut" NET_UV="${P}uv"
+EP_UL="${P}ule" EP_UT="${P}ute" EP_UV="${P}uve"
 
-# uplink_vswitch NAME DRIVER NET EP NS ROUND: attaches the uplink with a
-# vswitch network of DRIVER, an endpoint in NS, measures, and removes both
-# again, so the uplink is free for the next path. The stats of the network
-# are kept in $WORK/NAME.ROUND.stats (they go with the network).
+# uplink_vswitch NAME DRIVER NET EP NS ROUND [BACKEND]: attaches the uplink
+# with a vswitch network of DRIVER, an endpoint in NS (a TAP unless BACKEND
+# says otherwise), measures, and removes both again, so the uplink is free
+# for the next path. The stats of the network are kept in
+# $WORK/NAME.ROUND.stats (they go with the network).
 uplink_vswitch() {
-    local name=$1 driver=$2 net=$3 ep=$4 ns=$5 round=$6
+    local name=$1 driver=$2 net=$3 ep=$4 ns=$5 round=$6 backend=${7:-tap}
     uctl network create -d "$driver" --subnet 10.56.0.0/24 -o interface="$UPLINK" "$net" >/dev/null
     UP_NET_LIVE=$net
-    uctl endpoint create --network "$net" --netns "$ns" --ip "$IP_UEP" "$ep" >/dev/null
+    uctl endpoint create --network "$net" --netns "$ns" --ip "$IP_UEP" --backend "$backend" "$ep" >/dev/null
     UP_EP_LIVE=$ep
     # Every path uses 10.56.0.10 behind a different MAC (the endpoint's own,
     # the uplink's for l2bridge): forget the previous path's ARP answer.
@@ -324,6 +330,7 @@ if [ "$RUN_UPLINK" -eq 1 ]; then
     start_daemon UDAEMON_PID "$USTATE" "$USOCK" "$UDLOG" "$NS_HOST"
     add_ns "$NS_UL"
     add_ns "$NS_UT"
+    add_ns "$NS_UV"
 
     start_server "$NS_OUT"
     for ((r = 1; r <= REPEAT; r++)); do
@@ -335,6 +342,7 @@ if [ "$RUN_UPLINK" -eq 1 ]; then
         ip -n "$NS_HOST" link set "$UPLINK" nomaster
         uplink_vswitch uplink_l2bridge l2bridge "$NET_UL" "$EP_UL" "$NS_UL" "$r"
         uplink_vswitch uplink_transparent transparent "$NET_UT" "$EP_UT" "$NS_UT" "$r"
+        uplink_vswitch uplink_veth transparent "$NET_UV" "$EP_UV" "$NS_UV" "$r" veth
         say "uplink round $r/$REPEAT done"
     done
 fi
@@ -343,12 +351,12 @@ fi
 
 set +e
 report "$WORK" "$REPEAT" "$DURATION" "$OMIT" "$STREAMS" "$CLK_TCK" "$SMOKE" "$MIN_RATIO" \
-    "$NET_O" "$NET_N" "$RUN_TAP" "$RUN_UPLINK" "$NET_UL" "$NET_UT" <<'PYEOF'
+    "$NET_O" "$NET_N" "$RUN_TAP" "$RUN_UPLINK" "$NET_UL" "$NET_UT" "$NET_UV" <<'PYEOF'
 import glob, json, sys
 from bench_report import drops_by_reason, finish, ratio as ratio_of, tcp
 
 (work, repeat, duration, omit, streams, clk_tck, smoke, min_ratio, net_o, net_n,
- run_tap, run_uplink, net_ul, net_ut) = sys.argv[1:]
+ run_tap, run_uplink, net_ul, net_ut, net_uv) = sys.argv[1:]
 repeat, duration, omit, streams, clk_tck = int(repeat), int(duration), int(omit), int(streams), int(clk_tck)
 smoke, min_ratio = smoke == "1", float(min_ratio)
 run_tap, run_uplink = run_tap == "1", run_uplink == "1"
@@ -407,15 +415,20 @@ if run_uplink:
             with open(path) as f:
                 total += drops(json.load(f), net)
         return total
-    ub, ul, ut = result("uplink_bridge"), result("uplink_l2bridge"), result("uplink_transparent")
-    ratio_l, ratio_t = ratio_of(ul[0], ub[0]), ratio_of(ut[0], ub[0])
-    rb, rl, rt = (result("uplink_bridge_rev"), result("uplink_l2bridge_rev"),
-                  result("uplink_transparent_rev"))
-    rratio_l, rratio_t = ratio_of(rl[0], rb[0]), ratio_of(rt[0], rb[0])
+    ub, ul, ut, uv = (result("uplink_bridge"), result("uplink_l2bridge"),
+                      result("uplink_transparent"), result("uplink_veth"))
+    ratio_l, ratio_t, ratio_v = (ratio_of(ul[0], ub[0]), ratio_of(ut[0], ub[0]),
+                                 ratio_of(uv[0], ub[0]))
+    rb, rl, rt, rv = (result("uplink_bridge_rev"), result("uplink_l2bridge_rev"),
+                      result("uplink_transparent_rev"), result("uplink_veth_rev"))
+    rratio_l, rratio_t, rratio_v = (ratio_of(rl[0], rb[0]), ratio_of(rt[0], rb[0]),
+                                    ratio_of(rv[0], rb[0]))
     # Drops are counted over both directions of a round.
-    for what, (b, l, t), (rl_, rt_) in (
-            ("endpoint -> outside through a veth uplink", (ub, ul, ut), (ratio_l, ratio_t)),
-            ("outside -> endpoint through a veth uplink", (rb, rl, rt), (rratio_l, rratio_t))):
+    for what, (b, l, t, v), (rl_, rt_, rv_) in (
+            ("endpoint -> outside through a veth uplink", (ub, ul, ut, uv),
+             (ratio_l, ratio_t, ratio_v)),
+            ("outside -> endpoint through a veth uplink", (rb, rl, rt, rv),
+             (rratio_l, rratio_t, rratio_v))):
         print()
         title(what)
         print(f"{'linux bridge':<20} {b[0]:8.2f} {1.0:7.2f} {b[1]:8.0f} {'-':>16} {'-':>6}")
@@ -423,10 +436,13 @@ if run_uplink:
               f"{uplink_drops('uplink_l2bridge', net_ul):6d}")
         print(f"{'vswitch transparent':<20} {t[0]:8.2f} {rt_:7.2f} {t[1]:8.0f} {cpu(t[2]):>16} "
               f"{uplink_drops('uplink_transparent', net_ut):6d}")
+        print(f"{'vswitch veth endpt':<20} {v[0]:8.2f} {rv_:7.2f} {v[1]:8.0f} {cpu(v[2]):>16} "
+              f"{uplink_drops('uplink_veth', net_uv):6d}")
     if not smoke:
         for name, g in (("uplink bridge", ub[0]), ("uplink l2bridge", ul[0]),
-                        ("uplink transparent", ut[0]), ("uplink bridge -R", rb[0]),
-                        ("uplink l2bridge -R", rl[0]), ("uplink transparent -R", rt[0])):
+                        ("uplink transparent", ut[0]), ("uplink veth", uv[0]),
+                        ("uplink bridge -R", rb[0]), ("uplink l2bridge -R", rl[0]),
+                        ("uplink transparent -R", rt[0]), ("uplink veth -R", rv[0])):
             if g <= 0:
                 failed.append(f"{name} moved no data")
     out.update({
@@ -437,18 +453,24 @@ if run_uplink:
         "uplink_ratio_transparent": round(ratio_t, 3),
         "uplink_l2bridge_cpu_s": round(ul[2], 2),
         "uplink_transparent_cpu_s": round(ut[2], 2),
+        "uplink_veth_gbps": round(uv[0], 3),
+        "uplink_ratio_veth": round(ratio_v, 3),
         "uplink_rev_bridge_gbps": round(rb[0], 3),
         "uplink_rev_l2bridge_gbps": round(rl[0], 3),
         "uplink_rev_transparent_gbps": round(rt[0], 3),
         "uplink_rev_ratio": round(rratio_l, 3),
         "uplink_rev_ratio_transparent": round(rratio_t, 3),
+        "uplink_rev_veth_gbps": round(rv[0], 3),
+        "uplink_rev_ratio_veth": round(rratio_v, 3),
     })
 else:
     out.update(dict.fromkeys(("uplink_bridge_gbps", "uplink_l2bridge_gbps", "uplink_transparent_gbps",
                               "uplink_ratio", "uplink_ratio_transparent", "uplink_l2bridge_cpu_s",
                               "uplink_transparent_cpu_s", "uplink_rev_bridge_gbps",
                               "uplink_rev_l2bridge_gbps", "uplink_rev_transparent_gbps",
-                              "uplink_rev_ratio", "uplink_rev_ratio_transparent")))
+                              "uplink_rev_ratio", "uplink_rev_ratio_transparent",
+                              "uplink_veth_gbps", "uplink_ratio_veth", "uplink_rev_veth_gbps",
+                              "uplink_rev_ratio_veth")))
 
 print("(vswitchd CPU: its user+system time during the test, % of one core)")
 print()

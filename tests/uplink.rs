@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use vswitch_systests::{
-    contains_bytes, frame_ips, has_xdp, iperf3, iperf3_with, link_mac, mac_bytes, neighbours,
-    require_root, tag, unique, unique_subnet, Capture, Daemon, Fabric, Netns, FABRIC_BRIDGE,
-    OUTSIDE_IF,
+    contains_bytes, frame_ips, has_steering, has_xdp, iperf3, iperf3_with, link_mac, mac_bytes,
+    neighbours, require_root, tag, unique, unique_subnet, Capture, Daemon, Fabric, Netns,
+    FABRIC_BRIDGE, OUTSIDE_IF,
 };
 
 const FIVE_S: Duration = Duration::from_secs(5);
@@ -89,22 +89,28 @@ impl Site {
             .to_lowercase()
     }
 
-    /// Checks what `port ls` says about a network's uplink port.
-    fn assert_uplink_port(&self, net: &str, uplink: &str) {
+    /// Checks what `port ls` says about a network's uplink port: its I/O
+    /// mode `io` (`tc`, the default for the fabric's veth uplinks, or
+    /// `afxdp`, with an XDP mode).
+    fn assert_uplink_port(&self, net: &str, uplink: &str, io: &str) {
         let name = format!("uplink:{net}");
         let port = self
             .d
             .port(&name)
             .unwrap_or_else(|| panic!("no port {name} in {}", self.d.json(&["port", "ls"])));
         assert_eq!(port["Kind"], "Uplink", "{port}");
-        assert_eq!(port["Backend"], "afxdp", "{port}");
+        assert_eq!(port["Backend"], io, "{port}");
         assert_eq!(port["Interface"], uplink, "{port}");
         let mode = port["XdpMode"].as_str().unwrap_or_default();
-        assert!(
-            mode == "native" || mode == "generic",
-            "XdpMode is {:?}: {port}",
-            port["XdpMode"]
-        );
+        if io == "afxdp" {
+            assert!(
+                mode == "native" || mode == "generic",
+                "XdpMode is {:?}: {port}",
+                port["XdpMode"]
+            );
+        } else {
+            assert!(port.get("XdpMode").is_none(), "no XDP in tc mode: {port}");
+        }
     }
 }
 
@@ -164,8 +170,15 @@ fn transparent_endpoints_are_on_the_wire_with_their_own_macs() {
     }
     let (mut s, subnet, p, up) = Site::on_wire();
     let gw = format!("{p}.1");
-    let net = s.network("transparent", &[&subnet], &up, &["--gateway", &gw]);
-    s.assert_uplink_port(&net, &up);
+    // The AF_XDP mode, which veth uplinks do not get by default.
+    let net = s.network(
+        "transparent",
+        &[&subnet],
+        &up,
+        &["--gateway", &gw, "-o", "uplink_io=afxdp"],
+    );
+    s.assert_uplink_port(&net, &up, "afxdp");
+    assert!(has_xdp(&s.f.host, &up), "no XDP program on {up}");
     let a = s.endpoint(&net, "tra", &format!("{p}.10"));
     let b = s.endpoint(&net, "trb", &format!("{p}.11"));
 
@@ -219,7 +232,12 @@ fn l2bridge_endpoints_share_the_uplink_mac_on_the_wire() {
         &up,
         &["--gateway", &gw, "--gateway", &gw6],
     );
-    s.assert_uplink_port(&net, &up);
+    s.assert_uplink_port(&net, &up, "tc");
+    assert!(
+        !has_xdp(&s.f.host, &up),
+        "tc mode attaches no XDP to {up} (it would cost the veth its GSO)"
+    );
+    assert!(has_steering(&s.f.host, &up), "no TC steering on {up}");
     let inspect = s.d.json(&["network", "inspect", &net]);
     assert_eq!(inspect["State"], "Up", "{inspect}");
     assert!(
@@ -495,7 +513,10 @@ fn host_keeps_its_own_address_on_the_uplink() {
         &["--gateway", &format!("{p}.1")],
     );
     s.endpoint(&net, "hk", &format!("{p}.10"));
-    assert!(has_xdp(&s.f.host, &up), "no XDP program on the uplink {up}");
+    assert!(
+        has_steering(&s.f.host, &up),
+        "no steering program on the uplink {up}"
+    );
     assert!(s.f.outside.ping_within(&format!("{p}.10"), FIVE_S));
     assert!(
         s.f.outside.ping_within(&host_ip, FIVE_S),
@@ -593,6 +614,27 @@ fn bad_uplink_requests_are_refused_unchanged() {
         &[&format!("interface={up_b}"), "vlanid=30"],
         "options.interface",
     );
+    // Networks sharing an uplink share its I/O mode: up_b runs tc, the
+    // default for a veth.
+    refuse(
+        "l2bridge",
+        &[&format!("interface={up_b}"), "vlanid=30", "uplink_io=afxdp"],
+        "options.uplink_io",
+    );
+    s.network(
+        "l2bridge",
+        &[&sub()],
+        &up_b,
+        &["-o", "vlanid=40", "-o", "uplink_io=tc"],
+    );
+    for bad in ["xdp", "TC", ""] {
+        refuse(
+            "l2bridge",
+            &[&format!("interface={up_c}"), &format!("uplink_io={bad}")],
+            "options.uplink_io",
+        );
+    }
+    refuse("private", &["uplink_io=tc"], "options.uplink_io");
 
     // An endpoint may not take the uplink's own MAC: every frame for the
     // host on that interface would be steered to it.
@@ -703,25 +745,25 @@ fn l2bridge_endpoint_reachable_again_after_kill9_and_restart() {
         s.f.outside.ping_within(&ep, FIVE_S),
         "endpoint {ep} not reachable from outside within 5 s of the restart"
     );
-    s.assert_uplink_port(&net, &up);
+    s.assert_uplink_port(&net, &up, "tc");
     assert_eq!(s.d.network_state(&net), "Up");
     assert!(s.f.outside.ping(&format!("{p}.2")), "host address lost");
 }
 
 #[test]
-fn removing_the_network_removes_the_xdp_program() {
-    if !require_root("removing_the_network_removes_the_xdp_program") {
+fn removing_the_network_removes_the_steering_program() {
+    if !require_root("removing_the_network_removes_the_steering_program") {
         return;
     }
     let (mut s, subnet, p, up) = Site::on_wire();
     let net = s.network("l2bridge", &[&subnet], &up, &[]);
     s.endpoint(&net, "rx", &format!("{p}.10"));
-    assert!(has_xdp(&s.f.host, &up), "no XDP program on {up}");
+    assert!(has_steering(&s.f.host, &up), "no XDP program on {up}");
     s.d.ok(&["endpoint", "rm", "rx"]);
     s.d.ok(&["network", "rm", &net]);
     assert!(
-        !has_xdp(&s.f.host, &up),
-        "XDP program left on {up} after network rm"
+        !has_steering(&s.f.host, &up),
+        "steering program left on {up} after network rm"
     );
     assert!(
         s.f.outside.ping_within(&format!("{p}.2"), FIVE_S),
@@ -741,7 +783,7 @@ fn clean_stop_leaves_the_program_unless_told_to_detach() {
     s.endpoint(&net, "st", &format!("{p}.10"));
     assert!(s.d.terminate().success());
     assert!(
-        has_xdp(&s.f.host, &up),
+        has_steering(&s.f.host, &up),
         "program gone although --detach-on-exit was not given"
     );
     assert!(
@@ -760,10 +802,10 @@ fn clean_stop_leaves_the_program_unless_told_to_detach() {
     let up = s.f.add_uplink(&[&format!("{p}.2/24")]);
     let net = s.network("l2bridge", &[&subnet], &up, &[]);
     s.endpoint(&net, "sd", &format!("{p}.10"));
-    assert!(has_xdp(&s.f.host, &up));
+    assert!(has_steering(&s.f.host, &up));
     assert!(s.d.terminate().success());
     assert!(
-        !has_xdp(&s.f.host, &up),
+        !has_steering(&s.f.host, &up),
         "--detach-on-exit left the program on {up}"
     );
 }

@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Objects to build: output stem, source stem in `xdp-prog/`, extra clang
-/// flags. The uplink program is built twice: plainly (loaded by aya), and
-/// device-bound with the VLAN metadata kfunc (loaded by `src/ebpf/devbound.rs`).
+/// flags. The uplink program is built three times: plainly (loaded by aya),
+/// device-bound with the VLAN metadata kfunc (loaded by `src/ebpf/devbound.rs`),
+/// and as TC programs for the uplink's tcx ingress and its punt TAP.
 const PROGRAMS: &[(&str, &str, &[&str])] = &[
     ("uplink", "uplink", &[]),
     ("uplink_devbound", "uplink", &["-DUPLINK_DEV_BOUND"]),
+    ("uplink_tc", "uplink", &["-DUPLINK_TC"]),
     ("fastpath", "fastpath", &[]),
 ];
 

@@ -519,6 +519,11 @@ int vswitch_uplink(struct __sk_buff *skb)
 
 	if (!up || (eth->h_dest[0] & 1))
 		return UPLINK_NEXT;
+	/* Only IP is the kernel's, as the uplink's XDP steering leaves it; the
+	 * rest (ARP replies, say) goes on to the switch, which learns from it,
+	 * when the steering runs in TC behind this program. */
+	if (proto != bpf_htons(ETH_P_IP) && proto != bpf_htons(ETH_P_IPV6))
+		return UPLINK_NEXT;
 	__u32 to = 0;
 	__u8 rewrite[6];
 	int set_mac = 0;

@@ -30,7 +30,19 @@
  * 0 when untagged. Every header is bounds-checked through a cursor before it
  * is read; a frame too short for what it announces goes to the host.
  *
- * Built twice. The device-bound build (-DUPLINK_DEV_BOUND, loaded with
+ * Built three times. The TC build (-DUPLINK_TC, SEC("classifier"), entry
+ * vswitch_uplink_tc) runs the same steering on the uplink's tcx ingress,
+ * where the frame is an skb that keeps its GSO: "switch" is then
+ * bpf_redirect to the uplink's punt TAP, which the switch reads with a
+ * virtio-net header, and "host" is TC_ACT_OK. It runs behind the kernel
+ * fast path's vswitch_uplink (first on the hook, TCX_NEXT for what it does
+ * not deliver), so a V_KERNEL frame that reaches it is one the fast path
+ * could not deliver: it goes to the switch. Its vswitch_uinject, on
+ * the punt TAP's tcx ingress, sends what the switch writes there out of the
+ * uplink. A VLAN tag may be out of band (skb->vlan_present: the stack
+ * untags before TC); the TAP puts it back into the frame the switch reads.
+ *
+ * The device-bound build (-DUPLINK_DEV_BOUND, loaded with
  * BPF_F_XDP_DEV_BOUND_ONLY for one interface) also asks the driver for a
  * VLAN tag carried out of band (a veth peer's TX VLAN offload, a NIC that
  * strips tags), uses its VID for the lookups, and puts the tag back into a
@@ -46,6 +58,9 @@
 #include <linux/ipv6.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
+#ifdef UPLINK_TC
+#include <linux/pkt_cls.h>
+#endif
 
 #include "flow.h"
 #include "uplink.h"
@@ -62,12 +77,22 @@
 #define ICMP_TIME_EXCEEDED 11
 #define ICMP_PARAMETER_PROBLEM 12
 
+#ifdef UPLINK_TC
+/* The uplink and its punt TAP (one entry, written by the loader). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct uplink_tc_ports);
+} tc_ports SEC(".maps");
+#else
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
 	__uint(max_entries, UPLINK_MAX_QUEUES);
 	__type(key, __u32);
 	__type(value, __u32);
 } xsks SEC(".maps");
+#endif
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -143,6 +168,26 @@ static __always_inline int count(__u32 stat, int action)
 	return action;
 }
 
+#ifdef UPLINK_TC
+static __always_inline struct uplink_tc_ports *tc_ports_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&tc_ports, &zero);
+}
+
+/* To the punt TAP; to the host while there is none (punt 0: the daemon
+ * stopped cleanly and left the program attached). */
+static __always_inline int to_switch(struct __sk_buff *skb)
+{
+	struct uplink_tc_ports *ports = tc_ports_get();
+
+	if (!ports || !ports->punt)
+		return count(UPLINK_STAT_NO_SOCKET, TC_ACT_OK);
+	count(UPLINK_STAT_REDIRECTED, 0);
+	return bpf_redirect(ports->punt, 0);
+}
+#else
 static __always_inline int to_switch(struct xdp_md *ctx)
 {
 	long action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
@@ -151,6 +196,7 @@ static __always_inline int to_switch(struct xdp_md *ctx)
 		return count(UPLINK_STAT_REDIRECTED, XDP_REDIRECT);
 	return count(UPLINK_STAT_NO_SOCKET, XDP_PASS);
 }
+#endif
 
 static __always_inline int is_group_mac(const __u8 *mac)
 {
@@ -190,6 +236,7 @@ static __always_inline enum verdict parse_vlan(struct cursor *c, __be16 *proto, 
 	return V_HOST;
 }
 
+#ifndef UPLINK_TC
 #ifdef UPLINK_DEV_BOUND
 /* bpf_xdp_metadata_rx_vlan_tag(ctx, &proto, &tci), see uplink.h. */
 static long (*const rx_vlan_tag)(struct xdp_md *ctx, __be16 *vlan_proto,
@@ -243,6 +290,7 @@ static __always_inline int push_oob_tag(struct xdp_md *ctx, const struct oob_tag
 	tpid[1] = bpf_htons(tag->tci);
 	return 0;
 }
+#endif /* !UPLINK_TC */
 
 /* --- IP ------------------------------------------------------------------ */
 
@@ -521,6 +569,99 @@ static __always_inline enum verdict parse_ipv6(struct cursor *c, __u16 vlan, int
 
 /* --- Entry --------------------------------------------------------------- */
 
+/* The verdict for a frame: `eth` its Ethernet header, the cursor past it and
+ * past an 802.1Q tag in the frame, `proto` the EtherType after them, `vlan`
+ * the VID (0 when untagged). */
+static __always_inline enum verdict steer(struct cursor *c, struct ethhdr *eth, __be16 proto,
+					  __u16 vlan)
+{
+	__u32 *ep = mac_is_endpoint(vlan, eth->h_dest);
+	int unicast;
+
+	if (ep) {
+		if (kernel_delivers(ep) &&
+		    (proto == bpf_htons(ETH_P_IP) || proto == bpf_htons(ETH_P_IPV6)))
+			return V_KERNEL;
+		return V_SWITCH;
+	}
+
+	unicast = !is_group_mac(eth->h_dest);
+	switch (proto) {
+	case bpf_htons(ETH_P_ARP):
+		return parse_arp(c, vlan);
+	case bpf_htons(ETH_P_IP):
+		return parse_ipv4(c, vlan, unicast);
+	case bpf_htons(ETH_P_IPV6):
+		return parse_ipv6(c, vlan, unicast);
+	default:
+		return V_HOST;
+	}
+}
+
+#ifdef UPLINK_TC
+
+/* Headers steering may read: Ethernet, a tag, an IPv4 header with options,
+ * ICMP, the quoted IPv4 header with options and 8 bytes after it. */
+#define UPLINK_TC_PULL_LEN 160
+
+SEC("classifier")
+int vswitch_uplink_tc(struct __sk_buff *skb)
+{
+	__u32 want = skb->len < UPLINK_TC_PULL_LEN ? skb->len : UPLINK_TC_PULL_LEN;
+	struct cursor c;
+	struct ethhdr *eth;
+	enum verdict v;
+	__be16 proto;
+	__u16 vlan;
+
+	/* Most skbs keep their headers linear; a pull moves the packet. */
+	if ((void *)(long)skb->data + UPLINK_TC_PULL_LEN > (void *)(long)skb->data_end)
+		bpf_skb_pull_data(skb, want);
+	c.pos = (void *)(long)skb->data;
+	c.end = (void *)(long)skb->data_end;
+	eth = cursor_take(&c, sizeof(*eth));
+	if (!eth)
+		return count(UPLINK_STAT_MALFORMED, TC_ACT_OK);
+	proto = eth->h_proto;
+	if (skb->vlan_present) {
+		/* Taken out of the frame by the driver or the stack; as for a
+		 * tag in the frame, only 802.1Q names a VLAN. */
+		vlan = skb->vlan_proto == bpf_htons(ETH_P_8021Q) ? skb->vlan_tci & VLAN_VID_MASK : 0;
+	} else if (parse_vlan(&c, &proto, &vlan) == V_MALFORMED) {
+		return count(UPLINK_STAT_MALFORMED, TC_ACT_OK);
+	}
+
+	v = steer(&c, eth, proto, vlan);
+	/* V_KERNEL: the fast path ahead of this program did not deliver it. */
+	if (v == V_SWITCH || v == V_KERNEL)
+		return to_switch(skb);
+	if (v == V_NAT) {
+		count(UPLINK_STAT_NAT, 0);
+		return to_switch(skb);
+	}
+	if (v == V_MALFORMED)
+		return count(UPLINK_STAT_MALFORMED, TC_ACT_OK);
+	return count(UPLINK_STAT_PASSED, TC_ACT_OK);
+}
+
+/* On the punt TAP's tcx ingress: what the switch writes leaves on the
+ * uplink, GSO intact. */
+SEC("classifier")
+int vswitch_uinject(struct __sk_buff *skb)
+{
+	struct uplink_tc_ports *ports = tc_ports_get();
+
+	if (!ports || !ports->uplink)
+		return TC_ACT_SHOT;
+	count(UPLINK_STAT_INJECTED, 0);
+	return bpf_redirect(ports->uplink, 0);
+}
+
+/* Only non-GPL helpers are used (map lookup, redirect, pull_data). */
+char _license[] SEC("license") = "Apache-2.0";
+
+#else /* XDP */
+
 /* Hands the frame to the switch with its out-of-band tag, if any, back in
  * it. */
 static __always_inline int tagged_to_switch(struct xdp_md *ctx, const struct oob_tag *tag)
@@ -542,7 +683,6 @@ int vswitch_uplink(struct xdp_md *ctx)
 	enum verdict v;
 	__be16 proto;
 	__u16 vlan;
-	int unicast;
 
 	read_oob_tag(ctx, &tag);
 	c.pos = (void *)(long)ctx->data;
@@ -558,31 +698,8 @@ int vswitch_uplink(struct xdp_md *ctx)
 	} else if (parse_vlan(&c, &proto, &vlan) == V_MALFORMED) {
 		return count(UPLINK_STAT_MALFORMED, XDP_PASS);
 	}
-	__u32 *ep = mac_is_endpoint(vlan, eth->h_dest);
 
-	if (ep) {
-		if (kernel_delivers(ep) &&
-		    (proto == bpf_htons(ETH_P_IP) || proto == bpf_htons(ETH_P_IPV6)))
-			return count(UPLINK_STAT_KERNEL, XDP_PASS);
-		return tagged_to_switch(ctx, &tag);
-	}
-
-	unicast = !is_group_mac(eth->h_dest);
-	switch (proto) {
-	case bpf_htons(ETH_P_ARP):
-		v = parse_arp(&c, vlan);
-		break;
-	case bpf_htons(ETH_P_IP):
-		v = parse_ipv4(&c, vlan, unicast);
-		break;
-	case bpf_htons(ETH_P_IPV6):
-		v = parse_ipv6(&c, vlan, unicast);
-		break;
-	default:
-		v = V_HOST;
-		break;
-	}
-
+	v = steer(&c, eth, proto, vlan);
 	if (v == V_SWITCH)
 		return tagged_to_switch(ctx, &tag);
 	if (v == V_KERNEL)
@@ -605,3 +722,5 @@ char _license[] SEC("license") = "GPL";
 /* Only non-GPL helpers are used (map lookup, redirect_map, adjust_head). */
 char _license[] SEC("license") = "Apache-2.0";
 #endif
+
+#endif /* UPLINK_TC */

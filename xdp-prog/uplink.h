@@ -13,14 +13,14 @@
 
 /* Per-CPU counters, indexes into the `stats` array. */
 enum uplink_stat {
-	/* Handed to the switch's AF_XDP socket. */
+	/* Handed to the switch's AF_XDP socket (TC build: its punt TAP). */
 	UPLINK_STAT_REDIRECTED = 0,
 	/* Not for an endpoint: left to the host stack. */
 	UPLINK_STAT_PASSED = 1,
 	/* Too short for the headers it announces: left to the host stack. */
 	UPLINK_STAT_MALFORMED = 2,
-	/* For an endpoint, but no socket is bound on the receive queue, so the
-	 * host stack got it. */
+	/* For an endpoint, but no socket is bound on the receive queue (TC
+	 * build: no punt TAP is set), so the host stack got it. */
 	UPLINK_STAT_NO_SOCKET = 3,
 	/* For the switch, with its VLAN tag out of band (a veth peer's TX VLAN
 	 * offload, read with bpf_xdp_metadata_rx_vlan_tag): the tag was put
@@ -32,7 +32,10 @@ enum uplink_stat {
 	/* For a veth endpoint the kernel fast path delivers: left to the TC
 	 * program behind (vswitch_uplink in fastpath.bpf.c). */
 	UPLINK_STAT_KERNEL = 6,
-	UPLINK_STAT_MAX = 7,
+	/* TC build: written by the switch to the punt TAP and sent out of the
+	 * uplink (vswitch_uinject). */
+	UPLINK_STAT_INJECTED = 7,
+	UPLINK_STAT_MAX = 8,
 };
 
 /* In the device-bound build (UPLINK_DEV_BOUND), the call to the
@@ -93,6 +96,14 @@ struct uplink_nat_port_key {
 	__u8 addr[4];
 };
 
+/* Value of the TC build's one-entry `tc_ports`: ifindexes of the uplink
+ * and of its punt TAP (0: none, frames for the switch go to the host). */
+struct uplink_tc_ports {
+	__u32 uplink;
+	__u32 punt;
+};
+
+_Static_assert(sizeof(struct uplink_tc_ports) == 8, "uplink_tc_ports layout");
 _Static_assert(sizeof(struct uplink_mac_key) == 8, "uplink_mac_key layout");
 _Static_assert(sizeof(struct uplink_ip_key) == 20, "uplink_ip_key layout");
 _Static_assert(sizeof(struct uplink_nat_key) == 8, "uplink_nat_key layout");

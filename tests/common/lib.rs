@@ -793,6 +793,60 @@ pub fn has_xdp(ns: &Netns, dev: &str) -> bool {
     link[0].get("xdp").is_some()
 }
 
+/// Whether a vswitch uplink steering program runs on `dev`: XDP (afxdp
+/// mode), or the TC build on its tcx ingress (tc mode), seen through the
+/// link vswitchd pins for it (this bpftool decodes no tcx links).
+pub fn has_steering(ns: &Netns, dev: &str) -> bool {
+    has_xdp(ns, dev)
+        || tcx_link_ifindex(&format!("/sys/fs/bpf/vswitch/{dev}/tc_link")).is_some_and(|i| i != 0)
+}
+
+/// The device a pinned tcx link is attached to (0 once the device is
+/// gone), through BPF_OBJ_GET and BPF_OBJ_GET_INFO_BY_FD; None when there
+/// is no such link.
+pub fn tcx_link_ifindex(pin: &str) -> Option<u32> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_TCX: u32 = 11;
+    let path = std::ffi::CString::new(pin).ok()?;
+    // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
+    let mut attr = [0u64; 16];
+    attr[0] = path.as_ptr() as u64;
+    // SAFETY: attr is a zeroed bpf_attr of the size passed, naming a live
+    // NUL-terminated path.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd was just returned to us and is closed only by OwnedFd.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    // struct bpf_link_info: type, id, prog_id, then (8-aligned) for tcx
+    // ifindex and attach_type.
+    let mut info = [0u32; 16];
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(std::os::fd::AsRawFd::as_raw_fd(&fd) as u32)
+        | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: attr is a zeroed bpf_attr (bpf_fd, info_len, info) whose info
+    // points at a writable buffer of info_len bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    (rc == 0 && info[0] == BPF_LINK_TYPE_TCX).then_some(info[4])
+}
+
 /// `ns`'s neighbour table on `dev`: (address, MAC if resolved, lowercase).
 pub fn neighbours(ns: &Netns, dev: &str) -> Vec<(String, Option<String>)> {
     let table: Value =

@@ -767,10 +767,12 @@ pub struct Port {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub netns: Option<String>,
     pub mac_address: String,
-    /// How frames reach the switch: `tap`, or `afxdp` for uplinks.
+    /// How frames reach the switch: `tap` or `veth` for endpoints; for
+    /// uplinks `afxdp` (XDP steering to AF_XDP sockets) or `tc` (TC
+    /// steering to a punt TAP, GSO intact).
     pub backend: String,
-    /// For uplinks, how the XDP program is attached: `native` (in the
-    /// driver) or `generic` (after the kernel builds an skb).
+    /// For `afxdp` uplinks, how the XDP program is attached: `native` (in
+    /// the driver) or `generic` (after the kernel builds an skb).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub xdp_mode: Option<String>,
     /// Whether GSO/checksum offloads are negotiated with the kernel.

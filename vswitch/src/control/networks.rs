@@ -305,6 +305,15 @@ impl Controller {
                     ),
                 ));
             }
+            if parsed.uplink_io.is_some() {
+                return Err(invalid(
+                    "options.uplink_io",
+                    format!(
+                        "the {driver} driver has no uplink; only {} do",
+                        Driver::names_where(Driver::has_uplink, "and")
+                    ),
+                ));
+            }
             if parsed.vlan != 0 {
                 return Err(invalid(
                     "options.vlanid",
@@ -357,6 +366,9 @@ impl Controller {
                 ));
             }
         }
+        if let Some(want) = parsed.uplink_io {
+            self.check_uplink_io(&ifname, want)?;
+        }
         if let Some(n) = self
             .state
             .networks
@@ -369,6 +381,45 @@ impl Controller {
             ));
         }
         uplink::inspect(&ifname).map(Some).map_err(uplink_error)
+    }
+
+    /// Networks sharing an uplink share its I/O mode: a network that asks
+    /// for one must agree with the others' choices and with the mode the
+    /// uplink runs in.
+    fn check_uplink_io(&self, ifname: &str, want: uplink::UplinkIo) -> ApiResult<()> {
+        let disagrees = |n: &&NetworkRecord| {
+            n.parsed.interface.as_deref() == Some(ifname)
+                && n.parsed.uplink_io.is_some_and(|io| io != want)
+        };
+        if let Some(other) = self.state.networks.iter().find(disagrees) {
+            return Err(conflict(
+                "options.uplink_io",
+                format!(
+                    "network '{}' uses '{ifname}' with uplink_io={}; networks sharing an uplink use one I/O mode",
+                    other.name,
+                    other.parsed.uplink_io.map_or("", |io| io.name())
+                ),
+            ));
+        }
+        match self.uplinks.get(ifname) {
+            Some(up) if up.io != want => Err(conflict(
+                "options.uplink_io",
+                format!(
+                    "'{ifname}' is attached with uplink_io={} (the default for its driver); networks sharing an uplink use one I/O mode",
+                    up.io
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The I/O mode a network sharing `ifname` asks for, if any does.
+    fn requested_uplink_io(&self, ifname: &str) -> Option<uplink::UplinkIo> {
+        self.state
+            .networks
+            .iter()
+            .filter(|n| n.parsed.interface.as_deref() == Some(ifname))
+            .find_map(|n| n.parsed.uplink_io)
     }
 
     pub(super) fn default_subnet(&self) -> ApiResult<Ipv4Cidr> {
@@ -483,7 +534,8 @@ impl Controller {
     ) -> ApiResult<PortHandle> {
         if !self.uplinks.contains_key(ifname) {
             let trunk = self.next_trunk_id();
-            let up = uplink::attach(ifname, trunk, &self.datapath).map_err(uplink_error)?;
+            let io = self.requested_uplink_io(ifname);
+            let up = uplink::attach(ifname, trunk, &self.datapath, io).map_err(uplink_error)?;
             self.uplinks.insert(ifname.to_owned(), up);
         }
         let up = self.uplinks.get_mut(ifname).expect("inserted above");

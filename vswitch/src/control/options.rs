@@ -8,6 +8,7 @@ use crate::fdb::FdbConfig;
 use crate::ifname::IfName;
 
 use super::errors::invalid_ifname;
+use super::uplink::UplinkIo;
 
 /// Every option a network understands, with its meaning, for error messages.
 pub const KNOWN: &[(&str, &str)] = &[
@@ -36,6 +37,10 @@ pub const KNOWN: &[(&str, &str)] = &[
         "802.1Q VLAN of the network on its uplink (1..=4094)",
     ),
     (
+        "uplink_io",
+        "afxdp|tc: how the uplink hands frames to the switch (default: tc for a veth uplink, afxdp otherwise); networks sharing an uplink use one",
+    ),
+    (
         "nat_ports",
         "LO-HI: the source ports a nat network translates to (default: above the host's ephemeral range)",
     ),
@@ -53,6 +58,9 @@ pub struct NetworkOptions {
     pub vlan: u16,
     /// A nat network's source ports (`nat_ports=LO-HI`).
     pub nat_ports: Option<(u16, u16)>,
+    /// The uplink's I/O mode, when the network chooses one (`uplink_io`);
+    /// otherwise the one for the uplink's driver.
+    pub uplink_io: Option<UplinkIo>,
 }
 
 impl Default for NetworkOptions {
@@ -67,6 +75,7 @@ impl Default for NetworkOptions {
             interface: None,
             vlan: 0,
             nat_ports: None,
+            uplink_io: None,
         }
     }
 }
@@ -112,6 +121,11 @@ impl NetworkOptions {
                     parsed.interface = Some(value.clone());
                 }
                 "vlanid" => parsed.vlan = number(key, value, 1..=4094)? as u16,
+                "uplink_io" => {
+                    parsed.uplink_io = Some(
+                        UplinkIo::parse(value).ok_or_else(|| invalid(key, "afxdp or tc", value))?,
+                    );
+                }
                 "nat_ports" => {
                     let expected = "LO-HI, two ports 1024..=65535 with LO <= HI";
                     let (lo, hi) = value
@@ -176,6 +190,14 @@ mod tests {
             let e = NetworkOptions::parse(&opts(&[("vlanid", bad)])).unwrap_err();
             assert_eq!(e.field.as_deref(), Some("options.vlanid"));
         }
+        let o = NetworkOptions::parse(&opts(&[("uplink_io", "tc")])).unwrap();
+        assert_eq!(o.uplink_io, Some(UplinkIo::Tc));
+        assert_eq!(
+            NetworkOptions::parse(&BTreeMap::new()).unwrap().uplink_io,
+            None
+        );
+        let e = NetworkOptions::parse(&opts(&[("uplink_io", "xdp")])).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("options.uplink_io"));
         let e = NetworkOptions::parse(&opts(&[("colour", "blue")])).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("options.colour"));
         assert!(e.message.contains("vlanid"), "{}", e.message);

@@ -281,6 +281,33 @@ fn make_veth(
     })
 }
 
+/// Makes (or takes back) an uplink's punt TAP in the daemon's namespace:
+/// offloads on (super-frames pass whole), IPv6 off, up, persistent, with
+/// the uplink's MTU. A fresh one that fails part-way goes with the dropped
+/// descriptor.
+pub fn uplink_punt_tap(name: &str, mtu: u32) -> Result<Tap, PlumbError> {
+    let mut nl = Netlink::open()?;
+    let tap = match nl.link_info(name)? {
+        Some(info) if info.kind.as_deref() == Some("tun") => Tap::open(name, true)?,
+        Some(_) => return Err(PlumbError::NotTap(name.to_owned())),
+        None => Tap::create(name, true)?,
+    };
+    let index = nl
+        .link_index(name)?
+        .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))?;
+    silence_ipv6(name)?;
+    nl.link_set(
+        index,
+        &LinkChange {
+            mtu: Some(mtu),
+            up: Some(true),
+            ..LinkChange::default()
+        },
+    )?;
+    tap.set_persist(true)?;
+    Ok(tap)
+}
+
 /// Turns IPv6 off on a device of the switch's own (no link-local address,
 /// no router solicitations or MLD reports sent into an endpoint).
 fn silence_ipv6(ifname: &str) -> Result<(), PlumbError> {

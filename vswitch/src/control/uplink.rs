@@ -1,24 +1,90 @@
 //! Uplinks: existing interfaces the switch shares with the host. Each is
-//! attached once (XDP program plus one AF_XDP socket per receive queue),
-//! whatever number of networks use it, one VLAN each.
+//! attached once, whatever number of networks use it, one VLAN each, in
+//! one of two I/O modes ([`UplinkIo`]):
+//!
+//! - `afxdp`: the XDP steering program plus one AF_XDP socket per receive
+//!   queue; super-frames leave through a packet socket. The mode for NICs,
+//!   whose drivers do zero-copy AF_XDP.
+//! - `tc`: the steering program on the uplink's tcx ingress, redirecting
+//!   the switch's frames to the uplink's punt TAP (`vsu…`, persistent, in
+//!   the daemon's namespace), which is the trunk's only queue and its
+//!   super-frame port: GSO super-frames arrive and leave whole. The default
+//!   for veth uplinks, where AF_XDP is copy mode only and XDP on the veth
+//!   costs every skb its GSO.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use super::plumb;
 use crate::datapath::{Datapath, PortCounters, TrunkId, TrunkSpec};
 use crate::ebpf::EbpfError;
-use crate::ebpf::{ensure_bpffs, UplinkProgram, XdpMode};
+use crate::ebpf::{ensure_bpffs, UplinkHook, UplinkProgram};
 use crate::netns::netlink::{Netlink, NetlinkError};
 use crate::port::afxdp::XskPort;
 use crate::port::packet::SuperFrameTx;
 use crate::port::PortIo;
 use crate::wire::MacAddr;
 
+/// How an uplink hands frames to the switch and takes them back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UplinkIo {
+    /// XDP steering to AF_XDP sockets.
+    Afxdp,
+    /// TC steering to the uplink's punt TAP.
+    Tc,
+}
+
+impl UplinkIo {
+    pub fn name(self) -> &'static str {
+        match self {
+            UplinkIo::Afxdp => "afxdp",
+            UplinkIo::Tc => "tc",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<UplinkIo> {
+        match text {
+            "afxdp" => Some(UplinkIo::Afxdp),
+            "tc" => Some(UplinkIo::Tc),
+            _ => None,
+        }
+    }
+
+    /// The mode for an interface of driver `kind` (netlink's
+    /// IFLA_INFO_KIND; none for a NIC): tc for a veth, whose AF_XDP is
+    /// copy mode only and which loses GSO with XDP attached; afxdp for the
+    /// rest, where zero-copy AF_XDP is the better path.
+    pub fn default_for(kind: Option<&str>) -> UplinkIo {
+        match kind {
+            Some("veth") => UplinkIo::Tc,
+            _ => UplinkIo::Afxdp,
+        }
+    }
+}
+
+impl std::fmt::Display for UplinkIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The name of `uplink`'s punt TAP: short enough for any uplink name, and
+/// the same across restarts, so the next daemon takes it back.
+pub fn punt_tap_name(uplink: &str) -> String {
+    let hash = uplink.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    format!("vsu{hash:08x}")
+}
+
 /// An attached uplink interface.
 pub struct Uplink {
     pub ifname: String,
     pub ifindex: u32,
     pub mac: MacAddr,
+    pub io: UplinkIo,
+    /// tc mode: the punt TAP's name.
+    pub punt_tap: Option<String>,
     pub program: UplinkProgram,
     pub trunk: TrunkId,
     /// Wire-side counters; `failed` is set when the interface disappears.
@@ -35,6 +101,8 @@ pub struct InterfaceFacts {
     pub mac: MacAddr,
     pub mtu: u32,
     pub rx_queues: u32,
+    /// Its driver (netlink's IFLA_INFO_KIND, e.g. "veth"); none for a NIC.
+    pub kind: Option<String>,
     /// The host's own addresses on it.
     pub addrs: Vec<IpAddr>,
     /// Its IPv4 addresses with their prefix lengths (on-link subnets).
@@ -98,6 +166,7 @@ pub fn inspect(ifname: &str) -> Result<InterfaceFacts, UplinkError> {
         mac: MacAddr(info.mac),
         mtu: info.mtu,
         rx_queues: info.rx_queues,
+        kind: info.kind.clone(),
         addrs: addresses(ifname).into_iter().map(|(ip, _)| ip).collect(),
         prefixes4: addresses(ifname)
             .into_iter()
@@ -156,16 +225,26 @@ fn addresses(ifname: &str) -> Vec<(IpAddr, u8)> {
     out
 }
 
-/// Attaches the XDP program and one AF_XDP socket per receive queue, and
-/// hands the sockets to the datapath as trunk `trunk`.
-pub fn attach(ifname: &str, trunk: TrunkId, datapath: &Datapath) -> Result<Uplink, UplinkError> {
+/// Attaches the interface in I/O mode `io` (by default, the one for its
+/// driver, see [`UplinkIo::default_for`]) and hands its queues to the
+/// datapath as trunk `trunk`.
+pub fn attach(
+    ifname: &str,
+    trunk: TrunkId,
+    datapath: &Datapath,
+    io: Option<UplinkIo>,
+) -> Result<Uplink, UplinkError> {
     let facts = inspect(ifname)?;
+    let io = io.unwrap_or_else(|| UplinkIo::default_for(facts.kind.as_deref()));
     let fail = |step: &'static str, e: &dyn std::fmt::Display| UplinkError::Attach {
         step,
         ifname: ifname.to_owned(),
         reason: e.to_string(),
     };
     ensure_bpffs().map_err(|e| fail("mounting bpffs", &e))?;
+    if io == UplinkIo::Tc {
+        return attach_tc(ifname, &facts, trunk, datapath);
+    }
     let mut program = UplinkProgram::attach(ifname).map_err(|e| fail("attaching XDP", &e))?;
     let result = (|| {
         // One socket per receive queue in use: the XDP program redirects a
@@ -209,11 +288,13 @@ pub fn attach(ifname: &str, trunk: TrunkId, datapath: &Datapath) -> Result<Uplin
     })();
     match result {
         Ok(counters) => {
-            tracing::info!(ifname, mode = %program.mode(), "uplink attached");
+            tracing::info!(ifname, io = %io, mode = %program.mode(), "uplink attached");
             Ok(Uplink {
                 ifname: ifname.to_owned(),
                 ifindex: facts.index,
                 mac: facts.mac,
+                io,
+                punt_tap: None,
                 program,
                 trunk,
                 counters,
@@ -228,8 +309,70 @@ pub fn attach(ifname: &str, trunk: TrunkId, datapath: &Datapath) -> Result<Uplin
     }
 }
 
+/// tc mode: the punt TAP (made, or taken back after a restart), the TC
+/// programs on it and the uplink, and the TAP as the trunk's queue and
+/// super-frame port. Undoes its own steps on failure.
+fn attach_tc(
+    ifname: &str,
+    facts: &InterfaceFacts,
+    trunk: TrunkId,
+    datapath: &Datapath,
+) -> Result<Uplink, UplinkError> {
+    let fail = |step: &'static str, e: &dyn std::fmt::Display| UplinkError::Attach {
+        step,
+        ifname: ifname.to_owned(),
+        reason: e.to_string(),
+    };
+    let punt = punt_tap_name(ifname);
+    let tap =
+        plumb::uplink_punt_tap(&punt, facts.mtu).map_err(|e| fail("making the punt TAP", &e))?;
+    let mut program =
+        UplinkProgram::attach_tc(ifname, &punt).map_err(|e| fail("attaching TC", &e))?;
+    let result = (|| {
+        // One descriptor reads and writes wire-sized frames, the other
+        // writes super-frames: the same device, so nothing is segmented.
+        let whole = tap
+            .try_clone()
+            .map_err(|e| fail("opening the punt TAP", &e))?;
+        let counters = Arc::new(PortCounters::default());
+        datapath
+            .add_trunk(TrunkSpec {
+                id: trunk,
+                queues: vec![Box::new(tap)],
+                super_frames: Some(Box::new(whole)),
+                counters: counters.clone(),
+            })
+            .map_err(|e| fail("adding to the datapath", &e))?;
+        Ok(counters)
+    })();
+    match result {
+        Ok(counters) => {
+            tracing::info!(ifname, io = %UplinkIo::Tc, punt = %punt, "uplink attached");
+            Ok(Uplink {
+                ifname: ifname.to_owned(),
+                ifindex: facts.index,
+                mac: facts.mac,
+                io: UplinkIo::Tc,
+                punt_tap: Some(punt),
+                program,
+                trunk,
+                counters,
+                users: 0,
+                nat_ports: Vec::new(),
+            })
+        }
+        Err(e) => {
+            let _ = program.clear_punt();
+            let _ = program.detach();
+            plumb::delete_host_tap(&punt);
+            Err(e)
+        }
+    }
+}
+
 impl Uplink {
-    pub fn mode(&self) -> XdpMode {
+    /// Where the steering runs (XDP native or generic, or tc).
+    pub fn hook(&self) -> UplinkHook {
         self.program.mode()
     }
 
@@ -275,17 +418,26 @@ impl Uplink {
         }
     }
 
-    /// Stops using the interface: the datapath closes the sockets, and the
-    /// program is detached (or, with `keep_program`, left pinned for the
-    /// next daemon, passing everything to the host meanwhile).
-    pub fn release(self, datapath: &Datapath, keep_program: bool) {
+    /// Stops using the interface: the datapath closes the sockets (or the
+    /// punt TAP), and the program is detached and the punt TAP deleted (or,
+    /// with `keep_program`, both left for the next daemon, the program
+    /// passing everything to the host meanwhile).
+    pub fn release(mut self, datapath: &Datapath, keep_program: bool) {
         let _ = datapath.remove_trunk(self.trunk);
         if keep_program {
+            if let Err(e) = self.program.clear_punt() {
+                tracing::warn!(ifname = %self.ifname, error = %e, "could not hand the uplink's frames to the host");
+            }
             return;
         }
         match self.program.detach() {
             Ok(()) => tracing::info!(ifname = %self.ifname, "uplink detached"),
-            Err(e) => tracing::warn!(ifname = %self.ifname, error = %e, "could not detach XDP"),
+            Err(e) => {
+                tracing::warn!(ifname = %self.ifname, error = %e, "could not detach the steering program")
+            }
+        }
+        if let Some(punt) = &self.punt_tap {
+            plumb::delete_host_tap(punt);
         }
     }
 }

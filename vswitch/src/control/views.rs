@@ -125,8 +125,12 @@ impl Controller {
                         interface: ifname.clone(),
                         netns: None,
                         mac_address: up.map(|u| u.mac.to_string()).unwrap_or_default(),
-                        backend: "afxdp".into(),
-                        xdp_mode: up.map(|u| u.mode().to_string()),
+                        backend: up
+                            .map(|u| u.io)
+                            .or(n.parsed.uplink_io)
+                            .map_or("afxdp", |io| io.name())
+                            .into(),
+                        xdp_mode: up.and_then(|u| u.hook().xdp_mode()).map(|m| m.to_string()),
                         offload: true,
                         state: match self.network_fault(n) {
                             None => EndpointState::Attached,

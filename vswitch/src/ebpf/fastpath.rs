@@ -499,7 +499,7 @@ impl FastPath {
             .attach_with_options(
                 ifname.as_str(),
                 TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
             )
             .map_err(|source| EbpfError::Load {
                 program: which.name(),

@@ -17,7 +17,7 @@ mod uplink;
 #[cfg(test)]
 pub(crate) mod testnet;
 
-pub use uplink::{EchoIds, UplinkProgram, XdpMode, XdpStats};
+pub use uplink::{EchoIds, UplinkHook, UplinkProgram, XdpMode, XdpStats};
 
 use std::ffi::CString;
 use std::io;

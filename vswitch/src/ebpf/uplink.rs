@@ -42,6 +42,20 @@
 //! are looked up as untagged, and stacked tags by their outer VID, both by
 //! destination MAC only.
 //!
+//! TC mode ([`UplinkProgram::attach_tc`], for veth uplinks): the same
+//! steering, built as a TC program (`-DUPLINK_TC`), runs on the uplink's
+//! tcx ingress, last, behind the kernel fast path's program (which goes
+//! first and hands on what it does not deliver). The skb keeps its GSO,
+//! which XDP on a veth would cost. "The switch" is then the uplink's punt
+//! TAP, whose ifindex is in the one-entry `tc_ports` map, and the program's
+//! second half runs on the punt TAP's tcx ingress, sending what the switch
+//! writes there out of the uplink. With no punt TAP set (see
+//! [`UplinkProgram::clear_punt`]) frames for the switch go to the host, as
+//! with no AF_XDP socket. Both links are pinned beside the maps
+//! (`tc_link`, `inject_link`); an attach in either mode first removes every
+//! link pinned in the directory, so one uplink never has two steering
+//! programs.
+//!
 //! Pins are named by interface only, so an uplink name must be unique across
 //! the network namespaces of one bpffs (the daemon's uplinks live in its own
 //! namespace).
@@ -54,24 +68,34 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, XskMap};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{ProgramError, Xdp};
+use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::programs::{LinkOrder, ProgramError, Xdp};
 use aya::Ebpf;
 
 use super::{ensure_bpffs, EbpfError, PIN_ROOT};
 use crate::ifname::IfName;
 
 static UPLINK_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/uplink.bpf.o"));
+static UPLINK_TC_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/uplink_tc.bpf.o"));
 
 const PROGRAM: &str = "vswitch_uplink";
+/// The TC build's steering program (uplink tcx ingress) and its inject
+/// program (punt TAP tcx ingress).
+const PROGRAM_TC: &str = "vswitch_uplink_tc";
+const PROGRAM_INJECT: &str = "vswitch_uinject";
 const MAP_XSKS: &str = "xsks";
+const MAP_TC_PORTS: &str = "tc_ports";
 const MAP_MACS: &str = "endpoint_macs";
 const MAP_IPS: &str = "endpoint_ips";
 const MAP_NAT_RANGES: &str = "nat_ranges";
 const MAP_NAT_PORTS: &str = "nat_ports";
 const MAP_STATS: &str = "stats";
 const LINK_PIN: &str = "link";
+const LINK_TC_PIN: &str = "tc_link";
+const LINK_INJECT_PIN: &str = "inject_link";
 
 /// `struct uplink_mac_key` (xdp-prog/uplink.h).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +145,15 @@ struct NatPortKey {
     addr: [u8; 4],
 }
 
+/// `struct uplink_tc_ports` (xdp-prog/uplink.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+struct TcPorts {
+    uplink: u32,
+    punt: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<TcPorts>() == 8);
 const _: () = assert!(std::mem::size_of::<MacKey>() == 8);
 const _: () = assert!(std::mem::size_of::<IpKey>() == 20);
 const _: () = assert!(std::mem::size_of::<NatKey>() == 8);
@@ -138,6 +171,8 @@ unsafe impl aya::Pod for NatKey {}
 unsafe impl aya::Pod for NatRange {}
 // SAFETY: as for MacKey.
 unsafe impl aya::Pod for NatPortKey {}
+// SAFETY: as for MacKey.
+unsafe impl aya::Pod for TcPorts {}
 
 /// The datapath's handle on a nat network's echo identifiers in the XDP
 /// program's `nat_ports` map.
@@ -175,11 +210,12 @@ enum UplinkStat {
     VlanRestored = 4,
     Nat = 5,
     Kernel = 6,
+    Injected = 7,
 }
 
 /// `UPLINK_STAT_MAX`.
-const STAT_COUNT: u32 = 7;
-const _: () = assert!(UplinkStat::Kernel as u32 + 1 == STAT_COUNT);
+const STAT_COUNT: u32 = 8;
+const _: () = assert!(UplinkStat::Injected as u32 + 1 == STAT_COUNT);
 
 /// `UPLINK_EP_KERNEL`: the endpoint value flag for veth endpoints the
 /// kernel fast path delivers to.
@@ -200,6 +236,33 @@ impl fmt::Display for XdpMode {
             XdpMode::Native => "native",
             XdpMode::Generic => "generic",
         })
+    }
+}
+
+/// Where the steering runs on the uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UplinkHook {
+    /// XDP, handing the switch's frames to AF_XDP sockets.
+    Xdp(XdpMode),
+    /// tcx ingress, handing them to the uplink's punt TAP.
+    Tc,
+}
+
+impl UplinkHook {
+    pub fn xdp_mode(self) -> Option<XdpMode> {
+        match self {
+            UplinkHook::Xdp(mode) => Some(mode),
+            UplinkHook::Tc => None,
+        }
+    }
+}
+
+impl fmt::Display for UplinkHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UplinkHook::Xdp(mode) => mode.fmt(f),
+            UplinkHook::Tc => f.write_str("tc"),
+        }
     }
 }
 
@@ -224,18 +287,27 @@ pub struct XdpStats {
     pub nat: u64,
     /// Unicast IP frames for veth endpoints, left to the TC fast path.
     pub kernel: u64,
+    /// TC mode: frames the switch wrote to the punt TAP, sent out of the
+    /// uplink.
+    pub injected: u64,
 }
 
 /// The steering program attached to one uplink. See the module docs.
 pub struct UplinkProgram {
     ifname: String,
-    mode: XdpMode,
+    mode: UplinkHook,
     /// The device-bound build runs: VLAN tags the driver keeps out of band
-    /// are seen.
+    /// are seen. (TC mode sees them always.)
     vlan_metadata: bool,
     pin_dir: PathBuf,
+    /// The steering program's link (XDP, or tcx on the uplink).
     link: PinnedLink,
-    xsks: XskMap<MapData>,
+    /// TC mode: the inject program's link on the punt TAP.
+    inject: Option<PinnedLink>,
+    /// XDP mode only.
+    xsks: Option<XskMap<MapData>>,
+    /// TC mode only.
+    tc_ports: Option<Array<MapData, TcPorts>>,
     macs: HashMap<MapData, MacKey, u32>,
     ips: HashMap<MapData, IpKey, u32>,
     nat_ranges: HashMap<MapData, NatKey, NatRange>,
@@ -278,13 +350,128 @@ impl UplinkProgram {
         })?;
         let replaced = remove_pins(&pin_dir)?;
         if replaced {
-            tracing::info!(ifname, "replacing the XDP program of a previous instance");
+            tracing::info!(
+                ifname,
+                "replacing the steering program of a previous instance"
+            );
         }
         // A failed attach (another program on the interface, say) must not
         // leave pinned maps behind.
         UplinkProgram::load_pinned(ifname, ifindex, pin_dir.clone()).inspect_err(|_| {
             let _ = remove_pins(&pin_dir);
             let _ = std::fs::remove_dir(&pin_dir);
+        })
+    }
+
+    /// Loads the TC build and attaches it: steering on the tcx ingress of
+    /// `ifname` (last on the hook), inject on that of `punt`, the uplink's
+    /// punt TAP (both in the calling thread's namespace). Replaces what a
+    /// previous instance left pinned, in either mode (see the module docs).
+    pub fn attach_tc(ifname: &str, punt: &str) -> Result<UplinkProgram, EbpfError> {
+        IfName::checked(ifname)?;
+        IfName::checked(punt)?;
+        let index_of = |name: &str| {
+            crate::sys::if_index(name).ok_or_else(|| EbpfError::NoSuchInterface(name.to_string()))
+        };
+        let ifindex = index_of(ifname)?;
+        let punt_index = index_of(punt)?;
+        ensure_bpffs()?;
+        let pin_dir = Path::new(PIN_ROOT).join(ifname);
+        std::fs::create_dir_all(&pin_dir).map_err(|source| EbpfError::PinDir {
+            path: pin_dir.clone(),
+            source,
+        })?;
+        if remove_pins(&pin_dir)? {
+            tracing::info!(
+                ifname,
+                "replacing the steering program of a previous instance"
+            );
+        }
+        // A vswitchd still running holds its link open: unpinning did not
+        // detach it, and two steering programs must not run.
+        if steering_on_tcx(ifname) {
+            return Err(EbpfError::ForeignProgram {
+                ifname: ifname.to_string(),
+            });
+        }
+        UplinkProgram::load_pinned_tc(ifname, ifindex, punt, punt_index, pin_dir.clone())
+            .inspect_err(|_| {
+                let _ = remove_pins(&pin_dir);
+                let _ = std::fs::remove_dir(&pin_dir);
+            })
+    }
+
+    fn load_pinned_tc(
+        ifname: &str,
+        ifindex: u32,
+        punt: &str,
+        punt_index: u32,
+        pin_dir: PathBuf,
+    ) -> Result<UplinkProgram, EbpfError> {
+        let mut ebpf = Ebpf::load(UPLINK_TC_OBJ).map_err(|source| EbpfError::Parse {
+            program: PROGRAM_TC,
+            source: Box::new(source),
+        })?;
+        for name in [PROGRAM_TC, PROGRAM_INJECT] {
+            tc_program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| EbpfError::Load {
+                    program: name,
+                    source: Box::new(source),
+                })?;
+        }
+        let maps = PinnedMaps::take(&mut ebpf, &pin_dir, false)?;
+        let mut tc_ports: Array<MapData, TcPorts> =
+            Array::try_from(pin_map(&mut ebpf, &pin_dir, MAP_TC_PORTS)?)
+                .map_err(|e| typed(MAP_TC_PORTS, e))?;
+        tc_ports
+            .set(
+                0,
+                TcPorts {
+                    uplink: ifindex,
+                    punt: punt_index,
+                },
+                0,
+            )
+            .map_err(|source| EbpfError::Map {
+                map: MAP_TC_PORTS,
+                op: "setting the uplink and punt TAP",
+                source: Box::new(source),
+            })?;
+
+        // The inject side first: steering sends the switch frames only once
+        // the way back exists. Links are pinned only when both are attached
+        // (until then, dropping one detaches it).
+        let inject = attach_tcx(&mut ebpf, PROGRAM_INJECT, punt, LinkOrder::default())?;
+        // Last on the hook: the fast path's program (first) delivers to veth
+        // endpoints before steering sees the frame, whichever attaches first.
+        let steering = attach_tcx(&mut ebpf, PROGRAM_TC, ifname, LinkOrder::last())?;
+        let pin = |link: FdLink, name: &str| {
+            let path = pin_dir.join(name);
+            link.pin(&path).map_err(|source| EbpfError::Pin {
+                path,
+                source: Box::new(source),
+            })
+        };
+        let inject = pin(inject, LINK_INJECT_PIN)?;
+        let link = pin(steering, LINK_TC_PIN)?;
+
+        tracing::info!(ifname, punt, pin = %pin_dir.display(), "attached the uplink TC programs");
+        Ok(UplinkProgram {
+            ifname: ifname.to_string(),
+            mode: UplinkHook::Tc,
+            vlan_metadata: true,
+            pin_dir,
+            link,
+            inject: Some(inject),
+            xsks: None,
+            tc_ports: Some(tc_ports),
+            macs: maps.macs,
+            ips: maps.ips,
+            nat_ranges: maps.nat_ranges,
+            nat_ports: maps.nat_ports,
+            stats: maps.stats,
+            _ebpf: ebpf,
         })
     }
 
@@ -306,31 +493,7 @@ impl UplinkProgram {
                 source: Box::new(source),
             })?;
 
-        let pin_map = |ebpf: &mut Ebpf, name: &'static str| -> Result<Map, EbpfError> {
-            let map = ebpf.take_map(name).ok_or(EbpfError::Missing(name))?;
-            let path = pin_dir.join(name);
-            map.pin(&path).map_err(|source| EbpfError::Pin {
-                path,
-                source: Box::new(source),
-            })?;
-            Ok(map)
-        };
-        let typed = |name: &'static str, source: MapError| EbpfError::Map {
-            map: name,
-            op: "checking key and value sizes",
-            source: Box::new(source),
-        };
-        let xsks =
-            XskMap::try_from(pin_map(&mut ebpf, MAP_XSKS)?).map_err(|e| typed(MAP_XSKS, e))?;
-        let macs =
-            HashMap::try_from(pin_map(&mut ebpf, MAP_MACS)?).map_err(|e| typed(MAP_MACS, e))?;
-        let ips = HashMap::try_from(pin_map(&mut ebpf, MAP_IPS)?).map_err(|e| typed(MAP_IPS, e))?;
-        let nat_ranges = HashMap::try_from(pin_map(&mut ebpf, MAP_NAT_RANGES)?)
-            .map_err(|e| typed(MAP_NAT_RANGES, e))?;
-        let nat_ports = HashMap::try_from(pin_map(&mut ebpf, MAP_NAT_PORTS)?)
-            .map_err(|e| typed(MAP_NAT_PORTS, e))?;
-        let stats = PerCpuArray::try_from(pin_map(&mut ebpf, MAP_STATS)?)
-            .map_err(|e| typed(MAP_STATS, e))?;
+        let maps = PinnedMaps::take(&mut ebpf, &pin_dir, true)?;
 
         // Attach last, so that a failure before it leaves nothing attached.
         // The device-bound build first (native only), on the maps just
@@ -343,7 +506,7 @@ impl UplinkProgram {
                         PinnedLink::from_pin(&link_path).map_err(|_| EbpfError::NotALink {
                             ifname: ifname.to_string(),
                         })?;
-                    (link, XdpMode::Native, true)
+                    (link, UplinkHook::Xdp(XdpMode::Native), true)
                 }
                 Err(e) if e.is_busy() => {
                     return Err(EbpfError::ForeignProgram {
@@ -354,7 +517,7 @@ impl UplinkProgram {
                     tracing::debug!(ifname, error = %error_chain(&e),
                         "no device-bound XDP program; VLAN tags kept out of band stay unseen");
                     let (link, mode) = attach_plain(&mut ebpf, ifname, &link_path)?;
-                    (link, mode, false)
+                    (link, UplinkHook::Xdp(mode), false)
                 }
             };
 
@@ -366,12 +529,14 @@ impl UplinkProgram {
             vlan_metadata,
             pin_dir,
             link,
-            xsks,
-            macs,
-            ips,
-            nat_ranges,
-            nat_ports,
-            stats,
+            inject: None,
+            xsks: maps.xsks,
+            tc_ports: None,
+            macs: maps.macs,
+            ips: maps.ips,
+            nat_ranges: maps.nat_ranges,
+            nat_ports: maps.nat_ports,
+            stats: maps.stats,
             _ebpf: ebpf,
         })
     }
@@ -380,12 +545,13 @@ impl UplinkProgram {
         &self.ifname
     }
 
-    pub fn mode(&self) -> XdpMode {
+    /// Where the steering runs: XDP (native or generic) or tc.
+    pub fn mode(&self) -> UplinkHook {
         self.mode
     }
 
     /// True when the program reads VLAN tags the driver keeps out of band
-    /// (the device-bound build runs).
+    /// (the device-bound build runs, or the TC build).
     pub fn reads_vlan_metadata(&self) -> bool {
         self.vlan_metadata
     }
@@ -399,6 +565,8 @@ impl UplinkProgram {
     /// which must be bound to this interface and queue.
     pub fn register_xsk(&mut self, queue: u32, fd: RawFd) -> Result<(), EbpfError> {
         self.xsks
+            .as_mut()
+            .ok_or(EbpfError::Missing(MAP_XSKS))?
             .set(queue, fd, 0)
             .map_err(|source| EbpfError::Map {
                 map: MAP_XSKS,
@@ -410,11 +578,32 @@ impl UplinkProgram {
     /// Forgets the socket of `queue`; its frames go to the host again. (The
     /// kernel also drops the entry when the socket closes.)
     pub fn unregister_xsk(&mut self, queue: u32) -> Result<(), EbpfError> {
-        ignore_missing(self.xsks.unset(queue)).map_err(|source| EbpfError::Map {
+        let xsks = self.xsks.as_mut().ok_or(EbpfError::Missing(MAP_XSKS))?;
+        ignore_missing(xsks.unset(queue)).map_err(|source| EbpfError::Map {
             map: MAP_XSKS,
             op: "unregistering a socket",
             source: Box::new(source),
         })
+    }
+
+    /// TC mode: frames for the switch go to the host from now on, as with
+    /// no AF_XDP socket in XDP mode (the daemon stops and leaves the
+    /// program attached; nobody reads the punt TAP). Nothing in XDP mode.
+    pub fn clear_punt(&mut self) -> Result<(), EbpfError> {
+        let Some(map) = self.tc_ports.as_mut() else {
+            return Ok(());
+        };
+        let ports = map.get(&0, 0).map_err(|source| EbpfError::Map {
+            map: MAP_TC_PORTS,
+            op: "reading the uplink and punt TAP",
+            source: Box::new(source),
+        })?;
+        map.set(0, TcPorts { punt: 0, ..ports }, 0)
+            .map_err(|source| EbpfError::Map {
+                map: MAP_TC_PORTS,
+                op: "clearing the punt TAP",
+                source: Box::new(source),
+            })
     }
 
     /// Steers frames whose destination is `mac` on `vlan` (0 = untagged) to
@@ -595,6 +784,7 @@ impl UplinkProgram {
             vlan_restored: read(UplinkStat::VlanRestored)?,
             nat: read(UplinkStat::Nat)?,
             kernel: read(UplinkStat::Kernel)?,
+            injected: read(UplinkStat::Injected)?,
         })
     }
 
@@ -602,24 +792,138 @@ impl UplinkProgram {
     pub fn detach(self) -> Result<(), EbpfError> {
         let UplinkProgram {
             ifname,
+            mode,
             pin_dir,
             link,
+            inject,
             _ebpf,
             ..
         } = self;
-        let link_path = pin_dir.join(LINK_PIN);
+        let link_pin = match mode {
+            UplinkHook::Xdp(_) => LINK_PIN,
+            UplinkHook::Tc => LINK_TC_PIN,
+        };
         // Unpinning leaves this fd as the last reference; closing it (drop)
         // detaches the program.
-        let link = link.unpin().map_err(|source| EbpfError::Unpin {
-            path: link_path,
-            source,
-        })?;
-        drop(link);
+        let unpin = |link: PinnedLink, name: &str| {
+            link.unpin().map(drop).map_err(|source| EbpfError::Unpin {
+                path: pin_dir.join(name),
+                source,
+            })
+        };
+        unpin(link, link_pin)?;
+        if let Some(link) = inject {
+            unpin(link, LINK_INJECT_PIN)?;
+        }
         remove_pins(&pin_dir)?;
         // Only succeeds when empty, which is all we want to clean up.
         let _ = std::fs::remove_dir(&pin_dir);
-        tracing::info!(ifname, "detached the uplink XDP program");
+        tracing::info!(ifname, %mode, "detached the uplink steering program");
         Ok(())
+    }
+}
+
+/// The maps both builds share, taken from the loaded object and pinned.
+struct PinnedMaps {
+    xsks: Option<XskMap<MapData>>,
+    macs: HashMap<MapData, MacKey, u32>,
+    ips: HashMap<MapData, IpKey, u32>,
+    nat_ranges: HashMap<MapData, NatKey, NatRange>,
+    nat_ports: HashMap<MapData, NatPortKey, u32>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl PinnedMaps {
+    /// With `xsks`, the XDP build's socket map too.
+    fn take(ebpf: &mut Ebpf, pin_dir: &Path, xsks: bool) -> Result<PinnedMaps, EbpfError> {
+        let xsks = if xsks {
+            Some(
+                XskMap::try_from(pin_map(ebpf, pin_dir, MAP_XSKS)?)
+                    .map_err(|e| typed(MAP_XSKS, e))?,
+            )
+        } else {
+            None
+        };
+        Ok(PinnedMaps {
+            xsks,
+            macs: HashMap::try_from(pin_map(ebpf, pin_dir, MAP_MACS)?)
+                .map_err(|e| typed(MAP_MACS, e))?,
+            ips: HashMap::try_from(pin_map(ebpf, pin_dir, MAP_IPS)?)
+                .map_err(|e| typed(MAP_IPS, e))?,
+            nat_ranges: HashMap::try_from(pin_map(ebpf, pin_dir, MAP_NAT_RANGES)?)
+                .map_err(|e| typed(MAP_NAT_RANGES, e))?,
+            nat_ports: HashMap::try_from(pin_map(ebpf, pin_dir, MAP_NAT_PORTS)?)
+                .map_err(|e| typed(MAP_NAT_PORTS, e))?,
+            stats: PerCpuArray::try_from(pin_map(ebpf, pin_dir, MAP_STATS)?)
+                .map_err(|e| typed(MAP_STATS, e))?,
+        })
+    }
+}
+
+fn pin_map(ebpf: &mut Ebpf, pin_dir: &Path, name: &'static str) -> Result<Map, EbpfError> {
+    let map = ebpf.take_map(name).ok_or(EbpfError::Missing(name))?;
+    let path = pin_dir.join(name);
+    map.pin(&path).map_err(|source| EbpfError::Pin {
+        path,
+        source: Box::new(source),
+    })?;
+    Ok(map)
+}
+
+fn typed(name: &'static str, source: MapError) -> EbpfError {
+    EbpfError::Map {
+        map: name,
+        op: "checking key and value sizes",
+        source: Box::new(source),
+    }
+}
+
+fn tc_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, EbpfError> {
+    ebpf.program_mut(name)
+        .ok_or(EbpfError::Missing(name))?
+        .try_into()
+        .map_err(|source| EbpfError::Load {
+            program: name,
+            source: Box::new(source),
+        })
+}
+
+/// Attaches the loaded TC program `name` to the tcx ingress of `ifname` at
+/// `order`; the link detaches again when dropped unpinned.
+fn attach_tcx(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    ifname: &str,
+    order: LinkOrder,
+) -> Result<FdLink, EbpfError> {
+    let load_err = |source: ProgramError| EbpfError::Load {
+        program: name,
+        source: Box::new(source),
+    };
+    let prog = tc_program(ebpf, name)?;
+    let id = prog
+        .attach_with_options(
+            ifname,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(order),
+        )
+        .map_err(load_err)?;
+    let link = prog.take_link(id).map_err(load_err)?;
+    FdLink::try_from(link).map_err(|_| EbpfError::NotALink {
+        ifname: ifname.to_string(),
+    })
+}
+
+/// Whether a TC steering program runs on `ifname`'s tcx ingress (the
+/// kernel keeps the first 15 bytes of a program's name).
+fn steering_on_tcx(ifname: &str) -> bool {
+    let name = &PROGRAM_TC[..PROGRAM_TC.len().min(15)];
+    match SchedClassifier::query_tcx(ifname, TcAttachType::Ingress) {
+        Ok((_, progs)) => progs.iter().any(|p| p.name_as_str() == Some(name)),
+        Err(_) => false,
     }
 }
 
@@ -705,13 +1009,32 @@ fn is_busy(e: &ProgramError) -> bool {
     false
 }
 
-/// Removes the link and map pins in `dir`; true when a link was pinned
-/// (a previous instance's program, now detached unless a process still holds
-/// its link).
+/// Removes the link and map pins in `dir`, of either mode; true when a
+/// steering link was pinned (a previous instance's program, now detached
+/// unless a process still holds its link).
 fn remove_pins(dir: &Path) -> Result<bool, EbpfError> {
     let mut had_link = false;
+    for name in [LINK_PIN, LINK_TC_PIN, LINK_INJECT_PIN] {
+        let path = dir.join(name);
+        // Through the link, so that it is gone when this returns (closing
+        // the last descriptor detaches it at once; a plain unlink of the
+        // pin leaves that to a kernel worker).
+        let removed = match PinnedLink::from_pin(&path) {
+            Ok(link) => link.unpin().map(drop).map(|()| true),
+            Err(_) => match std::fs::remove_file(&path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            },
+        }
+        .map_err(|source| EbpfError::Unpin {
+            path: path.clone(),
+            source,
+        })?;
+        had_link |= removed && name != LINK_INJECT_PIN;
+    }
     for name in [
-        LINK_PIN,
+        MAP_TC_PORTS,
         MAP_XSKS,
         MAP_MACS,
         MAP_IPS,
@@ -721,7 +1044,7 @@ fn remove_pins(dir: &Path) -> Result<bool, EbpfError> {
     ] {
         let path = dir.join(name);
         match std::fs::remove_file(&path) {
-            Ok(()) => had_link |= name == LINK_PIN,
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => return Err(EbpfError::Unpin { path, source }),
         }
@@ -880,7 +1203,11 @@ mod tests {
         let first = net
             .in_a(|| UplinkProgram::attach(&net.a))
             .expect("first attach");
-        assert_eq!(first.mode(), XdpMode::Native, "veth supports native XDP");
+        assert_eq!(
+            first.mode(),
+            UplinkHook::Xdp(XdpMode::Native),
+            "veth supports native XDP"
+        );
         assert!(
             first.reads_vlan_metadata(),
             "veth implements the VLAN metadata kfunc: the device-bound build runs"
@@ -912,6 +1239,143 @@ mod tests {
         assert!(!pin_dir.exists(), "pins left behind");
     }
 
+    /// An Ethernet frame from `src` to `dst`, 802.1Q-tagged when `vlan` is
+    /// given, of a local experimental EtherType, ending in `marker`.
+    fn marked_frame(dst: [u8; 6], src: [u8; 6], vlan: Option<u16>, marker: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        if let Some(vid) = vlan {
+            f.extend_from_slice(&[0x81, 0x00]);
+            f.extend_from_slice(&vid.to_be_bytes());
+        }
+        f.extend_from_slice(&[0x88, 0xb5]);
+        f.resize(f.len() + 46, 0);
+        f.extend_from_slice(marker);
+        f
+    }
+
+    /// Reads the TAP until a frame ending in `marker` arrives (or 2 s).
+    fn read_tap(tap: &mut crate::port::tap::Tap, marker: &[u8]) -> Option<Vec<u8>> {
+        use crate::port::{Packet, PortIo};
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut batch: Vec<Packet> = (0..4).map(|_| Packet::new()).collect();
+        while std::time::Instant::now() < deadline {
+            let n = tap.recv_batch(&mut batch).unwrap_or(0);
+            if let Some(p) = batch[..n].iter().find(|p| p.frame().ends_with(marker)) {
+                return Some(p.frame().to_vec());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        None
+    }
+
+    #[test]
+    fn tc_mode_steers_to_the_punt_tap_and_sends_what_it_writes() {
+        use super::super::testnet::{is_root, RawSocket, VethNet};
+        use crate::port::{tap::Tap, Packet, PortIo};
+        use std::time::Duration;
+        if !is_root() {
+            eprintln!("skipped: needs root (namespaces, TC, TAP)");
+            return;
+        }
+        let net = VethNet::new().expect("building the veth topology");
+        let punt = format!("{}t", net.a);
+        let mut tap = net.in_a(|| Tap::create(&punt, true)).expect("punt TAP");
+        net.ip(&net.ns_a, &["link", "set", &punt, "up"]).unwrap();
+
+        // A previous instance's XDP program is replaced, not stacked.
+        drop(
+            net.in_a(|| UplinkProgram::attach(&net.a))
+                .expect("XDP attach"),
+        );
+        let mut prog = net
+            .in_a(|| UplinkProgram::attach_tc(&net.a, &punt))
+            .expect("TC attach");
+        assert_eq!(prog.mode(), UplinkHook::Tc);
+        assert!(
+            !has_xdp(&net.ns_a, &net.a),
+            "the XDP program stayed attached"
+        );
+        assert!(prog.pin_dir().join(LINK_TC_PIN).exists());
+        assert!(!prog.pin_dir().join(LINK_PIN).exists());
+
+        let ep = [0x02, 0xee, 0, 0, net.subnet, 9];
+        prog.add_mac(0, ep, false).unwrap();
+        prog.add_mac(7, ep, false).unwrap();
+        let raw_b = net
+            .in_b(|| RawSocket::open(&net.b))
+            .expect("packet socket in b");
+
+        // To an endpoint MAC: on the punt TAP. Tagged: the stack takes the
+        // tag out of the frame before TC, and the TAP puts it back.
+        raw_b
+            .send(&marked_frame(ep, net.mac_b, None, b"plain"))
+            .unwrap();
+        let got = read_tap(&mut tap, b"plain").expect("untagged frame on the punt TAP");
+        assert_eq!(&got[12..14], &[0x88, 0xb5]);
+        raw_b
+            .send(&marked_frame(ep, net.mac_b, Some(7), b"tagged"))
+            .unwrap();
+        let got = read_tap(&mut tap, b"tagged").expect("VLAN 7 frame on the punt TAP");
+        assert_eq!(&got[12..16], &[0x81, 0x00, 0, 7], "tag back in the frame");
+        // An unknown VLAN's frame is the host's.
+        let passed = prog.stats().unwrap().passed;
+        raw_b
+            .send(&marked_frame(ep, net.mac_b, Some(8), b"vlan8"))
+            .unwrap();
+        assert!(read_tap(&mut tap, b"vlan8").is_none());
+        assert!(prog.stats().unwrap().passed > passed);
+
+        // The host keeps its own traffic.
+        let ip_a = Ipv4Addr::from(net.ip_a).to_string();
+        let ping = net
+            .exec(&net.ns_b, &["ping", "-c", "1", "-W", "2", &ip_a])
+            .unwrap();
+        assert!(ping.status.success(), "b cannot ping a's own address");
+
+        // What the switch writes to the punt TAP leaves on the uplink.
+        let mut pkt = Packet::new();
+        pkt.fill(&marked_frame(net.mac_b, ep, None, b"inject"));
+        tap.send(&pkt).unwrap();
+        assert!(
+            raw_b
+                .recv_matching(Duration::from_secs(2), |f| f.ends_with(b"inject"))
+                .is_some(),
+            "a frame written to the punt TAP did not reach the wire"
+        );
+        let stats = prog.stats().unwrap();
+        assert!(stats.redirected >= 2 && stats.injected >= 1, "{stats:?}");
+
+        // With the punt TAP cleared (a clean stop keeping the program),
+        // the switch's frames are the host's.
+        prog.clear_punt().unwrap();
+        let no_socket = prog.stats().unwrap().no_socket;
+        raw_b
+            .send(&marked_frame(ep, net.mac_b, None, b"cleared"))
+            .unwrap();
+        assert!(read_tap(&mut tap, b"cleared").is_none());
+        assert!(prog.stats().unwrap().no_socket > no_socket);
+
+        // And XDP replaces TC in turn: never two steering programs.
+        let pin_dir = prog.pin_dir().to_path_buf();
+        drop(prog);
+        let xdp = net
+            .in_a(|| UplinkProgram::attach(&net.a))
+            .expect("XDP attach");
+        assert!(!pin_dir.join(LINK_TC_PIN).exists());
+        assert!(
+            !steering_on_tcx_in(&net, &net.a),
+            "TC steering stayed attached"
+        );
+        xdp.detach().unwrap();
+        assert!(!pin_dir.exists(), "pins left behind");
+    }
+
+    fn steering_on_tcx_in(net: &super::super::testnet::VethNet, dev: &str) -> bool {
+        net.in_a(|| steering_on_tcx(dev))
+    }
+
     #[test]
     fn falls_back_to_generic_mode() {
         use super::super::testnet::{is_root, VethNet};
@@ -925,7 +1389,7 @@ mod tests {
         net.ip(&net.ns_a, &["link", "add", &dummy, "type", "bridge"])
             .unwrap();
         let prog = net.in_a(|| UplinkProgram::attach(&dummy)).expect("attach");
-        assert_eq!(prog.mode(), XdpMode::Generic);
+        assert_eq!(prog.mode(), UplinkHook::Xdp(XdpMode::Generic));
         assert!(
             !prog.reads_vlan_metadata(),
             "device-bound programs are native only"

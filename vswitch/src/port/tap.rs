@@ -233,6 +233,18 @@ impl Tap {
         })
     }
 
+    /// A second descriptor of the same TAP, for a second writer (an
+    /// uplink's punt TAP is its trunk's queue and its super-frame port).
+    /// The device stays until both are closed.
+    pub fn try_clone(&self) -> Result<Tap, TapError> {
+        let fd = self.fd.try_clone().map_err(|e| self.sys("dup", e))?;
+        Ok(Tap {
+            fd,
+            name: self.name.clone(),
+            offload: self.offload,
+        })
+    }
+
     /// The name the TAP was opened under.
     pub fn name(&self) -> &str {
         &self.name
