@@ -24,3 +24,4 @@ say "benchmark smoke run"
 "$REPO/scripts/bench-iperf.sh" --smoke
 "$REPO/scripts/bench-policy.sh" --smoke
 "$REPO/scripts/bench-nat.sh" --smoke
+"$REPO/scripts/bench.sh" --smoke

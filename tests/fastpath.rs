@@ -18,7 +18,7 @@ use vswitch_systests::{
     contains_bytes, datapath, exclusive, fast_counter, fast_drops, iperf3_report, listening,
     mac_bytes, no_ipv6, pings, port_stats, require_root, send_frames, shared, spawn_in, tag,
     udp4_frame, unique, unique_subnet, wait_until, write_doc, Capture, Daemon, Fabric, Netns,
-    FIVE_S, TEN_S,
+    FIVE_S, OUTSIDE_IF, TEN_S,
 };
 
 // ------------------------------------------------------------------------
@@ -65,17 +65,32 @@ impl Lab {
     /// An l2tunnel network on an uplink of a [`Fabric`] (the daemon runs in
     /// its host namespace, which holds `.2` on the uplink).
     fn l2tunnel() -> Lab {
+        Lab::on_uplink("l2tunnel")
+    }
+
+    /// A `driver` network on an uplink of a [`Fabric`]: the daemon runs in
+    /// its host namespace, which holds `.2` on the uplink; the outside host
+    /// (`_rest[0]`) is the gateway `.1`.
+    fn on_uplink(driver: &str) -> Lab {
         let f = Fabric::new();
         let d = Daemon::start_in(&f.host);
         let (subnet, prefix) = unique_subnet();
         let up = f.add_uplink(&[&format!("{prefix}.2/24")]);
         let net = format!("fpt{}", tag());
         let iface = format!("interface={up}");
+        f.outside.ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{prefix}.1/24"),
+            "dev",
+            OUTSIDE_IF,
+        ]);
         d.ok(&[
             "network",
             "create",
             "-d",
-            "l2tunnel",
+            driver,
             "--subnet",
             &subnet,
             "--gateway",
@@ -718,6 +733,82 @@ fn l2tunnel_same_host_traffic_takes_the_slow_path() {
             && list.iter().all(|(_, _, _, attached)| *attached),
         "{info}"
     );
+}
+
+// ------------------------------------------------------------------------
+// 4b. To and from the wire, in the kernel.
+
+/// A veth endpoint on a transparent and on an l2bridge network talks to a
+/// plain outside host through a veth uplink: both directions go through the
+/// kernel (the outside host's TCP to the endpoint, the endpoint's to the
+/// outside host), and the slow path sees only the few frames that set the
+/// path up (ARP, the handshake of an unpoliced flow is not among them).
+#[test]
+fn uplink_traffic_of_veth_endpoints_stays_in_the_kernel() {
+    if !require_root("uplink_traffic_of_veth_endpoints_stays_in_the_kernel") {
+        return;
+    }
+    let _g = exclusive();
+    for driver in ["transparent", "l2bridge"] {
+        let mut lab = Lab::on_uplink(driver);
+        let (a, _) = lab.veth("fpa", 10, &[]);
+        let (ip_a, ip_o) = (lab.ip(10), lab.ip(1));
+        let outside = &lab._rest[0];
+        assert!(
+            lab.eps[a].ping_within(&ip_o, FIVE_S),
+            "{driver}: the veth endpoint cannot ping the outside host"
+        );
+        assert!(
+            outside.ping_within(&ip_a, FIVE_S),
+            "{driver}: the outside host cannot ping the veth endpoint"
+        );
+        // The MAC the slow path learned from the wire reaches the kernel's
+        // FDB within its 200 ms mirror tick: then a ping is forwarded there.
+        let mirrored = wait_until(FIVE_S, || {
+            let before = Counts::of(&lab.d, "fpa").forwarded;
+            ping_n(&lab.eps[a], &ip_o, 1) && Counts::of(&lab.d, "fpa").forwarded > before
+        });
+        assert!(
+            mirrored,
+            "{driver}: pings to the outside host never left through the kernel"
+        );
+        for (who, client, server, addr) in [
+            ("outside -> endpoint", outside, &lab.eps[a], &ip_a),
+            ("endpoint -> outside", &lab.eps[a], outside, &ip_o),
+        ] {
+            let before = Counts::of(&lab.d, "fpa");
+            let report = iperf3_report(client, server, addr, 2, &[]);
+            let rate = report["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or(0.0);
+            let after = Counts::of(&lab.d, "fpa");
+            eprintln!(
+                "{driver} {who}: {:.2} Gbit/s; fpa {before:?} -> {after:?}",
+                rate / 1e9
+            );
+            assert!(rate > 1e9, "{driver} {who}: iperf3 ran at {rate} bit/s");
+            let (data, acks) = if who.starts_with("outside") {
+                (
+                    after.delivered - before.delivered,
+                    after.forwarded - before.forwarded,
+                )
+            } else {
+                (
+                    after.forwarded - before.forwarded,
+                    after.delivered - before.delivered,
+                )
+            };
+            assert!(
+                data > 10_000 && acks > 1_000,
+                "{driver} {who}: the kernel carried {data} data and {acks} ack frames"
+            );
+            assert!(
+                after.punted - before.punted < 200,
+                "{driver} {who}: {} frames were punted to the slow path",
+                after.punted - before.punted
+            );
+        }
+    }
 }
 
 // ------------------------------------------------------------------------
