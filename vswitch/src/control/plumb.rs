@@ -251,29 +251,8 @@ fn make_veth(
             .ok_or_else(|| NetlinkError::NoSuchLink(cfg.ifname.clone()))?;
         configure_vnic(&mut nl, index, cfg)
     })??;
-    let punt = match nl.link_info(&names.punt)? {
-        Some(info) if info.kind.as_deref() == Some("tun") => Tap::open(&names.punt, true)?,
-        Some(_) => return Err(PlumbError::NotTap(names.punt.clone())),
-        None => Tap::create(&names.punt, true)?,
-    };
-    let mut index_of = |name: &str| -> Result<u32, PlumbError> {
-        let index = nl
-            .link_index(name)?
-            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))?;
-        silence_ipv6(name)?;
-        nl.link_set(
-            index,
-            &LinkChange {
-                mtu: Some(cfg.mtu),
-                up: Some(true),
-                ..LinkChange::default()
-            },
-        )?;
-        Ok(index)
-    };
-    let host_index = index_of(&names.host)?;
-    let punt_index = index_of(&names.punt)?;
-    punt.set_persist(true)?;
+    let host_index = switch_side_up(&mut nl, &names.host, cfg.mtu)?;
+    let (punt, punt_index) = punt_tap(&mut nl, &names.punt, cfg.mtu)?;
     Ok(VethPort {
         host_index,
         punt_index,
@@ -281,17 +260,31 @@ fn make_veth(
     })
 }
 
-/// Makes (or takes back) an uplink's punt TAP in the daemon's namespace:
-/// offloads on (super-frames pass whole), IPv6 off, up, persistent, with
-/// the uplink's MTU. A fresh one that fails part-way goes with the dropped
-/// descriptor.
+/// Makes (or takes back) an uplink's punt TAP in the daemon's namespace,
+/// with the uplink's MTU; see [`punt_tap`].
 pub fn uplink_punt_tap(name: &str, mtu: u32) -> Result<Tap, PlumbError> {
     let mut nl = Netlink::open()?;
+    punt_tap(&mut nl, name, mtu).map(|(tap, _)| tap)
+}
+
+/// A punt TAP (an endpoint's or an uplink's), made or taken back: offloads
+/// on (super-frames pass whole), IPv6 off, up, persistent. A fresh one that
+/// fails part-way goes with the dropped descriptor. Returns it with its
+/// ifindex.
+fn punt_tap(nl: &mut Netlink, name: &str, mtu: u32) -> Result<(Tap, u32), PlumbError> {
     let tap = match nl.link_info(name)? {
         Some(info) if info.kind.as_deref() == Some("tun") => Tap::open(name, true)?,
         Some(_) => return Err(PlumbError::NotTap(name.to_owned())),
         None => Tap::create(name, true)?,
     };
+    let index = switch_side_up(nl, name, mtu)?;
+    tap.set_persist(true)?;
+    Ok((tap, index))
+}
+
+/// Brings up a device of the switch's own side (a veth's host end, a punt
+/// TAP) with `mtu` and IPv6 off; returns its ifindex.
+fn switch_side_up(nl: &mut Netlink, name: &str, mtu: u32) -> Result<u32, PlumbError> {
     let index = nl
         .link_index(name)?
         .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))?;
@@ -304,8 +297,7 @@ pub fn uplink_punt_tap(name: &str, mtu: u32) -> Result<Tap, PlumbError> {
             ..LinkChange::default()
         },
     )?;
-    tap.set_persist(true)?;
-    Ok(tap)
+    Ok(index)
 }
 
 /// Turns IPv6 off on a device of the switch's own (no link-local address,
