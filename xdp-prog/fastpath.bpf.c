@@ -105,7 +105,7 @@ struct {
 } endpoint_ips SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FP_MAX_PORTS);
 	__type(key, __u32);
 	__type(value, struct fp_counters);
@@ -126,16 +126,10 @@ struct {
 	__type(value, struct fp_meta);
 } meta SEC(".maps");
 
-/* The counters of `ifindex`, created on first use. */
-static __always_inline struct fp_counters *counters_of(__u32 ifindex)
+/* The counters at `slot`. */
+static __always_inline struct fp_counters *counters_of(__u32 slot)
 {
-	struct fp_counters *c = bpf_map_lookup_elem(&counters, &ifindex);
-
-	if (c)
-		return c;
-	struct fp_counters zero = {};
-	bpf_map_update_elem(&counters, &ifindex, &zero, BPF_NOEXIST);
-	return bpf_map_lookup_elem(&counters, &ifindex);
+	return bpf_map_lookup_elem(&counters, &slot);
 }
 
 /* Wire frames in this skb: a GSO super-frame counts its segments. */
@@ -144,11 +138,10 @@ static __always_inline __u64 frames_of(struct __sk_buff *skb)
 	return skb->gso_segs > 1 ? skb->gso_segs : 1;
 }
 
-/* Helpers take the ifindex read once at entry: the verifier refuses a
- * second read through a context pointer the compiler has offset. */
-static __always_inline int drop(struct __sk_buff *skb, __u32 ifindex, __u32 reason)
+/* Helpers take the counter slot of the device the program runs on. */
+static __always_inline int drop(struct __sk_buff *skb, __u32 slot, __u32 reason)
 {
-	struct fp_counters *c = counters_of(ifindex);
+	struct fp_counters *c = counters_of(slot);
 
 	/* Per-CPU values: no other writer, no atomics. */
 	if (c && reason < DROP_REASON_MAX && reason < 32)
@@ -156,9 +149,9 @@ static __always_inline int drop(struct __sk_buff *skb, __u32 ifindex, __u32 reas
 	return TC_ACT_SHOT;
 }
 
-static __always_inline int punt(struct __sk_buff *skb, __u32 ifindex, const struct fp_port *port)
+static __always_inline int punt(struct __sk_buff *skb, __u32 slot, const struct fp_port *port)
 {
-	struct fp_counters *c = counters_of(ifindex);
+	struct fp_counters *c = counters_of(slot);
 
 	if (c) {
 		c->punted_packets += frames_of(skb);
@@ -167,7 +160,7 @@ static __always_inline int punt(struct __sk_buff *skb, __u32 ifindex, const stru
 	return bpf_redirect(port->peer, 0);
 }
 
-/* Counts a frame forwarded in the kernel from `from` to `to`. */
+/* Counts a frame forwarded in the kernel from slot `from` to slot `to`. */
 static __always_inline void count_fast(struct __sk_buff *skb, __u32 from, __u32 to)
 {
 	__u64 frames = frames_of(skb);
@@ -328,22 +321,23 @@ static __always_inline int flow_key_of(struct __sk_buff *skb, const struct fp_po
 }
 
 /* Carries out an offloaded flow's verdict, or punts when there is none. */
-static __always_inline int offloaded(struct __sk_buff *skb, __u32 ifindex,
+static __always_inline int offloaded(struct __sk_buff *skb, __u32 slot,
 				     const struct fp_port *port)
 {
 	struct flow_key key = {};
 
 	if (!flow_key_of(skb, port, &key))
-		return punt(skb, ifindex, port);
+		return punt(skb, slot, port);
 	struct fp_flow *flow = bpf_map_lookup_elem(&flows, &key);
 
 	if (!flow)
-		return punt(skb, ifindex, port);
+		return punt(skb, slot, port);
 	__sync_fetch_and_add(&flow->packets, frames_of(skb));
 	__sync_fetch_and_add(&flow->bytes, skb->len);
 	flow->last_seen = bpf_ktime_get_ns();
 
 	__u32 to = flow->ifindex;
+	__u32 to_slot = flow->slot;
 	__u32 flags = flow->flags;
 	__u16 xflags = flow->xform.flags;
 	__u16 vlan = flow->xform.vlan;
@@ -353,13 +347,13 @@ static __always_inline int offloaded(struct __sk_buff *skb, __u32 ifindex,
 	__builtin_memcpy(dst_mac, flow->xform.dst_mac, 6);
 	if ((xflags & XFORM_SET_SRC_MAC) &&
 	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), src_mac, 6, 0))
-		return drop(skb, ifindex, DROP_TX_FAILED);
+		return drop(skb, slot, DROP_TX_FAILED);
 	if ((xflags & XFORM_SET_DST_MAC) &&
 	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), dst_mac, 6, 0))
-		return drop(skb, ifindex, DROP_TX_FAILED);
+		return drop(skb, slot, DROP_TX_FAILED);
 	if ((xflags & XFORM_PUSH_VLAN) && bpf_skb_vlan_push(skb, bpf_htons(ETH_P_8021Q), vlan))
-		return drop(skb, ifindex, DROP_TX_FAILED);
-	count_fast(skb, ifindex, to);
+		return drop(skb, slot, DROP_TX_FAILED);
+	count_fast(skb, slot, to_slot);
 	if (flags & FP_FLOW_UPLINK)
 		return bpf_redirect(to, 0);
 	return bpf_redirect_peer(to, 0);
@@ -372,9 +366,11 @@ int vswitch_port(struct __sk_buff *skb)
 	struct fp_port *port = bpf_map_lookup_elem(&ports, &ifindex);
 
 	if (!port)
-		return drop(skb, ifindex, DROP_MALFORMED);
+		return drop(skb, 0, DROP_MALFORMED);
+	__u32 slot = port->slot;
+
 	if (skb->vlan_present)
-		return punt(skb, ifindex, port);
+		return punt(skb, slot, port);
 
 	/* A veth skb keeps its headers linear; pull them when it does not. */
 	if ((void *)(long)skb->data + FP_PULL_LEN > (void *)(long)skb->data_end)
@@ -389,30 +385,30 @@ int vswitch_port(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 
 	if ((void *)(eth + 1) > end)
-		return punt(skb, ifindex, port);
+		return punt(skb, slot, port);
 	if (!(port->flags & FP_PORT_SPOOF) && !mac_eq(eth->h_source, port->mac))
-		return drop(skb, ifindex, DROP_MAC_SPOOFING);
+		return drop(skb, slot, DROP_MAC_SPOOFING);
 	if (eth->h_dest[0] & 1)
-		return punt(skb, ifindex, port);
+		return punt(skb, slot, port);
 	if (!ip_is_plain(skb, port, eth->h_proto))
-		return punt(skb, ifindex, port);
+		return punt(skb, slot, port);
 	if (port->flags & FP_PORT_SLOW)
-		return offloaded(skb, ifindex, port);
+		return offloaded(skb, slot, port);
 
 	struct fp_fdb_key key = { .net = port->net };
 	__builtin_memcpy(key.mac, eth->h_dest, 6);
 	struct fp_fdb *to = bpf_map_lookup_elem(&fdb, &key);
 
 	if (!to)
-		return punt(skb, ifindex, port);
+		return punt(skb, slot, port);
 	if (to->flags & FP_FDB_SLOW)
-		return offloaded(skb, ifindex, port);
+		return offloaded(skb, slot, port);
 
 	if (to->flags & FP_FDB_ENDPOINT) {
 		/* Unicast back to where it came from: the slow path counts it. */
 		if (to->ifindex == ifindex)
-			return punt(skb, ifindex, port);
-		count_fast(skb, ifindex, to->ifindex);
+			return punt(skb, slot, port);
+		count_fast(skb, slot, to->slot);
 		return bpf_redirect_peer(to->ifindex, 0);
 	}
 	if (to->flags & FP_FDB_UPLINK) {
@@ -420,20 +416,21 @@ int vswitch_port(struct __sk_buff *skb)
 		struct fp_net *net = bpf_map_lookup_elem(&nets, &net_id);
 
 		if (!net || !net->uplink || (net->flags & FP_NET_SLOW))
-			return punt(skb, ifindex, port);
+			return punt(skb, slot, port);
 		__u32 uplink = net->uplink;
+		__u32 uplink_slot = net->uplink_slot;
 		__u16 vlan = net->vlan;
 		__u32 flags = net->flags;
 
 		if (flags & FP_NET_L2BRIDGE &&
 		    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), net->uplink_mac, 6, 0))
-			return drop(skb, ifindex, DROP_TX_FAILED);
+			return drop(skb, slot, DROP_TX_FAILED);
 		if (flags & FP_NET_VLAN && bpf_skb_vlan_push(skb, bpf_htons(ETH_P_8021Q), vlan))
-			return drop(skb, ifindex, DROP_TX_FAILED);
-		count_fast(skb, ifindex, uplink);
+			return drop(skb, slot, DROP_TX_FAILED);
+		count_fast(skb, slot, uplink_slot);
 		return bpf_redirect(uplink, 0);
 	}
-	return punt(skb, ifindex, port);
+	return punt(skb, slot, port);
 }
 
 SEC("classifier")
@@ -443,8 +440,8 @@ int vswitch_inject(struct __sk_buff *skb)
 	struct fp_port *port = bpf_map_lookup_elem(&ports, &ifindex);
 
 	if (!port || !(port->flags & FP_PORT_INJECT))
-		return drop(skb, ifindex, DROP_MALFORMED);
-	struct fp_counters *c = counters_of(ifindex);
+		return drop(skb, 0, DROP_MALFORMED);
+	struct fp_counters *c = counters_of(port->slot);
 
 	if (c) {
 		c->injected_packets += frames_of(skb);
@@ -524,7 +521,7 @@ int vswitch_uplink(struct __sk_buff *skb)
 	 * when the steering runs in TC behind this program. */
 	if (proto != bpf_htons(ETH_P_IP) && proto != bpf_htons(ETH_P_IPV6))
 		return UPLINK_NEXT;
-	__u32 to = 0;
+	__u32 to = 0, to_slot = 0, slot = up->slot;
 	__u8 rewrite[6];
 	int set_mac = 0;
 
@@ -534,6 +531,7 @@ int vswitch_uplink(struct __sk_buff *skb)
 		if (!ep || (ep->flags & FP_FDB_SLOW))
 			return UPLINK_NEXT;
 		to = ep->ifindex;
+		to_slot = ep->slot;
 		__builtin_memcpy(rewrite, ep->mac, 6);
 		set_mac = 1;
 	} else {
@@ -546,13 +544,14 @@ int vswitch_uplink(struct __sk_buff *skb)
 		    (fdb_entry->flags & FP_FDB_SLOW))
 			return UPLINK_NEXT;
 		to = fdb_entry->ifindex;
+		to_slot = fdb_entry->slot;
 	}
 	if ((skb->vlan_present || l3 > sizeof(struct ethhdr)) && bpf_skb_vlan_pop(skb))
-		return drop(skb, ifindex, DROP_MALFORMED);
+		return drop(skb, slot, DROP_MALFORMED);
 	if (set_mac &&
 	    bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_dest), rewrite, 6, 0))
-		return drop(skb, ifindex, DROP_MALFORMED);
-	count_fast(skb, ifindex, to);
+		return drop(skb, slot, DROP_MALFORMED);
+	count_fast(skb, slot, to_slot);
 	return bpf_redirect_peer(to, 0);
 }
 

@@ -16,7 +16,7 @@
 
 /* Bumped whenever a struct below, a map's definition or a flag changes
  * meaning. */
-#define FP_LAYOUT 3
+#define FP_LAYOUT 4
 
 /* fp_port.flags */
 /* Every frame from this port goes to the slow path (it has policy, or its
@@ -49,10 +49,12 @@ struct fp_port {
 	__u8 ipv4[4];
 	__u8 ipv6[16];
 	__u8 ll6[16];
-	__u8 reserved[4];
+	/* The device's slot in `counters`. */
+	__u32 slot;
 };
 
 _Static_assert(sizeof(struct fp_port) == 64, "fp_port size");
+_Static_assert(offsetof(struct fp_port, slot) == 60, "fp_port.slot");
 _Static_assert(offsetof(struct fp_port, mac) == 16, "fp_port.mac");
 _Static_assert(offsetof(struct fp_port, ipv4) == 24, "fp_port.ipv4");
 _Static_assert(offsetof(struct fp_port, ipv6) == 28, "fp_port.ipv6");
@@ -79,9 +81,11 @@ struct fp_fdb {
 	/* The endpoint's host veth; for FP_FDB_UPLINK, unused (see fp_net). */
 	__u32 ifindex;
 	__u32 flags;
+	/* Its `counters` slot. */
+	__u32 slot;
 };
 
-_Static_assert(sizeof(struct fp_fdb) == 8, "fp_fdb size");
+_Static_assert(sizeof(struct fp_fdb) == 12, "fp_fdb size");
 
 /* fp_net.flags */
 /* l2bridge: frames leave the uplink with the uplink's MAC as source. */
@@ -99,7 +103,8 @@ struct fp_net {
 	__u32 uplink;
 	__u16 vlan;
 	__u8 uplink_mac[6];
-	__u8 reserved[4];
+	/* The uplink's `counters` slot. */
+	__u32 uplink_slot;
 };
 
 _Static_assert(sizeof(struct fp_net) == 20, "fp_net size");
@@ -121,9 +126,11 @@ struct fp_uplink {
 	/* l2bridge: the uplink's MAC, which the endpoints share on the wire. */
 	__u8 mac[6];
 	__u8 pad[2];
+	/* The uplink's `counters` slot. */
+	__u32 slot;
 };
 
-_Static_assert(sizeof(struct fp_uplink) == 16, "fp_uplink size");
+_Static_assert(sizeof(struct fp_uplink) == 20, "fp_uplink size");
 
 /* `endpoint_ips`: l2bridge endpoints by address, for frames from the wire
  * that carry the uplink's MAC. IPv4 in addr[0..4], the rest zero. */
@@ -142,9 +149,11 @@ struct fp_ip {
 	__u32 flags;
 	__u8 mac[6];
 	__u8 pad[2];
+	/* Its `counters` slot. */
+	__u32 slot;
 };
 
-_Static_assert(sizeof(struct fp_ip) == 16, "fp_ip size");
+_Static_assert(sizeof(struct fp_ip) == 20, "fp_ip size");
 
 #define FP_FAMILY_IPV4 4
 #define FP_FAMILY_IPV6 6
@@ -164,6 +173,9 @@ _Static_assert(sizeof(struct fp_ip) == 16, "fp_ip size");
 struct fp_flow {
 	__u32 ifindex;
 	__u32 flags;
+	/* The destination's `counters` slot (0 for an uplink). */
+	__u32 slot;
+	__u32 pad;
 	struct header_transform xform;
 	__u64 packets;
 	__u64 bytes;
@@ -171,13 +183,15 @@ struct fp_flow {
 	__u64 last_seen;
 };
 
-_Static_assert(sizeof(struct fp_flow) == 96, "fp_flow size");
-_Static_assert(offsetof(struct fp_flow, xform) == 8, "fp_flow.xform");
-_Static_assert(offsetof(struct fp_flow, packets) == 72, "fp_flow.packets");
+_Static_assert(sizeof(struct fp_flow) == 104, "fp_flow size");
+_Static_assert(offsetof(struct fp_flow, xform) == 16, "fp_flow.xform");
+_Static_assert(offsetof(struct fp_flow, packets) == 80, "fp_flow.packets");
 
 #define FP_MAX_FLOWS 65536
 
-/* Per-CPU counters of one device the program runs on, keyed by ifindex.
+/* Per-CPU counters of one device, in `counters` (a per-CPU array, whose
+ * lookups the kernel inlines) at the slot the control plane gave it; slot 0
+ * counts what belongs to no port (an unknown device, flows to an uplink).
  * Packets count wire frames (a GSO super-frame counts its segments). */
 struct fp_counters {
 	/* Forwarded in the kernel: received from the port, sent to it. */

@@ -347,7 +347,10 @@ impl Controller {
             addrs,
             Some(ep.mac),
             layers,
-            Some(crate::datapath::KernelPort::Peer(veth.host_index)),
+            Some(crate::datapath::KernelPort::Peer {
+                ifindex: veth.host_index,
+                slot: handle.slot,
+            }),
         );
         let mut port = match attached {
             Ok(port) => port,

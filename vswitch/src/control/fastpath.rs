@@ -36,6 +36,8 @@ pub(super) struct VethHandle {
     pub mac: [u8; 6],
     /// Entries of `endpoint_ips` (l2bridge networks with a kernel uplink).
     pub ips: Vec<IpAddr>,
+    /// The host veth's counter slot.
+    pub slot: u32,
 }
 
 /// Whether the kernel may carry a network's traffic to and from its uplink:
@@ -97,7 +99,13 @@ impl Controller {
         names: &VethNames,
         layers: &Layers,
     ) -> ApiResult<VethHandle> {
+        let (slot, punt_slot) = {
+            let fp = self.fast_path()?;
+            let host = fp.slot(veth.host_index).map_err(fast_error)?;
+            (host, fp.slot(veth.punt_index).map_err(fast_error)?)
+        };
         let handle = VethHandle {
+            slot,
             names: names.clone(),
             host_index: veth.host_index,
             punt_index: veth.punt_index,
@@ -122,6 +130,7 @@ impl Controller {
                 peer: veth.punt_index,
                 mac: ep.mac.0,
                 ll6: link_local_of(ep.mac).octets(),
+                slot,
                 ..FpPort::default()
             };
             if let Some(ip) = ep.ipv4 {
@@ -140,11 +149,12 @@ impl Controller {
                     net: dp_net,
                     flags: port_flags::INJECT,
                     peer: veth.host_index,
+                    slot: punt_slot,
                     ..FpPort::default()
                 },
             )
             .map_err(fast_error)?;
-            fp.set_fdb(dp_net, ep.mac.0, fdb_entry(veth.host_index, flags))
+            fp.set_fdb(dp_net, ep.mac.0, fdb_entry(veth.host_index, slot, flags))
                 .map_err(fast_error)?;
             let kept_port = fp.attach(&host, Program::Port).map_err(fast_error)?;
             let kept_inject = fp.attach(&punt, Program::Inject).map_err(fast_error)?;
@@ -156,7 +166,7 @@ impl Controller {
                 for ip in endpoint_ips(ep) {
                     fp.set_ip(
                         IpKey::new(dp_net, ip),
-                        &ip_entry(veth.host_index, ep, flags),
+                        &ip_entry(veth.host_index, slot, ep, flags),
                     )
                     .map_err(fast_error)?;
                 }
@@ -216,17 +226,21 @@ impl Controller {
             peer: h.punt_index,
             mac: h.mac,
             ll6: link_local_of(ep.mac).octets(),
+            slot: h.slot,
             ..FpPort::default()
         };
         if let Some(port) = fp.port(h.host_index) {
             entry = FpPort { flags, ..port };
         }
         fp.set_port(h.host_index, &entry).map_err(fast_error)?;
-        fp.set_fdb(h.net, h.mac, fdb_entry(h.host_index, flags))
+        fp.set_fdb(h.net, h.mac, fdb_entry(h.host_index, h.slot, flags))
             .map_err(fast_error)?;
         for ip in &h.ips {
-            fp.set_ip(IpKey::new(h.net, *ip), &ip_entry(h.host_index, ep, flags))
-                .map_err(fast_error)?;
+            fp.set_ip(
+                IpKey::new(h.net, *ip),
+                &ip_entry(h.host_index, h.slot, ep, flags),
+            )
+            .map_err(fast_error)?;
         }
         // Frames from the wire: to the kernel only while it may forward.
         if let Some(net) = self.state.network_by_id(&ep.network_id).cloned() {
@@ -276,6 +290,8 @@ impl Controller {
         }
         let fresh = self.fast_nets.insert(dp_net);
         let fp = self.fast_path()?;
+        let uplink_slot = fp.slot(ifindex).map_err(fast_error)?;
+        entry.uplink_slot = uplink_slot;
         fp.set_net(dp_net, &entry).map_err(fast_error)?;
         fp.set_uplink(
             UplinkKey {
@@ -288,6 +304,7 @@ impl Controller {
                 flags: if l2bridge { net_flags::L2BRIDGE } else { 0 },
                 mac: mac.0,
                 pad: [0; 2],
+                slot: uplink_slot,
             },
         )
         .map_err(fast_error)?;
@@ -329,6 +346,9 @@ impl Controller {
     /// An uplink no network uses any more: its TC program goes.
     pub(super) fn fast_release_uplink(&mut self, ifname_: &str) {
         if let (Some(fp), Ok(name)) = (self.fast.as_mut(), IfName::new(ifname_)) {
+            if let Some(index) = crate::sys::if_index(ifname_) {
+                fp.release_slot(index);
+            }
             if let Err(e) = fp.detach(&name) {
                 tracing::warn!(ifname = ifname_, error = %crate::sys::error_chain(&e), "could not detach the uplink's fast path program");
             }
@@ -439,19 +459,24 @@ fn endpoint_ips(ep: &EndpointRecord) -> Vec<IpAddr> {
     v4.into_iter().chain(ep.ipv6.map(IpAddr::V6)).collect()
 }
 
-fn ip_entry(ifindex: u32, ep: &EndpointRecord, port_flags_: u32) -> FpIp {
+fn ip_entry(ifindex: u32, slot: u32, ep: &EndpointRecord, port_flags_: u32) -> FpIp {
     FpIp {
         ifindex,
-        flags: fdb_entry(ifindex, port_flags_).flags,
+        flags: fdb_entry(ifindex, slot, port_flags_).flags,
+        slot,
         mac: ep.mac.0,
         pad: [0; 2],
     }
 }
 
-fn fdb_entry(ifindex: u32, port_flags_: u32) -> FdbEntry {
+fn fdb_entry(ifindex: u32, slot: u32, port_flags_: u32) -> FdbEntry {
     let mut flags = fdb_flags::ENDPOINT;
     if port_flags_ & port_flags::SLOW_IN != 0 {
         flags |= fdb_flags::SLOW;
     }
-    FdbEntry { ifindex, flags }
+    FdbEntry {
+        ifindex,
+        flags,
+        slot,
+    }
 }

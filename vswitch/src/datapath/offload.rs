@@ -25,10 +25,10 @@ use crate::pipeline::{Direction, FlowKey, HeaderTransform, NetId, PacketMeta, Pi
 /// How the kernel reaches a port, for flows to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelPort {
-    /// A veth endpoint: `bpf_redirect_peer` to its host end (this ifindex).
-    /// Its own frames pass the kernel program, so flows from it can be
-    /// offloaded too.
-    Peer(u32),
+    /// A veth endpoint: `bpf_redirect_peer` to its host end (`ifindex`),
+    /// counted at its `slot`. Its own frames pass the kernel program, so
+    /// flows from it can be offloaded too.
+    Peer { ifindex: u32, slot: u32 },
     /// An uplink: out of this ifindex.
     Uplink(u32),
 }
@@ -140,7 +140,7 @@ impl Offloads {
         let Some(table) = self.table.as_mut() else {
             return;
         };
-        let (Some(KernelPort::Peer(_)), Some(&to)) =
+        let (Some(KernelPort::Peer { .. }), Some(&to)) =
             (self.ports.get(&in_port), self.ports.get(&out))
         else {
             return;
@@ -168,13 +168,16 @@ impl Offloads {
         if self.flows.contains_key(&key) || !pipeline.refresh_offloaded(&key, 0, now) {
             return;
         }
-        let (ifindex, flags) = match to {
-            KernelPort::Peer(i) => (i, flow_flags::PEER),
-            KernelPort::Uplink(i) => (i, flow_flags::UPLINK),
+        let (ifindex, slot, flags) = match to {
+            KernelPort::Peer { ifindex, slot } => (ifindex, slot, flow_flags::PEER),
+            // The uplink's counters are not the port's: slot 0.
+            KernelPort::Uplink(i) => (i, 0, flow_flags::UPLINK),
         };
         let flow = FpFlow {
             ifindex,
             flags,
+            slot,
+            pad: 0,
             xform: *xform,
             packets: 0,
             bytes: 0,

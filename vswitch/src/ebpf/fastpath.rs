@@ -14,7 +14,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuHashMap};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
 use aya::programs::{LinkOrder, ProgramError};
@@ -28,7 +28,10 @@ static FASTPATH_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
 
 /// `FP_LAYOUT` in xdp-prog/fastpath.h.
-pub const LAYOUT: u32 = 3;
+pub const LAYOUT: u32 = 4;
+
+/// `FP_MAX_PORTS`: slots of the per-CPU `counters` array.
+const FP_MAX_PORTS: u32 = 4096;
 
 const MAP_PORTS: &str = "ports";
 const MAP_FDB: &str = "fdb";
@@ -110,7 +113,8 @@ pub struct FpPort {
     pub ipv4: [u8; 4],
     pub ipv6: [u8; 16],
     pub ll6: [u8; 16],
-    pub reserved: [u8; 4],
+    /// The device's slot in `counters` ([`FastPath::slot`]).
+    pub slot: u32,
 }
 
 /// `struct fp_fdb_key`.
@@ -128,6 +132,7 @@ pub struct FdbKey {
 pub struct FdbEntry {
     pub ifindex: u32,
     pub flags: u32,
+    pub slot: u32,
 }
 
 /// `struct fp_net`.
@@ -138,7 +143,7 @@ pub struct FpNet {
     pub uplink: u32,
     pub vlan: u16,
     pub uplink_mac: [u8; 6],
-    pub reserved: [u8; 4],
+    pub uplink_slot: u32,
 }
 
 /// `struct fp_uplink_key`.
@@ -158,6 +163,7 @@ pub struct FpUplink {
     pub flags: u32,
     pub mac: [u8; 6],
     pub pad: [u8; 2],
+    pub slot: u32,
 }
 
 /// `struct fp_ip_key`.
@@ -198,6 +204,7 @@ pub struct FpIp {
     pub flags: u32,
     pub mac: [u8; 6],
     pub pad: [u8; 2],
+    pub slot: u32,
 }
 
 /// `fp_flow.flags`.
@@ -212,6 +219,9 @@ pub mod flow_flags {
 pub struct FpFlow {
     pub ifindex: u32,
     pub flags: u32,
+    /// The destination's counter slot (0 for an uplink).
+    pub slot: u32,
+    pub pad: u32,
     pub xform: HeaderTransform,
     pub packets: u64,
     pub bytes: u64,
@@ -283,20 +293,21 @@ const _: () = {
     assert!(offset_of!(FpPort, ipv4) == 24);
     assert!(offset_of!(FpPort, ipv6) == 28);
     assert!(offset_of!(FpPort, ll6) == 44);
+    assert!(offset_of!(FpPort, slot) == 60);
     assert!(size_of::<FdbKey>() == 12);
-    assert!(size_of::<FdbEntry>() == 8);
+    assert!(size_of::<FdbEntry>() == 12);
     assert!(size_of::<FpNet>() == 20);
     assert!(offset_of!(FpNet, uplink_mac) == 10);
     assert!(size_of::<FpCounters>() == 64 + 32 * 8);
     assert!(size_of::<FpMeta>() == 16);
     assert!(size_of::<UplinkKey>() == 8);
-    assert!(size_of::<FpUplink>() == 16);
+    assert!(size_of::<FpUplink>() == 20);
     assert!(size_of::<IpKey>() == 24);
     assert!(offset_of!(IpKey, addr) == 8);
-    assert!(size_of::<FpIp>() == 16);
-    assert!(size_of::<FpFlow>() == 96);
-    assert!(offset_of!(FpFlow, xform) == 8);
-    assert!(offset_of!(FpFlow, packets) == 72);
+    assert!(size_of::<FpIp>() == 20);
+    assert!(size_of::<FpFlow>() == 104);
+    assert!(offset_of!(FpFlow, xform) == 16);
+    assert!(offset_of!(FpFlow, packets) == 80);
 };
 
 /// The version of the embedded programs: a hash of the object file, so any
@@ -345,7 +356,9 @@ pub struct FastPath {
     ips: HashMap<MapData, IpKey, FpIp>,
     fdb: HashMap<MapData, FdbKey, FdbEntry>,
     nets: HashMap<MapData, u32, FpNet>,
-    counters: PerCpuHashMap<MapData, u32, FpCounters>,
+    counters: PerCpuArray<MapData, FpCounters>,
+    /// The counter slot of each device (by ifindex); 0 is no port's.
+    slots: std::collections::HashMap<u32, u32>,
 }
 
 impl fmt::Debug for FastPath {
@@ -455,9 +468,63 @@ impl FastPath {
                 .map_err(map_err(MAP_FDB, "checking key and value sizes"))?,
             nets: HashMap::try_from(Map::HashMap(map(MAP_NETS)?))
                 .map_err(map_err(MAP_NETS, "checking key and value sizes"))?,
-            counters: PerCpuHashMap::try_from(Map::PerCpuHashMap(map(MAP_COUNTERS)?))
+            counters: PerCpuArray::try_from(Map::PerCpuArray(map(MAP_COUNTERS)?))
                 .map_err(map_err(MAP_COUNTERS, "checking key and value sizes"))?,
-        })
+            slots: std::collections::HashMap::new(),
+        }
+        .with_slots_in_use())
+    }
+
+    /// Takes back the slots an adopted instance's entries hold.
+    fn with_slots_in_use(mut self) -> FastPath {
+        let ports: Vec<(u32, u32)> = self
+            .ports
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(i, p)| (i, p.slot))
+            .collect();
+        let uplinks: Vec<(u32, u32)> = self
+            .uplinks
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, u)| (k.ifindex, u.slot))
+            .collect();
+        self.slots
+            .extend(ports.into_iter().chain(uplinks).filter(|(_, s)| *s != 0));
+        self
+    }
+
+    /// The counter slot of device `ifindex`, given (and zeroed) on first
+    /// use.
+    pub fn slot(&mut self, ifindex: u32) -> Result<u32, EbpfError> {
+        if let Some(&slot) = self.slots.get(&ifindex) {
+            return Ok(slot);
+        }
+        let used: std::collections::HashSet<u32> = self.slots.values().copied().collect();
+        let slot = (1..FP_MAX_PORTS)
+            .find(|s| !used.contains(s))
+            .ok_or(EbpfError::Missing("a free counter slot"))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| EbpfError::PinDir {
+            path: PathBuf::from("/sys/devices/system/cpu/possible"),
+            source,
+        })?;
+        let zero = PerCpuValues::try_from(vec![FpCounters::default(); cpus]).map_err(|source| {
+            EbpfError::Map {
+                map: MAP_COUNTERS,
+                op: "zeroing a slot",
+                source: Box::new(MapError::from(source)),
+            }
+        })?;
+        self.counters
+            .set(slot, zero, 0)
+            .map_err(map_err(MAP_COUNTERS, "zeroing a slot"))?;
+        self.slots.insert(ifindex, slot);
+        Ok(slot)
+    }
+
+    /// Gives a device's counter slot back.
+    pub fn release_slot(&mut self, ifindex: u32) {
+        self.slots.remove(&ifindex);
     }
 
     pub fn origin(&self) -> &Origin {
@@ -550,8 +617,8 @@ impl FastPath {
     }
 
     pub fn remove_port(&mut self, ifindex: u32) -> Result<(), EbpfError> {
-        ignore_missing(self.ports.remove(&ifindex)).map_err(map_err(MAP_PORTS, "remove"))?;
-        ignore_missing(self.counters.remove(&ifindex)).map_err(map_err(MAP_COUNTERS, "remove"))
+        self.release_slot(ifindex);
+        ignore_missing(self.ports.remove(&ifindex)).map_err(map_err(MAP_PORTS, "remove"))
     }
 
     pub fn set_fdb(&mut self, net: u32, mac: [u8; 6], entry: FdbEntry) -> Result<(), EbpfError> {
@@ -632,7 +699,10 @@ impl FastPath {
     /// the first frame).
     pub fn counters(&self, ifindex: u32) -> FpCounters {
         let mut sum = FpCounters::default();
-        if let Ok(per_cpu) = self.counters.get(&ifindex, 0) {
+        let Some(&slot) = self.slots.get(&ifindex) else {
+            return sum;
+        };
+        if let Ok(per_cpu) = self.counters.get(&slot, 0) {
             for c in per_cpu.iter() {
                 sum.add(c);
             }
@@ -750,6 +820,7 @@ impl FdbMirror {
             let entry = FdbEntry {
                 ifindex: 0,
                 flags: fdb_flags::UPLINK,
+                slot: 0,
             };
             match self.fdb.insert(key, entry, 0) {
                 Ok(()) => {
