@@ -439,6 +439,7 @@ fn check(lab: &Lab) -> Vec<Fault> {
     }
 
     let mut eps = BTreeSet::new();
+    let mut vnics = BTreeSet::new();
     for (i, e) in f.endpoints.iter().enumerate() {
         let at = FieldPath::item("endpoints", i);
         if e.name.is_empty() {
@@ -449,8 +450,18 @@ fn check(lab: &Lab) -> Vec<Fault> {
                 format!("endpoint '{}' is given twice", e.name),
             );
         }
+        let ifname = e.ifname.as_deref().unwrap_or("eth0");
         if e.namespace.is_empty() {
             fault(at.key("namespace"), "is empty".into());
+        } else if !vnics.insert((e.namespace.as_str(), ifname)) {
+            let field = if e.ifname.is_some() { "ifname" } else { "namespace" };
+            fault(
+                at.key(field),
+                format!(
+                    "a second endpoint with interface {ifname} in namespace '{}' (give another ifname)",
+                    e.namespace
+                ),
+            );
         }
         let net = nets.get(e.network.as_str());
         if e.address.is_some() && !e.addresses.is_empty() {
@@ -928,7 +939,7 @@ fabric:
         let text = format!(
             "{TWO}  bridges: [{{name: br0, namespace: ns-a}}]\n  links:\n    - a: {{name: x, namespace: ns-a, master: br1}}\n      b: {{name: x, namespace: ns-a, addresses: [1.2.3.4]}}\n"
         )
-        .replace("  - name: b\n", "  - name: a\n")
+        .replace("  - name: b\n", "  - name: a\n    ifname: eth1\n")
         .replace("address: 10.9.0.10", "address: 10.10.0.10\n    mac: zz");
         let f = faults(&text);
         let fields: Vec<&str> = f.iter().map(|x| x.field.as_str()).collect();
@@ -1005,6 +1016,17 @@ fabric:
         assert_eq!(o["fdb_aging"].0, "60");
         assert_eq!(o["offload"].0, "off");
         assert_eq!(o["interface"].0, "eth1");
+    }
+
+    #[test]
+    fn examples_parse() {
+        for (name, text) in [
+            ("lab.yaml", include_str!("../../examples/lab.yaml")),
+            ("two-endpoints.yaml", include_str!("../../examples/two-endpoints.yaml")),
+        ] {
+            let lab = parse(text, Path::new(name)).unwrap_or_else(|f| panic!("{name}: {f:?}"));
+            assert!(!lab.file.endpoints.is_empty());
+        }
     }
 
     #[test]
