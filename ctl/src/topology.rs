@@ -454,7 +454,11 @@ fn check(lab: &Lab) -> Vec<Fault> {
         if e.namespace.is_empty() {
             fault(at.key("namespace"), "is empty".into());
         } else if !vnics.insert((e.namespace.as_str(), ifname)) {
-            let field = if e.ifname.is_some() { "ifname" } else { "namespace" };
+            let field = if e.ifname.is_some() {
+                "ifname"
+            } else {
+                "namespace"
+            };
             fault(
                 at.key(field),
                 format!(
@@ -1022,7 +1026,10 @@ fabric:
     fn examples_parse() {
         for (name, text) in [
             ("lab.yaml", include_str!("../../examples/lab.yaml")),
-            ("two-endpoints.yaml", include_str!("../../examples/two-endpoints.yaml")),
+            (
+                "two-endpoints.yaml",
+                include_str!("../../examples/two-endpoints.yaml"),
+            ),
         ] {
             let lab = parse(text, Path::new(name)).unwrap_or_else(|f| panic!("{name}: {f:?}"));
             assert!(!lab.file.endpoints.is_empty());
