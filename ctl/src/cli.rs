@@ -24,6 +24,10 @@ Quick start:
   ip netns add ns1 && vswitchctl endpoint create --network net1 --netns ns1 ep1
   vswitchctl endpoint ls
 
+A lab from a file (see 'vswitchctl apply --help'):
+  vswitchctl apply -f examples/two-endpoints.yaml
+  vswitchctl delete -f examples/two-endpoints.yaml
+
 Policies and tracing:
   vswitchctl policy add --endpoint ep1 --file acl.json
   vswitchctl trace --endpoint ep1 --packet tcp,src=10.1.0.2,dst=10.1.0.3,sport=40000,dport=80
@@ -83,6 +87,58 @@ Examples:
   vswitchctl trace --endpoint ep1 --packet udp,src=10.0.0.2,dst=10.0.0.3,sport=5353,dport=53
   vswitchctl trace --endpoint ep2 --in --packet icmp,src=10.0.0.2,dst=10.0.0.3";
 
+const APPLY_HELP: &str = "\
+The file (YAML; JSON is YAML too) describes networks, endpoints, their HNS policies
+and, when asked, the lab's fabric. Every key is checked; a wrong one refuses the whole
+file before anything changes, naming its line, column and field. For example:
+
+  name: demo                     # names the lab's record (default: the file's name)
+  networks:
+    - name: demo
+      driver: internal           # as network create -d
+      subnets: [10.50.0.0/24]
+      gateway: 10.50.0.1         # or gateways: [...]; also mtu, mac_pool
+      options: {fdb_aging: 60}   # as -o KEY=VALUE
+      policies:                  # HNS JSON, as policy add --network takes it
+        - {Type: ACL, Settings: {Id: no-ssh, Action: Block, Direction: In, LocalPorts: '22', Priority: 100}}
+  endpoints:
+    - name: demo-a
+      network: demo
+      namespace: demo-a          # must exist, or be listed under fabric.namespaces
+      address: 10.50.0.10        # or addresses: [IPv4, IPv6]; also mac, ifname
+      backend: veth              # tap (default) or veth
+      dhcp_guard: false          # also router_guard, allow_spoofing, default_acl_action
+      publish: ['8080:80/tcp']   # as endpoint create -p
+      policies: []               # HNS JSON, as policy add --endpoint takes it
+  fabric:                        # made with ip(8); only what apply made is ever deleted
+    namespaces: [demo-a, demo-out, demo-fab]
+    bridges: [{name: br0, namespace: demo-fab}]
+    links:                       # veth pairs; an end without namespace is in this host's
+      - a: {name: eth0, namespace: demo-out, addresses: [10.77.0.1/24]}
+        b: {name: fab-out, namespace: demo-fab, master: br0}
+
+apply makes what is missing and changes what differs; an endpoint whose network,
+namespace, addresses, MAC, ifname or backend changed is made again, and a network that
+changed is made again with its endpoints (the plan says so). Applying the same file again
+prints 'no change'. --prune also removes what the lab made before and the file no longer
+has. What a lab made is recorded in labs/NAME.json beside the daemon's socket.
+
+Examples:
+  vswitchctl apply --dry-run -f examples/lab.yaml     # the plan: + make, ~ change, - remove
+  vswitchctl apply -f examples/lab.yaml
+  vswitchctl apply --prune -f examples/lab.yaml
+  vswitchctl apply --dry-run --json -f lab.yaml       # the plan for scripts
+  vswitchctl delete -f examples/lab.yaml";
+
+const DELETE_HELP: &str = "\
+Removes every endpoint and network the file (or the lab's record) names, then the
+namespaces, bridges and links that apply made: one that was there before apply
+is left alone.
+
+Examples:
+  vswitchctl delete --dry-run -f examples/lab.yaml
+  vswitchctl delete -f examples/lab.yaml";
+
 #[derive(Debug, Parser)]
 #[command(name = "vswitchctl", version, about = ABOUT, after_help = QUICK_START)]
 pub struct Cli {
@@ -134,6 +190,39 @@ pub enum Command {
     /// Show the kernel fast path: its pinned programs and where they are attached
     #[command(subcommand)]
     Datapath(DatapathCommand),
+    /// Bring up a lab described in a file, or bring it in line with the file
+    #[command(after_help = APPLY_HELP)]
+    Apply(ApplyArgs),
+    /// Remove what a lab file describes and what applying it made
+    #[command(after_help = DELETE_HELP)]
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The lab file (YAML or JSON); - reads stdin, e.g. -f examples/lab.yaml
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Also remove what this lab made before and the file no longer has
+    #[arg(long)]
+    pub prune: bool,
+    /// Print the plan and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub format: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The lab file (YAML or JSON); - reads stdin, e.g. -f examples/lab.yaml
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Print the plan and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub format: JsonFlag,
 }
 
 #[derive(Debug, Subcommand)]
@@ -334,7 +423,7 @@ pub struct PortMapping {
 
 impl PortMapping {
     /// The HNS v2 PortMapping policy.
-    fn policy(&self) -> Value {
+    pub(crate) fn policy(&self) -> Value {
         json!({
             "Type": "PortMapping",
             "Settings": {
@@ -633,6 +722,12 @@ impl Command {
                 endpoint: endpoint.clone(),
             },
             Command::Datapath(DatapathCommand::Show(_)) => Request::DatapathShow,
+            // Many requests, planned from a file: `lab` runs them.
+            Command::Apply(_) | Command::Delete(_) => {
+                return Err(CommandError::Input(
+                    "apply and delete are not one request".into(),
+                ))
+            }
         })
     }
 }

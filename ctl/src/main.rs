@@ -5,7 +5,10 @@
 
 mod cli;
 mod client;
+mod lab;
+mod plan;
 mod render;
+mod topology;
 
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -21,10 +24,15 @@ use cli::{
     NetworkCommand, PolicyCommand, PortCommand, UsageError,
 };
 
-const UNEXPECTED: &str = "unexpected reply from daemon";
+pub(crate) const UNEXPECTED: &str = "unexpected reply from daemon";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Apply(args) => return lab::apply(&cli.socket, args),
+        Command::Delete(args) => return lab::delete(&cli.socket, args),
+        _ => {}
+    }
     let request = match cli.command.request(&mut read_input) {
         Ok(request) => request,
         Err(CommandError::Usage(err)) => usage_error(err),
@@ -50,7 +58,7 @@ fn fail(err: anyhow::Error) -> ExitCode {
 }
 
 /// A file named on the command line; `-` is stdin.
-fn read_input(path: &Path) -> io::Result<String> {
+pub(crate) fn read_input(path: &Path) -> io::Result<String> {
     if path == Path::new("-") {
         let mut text = String::new();
         io::stdin().lock().read_to_string(&mut text)?;
