@@ -11,14 +11,14 @@
 //! thread takes one).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use vswitch_systests::{
-    configured, drops, drops_on, exclusive, iperf3_with, listening, mac_bytes, neighbours, no_ipv6,
-    policies, port_stats, require_root, shared, spawn_in, tag, tcp_ask, tcp_whoami, udp_ask,
-    udp_whoami, unique, unique_subnet, wait_until, write_doc, Daemon, KillOnDrop, Netns, TcpHolder,
-    FIVE_S, TEN_S,
+    configured, drops, drops_on, exclusive, iperf3_flowing, iperf3_with, mac_bytes, neighbours,
+    no_ipv6, policies, port_stats, require_root, shared, spawn_in, tag, tcp_ask, tcp_whoami,
+    udp_ask, udp_whoami, unique, unique_subnet, wait_until, when_quiet, write_doc, Daemon,
+    KillOnDrop, Netns, TcpHolder, FIVE_S, TEN_S,
 };
 
 // ------------------------------------------------------------------------
@@ -818,19 +818,8 @@ fn block_added_under_running_iperf3_stops_it_within_a_second() {
             json!({"Protocols": "6", "Priority": 500}),
         ),
     );
-    let server = spawn_in(b, &["iperf3", "-s", "-1", "-B", &ip_b]);
-    assert!(
-        wait_until(FIVE_S, || listening(b, 't', 5201)),
-        "iperf3 server did not start"
-    );
-    let client = spawn_in(a, &["iperf3", "-c", &ip_b, "-t", "60", "-i", "0"]);
     let tx = || counter(d, "ep2", "TxBytes");
-    let flowing = wait_until(TEN_S, || {
-        let before = tx();
-        std::thread::sleep(Duration::from_millis(200));
-        tx() - before > 1_000_000
-    });
-    assert!(flowing, "iperf3 a -> b did not get going");
+    let iperf = iperf3_flowing(a, b, &ip_b, 60, tx);
     let cache = port_stats(d, "ep2")["FlowCache"].clone();
     assert!(
         cache["Hits"].as_u64() > Some(0) && cache["Entries"].as_u64() > Some(0),
@@ -848,21 +837,8 @@ fn block_added_under_running_iperf3_stops_it_within_a_second() {
             json!({"Protocols": "6", "LocalPorts": "5201", "Priority": 100}),
         ),
     );
-    let t0 = Instant::now();
-    // Sample what the switch delivers to b for 2.5 s after the Block.
-    let mut samples: Vec<(Duration, u64)> = Vec::new();
-    while t0.elapsed() < Duration::from_millis(2500) {
-        samples.push((t0.elapsed(), tx()));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let last = samples.last().expect("samples").1;
-    // The first moment from which at most a few ARP frames reached b.
-    const QUIET_BYTES: u64 = 4096;
-    let quiet_from = samples
-        .iter()
-        .find(|(_, bytes)| last - bytes <= QUIET_BYTES)
-        .expect("the last sample qualifies")
-        .0;
+    // What the switch delivers to b for 2.5 s after the Block.
+    let (quiet_from, samples) = when_quiet(tx);
     eprintln!("iperf3 data to ep2 stopped {quiet_from:?} after the Block was added");
     assert!(
         quiet_from <= Duration::from_secs(1),
@@ -874,8 +850,7 @@ fn block_added_under_running_iperf3_stops_it_within_a_second() {
         "iperf3's retransmissions were not counted as acl_blocked ({blocked_before} -> {blocked_after})"
     );
     assert!(hits(d, "ep2", "stop-iperf") > 0);
-    drop(client);
-    drop(server);
+    drop(iperf);
 
     rm(d, &ep("ep2"), "stop-iperf");
     let bps = iperf3_with(a, b, &ip_b, 1, &[]);

@@ -510,45 +510,80 @@ pub fn iperf3_with(
     secs: u32,
     extra: &[&str],
 ) -> f64 {
-    let mut daemon = Command::new("ip");
-    daemon
-        .args([
-            "netns",
-            "exec",
-            &server.name,
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            server_addr,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _server = KillOnDrop(daemon.spawn().expect("start iperf3 server"));
-    let listening = wait_until(Duration::from_secs(5), || {
-        server
-            .ok(&["ss", "-Hltn", "sport = :5201"])
-            .contains("5201")
-    });
-    assert!(listening, "iperf3 server did not start in {}", server.name);
-    let secs = secs.to_string();
-    let mut args = vec!["iperf3", "-c", server_addr, "-t", &secs, "-J"];
-    args.extend_from_slice(extra);
-    let out = client.exec(&args);
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "iperf3 gave no JSON: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    assert!(
-        report.get("error").is_none(),
-        "iperf3 failed: {}",
-        report["error"]
-    );
+    received_rate(&iperf3_report(client, server, server_addr, secs, extra))
+}
+
+/// The received bit rate of an iperf3 JSON report.
+pub fn received_rate(report: &Value) -> f64 {
     report["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .expect("iperf3 report has a received rate")
+}
+
+/// Starts a one-shot iperf3 server on `server_addr` in `server` and, in
+/// `client`, an iperf3 client sending to it for `secs` seconds, both in the
+/// background, and waits until `delivered` (a byte counter of what the
+/// switch delivers to the server) grows by more than 1 MB in 200 ms.
+pub fn iperf3_flowing(
+    client: &Netns,
+    server: &Netns,
+    server_addr: &str,
+    secs: u32,
+    delivered: impl Fn() -> u64,
+) -> Iperf3Flow {
+    let server_proc = spawn_in(server, &["iperf3", "-s", "-1", "-B", server_addr]);
+    assert!(
+        wait_until(FIVE_S, || listening(server, 't', 5201)),
+        "iperf3 server did not start in {}",
+        server.name
+    );
+    let secs = secs.to_string();
+    let client_proc = spawn_in(
+        client,
+        &["iperf3", "-c", server_addr, "-t", &secs, "-i", "0"],
+    );
+    let flowing = wait_until(TEN_S, || {
+        let before = delivered();
+        std::thread::sleep(Duration::from_millis(200));
+        delivered() - before > 1_000_000
+    });
+    assert!(
+        flowing,
+        "iperf3 {} -> {server_addr} did not get going",
+        client.name
+    );
+    Iperf3Flow {
+        _client: client_proc,
+        _server: server_proc,
+    }
+}
+
+/// The iperf3 client and server of [`iperf3_flowing`]; dropping it kills
+/// the client, then the server.
+pub struct Iperf3Flow {
+    _client: KillOnDrop,
+    _server: KillOnDrop,
+}
+
+/// Samples `delivered` (a byte counter of what reaches a port) every 50 ms
+/// for 2.5 s, from a moment just after traffic to it should have stopped;
+/// returns the first moment from which at most a few ARP frames (4096
+/// bytes) more were counted, and the samples.
+pub fn when_quiet(delivered: impl Fn() -> u64) -> (Duration, Vec<(Duration, u64)>) {
+    let t0 = Instant::now();
+    let mut samples: Vec<(Duration, u64)> = Vec::new();
+    while t0.elapsed() < Duration::from_millis(2500) {
+        samples.push((t0.elapsed(), delivered()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let last = samples.last().expect("samples").1;
+    const QUIET_BYTES: u64 = 4096;
+    let quiet = samples
+        .iter()
+        .find(|(_, bytes)| last - bytes <= QUIET_BYTES)
+        .expect("the last sample qualifies")
+        .0;
+    (quiet, samples)
 }
 
 // ---------------------------------------------------------------------------
@@ -1668,8 +1703,10 @@ pub fn fast_drops(d: &Daemon, port: &str, reason: &str) -> u64 {
         .unwrap_or_else(|| panic!("FastPath of {port} has no drop reason {reason}: {fp}"))
 }
 
-/// Runs an iperf3 TCP test like [`iperf3_with`] and returns its whole JSON
-/// report (`intervals`, `end`), for a test that looks at each interval.
+/// Runs an iperf3 TCP test from `client` to `server_addr` (served in
+/// `server`) for `secs` seconds with extra client arguments and returns its
+/// whole JSON report (`intervals`, `end`); [`iperf3_with`] takes the rate
+/// from it.
 pub fn iperf3_report(
     client: &Netns,
     server: &Netns,
@@ -1677,22 +1714,8 @@ pub fn iperf3_report(
     secs: u32,
     extra: &[&str],
 ) -> Value {
-    let mut daemon = Command::new("ip");
-    daemon
-        .args([
-            "netns",
-            "exec",
-            &server.name,
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            server_addr,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _server = KillOnDrop(daemon.spawn().expect("start iperf3 server"));
-    let listening = wait_until(Duration::from_secs(5), || listening(server, 't', 5201));
+    let _server = spawn_in(server, &["iperf3", "-s", "-1", "-B", server_addr]);
+    let listening = wait_until(FIVE_S, || listening(server, 't', 5201));
     assert!(listening, "iperf3 server did not start in {}", server.name);
     // A client whose traffic stops spins forever: stopped 20 s after it
     // should have finished.
