@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vswitch_systests::{
-    contains_bytes, datapath, exclusive, fast_counter, fast_drops, iperf3_report, listening,
-    mac_bytes, no_ipv6, pings, port_stats, require_root, send_frames, shared, spawn_in, tag,
-    udp4_frame, unique, unique_subnet, wait_until, write_doc, Capture, Daemon, Fabric, Netns,
-    FIVE_S, OUTSIDE_IF, TEN_S,
+    contains_bytes, datapath, drops, exclusive, fast_counter, fast_drops, iperf3_flowing,
+    iperf3_report, mac_bytes, no_ipv6, pings, port_stats, received_rate, require_root, send_frames,
+    shared, tag, udp4_frame, unique, unique_subnet, wait_until, when_quiet, write_doc, Capture,
+    Daemon, Fabric, Netns, FIVE_S, OUTSIDE_IF, TEN_S,
 };
 
 // ------------------------------------------------------------------------
@@ -51,15 +51,7 @@ impl Lab {
         d.ok(&[
             "network", "create", "-d", "internal", "--subnet", &subnet, &net,
         ]);
-        Lab {
-            d,
-            eps: Vec::new(),
-            names: Vec::new(),
-            net,
-            prefix,
-            host,
-            _rest: Vec::new(),
-        }
+        Lab::without_endpoints(d, net, prefix, host, Vec::new())
     }
 
     /// An l2tunnel network on an uplink of a [`Fabric`] (the daemon runs in
@@ -104,6 +96,16 @@ impl Lab {
             outside,
             fabric,
         } = f;
+        Lab::without_endpoints(d, net, prefix, host, vec![outside, fabric])
+    }
+
+    fn without_endpoints(
+        d: Daemon,
+        net: String,
+        prefix: String,
+        host: Netns,
+        rest: Vec<Netns>,
+    ) -> Lab {
         Lab {
             d,
             eps: Vec::new(),
@@ -111,7 +113,7 @@ impl Lab {
             net,
             prefix,
             host,
-            _rest: vec![outside, fabric],
+            _rest: rest,
         }
     }
 
@@ -141,6 +143,12 @@ impl Lab {
         let mut full = vec!["--backend", "veth"];
         full.extend_from_slice(args);
         self.endpoint(name, host, &full)
+    }
+
+    /// The veth endpoints most tests use: `fpa` at `.10` and `fpb` at
+    /// `.11` (see [`Lab::veth`]).
+    fn veth_pair(&mut self) -> [(usize, Value); 2] {
+        [self.veth("fpa", 10, &[]), self.veth("fpb", 11, &[])]
     }
 
     /// The names of the devices in the daemon's namespace.
@@ -203,6 +211,16 @@ fn expected_attachments(eps: &[(&str, &Value)]) -> Vec<(String, String, String, 
     list
 }
 
+/// `datapath show`, checked: the programs are loaded (`origin`, `loaded`
+/// or `adopted`) and attached as [`expected_attachments`] of `eps` says.
+fn assert_datapath(d: &Daemon, origin: &str, eps: &[(&str, &Value)]) -> Value {
+    let info = datapath(d);
+    assert_eq!(info["Loaded"], true, "{info}");
+    assert_eq!(info["Origin"], origin, "{info}");
+    assert_eq!(attachments(&info), expected_attachments(eps), "{info}");
+    info
+}
+
 // ------------------------------------------------------------------------
 // Counters.
 
@@ -235,10 +253,39 @@ impl Counts {
         }
     }
 
+    /// The counters of `fpa` and `fpb` (see [`Lab::veth_pair`]).
+    fn pair(d: &Daemon) -> (Counts, Counts) {
+        (Counts::of(d, "fpa"), Counts::of(d, "fpb"))
+    }
+
     /// Frames received from the port that the slow path handled.
     fn slow_rx(&self) -> u64 {
         self.rx.saturating_sub(self.forwarded)
     }
+}
+
+/// `what`, `n` frames or more from one port between `before` and `after`,
+/// went to the slow path: punted, none forwarded in the kernel.
+fn assert_punted(what: &str, before: &Counts, after: &Counts, n: u64) {
+    assert!(
+        after.punted >= before.punted + n,
+        "{what}: {} of {n} punted: {before:?} -> {after:?}",
+        after.punted - before.punted
+    );
+    assert_eq!(
+        after.forwarded, before.forwarded,
+        "{what}: forwarded in the kernel: {before:?} -> {after:?}"
+    );
+}
+
+/// `what`, `n` frames or more from one port between `before` and `after`,
+/// were forwarded in the kernel.
+fn assert_forwarded(what: &str, before: &Counts, after: &Counts, n: u64) {
+    assert!(
+        after.forwarded >= before.forwarded + n,
+        "{what}: {} of {n} forwarded in the kernel: {before:?} -> {after:?}",
+        after.forwarded - before.forwarded
+    );
 }
 
 /// `count` pings, 0.2 s apart; true if any was answered.
@@ -315,8 +362,7 @@ fn veth_endpoints_forward_known_unicast_in_the_kernel() {
     }
     let _g = exclusive();
     let mut lab = Lab::internal();
-    let (a, ep_a) = lab.veth("fpa", 10, &[]);
-    let (b, ep_b) = lab.veth("fpb", 11, &[]);
+    let [(a, ep_a), (b, ep_b)] = lab.veth_pair();
     assert_eq!(ep_a["Backend"], "veth", "{ep_a}");
     let ip_b = lab.ip(11);
     assert!(pings(&lab.eps[a], &ip_b), "a cannot ping b");
@@ -324,12 +370,10 @@ fn veth_endpoints_forward_known_unicast_in_the_kernel() {
     assert!(pings(&lab.eps[a], &lab.ip(1)), "a cannot ping the gateway");
 
     let d = &lab.d;
-    let (a0, b0) = (Counts::of(d, "fpa"), Counts::of(d, "fpb"));
+    let (a0, b0) = Counts::pair(d);
     let report = iperf3_report(&lab.eps[a], &lab.eps[b], &ip_b, 2, &[]);
-    let (a1, b1) = (Counts::of(d, "fpa"), Counts::of(d, "fpb"));
-    let bps = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("iperf3 report has a received rate");
+    let (a1, b1) = Counts::pair(d);
+    let bps = received_rate(&report);
     let sent = report["end"]["sum_sent"]["bytes"]
         .as_u64()
         .expect("iperf3 report has the bytes sent");
@@ -381,9 +425,7 @@ fn veth_endpoints_forward_known_unicast_in_the_kernel() {
     // Totals include what the kernel forwarded.
     assert!(a1.rx >= a1.forwarded, "{a1:?}");
 
-    let info = datapath(d);
-    assert_eq!(info["Loaded"], true, "{info}");
-    assert_eq!(info["Origin"], "loaded", "{info}");
+    let info = assert_datapath(d, "loaded", &[("fpa", &ep_a), ("fpb", &ep_b)]);
     let pin_dir = info["PinDir"].as_str().unwrap_or_default();
     assert!(
         pin_dir.starts_with("/sys/fs/bpf/vswitch/fastpath-"),
@@ -392,11 +434,6 @@ fn veth_endpoints_forward_known_unicast_in_the_kernel() {
     assert!(
         std::path::Path::new(pin_dir).is_dir(),
         "{pin_dir} is not there"
-    );
-    assert_eq!(
-        attachments(&info),
-        expected_attachments(&[("fpa", &ep_a), ("fpb", &ep_b)]),
-        "{info}"
     );
     let links = lab.host_links();
     for (dev, _, _, _) in attachments(&info) {
@@ -417,8 +454,7 @@ fn broadcast_and_unknown_destinations_are_punted() {
     }
     let _g = shared();
     let mut lab = Lab::internal();
-    let (a, _) = lab.veth("fpa", 10, &[]);
-    lab.veth("fpb", 11, &[]);
+    let [(a, _), _] = lab.veth_pair();
     let d = &lab.d;
     let ns_a = &lab.eps[a];
 
@@ -435,10 +471,7 @@ fn broadcast_and_unknown_destinations_are_punted() {
         after.slow_rx() > before.slow_rx(),
         "the slow path never saw a's ARP request: {before:?} -> {after:?}"
     );
-    assert!(
-        after.forwarded > before.forwarded,
-        "a's echo request to b was not forwarded in the kernel: {before:?} -> {after:?}"
-    );
+    assert_forwarded("a's echo request to b", &before, &after, 1);
 
     // A broadcast ping: punted, never forwarded by the kernel.
     let before = Counts::of(d, "fpa");
@@ -454,15 +487,7 @@ fn broadcast_and_unknown_destinations_are_punted() {
         &lab.ip(255),
     ]);
     let after = Counts::of(d, "fpa");
-    assert!(
-        after.punted >= before.punted + 3,
-        "3 broadcast echo requests, {} punted: {before:?} -> {after:?}",
-        after.punted - before.punted
-    );
-    assert_eq!(
-        after.forwarded, before.forwarded,
-        "the kernel forwarded a broadcast: {before:?} -> {after:?}"
-    );
+    assert_punted("broadcast echo requests", &before, &after, 3);
 
     // A unicast MAC no port has: punted (the slow path floods it), not
     // forwarded.
@@ -483,18 +508,10 @@ fn broadcast_and_unknown_destinations_are_punted() {
         "something answered a ping to {ghost}"
     );
     let after = Counts::of(d, "fpa");
-    assert!(
-        after.punted >= before.punted + 3,
-        "3 echo requests to an unknown MAC, {} punted: {before:?} -> {after:?}",
-        after.punted - before.punted
-    );
+    assert_punted("echo requests to an unknown MAC", &before, &after, 3);
     assert!(
         after.slow_rx() >= before.slow_rx() + 3,
         "the slow path did not receive the frames to an unknown MAC: {before:?} -> {after:?}"
-    );
-    assert_eq!(
-        after.forwarded, before.forwarded,
-        "the kernel forwarded frames to an unknown MAC: {before:?} -> {after:?}"
     );
 }
 
@@ -508,8 +525,7 @@ fn a_policy_moves_the_port_to_the_slow_path_and_back() {
     }
     let _g = exclusive();
     let mut lab = Lab::internal();
-    let (a, _) = lab.veth("fpa", 10, &[]);
-    let (b, _) = lab.veth("fpb", 11, &[]);
+    let [(a, _), (b, _)] = lab.veth_pair();
     let (d, ns_a, ns_b) = (&lab.d, &lab.eps[a], &lab.eps[b]);
     let ip_b = lab.ip(11);
     assert!(pings(ns_a, &ip_b), "a cannot ping b before any policy");
@@ -525,19 +541,12 @@ fn a_policy_moves_the_port_to_the_slow_path_and_back() {
             acl("allow-in", "Allow", "In", json!({"Priority": 100})),
         ]),
     );
-    let (a0, b0) = (Counts::of(d, "fpa"), Counts::of(d, "fpb"));
+    let (a0, b0) = Counts::pair(d);
     let hits0 = hits(d, "fpa", "allow-out");
     assert!(ping_n(ns_a, &ip_b, 3), "a cannot ping b under Allow ACLs");
-    let (a1, b1) = (Counts::of(d, "fpa"), Counts::of(d, "fpb"));
-    assert_eq!(
-        (a1.forwarded, b1.forwarded),
-        (a0.forwarded, b0.forwarded),
-        "the kernel forwarded pings of a policed port: a {a0:?} -> {a1:?}, b {b0:?} -> {b1:?}"
-    );
-    assert!(
-        a1.punted >= a0.punted + 3 && b1.punted >= b0.punted + 3,
-        "the pings of a policed port were not punted: a {a0:?} -> {a1:?}, b {b0:?} -> {b1:?}"
-    );
+    let (a1, b1) = Counts::pair(d);
+    assert_punted("a's echo requests under Allow ACLs", &a0, &a1, 3);
+    assert_punted("b's replies to a policed port", &b0, &b1, 3);
     assert!(
         hits(d, "fpa", "allow-out") >= hits0 + 3,
         "the slow path did not match a's echo requests against allow-out"
@@ -545,20 +554,9 @@ fn a_policy_moves_the_port_to_the_slow_path_and_back() {
 
     // TCP under the policy: the slow path decides the connection (its
     // handshake is punted), then offloads the flow to the kernel.
-    let _server = spawn_in(ns_b, &["iperf3", "-s", "-1", "-B", &ip_b]);
-    assert!(
-        wait_until(FIVE_S, || listening(ns_b, 't', 5201)),
-        "iperf3 server did not start"
-    );
     let (a2, hits2) = (Counts::of(d, "fpa"), hits(d, "fpa", "allow-out"));
-    let client = spawn_in(ns_a, &["iperf3", "-c", &ip_b, "-t", "30", "-i", "0"]);
     let to_b = || port_stats(d, "fpb")["TxBytes"].as_u64().unwrap_or(0);
-    let flowing = wait_until(TEN_S, || {
-        let before = to_b();
-        std::thread::sleep(Duration::from_millis(200));
-        to_b() - before > 1_000_000
-    });
-    assert!(flowing, "iperf3 a -> b did not get going under Allow ACLs");
+    let iperf = iperf3_flowing(ns_a, ns_b, &ip_b, 30, to_b);
     let a3 = Counts::of(d, "fpa");
     eprintln!(
         "iperf3 under Allow ACLs: a {} punted, {} forwarded in the kernel",
@@ -572,9 +570,7 @@ fn a_policy_moves_the_port_to_the_slow_path_and_back() {
 
     // A Block takes the offloaded flow back at once: within a second
     // nothing more reaches b.
-    let blocked0 = port_stats(d, "fpa")["Drops"]["acl_blocked"]
-        .as_u64()
-        .unwrap_or(0);
+    let blocked0 = drops(d, "fpa", "acl_blocked");
     add_policy(
         d,
         "fpa",
@@ -585,32 +581,18 @@ fn a_policy_moves_the_port_to_the_slow_path_and_back() {
             json!({"Protocols": "6", "RemotePorts": "5201", "Priority": 50}),
         ),
     );
-    let t0 = Instant::now();
-    let mut samples: Vec<(Duration, u64)> = Vec::new();
-    while t0.elapsed() < Duration::from_millis(2500) {
-        samples.push((t0.elapsed(), to_b()));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let last = samples.last().expect("samples").1;
-    const QUIET_BYTES: u64 = 4096;
-    let quiet_from = samples
-        .iter()
-        .find(|(_, bytes)| last - bytes <= QUIET_BYTES)
-        .expect("the last sample qualifies")
-        .0;
+    let (quiet_from, samples) = when_quiet(to_b);
     eprintln!("iperf3 data to b stopped {quiet_from:?} after the Block was added");
     assert!(
         quiet_from <= Duration::from_secs(1),
         "data still reached b {quiet_from:?} after the Block (an offloaded flow kept going?): {samples:?}"
     );
-    let blocked1 = port_stats(d, "fpa")["Drops"]["acl_blocked"]
-        .as_u64()
-        .unwrap_or(0);
+    let blocked1 = drops(d, "fpa", "acl_blocked");
     assert!(
         blocked1 > blocked0,
         "iperf3's retransmissions were not counted as acl_blocked ({blocked0} -> {blocked1})"
     );
-    drop(client);
+    drop(iperf);
     rm_policy(d, "fpa", "stop-iperf");
 
     // The slow path enforces a Block of ICMP.
@@ -624,13 +606,9 @@ fn a_policy_moves_the_port_to_the_slow_path_and_back() {
             json!({"Protocols": "1", "Priority": 50}),
         ),
     );
-    let blocked0 = port_stats(d, "fpa")["Drops"]["acl_blocked"]
-        .as_u64()
-        .unwrap_or(0);
+    let blocked0 = drops(d, "fpa", "acl_blocked");
     assert!(!ping_n(ns_a, &ip_b, 3), "a pinged b under Block Out ICMP");
-    let blocked1 = port_stats(d, "fpa")["Drops"]["acl_blocked"]
-        .as_u64()
-        .unwrap_or(0);
+    let blocked1 = drops(d, "fpa", "acl_blocked");
     assert!(
         blocked1 >= blocked0 + 3,
         "the blocked echo requests were not counted as acl_blocked ({blocked0} -> {blocked1})"
@@ -651,16 +629,14 @@ fn a_policy_moves_the_port_to_the_slow_path_and_back() {
     // Without policies the kernel forwards every ping again.
     rm_policy(d, "fpa", "allow-out");
     rm_policy(d, "fpa", "allow-in");
-    let (a4, b4) = (Counts::of(d, "fpa"), Counts::of(d, "fpb"));
+    let (a4, b4) = Counts::pair(d);
     assert!(
         ping_n(ns_a, &ip_b, 3),
         "a cannot ping b after the policies went"
     );
-    let (a5, b5) = (Counts::of(d, "fpa"), Counts::of(d, "fpb"));
-    assert!(
-        a5.forwarded >= a4.forwarded + 3 && b5.forwarded >= b4.forwarded + 3,
-        "pings were not forwarded in the kernel once the policies went: a {a4:?} -> {a5:?}, b {b4:?} -> {b5:?}"
-    );
+    let (a5, b5) = Counts::pair(d);
+    assert_forwarded("a's pings once the policies went", &a4, &a5, 3);
+    assert_forwarded("b's replies once the policies went", &b4, &b5, 3);
     assert_eq!(
         a5.punted, a4.punted,
         "a's pings were punted after the policies went"
@@ -677,8 +653,7 @@ fn l2tunnel_same_host_traffic_takes_the_slow_path() {
     }
     let _g = shared();
     let mut lab = Lab::l2tunnel();
-    let (a, _) = lab.veth("fpa", 10, &[]);
-    lab.veth("fpb", 11, &[]);
+    let [(a, _), _] = lab.veth_pair();
     let (d, ns_a) = (&lab.d, &lab.eps[a]);
     let ip_b = lab.ip(11);
     assert!(pings(ns_a, &ip_b), "a cannot ping b on l2tunnel");
@@ -703,25 +678,11 @@ fn l2tunnel_same_host_traffic_takes_the_slow_path() {
 
     // Without any policy, too, the kernel leaves the network's traffic to
     // the slow path.
-    let (a0, b0) = (Counts::of(d, "fpa"), Counts::of(d, "fpb"));
+    let (a0, b0) = Counts::pair(d);
     assert!(ping_n(ns_a, &ip_b, 5), "a cannot ping b on l2tunnel");
-    let (a1, b1) = (Counts::of(d, "fpa"), Counts::of(d, "fpb"));
-    assert_eq!(
-        a1.forwarded, a0.forwarded,
-        "the kernel forwarded same-host l2tunnel traffic: {a0:?} -> {a1:?}"
-    );
-    assert_eq!(
-        b1.forwarded, b0.forwarded,
-        "the kernel forwarded same-host l2tunnel traffic: {b0:?} -> {b1:?}"
-    );
-    assert!(
-        a1.punted >= a0.punted + 5,
-        "a's echo requests were not punted: {a0:?} -> {a1:?}"
-    );
-    assert!(
-        b1.punted >= b0.punted + 5,
-        "b's echo replies were not punted: {b0:?} -> {b1:?}"
-    );
+    let (a1, b1) = Counts::pair(d);
+    assert_punted("a's same-host l2tunnel echo requests", &a0, &a1, 5);
+    assert_punted("b's same-host l2tunnel echo replies", &b0, &b1, 5);
     // The programs are attached all the same.
     let info = datapath(d);
     let list = attachments(&info);
@@ -777,10 +738,7 @@ fn uplink_traffic_of_veth_endpoints_stays_in_the_kernel() {
             ("endpoint -> outside", &lab.eps[a], outside, &ip_o),
         ] {
             let before = Counts::of(&lab.d, "fpa");
-            let report = iperf3_report(client, server, addr, 2, &[]);
-            let rate = report["end"]["sum_received"]["bits_per_second"]
-                .as_f64()
-                .unwrap_or(0.0);
+            let rate = received_rate(&iperf3_report(client, server, addr, 2, &[]));
             let after = Counts::of(&lab.d, "fpa");
             eprintln!(
                 "{driver} {who}: {:.2} Gbit/s; fpa {before:?} -> {after:?}",
@@ -814,6 +772,29 @@ fn uplink_traffic_of_veth_endpoints_stays_in_the_kernel() {
 // ------------------------------------------------------------------------
 // 5. Spoofing, caught in the kernel.
 
+/// A UDP frame from `src` to `dst` at `dst_mac` whose source MAC,
+/// `02:aa:bb:cc:dd:<n>`, is no endpoint's; its payload is a fresh marker
+/// naming `who`. Returns the marker and the frame.
+fn spoofed_frame(who: &str, n: u8, src: &str, dst_mac: [u8; 6], dst: &str) -> (String, Vec<u8>) {
+    let marker = format!("vswspoof-{who}-{}", unique());
+    let frame = udp4_frame(
+        [0x02, 0xaa, 0xbb, 0xcc, 0xdd, n],
+        dst_mac,
+        src.parse::<Ipv4Addr>().unwrap(),
+        dst.parse::<Ipv4Addr>().unwrap(),
+        (40000, 9),
+        marker.as_bytes(),
+    );
+    (marker, frame)
+}
+
+/// Whether `cap` holds a frame with `marker` in it.
+fn captured(cap: &Capture, marker: &str) -> bool {
+    cap.frames()
+        .iter()
+        .any(|f| contains_bytes(f, marker.as_bytes()))
+}
+
 #[test]
 fn mac_spoofing_is_dropped_in_the_kernel() {
     if !require_root("mac_spoofing_is_dropped_in_the_kernel") {
@@ -821,8 +802,7 @@ fn mac_spoofing_is_dropped_in_the_kernel() {
     }
     let _g = shared();
     let mut lab = Lab::internal();
-    let (a, _) = lab.veth("fpa", 10, &[]);
-    let (b, ep_b) = lab.veth("fpb", 11, &[]);
+    let [(a, _), (b, ep_b)] = lab.veth_pair();
     let (c, ep_c) = lab.veth("fpc", 12, &["--allow-spoofing"]);
     assert_eq!(ep_c["AllowSpoofing"], true, "{ep_c}");
     let (ip_a, ip_b, ip_c) = (lab.ip(10), lab.ip(11), lab.ip(12));
@@ -833,15 +813,7 @@ fn mac_spoofing_is_dropped_in_the_kernel() {
     let cap = Capture::start(ns_b, "eth0");
 
     // From a: a source MAC that is not a's, to b's MAC, from a's own IP.
-    let marker_a = format!("vswspoof-a-{}", unique());
-    let frame = udp4_frame(
-        [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x01],
-        mac_b,
-        ip_a.parse::<Ipv4Addr>().unwrap(),
-        ip_b.parse::<Ipv4Addr>().unwrap(),
-        (40000, 9),
-        marker_a.as_bytes(),
-    );
+    let (marker_a, frame) = spoofed_frame("a", 0x01, &ip_a, mac_b, &ip_b);
     let before = Counts::of(d, "fpa");
     let drops0 = fast_drops(d, "fpa", "mac_spoofing");
     send_frames(ns_a, "eth0", &vec![frame; 5]);
@@ -859,30 +831,14 @@ fn mac_spoofing_is_dropped_in_the_kernel() {
     );
     // Everything a sent before this ping has reached b by now.
     cap.sync(ns_a, &ip_b);
-    assert!(
-        !cap.frames()
-            .iter()
-            .any(|f| contains_bytes(f, marker_a.as_bytes())),
-        "b received a's spoofed frame"
-    );
+    assert!(!captured(&cap, &marker_a), "b received a's spoofed frame");
 
     // From c, which may spoof: not dropped, and b gets it.
-    let marker_c = format!("vswspoof-c-{}", unique());
-    let frame = udp4_frame(
-        [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x02],
-        mac_b,
-        ip_c.parse::<Ipv4Addr>().unwrap(),
-        ip_b.parse::<Ipv4Addr>().unwrap(),
-        (40000, 9),
-        marker_c.as_bytes(),
-    );
+    let (marker_c, frame) = spoofed_frame("c", 0x02, &ip_c, mac_b, &ip_b);
     let drops_c = fast_drops(d, "fpc", "mac_spoofing");
     send_frames(ns_c, "eth0", &[frame]);
     assert!(
-        wait_until(FIVE_S, || cap
-            .frames()
-            .iter()
-            .any(|f| contains_bytes(f, marker_c.as_bytes()))),
+        wait_until(FIVE_S, || captured(&cap, &marker_c)),
         "b never received c's frame from another MAC (c has --allow-spoofing)"
     );
     assert_eq!(
@@ -902,8 +858,7 @@ fn kernel_forwarding_survives_kill_9_and_restart() {
     }
     let _g = exclusive();
     let mut lab = Lab::internal();
-    let (a, ep_a) = lab.veth("fpa", 10, &[]);
-    let (b, ep_b) = lab.veth("fpb", 11, &[]);
+    let [(a, ep_a), (b, ep_b)] = lab.veth_pair();
     let ip_b = lab.ip(11);
     assert!(pings(&lab.eps[a], &ip_b), "a cannot ping b");
     let pin_dir = datapath(&lab.d)["PinDir"].as_str().unwrap().to_owned();
@@ -958,15 +913,8 @@ fn kernel_forwarding_survives_kill_9_and_restart() {
     );
 
     // The new instance adopted what the dead one pinned.
-    let info = datapath(d);
-    assert_eq!(info["Loaded"], true, "{info}");
-    assert_eq!(info["Origin"], "adopted", "{info}");
+    let info = assert_datapath(d, "adopted", &[("fpa", &ep_a), ("fpb", &ep_b)]);
     assert_eq!(info["PinDir"], pin_dir.as_str(), "{info}");
-    assert_eq!(
-        attachments(&info),
-        expected_attachments(&[("fpa", &ep_a), ("fpb", &ep_b)]),
-        "{info}"
-    );
     assert!(
         pings(&lab.eps[a], &ip_b),
         "a cannot ping b after the restart"
@@ -974,10 +922,7 @@ fn kernel_forwarding_survives_kill_9_and_restart() {
     let before = Counts::of(d, "fpa");
     assert!(ping_n(&lab.eps[a], &ip_b, 3));
     let after = Counts::of(d, "fpa");
-    assert!(
-        after.forwarded >= before.forwarded + 3,
-        "a's pings were not forwarded in the kernel after the restart: {before:?} -> {after:?}"
-    );
+    assert_forwarded("a's pings after the restart", &before, &after, 3);
 
     // Removing the endpoints removes their devices and attachments.
     d.ok(&["endpoint", "rm", "fpa"]);
@@ -1035,14 +980,7 @@ fn veth_and_tap_endpoints_share_a_network() {
     let before = Counts::of(d, "fpv");
     assert!(ping_n(ns_v, &ip_t, 3), "veth -> tap ping failed");
     let after = Counts::of(d, "fpv");
-    assert!(
-        after.punted >= before.punted + 3,
-        "echo requests to the TAP endpoint were not punted: {before:?} -> {after:?}"
-    );
-    assert_eq!(
-        after.forwarded, before.forwarded,
-        "the kernel forwarded frames to a TAP endpoint: {before:?} -> {after:?}"
-    );
+    assert_punted("echo requests to the TAP endpoint", &before, &after, 3);
     // The TAP endpoint has no kernel fast path; the veth one's programs
     // are the only attachments.
     let s = port_stats(d, "fpt");
