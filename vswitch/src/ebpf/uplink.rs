@@ -61,7 +61,6 @@
 //! namespace).
 
 use crate::sys::error_chain;
-use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -71,7 +70,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
-use aya::programs::{LinkOrder, ProgramError, Xdp};
+use aya::programs::{LinkOrder, Program, ProgramError, Xdp};
 use aya::Ebpf;
 
 use super::{ensure_bpffs, EbpfError, PIN_ROOT};
@@ -304,15 +303,9 @@ pub struct UplinkProgram {
     link: PinnedLink,
     /// TC mode: the inject program's link on the punt TAP.
     inject: Option<PinnedLink>,
-    /// XDP mode only.
-    xsks: Option<XskMap<MapData>>,
     /// TC mode only.
     tc_ports: Option<Array<MapData, TcPorts>>,
-    macs: HashMap<MapData, MacKey, u32>,
-    ips: HashMap<MapData, IpKey, u32>,
-    nat_ranges: HashMap<MapData, NatKey, NatRange>,
-    nat_ports: HashMap<MapData, NatPortKey, u32>,
-    stats: PerCpuArray<MapData, u64>,
+    maps: PinnedMaps,
     /// Owns the loaded program; dropping it leaves the pinned link attached.
     _ebpf: Ebpf,
 }
@@ -336,30 +329,10 @@ impl UplinkProgram {
     pub fn attach(ifname: &str) -> Result<UplinkProgram, EbpfError> {
         // The name also names the pin directory: checked before either.
         IfName::checked(ifname)?;
-        let c_name = CString::new(ifname).expect("checked: no NUL");
-        // SAFETY: c_name is a valid NUL-terminated string for the call.
-        let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(EbpfError::NoSuchInterface(ifname.to_string()));
-        }
-        ensure_bpffs()?;
-        let pin_dir = Path::new(PIN_ROOT).join(ifname);
-        std::fs::create_dir_all(&pin_dir).map_err(|source| EbpfError::PinDir {
-            path: pin_dir.clone(),
-            source,
-        })?;
-        let replaced = remove_pins(&pin_dir)?;
-        if replaced {
-            tracing::info!(
-                ifname,
-                "replacing the steering program of a previous instance"
-            );
-        }
-        // A failed attach (another program on the interface, say) must not
-        // leave pinned maps behind.
-        UplinkProgram::load_pinned(ifname, ifindex, pin_dir.clone()).inspect_err(|_| {
-            let _ = remove_pins(&pin_dir);
-            let _ = std::fs::remove_dir(&pin_dir);
+        let ifindex = if_index(ifname)?;
+        let pin_dir = fresh_pin_dir(ifname)?;
+        unpinned_on_error(pin_dir, |pin_dir| {
+            UplinkProgram::load_pinned(ifname, ifindex, pin_dir)
         })
     }
 
@@ -370,23 +343,9 @@ impl UplinkProgram {
     pub fn attach_tc(ifname: &str, punt: &str) -> Result<UplinkProgram, EbpfError> {
         IfName::checked(ifname)?;
         IfName::checked(punt)?;
-        let index_of = |name: &str| {
-            crate::sys::if_index(name).ok_or_else(|| EbpfError::NoSuchInterface(name.to_string()))
-        };
-        let ifindex = index_of(ifname)?;
-        let punt_index = index_of(punt)?;
-        ensure_bpffs()?;
-        let pin_dir = Path::new(PIN_ROOT).join(ifname);
-        std::fs::create_dir_all(&pin_dir).map_err(|source| EbpfError::PinDir {
-            path: pin_dir.clone(),
-            source,
-        })?;
-        if remove_pins(&pin_dir)? {
-            tracing::info!(
-                ifname,
-                "replacing the steering program of a previous instance"
-            );
-        }
+        let ifindex = if_index(ifname)?;
+        let punt_index = if_index(punt)?;
+        let pin_dir = fresh_pin_dir(ifname)?;
         // A vswitchd still running holds its link open: unpinning did not
         // detach it, and two steering programs must not run.
         if steering_on_tcx(ifname) {
@@ -394,11 +353,9 @@ impl UplinkProgram {
                 ifname: ifname.to_string(),
             });
         }
-        UplinkProgram::load_pinned_tc(ifname, ifindex, punt, punt_index, pin_dir.clone())
-            .inspect_err(|_| {
-                let _ = remove_pins(&pin_dir);
-                let _ = std::fs::remove_dir(&pin_dir);
-            })
+        unpinned_on_error(pin_dir, |pin_dir| {
+            UplinkProgram::load_pinned_tc(ifname, ifindex, punt, punt_index, pin_dir)
+        })
     }
 
     fn load_pinned_tc(
@@ -413,12 +370,9 @@ impl UplinkProgram {
             source: Box::new(source),
         })?;
         for name in [PROGRAM_TC, PROGRAM_INJECT] {
-            tc_program(&mut ebpf, name)?
+            program::<SchedClassifier>(&mut ebpf, name)?
                 .load()
-                .map_err(|source| EbpfError::Load {
-                    program: name,
-                    source: Box::new(source),
-                })?;
+                .map_err(load_error(name))?;
         }
         let maps = PinnedMaps::take(&mut ebpf, &pin_dir, false)?;
         let mut tc_ports: Array<MapData, TcPorts> =
@@ -446,15 +400,8 @@ impl UplinkProgram {
         // Last on the hook: the fast path's program (first) delivers to veth
         // endpoints before steering sees the frame, whichever attaches first.
         let steering = attach_tcx(&mut ebpf, PROGRAM_TC, ifname, LinkOrder::last())?;
-        let pin = |link: FdLink, name: &str| {
-            let path = pin_dir.join(name);
-            link.pin(&path).map_err(|source| EbpfError::Pin {
-                path,
-                source: Box::new(source),
-            })
-        };
-        let inject = pin(inject, LINK_INJECT_PIN)?;
-        let link = pin(steering, LINK_TC_PIN)?;
+        let inject = pin_link(inject, &pin_dir.join(LINK_INJECT_PIN))?;
+        let link = pin_link(steering, &pin_dir.join(LINK_TC_PIN))?;
 
         tracing::info!(ifname, punt, pin = %pin_dir.display(), "attached the uplink TC programs");
         Ok(UplinkProgram {
@@ -464,13 +411,8 @@ impl UplinkProgram {
             pin_dir,
             link,
             inject: Some(inject),
-            xsks: None,
             tc_ports: Some(tc_ports),
-            macs: maps.macs,
-            ips: maps.ips,
-            nat_ranges: maps.nat_ranges,
-            nat_ports: maps.nat_ports,
-            stats: maps.stats,
+            maps,
             _ebpf: ebpf,
         })
     }
@@ -486,12 +428,9 @@ impl UplinkProgram {
             program: PROGRAM,
             source: Box::new(source),
         })?;
-        xdp_program(&mut ebpf)?
+        program::<Xdp>(&mut ebpf, PROGRAM)?
             .load()
-            .map_err(|source| EbpfError::Load {
-                program: PROGRAM,
-                source: Box::new(source),
-            })?;
+            .map_err(load_error(PROGRAM))?;
 
         let maps = PinnedMaps::take(&mut ebpf, &pin_dir, true)?;
 
@@ -530,13 +469,8 @@ impl UplinkProgram {
             pin_dir,
             link,
             inject: None,
-            xsks: maps.xsks,
             tc_ports: None,
-            macs: maps.macs,
-            ips: maps.ips,
-            nat_ranges: maps.nat_ranges,
-            nat_ports: maps.nat_ports,
-            stats: maps.stats,
+            maps,
             _ebpf: ebpf,
         })
     }
@@ -564,7 +498,8 @@ impl UplinkProgram {
     /// Directs endpoint frames received on `queue` to the AF_XDP socket `fd`,
     /// which must be bound to this interface and queue.
     pub fn register_xsk(&mut self, queue: u32, fd: RawFd) -> Result<(), EbpfError> {
-        self.xsks
+        self.maps
+            .xsks
             .as_mut()
             .ok_or(EbpfError::Missing(MAP_XSKS))?
             .set(queue, fd, 0)
@@ -578,7 +513,11 @@ impl UplinkProgram {
     /// Forgets the socket of `queue`; its frames go to the host again. (The
     /// kernel also drops the entry when the socket closes.)
     pub fn unregister_xsk(&mut self, queue: u32) -> Result<(), EbpfError> {
-        let xsks = self.xsks.as_mut().ok_or(EbpfError::Missing(MAP_XSKS))?;
+        let xsks = self
+            .maps
+            .xsks
+            .as_mut()
+            .ok_or(EbpfError::Missing(MAP_XSKS))?;
         ignore_missing(xsks.unset(queue)).map_err(|source| EbpfError::Map {
             map: MAP_XSKS,
             op: "unregistering a socket",
@@ -615,7 +554,8 @@ impl UplinkProgram {
             vlan: check_vlan(vlan)?,
             mac,
         };
-        self.macs
+        self.maps
+            .macs
             .insert(key, if kernel { EP_KERNEL } else { 0 }, 0)
             .map_err(|source| EbpfError::Map {
                 map: MAP_MACS,
@@ -631,7 +571,7 @@ impl UplinkProgram {
             vlan: check_vlan(vlan)?,
             mac,
         };
-        ignore_missing(self.macs.remove(&key)).map_err(|source| EbpfError::Map {
+        ignore_missing(self.maps.macs.remove(&key)).map_err(|source| EbpfError::Map {
             map: MAP_MACS,
             op: "removing an endpoint MAC",
             source: Box::new(source),
@@ -645,7 +585,8 @@ impl UplinkProgram {
     pub fn add_ip(&mut self, vlan: u16, ip: IpAddr, kernel: bool) -> Result<(), EbpfError> {
         let key = ip_key(check_vlan(vlan)?, ip);
         let value = if kernel { EP_KERNEL } else { 0 };
-        self.ips
+        self.maps
+            .ips
             .insert(key, value, 0)
             .map_err(|source| EbpfError::Map {
                 map: MAP_IPS,
@@ -658,7 +599,7 @@ impl UplinkProgram {
     /// error.
     pub fn remove_ip(&mut self, vlan: u16, ip: IpAddr) -> Result<(), EbpfError> {
         let key = ip_key(check_vlan(vlan)?, ip);
-        ignore_missing(self.ips.remove(&key)).map_err(|source| EbpfError::Map {
+        ignore_missing(self.maps.ips.remove(&key)).map_err(|source| EbpfError::Map {
             map: MAP_IPS,
             op: "removing an endpoint IP",
             source: Box::new(source),
@@ -681,7 +622,8 @@ impl UplinkProgram {
             return Err(EbpfError::InvalidNatRange { lo, hi });
         }
         let key = nat_key(check_vlan(vlan)?, addr);
-        self.nat_ranges
+        self.maps
+            .nat_ranges
             .insert(key, NatRange { lo, hi }, 0)
             .map_err(|source| EbpfError::Map {
                 map: MAP_NAT_RANGES,
@@ -696,7 +638,7 @@ impl UplinkProgram {
     /// set again). Clearing an absent range is not an error.
     pub fn clear_nat_range(&mut self, vlan: u16, addr: Ipv4Addr) -> Result<(), EbpfError> {
         let key = nat_key(check_vlan(vlan)?, addr);
-        ignore_missing(self.nat_ranges.remove(&key)).map_err(|source| EbpfError::Map {
+        ignore_missing(self.maps.nat_ranges.remove(&key)).map_err(|source| EbpfError::Map {
             map: MAP_NAT_RANGES,
             op: "clearing a NAT range",
             source: Box::new(source),
@@ -716,7 +658,8 @@ impl UplinkProgram {
         port: u16,
     ) -> Result<(), EbpfError> {
         let key = nat_port_key(check_vlan(vlan)?, addr, check_nat_proto(proto)?, port);
-        self.nat_ports
+        self.maps
+            .nat_ports
             .insert(key, 0, 0)
             .map_err(|source| EbpfError::Map {
                 map: MAP_NAT_PORTS,
@@ -735,7 +678,7 @@ impl UplinkProgram {
         port: u16,
     ) -> Result<(), EbpfError> {
         let key = nat_port_key(check_vlan(vlan)?, addr, check_nat_proto(proto)?, port);
-        ignore_missing(self.nat_ports.remove(&key)).map_err(|source| EbpfError::Map {
+        ignore_missing(self.maps.nat_ports.remove(&key)).map_err(|source| EbpfError::Map {
             map: MAP_NAT_PORTS,
             op: "removing a NAT port",
             source: Box::new(source),
@@ -766,14 +709,15 @@ impl UplinkProgram {
     /// The program's counters, summed over CPUs.
     pub fn stats(&self) -> Result<XdpStats, EbpfError> {
         let read = |stat: UplinkStat| -> Result<u64, EbpfError> {
-            let per_cpu = self
-                .stats
-                .get(&(stat as u32), 0)
-                .map_err(|source| EbpfError::Map {
-                    map: MAP_STATS,
-                    op: "reading counters",
-                    source: Box::new(source),
-                })?;
+            let per_cpu =
+                self.maps
+                    .stats
+                    .get(&(stat as u32), 0)
+                    .map_err(|source| EbpfError::Map {
+                        map: MAP_STATS,
+                        op: "reading counters",
+                        source: Box::new(source),
+                    })?;
             Ok(per_cpu.iter().copied().fold(0u64, u64::wrapping_add))
         };
         Ok(XdpStats {
@@ -825,6 +769,7 @@ impl UplinkProgram {
 
 /// The maps both builds share, taken from the loaded object and pinned.
 struct PinnedMaps {
+    /// XDP mode only.
     xsks: Option<XskMap<MapData>>,
     macs: HashMap<MapData, MacKey, u32>,
     ips: HashMap<MapData, IpKey, u32>,
@@ -878,17 +823,59 @@ fn typed(name: &'static str, source: MapError) -> EbpfError {
     }
 }
 
-fn tc_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, EbpfError> {
+/// The index of interface `name` in the calling thread's namespace.
+fn if_index(name: &str) -> Result<u32, EbpfError> {
+    crate::sys::if_index(name).ok_or_else(|| EbpfError::NoSuchInterface(name.to_string()))
+}
+
+/// The pin directory of `ifname`, made if need be, with what a previous
+/// instance pinned there (in either mode) removed.
+fn fresh_pin_dir(ifname: &str) -> Result<PathBuf, EbpfError> {
+    ensure_bpffs()?;
+    let pin_dir = Path::new(PIN_ROOT).join(ifname);
+    std::fs::create_dir_all(&pin_dir).map_err(|source| EbpfError::PinDir {
+        path: pin_dir.clone(),
+        source,
+    })?;
+    if remove_pins(&pin_dir)? {
+        tracing::info!(
+            ifname,
+            "replacing the steering program of a previous instance"
+        );
+    }
+    Ok(pin_dir)
+}
+
+/// Runs `load` on `pin_dir`: a failed attach (another program on the
+/// interface, say) must not leave pinned maps behind.
+fn unpinned_on_error(
+    pin_dir: PathBuf,
+    load: impl FnOnce(PathBuf) -> Result<UplinkProgram, EbpfError>,
+) -> Result<UplinkProgram, EbpfError> {
+    load(pin_dir.clone()).inspect_err(|_| {
+        let _ = remove_pins(&pin_dir);
+        let _ = std::fs::remove_dir(&pin_dir);
+    })
+}
+
+/// Loading (or attaching) program `name` failed.
+fn load_error(name: &'static str) -> impl Fn(ProgramError) -> EbpfError + Copy {
+    move |source| EbpfError::Load {
+        program: name,
+        source: Box::new(source),
+    }
+}
+
+/// The program `name` of the object, as the kind `P` (`Xdp`,
+/// `SchedClassifier`).
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, EbpfError>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(EbpfError::Missing(name))?
         .try_into()
-        .map_err(|source| EbpfError::Load {
-            program: name,
-            source: Box::new(source),
-        })
+        .map_err(load_error(name))
 }
 
 /// Attaches the loaded TC program `name` to the tcx ingress of `ifname` at
@@ -899,11 +886,8 @@ fn attach_tcx(
     ifname: &str,
     order: LinkOrder,
 ) -> Result<FdLink, EbpfError> {
-    let load_err = |source: ProgramError| EbpfError::Load {
-        program: name,
-        source: Box::new(source),
-    };
-    let prog = tc_program(ebpf, name)?;
+    let load_err = load_error(name);
+    let prog = program::<SchedClassifier>(ebpf, name)?;
     let id = prog
         .attach_with_options(
             ifname,
@@ -934,33 +918,22 @@ fn attach_plain(
     ifname: &str,
     link_path: &Path,
 ) -> Result<(PinnedLink, XdpMode), EbpfError> {
-    let program = xdp_program(ebpf)?;
+    let program = program::<Xdp>(ebpf, PROGRAM)?;
     let (link_id, mode) = attach_best_mode(program, ifname)?;
-    let link = program
-        .take_link(link_id)
-        .map_err(|source| EbpfError::Load {
-            program: PROGRAM,
-            source: Box::new(source),
-        })?;
+    let link = program.take_link(link_id).map_err(load_error(PROGRAM))?;
     // Until pinned, dropping the link (on an error) detaches it again.
     let link = FdLink::try_from(link).map_err(|_| EbpfError::NotALink {
         ifname: ifname.to_string(),
     })?;
-    let link = link.pin(link_path).map_err(|source| EbpfError::Pin {
-        path: link_path.to_path_buf(),
-        source: Box::new(source),
-    })?;
-    Ok((link, mode))
+    Ok((pin_link(link, link_path)?, mode))
 }
 
-fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, EbpfError> {
-    ebpf.program_mut(PROGRAM)
-        .ok_or(EbpfError::Missing(PROGRAM))?
-        .try_into()
-        .map_err(|source| EbpfError::Load {
-            program: PROGRAM,
-            source: Box::new(source),
-        })
+/// Pins `link` at `path`; dropped unpinned on an error, it detaches.
+fn pin_link(link: FdLink, path: &Path) -> Result<PinnedLink, EbpfError> {
+    link.pin(path).map_err(|source| EbpfError::Pin {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })
 }
 
 /// Tries native mode, then generic. A busy interface (another program
@@ -1120,8 +1093,19 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testnet::{is_root, VethNet};
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// A fresh veth topology; none when not root (the test is skipped:
+    /// it needs root for `needs`).
+    fn veth_net(needs: &str) -> Option<VethNet> {
+        if !is_root() {
+            eprintln!("skipped: needs root ({needs})");
+            return None;
+        }
+        Some(VethNet::new().expect("building the veth topology"))
+    }
 
     #[test]
     fn ip_keys_match_the_c_layout() {
@@ -1194,12 +1178,9 @@ mod tests {
 
     #[test]
     fn attach_replaces_a_previous_instance_and_detach_removes_it() {
-        use super::super::testnet::{is_root, VethNet};
-        if !is_root() {
-            eprintln!("skipped: needs root (namespaces, XDP)");
+        let Some(net) = veth_net("namespaces, XDP") else {
             return;
-        }
-        let net = VethNet::new().expect("building the veth topology");
+        };
         let first = net
             .in_a(|| UplinkProgram::attach(&net.a))
             .expect("first attach");
@@ -1272,14 +1253,12 @@ mod tests {
 
     #[test]
     fn tc_mode_steers_to_the_punt_tap_and_sends_what_it_writes() {
-        use super::super::testnet::{is_root, RawSocket, VethNet};
+        use super::super::testnet::RawSocket;
         use crate::port::{tap::Tap, Packet, PortIo};
         use std::time::Duration;
-        if !is_root() {
-            eprintln!("skipped: needs root (namespaces, TC, TAP)");
+        let Some(net) = veth_net("namespaces, TC, TAP") else {
             return;
-        }
-        let net = VethNet::new().expect("building the veth topology");
+        };
         let punt = format!("{}t", net.a);
         let mut tap = net.in_a(|| Tap::create(&punt, true)).expect("punt TAP");
         net.ip(&net.ns_a, &["link", "set", &punt, "up"]).unwrap();
@@ -1372,18 +1351,15 @@ mod tests {
         assert!(!pin_dir.exists(), "pins left behind");
     }
 
-    fn steering_on_tcx_in(net: &super::super::testnet::VethNet, dev: &str) -> bool {
+    fn steering_on_tcx_in(net: &VethNet, dev: &str) -> bool {
         net.in_a(|| steering_on_tcx(dev))
     }
 
     #[test]
     fn falls_back_to_generic_mode() {
-        use super::super::testnet::{is_root, VethNet};
-        if !is_root() {
-            eprintln!("skipped: needs root (namespaces, XDP)");
+        let Some(net) = veth_net("namespaces, XDP") else {
             return;
-        }
-        let net = VethNet::new().expect("building the veth topology");
+        };
         // The bridge driver has no native XDP (and this kernel has no dummy).
         let dummy = format!("{}d", net.a);
         net.ip(&net.ns_a, &["link", "add", &dummy, "type", "bridge"])
@@ -1401,12 +1377,9 @@ mod tests {
 
     #[test]
     fn refuses_a_foreign_program() {
-        use super::super::testnet::{is_root, VethNet};
-        if !is_root() {
-            eprintln!("skipped: needs root (namespaces, XDP)");
+        let Some(net) = veth_net("namespaces, XDP") else {
             return;
-        }
-        let net = VethNet::new().expect("building the veth topology");
+        };
         // A program attached by someone else, without a vswitch pin.
         let prog = net.in_a(|| UplinkProgram::attach(&net.a)).expect("attach");
         let link_path = prog.pin_dir().join(LINK_PIN);
@@ -1448,13 +1421,8 @@ mod tests {
     /// A veth pair with the program attached to `a` and a NAT range for
     /// `a`'s address; no AF_XDP socket, so steered frames still reach the
     /// host (counted `no_socket`) and replies flow.
-    fn nat_uplink() -> Option<(super::super::testnet::VethNet, UplinkProgram)> {
-        use super::super::testnet::{is_root, VethNet};
-        if !is_root() {
-            eprintln!("skipped: needs root (namespaces, XDP)");
-            return None;
-        }
-        let net = VethNet::new().expect("building the veth topology");
+    fn nat_uplink() -> Option<(VethNet, UplinkProgram)> {
+        let net = veth_net("namespaces, XDP")?;
         let mut prog = net.in_a(|| UplinkProgram::attach(&net.a)).expect("attach");
         prog.set_nat_range(0, Ipv4Addr::from(net.ip_a), NAT_LO, NAT_HI)
             .unwrap();
