@@ -275,32 +275,15 @@ pub fn attach(
                 None
             }
         };
-        let counters = Arc::new(PortCounters::default());
-        datapath
-            .add_trunk(TrunkSpec {
-                id: trunk,
-                queues: sockets,
-                super_frames,
-                counters: counters.clone(),
-            })
-            .map_err(|e| fail("adding to the datapath", &e))?;
-        Ok(counters)
+        add_trunk(datapath, trunk, sockets, super_frames)
+            .map_err(|e| fail("adding to the datapath", &e))
     })();
     match result {
         Ok(counters) => {
             tracing::info!(ifname, io = %io, mode = %program.mode(), "uplink attached");
-            Ok(Uplink {
-                ifname: ifname.to_owned(),
-                ifindex: facts.index,
-                mac: facts.mac,
-                io,
-                punt_tap: None,
-                program,
-                trunk,
-                counters,
-                users: 0,
-                nat_ports: Vec::new(),
-            })
+            Ok(Uplink::new(
+                ifname, &facts, io, None, program, trunk, counters,
+            ))
         }
         Err(e) => {
             let _ = program.detach();
@@ -334,32 +317,21 @@ fn attach_tc(
         let whole = tap
             .try_clone()
             .map_err(|e| fail("opening the punt TAP", &e))?;
-        let counters = Arc::new(PortCounters::default());
-        datapath
-            .add_trunk(TrunkSpec {
-                id: trunk,
-                queues: vec![Box::new(tap)],
-                super_frames: Some(Box::new(whole)),
-                counters: counters.clone(),
-            })
-            .map_err(|e| fail("adding to the datapath", &e))?;
-        Ok(counters)
+        add_trunk(datapath, trunk, vec![Box::new(tap)], Some(Box::new(whole)))
+            .map_err(|e| fail("adding to the datapath", &e))
     })();
     match result {
         Ok(counters) => {
             tracing::info!(ifname, io = %UplinkIo::Tc, punt = %punt, "uplink attached");
-            Ok(Uplink {
-                ifname: ifname.to_owned(),
-                ifindex: facts.index,
-                mac: facts.mac,
-                io: UplinkIo::Tc,
-                punt_tap: Some(punt),
+            Ok(Uplink::new(
+                ifname,
+                facts,
+                UplinkIo::Tc,
+                Some(punt),
                 program,
                 trunk,
                 counters,
-                users: 0,
-                nat_ports: Vec::new(),
-            })
+            ))
         }
         Err(e) => {
             let _ = program.clear_punt();
@@ -370,7 +342,49 @@ fn attach_tc(
     }
 }
 
+/// Adds trunk `trunk` to the datapath: its queues and the port its
+/// super-frames leave through, counted by fresh counters (returned).
+fn add_trunk(
+    datapath: &Datapath,
+    trunk: TrunkId,
+    queues: Vec<Box<dyn PortIo>>,
+    super_frames: Option<Box<dyn PortIo>>,
+) -> std::io::Result<Arc<PortCounters>> {
+    let counters = Arc::new(PortCounters::default());
+    datapath.add_trunk(TrunkSpec {
+        id: trunk,
+        queues,
+        super_frames,
+        counters: counters.clone(),
+    })?;
+    Ok(counters)
+}
+
 impl Uplink {
+    /// An uplink just attached, used by no network yet.
+    fn new(
+        ifname: &str,
+        facts: &InterfaceFacts,
+        io: UplinkIo,
+        punt_tap: Option<String>,
+        program: UplinkProgram,
+        trunk: TrunkId,
+        counters: Arc<PortCounters>,
+    ) -> Uplink {
+        Uplink {
+            ifname: ifname.to_owned(),
+            ifindex: facts.index,
+            mac: facts.mac,
+            io,
+            punt_tap,
+            program,
+            trunk,
+            counters,
+            users: 0,
+            nat_ports: Vec::new(),
+        }
+    }
+
     /// Where the steering runs (XDP native or generic, or tc).
     pub fn hook(&self) -> UplinkHook {
         self.program.mode()
