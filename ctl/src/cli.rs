@@ -196,6 +196,58 @@ pub enum Command {
     /// Remove what a lab file describes and what applying it made
     #[command(after_help = DELETE_HELP)]
     Delete(DeleteArgs),
+    /// Capture a port's traffic with tcpdump, as text or into a pcap file
+    #[command(after_help = CAPTURE_HELP)]
+    Capture(CaptureArgs),
+}
+
+const CAPTURE_HELP: &str = "\
+Runs tcpdump (Debian package tcpdump) on the port's device, as 'port ls' lists it: an
+endpoint's vNIC inside the endpoint's namespace (nsenter --net); a host or uplink port's
+device in vswitchctl's own namespace, which must then be the daemon's. Frames are seen as
+the vNIC sees them: on the way out of the switch after its translation (NAT, port
+mappings), on the way in before it. For a veth endpoint that includes the frames the
+kernel fast path forwards. The switch keeps no capture hook: nothing is spent when
+nobody captures.
+
+Directions are the switch's: --direction in is what the port sends into the switch
+(what the vNIC transmits), out is what the switch delivers to it.
+
+Examples:
+  vswitchctl capture ep1                                  # text, until ^C
+  vswitchctl capture -c 4 -w ep1.pcap ep1 icmp            # pcap for tcpdump, tshark, Wireshark
+  vswitchctl capture -w - ep1 tcp port 80 | tcpdump -r - -n
+  vswitchctl capture --direction out host:net1 arp";
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// Write pcap to FILE (written packet by packet); - writes it to stdout [default: print text]
+    #[arg(short = 'w', value_name = "FILE|-")]
+    pub write: Option<PathBuf>,
+    /// Stop after N frames, e.g. -c 10
+    #[arg(short = 'c', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Which frames, as the switch sees them: in (from the port), out (to it) or both
+    #[arg(
+        long,
+        value_name = "in|out|both",
+        default_value = "both",
+        hide_possible_values = true
+    )]
+    pub direction: Direction,
+    /// Port to capture, as 'port ls' names it, e.g. ep1 or host:net1
+    pub port: String,
+    /// A tcpdump filter expression, e.g. icmp or tcp port 80
+    #[arg(value_name = "FILTER", trailing_var_arg = true)]
+    pub filter: Vec<String>,
+}
+
+/// A capture's direction, from the switch's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Direction {
+    In,
+    Out,
+    Both,
 }
 
 #[derive(Debug, Args)]
@@ -723,9 +775,9 @@ impl Command {
             },
             Command::Datapath(DatapathCommand::Show(_)) => Request::DatapathShow,
             // Many requests, planned from a file: `lab` runs them.
-            Command::Apply(_) | Command::Delete(_) => {
+            Command::Apply(_) | Command::Delete(_) | Command::Capture(_) => {
                 return Err(CommandError::Input(
-                    "apply and delete are not one request".into(),
+                    "apply, delete and capture are not one request".into(),
                 ))
             }
         })

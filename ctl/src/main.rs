@@ -3,6 +3,7 @@
 //! Exit status: 0 on success, 1 when the call failed (the reason is one line
 //! on stderr, `vswitchctl: ...`), 2 for a malformed command line.
 
+mod capture;
 mod cli;
 mod client;
 mod lab;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Apply(args) => return lab::apply(&cli.socket, args),
         Command::Delete(args) => return lab::delete(&cli.socket, args),
+        Command::Capture(args) => return capture::run(&cli.socket, args),
         _ => {}
     }
     let request = match cli.command.request(&mut read_input) {
