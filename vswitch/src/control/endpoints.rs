@@ -497,7 +497,7 @@ impl Controller {
     }
 }
 
-fn endpoint_ips(ep: &EndpointRecord) -> Vec<IpAddr> {
+pub(super) fn endpoint_ips(ep: &EndpointRecord) -> Vec<IpAddr> {
     let v4 = ep.ipv4.map(IpAddr::V4);
     v4.into_iter().chain(ep.ipv6.map(IpAddr::V6)).collect()
 }

@@ -10,6 +10,7 @@
 //! slow as a whole. Whenever an endpoint's layers change, its entries are
 //! rewritten before the request returns.
 
+use super::endpoints::endpoint_ips;
 use super::errors::internal;
 use super::plumb::{VethNames, VethPort};
 use super::state::{EndpointRecord, NetworkRecord};
@@ -452,11 +453,6 @@ impl Controller {
                 .collect(),
         }
     }
-}
-
-fn endpoint_ips(ep: &EndpointRecord) -> Vec<IpAddr> {
-    let v4 = ep.ipv4.map(IpAddr::V4);
-    v4.into_iter().chain(ep.ipv6.map(IpAddr::V6)).collect()
 }
 
 fn ip_entry(ifindex: u32, slot: u32, ep: &EndpointRecord, port_flags_: u32) -> FpIp {
