@@ -103,7 +103,11 @@ cleanup() {
     trap '' INT TERM
     local i
     for i in "${SERVER_PIDS[@]}"; do stop_pid "$i"; done
+    # The daemon's kernel fast path outlives it by design (pinned); a
+    # benchmark's daemon is gone for good, so its pins go too.
+    local pins=""
     if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
+        pins=$(ctl datapath show --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["PinDir"])' 2>/dev/null)
         for ((i = ${#CREATED_EP[@]} - 1; i >= 0; i--)); do
             ctl endpoint rm "${CREATED_EP[i]}" >/dev/null 2>&1 || echo "warning: could not remove endpoint ${CREATED_EP[i]}" >&2
         done
@@ -113,6 +117,7 @@ cleanup() {
     fi
     [ -z "$CLEANUP_EXTRA" ] || "$CLEANUP_EXTRA"
     [ -n "$DAEMON_PID" ] && stop_pid "$DAEMON_PID"
+    case "$pins" in /sys/fs/bpf/vswitch/fastpath-*) rm -rf "$pins" ;; esac
     if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ]; then
         for i in "${DAEMON_LOGS[@]}"; do
             [ -s "$i" ] || continue
