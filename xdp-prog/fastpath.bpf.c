@@ -447,8 +447,6 @@ int vswitch_inject(struct __sk_buff *skb)
 		c->injected_packets += frames_of(skb);
 		c->injected_bytes += skb->len;
 	}
-	if (port->flags & FP_PORT_UPLINK)
-		return bpf_redirect(port->peer, 0);
 	return bpf_redirect_peer(port->peer, 0);
 }
 

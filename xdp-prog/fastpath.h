@@ -24,8 +24,8 @@
 #define FP_PORT_SLOW (1 << 0)
 /* The port may send from any MAC and IP (--allow-spoofing). */
 #define FP_PORT_SPOOF (1 << 1)
-/* An uplink: frames arrive from the wire. */
-#define FP_PORT_UPLINK (1 << 2)
+/* (1 << 2): unused; an uplink's punt TAP has its own inject program,
+ * xdp-prog/uplink.bpf.c. */
 /* A punt TAP: frames the slow path writes to it go out of `peer`. */
 #define FP_PORT_INJECT (1 << 3)
 /* Frames to this port need the slow path (its inbound policy). Copied into

@@ -338,6 +338,7 @@ impl Controller {
         };
         let ips = endpoint_ips(ep);
         let addrs = ips.iter().map(|ip| (*ip, ep.mac)).collect();
+        let kernel = super::fastpath::kernel_delivers(net, ep, &layers.0);
         let attached = self.attach(
             ep.port_id,
             dp,
@@ -362,12 +363,6 @@ impl Controller {
         };
         port.tap = Some(owner);
         port.veth = Some(handle.clone());
-        let slow = self
-            .fast
-            .as_ref()
-            .and_then(|fp| fp.port(handle.host_index))
-            .is_none_or(|p| p.flags & crate::ebpf::fastpath::port_flags::SLOW != 0);
-        let kernel = super::fastpath::kernel_uplink(net) && !slow;
         if let Err(e) = self.steer_endpoint(net, ep, &ips, kernel) {
             let _ = self.datapath.remove_port(port.id);
             self.fast_detach(&handle);

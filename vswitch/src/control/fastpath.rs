@@ -59,6 +59,13 @@ fn ifname(name: &str) -> ApiResult<IfName> {
 }
 
 /// What the kernel must leave to the slow path for this port.
+/// Whether the kernel delivers the endpoint's frames from the wire: its
+/// network's uplink is the kernel's, and the port has nothing the slow path
+/// must see.
+pub(super) fn kernel_delivers(net: &NetworkRecord, ep: &EndpointRecord, layers: &Layers) -> bool {
+    kernel_uplink(net) && flags_of(Some(net), ep, layers) & port_flags::SLOW == 0
+}
+
 /// l2tunnel polices same-host traffic too: its ports are slow whatever
 /// their own layers (the kernel then forwards only flows the slow path
 /// offloaded after deciding them).
@@ -124,22 +131,7 @@ impl Controller {
             let punt = ifname(&names.punt)?;
             let fp = self.fast_path()?;
             let port = ep.port_id;
-            let mut entry = FpPort {
-                port_id: port,
-                net: dp_net,
-                flags,
-                peer: veth.punt_index,
-                mac: ep.mac.0,
-                ll6: link_local_of(ep.mac).octets(),
-                slot,
-                ..FpPort::default()
-            };
-            if let Some(ip) = ep.ipv4 {
-                entry.ipv4 = ip.octets();
-            }
-            if let Some(ip) = ep.ipv6 {
-                entry.ipv6 = ip.octets();
-            }
+            let entry = port_entry(ep, dp_net, veth.punt_index, slot, flags);
             // Entries first, programs second: a program never runs on a
             // device the maps do not know.
             fp.set_port(veth.host_index, &entry).map_err(fast_error)?;
@@ -218,21 +210,10 @@ impl Controller {
         else {
             return Ok(());
         };
-        let flags = flags_of(self.state.network_by_id(&ep.network_id), ep, layers);
+        let net = self.state.network_by_id(&ep.network_id).cloned();
+        let flags = flags_of(net.as_ref(), ep, layers);
         let fp = self.fast_path()?;
-        let mut entry = FpPort {
-            port_id: 0,
-            net: h.net,
-            flags,
-            peer: h.punt_index,
-            mac: h.mac,
-            ll6: link_local_of(ep.mac).octets(),
-            slot: h.slot,
-            ..FpPort::default()
-        };
-        if let Some(port) = fp.port(h.host_index) {
-            entry = FpPort { flags, ..port };
-        }
+        let entry = port_entry(ep, h.net, h.punt_index, h.slot, flags);
         fp.set_port(h.host_index, &entry).map_err(fast_error)?;
         fp.set_fdb(h.net, h.mac, fdb_entry(h.host_index, h.slot, flags))
             .map_err(fast_error)?;
@@ -244,8 +225,8 @@ impl Controller {
             .map_err(fast_error)?;
         }
         // Frames from the wire: to the kernel only while it may forward.
-        if let Some(net) = self.state.network_by_id(&ep.network_id).cloned() {
-            let kernel = kernel_uplink(&net) && flags & port_flags::SLOW == 0;
+        if let Some(net) = net {
+            let kernel = kernel_delivers(&net, ep, layers);
             self.steer_endpoint(&net, ep, &endpoint_ips(ep), kernel)?;
         }
         Ok(())
@@ -452,6 +433,23 @@ impl Controller {
                 })
                 .collect(),
         }
+    }
+}
+
+/// An endpoint's `ports` entry for its host veth: who it is, where its
+/// punted frames go, and what it may send from.
+fn port_entry(ep: &EndpointRecord, net: NetId, punt_index: u32, slot: u32, flags: u32) -> FpPort {
+    FpPort {
+        port_id: ep.port_id,
+        net,
+        flags,
+        peer: punt_index,
+        mac: ep.mac.0,
+        ipv4: ep.ipv4.map_or([0; 4], |ip| ip.octets()),
+        ipv6: ep.ipv6.map_or([0; 16], |ip| ip.octets()),
+        ll6: link_local_of(ep.mac).octets(),
+        slot,
+        ..FpPort::default()
     }
 }
 

@@ -43,8 +43,8 @@ const TCP_FLAGS: usize = 13;
 /// FIN, SYN, RST: connection tracking must see them.
 const TCP_CONTROL: u8 = 0x07;
 
+/// An offloaded flow (its source port is its key's `in_port`).
 struct Offloaded {
-    in_port: PortId,
     out: PortId,
     /// The kernel's count when last read.
     packets: u64,
@@ -95,7 +95,7 @@ impl Offloads {
 
     /// Takes back every flow from or to `port` (its policy changed).
     pub fn forget_port(&mut self, port: PortId) {
-        self.take_back(|k, f| f.in_port == port || f.out == port || k.in_port == port);
+        self.take_back(|k, f| k.in_port == port || f.out == port);
     }
 
     /// Takes back every flow of network `net`.
@@ -185,14 +185,7 @@ impl Offloads {
         };
         match table.insert(&key, &flow) {
             Ok(()) => {
-                self.flows.insert(
-                    key,
-                    Offloaded {
-                        in_port,
-                        out,
-                        packets: 0,
-                    },
-                );
+                self.flows.insert(key, Offloaded { out, packets: 0 });
             }
             Err(e) => tracing::debug!(error = %e, "flow not offloaded; the slow path keeps it"),
         }

@@ -81,7 +81,6 @@ impl Program {
 pub mod port_flags {
     pub const SLOW: u32 = 1 << 0;
     pub const SPOOF: u32 = 1 << 1;
-    pub const UPLINK: u32 = 1 << 2;
     pub const INJECT: u32 = 1 << 3;
     pub const SLOW_IN: u32 = 1 << 4;
 }
@@ -612,10 +611,6 @@ impl FastPath {
             .map_err(map_err(MAP_PORTS, "insert"))
     }
 
-    pub fn port(&self, ifindex: u32) -> Option<FpPort> {
-        self.ports.get(&ifindex, 0).ok()
-    }
-
     pub fn remove_port(&mut self, ifindex: u32) -> Result<(), EbpfError> {
         self.release_slot(ifindex);
         ignore_missing(self.ports.remove(&ifindex)).map_err(map_err(MAP_PORTS, "remove"))
@@ -972,15 +967,6 @@ fn remove_pins(dir: &Path) -> Result<(), EbpfError> {
             Err(source) => return Err(EbpfError::Unpin { path, source }),
         }
     }
-    Ok(())
-}
-
-/// Removes an instance's whole pin directory (its daemon's state is gone
-/// for good: tests, `vswitchd --reset`).
-pub fn remove_instance(dir: &Path) -> Result<(), EbpfError> {
-    remove_pins(dir)?;
-    let _ = std::fs::remove_dir(dir.join(LINKS));
-    let _ = std::fs::remove_dir(dir);
     Ok(())
 }
 
