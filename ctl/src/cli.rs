@@ -411,7 +411,7 @@ pub struct EndpointCreateArgs {
 #[derive(Debug, Args)]
 #[command(group(
     clap::ArgGroup::new("setting")
-        .args(["allow_spoofing", "dhcp_guard", "router_guard", "default_acl_action"])
+        .args(["allow_spoofing", "dhcp_guard", "router_guard", "default_acl_action", "mirror"])
         .required(true)
         .multiple(true)
 ))]
@@ -428,6 +428,14 @@ pub struct EndpointSetArgs {
     /// What packets matching none of the endpoint's ACLs get, e.g. --default-acl-action block
     #[arg(long, value_name = "allow|block", hide_possible_values = true)]
     pub default_acl_action: Option<AclAction>,
+    /// Hyper-V port mirroring: a source's frames, both ways, are copied to
+    /// every destination endpoint of its network; none stops it, e.g. --mirror source
+    #[arg(
+        long,
+        value_name = "source|destination|none",
+        hide_possible_values = true
+    )]
+    pub mirror: Option<vswitch_api::PortMirroring>,
     #[command(flatten)]
     pub format: JsonFlag,
     /// Endpoint to change, e.g. ep1
@@ -838,6 +846,7 @@ impl EndpointSetArgs {
             dhcp_guard: self.dhcp_guard.map(Switch::is_on),
             router_guard: self.router_guard.map(Switch::is_on),
             default_acl_action: self.default_acl_action.map(|a| a.api_name().to_owned()),
+            mirror: self.mirror.map(|m| m.name().to_owned()),
         }
     }
 }
@@ -1204,6 +1213,8 @@ mod tests {
                 "off",
                 "--default-acl-action",
                 "block",
+                "--mirror",
+                "Source",
                 "ep1",
             ]),
             Request::EndpointSet(EndpointSet {
@@ -1212,6 +1223,7 @@ mod tests {
                 dhcp_guard: Some(false),
                 router_guard: Some(false),
                 default_acl_action: Some("Block".into()),
+                mirror: Some("source".into()),
             })
         );
         assert_eq!(
@@ -1240,6 +1252,9 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
         let err = parse(&["endpoint", "set", "--default-acl-action", "deny", "ep1"]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidValue);
+        let err = parse(&["endpoint", "set", "--mirror", "both", "ep1"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("--mirror"), "{err}");
     }
 
     const ACL: &str = r#"{"Type": "ACL", "Settings": {"Id": "allow-web", "Action": "Allow"}}"#;

@@ -1511,6 +1511,7 @@ fabric:
             default_acl_action: "Allow".into(),
             policy_count: 0,
             backend: Backend::Tap,
+            mirror: Default::default(),
             state: EndpointState::Attached,
         }
     }

@@ -275,6 +275,12 @@ pub fn stats(stats: &[PortStats], detailed: bool) -> String {
             }
             out.push('\n');
             out.push_str(&cache.render());
+            if s.mirrored_packets > 0 {
+                out.push_str(&format!(
+                    "\nmirrored to this port: {} frames, {} bytes\n",
+                    s.mirrored_packets, s.mirrored_bytes
+                ));
+            }
             if let Some(f) = &s.fast_path {
                 let mut fast =
                     Table::new(&[("FAST-PATH", Left), ("PACKETS", Right), ("BYTES", Right)]);
@@ -702,6 +708,7 @@ pub(crate) mod tests {
             router_guard: true,
             default_acl_action: "Allow".into(),
             policy_count: 0,
+            mirror: Default::default(),
             state: EndpointState::Attached,
         }
     }
@@ -818,6 +825,8 @@ pub(crate) mod tests {
             tx_packets: 5,
             tx_bytes: 500,
             rx_partial_checksums: 0,
+            mirrored_packets: 0,
+            mirrored_bytes: 0,
             drops: BTreeMap::from([("spoofed-mac".into(), 3), ("no-route".into(), 0)]),
             flow_cache: FlowCacheStats {
                 hits: 7,

@@ -317,6 +317,10 @@ pub struct EndpointSet {
     /// What an ACL-policed packet that matches no rule gets: `Allow` (as
     /// HNS) or `Block`.
     pub default_acl_action: Option<String>,
+    /// Hyper-V's port mirroring: `source` (the frames the endpoint sends
+    /// and receives are copied to its network's destination ports),
+    /// `destination` (receives those copies) or `none`.
+    pub mirror: Option<String>,
 }
 
 /// `policy add`: exactly one of `endpoint` and `network`.
@@ -430,6 +434,50 @@ impl std::str::FromStr for Backend {
             "veth" => Ok(Backend::Veth),
             _ => Err(format!("'{s}' is not a backend: tap or veth")),
         }
+    }
+}
+
+/// Hyper-V's port mirroring role of an endpoint's port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortMirroring {
+    #[default]
+    None,
+    /// Every frame the port sends or receives is copied to the network's
+    /// destination ports.
+    Source,
+    /// Receives the copies of the network's source ports' frames.
+    Destination,
+}
+
+impl PortMirroring {
+    pub fn name(self) -> &'static str {
+        match self {
+            PortMirroring::None => "none",
+            PortMirroring::Source => "source",
+            PortMirroring::Destination => "destination",
+        }
+    }
+}
+
+impl std::fmt::Display for PortMirroring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for PortMirroring {
+    type Err = String;
+    /// Case-insensitive, as Hyper-V's `-PortMirroring` takes it.
+    fn from_str(s: &str) -> Result<PortMirroring, String> {
+        [
+            PortMirroring::None,
+            PortMirroring::Source,
+            PortMirroring::Destination,
+        ]
+        .into_iter()
+        .find(|m| m.name().eq_ignore_ascii_case(s))
+        .ok_or_else(|| format!("'{s}' is not a mirroring role: source, destination or none"))
     }
 }
 
@@ -613,6 +661,9 @@ pub struct Endpoint {
     /// How many policies apply to the endpoint (its own and its network's).
     #[serde(default)]
     pub policy_count: usize,
+    /// Its port mirroring role (`endpoint set --mirror`).
+    #[serde(default)]
+    pub mirror: PortMirroring,
     #[serde(default)]
     pub backend: Backend,
     pub state: EndpointState,
@@ -795,6 +846,12 @@ pub struct PortStats {
     /// fill (its TX checksum offload), handed on as "checksum needed".
     #[serde(default)]
     pub rx_partial_checksums: u64,
+    /// Copies of mirror source ports' frames sent to this port (a mirror
+    /// destination); they are in `tx_packets` too.
+    #[serde(default)]
+    pub mirrored_packets: u64,
+    #[serde(default)]
+    pub mirrored_bytes: u64,
     /// Frames dropped, by reason; reasons with a zero count are included.
     pub drops: BTreeMap<String, u64>,
     /// The port's flow cache (endpoints with policies).

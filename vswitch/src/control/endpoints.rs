@@ -124,6 +124,7 @@ impl Controller {
                     default_block: false,
                     policies,
                     backend: api::Backend::Tap,
+                    mirror: api::PortMirroring::None,
                 },
             ));
         }
@@ -206,6 +207,7 @@ impl Controller {
                 default_block: false,
                 policies,
                 backend,
+                mirror: api::PortMirroring::None,
             },
         ))
     }
@@ -291,7 +293,8 @@ impl Controller {
             }
         };
         port.tap = Some(owner);
-        if let Err(e) = self.steer_endpoint(net, ep, &ips, false) {
+        let mirrored = self.mirror_port(ep, port.id);
+        if let Err(e) = mirrored.and_then(|()| self.steer_endpoint(net, ep, &ips, false)) {
             let _ = self.datapath.remove_port(port.id);
             if origin == TapOrigin::Fresh {
                 plumb::delete_endpoint_tap(&ns, &cfg.ifname);
@@ -363,13 +366,29 @@ impl Controller {
         };
         port.tap = Some(owner);
         port.veth = Some(handle.clone());
-        if let Err(e) = self.steer_endpoint(net, ep, &ips, kernel) {
+        let mirrored = self.mirror_port(ep, port.id);
+        if let Err(e) = mirrored.and_then(|()| self.steer_endpoint(net, ep, &ips, kernel)) {
             let _ = self.datapath.remove_port(port.id);
             self.fast_detach(&handle);
             undo();
             return Err(e);
         }
         Ok(port)
+    }
+
+    /// Tells the datapath the endpoint's port mirroring role (the fast
+    /// path's side is in `fastpath::flags_of`).
+    pub(super) fn mirror_port(
+        &mut self,
+        ep: &EndpointRecord,
+        port: crate::datapath::PortId,
+    ) -> ApiResult<()> {
+        if ep.mirror == api::PortMirroring::None {
+            return Ok(());
+        }
+        self.datapath
+            .set_port_mirror(port, ep.mirror)
+            .map_err(internal)
     }
 
     /// Frames from the wire for this endpoint go to the switch, not the

@@ -68,11 +68,13 @@ pub(super) fn kernel_delivers(net: &NetworkRecord, ep: &EndpointRecord, layers: 
 
 /// l2tunnel polices same-host traffic too: its ports are slow whatever
 /// their own layers (the kernel then forwards only flows the slow path
-/// offloaded after deciding them).
+/// offloaded after deciding them). A mirror source is slow both ways, and
+/// the datapath offloads none of its flows: its copies are made there.
 fn flags_of(net: Option<&NetworkRecord>, ep: &EndpointRecord, layers: &Layers) -> u32 {
     let mut flags = 0;
     let policed_net = net.is_some_and(|n| n.driver == Driver::L2Tunnel);
-    if policed_net || layers.policed() || layers.qos.is_some() {
+    let mirrored = ep.mirror == api::PortMirroring::Source;
+    if policed_net || mirrored || layers.policed() || layers.qos.is_some() {
         flags |= port_flags::SLOW | port_flags::SLOW_IN;
     }
     if ep.allow_spoofing {

@@ -50,7 +50,7 @@ impl Controller {
                 ("network", s.network.as_str()),
                 ("kind", kind.as_str()),
             ];
-            let counters: [(&'static str, &'static str, u64); 7] = [
+            let counters: [(&'static str, &'static str, u64); 9] = [
                 (
                     "vswitch_port_rx_packets_total",
                     "Frames received from the port (a GSO super-frame counts once).",
@@ -70,6 +70,16 @@ impl Controller {
                     "vswitch_port_tx_bytes_total",
                     "Bytes sent to the port.",
                     s.tx_bytes,
+                ),
+                (
+                    "vswitch_port_mirrored_packets_total",
+                    "Copies of mirror source ports' frames sent to the port (in tx too).",
+                    s.mirrored_packets,
+                ),
+                (
+                    "vswitch_port_mirrored_bytes_total",
+                    "Bytes of the copies in vswitch_port_mirrored_packets_total.",
+                    s.mirrored_bytes,
                 ),
                 (
                     "vswitch_port_flow_cache_hits_total",

@@ -558,10 +558,30 @@ impl Controller {
                 ))
             }
         };
+        let mirror = match req.mirror.as_deref() {
+            None => None,
+            Some(m) => Some(
+                m.parse::<api::PortMirroring>()
+                    .map_err(|e| invalid("mirror", e))?,
+            ),
+        };
+        if mirror.is_some() {
+            let switched = self
+                .state
+                .network_by_id(&self.state.endpoints[i].network_id)
+                .is_some_and(|n| n.driver.switched());
+            if !switched {
+                return Err(invalid(
+                    "mirror",
+                    "the endpoint has no port to mirror (its network's driver gives loopback only)",
+                ));
+            }
+        }
         if req.allow_spoofing.is_none()
             && req.dhcp_guard.is_none()
             && req.router_guard.is_none()
             && default_block.is_none()
+            && mirror.is_none()
         {
             return Err(invalid("name", "nothing to set: give at least one setting"));
         }
@@ -572,12 +592,23 @@ impl Controller {
         ep.dhcp_guard = req.dhcp_guard.unwrap_or(ep.dhcp_guard);
         ep.router_guard = req.router_guard.unwrap_or(ep.router_guard);
         ep.default_block = default_block.unwrap_or(ep.default_block);
+        let mirror_changed = mirror.is_some_and(|m| m != ep.mirror);
+        ep.mirror = mirror.unwrap_or(ep.mirror);
         let ep = ep.clone();
         let result = (|| {
             if spoofing_changed {
                 if let Some(port) = self.endpoints.get(&ep.id).and_then(|rt| rt.port.as_ref()) {
                     self.datapath
                         .set_security(port.id, super::endpoints::security_of(&ep))
+                        .map_err(internal)?;
+                }
+            }
+            if mirror_changed {
+                // The datapath first: from here no flow of a source is
+                // offloaded, and push_layers' fast_sync marks it slow.
+                if let Some(port) = self.endpoints.get(&ep.id).and_then(|rt| rt.port.as_ref()) {
+                    self.datapath
+                        .set_port_mirror(port.id, ep.mirror)
                         .map_err(internal)?;
                 }
             }
@@ -591,12 +622,13 @@ impl Controller {
                 let _ = self
                     .datapath
                     .set_security(port.id, super::endpoints::security_of(&old));
+                let _ = self.datapath.set_port_mirror(port.id, old.mirror);
             }
             let _ = self.push_layers(&old.id);
             return Err(e);
         }
         tracing::info!(endpoint = %ep.name, allow_spoofing = ep.allow_spoofing, dhcp_guard = ep.dhcp_guard,
-            router_guard = ep.router_guard, default_block = ep.default_block, "endpoint settings changed");
+            router_guard = ep.router_guard, default_block = ep.default_block, mirror = %ep.mirror, "endpoint settings changed");
         Ok(self.endpoint_view(&ep))
     }
 }

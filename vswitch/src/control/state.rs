@@ -100,6 +100,13 @@ pub struct EndpointRecord {
     /// TAP (absent from older files) or veth.
     #[serde(default)]
     pub backend: crate::api::Backend,
+    /// Hyper-V's port mirroring role (absent: none).
+    #[serde(default, skip_serializing_if = "is_no_mirror")]
+    pub mirror: crate::api::PortMirroring,
+}
+
+fn is_no_mirror(m: &crate::api::PortMirroring) -> bool {
+    *m == crate::api::PortMirroring::None
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -368,6 +375,7 @@ mod tests {
                 router_guard: false,
                 default_block: false,
                 backend: crate::api::Backend::Veth,
+                mirror: crate::api::PortMirroring::Source,
                 policies: vec![PolicyRecord {
                     id: "allow-web".into(),
                     document: serde_json::json!({"Type": "ACL", "Settings": {"Action": "Allow"}}),

@@ -78,6 +78,7 @@ impl Controller {
             router_guard: e.router_guard,
             default_acl_action: if e.default_block { "Block" } else { "Allow" }.to_owned(),
             policy_count: e.policies.len() + net.map_or(0, |n| n.policies.len()),
+            mirror: e.mirror,
             state,
         }
     }
@@ -218,6 +219,8 @@ impl Controller {
                     tx_bytes: get(|c| PortCounters::get(&c.tx_bytes)) + fp.delivered_bytes,
                     fast_path,
                     rx_partial_checksums: get(|c| PortCounters::get(&c.rx_partial_checksums)),
+                    mirrored_packets: get(|c| PortCounters::get(&c.mirrored_packets)),
+                    mirrored_bytes: get(|c| PortCounters::get(&c.mirrored_bytes)),
                     drops: DropReason::ALL
                         .iter()
                         .map(|&r| (r.name().to_owned(), c.map(|c| c.drops(r)).unwrap_or(0)))

@@ -120,6 +120,9 @@ pub struct PortCounters {
     /// Frames received with their L4 checksum still to compute (a veth
     /// uplink's peer offloading it), passed on as such.
     pub rx_partial_checksums: AtomicU64,
+    /// Copies of mirror sources' frames sent to the port (in `tx_*` too).
+    pub mirrored_packets: AtomicU64,
+    pub mirrored_bytes: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     /// Set when the port's device failed (deleted under the switch); the
     /// datapath has stopped polling it.
@@ -150,6 +153,12 @@ impl PortCounters {
     pub fn tx_many(&self, packets: usize, bytes: usize) {
         bump(&self.tx_packets, packets as u64);
         bump(&self.tx_bytes, bytes as u64);
+    }
+
+    #[inline]
+    pub fn mirrored(&self, bytes: usize) {
+        bump(&self.mirrored_packets, 1);
+        bump(&self.mirrored_bytes, bytes as u64);
     }
 
     #[inline]

@@ -14,6 +14,7 @@
 pub mod counters;
 mod gro;
 mod gso;
+mod mirror;
 mod offload;
 #[cfg(test)]
 mod props;
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::pipeline::{NetId, PortId, PortSecurity};
 pub use counters::{DropReason, PortCounters};
+pub use mirror::PortMirroring;
 pub use offload::KernelPort;
 
 use crate::ebpf::fastpath::{FdbMirror, FlowTable};
@@ -154,6 +156,10 @@ enum Command {
         net: NetId,
         cfg: Option<NatConfig>,
         echo_ids: Option<EchoIds>,
+    },
+    SetPortMirror {
+        port: PortId,
+        role: PortMirroring,
     },
 }
 
@@ -305,6 +311,12 @@ impl Datapath {
         self.call(Command::SetNat { net, cfg, echo_ids }).map(drop)
     }
 
+    /// Gives a port its port mirroring role (see mirror.rs); a source's
+    /// offloaded flows are taken back, so its frames cross the datapath.
+    pub fn set_port_mirror(&self, port: PortId, role: PortMirroring) -> io::Result<()> {
+        self.call(Command::SetPortMirror { port, role }).map(drop)
+    }
+
     /// Every port's flow cache counters and number of entries.
     pub fn flow_stats(&self) -> io::Result<Vec<(PortId, CacheStats, usize)>> {
         match self.call(Command::FlowStats)? {
@@ -395,6 +407,8 @@ struct Tables {
     mirrors: HashMap<NetId, FdbMirror>,
     /// Flows handed to the kernel fast path.
     offloads: offload::Offloads,
+    /// Port mirroring: sources and each network's destinations.
+    port_mirrors: mirror::Mirrors,
 }
 
 /// Next-hop MACs of nat networks, from the kernel's neighbour table (the
@@ -479,6 +493,7 @@ impl Tables {
             echo_ids: HashMap::new(),
             mirrors: HashMap::new(),
             offloads: offload::Offloads::new(),
+            port_mirrors: mirror::Mirrors::new(),
         }
     }
 
@@ -561,6 +576,7 @@ impl Tables {
 
     fn remove_port(&mut self, epoll: &Epoll, port: PortId) {
         self.offloads.remove_port(port);
+        self.port_mirrors.remove(port);
         if let Some(slot) = self.ports.remove(&port) {
             match &slot.kind {
                 SlotKind::Local(io) => {
@@ -753,6 +769,17 @@ impl Worker {
                     t.neighbours
                         .lookup(&mut t.pipeline, net, ifindex, router, Instant::now());
                 }
+                Outcome::Done
+            }
+            Command::SetPortMirror { port, role } => {
+                let Some(net) = t.ports.get(&port).map(|p| p.net) else {
+                    return Outcome::Failed(io::Error::other(format!(
+                        "datapath has no port {port}"
+                    )));
+                };
+                // Offloaded flows would carry a source's frames past the copies.
+                t.offloads.forget_port(port);
+                t.port_mirrors.set(port, net, role);
                 Outcome::Done
             }
             Command::FlowStats => Outcome::FlowStats(t.pipeline.flow_stats()),
@@ -1019,7 +1046,8 @@ impl Tables {
         match decision.verdict {
             Verdict::Drop(reason) => src.counters.dropped(reason),
             Verdict::Forward { out, xform } => {
-                if let Some(meta) = &decision.meta {
+                let mirrored = self.port_mirrors.involves(in_port, out);
+                if let (Some(meta), false) = (&decision.meta, mirrored) {
                     let net = src.net;
                     self.offloads.consider(
                         &mut self.pipeline,
@@ -1040,9 +1068,16 @@ impl Tables {
                     self.ports.get(&out).map(|p| &p.kind),
                     Some(SlotKind::Local(_))
                 );
+                let net = src.net;
+                if mirrored && self.port_mirrors.is_source(in_port) {
+                    // As the source sent it.
+                    self.mirror(net, in_port, out, pkt);
+                }
                 let xform = if to_vnic && !xform.is_none() {
                     if apply(&xform, pkt).is_err() {
-                        src.counters.dropped(DropReason::TxFailed);
+                        if let Some(src) = self.ports.get(&in_port) {
+                            src.counters.dropped(DropReason::TxFailed);
+                        }
                         return;
                     }
                     HeaderTransform::NONE
@@ -1057,6 +1092,11 @@ impl Tables {
                     pkt,
                     &xform,
                 );
+                if mirrored && !self.port_mirrors.is_source(in_port) {
+                    // As the source received it (a source's frames only
+                    // ever reach it as a vNIC: transformed in place).
+                    self.mirror(net, in_port, out, pkt);
+                }
             }
             Verdict::Flood {
                 net,
@@ -1080,15 +1120,45 @@ impl Tables {
                     );
                 }
             }
-            Verdict::Reply { out } => transmit(
-                &mut self.ports,
-                &mut self.trunks,
-                &mut self.egress,
-                out,
-                self.pipeline.reply(),
-                &self.pipeline.egress(out),
-            ),
+            Verdict::Reply { out } => {
+                let net = src.net;
+                transmit(
+                    &mut self.ports,
+                    &mut self.trunks,
+                    &mut self.egress,
+                    out,
+                    self.pipeline.reply(),
+                    &self.pipeline.egress(out),
+                );
+                if self.port_mirrors.is_source(out) {
+                    mirror_to(
+                        &self.port_mirrors,
+                        &mut self.ports,
+                        &mut self.trunks,
+                        &mut self.egress,
+                        net,
+                        in_port,
+                        out,
+                        self.pipeline.reply(),
+                    );
+                }
+            }
         }
+    }
+
+    /// Copies a frame between `in_port` and `out` (one of them a mirror
+    /// source) to `net`'s mirror destinations.
+    fn mirror(&mut self, net: NetId, in_port: PortId, out: PortId, pkt: &Packet) {
+        mirror_to(
+            &self.port_mirrors,
+            &mut self.ports,
+            &mut self.trunks,
+            &mut self.egress,
+            net,
+            in_port,
+            out,
+            pkt,
+        );
     }
 
     fn flush(&mut self) {
@@ -1223,6 +1293,35 @@ fn transmit(
             slot.dirty = true;
         }
         Err(_) => slot.counters.dropped(DropReason::TxFailed),
+    }
+}
+
+/// Sends a copy of `pkt` to each of `net`'s mirror destinations but
+/// `in_port` and `out`, unchanged, and counts it there.
+#[allow(clippy::too_many_arguments)]
+fn mirror_to(
+    mirrors: &mirror::Mirrors,
+    ports: &mut HashMap<PortId, PortSlot>,
+    trunks: &mut HashMap<TrunkId, TrunkSlot>,
+    egress: &mut Packet,
+    net: NetId,
+    in_port: PortId,
+    out: PortId,
+    pkt: &Packet,
+) {
+    for dst in mirrors.targets(net, in_port, out) {
+        let sent = |ports: &HashMap<PortId, PortSlot>| {
+            ports
+                .get(&dst)
+                .map_or(0, |s| PortCounters::get(&s.counters.tx_packets))
+        };
+        let before = sent(ports);
+        transmit(ports, trunks, egress, dst, pkt, &HeaderTransform::NONE);
+        if sent(ports) != before {
+            if let Some(slot) = ports.get(&dst) {
+                slot.counters.mirrored(pkt.frame().len());
+            }
+        }
     }
 }
 

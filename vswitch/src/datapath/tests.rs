@@ -1150,3 +1150,72 @@ fn outbound_nat_leaves_arp_from_the_wire_to_the_bridge() {
     sw.send(1, &ep, arp_request(mac(7), ip(7), ip(254)));
     assert_eq!(wire.sent().len(), 1);
 }
+
+#[test]
+fn mirror_sources_frames_both_ways_reach_destinations_of_their_network_only() {
+    let mut sw = Switch::new();
+    sw.network(1);
+    sw.network(2);
+    let vnic = |sw: &mut Switch, id: u8, net: NetId| {
+        sw.vnic(
+            PortId::from(id),
+            net,
+            Vnic {
+                mac: Some(mac(id)),
+                ..Vnic::default()
+            },
+        )
+    };
+    let a = vnic(&mut sw, 1, 1);
+    let b = vnic(&mut sw, 2, 1);
+    let d = vnic(&mut sw, 3, 1);
+    let other = vnic(&mut sw, 4, 2);
+    sw.apply(Command::SetPortMirror {
+        port: 1,
+        role: PortMirroring::Source,
+    });
+    sw.apply(Command::SetPortMirror {
+        port: 3,
+        role: PortMirroring::Destination,
+    });
+    sw.apply(Command::SetPortMirror {
+        port: 4,
+        role: PortMirroring::Destination,
+    });
+    // What the source sends, and what it receives, unchanged.
+    let request = udp(mac(2), mac(1), ip(1), ip(2));
+    sw.send(1, &a, request.clone());
+    assert_eq!(b.sent(), vec![request.clone()]);
+    assert_eq!(d.sent(), vec![request]);
+    let reply = udp(mac(1), mac(2), ip(2), ip(1));
+    sw.send(2, &b, reply.clone());
+    assert_eq!(a.sent(), vec![reply.clone()]);
+    assert_eq!(d.sent(), vec![reply]);
+    assert!(
+        other.sent().is_empty(),
+        "never to another network's destination"
+    );
+    assert_eq!(PortCounters::get(&d.counters.mirrored_packets), 2);
+    assert_eq!(PortCounters::get(&d.counters.tx_packets), 2);
+    // The destination's own traffic to the source is not copied back to it.
+    let own = udp(mac(1), mac(3), ip(3), ip(1));
+    sw.send(3, &d, own.clone());
+    assert_eq!(a.sent(), vec![own]);
+    assert!(d.sent().is_empty());
+    // Frames between non-sources are not copied.
+    sw.send(2, &b, udp(mac(3), mac(2), ip(2), ip(3)));
+    assert_eq!(d.sent().len(), 1, "delivered once, as itself");
+    // A flood reaches the destination once.
+    sw.send(1, &a, broadcast(mac(1)));
+    assert_eq!(d.sent().len(), 1);
+    b.sent();
+    // No role, no copies.
+    sw.apply(Command::SetPortMirror {
+        port: 1,
+        role: PortMirroring::None,
+    });
+    sw.send(1, &a, udp(mac(2), mac(1), ip(1), ip(2)));
+    assert_eq!(b.sent().len(), 1);
+    assert!(d.sent().is_empty());
+    assert_eq!(PortCounters::get(&d.counters.mirrored_packets), 2);
+}
