@@ -6,8 +6,18 @@
 //! endpoint's namespace (`nsenter --net`); for a veth endpoint that is the
 //! veth end the kernel fast path delivers to and receives from, so
 //! fast-path frames are seen too. Host and uplink ports are captured in the
-//! CLI's own namespace, which must be the daemon's.
+//! daemon's namespace (found from the socket's peer), wherever the CLI
+//! runs.
+//!
+//! Point of view: a vNIC or host port's device is the port's side, so the
+//! switch's directions are the device's reversed; an uplink's device is
+//! the wire, whose directions are the switch's. Either way frames leaving
+//! the switch are seen after its translation (NAT, l2bridge's MAC, VLAN
+//! tag) and frames entering it before.
 
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -40,7 +50,18 @@ fn prepare(socket: &Path, args: &CaptureArgs) -> Result<Command> {
             args.port
         )
     })?;
-    let argv = command_line(port, args);
+    let here = match port.kind {
+        PortKind::Endpoint => None,
+        PortKind::Host | PortKind::Uplink => daemon_netns(socket),
+    };
+    let argv = command_line(port, here.as_deref(), args);
+    if port.kind == PortKind::Uplink && port.backend == "afxdp" {
+        eprintln!(
+            "vswitchctl: note: {} is an AF_XDP uplink: XDP takes the switch's frames past the \
+             kernel's capture point, so they may not show (an uplink in tc mode shows them)",
+            port.interface
+        );
+    }
     let mut needed = vec![("tcpdump", "tcpdump")];
     if argv[0] == "nsenter" {
         needed.push(("nsenter", "util-linux"));
@@ -67,15 +88,53 @@ fn netns_path(netns: &str) -> String {
     }
 }
 
-/// The command that captures `port` as `args` asks, program first.
-pub(crate) fn command_line(port: &Port, args: &CaptureArgs) -> Vec<String> {
+/// The network namespace of the daemon behind `socket` (its host and
+/// uplink ports' devices are there), as /proc/PID/ns/net; `None` when it is
+/// ours or cannot be told (another PID namespace: then ours is tried).
+fn daemon_netns(socket: &Path) -> Option<String> {
+    let stream = UnixStream::connect(socket).ok()?;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes and `len` holds
+    // `cred`'s size; the descriptor is the stream's, open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || cred.pid <= 0 {
+        return None;
+    }
+    let theirs = format!("/proc/{}/ns/net", cred.pid);
+    let (a, b) = (
+        std::fs::metadata(&theirs).ok()?,
+        std::fs::metadata("/proc/self/ns/net").ok()?,
+    );
+    ((a.dev(), a.ino()) != (b.dev(), b.ino())).then_some(theirs)
+}
+
+/// The command that captures `port` as `args` asks, program first;
+/// `daemon_ns` is where host and uplink ports are (`None`: here).
+pub(crate) fn command_line(
+    port: &Port,
+    daemon_ns: Option<&str>,
+    args: &CaptureArgs,
+) -> Vec<String> {
     let mut argv: Vec<String> = Vec::new();
-    if let (PortKind::Endpoint, Some(ns)) = (port.kind, &port.netns) {
-        argv.extend([
-            "nsenter".to_owned(),
-            format!("--net={}", netns_path(ns)),
-            "--".to_owned(),
-        ]);
+    let netns = match port.kind {
+        PortKind::Endpoint => port.netns.as_deref().map(netns_path),
+        PortKind::Host | PortKind::Uplink => daemon_ns.map(str::to_owned),
+    };
+    if let Some(ns) = netns {
+        argv.extend(["nsenter".to_owned(), format!("--net={ns}"), "--".to_owned()]);
     }
     argv.extend(["tcpdump", "-i", &port.interface, "-n"].map(str::to_owned));
     // Write files as the caller, not as tcpdump's unprivileged user.
@@ -90,11 +149,17 @@ pub(crate) fn command_line(port: &Port, args: &CaptureArgs) -> Vec<String> {
     if let Some(n) = args.count {
         argv.extend(["-c".to_owned(), n.to_string()]);
     }
-    // The switch's directions are the vNIC's reversed.
-    match args.direction {
-        Direction::In => argv.extend(["-Q", "out"].map(str::to_owned)),
-        Direction::Out => argv.extend(["-Q", "in"].map(str::to_owned)),
-        Direction::Both => {}
+    // The switch's directions are a vNIC's (or host port's) reversed,
+    // and the wire's as they are.
+    let wire = port.kind == PortKind::Uplink;
+    match (args.direction, wire) {
+        (Direction::In, false) | (Direction::Out, true) => {
+            argv.extend(["-Q", "out"].map(str::to_owned))
+        }
+        (Direction::Out, false) | (Direction::In, true) => {
+            argv.extend(["-Q", "in"].map(str::to_owned))
+        }
+        (Direction::Both, _) => {}
     }
     if !args.filter.is_empty() {
         argv.push("--".to_owned());
@@ -144,7 +209,7 @@ mod tests {
     }
 
     fn line(port: &Port, argv: &[&str]) -> String {
-        command_line(port, &args(argv)).join(" ")
+        command_line(port, None, &args(argv)).join(" ")
     }
 
     #[test]
@@ -189,6 +254,28 @@ mod tests {
             ),
             "tcpdump -i vsw-net1 -n -Z root -l -- tcp port 80 and not host 10.0.0.1"
         );
+    }
+
+    #[test]
+    fn host_and_uplink_ports_are_captured_in_the_daemons_namespace() {
+        let host = port(PortKind::Host, "vsw-net1", None);
+        let ns = Some("/proc/42/ns/net");
+        assert_eq!(
+            command_line(&host, ns, &args(&["host:net1", "--direction", "in"])).join(" "),
+            "nsenter --net=/proc/42/ns/net -- tcpdump -i vsw-net1 -n -Z root -l -Q out"
+        );
+        // The wire's directions are the switch's.
+        let up = port(PortKind::Uplink, "eth1", None);
+        assert_eq!(
+            command_line(&up, ns, &args(&["uplink:net1", "--direction", "in"])).join(" "),
+            "nsenter --net=/proc/42/ns/net -- tcpdump -i eth1 -n -Z root -l -Q in"
+        );
+        assert!(line(&up, &["uplink:net1", "--direction", "out"]).ends_with("-l -Q out"));
+        // An endpoint's namespace is its own, wherever the daemon is.
+        let ep = port(PortKind::Endpoint, "eth0", Some("ns1"));
+        assert!(command_line(&ep, ns, &args(&["ep1"]))
+            .join(" ")
+            .starts_with("nsenter --net=/run/netns/ns1 --"));
     }
 
     #[test]

@@ -202,16 +202,20 @@ pub enum Command {
 }
 
 const CAPTURE_HELP: &str = "\
-Runs tcpdump (Debian package tcpdump) on the port's device, as 'port ls' lists it: an
-endpoint's vNIC inside the endpoint's namespace (nsenter --net); a host or uplink port's
-device in vswitchctl's own namespace, which must then be the daemon's. Frames are seen as
-the vNIC sees them: on the way out of the switch after its translation (NAT, port
-mappings), on the way in before it. For a veth endpoint that includes the frames the
-kernel fast path forwards. The switch keeps no capture hook: nothing is spent when
-nobody captures.
+Runs tcpdump (Debian package tcpdump) on the port's device, any port 'port ls' lists: an
+endpoint's vNIC inside the endpoint's namespace (nsenter --net); a host port's TAP or an
+uplink's interface in the daemon's namespace. Point of view: the switch's, at the port.
+Frames leaving the switch are seen after its translation (NAT, port mappings, l2bridge's
+MAC, the VLAN tag), frames entering it before. An uplink is seen on the wire: the host's
+own traffic on that interface shows too, while an AF_XDP uplink's frames to and from the
+switch pass by the kernel's capture point (XDP takes them first): capture a network's
+uplink in tc mode (-o uplink_io=tc, a veth's default) to see them. For a veth
+endpoint or uplink the frames the kernel fast path forwards are included. The switch
+keeps no capture hook: nothing is spent when nobody captures.
 
 Directions are the switch's: --direction in is what the port sends into the switch
-(what the vNIC transmits), out is what the switch delivers to it.
+(what a vNIC transmits, what arrives from the wire), out is what the switch delivers to
+it.
 
 Examples:
   vswitchctl capture ep1                                  # text, until ^C
