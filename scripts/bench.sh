@@ -9,7 +9,7 @@
 # exit, failure or Ctrl-C.
 set -euo pipefail
 
-ALL_CASES=fast,acl,tap,uplink,nat
+ALL_CASES=fast,acl,tap,uplink,nat,capture
 
 usage() {
     cat <<'EOF'
@@ -19,7 +19,7 @@ Usage: scripts/bench.sh [--cases LIST] [--duration N] [--repeat N] [--out DIR]
 Runs the benchmark suite: vswitch against the Linux bridge (and Open vSwitch)
 on the same topologies, in the same run. Needs root; installs what it needs.
 
-Cases (--cases, comma-separated; default all: fast,acl,tap,uplink,nat):
+Cases (--cases, comma-separated; default all: fast,acl,tap,uplink,nat,capture):
   fast    two endpoints on one internal network, veth backend (the eBPF fast
           path); competitors: Linux bridge, Open vSwitch userspace datapath
           with afxdp ports (ovs-vswitchd datapath_type=netdev)
@@ -32,6 +32,11 @@ Cases (--cases, comma-separated; default all: fast,acl,tap,uplink,nat):
           Linux bridge
   nat     endpoint -> outside through -d nat; competitor: Linux bridge with
           iptables MASQUERADE
+  capture the fast case's topology measured three times: no capture, a
+          'vswitchctl capture' of the server endpoint with a filter nothing
+          matches ('udp port 1'), and one of everything (pcap to
+          /dev/null); each capture runs only while its path is measured;
+          competitor: Linux bridge
 When the vswitchctl at hand has no --backend, the veth rows run on TAP and
 say "tap (veth backend not available)".
 
@@ -59,7 +64,9 @@ the same case; for TCP, pps and conn/s higher is better, for p50 and p99
 aims for; a ratio below target is shown as BELOW and changes no exit status.
 Targets: fast TCP1 >= 1.0x, pps >= 1.5x, p50 <= 1.0x; acl TCP1 >= 0.95x of
 the unpoliced fast path (vswitch acl / vswitch fast); uplink TCP1 both
-directions >= 0.95x with a veth endpoint, >= 0.7x with a TAP endpoint.
+directions >= 0.95x with a veth endpoint, >= 0.7x with a TAP endpoint;
+capture: no capture TCP1 >= 1.0x bridge (nothing spent when nobody
+captures), a capture matching nothing TCP1 >= 0.9x of no capture.
 
 Options:
   --cases LIST   cases to run (default all; with --smoke: fast)
@@ -90,7 +97,7 @@ script's namespaces; 10.61.0.0/16 same-host, 10.62.0.0/16 uplink,
             (private ovsdb-server and ovs-vswitchd, db and run dir under
             /tmp, running only while their path is measured: the pmd thread
             spins a core)
-  fast/acl/tap: vsu<P>-{f,a,t}1 -- vswitchd -- vsu<P>-{f,a,t}2
+  fast/acl/tap/capture: vsu<P>-{f,a,t,c}1 -- vswitchd -- vsu<P>-{f,a,t,c}2
   uplink:   bridge: vsu<P>-ue --veth-- [br0 + uplink in vsu<P>-uh] --veth-- vsu<P>-uo
             vswitch: vsu<P>-{v,p}e -- vswitchd + uplink vsu<P>{v,p}u -- vsu<P>-{v,p}o
   nat:      vsu<P>-me --veth-- [br0, MASQUERADE in vsu<P>-mh] --veth-- vsu<P>-mo
@@ -150,6 +157,7 @@ need_cmd ethtool ethtool
 need_cmd sockperf sockperf
 need_cmd trafgen netsniff-ng
 need_cmd gnuplot gnuplot-nox
+[ -z "${RUN[capture]:-}" ] || need_cmd tcpdump tcpdump
 # Open vSwitch is a competitor, not a requirement: without it the OVS row
 # says why.
 OVS_REASON=""
@@ -189,6 +197,7 @@ cleanup_suite() {
         "$OUT/raw/" 2>/dev/null || true
     [ -z "$OVS_PID" ] || stop_pid "$OVS_PID"
     [ -z "$OVSDB_PID" ] || stop_pid "$OVSDB_PID"
+    [ -z "${CAPTURE_PID:-}" ] || stop_pid "$CAPTURE_PID"
 }
 CLEANUP_EXTRA=cleanup_suite
 
@@ -266,22 +275,22 @@ start_vswitchd "$NS_VH" --conntrack-max "$CT_MAX" --conntrack-max-per-port "$CT_
 
 # ------------------------------------------------------- same-host cases ----
 
-if [ -n "${RUN[fast]:-}${RUN[acl]:-}${RUN[tap]:-}" ]; then
+if [ -n "${RUN[fast]:-}${RUN[acl]:-}${RUN[tap]:-}${RUN[capture]:-}" ]; then
     say "same-host bridge: $P-b1 <-> br0 in $P-br <-> $P-b2 (10.61.1.0/24)"
     new_bridge "$P-br" p1 "$P-b1" 10.61.1.11 p2 "$P-b2" 10.61.1.12
     add_path sh-bridge "$P-b1" "$P-b2" 10.61.1.12 none
 fi
 
-# same_host CASE SHORT SUBNET_N BACKEND: an internal network and two
-# endpoints of BACKEND; the path sh-CASE.
+# same_host CASE SHORT SUBNET_N BACKEND [PATH]: an internal network and two
+# endpoints of BACKEND; the path PATH (default sh-CASE).
 same_host() {
-    local case=$1 s=$2 n=$3 backend=$4
+    local case=$1 s=$2 n=$3 backend=$4 path=${5:-sh-$1}
     say "$case: $P-${s}1 <-> vswitchd ($backend endpoints, internal network 10.61.$n.0/24) <-> $P-${s}2"
     ctl network create -d internal --subnet "10.61.$n.0/24" "${P}$s" >/dev/null
     CREATED_NET+=("${P}$s")
     ep_create "${P}$s" "$P-${s}1" "10.61.$n.11" "${P}${s}1" "$backend"
     ep_create "${P}$s" "$P-${s}2" "10.61.$n.12" "${P}${s}2" "$backend"
-    add_path "sh-$case" "$P-${s}1" "$P-${s}2" "10.61.$n.12" vswitchd
+    add_path "$path" "$P-${s}1" "$P-${s}2" "10.61.$n.12" vswitchd
 }
 
 if [ -n "${RUN[fast]:-}" ]; then
@@ -311,6 +320,40 @@ if [ -n "${RUN[tap]:-}" ]; then
     row tap "linux bridge" veth sh-bridge sh-bridge ""
     row tap vswitch tap sh-tap sh-bridge ""
 fi
+
+# The capture paths: the same two endpoints, measured without a capture
+# (cap-off) and under one (cap-nomatch, cap-all), which capture_up starts
+# before the path is measured and capture_down stops after.
+CAPTURE_PID=""
+declare -A CAPTURE_FILTER=([cap-nomatch]="udp port 1" [cap-all]="")
+if [ -n "${RUN[capture]:-}" ]; then
+    same_host capture c 6 veth cap-off
+    add_path cap-nomatch "$P-c1" "$P-c2" 10.61.6.12 vswitchd
+    add_path cap-all "$P-c1" "$P-c2" 10.61.6.12 vswitchd
+    row capture "linux bridge" veth sh-bridge sh-bridge ""
+    row capture "vswitch, no capture" "$(backend_label veth)" cap-off sh-bridge ""
+    row capture "vswitch, capture no match" "$(backend_label veth)" cap-nomatch sh-bridge ""
+    row capture "vswitch, capture all" "$(backend_label veth)" cap-all sh-bridge ""
+fi
+
+# capture_up ID: 'vswitchctl capture' of the capture case's server endpoint
+# with ID's filter, pcap to /dev/null, until capture_down; returns once
+# tcpdump listens. (vswitchctl becomes tcpdump: the PID is tcpdump's.)
+capture_up() {
+    local filter=()
+    [ -z "${CAPTURE_FILTER[$1]}" ] || read -ra filter <<<"${CAPTURE_FILTER[$1]}"
+    # Not through ctl (a function): $! must be vswitchctl's own PID.
+    "$VSWITCHCTL" --socket "$SOCK" capture -w /dev/null "${P}c2" "${filter[@]}" \
+        >/dev/null 2>"$WORK/$1.capture.log" &
+    CAPTURE_PID=$!
+    wait_for 10 grep -q "listening on" "$WORK/$1.capture.log" ||
+        die "capture for $1 did not start: $(cat "$WORK/$1.capture.log")"
+}
+
+capture_down() {
+    [ -z "$CAPTURE_PID" ] || stop_pid "$CAPTURE_PID"
+    CAPTURE_PID=""
+}
 
 # ------------------------------------------------------ open vswitch ----
 
@@ -476,8 +519,10 @@ for ((r = 1; r <= REPEAT; r++)); do
                 continue
             fi
         fi
+        [ -z "${CAPTURE_FILTER[$id]+set}" ] || capture_up "$id"
         measure "$id" "$r"
         [ "$id" != sh-ovs ] || ovs_down
+        capture_down
         say "round $r/$REPEAT: $id done"
     done
 done

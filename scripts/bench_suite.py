@@ -73,6 +73,10 @@ def target_for(row):
                 ("p50", "le", 1.0, "sh-bridge", "<= 1.0x bridge")]
     if path == "sh-acl":
         return [("tcp1", "ge", 0.95, "sh-fast", ">= 0.95x vswitch fast")]
+    if path == "cap-off":
+        return [("tcp1", "ge", 1.0, "sh-bridge", ">= 1.0x bridge")]
+    if path == "cap-nomatch":
+        return [("tcp1", "ge", 0.9, "cap-off", ">= 0.9x no capture")]
     if case.startswith("uplink-") and path.startswith("up-veth-"):
         return [("tcp1", "ge", 0.95, row["base"], ">= 0.95x bridge")]
     if case.startswith("uplink-") and path.startswith("up-tap-"):
