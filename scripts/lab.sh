@@ -10,7 +10,10 @@
 # every l2bridge endpoint, each transparent endpoint with its own. A nat
 # network on lab-up2 translates its endpoint (lab-n1) to this host's
 # 10.77.0.3, maps 10.77.0.3:8080 to lab-n1:80, and carries an HNS ACL.
-# Leaves the lab up for you to explore.
+# Leaves the lab up for you to explore. The topology is examples/lab.yaml,
+# brought up with 'vswitchctl apply -f' (which changes nothing when it is
+# all there) and removed with 'vswitchctl delete -f'; this script adds the
+# daemon and the traffic.
 #
 #   scripts/lab.sh          bring the lab up (again: it is idempotent)
 #   scripts/lab.sh status   show what is running
@@ -22,9 +25,10 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
+LAB_FILE=$REPO/examples/lab.yaml
+# What examples/lab.yaml makes, by name, for the traffic below and for
+# removing a lab half built by an older version of this script.
 NET=lab
-SUBNET=10.42.0.0/24
-SUBNET6=fd42:1ab::/64
 NAMESPACES=(lab-a lab-b lab-c)
 # The uplink lab. The root namespace (this host) gets the uplinks and its
 # own address on the l2bridge subnet; lab-outside is the router at .1.
@@ -37,11 +41,8 @@ HOST_ADDR=10.77.0.2/24
 NAT_ADDR=10.77.0.3/24
 NAT_NET=lab-nat
 NAT_EP=lab-n1
-OUTSIDE_ADDRS=(10.77.0.1/24 10.78.0.1/24)
 L2_NET=lab-l2bridge
-L2_SUBNET=10.77.0.0/24
 TR_NET=lab-transparent
-TR_SUBNET=10.78.0.0/24
 # endpoint (and its namespace):network:address
 UPLINK_EPS=("lab-l2a:$L2_NET:10.77.0.10" "lab-l2b:$L2_NET:10.77.0.11" "lab-tr:$TR_NET:10.78.0.10")
 RUN_DIR=/run/vswitch
@@ -66,7 +67,6 @@ start_daemon() {
 ep_ip() { ctl endpoint inspect "$1" --json | python3 -c 'import json,sys; e=json.load(sys.stdin); print(e[sys.argv[1]])' "$2"; }
 ns_exists() { [ -e "/run/netns/$1" ]; }
 link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
-ensure_ns() { ns_exists "$1" || ip netns add "$1"; }
 
 # iperf3 CLIENT_NS SERVER_NS ADDR SECONDS LABEL: one TCP run, rate printed.
 iperf() {
@@ -82,63 +82,9 @@ print("    TCP %.2f Gbit/s %s" % (r["end"]["sum_received"]["bits_per_second"] / 
     wait "$srv" 2>/dev/null || true
 }
 
-# A veth from NS (ip -n NS; "" for this namespace) named DEV into the fabric
-# bridge, where its peer is PEER. The peer keeps its default offloads: the
-# switch takes the partial checksums and out-of-band VLAN tags they leave in
-# the frames the uplink receives (docs/design.md, "Uplinks").
-wire() {
-    local ns=$1 dev=$2 peer=$3
-    local ipns=(); [ -n "$ns" ] && ipns=(-n "$ns")
-    if ! ip "${ipns[@]}" link show dev "$dev" >/dev/null 2>&1; then
-        ip "${ipns[@]}" link add "$dev" type veth peer name "$peer" netns "$FABRIC"
-    fi
-    ip -n "$FABRIC" link set "$peer" master "$BRIDGE"
-    ip -n "$FABRIC" link set "$peer" up
-    ip "${ipns[@]}" link set "$dev" up
-}
-
-# add_addr NS DEV CIDR: adds the address unless it is there ("" = this ns).
-add_addr() {
-    local ipns=(); [ -n "$1" ] && ipns=(-n "$1")
-    ip "${ipns[@]}" -o addr show dev "$2" | grep -qw "inet $3" || ip "${ipns[@]}" addr add "$3" dev "$2"
-}
-
-fabric_up() {
-    ensure_ns "$FABRIC"
-    ensure_ns "$OUTSIDE"
-    ip -n "$FABRIC" link show dev "$BRIDGE" >/dev/null 2>&1 \
-        || ip -n "$FABRIC" link add "$BRIDGE" type bridge mcast_snooping 0
-    ip -n "$FABRIC" link set "$BRIDGE" up
-    ip -n "$OUTSIDE" link set lo up
-    wire "$OUTSIDE" eth0 fab-out
-    local a
-    for a in "${OUTSIDE_ADDRS[@]}"; do add_addr "$OUTSIDE" eth0 "$a"; done
-    local i
-    for i in "${!UPLINKS[@]}"; do
-        wire "" "${UPLINKS[$i]}" "fab-up$i"
-        # Both uplinks are on one segment: without this, lab-up1 would
-        # answer ARP for lab-up0's address too (ARP flux), and outside's
-        # neighbour table would show this host behind the wrong MAC.
-        sysctl -qw "net.ipv4.conf.${UPLINKS[$i]}.arp_ignore=1"
-    done
-    add_addr "" "${UPLINKS[0]}" "$HOST_ADDR"
-    add_addr "" "${UPLINKS[2]}" "$NAT_ADDR"
-}
-
 uplink_lab() {
     say "uplink lab: $FABRIC (bridge $BRIDGE) <- ${UPLINKS[*]} (this host), $OUTSIDE"
-    fabric_up
-    ctl network inspect "$L2_NET" >/dev/null 2>&1 || ctl network create -d l2bridge \
-        --subnet "$L2_SUBNET" --gateway 10.77.0.1 -o interface="${UPLINKS[0]}" "$L2_NET"
-    ctl network inspect "$TR_NET" >/dev/null 2>&1 || ctl network create -d transparent \
-        --subnet "$TR_SUBNET" --gateway 10.78.0.1 -o interface="${UPLINKS[1]}" "$TR_NET"
     local spec ep net addr
-    for spec in "${UPLINK_EPS[@]}"; do
-        IFS=: read -r ep net addr <<<"$spec"
-        ensure_ns "$ep"
-        ctl endpoint inspect "$ep" >/dev/null 2>&1 \
-            || ctl endpoint create --network "$net" --netns "$ep" --ip "$addr" "$ep"
-    done
     echo
     ctl port ls
     echo
@@ -172,20 +118,7 @@ uplink_lab() {
 # address on lab-up2, and lab-outside reaches it through a port mapping.
 nat_lab() {
     echo
-    say "nat: $NAT_NET on ${UPLINKS[2]} (${NAT_ADDR%/*}), endpoint $NAT_EP with -p 8080:80/tcp"
-    ctl network inspect "$NAT_NET" >/dev/null 2>&1 \
-        || ctl network create -d nat -o interface="${UPLINKS[2]}" "$NAT_NET"
-    ensure_ns "$NAT_EP"
-    if ! ctl endpoint inspect "$NAT_EP" >/dev/null 2>&1; then
-        ctl endpoint create --network "$NAT_NET" --netns "$NAT_EP" -p 8080:80/tcp "$NAT_EP"
-        # An HNS ACL: nothing but the mapped web port comes in (replies of
-        # the endpoint's own connections still do: ACLs are stateful).
-        ctl policy add --endpoint "$NAT_EP" --file - <<'JSON'
-[{"Type": "ACL", "Settings": {"Id": "web-in", "Action": "Allow", "Direction": "In",
-  "Protocols": "6", "LocalPorts": "80", "Priority": 100}},
- {"Type": "ACL", "Settings": {"Id": "no-in", "Action": "Block", "Direction": "In", "Priority": 200}}]
-JSON
-    fi
+    say "nat: $NAT_NET on ${UPLINKS[2]} (${NAT_ADDR%/*}), endpoint $NAT_EP with -p 8080:80/tcp and an HNS ACL"
     say "ping $NAT_EP -> $OUTSIDE (10.77.0.1), translated to ${NAT_ADDR%/*}"
     wait_for 5 ip netns exec "$NAT_EP" ping -c1 -W1 10.77.0.1 || die "$NAT_EP cannot reach $OUTSIDE"
     ip netns exec "$NAT_EP" ping -c 3 -i 0.2 10.77.0.1 | tail -2
@@ -213,13 +146,9 @@ up() {
     ensure_bpffs
     build
     start_daemon
-    if ! ctl network inspect "$NET" >/dev/null 2>&1; then
-        ctl network create -d internal --subnet "$SUBNET" --subnet "$SUBNET6" "$NET"
-    fi
-    for ns in "${NAMESPACES[@]}"; do
-        ip netns list | grep -qw "^$ns" || ip netns add "$ns"
-        ctl endpoint inspect "$ns" >/dev/null 2>&1 || ctl endpoint create --network "$NET" --netns "$ns" "$ns"
-    done
+    # Makes what is missing, changes what differs; "no change" the second time.
+    say "vswitchctl apply -f $LAB_FILE"
+    ctl apply -f "$LAB_FILE"
     echo
     ctl network ls
     echo
@@ -278,6 +207,9 @@ down() {
         uplink_eps+=("$ep")
     done
     if daemon_up; then
+        # Everything the file describes, and the namespaces and links
+        # applying it made; then whatever an older lab left.
+        ctl delete -f "$LAB_FILE" || say "delete -f $LAB_FILE failed; removing the lab by name"
         for ep in "${NAMESPACES[@]}" "${uplink_eps[@]}" "$NAT_EP"; do
             if ctl endpoint inspect "$ep" >/dev/null 2>&1; then ctl endpoint rm "$ep"; fi
         done
@@ -311,6 +243,6 @@ case "${1:-up}" in
     up) up ;;
     down) down ;;
     status) status ;;
-    -h|--help|help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' ;;
+    -h|--help|help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown command '$1' (expected up, status or down)" ;;
 esac

@@ -426,3 +426,75 @@ fabric:
     ok(&d, "delete", &[], &file);
     assert!(!ns_exists(&ns));
 }
+
+/// examples/lab.yaml itself (the lab of scripts/lab.sh), applied for real:
+/// its names made unique to the test (namespaces `vstL<tag>-…`, interfaces
+/// `u<tag>N` and `f<tag>…`) and its uplinks put in the daemon's namespace,
+/// everything else as the file has it. Its endpoints ping each other and
+/// the outside machine reaches the uplink networks' endpoints; a second
+/// apply changes nothing; `delete -f` leaves nothing behind.
+#[test]
+fn the_example_lab_comes_up_pings_and_goes() {
+    if !require_root("the_example_lab_comes_up_pings_and_goes") {
+        return;
+    }
+    let host = Netns::new("h");
+    let d = Daemon::start_in(&host);
+    let t = tag();
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/lab.yaml"))
+            .expect("read examples/lab.yaml");
+    let pre = format!("vstL{t}");
+    let text = example
+        .replace(
+            "a: {name: lab-up",
+            &format!("a: {{namespace: {}, name: lab-up", host.name),
+        )
+        .replace("lab-up", &format!("u{t}"))
+        .replace("fab-", &format!("f{t}"))
+        .replace("name: lab\n", &format!("name: {pre}\n"))
+        .replace("network: lab,", &format!("network: {pre},"))
+        .replace("lab-", &format!("{pre}-"));
+    assert!(!text.contains("lab-"), "a name left unrenamed:\n{text}");
+    let ns = |n: &str| format!("{pre}-{n}");
+    let made: Vec<String> = ["a", "b", "c", "l2a", "l2b", "tr", "n1", "fabric", "outside"]
+        .iter()
+        .map(|n| ns(n))
+        .collect();
+    let _cleanup = FileNamespaces(made.clone());
+    let file = LabFile::new(&d, &text);
+
+    ok(&d, "apply", &[], &file);
+    let ip = |ep: &str| {
+        d.json(&["endpoint", "inspect", &ns(ep)])["IPAddress"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(pings(&ns("a"), &ip("b")), "lab-a cannot ping lab-b");
+    assert!(pings(&ns("c"), &ip("a")), "lab-c cannot ping lab-a");
+    for ep in ["l2a", "l2b", "tr"] {
+        assert!(
+            pings(&ns("outside"), &ip(ep)),
+            "lab-outside cannot ping lab-{ep} through its uplink"
+        );
+    }
+    assert!(
+        pings(&ns("n1"), "10.77.0.1"),
+        "the nat endpoint cannot reach lab-outside"
+    );
+    assert_eq!(
+        ok(&d, "apply", &[], &file),
+        format!("lab {pre}: no change\n")
+    );
+
+    ok(&d, "delete", &[], &file);
+    assert_eq!(d.json(&["endpoint", "ls"]), serde_json::json!([]));
+    assert_eq!(d.json(&["network", "ls"]), serde_json::json!([]));
+    for n in &made {
+        assert!(!ns_exists(n), "{n} is left");
+    }
+    let links = host.ok(&["ip", "-o", "link", "show"]);
+    assert!(!links.contains(&format!("u{t}")), "{links}");
+    assert!(!d.dir.join("labs").join(format!("{pre}.json")).exists());
+}
