@@ -803,6 +803,7 @@ impl NetworkCreateArgs {
             mtu: self.mtu,
             mac_pool: self.mac_pool.clone(),
             options,
+            ..Default::default()
         })
     }
 }
@@ -826,6 +827,7 @@ impl EndpointCreateArgs {
             router_guard: self.router_guard.map(Switch::is_on),
             policies: merge_policies(file, &self.publish),
             backend: self.backend,
+            ..Default::default()
         })
     }
 }
@@ -915,6 +917,7 @@ mod tests {
                 ("vlanid".to_owned(), "10".to_owned()),
                 ("empty".to_owned(), String::new()),
             ]),
+            ..Default::default()
         };
         assert_eq!(req, Request::NetworkCreate(expected));
     }
@@ -1043,6 +1046,7 @@ mod tests {
                 router_guard: None,
                 policies: Value::Null,
                 backend: Some(vswitch_api::Backend::Veth),
+                ..Default::default()
             })
         );
     }

@@ -503,6 +503,7 @@ fn network_request(spec: &NetworkSpec) -> NetworkCreate {
             .iter()
             .map(|(k, v)| (k.clone(), v.0.clone()))
             .collect(),
+        ..Default::default()
     }
 }
 
@@ -637,6 +638,7 @@ fn endpoint_request(spec: &EndpointSpec) -> EndpointCreate {
             Value::Array(policies)
         },
         backend: spec.backend,
+        ..Default::default()
     }
 }
 

@@ -55,6 +55,9 @@ pub struct NetworkRecord {
     /// Policies applying to every endpoint of the network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicyRecord>,
+    /// The client's labels (`NetworkCreate::labels`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A policy as given: the HNS document itself (parsed again on every
@@ -100,6 +103,13 @@ pub struct EndpointRecord {
     /// TAP (absent from older files) or veth.
     #[serde(default)]
     pub backend: crate::api::Backend,
+    /// The vNIC was made in the daemon's namespace for a container runtime
+    /// to move (`EndpointCreate::handoff`); `netns` is empty, and the
+    /// switch never configures the vNIC after creating it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handoff: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -352,6 +362,7 @@ mod tests {
                 host_port_id: Some(1),
                 uplink_port_id: None,
                 policies: Vec::new(),
+                labels: BTreeMap::new(),
             }],
             endpoints: vec![EndpointRecord {
                 id: "e-1".into(),
@@ -367,6 +378,8 @@ mod tests {
                 dhcp_guard: true,
                 router_guard: false,
                 default_block: false,
+                handoff: false,
+                labels: BTreeMap::new(),
                 backend: crate::api::Backend::Veth,
                 policies: vec![PolicyRecord {
                     id: "allow-web".into(),

@@ -48,6 +48,7 @@ impl Controller {
                 .endpoints_of(&n.id)
                 .map(|e| e.name.clone())
                 .collect(),
+            labels: n.labels.clone(),
         }
     }
 
@@ -79,6 +80,8 @@ impl Controller {
             default_acl_action: if e.default_block { "Block" } else { "Allow" }.to_owned(),
             policy_count: e.policies.len() + net.map_or(0, |n| n.policies.len()),
             state,
+            handoff: e.handoff,
+            labels: e.labels.clone(),
         }
     }
 
