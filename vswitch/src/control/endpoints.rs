@@ -145,9 +145,11 @@ impl Controller {
             None => DEFAULT_IFNAME.to_owned(),
         };
         IfName::checked(&ifname).map_err(|e| invalid_ifname("ifname", e))?;
-        if let Some(other) = self.state.endpoints.iter().find(|e| {
-            !req.handoff && e.ifname == ifname && plumb::same_netns(&e.netns, &req.netns)
-        }) {
+        if let Some(other) =
+            self.state.endpoints.iter().find(|e| {
+                !req.handoff && e.ifname == ifname && plumb::same_netns(&e.netns, &req.netns)
+            })
+        {
             return Err(ApiError::new(
                 ErrorKind::Conflict,
                 Some("ifname"),
