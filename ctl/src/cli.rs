@@ -32,6 +32,13 @@ Policies and tracing:
   vswitchctl policy add --endpoint ep1 --file acl.json
   vswitchctl trace --endpoint ep1 --packet tcp,src=10.1.0.2,dst=10.1.0.3,sport=40000,dport=80
 
+Docker and CNI:
+  vswitchd --docker-plugin      serves /run/docker/plugins/vswitch.sock; then
+  docker network create -d vswitch --subnet 172.30.0.0/24 -o type=nat mynat
+  vswitch-cni                   a CNI plugin: copy it to /opt/cni/bin (podman: /usr/lib/cni)
+                                and a config such as examples/cni/10-vswitch.conflist to
+                                /etc/cni/net.d (see README.md, 'Docker and Kubernetes')
+
 Run 'vswitchctl COMMAND --help' for each command's arguments.";
 
 const NETWORK_CREATE_EXAMPLES: &str = "\
