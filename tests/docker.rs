@@ -175,25 +175,23 @@ impl Dockerd {
             }
         }
         let image = format!("vstest-busybox:{}", tag());
-        let tar = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("tar");
-        let out = Command::new(DOCKER)
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket().display()))
-            .args(["import", "-", &image])
-            .stdin(tar.stdout.expect("tar's stdout"))
-            .output()
-            .expect("docker import");
+        let tar = self.dir.join("rootfs.tar");
+        let out = run(
+            "tar",
+            &[
+                "-C",
+                &root.to_string_lossy(),
+                "-cf",
+                &tar.to_string_lossy(),
+                ".",
+            ],
+        );
         assert!(
             out.status.success(),
-            "docker import: {}",
+            "tar: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        self.ok(&["import", &tar.to_string_lossy(), &image]);
         image
     }
 
@@ -552,8 +550,8 @@ fn restarts_lose_nothing_and_removal_leaves_nothing() {
     // A new container after the restart, through the restarted plugin.
     let c3 = s.docker.run("c3", "drst", &[]);
     assert!(
-        s.docker.pings_within("c3", &c1, TEN_S),
-        "c3 cannot reach c1"
+        s.docker.pings_within("c1", &c3, TEN_S),
+        "c1 cannot reach c3"
     );
 
     // A container that exits gives its endpoint back.
@@ -589,8 +587,8 @@ fn restarts_lose_nothing_and_removal_leaves_nothing() {
     s.docker.ok(&["start", "c1", "c2"]);
     let (c1, c2) = (s.docker.ip("c1", "drst"), s.docker.ip("c2", "drst"));
     assert!(
-        s.docker.pings_within("c1", &c2, TEN_S),
-        "c1 cannot reach c2 after dockerd restarted"
+        s.docker.pings_within("c1", &c2, TEN_S) && s.docker.pings("c2", &c1),
+        "c1 and c2 cannot reach each other after dockerd restarted"
     );
 
     s.docker.ok(&["rm", "-f", "c1", "c2", "c3", "brief"]);

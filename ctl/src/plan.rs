@@ -1490,6 +1490,7 @@ fabric:
             vlan_id: None,
             endpoints: eps.iter().map(|e| (*e).to_owned()).collect(),
             state: NetworkState::Up,
+            labels: BTreeMap::new(),
         }
     }
 
@@ -1514,6 +1515,8 @@ fabric:
             policy_count: 0,
             backend: Backend::Tap,
             state: EndpointState::Attached,
+            handoff: false,
+            labels: BTreeMap::new(),
         }
     }
 

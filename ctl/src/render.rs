@@ -679,6 +679,7 @@ pub(crate) mod tests {
             vlan_id: None,
             endpoints: vec!["ep1".into(), "ep2".into()],
             state: vswitch_api::NetworkState::Up,
+            labels: BTreeMap::new(),
         }
     }
 
@@ -703,6 +704,8 @@ pub(crate) mod tests {
             default_acl_action: "Allow".into(),
             policy_count: 0,
             state: EndpointState::Attached,
+            handoff: false,
+            labels: BTreeMap::new(),
         }
     }
 
