@@ -658,7 +658,11 @@ pub struct Endpoint {
     pub state: EndpointState,
     /// The vNIC was handed to a container runtime ([`EndpointCreate::handoff`]):
     /// `Namespace` is empty, the runtime knows where it went.
-    #[serde(rename = "HandOff", skip_serializing_if = "std::ops::Not::not", default)]
+    #[serde(
+        rename = "HandOff",
+        skip_serializing_if = "std::ops::Not::not",
+        default
+    )]
     pub handoff: bool,
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub labels: BTreeMap<String, String>,
@@ -977,6 +981,20 @@ mod tests {
         let text = r#"{"Op":"EndpointCreate","Args":{"Name":"e","IpAddress":"10.0.0.9"}}"#;
         let err = serde_json::from_str::<Request>(text).unwrap_err();
         assert!(err.to_string().contains("IpAddress"), "{err}");
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        let ok = BTreeMap::from([("com.docker.network.id".to_owned(), "abc".to_owned())]);
+        assert!(check_labels(&ok).is_ok());
+        let spaced = BTreeMap::from([("a b".to_owned(), String::new())]);
+        assert!(check_labels(&spaced).unwrap_err().contains("'a b'"));
+        let long = BTreeMap::from([("k".to_owned(), "x".repeat(1025))]);
+        assert!(check_labels(&long).unwrap_err().contains("k:"));
+        let many: BTreeMap<String, String> = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        assert!(check_labels(&many).is_err());
     }
 
     #[test]

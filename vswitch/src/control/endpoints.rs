@@ -614,6 +614,29 @@ mod tests {
     use std::net::Ipv4Addr;
 
     #[test]
+    fn handoff_names_no_namespace_or_interface() {
+        let req = |f: fn(&mut api::EndpointCreate)| {
+            let mut r = api::EndpointCreate {
+                handoff: true,
+                ..Default::default()
+            };
+            f(&mut r);
+            r
+        };
+        assert!(check_handoff(&req(|_| {}), api::Driver::Nat).is_ok());
+        for (r, field) in [
+            (req(|r| r.netns = "ns1".into()), "netns"),
+            (req(|r| r.ifname = Some("eth0".into())), "ifname"),
+            (req(|r| r.backend = Some(Backend::Tap)), "backend"),
+        ] {
+            let e = check_handoff(&r, api::Driver::Internal).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        }
+        let e = check_handoff(&req(|_| {}), api::Driver::None).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("handoff"));
+    }
+
+    #[test]
     fn addresses_skip_gateway_peers_and_the_hosts_own() {
         use std::net::Ipv6Addr;
         let s4: Ipv4Cidr = "10.0.0.0/24".parse().unwrap();
