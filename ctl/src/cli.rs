@@ -32,6 +32,13 @@ Policies and tracing:
   vswitchctl policy add --endpoint ep1 --file acl.json
   vswitchctl trace --endpoint ep1 --packet tcp,src=10.1.0.2,dst=10.1.0.3,sport=40000,dport=80
 
+Docker and CNI:
+  vswitchd --docker-plugin      serves /run/docker/plugins/vswitch.sock; then
+  docker network create -d vswitch --subnet 172.30.0.0/24 -o type=nat mynat
+  vswitch-cni                   a CNI plugin: copy it to /opt/cni/bin (podman: /usr/lib/cni)
+                                and a config such as examples/cni/10-vswitch.conflist to
+                                /etc/cni/net.d (see README.md, 'Docker and Kubernetes')
+
 Run 'vswitchctl COMMAND --help' for each command's arguments.";
 
 const NETWORK_CREATE_EXAMPLES: &str = "\
@@ -815,6 +822,7 @@ impl NetworkCreateArgs {
             mtu: self.mtu,
             mac_pool: self.mac_pool.clone(),
             options,
+            ..Default::default()
         })
     }
 }
@@ -838,6 +846,7 @@ impl EndpointCreateArgs {
             router_guard: self.router_guard.map(Switch::is_on),
             policies: merge_policies(file, &self.publish),
             backend: self.backend,
+            ..Default::default()
         })
     }
 }
@@ -928,6 +937,7 @@ mod tests {
                 ("vlanid".to_owned(), "10".to_owned()),
                 ("empty".to_owned(), String::new()),
             ]),
+            ..Default::default()
         };
         assert_eq!(req, Request::NetworkCreate(expected));
     }
@@ -1056,6 +1066,7 @@ mod tests {
                 router_guard: None,
                 policies: Value::Null,
                 backend: Some(vswitch_api::Backend::Veth),
+                ..Default::default()
             })
         );
     }

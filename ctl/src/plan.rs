@@ -503,6 +503,7 @@ fn network_request(spec: &NetworkSpec) -> NetworkCreate {
             .iter()
             .map(|(k, v)| (k.clone(), v.0.clone()))
             .collect(),
+        ..Default::default()
     }
 }
 
@@ -637,6 +638,7 @@ fn endpoint_request(spec: &EndpointSpec) -> EndpointCreate {
             Value::Array(policies)
         },
         backend: spec.backend,
+        ..Default::default()
     }
 }
 
@@ -1488,6 +1490,7 @@ fabric:
             vlan_id: None,
             endpoints: eps.iter().map(|e| (*e).to_owned()).collect(),
             state: NetworkState::Up,
+            labels: BTreeMap::new(),
         }
     }
 
@@ -1513,6 +1516,8 @@ fabric:
             backend: Backend::Tap,
             mirror: Default::default(),
             state: EndpointState::Attached,
+            handoff: false,
+            labels: BTreeMap::new(),
         }
     }
 

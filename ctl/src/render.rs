@@ -685,6 +685,7 @@ pub(crate) mod tests {
             vlan_id: None,
             endpoints: vec!["ep1".into(), "ep2".into()],
             state: vswitch_api::NetworkState::Up,
+            labels: BTreeMap::new(),
         }
     }
 
@@ -710,6 +711,8 @@ pub(crate) mod tests {
             policy_count: 0,
             mirror: Default::default(),
             state: EndpointState::Attached,
+            handoff: false,
+            labels: BTreeMap::new(),
         }
     }
 

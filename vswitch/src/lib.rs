@@ -5,12 +5,14 @@
 //! state, `datapath` moves frames between `port`s as the `pipeline` decides
 //! (with the `fdb`), `netns`
 //! plumbs links and addresses over netlink, `wire` parses packets,
-//! `metrics` serves Prometheus scrapes.
+//! `metrics` serves Prometheus scrapes, `docker` Docker's remote network
+//! driver protocol.
 
 pub use vswitch_api as api;
 
 pub mod control;
 pub mod datapath;
+pub mod docker;
 pub mod ebpf;
 pub mod fdb;
 pub mod ifname;

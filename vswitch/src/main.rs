@@ -56,6 +56,13 @@ struct Args {
     /// reach the address can read the counters and names.
     #[arg(long, value_name = "ADDRESS", value_parser = metrics_address)]
     metrics: Option<SocketAddr>,
+    /// Serve Docker's remote network driver protocol on a Unix socket
+    /// (mode 0600), by default /run/docker/plugins/vswitch.sock: Docker
+    /// then knows the driver by the socket's name (`docker network create
+    /// -d vswitch ...`). dockerd must run in vswitchd's network namespace.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true,
+          default_missing_value = vswitch::docker::DEFAULT_SOCKET)]
+    docker_plugin: Option<PathBuf>,
 }
 
 /// `--metrics`: an IP address and port; host names are not resolved (a
@@ -117,6 +124,18 @@ fn main() -> anyhow::Result<()> {
     )
     .context("restore state")?;
     let controller = Arc::new(Mutex::new(controller));
+    // After restore: Docker's first call may come at once, and must find
+    // the networks and endpoints it made before.
+    let _docker = args
+        .docker_plugin
+        .as_ref()
+        .map(|path| {
+            let plugin = vswitch::docker::http::spawn(path, controller.clone())
+                .with_context(|| format!("--docker-plugin: cannot listen on {}", path.display()))?;
+            tracing::info!(socket = %path.display(), "serving the Docker network driver");
+            anyhow::Ok(plugin)
+        })
+        .transpose()?;
     if let Some(metrics) = metrics {
         let addr = metrics.local_addr().context("metrics listener address")?;
         let ctl = controller.clone();

@@ -361,6 +361,10 @@ pub struct NetworkCreate {
     pub mac_pool: Option<String>,
     /// Driver options (`-o key=value`).
     pub options: BTreeMap<String, String>,
+    /// Free-form key/value pairs kept with the network and shown by
+    /// `inspect`; a client finds its own networks by them (the Docker
+    /// plugin by Docker's network ID). See [`check_labels`].
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `endpoint create`.
@@ -397,6 +401,40 @@ pub struct EndpointCreate {
     /// The vNIC's kind; [`Backend::default`] when absent.
     #[serde(default)]
     pub backend: Option<Backend>,
+    /// Make the vNIC in the daemon's own namespace and leave it there for
+    /// a container runtime to move into its sandbox (Docker's Join): a veth
+    /// pair whose endpoint end is `vsc<id>`, with its MAC and MTU set and
+    /// no addresses (the runtime configures them). `Namespace` and
+    /// `InterfaceName` must be absent and the backend veth: the switch
+    /// finds the vNIC by the host end of the pair, wherever it was moved.
+    #[serde(rename = "HandOff")]
+    pub handoff: bool,
+    /// As [`NetworkCreate::labels`].
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The most labels a network or endpoint carries.
+pub const MAX_LABELS: usize = 32;
+
+/// Labels: at most [`MAX_LABELS`], keys 1-128 printable ASCII characters
+/// without spaces, values at most 1024 bytes. Returns the fault, naming the
+/// key.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!("{} labels; at most {MAX_LABELS}", labels.len()));
+    }
+    for (k, v) in labels {
+        let key_ok = !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic());
+        if !key_ok {
+            return Err(format!(
+                "'{k}' is not a label key: 1-128 printable ASCII characters, no spaces"
+            ));
+        }
+        if v.len() > 1024 {
+            return Err(format!("{k}: value longer than 1024 bytes"));
+        }
+    }
+    Ok(())
 }
 
 /// How an endpoint's vNIC is made.
@@ -601,6 +639,8 @@ pub struct Network {
     /// Names of the network's endpoints.
     pub endpoints: Vec<String>,
     pub state: NetworkState,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -667,6 +707,16 @@ pub struct Endpoint {
     #[serde(default)]
     pub backend: Backend,
     pub state: EndpointState,
+    /// The vNIC was handed to a container runtime ([`EndpointCreate::handoff`]):
+    /// `Namespace` is empty, the runtime knows where it went.
+    #[serde(
+        rename = "HandOff",
+        skip_serializing_if = "std::ops::Not::not",
+        default
+    )]
+    pub handoff: bool,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 fn on() -> bool {
@@ -988,6 +1038,20 @@ mod tests {
         let text = r#"{"Op":"EndpointCreate","Args":{"Name":"e","IpAddress":"10.0.0.9"}}"#;
         let err = serde_json::from_str::<Request>(text).unwrap_err();
         assert!(err.to_string().contains("IpAddress"), "{err}");
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        let ok = BTreeMap::from([("com.docker.network.id".to_owned(), "abc".to_owned())]);
+        assert!(check_labels(&ok).is_ok());
+        let spaced = BTreeMap::from([("a b".to_owned(), String::new())]);
+        assert!(check_labels(&spaced).unwrap_err().contains("'a b'"));
+        let long = BTreeMap::from([("k".to_owned(), "x".repeat(1025))]);
+        assert!(check_labels(&long).unwrap_err().contains("k:"));
+        let many: BTreeMap<String, String> = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        assert!(check_labels(&many).is_err());
     }
 
     #[test]

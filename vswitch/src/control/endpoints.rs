@@ -79,8 +79,18 @@ impl Controller {
                 format!("network '{}' failed to start; see the daemon log", net.name),
             ));
         }
-        plumb::resolve_netns(&req.netns).map_err(netns_error)?;
-        let backend = req.backend.unwrap_or_default();
+        api::check_labels(&req.labels).map_err(|e| invalid("labels", e))?;
+        let id = new_id();
+        if req.handoff {
+            check_handoff(&req, net.driver)?;
+        } else {
+            plumb::resolve_netns(&req.netns).map_err(netns_error)?;
+        }
+        let backend = if req.handoff {
+            Backend::Veth
+        } else {
+            req.backend.unwrap_or_default()
+        };
         let policies = if req.policies.is_null() {
             Vec::new()
         } else {
@@ -109,7 +119,7 @@ impl Controller {
             return Ok((
                 net.clone(),
                 EndpointRecord {
-                    id: new_id(),
+                    id,
                     name: req.name,
                     network_id: net.id,
                     netns: req.netns,
@@ -125,16 +135,21 @@ impl Controller {
                     policies,
                     backend: api::Backend::Tap,
                     mirror: api::PortMirroring::None,
+                    handoff: false,
+                    labels: req.labels,
                 },
             ));
         }
-        let ifname = req.ifname.unwrap_or_else(|| DEFAULT_IFNAME.to_owned());
+        let ifname = match &req.ifname {
+            _ if req.handoff => plumb::VethNames::of(&id).vnic,
+            Some(name) => name.clone(),
+            None => DEFAULT_IFNAME.to_owned(),
+        };
         IfName::checked(&ifname).map_err(|e| invalid_ifname("ifname", e))?;
-        if let Some(other) = self
-            .state
-            .endpoints
-            .iter()
-            .find(|e| e.ifname == ifname && plumb::same_netns(&e.netns, &req.netns))
+        if let Some(other) =
+            self.state.endpoints.iter().find(|e| {
+                !req.handoff && e.ifname == ifname && plumb::same_netns(&e.netns, &req.netns)
+            })
         {
             return Err(ApiError::new(
                 ErrorKind::Conflict,
@@ -192,7 +207,7 @@ impl Controller {
         Ok((
             net.clone(),
             EndpointRecord {
-                id: new_id(),
+                id,
                 name: req.name,
                 network_id: net.id,
                 netns: req.netns,
@@ -208,6 +223,8 @@ impl Controller {
                 policies,
                 backend,
                 mirror: api::PortMirroring::None,
+                handoff: req.handoff,
+                labels: req.labels,
             },
         ))
     }
@@ -233,7 +250,12 @@ impl Controller {
         ep: &EndpointRecord,
         origin: TapOrigin,
     ) -> ApiResult<Option<PortHandle>> {
-        let ns = plumb::resolve_netns(&ep.netns).map_err(netns_error)?;
+        let ns = if ep.handoff {
+            crate::netns::Netns::root()
+        } else {
+            plumb::resolve_netns(&ep.netns)
+        }
+        .map_err(netns_error)?;
         if !net.driver.switched() {
             plumb::loopback_only(&ns).map_err(|e| plumb_error(e, "netns"))?;
             return Ok(None);
@@ -247,6 +269,7 @@ impl Controller {
             gateway4: net.gateway4,
             gateway6: net.gateway6,
             offload: net.parsed.offload,
+            handoff: ep.handoff,
         };
         let dp = self
             .nets
@@ -511,6 +534,36 @@ impl Controller {
     }
 }
 
+/// A hand-off request names no namespace or interface (the runtime moves
+/// and names the vNIC) and is a veth endpoint of a switched network.
+fn check_handoff(req: &api::EndpointCreate, driver: api::Driver) -> ApiResult<()> {
+    if !req.netns.is_empty() {
+        return Err(invalid(
+            "netns",
+            "a handed-off vNIC is made in vswitchd's namespace: no namespace",
+        ));
+    }
+    if req.ifname.is_some() {
+        return Err(invalid(
+            "ifname",
+            "a handed-off vNIC is named by the runtime that takes it: no interface name",
+        ));
+    }
+    if req.backend == Some(Backend::Tap) {
+        return Err(invalid(
+            "backend",
+            "a handed-off vNIC is a veth pair (the switch finds it by its host end)",
+        ));
+    }
+    if !driver.switched() {
+        return Err(invalid(
+            "handoff",
+            format!("the {driver} driver gives endpoints loopback only: nothing to hand off"),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn endpoint_ips(ep: &EndpointRecord) -> Vec<IpAddr> {
     let v4 = ep.ipv4.map(IpAddr::V4);
     v4.into_iter().chain(ep.ipv6.map(IpAddr::V6)).collect()
@@ -578,6 +631,29 @@ mod tests {
     use super::*;
     use crate::control::{Ipv4Cidr, Ipv6Cidr};
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn handoff_names_no_namespace_or_interface() {
+        let req = |f: fn(&mut api::EndpointCreate)| {
+            let mut r = api::EndpointCreate {
+                handoff: true,
+                ..Default::default()
+            };
+            f(&mut r);
+            r
+        };
+        assert!(check_handoff(&req(|_| {}), api::Driver::Nat).is_ok());
+        for (r, field) in [
+            (req(|r| r.netns = "ns1".into()), "netns"),
+            (req(|r| r.ifname = Some("eth0".into())), "ifname"),
+            (req(|r| r.backend = Some(Backend::Tap)), "backend"),
+        ] {
+            let e = check_handoff(&r, api::Driver::Internal).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        }
+        let e = check_handoff(&req(|_| {}), api::Driver::None).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("handoff"));
+    }
 
     #[test]
     fn addresses_skip_gateway_peers_and_the_hosts_own() {

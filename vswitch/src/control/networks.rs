@@ -57,6 +57,7 @@ impl Controller {
     /// Validates a create request into the record it would add.
     pub(super) fn check_network(&self, req: api::NetworkCreate) -> ApiResult<NetworkRecord> {
         check_name("name", &req.name)?;
+        api::check_labels(&req.labels).map_err(|e| invalid("labels", e))?;
         if self.state.network(&req.name).is_some() {
             return Err(ApiError::new(
                 ErrorKind::AlreadyExists,
@@ -257,6 +258,7 @@ impl Controller {
             host_port_id: None,
             policies: Vec::new(),
             uplink_port_id: None,
+            labels: req.labels,
         })
     }
 
@@ -479,6 +481,7 @@ impl Controller {
                 gateway4: None,
                 gateway6: None,
                 offload: net.parsed.offload,
+                handoff: false,
             };
             // With an uplink, the host routes between the host port and the
             // wire (a nat network's switch translates instead).

@@ -31,6 +31,9 @@ pub struct TapConfig {
     pub gateway4: Option<Ipv4Addr>,
     pub gateway6: Option<Ipv6Addr>,
     pub offload: bool,
+    /// A veth endpoint's vNIC handed to a container runtime: made in the
+    /// daemon's namespace with MAC and MTU only, and never touched again.
+    pub handoff: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +177,9 @@ fn eui64_link_local(ifname: &str) -> Result<(), PlumbError> {
 pub struct VethNames {
     pub host: String,
     pub punt: String,
+    /// The endpoint's end while it is in the daemon's namespace, when the
+    /// vNIC is handed off (a container runtime renames it as it moves it).
+    pub vnic: String,
 }
 
 impl VethNames {
@@ -187,6 +193,7 @@ impl VethNames {
         VethNames {
             host: format!("vse{tag}"),
             punt: format!("vsp{tag}"),
+            vnic: format!("vsc{tag}"),
         }
     }
 }
@@ -223,6 +230,12 @@ fn make_veth(
     origin: TapOrigin,
 ) -> Result<VethPort, PlumbError> {
     let mut nl = Netlink::open()?;
+    if cfg.handoff && origin == TapOrigin::Existing && nl.link_index(&names.host)?.is_none() {
+        // The pair goes whole: its vNIC went with the runtime's sandbox.
+        return Err(PlumbError::Netlink(NetlinkError::NoSuchLink(
+            names.host.clone(),
+        )));
+    }
     if origin == TapOrigin::Fresh || nl.link_index(&names.host)?.is_none() {
         let target = std::fs::File::open(ns.path()).map_err(|source| {
             PlumbError::Netns(NetnsError::Sys {
@@ -243,14 +256,25 @@ fn make_veth(
         Some(info) if info.kind.as_deref() == Some("veth") => {}
         _ => return Err(PlumbError::NotVeth(names.host.clone())),
     }
-    ns.run(|| -> Result<(), PlumbError> {
-        ensure_loopback_up()?;
-        let mut nl = Netlink::open()?;
-        let index = nl
-            .link_index(&cfg.ifname)?
-            .ok_or_else(|| NetlinkError::NoSuchLink(cfg.ifname.clone()))?;
-        configure_vnic(&mut nl, index, cfg)
-    })??;
+    if cfg.handoff {
+        // Wherever the runtime has moved it since, it is the runtime's to
+        // configure: only a fresh one gets its MAC and MTU, and stays down.
+        if origin == TapOrigin::Fresh {
+            let index = nl
+                .link_index(&cfg.ifname)?
+                .ok_or_else(|| NetlinkError::NoSuchLink(cfg.ifname.clone()))?;
+            nl.link_set(
+                index,
+                &LinkChange {
+                    mtu: Some(cfg.mtu),
+                    mac: Some(cfg.mac.0),
+                    ..LinkChange::default()
+                },
+            )?;
+        }
+    } else {
+        configure_in(ns, cfg)?;
+    }
     let host_index = switch_side_up(&mut nl, &names.host, cfg.mtu)?;
     let (punt, punt_index) = punt_tap(&mut nl, &names.punt, cfg.mtu)?;
     Ok(VethPort {
@@ -258,6 +282,18 @@ fn make_veth(
         punt_index,
         punt,
     })
+}
+
+/// Configures an endpoint's vNIC inside its namespace.
+fn configure_in(ns: &Netns, cfg: &TapConfig) -> Result<(), PlumbError> {
+    ns.run(|| -> Result<(), PlumbError> {
+        ensure_loopback_up()?;
+        let mut nl = Netlink::open()?;
+        let index = nl
+            .link_index(&cfg.ifname)?
+            .ok_or_else(|| NetlinkError::NoSuchLink(cfg.ifname.clone()))?;
+        configure_vnic(&mut nl, index, cfg)
+    })?
 }
 
 /// Makes (or takes back) an uplink's punt TAP in the daemon's namespace,

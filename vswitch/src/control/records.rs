@@ -167,8 +167,15 @@ pub fn check_endpoint(
             ep.port_id, other.name
         ));
     }
-    if ep.netns.is_empty() {
-        return Err("no namespace".into());
+    if ep.netns.is_empty() != ep.handoff {
+        return Err(if ep.handoff {
+            "a handed-off endpoint records no namespace".into()
+        } else {
+            "no namespace".into()
+        });
+    }
+    if ep.handoff && ep.backend != crate::api::Backend::Veth {
+        return Err("a handed-off endpoint is a veth endpoint".into());
     }
     if !net.driver.switched() {
         return match (ep.ipv4, ep.ipv6) {

@@ -60,50 +60,8 @@ impl Server {
     /// a socket (a mistyped `--socket` must not delete a file); replaces
     /// only a stale socket, one nobody listens on.
     pub fn bind(path: &Path) -> io::Result<Server> {
-        if let Some(dir) = path.parent() {
-            if !dir.exists() {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)?;
-            }
-        }
-        match fs::symlink_metadata(path) {
-            Ok(meta) if !meta.file_type().is_socket() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!(
-                        "{} exists and is not a socket; refusing to replace it",
-                        path.display()
-                    ),
-                ));
-            }
-            Ok(_) => match UnixStream::connect(path) {
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!("another vswitchd is serving {}", path.display()),
-                    ))
-                }
-                // Nobody listens: a stale socket of a daemon that died.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => fs::remove_file(path)?,
-                Err(e) => return Err(e),
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        // Bind with a umask so the socket is never reachable by others, not
-        // even between bind and chmod.
-        // SAFETY: umask has no memory effects; the daemon is single-threaded
-        // while binding.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(path);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-        let listener = bound?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
         Ok(Server {
-            listener,
+            listener: bind_private(path)?,
             path: path.to_owned(),
             stopping: Arc::new(AtomicBool::new(false)),
         })
@@ -152,6 +110,54 @@ impl Server {
         }
         let _ = fs::remove_file(&self.path);
     }
+}
+
+/// Binds a Unix socket with mode 0600 (root only), as [`Server::bind`]
+/// does for the API; the Docker plugin's socket is bound the same way.
+pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another vswitchd is serving {}", path.display()),
+                ))
+            }
+            // Nobody listens: a stale socket of a daemon that died.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => fs::remove_file(path)?,
+            Err(e) => return Err(e),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // Bind with a umask so the socket is never reachable by others, not
+    // even between bind and chmod.
+    // SAFETY: umask has no memory effects; the daemon is single-threaded
+    // while binding.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = bound?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 /// One connection's share of [`MAX_CONNECTIONS`], given back on drop.

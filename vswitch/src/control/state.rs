@@ -55,6 +55,9 @@ pub struct NetworkRecord {
     /// Policies applying to every endpoint of the network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicyRecord>,
+    /// The client's labels (`NetworkCreate::labels`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A policy as given: the HNS document itself (parsed again on every
@@ -103,6 +106,13 @@ pub struct EndpointRecord {
     /// Hyper-V's port mirroring role (absent: none).
     #[serde(default, skip_serializing_if = "is_no_mirror")]
     pub mirror: crate::api::PortMirroring,
+    /// The vNIC was made in the daemon's namespace for a container runtime
+    /// to move (`EndpointCreate::handoff`); `netns` is empty, and the
+    /// switch never configures the vNIC after creating it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handoff: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 fn is_no_mirror(m: &crate::api::PortMirroring) -> bool {
@@ -359,6 +369,7 @@ mod tests {
                 host_port_id: Some(1),
                 uplink_port_id: None,
                 policies: Vec::new(),
+                labels: BTreeMap::new(),
             }],
             endpoints: vec![EndpointRecord {
                 id: "e-1".into(),
@@ -374,6 +385,8 @@ mod tests {
                 dhcp_guard: true,
                 router_guard: false,
                 default_block: false,
+                handoff: false,
+                labels: BTreeMap::new(),
                 backend: crate::api::Backend::Veth,
                 mirror: crate::api::PortMirroring::Source,
                 policies: vec![PolicyRecord {

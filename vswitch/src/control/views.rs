@@ -48,6 +48,7 @@ impl Controller {
                 .endpoints_of(&n.id)
                 .map(|e| e.name.clone())
                 .collect(),
+            labels: n.labels.clone(),
         }
     }
 
@@ -80,6 +81,8 @@ impl Controller {
             policy_count: e.policies.len() + net.map_or(0, |n| n.policies.len()),
             mirror: e.mirror,
             state,
+            handoff: e.handoff,
+            labels: e.labels.clone(),
         }
     }
 
