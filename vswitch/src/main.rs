@@ -56,6 +56,21 @@ struct Args {
     /// reach the address can read the counters and names.
     #[arg(long, value_name = "ADDRESS", value_parser = metrics_address)]
     metrics: Option<SocketAddr>,
+    /// This host's provider address (PA): the outer IPv4 source of overlay
+    /// networks' VXLAN packets, and the address other hosts send them to.
+    /// Without it, an overlay network takes the IPv4 address of its
+    /// `-o interface`.
+    #[arg(long, value_name = "IP", value_parser = provider_address)]
+    provider_address: Option<std::net::Ipv4Addr>,
+}
+
+/// `--provider-address`: a unicast IPv4 address.
+fn provider_address(text: &str) -> Result<std::net::Ipv4Addr, String> {
+    match text.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) if !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast()) => Ok(ip),
+        Ok(ip) => Err(format!("{ip} cannot be a provider address: a unicast IPv4 address is needed")),
+        Err(_) => Err(format!("'{text}' is not an IPv4 address")),
+    }
 }
 
 /// `--metrics`: an IP address and port; host names are not resolved (a
@@ -108,12 +123,13 @@ fn main() -> anyhow::Result<()> {
             MetricsServer::bind(addr).with_context(|| format!("--metrics: cannot listen on {addr}"))
         })
         .transpose()?;
-    let controller = Controller::open(
+    let controller = Controller::open_with(
         &args.state_dir,
         Limits {
             global: args.conntrack_max,
             per_port: args.conntrack_max_per_port,
         },
+        args.provider_address,
     )
     .context("restore state")?;
     let controller = Arc::new(Mutex::new(controller));

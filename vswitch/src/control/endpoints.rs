@@ -151,6 +151,18 @@ impl Controller {
             .interface
             .as_deref()
             .and_then(|i| uplink::inspect(i).ok());
+        // overlay: customer addresses of other hosts are taken too.
+        let elsewhere = self.addresses_elsewhere(&net);
+        for (field, asked) in [("ip", &req.ip), ("ipv6", &req.ipv6)] {
+            if let Some(ip) = asked.as_deref().and_then(|s| s.parse::<IpAddr>().ok()) {
+                if elsewhere.contains(&ip) {
+                    return Err(conflict(
+                        field,
+                        format!("{ip} is a customer address on another host of the overlay network (see `vswitchctl network mappings {}`)", net.name),
+                    ));
+                }
+            }
+        }
         let ipv4 = pick_address(
             "ip",
             req.ip.as_deref(),
@@ -159,7 +171,12 @@ impl Controller {
             peers
                 .iter()
                 .filter_map(|p| Some((p.name.as_str(), p.ipv4?))),
-            wire.iter().flat_map(|f| f.ipv4()),
+            wire.iter()
+                .flat_map(|f| f.ipv4())
+                .chain(elsewhere.iter().filter_map(|ip| match ip {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                })),
         )?;
         let ipv6 = pick_address(
             "ipv6",
@@ -169,7 +186,12 @@ impl Controller {
             peers
                 .iter()
                 .filter_map(|p| Some((p.name.as_str(), p.ipv6?))),
-            wire.iter().flat_map(|f| f.ipv6()),
+            wire.iter()
+                .flat_map(|f| f.ipv6())
+                .chain(elsewhere.iter().filter_map(|ip| match ip {
+                    IpAddr::V6(v6) => Some(*v6),
+                    IpAddr::V4(_) => None,
+                })),
         )?;
         let mac = match &req.mac_address {
             Some(s) => {
