@@ -323,7 +323,9 @@ pub enum NetworkCommand {
 #[derive(Debug, Subcommand)]
 pub enum MappingCommand {
     /// Add (or replace) the entry of one customer address
-    #[command(after_help = "Example:\n  vswitchctl network mapping add ov1 --ip 10.9.0.50 --mac 02:00:00:00:00:50 --pa 192.168.50.3")]
+    #[command(
+        after_help = "Example:\n  vswitchctl network mapping add ov1 --ip 10.9.0.50 --mac 02:00:00:00:00:50 --pa 192.168.50.3"
+    )]
     Add {
         /// Overlay network, e.g. ov1
         network: String,

@@ -209,9 +209,10 @@ fn output(command: &Command, response: Response) -> Result<String> {
                 render::mappings(&m)
             }
         }
-        (Command::Network(NetworkCommand::Mapping(MappingCommand::Rm { ip, .. })), Reply::Mappings(_)) => {
-            line(format!("removed mapping {ip}"))
-        }
+        (
+            Command::Network(NetworkCommand::Mapping(MappingCommand::Rm { ip, .. })),
+            Reply::Mappings(_),
+        ) => line(format!("removed mapping {ip}")),
         (Command::Datapath(DatapathCommand::Show(format)), Reply::Datapath(info)) => {
             if format.json {
                 json(&info)?

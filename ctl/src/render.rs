@@ -720,6 +720,8 @@ pub(crate) mod tests {
             host_interface: Some("vsw-net1".into()),
             uplink_interface: None,
             vlan_id: None,
+            vsid: None,
+            provider_address: None,
             endpoints: vec!["ep1".into(), "ep2".into()],
             state: vswitch_api::NetworkState::Up,
         }

@@ -68,7 +68,9 @@ struct Args {
 fn provider_address(text: &str) -> Result<std::net::Ipv4Addr, String> {
     match text.parse::<std::net::Ipv4Addr>() {
         Ok(ip) if !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast()) => Ok(ip),
-        Ok(ip) => Err(format!("{ip} cannot be a provider address: a unicast IPv4 address is needed")),
+        Ok(ip) => Err(format!(
+            "{ip} cannot be a provider address: a unicast IPv4 address is needed"
+        )),
         Err(_) => Err(format!("'{text}' is not an IPv4 address")),
     }
 }

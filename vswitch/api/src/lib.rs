@@ -982,7 +982,8 @@ mod tests {
                 "none",
                 "transparent",
                 "l2bridge",
-                "l2tunnel"
+                "l2tunnel",
+                "overlay"
             ]
         );
         for d in Driver::ALL {

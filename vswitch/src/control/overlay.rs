@@ -163,9 +163,11 @@ impl Controller {
         }
         self.provider_address(parsed)?;
         let lower = match &parsed.provider_interface {
-            Some(i) => super::uplink::inspect(i)
-                .map_err(super::errors::uplink_error)?
-                .mtu,
+            Some(i) => {
+                super::uplink::inspect(i)
+                    .map_err(super::errors::uplink_error)?
+                    .mtu
+            }
             None => super::DEFAULT_MTU,
         };
         Ok(Some(lower.saturating_sub(VXLAN_OVERHEAD)))
@@ -282,7 +284,8 @@ impl Controller {
             return Ok(v.ifindex);
         }
         let name = vtep_name(port);
-        let ifindex = plumb::vxlan_device(&name, port).map_err(|e| plumb_error(e, "options.vxlanport"))?;
+        let ifindex =
+            plumb::vxlan_device(&name, port).map_err(|e| plumb_error(e, "options.vxlanport"))?;
         let result = (|| -> ApiResult<()> {
             let fp = self.fast_path()?;
             let slot = fp.slot(ifindex).map_err(fast_error)?;
@@ -450,11 +453,8 @@ impl Controller {
             .and_then(|rt| rt.overlay.as_mut())
             .expect("checked above");
         let had = std::mem::take(&mut t.applied);
-        let local_macs: BTreeSet<MacAddr> = self
-            .state
-            .endpoints_of(&net.id)
-            .map(|e| e.mac)
-            .collect();
+        let local_macs: BTreeSet<MacAddr> =
+            self.state.endpoints_of(&net.id).map(|e| e.mac).collect();
         let mut result = Ok(());
         // Removed or changed first (a MAC that moved to another address
         // must not be deleted after it was written).
@@ -466,8 +466,7 @@ impl Controller {
                 result = Err(internal(e));
             }
             let still = want.values().any(|(m, _)| m == mac);
-            if let (false, false, Some(fp)) =
-                (still, local_macs.contains(mac), self.fast.as_mut())
+            if let (false, false, Some(fp)) = (still, local_macs.contains(mac), self.fast.as_mut())
             {
                 let _ = fp.remove_fdb(dp, mac.0);
             }
@@ -515,7 +514,11 @@ impl Controller {
             .into_iter()
             .filter(|(_, (mac, _))| !local_macs.contains(mac))
             .collect();
-        if let Some(t) = self.nets.get_mut(&net.id).and_then(|rt| rt.overlay.as_mut()) {
+        if let Some(t) = self
+            .nets
+            .get_mut(&net.id)
+            .and_then(|rt| rt.overlay.as_mut())
+        {
             t.applied = applied;
         }
         result
@@ -608,7 +611,10 @@ impl Controller {
         if !inside {
             return Err(invalid(
                 &f("IPAddress"),
-                format!("{ip} is not a host address of network '{}'s subnets", net.name),
+                format!(
+                    "{ip} is not a host address of network '{}'s subnets",
+                    net.name
+                ),
             ));
         }
         let mac = super::ipam::parse_unicast_mac(mac)
@@ -652,7 +658,8 @@ impl Controller {
     /// address).
     pub(super) fn mapping_add(&mut self, req: api::MappingAdd) -> ApiResult<Reply> {
         let net = self.overlay_network(&req.network)?;
-        let m = self.check_ca_mapping(&net, &req.ip, &req.mac_address, &req.provider_address, "")?;
+        let m =
+            self.check_ca_mapping(&net, &req.ip, &req.mac_address, &req.provider_address, "")?;
         let before = self.state.clone();
         let rec = self
             .state

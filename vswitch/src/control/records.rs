@@ -51,7 +51,8 @@ pub fn check_network(
             net.dp_id, other.name
         ));
     }
-    let options = NetworkOptions::for_driver(net.driver, &net.options).map_err(|e| e.to_string())?;
+    let options =
+        NetworkOptions::for_driver(net.driver, &net.options).map_err(|e| e.to_string())?;
     if net.host_ifname.is_some() != net.host_port_id.is_some()
         || (options.interface.is_some() || net.driver.tunnel()) != net.uplink_port_id.is_some()
     {
@@ -80,7 +81,11 @@ pub fn check_network(
         return Err(format!(
             "a {} network {} a vsid",
             net.driver.name(),
-            if net.driver.tunnel() { "needs" } else { "has no" }
+            if net.driver.tunnel() {
+                "needs"
+            } else {
+                "has no"
+            }
         ));
     }
     if let Some(vsid) = options.vsid {

@@ -236,8 +236,9 @@ impl Controller {
                 let get = |f: fn(&PortCounters) -> u64| c.map(f).unwrap_or(0);
                 let fast_path = match p.kind {
                     api::PortKind::Endpoint => self.veth_of(p.id).and_then(|h| self.fast_stats(h)),
-                    api::PortKind::Tunnel => crate::sys::if_index(&p.interface)
-                        .and_then(|i| self.fast_stats_of(i)),
+                    api::PortKind::Tunnel => {
+                        crate::sys::if_index(&p.interface).and_then(|i| self.fast_stats_of(i))
+                    }
                     _ => None,
                 };
                 let fp = fast_path.clone().unwrap_or_default();

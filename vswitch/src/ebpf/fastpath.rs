@@ -103,7 +103,10 @@ impl Program {
     }
 
     fn index(self) -> usize {
-        Program::ALL.iter().position(|p| *p == self).expect("listed")
+        Program::ALL
+            .iter()
+            .position(|p| *p == self)
+            .expect("listed")
     }
 }
 

@@ -603,7 +603,11 @@ impl Pipeline {
             && dst_mac.is_multicast()
             && super::overlay::answer(frame, &net.remotes, &mut self.reply)
         {
-            step!(trace, "overlay", "the switch answers for a customer address on another host");
+            step!(
+                trace,
+                "overlay",
+                "the switch answers for a customer address on another host"
+            );
             return Some(Decision {
                 verdict: Verdict::Reply { out: in_port },
                 meta,

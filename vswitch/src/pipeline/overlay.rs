@@ -8,7 +8,9 @@ use std::net::IpAddr;
 
 use super::l2bridge::{write_advert, write_arp, Locals};
 use crate::port::Packet;
-use crate::wire::{ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetFrame, Ipv6Packet, NdpRepr};
+use crate::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetFrame, Ipv6Packet, NdpRepr,
+};
 
 /// Answers an ARP request or a neighbour solicitation for an address in
 /// `remotes` (customer address -> MAC) into `reply`; false when the frame
@@ -49,7 +51,13 @@ pub fn answer(frame: &[u8], remotes: &Locals, reply: &mut Packet) -> bool {
             let Some(&mac) = remotes.get(&IpAddr::V6(target)) else {
                 return false;
             };
-            write_advert(reply, ip.src(), target, source_lladdr.unwrap_or(eth.src()), mac);
+            write_advert(
+                reply,
+                ip.src(),
+                target,
+                source_lladdr.unwrap_or(eth.src()),
+                mac,
+            );
             true
         }
         _ => false,
