@@ -179,11 +179,18 @@ pub enum Event {
     NetworkPut(SharedNetwork),
     NetworkGone(String),
     MappingPut(Mapping),
-    MappingGone { vsid: u32, ca: IpAddr },
+    MappingGone {
+        vsid: u32,
+        ca: IpAddr,
+    },
     /// A claim this host made while etcd was out of reach (answered
     /// [`Claim::Queued`]) turned out to be `host`'s when etcd returned; this
     /// host dropped it.
-    Conflict { vsid: u32, ca: IpAddr, host: String },
+    Conflict {
+        vsid: u32,
+        ca: IpAddr,
+        host: String,
+    },
     /// Connection state changed: `true` once in sync and watching.
     Connected(bool),
 }
@@ -399,7 +406,10 @@ fn decode(key: &KeyRef, value: &[u8]) -> Result<Record, String> {
             let v: NetworkValue =
                 serde_json::from_slice(value).map_err(|e| format!("bad network value: {e}"))?;
             if &v.name != name {
-                return Err(format!("network value names '{}', its key '{name}'", v.name));
+                return Err(format!(
+                    "network value names '{}', its key '{name}'",
+                    v.name
+                ));
             }
             Ok(Record::Network(SharedNetwork {
                 name: v.name,
@@ -479,11 +489,24 @@ impl Shared {
 type Reply<T> = std_mpsc::SyncSender<Result<T, StoreError>>;
 
 enum Command {
-    Claim { key: (u32, IpAddr), seq: u64, reply: Reply<Claim> },
-    Release { key: (u32, IpAddr), seq: u64, reply: Reply<()> },
+    Claim {
+        key: (u32, IpAddr),
+        seq: u64,
+        reply: Reply<Claim>,
+    },
+    Release {
+        key: (u32, IpAddr),
+        seq: u64,
+        reply: Reply<()>,
+    },
     /// Publish the pending write of this network, if any.
-    Network { name: String, reply: Reply<()> },
-    Stop { revoke: bool },
+    Network {
+        name: String,
+        reply: Reply<()>,
+    },
+    Stop {
+        revoke: bool,
+    },
 }
 
 /// Hooks the tests use to make rare orders of events happen on demand.
@@ -506,7 +529,10 @@ pub struct Store {
 impl Store {
     /// Starts the store's thread and returns at once; the store connects
     /// (and reconnects) in the background. Refuses a bad configuration.
-    pub fn start(cfg: StoreConfig, sink: Box<dyn Fn(Event) + Send + 'static>) -> Result<Store, StoreError> {
+    pub fn start(
+        cfg: StoreConfig,
+        sink: Box<dyn Fn(Event) + Send + 'static>,
+    ) -> Result<Store, StoreError> {
         Self::start_with(cfg, sink, Hooks::default())
     }
 
@@ -519,7 +545,9 @@ impl Store {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the store's runtime: {e}")))?;
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot start the store's runtime: {e}"))
+            })?;
         let shared = Arc::new(Shared {
             desired: Mutex::new(Desired::default()),
             connected: AtomicBool::new(false),
@@ -532,7 +560,9 @@ impl Store {
                     sink(ev);
                 }
             })
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the store's event thread: {e}")))?;
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot start the store's event thread: {e}"))
+            })?;
         let (commands, commands_rx) = tokio_mpsc::unbounded_channel();
         let host_id = cfg.host_id.clone();
         let worker = Worker {
@@ -547,7 +577,9 @@ impl Store {
         let thread = std::thread::Builder::new()
             .name("store".into())
             .spawn(move || runtime.block_on(worker.run()))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the store's thread: {e}")))?;
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot start the store's thread: {e}"))
+            })?;
         Ok(Store {
             host_id,
             shared,
@@ -864,7 +896,11 @@ impl Worker {
                 let ttl = self.cfg.lease_ttl.as_secs() as i64;
                 let granted = op("lease grant", client.lease_grant(ttl, None)).await?;
                 if let Some(old) = self.lease {
-                    tracing::info!(old_lease = old, lease = granted.id(), "lease expired while out of reach; granted a new one");
+                    tracing::info!(
+                        old_lease = old,
+                        lease = granted.id(),
+                        "lease expired while out of reach; granted a new one"
+                    );
                 }
                 granted.id()
             }
@@ -961,7 +997,12 @@ impl Worker {
                 Err(reason) => skip(kv.key(), &reason),
             }
         }
-        tracing::debug!(revision, networks = networks.len(), mappings = mappings.len(), "snapshot");
+        tracing::debug!(
+            revision,
+            networks = networks.len(),
+            mappings = mappings.len(),
+            "snapshot"
+        );
         self.emit(Event::Snapshot { networks, mappings });
         #[cfg(test)]
         if let Some(hook) = self.hooks.before_watch.take() {
@@ -1104,7 +1145,9 @@ impl Worker {
             };
             let event = match (ev.event_type(), key) {
                 (EventType::Delete, KeyRef::Network(name)) => Event::NetworkGone(name),
-                (EventType::Delete, KeyRef::Mapping { vsid, ca }) => Event::MappingGone { vsid, ca },
+                (EventType::Delete, KeyRef::Mapping { vsid, ca }) => {
+                    Event::MappingGone { vsid, ca }
+                }
                 (EventType::Put, key) => match decode(&key, kv.value()) {
                     Ok(Record::Network(n)) => Event::NetworkPut(n),
                     Ok(Record::Mapping(m)) => Event::MappingPut(m),
@@ -1121,8 +1164,13 @@ impl Worker {
 
     async fn revoke(&mut self, mut s: Session) {
         match op("lease revoke", s.client.lease_revoke(s.lease)).await {
-            Ok(_) => tracing::info!(lease = s.lease, "lease revoked; this host's mappings are gone"),
-            Err(f) => tracing::warn!(error = %f, "could not revoke the lease; it expires on its own"),
+            Ok(_) => tracing::info!(
+                lease = s.lease,
+                "lease revoked; this host's mappings are gone"
+            ),
+            Err(f) => {
+                tracing::warn!(error = %f, "could not revoke the lease; it expires on its own")
+            }
         }
         self.lease = None;
     }
@@ -1164,10 +1212,20 @@ async fn claim_txn(
 ) -> Result<ClaimOutcome, Fault> {
     let key = mapping_key(&cfg.prefix, m.vsid, m.ca);
     let value = encode_mapping(m);
-    let put = || TxnOp::put(key.as_bytes(), value.clone(), Some(PutOptions::new().with_lease(lease)));
+    let put = || {
+        TxnOp::put(
+            key.as_bytes(),
+            value.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        )
+    };
     for _ in 0..TXN_ATTEMPTS {
         let txn = Txn::new()
-            .when([Compare::create_revision(key.as_bytes(), CompareOp::Equal, 0)])
+            .when([Compare::create_revision(
+                key.as_bytes(),
+                CompareOp::Equal,
+                0,
+            )])
             .and_then([put()])
             .or_else([TxnOp::get(key.as_bytes(), None)]);
         let resp = op("claim", client.txn(txn)).await?;
@@ -1177,7 +1235,10 @@ async fn claim_txn(
         // Deleted between the compare and the read: try again.
         let Some(kv) = first_kv(&resp) else { continue };
         let Some(owner) = owner_of(kv.value()) else {
-            skip(kv.key(), "unreadable record holds the address; not taking it over");
+            skip(
+                kv.key(),
+                "unreadable record holds the address; not taking it over",
+            );
             return Ok(ClaimOutcome::Taken("(unreadable record)".into()));
         };
         if owner != cfg.host_id {
@@ -1188,33 +1249,51 @@ async fn claim_txn(
         }
         // Ours, but older (another MAC, or a lease of a previous run).
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.as_bytes(), CompareOp::Equal, kv.mod_revision())])
+            .when([Compare::mod_revision(
+                key.as_bytes(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
             .and_then([put()]);
         if op("claim", client.txn(txn)).await?.succeeded() {
             return Ok(ClaimOutcome::Granted);
         }
     }
-    Err(Fault::Closed("claim: the record kept changing under the transaction"))
+    Err(Fault::Closed(
+        "claim: the record kept changing under the transaction",
+    ))
 }
 
 /// Deletes a mapping record only if it is this host's, as of the revision
 /// read.
-async fn release_txn(client: &mut Client, cfg: &StoreConfig, (vsid, ca): (u32, IpAddr)) -> Result<(), Fault> {
+async fn release_txn(
+    client: &mut Client,
+    cfg: &StoreConfig,
+    (vsid, ca): (u32, IpAddr),
+) -> Result<(), Fault> {
     let key = mapping_key(&cfg.prefix, vsid, ca);
     for _ in 0..TXN_ATTEMPTS {
         let got = op("release", client.get(key.as_bytes(), None)).await?;
-        let Some(kv) = got.kvs().first() else { return Ok(()) };
+        let Some(kv) = got.kvs().first() else {
+            return Ok(());
+        };
         if owner_of(kv.value()).as_deref() != Some(cfg.host_id.as_str()) {
             return Ok(());
         }
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.as_bytes(), CompareOp::Equal, kv.mod_revision())])
+            .when([Compare::mod_revision(
+                key.as_bytes(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
             .and_then([TxnOp::delete(key.as_bytes(), None)]);
         if op("release", client.txn(txn)).await?.succeeded() {
             return Ok(());
         }
     }
-    Err(Fault::Closed("release: the record kept changing under the transaction"))
+    Err(Fault::Closed(
+        "release: the record kept changing under the transaction",
+    ))
 }
 
 async fn write_network(
@@ -1225,8 +1304,12 @@ async fn write_network(
 ) -> Result<(), Fault> {
     let key = network_key(&cfg.prefix, name);
     match net {
-        Some(net) => op("network put", client.put(key, encode_network(net), None)).await.map(drop),
-        None => op("network delete", client.delete(key, None)).await.map(drop),
+        Some(net) => op("network put", client.put(key, encode_network(net), None))
+            .await
+            .map(drop),
+        None => op("network delete", client.delete(key, None))
+            .await
+            .map(drop),
     }
 }
 
