@@ -739,6 +739,9 @@ enum Fault {
     Etcd(etcd_client::Error),
     Timeout(&'static str),
     Closed(&'static str),
+    /// etcd says the lease is gone (it expired while keepalives did not get
+    /// through): not an outage, but the mappings must be claimed again.
+    LeaseLost(i64),
 }
 
 impl fmt::Display for Fault {
@@ -747,6 +750,7 @@ impl fmt::Display for Fault {
             Fault::Etcd(e) => write!(f, "{e}"),
             Fault::Timeout(what) => write!(f, "{what}: no answer within {OP_TIMEOUT:?}"),
             Fault::Closed(what) => write!(f, "{what} closed"),
+            Fault::LeaseLost(id) => write!(f, "lease {id} expired"),
         }
     }
 }
@@ -814,6 +818,15 @@ impl Worker {
                                 self.revoke(session).await;
                             }
                             return;
+                        }
+                        (Exit::Down(Fault::LeaseLost(lease)), _) => {
+                            tracing::warn!(
+                                lease,
+                                "etcd expired this host's lease; claiming again on a new one"
+                            );
+                            self.lease = None;
+                            self.go_down();
+                            continue;
                         }
                         (Exit::Down(fault), _) => {
                             tracing::warn!(error = %fault, "etcd out of reach; changes are queued until it returns");
@@ -1027,7 +1040,10 @@ impl Worker {
                     Some(cmd) => self.command(&mut s, cmd).await.err().map(Exit::Down),
                 },
                 msg = s.watch.message() => match msg {
-                    Ok(Some(resp)) => self.watched(resp).err(),
+                    Ok(Some(resp)) => match self.watched(resp) {
+                        Ok(lost) => self.reclaim(&mut s, lost).await.err().map(Exit::Down),
+                        Err(exit) => Some(exit),
+                    },
                     Ok(None) => Some(Exit::Down(Fault::Closed("watch"))),
                     Err(e) => Some(Exit::Down(Fault::Etcd(e))),
                 },
@@ -1040,11 +1056,7 @@ impl Worker {
                         s.last_keepalive = Instant::now();
                         None
                     }
-                    Ok(Some(_)) => {
-                        tracing::warn!(lease = s.lease, "etcd expired this host's lease; claiming again on a new one");
-                        self.lease = None;
-                        Some(Exit::Down(Fault::Closed("lease")))
-                    }
+                    Ok(Some(_)) => Some(Exit::Down(Fault::LeaseLost(s.lease))),
                     Ok(None) => Some(Exit::Down(Fault::Closed("keepalive stream"))),
                     Err(e) => Some(Exit::Down(Fault::Etcd(e))),
                 },
@@ -1123,8 +1135,9 @@ impl Worker {
         Ok(())
     }
 
-    /// Watch events to the sink. `Err` when the watch must be replaced.
-    fn watched(&mut self, resp: etcd_client::WatchResponse) -> Result<(), Exit> {
+    /// Watch events to the sink. `Ok`: the mappings of this host that were
+    /// deleted by someone else; `Err` when the watch must be replaced.
+    fn watched(&mut self, resp: etcd_client::WatchResponse) -> Result<Vec<(u32, IpAddr)>, Exit> {
         if resp.canceled() {
             if resp.compact_revision() > 0 {
                 return Err(Exit::Resnapshot);
@@ -1134,6 +1147,7 @@ impl Worker {
             return Err(Exit::Down(Fault::Closed("watch")));
         }
         let prefix = &self.cfg.prefix;
+        let mut lost = Vec::new();
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             let key = match parse_key(prefix, kv.key()) {
@@ -1146,6 +1160,10 @@ impl Worker {
             let event = match (ev.event_type(), key) {
                 (EventType::Delete, KeyRef::Network(name)) => Event::NetworkGone(name),
                 (EventType::Delete, KeyRef::Mapping { vsid, ca }) => {
+                    // Ours and not released: deleted behind this host's back.
+                    if self.shared.lock().mappings.contains_key(&(vsid, ca)) {
+                        lost.push((vsid, ca));
+                    }
                     Event::MappingGone { vsid, ca }
                 }
                 (EventType::Put, key) => match decode(&key, kv.value()) {
@@ -1158,6 +1176,24 @@ impl Worker {
                 },
             };
             self.emit(event);
+        }
+        Ok(lost)
+    }
+
+    /// Claims again what this host holds and etcd lost (deleted by hand, or
+    /// on a lease that expired: then the claim fails and the resync that
+    /// follows grants a new lease).
+    async fn reclaim(&mut self, s: &mut Session, lost: Vec<(u32, IpAddr)>) -> Result<(), Fault> {
+        for key in lost {
+            let Some((seq, m)) = self.shared.lock().mappings.get(&key).cloned() else {
+                continue;
+            };
+            tracing::info!(vsid = key.0, ca = %key.1, "this host's mapping was deleted; claiming it again");
+            if let ClaimOutcome::Taken(host) =
+                claim_txn(&mut s.client, &self.cfg, &m, s.lease).await?
+            {
+                self.conflict(key, seq, host);
+            }
         }
         Ok(())
     }

@@ -593,6 +593,16 @@ fn release_deletes_only_what_is_ours() {
     });
     // Released, it is free for the other host.
     assert_eq!(b.claim(&mapping("b", 9, v4(3))), Ok(Claim::Granted));
+
+    // A record deleted behind its owner's back is claimed again.
+    let c = &mut raw.client;
+    raw.rt
+        .block_on(c.delete(mapping_key(P, 9, v4(3)), None))
+        .unwrap();
+    va.wait(Duration::from_secs(1), "deleted, then back", |s| {
+        s.mappings.get(&(9, v4(3))).is_some_and(|m| m.host == "b")
+    });
+    assert!(b.connected());
 }
 
 #[test]
@@ -730,10 +740,16 @@ fn a_compacted_watch_takes_a_new_snapshot() {
         return;
     };
     let url = etcd.url();
+    // A record of a host that is not running (so nobody claims it again).
+    Raw::connect(&url).put(
+        &mapping_key(P, 3, v4(9)),
+        &encode_mapping(&mapping("z", 3, v4(9))),
+    );
     let (a, _) = host(&etcd, "a");
     assert_eq!(a.claim(&mapping("a", 3, v4(1))), Ok(Claim::Granted));
-    // Between b's snapshot and its watch, a's mapping goes and the history
-    // is compacted past the snapshot: the watch cannot start there.
+    // Between b's snapshot and its watch, z's mapping goes, a network comes,
+    // and the history is compacted past the snapshot: the watch cannot start
+    // there.
     let hooks = Hooks {
         before_watch: Some(Box::new(move |_revision| {
             std::thread::spawn(move || {
@@ -742,7 +758,7 @@ fn a_compacted_watch_takes_a_new_snapshot() {
                 let c = &mut raw.client;
                 let del = raw
                     .rt
-                    .block_on(c.delete(mapping_key(P, 3, v4(1)), None))
+                    .block_on(c.delete(mapping_key(P, 3, v4(9)), None))
                     .unwrap();
                 raw.compact(del.header().unwrap().revision());
             })
@@ -754,7 +770,11 @@ fn a_compacted_watch_takes_a_new_snapshot() {
     vb.wait(
         Duration::from_secs(3),
         "second snapshot with the change",
-        |s| s.snapshots == 2 && s.networks.contains_key("late") && s.mappings.is_empty(),
+        |s| {
+            s.snapshots == 2
+                && s.networks.contains_key("late")
+                && s.mappings.keys().collect::<Vec<_>>() == [&(3, v4(1))]
+        },
     );
     drop(a);
 }
