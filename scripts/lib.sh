@@ -7,7 +7,7 @@ VSWITCHD="$BIN/vswitchd"
 VSWITCHCTL="$BIN/vswitchctl"
 
 # Debian packages the build, the tests, the lab and the benchmarks use.
-PACKAGES=(clang llvm libbpf-dev iproute2 iputils-ping iperf3 tcpdump ethtool procps python3 bpftool iptables prometheus)
+PACKAGES=(clang llvm libbpf-dev iproute2 iputils-ping iperf3 tcpdump ethtool procps python3 bpftool iptables prometheus etcd-server protobuf-compiler)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -5,7 +5,8 @@
 //! state, `datapath` moves frames between `port`s as the `pipeline` decides
 //! (with the `fdb`), `netns`
 //! plumbs links and addresses over netlink, `wire` parses packets,
-//! `metrics` serves Prometheus scrapes.
+//! `metrics` serves Prometheus scrapes, `overlay` shares networks and
+//! CA->PA mappings between hosts.
 
 pub use vswitch_api as api;
 
@@ -16,6 +17,7 @@ pub mod fdb;
 pub mod ifname;
 pub mod metrics;
 pub mod netns;
+pub mod overlay;
 pub mod pipeline;
 pub mod policy;
 pub mod port;
