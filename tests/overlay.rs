@@ -677,3 +677,248 @@ fn overlay_survives_a_daemon_restart() {
         .collect();
     assert_eq!(names, ["lo", UPLINK], "devices left behind");
 }
+
+// ---------------------------------------------------------------------------
+// Multi-host over etcd: a real etcd (Debian's etcd-server) in a namespace
+// of its own on the fabric.
+
+const ETCD: &str = "/usr/bin/etcd";
+
+/// etcd on the fabric at `.100`, its data kept across restarts.
+struct Etcd {
+    ns: Netns,
+    addr: String,
+    dir: std::path::PathBuf,
+    child: Option<vswitch_systests::KillOnDrop>,
+}
+
+impl Etcd {
+    fn start(f: &Fabric) -> Etcd {
+        assert!(
+            std::path::Path::new(ETCD).exists(),
+            "{ETCD} is missing: scripts/lib.sh installs etcd-server"
+        );
+        let host = f.host(100);
+        let dir = std::env::temp_dir().join(format!("vswitch-etcd-{}", tag()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut e = Etcd {
+            addr: host.pa.clone(),
+            ns: host.ns,
+            dir,
+            child: None,
+        };
+        e.spawn();
+        e
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}:2379", self.addr)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("etcd.log")).unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns.name, ETCD, "--name=lab"])
+            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+            .arg(format!("--listen-client-urls={}", self.url()))
+            .arg(format!("--advertise-client-urls={}", self.url()))
+            .args([
+                "--listen-peer-urls=http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+                "--initial-cluster=lab=http://127.0.0.1:2380",
+                "--log-level=error",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(vswitch_systests::KillOnDrop(child));
+        let health = format!(
+            "import urllib.request;urllib.request.urlopen('{}/health',timeout=1).read()",
+            self.url()
+        );
+        let up = wait_until(Duration::from_secs(20), || {
+            self.ns.exec(&["python3", "-c", &health]).status.success()
+        });
+        assert!(
+            up,
+            "etcd did not come up: {}",
+            std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+        );
+    }
+
+    fn stop(&mut self) {
+        drop(self.child.take());
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn shared_daemon(host: &Host, etcd: &Etcd, id: &str) -> Daemon {
+    let url = etcd.url();
+    Daemon::start_in_with(
+        &host.ns,
+        &[
+            "--provider-address",
+            &host.pa,
+            "--etcd",
+            &url,
+            "--host-id",
+            id,
+            "--etcd-lease-ttl",
+            "3",
+        ],
+    )
+}
+
+/// The remote entries of `d`'s table: (address, host).
+fn remote(d: &Daemon, net: &str) -> Vec<(String, String)> {
+    d.json(&["network", "mappings", net])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["Source"] == "remote")
+        .map(|m| {
+            (
+                m["IPAddress"].as_str().unwrap().to_owned(),
+                m["Owner"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn hosts_share_networks_and_mappings_through_etcd() {
+    if !require_root("hosts_share_networks_and_mappings_through_etcd") {
+        return;
+    }
+    let _g = shared();
+    let f = Fabric::new();
+    let etcd = Etcd::start(&f);
+    let (ha, hb) = (f.host(1), f.host(2));
+    let (da, mut db) = (
+        shared_daemon(&ha, &etcd, "host-a"),
+        shared_daemon(&hb, &etcd, "host-b"),
+    );
+    for d in [&da, &db] {
+        d.expect_log("removed from the overlay store, kept here");
+    }
+    overlay(&da, "ov", 900, &["10.85.0.0/24", "fd00:85::/64"], true);
+    // Defined on one host, visible on the other.
+    assert!(
+        wait_until(Duration::from_secs(3), || db
+            .ctl(&["network", "inspect", "ov"])
+            .status
+            .success()),
+        "the network did not reach host b"
+    );
+    assert_eq!(db.json(&["network", "inspect", "ov"])["VSID"], 900);
+    let (na, _) = endpoint(&da, "ov", "a1", &["10.85.0.10", "fd00:85::10"], "veth");
+    let started = std::time::Instant::now();
+    let (nb, _) = endpoint(&db, "ov", "b1", &["10.85.0.20", "fd00:85::20"], "veth");
+    // An endpoint made on b is in a's table within a second (a watch).
+    assert!(wait_until(Duration::from_secs(1), || remote(&da, "ov")
+        .len()
+        == 2));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert_eq!(remote(&da, "ov")[0], ("10.85.0.20".into(), "host-b".into()));
+    assert!(wait_until(Duration::from_secs(1), || remote(&db, "ov")
+        .len()
+        == 2));
+    assert!(na.ping_within("10.85.0.20", Duration::from_secs(5)));
+    assert!(nb.ping_within("fd00:85::10", Duration::from_secs(5)));
+    // Two hosts claiming one address: the second is refused.
+    let ns = Netns::new("ve");
+    let err = db.fails(&[
+        "endpoint",
+        "create",
+        "--network",
+        "ov",
+        "--netns",
+        &ns.name,
+        "--ip",
+        "10.85.0.10",
+        "dup",
+    ]);
+    assert!(
+        err.contains("10.85.0.10") || err.contains("host-a"),
+        "{err}"
+    );
+    // An address picked for b skips a's.
+    db.ok(&[
+        "endpoint",
+        "create",
+        "--network",
+        "ov",
+        "--netns",
+        &ns.name,
+        "b2",
+    ]);
+    let b2 = db.json(&["endpoint", "inspect", "b2"]);
+    assert_ne!(b2["IPAddress"], "10.85.0.10");
+
+    // A host that dies leaves the other's table when its lease expires
+    // (3 s), and comes back when it restarts.
+    db.kill9();
+    assert_eq!(remote(&da, "ov").len(), 4, "gone before the lease expired");
+    assert!(
+        wait_until(Duration::from_secs(8), || remote(&da, "ov").is_empty()),
+        "b's mappings outlived its lease: {:?}",
+        remote(&da, "ov")
+    );
+    db.spawn();
+    assert!(wait_until(Duration::from_secs(5), || remote(&da, "ov")
+        .len()
+        == 4));
+    assert!(na.ping_within("10.85.0.20", Duration::from_secs(5)));
+}
+
+#[test]
+fn losing_etcd_keeps_traffic_and_catches_up_when_it_returns() {
+    if !require_root("losing_etcd_keeps_traffic_and_catches_up_when_it_returns") {
+        return;
+    }
+    let _g = shared();
+    let f = Fabric::new();
+    let mut etcd = Etcd::start(&f);
+    let (ha, hb) = (f.host(1), f.host(2));
+    let (da, db) = (
+        shared_daemon(&ha, &etcd, "host-a"),
+        shared_daemon(&hb, &etcd, "host-b"),
+    );
+    overlay(&da, "ov", 901, &["10.86.0.0/24"], true);
+    assert!(wait_until(Duration::from_secs(3), || db
+        .ctl(&["network", "inspect", "ov"])
+        .status
+        .success()));
+    let (na, _) = endpoint(&da, "ov", "a1", &["10.86.0.10"], "veth");
+    let (_nb, _) = endpoint(&db, "ov", "b1", &["10.86.0.20"], "tap");
+    assert!(na.ping_within("10.86.0.20", Duration::from_secs(5)));
+    for d in [&da, &db] {
+        d.expect_log("etcd out of reach");
+        d.expect_log("removed from the overlay store, kept here");
+    }
+    etcd.stop();
+    // Established traffic does not need etcd.
+    for _ in 0..3 {
+        assert!(na.ping("10.86.0.20"), "traffic stopped with etcd");
+    }
+    // A change made meanwhile is queued on b...
+    let (_nb2, _) = endpoint(&db, "ov", "b2", &["10.86.0.21"], "veth");
+    assert!(!na.ping("10.86.0.21"));
+    // ...and reaches a once etcd is back.
+    etcd.spawn();
+    assert!(
+        wait_until(Duration::from_secs(15), || remote(&da, "ov").len() == 2),
+        "b2 did not come across: {:?}",
+        remote(&da, "ov")
+    );
+    assert!(na.ping_within("10.86.0.21", Duration::from_secs(5)));
+}

@@ -16,8 +16,10 @@ use signal_hook::iterator::Signals;
 use tracing_subscriber::filter::LevelFilter;
 use vswitch::api::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 use vswitch::control::server::Server;
+use vswitch::control::shared::Shared;
 use vswitch::control::Controller;
 use vswitch::metrics::MetricsServer;
+use vswitch::overlay::store::{Store, StoreConfig};
 use vswitch::pipeline::conntrack::Limits;
 
 /// The vswitch daemon: a software switch reproducing the Hyper-V virtual
@@ -62,6 +64,20 @@ struct Args {
     /// `-o interface`.
     #[arg(long, value_name = "IP", value_parser = provider_address)]
     provider_address: Option<std::net::Ipv4Addr>,
+    /// etcd of the overlay's shared store, e.g. http://192.168.1.100:2379
+    /// (repeatable): overlay networks and CA->PA mappings are shared with
+    /// every host that uses it. Needs --provider-address. Without it,
+    /// overlay networks work on this host with static mappings.
+    #[arg(long = "etcd", value_name = "URL")]
+    etcd: Vec<String>,
+    /// This host's id in the shared store (1-64 letters, digits, '.', '_'
+    /// or '-') [default: the host name]
+    #[arg(long, value_name = "ID")]
+    host_id: Option<String>,
+    /// Seconds a crashed host's mappings stay in the shared store (its
+    /// lease; a clean stop removes them at once).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(2..=3600))]
+    etcd_lease_ttl: u64,
 }
 
 /// `--provider-address`: a unicast IPv4 address.
@@ -85,6 +101,13 @@ fn metrics_address(text: &str) -> Result<SocketAddr, String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !args.etcd.is_empty() && args.provider_address.is_none() {
+        anyhow::bail!("--etcd needs --provider-address: the address other hosts reach this one's endpoints at");
+    }
+    if let Some(id) = &args.host_id {
+        vswitch::overlay::store::check_host_id(id)
+            .map_err(|e| anyhow::anyhow!("--host-id: {e}"))?;
+    }
     tracing_subscriber::fmt()
         .with_max_level(args.log_level)
         .with_writer(std::io::stderr)
@@ -135,6 +158,32 @@ fn main() -> anyhow::Result<()> {
     )
     .context("restore state")?;
     let controller = Arc::new(Mutex::new(controller));
+    if !args.etcd.is_empty() {
+        let host_id = match &args.host_id {
+            Some(id) => id.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("--host-id not given, and the host name is unreadable")?
+                .trim()
+                .to_owned(),
+        };
+        let mut cfg = StoreConfig::new(args.etcd.clone(), host_id.clone());
+        cfg.lease_ttl = std::time::Duration::from_secs(args.etcd_lease_ttl);
+        let ctl = controller.clone();
+        let store = Store::start(
+            cfg,
+            Box::new(move |ev| {
+                ctl.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .apply_shared(ev)
+            }),
+        )
+        .map_err(|e| anyhow::anyhow!("--etcd: {e}"))?;
+        tracing::info!(etcd = ?args.etcd, host_id = %host_id, "overlay store started");
+        controller
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_shared(Shared { store, host_id });
+    }
     if let Some(metrics) = metrics {
         let addr = metrics.local_addr().context("metrics listener address")?;
         let ctl = controller.clone();
@@ -162,10 +211,10 @@ fn main() -> anyhow::Result<()> {
 
     tracing::info!(socket = %args.socket.display(), state_dir = %args.state_dir.display(), "vswitchd ready");
     server.run(controller.clone());
-    controller
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .shutdown(!args.detach_on_exit);
+    let mut ctl = controller.lock().unwrap_or_else(|p| p.into_inner());
+    ctl.stop_shared();
+    ctl.shutdown(!args.detach_on_exit);
+    drop(ctl);
 
     // Exiting closes every port's descriptor. Endpoint TAPs are persistent,
     // so they keep their addresses and routes until the next start.

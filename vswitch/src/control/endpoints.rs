@@ -29,6 +29,9 @@ pub(super) fn security_of(ep: &EndpointRecord) -> Option<PortSecurity> {
 impl Controller {
     pub(super) fn endpoint_create(&mut self, req: api::EndpointCreate) -> ApiResult<api::Endpoint> {
         let (net, mut rec) = self.check_endpoint(req)?;
+        // overlay across hosts: the addresses are claimed first, so one
+        // another host holds is refused before anything changes here.
+        self.claim_endpoint(&rec)?;
         // Undone whole on failure, id counters too: a refused request
         // changes nothing.
         let before = self.state.clone();
@@ -36,6 +39,7 @@ impl Controller {
         self.state.endpoints.push(rec.clone());
         if let Err(e) = self.save() {
             self.state = before;
+            self.release_endpoint(&rec);
             return Err(e);
         }
         match self.start_endpoint(&net, &rec, TapOrigin::Fresh) {
@@ -46,6 +50,7 @@ impl Controller {
             Err(e) => {
                 self.state = before;
                 self.save_after_undo();
+                self.release_endpoint(&rec);
                 return Err(e);
             }
         }
@@ -502,6 +507,7 @@ impl Controller {
             return Err(e);
         }
         self.invalid.remove(&ep.id);
+        self.release_endpoint(&ep);
         // Its port mappings go with it.
         if let Err(e) = self.push_nat(&net) {
             tracing::warn!(network = %net.name, error = %e, "could not update the translation");

@@ -26,6 +26,7 @@ mod plumb;
 mod policies;
 mod records;
 pub mod server;
+pub mod shared;
 mod state;
 mod trace;
 mod uplink;
@@ -160,6 +161,8 @@ pub struct Controller {
     /// Networks whose uplink the kernel fast path uses (mirror installed).
     fast_nets: HashSet<NetId>,
     overlay: OverlayState,
+    /// This host in the overlay's shared store (`--etcd`).
+    shared: Option<shared::Shared>,
 }
 
 /// What the overlay networks of this host share.
@@ -172,6 +175,8 @@ pub struct OverlayState {
     /// Provider interfaces with the VTEP guard, and how many networks use
     /// each.
     guards: HashMap<String, usize>,
+    /// Whether the shared store reaches etcd now.
+    store_connected: bool,
     /// What other hosts published, by VSID and customer address.
     remote: HashMap<u32, std::collections::BTreeMap<IpAddr, overlay::RemoteMapping>>,
 }
@@ -215,6 +220,7 @@ impl Controller {
                 provider_address,
                 ..OverlayState::default()
             },
+            shared: None,
         };
         ctl.restore(saved);
         Ok(ctl)

@@ -55,6 +55,7 @@ impl Controller {
                 return Err(e);
             }
         }
+        self.publish_network(&rec);
         tracing::info!(network = %rec.name, driver = rec.driver.name(), "network created");
         Ok(self.network_view(&rec))
     }
@@ -669,7 +670,20 @@ impl Controller {
         }
     }
 
+    /// `network rm`: an overlay network goes from every host (the shared
+    /// store's definition with it); the others remove their copies unless
+    /// they still have endpoints on it.
     pub(super) fn network_remove(&mut self, name: &str) -> ApiResult<Reply> {
+        let net = self.network_remove_local(name)?;
+        self.unpublish_network(&net);
+        Ok(Reply::Removed {
+            name: name.to_owned(),
+            warning: None,
+        })
+    }
+
+    /// Removes a network from this host only; returns its record.
+    pub(super) fn network_remove_local(&mut self, name: &str) -> ApiResult<NetworkRecord> {
         let net = self.network(name)?.clone();
         let users: Vec<&str> = self
             .state
@@ -697,9 +711,6 @@ impl Controller {
         }
         self.invalid.remove(&net.id);
         tracing::info!(network = %name, "network removed");
-        Ok(Reply::Removed {
-            name: name.to_owned(),
-            warning: None,
-        })
+        Ok(net)
     }
 }
