@@ -8,7 +8,8 @@ VSWITCHCTL="$BIN/vswitchctl"
 
 # Debian packages the build, the tests, the lab and the benchmarks use.
 PACKAGES=(clang llvm libbpf-dev iproute2 iputils-ping iperf3 tcpdump ethtool procps python3 bpftool iptables prometheus
-          docker.io podman containernetworking-plugins busybox-static)
+          docker.io podman containernetworking-plugins busybox-static
+          etcd-server protobuf-compiler)
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

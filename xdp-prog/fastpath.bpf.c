@@ -39,6 +39,22 @@
  * Anything else goes on (TCX_NEXT): to the host stack, as XDP decided, or
  * to the next program on the hook.
  *
+ * Overlay networks (VXLAN, RFC 7348) use one VXLAN device per UDP port in
+ * external (collect-metadata) mode: the kernel builds and parses the outer
+ * headers, these programs choose the tunnel key.
+ *   - vswitch_port, unicast to a MAC of another host (FP_FDB_TUNNEL, from
+ *     the CA->PA table): tunnel key (VNI, its PA, ours) -> the VXLAN device;
+ *   - vswitch_tunnel_inject (ingress of a network's tunnel TAP: what the
+ *     slow path sends to other hosts): the same, by destination MAC;
+ *   - vswitch_tunnel (ingress of the VXLAN device, after decapsulation):
+ *     only configured VNIs from known peers; unicast to a veth endpoint
+ *     that needs no policy -> bpf_redirect_peer, the rest to the network's
+ *     tunnel TAP (the slow path);
+ *   - vswitch_vtep_guard (ingress of the provider interface): VXLAN to one
+ *     of our ports that is truncated, malformed, for an unknown VNI or from
+ *     an unknown peer is dropped and counted before the kernel's VXLAN
+ *     socket sees it.
+ *
  * The endpoint programs never return TC_ACT_OK: the host stack never sees
  * an endpoint's frames. Counters are per CPU, per device (`counters`); a drop
  * is counted in the DropReason slot the slow path uses for the same reason.
@@ -125,6 +141,30 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fp_meta);
 } meta SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_NETS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct fp_tunnel);
+} tunnels SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_FDB);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fp_peer_key);
+	__type(value, __u32);
+} peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct fp_vtep);
+} vteps SEC(".maps");
 
 /* The counters at `slot`. */
 static __always_inline struct fp_counters *counters_of(__u32 slot)
@@ -359,6 +399,30 @@ static __always_inline int offloaded(struct __sk_buff *skb, __u32 slot,
 	return bpf_redirect_peer(to, 0);
 }
 
+/* Sends a frame of overlay network `net_id` to the host at provider
+ * address `remote` (network byte order): the VXLAN device encapsulates it
+ * with our tunnel key. The outer UDP source port is the kernel's hash of
+ * the inner flow. */
+static __always_inline int encap(struct __sk_buff *skb, __u32 net_id, __u32 remote, __u32 slot)
+{
+	struct fp_net *net = bpf_map_lookup_elem(&nets, &net_id);
+
+	if (!net || !(net->flags & FP_NET_TUNNEL))
+		return drop(skb, slot, DROP_NO_MAPPING);
+	struct bpf_tunnel_key key = {
+		.tunnel_id = net->vni,
+		.remote_ipv4 = bpf_ntohl(remote),
+		.local_ipv4 = bpf_ntohl(net->local_pa),
+		.tunnel_ttl = 64,
+	};
+	__u32 vxlan = net->vxlan;
+
+	count_fast(skb, slot, net->tunnel_slot);
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
+		return drop(skb, slot, DROP_TX_FAILED);
+	return bpf_redirect(vxlan, 0);
+}
+
 SEC("classifier")
 int vswitch_port(struct __sk_buff *skb)
 {
@@ -411,6 +475,8 @@ int vswitch_port(struct __sk_buff *skb)
 		count_fast(skb, slot, to->slot);
 		return bpf_redirect_peer(to->ifindex, 0);
 	}
+	if (to->flags & FP_FDB_TUNNEL)
+		return encap(skb, port->net, to->remote, slot);
 	if (to->flags & FP_FDB_UPLINK) {
 		__u32 net_id = port->net;
 		struct fp_net *net = bpf_map_lookup_elem(&nets, &net_id);
@@ -551,6 +617,136 @@ int vswitch_uplink(struct __sk_buff *skb)
 		return drop(skb, slot, DROP_MALFORMED);
 	count_fast(skb, slot, to_slot);
 	return bpf_redirect_peer(to, 0);
+}
+
+SEC("classifier")
+int vswitch_tunnel_inject(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct fp_port *port = bpf_map_lookup_elem(&ports, &ifindex);
+
+	if (!port || !(port->flags & FP_PORT_TUNNEL))
+		return drop(skb, 0, DROP_MALFORMED);
+	__u32 slot = port->slot;
+	struct fp_fdb_key key = { .net = port->net };
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return drop(skb, slot, DROP_MALFORMED);
+	__builtin_memcpy(key.mac, eth->h_dest, 6);
+	struct fp_fdb *to = bpf_map_lookup_elem(&fdb, &key);
+
+	if (!to || !(to->flags & FP_FDB_TUNNEL))
+		return drop(skb, slot, DROP_NO_MAPPING);
+	struct fp_counters *c = counters_of(slot);
+
+	if (c) {
+		c->injected_packets += frames_of(skb);
+		c->injected_bytes += skb->len;
+	}
+	/* Counted as injected above, not again as forwarded. */
+	return encap(skb, port->net, to->remote, 0);
+}
+
+SEC("classifier")
+int vswitch_tunnel(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key tkey = {};
+	__u32 ifindex = skb->ifindex, vtep_slot = 0;
+	/* The VXLAN device's own entry: its slot, for what no network claims. */
+	struct fp_port *dev = bpf_map_lookup_elem(&ports, &ifindex);
+
+	if (dev)
+		vtep_slot = dev->slot;
+	if (bpf_skb_get_tunnel_key(skb, &tkey, sizeof(tkey), 0))
+		return drop(skb, vtep_slot, DROP_MALFORMED);
+	__u32 vni = tkey.tunnel_id;
+	struct fp_tunnel *t = bpf_map_lookup_elem(&tunnels, &vni);
+
+	if (!t)
+		return drop(skb, vtep_slot, DROP_VXLAN_UNKNOWN_VNI);
+	__u32 net = t->net, punt_to = t->punt, slot = t->slot;
+	struct fp_peer_key pkey = { .net = net, .pa = bpf_htonl(tkey.remote_ipv4) };
+
+	if (!bpf_map_lookup_elem(&peers, &pkey))
+		return drop(skb, slot, DROP_VXLAN_UNKNOWN_PEER);
+
+	if ((void *)(long)skb->data + sizeof(struct ethhdr) > (void *)(long)skb->data_end)
+		bpf_skb_pull_data(skb, sizeof(struct ethhdr));
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return drop(skb, slot, DROP_VXLAN_TRUNCATED);
+	if (!(eth->h_dest[0] & 1)) {
+		struct fp_fdb_key key = { .net = net };
+
+		__builtin_memcpy(key.mac, eth->h_dest, 6);
+		struct fp_fdb *to = bpf_map_lookup_elem(&fdb, &key);
+
+		if (to && (to->flags & FP_FDB_ENDPOINT) && !(to->flags & FP_FDB_SLOW)) {
+			count_fast(skb, slot, to->slot);
+			return bpf_redirect_peer(to->ifindex, 0);
+		}
+	}
+	struct fp_counters *c = counters_of(slot);
+
+	if (c) {
+		c->punted_packets += frames_of(skb);
+		c->punted_bytes += skb->len;
+	}
+	return bpf_redirect(punt_to, 0);
+}
+
+#define VXLAN_HLEN 8
+#define VXLAN_FLAG_VNI 0x08
+
+SEC("classifier")
+int vswitch_vtep_guard(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u32 l4, dport;
+	__u8 vx[VXLAN_HLEN];
+	struct iphdr ip;
+	__u16 ports[2];
+
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || skb->vlan_present)
+		return UPLINK_NEXT;
+	if (bpf_skb_load_bytes(skb, sizeof(*eth), &ip, sizeof(ip)))
+		return UPLINK_NEXT;
+	if (ip.protocol != IPPROTO_UDP || ip.ihl < 5 || (ip.frag_off & bpf_htons(0x1fff)))
+		return UPLINK_NEXT;
+	l4 = sizeof(*eth) + ip.ihl * 4;
+	if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)))
+		return UPLINK_NEXT;
+	dport = bpf_ntohs(ports[1]);
+	struct fp_vtep *vtep = bpf_map_lookup_elem(&vteps, &dport);
+
+	if (!vtep)
+		return UPLINK_NEXT;
+	__u32 vslot = vtep->slot;
+
+	/* UDP header, VXLAN header, inner Ethernet header. */
+	if (skb->len < l4 + 8 + VXLAN_HLEN + sizeof(struct ethhdr) ||
+	    bpf_skb_load_bytes(skb, l4 + 8, vx, sizeof(vx)))
+		return drop(skb, vslot, DROP_VXLAN_TRUNCATED);
+	if (!(vx[0] & VXLAN_FLAG_VNI))
+		return drop(skb, vslot, DROP_VXLAN_MALFORMED);
+	__u32 vni = ((__u32)vx[4] << 16) | ((__u32)vx[5] << 8) | vx[6];
+	struct fp_tunnel *t = bpf_map_lookup_elem(&tunnels, &vni);
+
+	if (!t)
+		return drop(skb, vslot, DROP_VXLAN_UNKNOWN_VNI);
+	struct fp_peer_key pkey = { .net = t->net, .pa = ip.saddr };
+
+	if (!bpf_map_lookup_elem(&peers, &pkey))
+		return drop(skb, t->slot, DROP_VXLAN_UNKNOWN_PEER);
+	return UPLINK_NEXT;
 }
 
 char _license[] SEC("license") = "Apache-2.0";

@@ -16,7 +16,7 @@
 
 /* Bumped whenever a struct below, a map's definition or a flag changes
  * meaning. */
-#define FP_LAYOUT 4
+#define FP_LAYOUT 5
 
 /* fp_port.flags */
 /* Every frame from this port goes to the slow path (it has policy, or its
@@ -31,6 +31,11 @@
 /* Frames to this port need the slow path (its inbound policy). Copied into
  * the FDB entries that lead to it. */
 #define FP_PORT_SLOW_IN (1 << 4)
+/* An overlay network's tunnel TAP: frames the slow path writes to it are
+ * encapsulated to the provider address their destination MAC maps to. */
+#define FP_PORT_TUNNEL (1 << 5)
+/* A VXLAN device (external mode): its entry holds its counters slot. */
+#define FP_PORT_VXLAN (1 << 6)
 
 /* `ports`, keyed by the ifindex the program runs on. */
 struct fp_port {
@@ -76,6 +81,9 @@ _Static_assert(sizeof(struct fp_fdb_key) == 12, "fp_fdb_key size");
 #define FP_FDB_UPLINK (1 << 1)
 /* The destination needs the slow path (FP_PORT_SLOW_IN). */
 #define FP_FDB_SLOW (1 << 2)
+/* The destination is on another host of an overlay network: encapsulated
+ * to `remote` (its CA->PA mapping). */
+#define FP_FDB_TUNNEL (1 << 3)
 
 struct fp_fdb {
 	/* The endpoint's host veth; for FP_FDB_UPLINK, unused (see fp_net). */
@@ -83,9 +91,11 @@ struct fp_fdb {
 	__u32 flags;
 	/* Its `counters` slot. */
 	__u32 slot;
+	/* FP_FDB_TUNNEL: the provider address, network byte order. */
+	__u32 remote;
 };
 
-_Static_assert(sizeof(struct fp_fdb) == 12, "fp_fdb size");
+_Static_assert(sizeof(struct fp_fdb) == 16, "fp_fdb size");
 
 /* fp_net.flags */
 /* l2bridge: frames leave the uplink with the uplink's MAC as source. */
@@ -95,6 +105,8 @@ _Static_assert(sizeof(struct fp_fdb) == 12, "fp_fdb size");
 /* No kernel forwarding at all in this network (l2tunnel: the host's
  * switch polices same-host traffic; nat: the slow path routes). */
 #define FP_NET_SLOW (1 << 2)
+/* An overlay network: `vni`, `vxlan`, `local_pa` and `tunnel_slot` hold. */
+#define FP_NET_TUNNEL (1 << 3)
 
 /* `nets`, keyed by network id. */
 struct fp_net {
@@ -105,9 +117,50 @@ struct fp_net {
 	__u8 uplink_mac[6];
 	/* The uplink's `counters` slot. */
 	__u32 uplink_slot;
+	/* overlay: the VNI (VSID), the VXLAN device (external mode), this
+	 * host's provider address (network byte order), and the counters slot
+	 * of the network's tunnel TAP. */
+	__u32 vni;
+	__u32 vxlan;
+	__u32 local_pa;
+	__u32 tunnel_slot;
 };
 
-_Static_assert(sizeof(struct fp_net) == 20, "fp_net size");
+_Static_assert(sizeof(struct fp_net) == 36, "fp_net size");
+_Static_assert(offsetof(struct fp_net, vni) == 20, "fp_net.vni");
+
+/* `tunnels`, keyed by VNI: the overlay network a decapsulated frame belongs
+ * to, and its tunnel TAP (where the slow path reads what the kernel does
+ * not deliver itself). */
+struct fp_tunnel {
+	__u32 net;
+	/* The tunnel TAP's ifindex and `counters` slot. */
+	__u32 punt;
+	__u32 slot;
+	__u32 pad;
+};
+
+_Static_assert(sizeof(struct fp_tunnel) == 16, "fp_tunnel size");
+
+/* `peers`: the provider addresses an overlay network accepts VXLAN from
+ * (those its mappings name). The value is unused. */
+struct fp_peer_key {
+	__u32 net;
+	/* Network byte order. */
+	__u32 pa;
+};
+
+_Static_assert(sizeof(struct fp_peer_key) == 8, "fp_peer_key size");
+
+/* `vteps`, keyed by UDP port (host byte order): the VXLAN ports this host
+ * terminates, and the `counters` slot their VXLAN device counts in (drops
+ * of packets no network claims). */
+struct fp_vtep {
+	__u32 ifindex;
+	__u32 slot;
+};
+
+_Static_assert(sizeof(struct fp_vtep) == 8, "fp_vtep size");
 
 /* `uplinks`: which network a frame from an uplink belongs to, by the
  * uplink's ifindex and the frame's VLAN (0: untagged). */

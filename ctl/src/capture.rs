@@ -52,7 +52,7 @@ fn prepare(socket: &Path, args: &CaptureArgs) -> Result<Command> {
     })?;
     let here = match port.kind {
         PortKind::Endpoint => None,
-        PortKind::Host | PortKind::Uplink => daemon_netns(socket),
+        PortKind::Host | PortKind::Uplink | PortKind::Tunnel => daemon_netns(socket),
     };
     let argv = command_line(port, here.as_deref(), args);
     if port.kind == PortKind::Uplink && port.backend == "afxdp" {
@@ -131,7 +131,7 @@ pub(crate) fn command_line(
     let mut argv: Vec<String> = Vec::new();
     let netns = match port.kind {
         PortKind::Endpoint => port.netns.as_deref().map(netns_path),
-        PortKind::Host | PortKind::Uplink => daemon_ns.map(str::to_owned),
+        PortKind::Host | PortKind::Uplink | PortKind::Tunnel => daemon_ns.map(str::to_owned),
     };
     if let Some(ns) = netns {
         argv.extend(["nsenter".to_owned(), format!("--net={ns}"), "--".to_owned()]);

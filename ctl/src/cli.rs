@@ -315,6 +315,50 @@ pub enum NetworkCommand {
         /// Network to remove, e.g. net1
         name: String,
     },
+    /// Show an overlay network's CA->PA table: each customer address, its
+    /// MAC, and the provider address of the host it lives on (local
+    /// endpoints, static entries, and what other hosts published through
+    /// etcd)
+    Mappings {
+        /// Overlay network, e.g. ov1
+        name: String,
+        #[command(flatten)]
+        format: JsonFlag,
+    },
+    /// Add or remove a static CA->PA entry of an overlay network (an
+    /// endpoint behind a foreign VTEP, such as a Linux VXLAN device)
+    #[command(subcommand)]
+    Mapping(MappingCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingCommand {
+    /// Add (or replace) the entry of one customer address
+    #[command(
+        after_help = "Example:\n  vswitchctl network mapping add ov1 --ip 10.9.0.50 --mac 02:00:00:00:00:50 --pa 192.168.50.3"
+    )]
+    Add {
+        /// Overlay network, e.g. ov1
+        network: String,
+        /// Customer address (inside the network's subnet)
+        #[arg(long, value_name = "IP")]
+        ip: String,
+        /// Its MAC address
+        #[arg(long, value_name = "MAC")]
+        mac: String,
+        /// The provider address (IPv4) of the VTEP it lives behind
+        #[arg(long = "pa", value_name = "IP")]
+        provider_address: String,
+        #[command(flatten)]
+        format: JsonFlag,
+    },
+    /// Remove the static entry of one customer address
+    #[command(visible_alias = "remove")]
+    Rm {
+        network: String,
+        #[arg(long, value_name = "IP")]
+        ip: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -751,6 +795,27 @@ impl Command {
             }
             Command::Network(NetworkCommand::Rm { name }) => {
                 Request::NetworkRemove { name: name.clone() }
+            }
+            Command::Network(NetworkCommand::Mappings { name, .. }) => Request::MappingList {
+                network: name.clone(),
+            },
+            Command::Network(NetworkCommand::Mapping(MappingCommand::Add {
+                network,
+                ip,
+                mac,
+                provider_address,
+                ..
+            })) => Request::MappingAdd(vswitch_api::MappingAdd {
+                network: network.clone(),
+                ip: ip.clone(),
+                mac_address: mac.clone(),
+                provider_address: provider_address.clone(),
+            }),
+            Command::Network(NetworkCommand::Mapping(MappingCommand::Rm { network, ip })) => {
+                Request::MappingRemove {
+                    network: network.clone(),
+                    ip: ip.clone(),
+                }
             }
             Command::Endpoint(EndpointCommand::Create(args)) => {
                 Request::EndpointCreate(args.request(read)?)

@@ -22,7 +22,7 @@ use vswitch_api::{Reply, Response};
 
 use cli::{
     Cli, Command, CommandError, DatapathCommand, EndpointCommand, FdbCommand, FlowsCommand,
-    NetworkCommand, PolicyCommand, PortCommand, UsageError,
+    MappingCommand, NetworkCommand, PolicyCommand, PortCommand, UsageError,
 };
 
 pub(crate) const UNEXPECTED: &str = "unexpected reply from daemon";
@@ -196,6 +196,23 @@ fn output(command: &Command, response: Response) -> Result<String> {
                 render::flows(&flows)
             }
         }
+        (
+            Command::Network(
+                NetworkCommand::Mappings { format, .. }
+                | NetworkCommand::Mapping(MappingCommand::Add { format, .. }),
+            ),
+            Reply::Mappings(m),
+        ) => {
+            if format.json {
+                json(&m)?
+            } else {
+                render::mappings(&m)
+            }
+        }
+        (
+            Command::Network(NetworkCommand::Mapping(MappingCommand::Rm { ip, .. })),
+            Reply::Mappings(_),
+        ) => line(format!("removed mapping {ip}")),
         (Command::Datapath(DatapathCommand::Show(format)), Reply::Datapath(info)) => {
             if format.json {
                 json(&info)?

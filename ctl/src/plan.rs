@@ -1488,6 +1488,8 @@ fabric:
             host_interface: Some("vsh1".into()),
             uplink_interface: None,
             vlan_id: None,
+            vsid: None,
+            provider_address: None,
             endpoints: eps.iter().map(|e| (*e).to_owned()).collect(),
             state: NetworkState::Up,
             labels: BTreeMap::new(),

@@ -318,6 +318,33 @@ pub fn stats(stats: &[PortStats], detailed: bool) -> String {
     out
 }
 
+/// `vswitchctl network mappings`.
+pub fn mappings(m: &[vswitch_api::Mapping]) -> String {
+    use Align::*;
+    if m.is_empty() {
+        return "no mappings\n".into();
+    }
+    let mut table = Table::new(&[
+        ("VSID", Right),
+        ("CA", Left),
+        ("MAC", Left),
+        ("PA", Left),
+        ("SOURCE", Left),
+        ("OWNER", Left),
+    ]);
+    for e in m {
+        table.row(vec![
+            e.vsid.to_string(),
+            e.ip.clone(),
+            e.mac_address.clone(),
+            e.provider_address.clone(),
+            e.source.clone(),
+            e.owner.clone().unwrap_or_default(),
+        ]);
+    }
+    table.render()
+}
+
 /// `vswitchctl datapath show`.
 pub fn datapath(info: &DatapathInfo) -> String {
     use Align::*;
@@ -333,6 +360,22 @@ pub fn datapath(info: &DatapathInfo) -> String {
         "pinned under {}\nprogram version {} (layout {}), {}\n\n",
         info.pin_dir, info.version, info.layout, info.origin
     ));
+    for v in &info.vteps {
+        let drops: Vec<String> = v.drops.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        out.push_str(&format!(
+            "VXLAN {} on UDP {}: {}\n",
+            v.interface,
+            v.port,
+            if drops.is_empty() {
+                "no drops".to_owned()
+            } else {
+                format!("dropped {}", drops.join(", "))
+            }
+        ));
+    }
+    if !info.vteps.is_empty() {
+        out.push('\n');
+    }
     let mut table = Table::new(&[
         ("INTERFACE", Left),
         ("IFINDEX", Right),
@@ -683,6 +726,8 @@ pub(crate) mod tests {
             host_interface: Some("vsw-net1".into()),
             uplink_interface: None,
             vlan_id: None,
+            vsid: None,
+            provider_address: None,
             endpoints: vec!["ep1".into(), "ep2".into()],
             state: vswitch_api::NetworkState::Up,
             labels: BTreeMap::new(),

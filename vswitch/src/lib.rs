@@ -6,7 +6,8 @@
 //! (with the `fdb`), `netns`
 //! plumbs links and addresses over netlink, `wire` parses packets,
 //! `metrics` serves Prometheus scrapes, `docker` Docker's remote network
-//! driver protocol.
+//! driver protocol, `overlay` shares networks and CA->PA mappings between
+//! hosts.
 
 pub use vswitch_api as api;
 
@@ -18,6 +19,7 @@ pub mod fdb;
 pub mod ifname;
 pub mod metrics;
 pub mod netns;
+pub mod overlay;
 pub mod pipeline;
 pub mod policy;
 pub mod port;

@@ -16,8 +16,10 @@ use signal_hook::iterator::Signals;
 use tracing_subscriber::filter::LevelFilter;
 use vswitch::api::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 use vswitch::control::server::Server;
+use vswitch::control::shared::Shared;
 use vswitch::control::Controller;
 use vswitch::metrics::MetricsServer;
+use vswitch::overlay::store::{Store, StoreConfig};
 use vswitch::pipeline::conntrack::Limits;
 
 /// The vswitch daemon: a software switch reproducing the Hyper-V virtual
@@ -63,6 +65,37 @@ struct Args {
     #[arg(long, value_name = "PATH", num_args = 0..=1, require_equals = true,
           default_missing_value = vswitch::docker::DEFAULT_SOCKET)]
     docker_plugin: Option<PathBuf>,
+    /// This host's provider address (PA): the outer IPv4 source of overlay
+    /// networks' VXLAN packets, and the address other hosts send them to.
+    /// Without it, an overlay network takes the IPv4 address of its
+    /// `-o interface`.
+    #[arg(long, value_name = "IP", value_parser = provider_address)]
+    provider_address: Option<std::net::Ipv4Addr>,
+    /// etcd of the overlay's shared store, e.g. http://192.168.1.100:2379
+    /// (repeatable): overlay networks and CA->PA mappings are shared with
+    /// every host that uses it. Needs --provider-address. Without it,
+    /// overlay networks work on this host with static mappings.
+    #[arg(long = "etcd", value_name = "URL")]
+    etcd: Vec<String>,
+    /// This host's id in the shared store (1-64 letters, digits, '.', '_'
+    /// or '-') [default: the host name]
+    #[arg(long, value_name = "ID")]
+    host_id: Option<String>,
+    /// Seconds a crashed host's mappings stay in the shared store (its
+    /// lease; a clean stop removes them at once).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(2..=3600))]
+    etcd_lease_ttl: u64,
+}
+
+/// `--provider-address`: a unicast IPv4 address.
+fn provider_address(text: &str) -> Result<std::net::Ipv4Addr, String> {
+    match text.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) if !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast()) => Ok(ip),
+        Ok(ip) => Err(format!(
+            "{ip} cannot be a provider address: a unicast IPv4 address is needed"
+        )),
+        Err(_) => Err(format!("'{text}' is not an IPv4 address")),
+    }
 }
 
 /// `--metrics`: an IP address and port; host names are not resolved (a
@@ -75,6 +108,13 @@ fn metrics_address(text: &str) -> Result<SocketAddr, String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if !args.etcd.is_empty() && args.provider_address.is_none() {
+        anyhow::bail!("--etcd needs --provider-address: the address other hosts reach this one's endpoints at");
+    }
+    if let Some(id) = &args.host_id {
+        vswitch::overlay::store::check_host_id(id)
+            .map_err(|e| anyhow::anyhow!("--host-id: {e}"))?;
+    }
     tracing_subscriber::fmt()
         .with_max_level(args.log_level)
         .with_writer(std::io::stderr)
@@ -115,12 +155,13 @@ fn main() -> anyhow::Result<()> {
             MetricsServer::bind(addr).with_context(|| format!("--metrics: cannot listen on {addr}"))
         })
         .transpose()?;
-    let controller = Controller::open(
+    let controller = Controller::open_with(
         &args.state_dir,
         Limits {
             global: args.conntrack_max,
             per_port: args.conntrack_max_per_port,
         },
+        args.provider_address,
     )
     .context("restore state")?;
     let controller = Arc::new(Mutex::new(controller));
@@ -136,6 +177,32 @@ fn main() -> anyhow::Result<()> {
             anyhow::Ok(plugin)
         })
         .transpose()?;
+    if !args.etcd.is_empty() {
+        let host_id = match &args.host_id {
+            Some(id) => id.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("--host-id not given, and the host name is unreadable")?
+                .trim()
+                .to_owned(),
+        };
+        let mut cfg = StoreConfig::new(args.etcd.clone(), host_id.clone());
+        cfg.lease_ttl = std::time::Duration::from_secs(args.etcd_lease_ttl);
+        let ctl = controller.clone();
+        let store = Store::start(
+            cfg,
+            Box::new(move |ev| {
+                ctl.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .apply_shared(ev)
+            }),
+        )
+        .map_err(|e| anyhow::anyhow!("--etcd: {e}"))?;
+        tracing::info!(etcd = ?args.etcd, host_id = %host_id, "overlay store started");
+        controller
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_shared(Shared { store, host_id });
+    }
     if let Some(metrics) = metrics {
         let addr = metrics.local_addr().context("metrics listener address")?;
         let ctl = controller.clone();
@@ -163,10 +230,10 @@ fn main() -> anyhow::Result<()> {
 
     tracing::info!(socket = %args.socket.display(), state_dir = %args.state_dir.display(), "vswitchd ready");
     server.run(controller.clone());
-    controller
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .shutdown(!args.detach_on_exit);
+    let mut ctl = controller.lock().unwrap_or_else(|p| p.into_inner());
+    ctl.stop_shared();
+    ctl.shutdown(!args.detach_on_exit);
+    drop(ctl);
 
     // Exiting closes every port's descriptor. Endpoint TAPs are persistent,
     // so they keep their addresses and routes until the next start.

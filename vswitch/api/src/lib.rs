@@ -45,6 +45,7 @@ pub enum Driver {
     #[serde(rename = "l2tunnel")]
     L2Tunnel,
     Nat,
+    Overlay,
 }
 
 /// Which source MAC an endpoint's frames carry on the wire (drivers with an
@@ -84,11 +85,14 @@ struct DriverInfo {
     /// Policy (ACLs) holds between two endpoints of the network, not only
     /// between an endpoint and the rest of the world.
     police_local: bool,
+    /// Endpoints on other hosts are reached through a VXLAN tunnel port
+    /// (by CA->PA mappings), not through an uplink.
+    tunnel: bool,
 }
 
 impl Driver {
     /// Every driver, in the order help text lists them.
-    pub const ALL: [Driver; 7] = [
+    pub const ALL: [Driver; 8] = [
         Driver::Nat,
         Driver::Internal,
         Driver::Private,
@@ -96,6 +100,7 @@ impl Driver {
         Driver::Transparent,
         Driver::L2Bridge,
         Driver::L2Tunnel,
+        Driver::Overlay,
     ];
 
     const fn info(self) -> DriverInfo {
@@ -107,6 +112,7 @@ impl Driver {
                 wire_mac: Some(WireMac::Translated),
                 host_port: HostPort::Always,
                 police_local: true,
+                tunnel: false,
             },
             Driver::Internal => DriverInfo {
                 name: "internal",
@@ -115,6 +121,7 @@ impl Driver {
                 wire_mac: None,
                 host_port: HostPort::Always,
                 police_local: true,
+                tunnel: false,
             },
             Driver::Private => DriverInfo {
                 name: "private",
@@ -123,6 +130,7 @@ impl Driver {
                 wire_mac: None,
                 host_port: HostPort::Never,
                 police_local: true,
+                tunnel: false,
             },
             Driver::None => DriverInfo {
                 name: "none",
@@ -131,6 +139,7 @@ impl Driver {
                 wire_mac: None,
                 host_port: HostPort::Never,
                 police_local: true,
+                tunnel: false,
             },
             Driver::Transparent => DriverInfo {
                 name: "transparent",
@@ -139,6 +148,7 @@ impl Driver {
                 wire_mac: Some(WireMac::Endpoint),
                 host_port: HostPort::Never,
                 police_local: true,
+                tunnel: false,
             },
             Driver::L2Bridge => DriverInfo {
                 name: "l2bridge",
@@ -147,6 +157,7 @@ impl Driver {
                 wire_mac: Some(WireMac::Uplink),
                 host_port: HostPort::OffUplinkSubnet,
                 police_local: false,
+                tunnel: false,
             },
             Driver::L2Tunnel => DriverInfo {
                 name: "l2tunnel",
@@ -155,6 +166,16 @@ impl Driver {
                 wire_mac: Some(WireMac::Uplink),
                 host_port: HostPort::OffUplinkSubnet,
                 police_local: true,
+                tunnel: false,
+            },
+            Driver::Overlay => DriverInfo {
+                name: "overlay",
+                summary: "VXLAN between hosts: endpoints elsewhere reached at their host's provider address (-o vsid=N)",
+                switched: true,
+                wire_mac: None,
+                host_port: HostPort::Never,
+                police_local: true,
+                tunnel: true,
             },
         }
     }
@@ -200,6 +221,12 @@ impl Driver {
     /// it through the policy too).
     pub const fn police_local(self) -> bool {
         self.info().police_local
+    }
+
+    /// Whether endpoints on other hosts are reached through a VXLAN tunnel
+    /// port (`-o vsid`, CA->PA mappings).
+    pub const fn tunnel(self) -> bool {
+        self.info().tunnel
     }
 
     pub const fn host_port(self) -> HostPort {
@@ -299,6 +326,49 @@ pub enum Request {
         #[serde(default)]
         endpoint: Option<String>,
     },
+    /// An overlay network's CA->PA table: its own endpoints, static
+    /// entries and what other hosts published.
+    MappingList {
+        network: String,
+    },
+    /// A static CA->PA entry (a foreign VTEP's endpoint).
+    MappingAdd(MappingAdd),
+    MappingRemove {
+        network: String,
+        #[serde(rename = "IPAddress")]
+        ip: String,
+    },
+}
+
+/// `network mapping add`: a customer address of the overlay network, its
+/// MAC, and the provider address of the host it lives on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default, deny_unknown_fields)]
+pub struct MappingAdd {
+    pub network: String,
+    #[serde(rename = "IPAddress")]
+    pub ip: String,
+    pub mac_address: String,
+    pub provider_address: String,
+}
+
+/// One entry of an overlay network's CA->PA table (Windows' lookup
+/// record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Mapping {
+    #[serde(rename = "VSID")]
+    pub vsid: u32,
+    #[serde(rename = "IPAddress")]
+    pub ip: String,
+    pub mac_address: String,
+    pub provider_address: String,
+    /// `local` (an endpoint of this host), `static` (`mapping add`, a
+    /// network policy) or `remote` (published by another host).
+    pub source: String,
+    /// The endpoint (local) or host id (remote) the entry belongs to.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub owner: Option<String>,
 }
 
 /// `endpoint set`: each field given replaces the endpoint's setting.
@@ -542,6 +612,7 @@ pub enum Reply {
     Trace(Trace),
     Flows(Flows),
     Datapath(DatapathInfo),
+    Mappings(Vec<Mapping>),
     /// A removal succeeded. `warning` says what of it could not be done
     /// (a device the daemon could no longer reach).
     Removed {
@@ -636,6 +707,13 @@ pub struct Network {
     /// 802.1Q tag of the network's frames on the uplink.
     #[serde(rename = "VlanId", skip_serializing_if = "Option::is_none", default)]
     pub vlan_id: Option<u16>,
+    /// overlay: the virtual subnet id (the VXLAN VNI).
+    #[serde(rename = "VSID", skip_serializing_if = "Option::is_none", default)]
+    pub vsid: Option<u32>,
+    /// overlay: this host's provider address, the outer source of its
+    /// VXLAN packets.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub provider_address: Option<String>,
     /// Names of the network's endpoints.
     pub endpoints: Vec<String>,
     pub state: NetworkState,
@@ -839,6 +917,8 @@ pub enum PortKind {
     Host,
     /// A network's attachment to its uplink interface (AF_XDP).
     Uplink,
+    /// An overlay network's VXLAN tunnel port (to its other hosts).
+    Tunnel,
 }
 
 impl fmt::Display for PortKind {
@@ -847,6 +927,7 @@ impl fmt::Display for PortKind {
             PortKind::Endpoint => "endpoint",
             PortKind::Host => "host",
             PortKind::Uplink => "uplink",
+            PortKind::Tunnel => "tunnel",
         })
     }
 }
@@ -945,6 +1026,20 @@ pub struct DatapathInfo {
     /// instance's programs, kept running) or `replaced`.
     pub origin: String,
     pub attachments: Vec<Attachment>,
+    /// The VXLAN devices of overlay networks, with the kernel's drops of
+    /// VXLAN packets no network took (unknown VNI, truncated...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vteps: Vec<VtepInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VtepInfo {
+    pub interface: String,
+    /// The UDP port it terminates.
+    pub port: u16,
+    /// Drops by reason, non-zero ones only.
+    pub drops: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -994,7 +1089,8 @@ mod tests {
                 "none",
                 "transparent",
                 "l2bridge",
-                "l2tunnel"
+                "l2tunnel",
+                "overlay"
             ]
         );
         for d in Driver::ALL {

@@ -29,6 +29,9 @@ pub(super) fn security_of(ep: &EndpointRecord) -> Option<PortSecurity> {
 impl Controller {
     pub(super) fn endpoint_create(&mut self, req: api::EndpointCreate) -> ApiResult<api::Endpoint> {
         let (net, mut rec) = self.check_endpoint(req)?;
+        // overlay across hosts: the addresses are claimed first, so one
+        // another host holds is refused before anything changes here.
+        self.claim_endpoint(&rec)?;
         // Undone whole on failure, id counters too: a refused request
         // changes nothing.
         let before = self.state.clone();
@@ -36,6 +39,7 @@ impl Controller {
         self.state.endpoints.push(rec.clone());
         if let Err(e) = self.save() {
             self.state = before;
+            self.release_endpoint(&rec);
             return Err(e);
         }
         match self.start_endpoint(&net, &rec, TapOrigin::Fresh) {
@@ -46,6 +50,7 @@ impl Controller {
             Err(e) => {
                 self.state = before;
                 self.save_after_undo();
+                self.release_endpoint(&rec);
                 return Err(e);
             }
         }
@@ -167,6 +172,18 @@ impl Controller {
             .interface
             .as_deref()
             .and_then(|i| uplink::inspect(i).ok());
+        // overlay: customer addresses of other hosts are taken too.
+        let elsewhere = self.addresses_elsewhere(&net);
+        for (field, asked) in [("ip", &req.ip), ("ipv6", &req.ipv6)] {
+            if let Some(ip) = asked.as_deref().and_then(|s| s.parse::<IpAddr>().ok()) {
+                if elsewhere.contains(&ip) {
+                    return Err(conflict(
+                        field,
+                        format!("{ip} is a customer address on another host of the overlay network (see `vswitchctl network mappings {}`)", net.name),
+                    ));
+                }
+            }
+        }
         let ipv4 = pick_address(
             "ip",
             req.ip.as_deref(),
@@ -175,7 +192,12 @@ impl Controller {
             peers
                 .iter()
                 .filter_map(|p| Some((p.name.as_str(), p.ipv4?))),
-            wire.iter().flat_map(|f| f.ipv4()),
+            wire.iter()
+                .flat_map(|f| f.ipv4())
+                .chain(elsewhere.iter().filter_map(|ip| match ip {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                })),
         )?;
         let ipv6 = pick_address(
             "ipv6",
@@ -185,7 +207,12 @@ impl Controller {
             peers
                 .iter()
                 .filter_map(|p| Some((p.name.as_str(), p.ipv6?))),
-            wire.iter().flat_map(|f| f.ipv6()),
+            wire.iter()
+                .flat_map(|f| f.ipv6())
+                .chain(elsewhere.iter().filter_map(|ip| match ip {
+                    IpAddr::V6(v6) => Some(*v6),
+                    IpAddr::V4(_) => None,
+                })),
         )?;
         let mac = match &req.mac_address {
             Some(s) => {
@@ -522,6 +549,7 @@ impl Controller {
             return Err(e);
         }
         self.invalid.remove(&ep.id);
+        self.release_endpoint(&ep);
         // Its port mappings go with it.
         if let Err(e) = self.push_nat(&net) {
             tracing::warn!(network = %net.name, error = %e, "could not update the translation");

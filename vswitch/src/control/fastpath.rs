@@ -238,10 +238,19 @@ impl Controller {
     /// may use its uplink, the uplink (both directions: the TC program on
     /// it, its (ifindex, VLAN) entry, and the mirror of MACs learned on it).
     /// Returns whether the kernel uses the uplink.
-    fn fast_network(&mut self, net: &NetworkRecord, dp_net: NetId) -> ApiResult<bool> {
+    pub(super) fn fast_network(&mut self, net: &NetworkRecord, dp_net: NetId) -> ApiResult<bool> {
         let mut entry = FpNet::default();
         if net.driver == Driver::L2Tunnel {
             entry.flags |= net_flags::SLOW;
+        }
+        if let Some(t) = self.nets.get(&net.id).and_then(|rt| rt.overlay.as_ref()) {
+            let vxlan = self.overlay_vtep_index(t.port);
+            let fp = self.fast.as_ref();
+            entry.flags |= net_flags::TUNNEL;
+            entry.vni = t.vni;
+            entry.vxlan = vxlan;
+            entry.local_pa = t.pa.octets();
+            entry.tunnel_slot = fp.map_or(0, |fp| fp.slot_of(t.tap_index));
         }
         let uplink = net
             .parsed
@@ -347,6 +356,7 @@ impl Controller {
             .values()
             .filter_map(|rt| rt.port.as_ref()?.veth.as_ref())
             .flat_map(|h| [h.host_index, h.punt_index])
+            .chain(self.overlay_devices())
             .collect();
         if let Some(fp) = self.fast.as_mut() {
             if let Err(e) = fp.retain_ports(&live) {
@@ -367,8 +377,14 @@ impl Controller {
 
     /// A veth endpoint's kernel counters, for `stats`.
     pub(super) fn fast_stats(&self, h: &VethHandle) -> Option<api::FastPathStats> {
+        self.fast_stats_of(h.host_index)
+    }
+
+    /// The kernel's counters of device `ifindex` (a veth's host end, a
+    /// tunnel TAP), for `stats`.
+    pub(super) fn fast_stats_of(&self, ifindex: u32) -> Option<api::FastPathStats> {
         let fp = self.fast.as_ref()?;
-        let c = fp.counters(h.host_index);
+        let c = fp.counters(ifindex);
         Some(api::FastPathStats {
             forwarded_packets: c.fast_rx_packets,
             forwarded_bytes: c.fast_rx_bytes,
@@ -394,6 +410,7 @@ impl Controller {
                 version,
                 origin: "none".into(),
                 attachments: Vec::new(),
+                vteps: Vec::new(),
             };
         };
         let owner = |index: u32| -> String {
@@ -434,6 +451,7 @@ impl Controller {
                     attached: a.attached,
                 })
                 .collect(),
+            vteps: self.overlay_vteps(),
         }
     }
 }
@@ -474,5 +492,6 @@ fn fdb_entry(ifindex: u32, slot: u32, port_flags_: u32) -> FdbEntry {
         ifindex,
         flags,
         slot,
+        ..FdbEntry::default()
     }
 }

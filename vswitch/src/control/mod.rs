@@ -21,10 +21,12 @@ mod metrics;
 mod natmode;
 mod networks;
 mod options;
+mod overlay;
 mod plumb;
 mod policies;
 mod records;
 pub mod server;
+pub mod shared;
 mod state;
 mod trace;
 mod uplink;
@@ -83,6 +85,9 @@ struct NetRuntime {
     host: Option<PortHandle>,
     /// The network's port on its uplink trunk.
     uplink: Option<PortHandle>,
+    /// overlay: the tunnel port, and the tunnel's kernel side.
+    tunnel: Option<PortHandle>,
+    overlay: Option<overlay::TunnelHandle>,
     /// Why the network runs without part of what it needs.
     fault: Option<String>,
 }
@@ -155,12 +160,41 @@ pub struct Controller {
     fast: Option<crate::ebpf::fastpath::FastPath>,
     /// Networks whose uplink the kernel fast path uses (mirror installed).
     fast_nets: HashSet<NetId>,
+    overlay: OverlayState,
+    /// This host in the overlay's shared store (`--etcd`).
+    shared: Option<shared::Shared>,
+}
+
+/// What the overlay networks of this host share.
+#[derive(Debug, Default)]
+pub struct OverlayState {
+    /// This host's provider address (`--provider-address`), when given.
+    pub provider_address: Option<Ipv4Addr>,
+    /// VXLAN devices by UDP port.
+    vteps: HashMap<u16, overlay::Vtep>,
+    /// Provider interfaces with the VTEP guard, and how many networks use
+    /// each.
+    guards: HashMap<String, usize>,
+    /// Whether the shared store reaches etcd now.
+    store_connected: bool,
+    /// What other hosts published, by VSID and customer address.
+    remote: HashMap<u32, std::collections::BTreeMap<IpAddr, overlay::RemoteMapping>>,
 }
 
 impl Controller {
     /// Loads the saved state and brings the kernel and datapath back to it.
     /// Endpoints that cannot be re-attached are reported as detached.
     pub fn open(state_dir: &Path, limits: Limits) -> Result<Controller, StateError> {
+        Controller::open_with(state_dir, limits, None)
+    }
+
+    /// [`Controller::open`], with this host's provider address for overlay
+    /// networks.
+    pub fn open_with(
+        state_dir: &Path,
+        limits: Limits,
+        provider_address: Option<Ipv4Addr>,
+    ) -> Result<Controller, StateError> {
         let file = StateFile::new(state_dir);
         let saved = file.load()?;
         let datapath = Datapath::spawn(limits).map_err(|source| StateError::Io {
@@ -182,6 +216,11 @@ impl Controller {
             next_trunk_id: 1,
             fast: None,
             fast_nets: HashSet::new(),
+            overlay: OverlayState {
+                provider_address,
+                ..OverlayState::default()
+            },
+            shared: None,
         };
         ctl.restore(saved);
         Ok(ctl)
@@ -243,6 +282,9 @@ impl Controller {
                 Ok(rt) => {
                     tracing::info!(network = %net.name, "network restored");
                     self.nets.insert(net.id.clone(), rt);
+                    if let Err(e) = self.overlay_sync(&net) {
+                        tracing::error!(network = %net.name, error = %e, "mappings not restored");
+                    }
                 }
                 // Keep the record: a network is never silently dropped. Its
                 // endpoints come back detached.
@@ -334,6 +376,9 @@ impl Controller {
             Request::Trace(req) => self.trace(req).map(Reply::Trace),
             Request::FlowsDump { endpoint } => self.flows(endpoint.as_deref()).map(Reply::Flows),
             Request::DatapathShow => Ok(Reply::Datapath(self.datapath_show())),
+            Request::MappingList { network } => self.mapping_list(&network),
+            Request::MappingAdd(m) => self.mapping_add(m),
+            Request::MappingRemove { network, ip } => self.mapping_remove(&network, &ip),
         };
         match result {
             Ok(reply) => Response::Ok(reply),

@@ -32,7 +32,8 @@ impl Controller {
         if rec.host_ifname.is_some() {
             rec.host_port_id = Some(self.state.allocate_port_id());
         }
-        if rec.parsed.interface.is_some() {
+        // The uplink's port, or an overlay network's tunnel port.
+        if rec.parsed.interface.is_some() || rec.driver.tunnel() {
             rec.uplink_port_id = Some(self.state.allocate_port_id());
         }
         self.state.networks.push(rec.clone());
@@ -43,6 +44,10 @@ impl Controller {
         match self.start_network(&rec, TapOrigin::Fresh) {
             Ok(rt) => {
                 self.nets.insert(rec.id.clone(), rt);
+                if let Err(e) = self.overlay_sync(&rec) {
+                    let _ = self.network_remove(&rec.name);
+                    return Err(e);
+                }
             }
             Err(e) => {
                 self.state = before;
@@ -50,6 +55,7 @@ impl Controller {
                 return Err(e);
             }
         }
+        self.publish_network(&rec);
         tracing::info!(network = %rec.name, driver = rec.driver.name(), "network created");
         Ok(self.network_view(&rec))
     }
@@ -114,7 +120,7 @@ impl Controller {
             })?;
             req.options.insert("interface".into(), ifname);
         }
-        let parsed = NetworkOptions::parse(&req.options)?;
+        let parsed = NetworkOptions::for_driver(driver, &req.options)?;
         let translates = translated || driver.wire_mac() == Some(WireMac::Uplink);
         if parsed.nat_ports.is_some() && !translates {
             return Err(invalid(
@@ -126,6 +132,7 @@ impl Controller {
             natmode::pool(parsed.nat_ports)?;
         }
         let facts = self.check_uplink_options(driver, &parsed)?;
+        let tunnel_mtu = self.check_overlay(driver, &req.options, &parsed)?;
         if translated {
             let has_v4 = facts.as_ref().is_some_and(|f| f.ipv4().next().is_some());
             if !has_v4 {
@@ -208,13 +215,17 @@ impl Controller {
         }
 
         let min_mtu = if subnet6.is_some() { 1280 } else { 68 };
-        let (default_mtu, max_mtu) = match &facts {
-            Some(f) => (f.mtu.min(uplink::MAX_MTU), f.mtu.min(uplink::MAX_MTU)),
-            None => (DEFAULT_MTU, crate::port::tap::MAX_MTU),
+        let (default_mtu, max_mtu) = match (&facts, tunnel_mtu) {
+            (Some(f), _) => (f.mtu.min(uplink::MAX_MTU), f.mtu.min(uplink::MAX_MTU)),
+            // VXLAN's 50 bytes come off the provider interface's MTU.
+            (None, Some(m)) => (m, m),
+            (None, None) => (DEFAULT_MTU, crate::port::tap::MAX_MTU),
         };
         let mtu = req.mtu.unwrap_or(default_mtu);
         if !(min_mtu..=max_mtu).contains(&mtu) {
-            let why = if facts.is_some() {
+            let why = if tunnel_mtu.is_some() {
+                " (the provider interface's MTU less VXLAN's 50 bytes)"
+            } else if facts.is_some() {
                 " (at most the uplink's MTU, and what an AF_XDP frame holds)"
             } else if mtu > max_mtu {
                 " (the largest a TAP takes)"
@@ -259,6 +270,7 @@ impl Controller {
             policies: Vec::new(),
             uplink_port_id: None,
             labels: req.labels,
+            mappings: Vec::new(),
         })
     }
 
@@ -456,8 +468,26 @@ impl Controller {
             dp,
             host: None,
             uplink: None,
+            tunnel: None,
+            overlay: None,
             fault: None,
         };
+        if net.driver.tunnel() {
+            match self.start_tunnel(net, dp, origin) {
+                Ok((port, handle)) => {
+                    rt.tunnel = Some(port);
+                    rt.overlay = Some(handle);
+                }
+                Err(e) if origin == TapOrigin::Existing => {
+                    tracing::warn!(network = %net.name, error = %e, "network degraded: no tunnel");
+                    rt.fault = Some(e.to_string());
+                }
+                Err(e) => {
+                    let _ = self.datapath.remove_network(dp);
+                    return Err(e);
+                }
+            }
+        }
         if let Some(ifname) = net.parsed.interface.clone() {
             match self.start_uplink_port(net, dp, &ifname) {
                 Ok(port) => rt.uplink = Some(port),
@@ -591,8 +621,11 @@ impl Controller {
         if had_uplink {
             self.clear_nat(net);
         }
-        for port in [rt.host, rt.uplink].into_iter().flatten() {
+        for port in [rt.host, rt.uplink, rt.tunnel].into_iter().flatten() {
             let _ = self.datapath.remove_port(port.id);
+        }
+        if let Some(t) = rt.overlay {
+            self.stop_tunnel(t, rt.dp, false);
         }
         self.fast_forget_network(net, rt.dp);
         let _ = self.datapath.remove_network(rt.dp);
@@ -635,9 +668,25 @@ impl Controller {
         if let Some(ifname) = &net.host_ifname {
             plumb::delete_host_tap(ifname);
         }
+        if net.driver.tunnel() {
+            plumb::delete_own(&super::overlay::tunnel_tap_name(&net.id), "tun");
+        }
     }
 
+    /// `network rm`: an overlay network goes from every host (the shared
+    /// store's definition with it); the others remove their copies unless
+    /// they still have endpoints on it.
     pub(super) fn network_remove(&mut self, name: &str) -> ApiResult<Reply> {
+        let net = self.network_remove_local(name)?;
+        self.unpublish_network(&net);
+        Ok(Reply::Removed {
+            name: name.to_owned(),
+            warning: None,
+        })
+    }
+
+    /// Removes a network from this host only; returns its record.
+    pub(super) fn network_remove_local(&mut self, name: &str) -> ApiResult<NetworkRecord> {
         let net = self.network(name)?.clone();
         let users: Vec<&str> = self
             .state
@@ -665,9 +714,6 @@ impl Controller {
         }
         self.invalid.remove(&net.id);
         tracing::info!(network = %name, "network removed");
-        Ok(Reply::Removed {
-            name: name.to_owned(),
-            warning: None,
-        })
+        Ok(net)
     }
 }

@@ -30,7 +30,7 @@ pub const KNOWN: &[(&str, &str)] = &[
     ),
     (
         "interface",
-        "the uplink interface of a transparent, l2bridge or l2tunnel network",
+        "the uplink interface of a transparent, l2bridge or l2tunnel network; of an overlay network, the interface whose IPv4 address is the provider address",
     ),
     (
         "vlanid",
@@ -39,6 +39,14 @@ pub const KNOWN: &[(&str, &str)] = &[
     (
         "uplink_io",
         "afxdp|tc: how the uplink hands frames to the switch (default: tc for a veth uplink, afxdp otherwise); networks sharing an uplink use one",
+    ),
+    (
+        "vsid",
+        "overlay: the virtual subnet id, carried as the VXLAN VNI (1..=16777215; required)",
+    ),
+    (
+        "vxlanport",
+        "overlay: the VXLAN UDP port (1..=65535, default 4789; HNS's VxlanPort)",
     ),
     (
         "nat_ports",
@@ -61,7 +69,16 @@ pub struct NetworkOptions {
     /// The uplink's I/O mode, when the network chooses one (`uplink_io`);
     /// otherwise the one for the uplink's driver.
     pub uplink_io: Option<UplinkIo>,
+    /// overlay: the VSID (VNI) and the VXLAN port.
+    pub vsid: Option<u32>,
+    pub vxlan_port: u16,
+    /// overlay: the interface holding the provider address (`interface`,
+    /// which for an overlay network names no uplink).
+    pub provider_interface: Option<String>,
 }
+
+/// The IANA VXLAN port (RFC 7348).
+pub const VXLAN_PORT: u16 = 4789;
 
 impl Default for NetworkOptions {
     fn default() -> Self {
@@ -76,6 +93,9 @@ impl Default for NetworkOptions {
             vlan: 0,
             nat_ports: None,
             uplink_io: None,
+            vsid: None,
+            vxlan_port: VXLAN_PORT,
+            provider_interface: None,
         }
     }
 }
@@ -98,6 +118,19 @@ fn number(key: &str, value: &str, range: std::ops::RangeInclusive<u64>) -> Resul
 }
 
 impl NetworkOptions {
+    /// The options of a network of `driver`: an overlay network's
+    /// `interface` is its provider interface, not an uplink.
+    pub fn for_driver(
+        driver: crate::api::Driver,
+        options: &BTreeMap<String, String>,
+    ) -> Result<NetworkOptions, ApiError> {
+        let mut parsed = NetworkOptions::parse(options)?;
+        if driver.tunnel() {
+            parsed.provider_interface = parsed.interface.take();
+        }
+        Ok(parsed)
+    }
+
     pub fn parse(options: &BTreeMap<String, String>) -> Result<NetworkOptions, ApiError> {
         let mut parsed = NetworkOptions::default();
         for (key, value) in options {
@@ -121,6 +154,8 @@ impl NetworkOptions {
                     parsed.interface = Some(value.clone());
                 }
                 "vlanid" => parsed.vlan = number(key, value, 1..=4094)? as u16,
+                "vsid" => parsed.vsid = Some(number(key, value, 1..=0xff_ffff)? as u32),
+                "vxlanport" => parsed.vxlan_port = number(key, value, 1..=65535)? as u16,
                 "uplink_io" => {
                     parsed.uplink_io = Some(
                         UplinkIo::parse(value).ok_or_else(|| invalid(key, "afxdp or tc", value))?,

@@ -48,6 +48,8 @@ pub enum PlumbError {
     NotTap(String),
     #[error("{0} exists but is not a veth device")]
     NotVeth(String),
+    #[error("{0} exists but is not a VXLAN device")]
+    NotVxlan(String),
     #[error("datapath refused the port: {0}")]
     Datapath(String),
     #[error("write {0}: {1}")]
@@ -301,6 +303,53 @@ fn configure_in(ns: &Netns, cfg: &TapConfig) -> Result<(), PlumbError> {
 pub fn uplink_punt_tap(name: &str, mtu: u32) -> Result<Tap, PlumbError> {
     let mut nl = Netlink::open()?;
     punt_tap(&mut nl, name, mtu).map(|(tap, _)| tap)
+}
+
+/// Makes (or takes back) an overlay network's tunnel TAP in the daemon's
+/// namespace; see [`punt_tap`]. Returns it with its ifindex.
+pub fn tunnel_tap(name: &str, mtu: u32) -> Result<(Tap, u32), PlumbError> {
+    let mut nl = Netlink::open()?;
+    punt_tap(&mut nl, name, mtu)
+}
+
+/// Makes (or takes back) the VXLAN device of UDP port `port` in the
+/// daemon's namespace: external mode, up, IPv6 off. Returns its ifindex.
+pub fn vxlan_device(name: &str, port: u16) -> Result<u32, PlumbError> {
+    let mut nl = Netlink::open()?;
+    match nl.link_info(name)? {
+        Some(info) if info.kind.as_deref() == Some("vxlan") => {}
+        Some(_) => return Err(PlumbError::NotVxlan(name.to_owned())),
+        None => nl.vxlan_create(name, port)?,
+    }
+    let index = nl
+        .link_index(name)?
+        .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))?;
+    silence_ipv6(name)?;
+    nl.link_set(
+        index,
+        &LinkChange {
+            up: Some(true),
+            ..LinkChange::default()
+        },
+    )?;
+    Ok(index)
+}
+
+/// Deletes a device of the switch's own by name if it is of `kind` ("tun",
+/// "vxlan"); anything else of that name is left alone. Failures are logged.
+pub fn delete_own(name: &str, kind: &str) {
+    let result = (|| -> Result<(), PlumbError> {
+        let mut nl = Netlink::open()?;
+        if let Some(info) = nl.link_info(name)? {
+            if info.kind.as_deref() == Some(kind) {
+                nl.link_del(info.index)?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(ifname = name, error = %e, "could not delete device");
+    }
 }
 
 /// A punt TAP (an endpoint's or an uplink's), made or taken back: offloads

@@ -51,9 +51,10 @@ pub fn check_network(
             net.dp_id, other.name
         ));
     }
-    let options = NetworkOptions::parse(&net.options).map_err(|e| e.to_string())?;
+    let options =
+        NetworkOptions::for_driver(net.driver, &net.options).map_err(|e| e.to_string())?;
     if net.host_ifname.is_some() != net.host_port_id.is_some()
-        || options.interface.is_some() != net.uplink_port_id.is_some()
+        || (options.interface.is_some() || net.driver.tunnel()) != net.uplink_port_id.is_some()
     {
         return Err("port ids do not match the host port and uplink it has".into());
     }
@@ -75,6 +76,22 @@ pub fn check_network(
                 "has no"
             }
         ));
+    }
+    if net.driver.tunnel() != options.vsid.is_some() {
+        return Err(format!(
+            "a {} network {} a vsid",
+            net.driver.name(),
+            if net.driver.tunnel() {
+                "needs"
+            } else {
+                "has no"
+            }
+        ));
+    }
+    if let Some(vsid) = options.vsid {
+        if let Some(other) = accepted.iter().find(|o| o.parsed.vsid == Some(vsid)) {
+            return Err(format!("vsid {vsid} is network '{}'s too", other.name));
+        }
     }
     if let Some(s) = net.subnet4 {
         s.check_usable().map_err(|e| format!("subnet: {e}"))?;

@@ -58,6 +58,19 @@ pub struct NetworkRecord {
     /// The client's labels (`NetworkCreate::labels`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// overlay: static CA->PA entries (`network mapping add`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mappings: Vec<StaticMapping>,
+}
+
+/// A CA->PA entry given by hand: a customer address on the network, its
+/// MAC, and the provider address of the VTEP it lives behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaticMapping {
+    pub ip: std::net::IpAddr,
+    #[serde(with = "mac")]
+    pub mac: MacAddr,
+    pub pa: Ipv4Addr,
 }
 
 /// A policy as given: the HNS document itself (parsed again on every
@@ -177,7 +190,9 @@ impl State {
             // Whether the options name an uplink; a record whose options do
             // not parse is refused later, and has no port to number.
             let needs_uplink = net.uplink_port_id.is_none()
-                && super::NetworkOptions::parse(&net.options).is_ok_and(|o| o.interface.is_some());
+                && (net.driver.tunnel()
+                    || super::NetworkOptions::for_driver(net.driver, &net.options)
+                        .is_ok_and(|o| o.interface.is_some()));
             if needs_host {
                 self.networks[i].host_port_id = Some(self.allocate_port_id());
                 changed = true;
@@ -370,6 +385,7 @@ mod tests {
                 uplink_port_id: None,
                 policies: Vec::new(),
                 labels: BTreeMap::new(),
+                mappings: Vec::new(),
             }],
             endpoints: vec![EndpointRecord {
                 id: "e-1".into(),

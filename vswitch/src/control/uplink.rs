@@ -180,7 +180,7 @@ pub fn inspect(ifname: &str) -> Result<InterfaceFacts, UplinkError> {
 
 /// The IPv4 and IPv6 addresses on an interface of the calling thread's
 /// namespace, with their prefix lengths.
-fn addresses(ifname: &str) -> Vec<(IpAddr, u8)> {
+pub(super) fn addresses(ifname: &str) -> Vec<(IpAddr, u8)> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below.

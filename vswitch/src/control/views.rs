@@ -39,6 +39,12 @@ impl Controller {
             host_interface: n.host_ifname.clone(),
             uplink_interface: n.parsed.interface.clone(),
             vlan_id: (n.parsed.vlan != 0).then_some(n.parsed.vlan),
+            vsid: n.parsed.vsid,
+            provider_address: self
+                .nets
+                .get(&n.id)
+                .and_then(|rt| rt.overlay.as_ref())
+                .map(|t| t.pa.to_string()),
             state: match self.network_fault(n) {
                 None => api::NetworkState::Up,
                 Some(reason) => api::NetworkState::Degraded { reason },
@@ -144,6 +150,30 @@ impl Controller {
                     port.map(|p| &p.counters),
                 ));
             }
+            if let (Some(t), Some(port)) = (
+                rt.and_then(|rt| rt.overlay.as_ref()),
+                rt.and_then(|rt| rt.tunnel.as_ref()),
+            ) {
+                out.push((
+                    api::Port {
+                        name: tunnel_port_name(&n.name),
+                        id: port.id,
+                        kind: api::PortKind::Tunnel,
+                        network: n.name.clone(),
+                        interface: t.tap.clone(),
+                        netns: None,
+                        mac_address: String::new(),
+                        backend: format!("vxlan vni {} pa {} udp {}", t.vni, t.pa, t.port),
+                        xdp_mode: None,
+                        offload: true,
+                        state: match self.network_fault(n) {
+                            None => EndpointState::Attached,
+                            Some(reason) => EndpointState::Detached { reason },
+                        },
+                    },
+                    Some(&port.counters),
+                ));
+            }
             for e in self.state.endpoints_of(&n.id) {
                 if !n.driver.switched() {
                     continue;
@@ -208,10 +238,13 @@ impl Controller {
                 let flow_cache = caches.get(&p.id).cloned().unwrap_or_default();
                 let c = counters.map(|c| c.as_ref());
                 let get = |f: fn(&PortCounters) -> u64| c.map(f).unwrap_or(0);
-                let fast_path = (p.kind == api::PortKind::Endpoint)
-                    .then(|| self.veth_of(p.id))
-                    .flatten()
-                    .and_then(|h| self.fast_stats(h));
+                let fast_path = match p.kind {
+                    api::PortKind::Endpoint => self.veth_of(p.id).and_then(|h| self.fast_stats(h)),
+                    api::PortKind::Tunnel => {
+                        crate::sys::if_index(&p.interface).and_then(|i| self.fast_stats_of(i))
+                    }
+                    _ => None,
+                };
                 let fp = fast_path.clone().unwrap_or_default();
                 api::PortStats {
                     port: p.name,
@@ -265,6 +298,11 @@ impl Controller {
         entries.sort_by(|a, b| a.mac_address.cmp(&b.mac_address));
         Ok(entries)
     }
+}
+
+/// The name `vswitchctl` shows for an overlay network's tunnel port.
+pub fn tunnel_port_name(network: &str) -> String {
+    format!("tunnel:{network}")
 }
 
 /// The name `vswitchctl` shows for a network's uplink port.

@@ -57,10 +57,21 @@ pub enum DropReason {
     /// A packet the nat network's switch was to route had no TTL left
     /// (from an endpoint, it got time exceeded back from the gateway).
     TtlExceeded = 19,
+    /// A VXLAN packet too short for its VXLAN and inner Ethernet headers.
+    VxlanTruncated = 20,
+    /// A VXLAN header without the VNI flag (RFC 7348's I bit).
+    VxlanMalformed = 21,
+    /// A VXLAN packet with a VNI no overlay network of this host has.
+    VxlanUnknownVni = 22,
+    /// A VXLAN packet from a provider address no mapping of its network
+    /// names (not a known peer).
+    VxlanUnknownPeer = 23,
+    /// A frame for the tunnel to a MAC with no CA->PA mapping.
+    NoMapping = 24,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::Malformed,
         DropReason::InvalidSourceMac,
         DropReason::MacSpoofing,
@@ -81,6 +92,11 @@ impl DropReason {
         DropReason::NeighborUnresolved,
         DropReason::NatNoBinding,
         DropReason::TtlExceeded,
+        DropReason::VxlanTruncated,
+        DropReason::VxlanMalformed,
+        DropReason::VxlanUnknownVni,
+        DropReason::VxlanUnknownPeer,
+        DropReason::NoMapping,
     ];
 
     pub fn name(self) -> &'static str {
@@ -105,6 +121,11 @@ impl DropReason {
             DropReason::NeighborUnresolved => "neighbor_unresolved",
             DropReason::NatNoBinding => "nat_no_binding",
             DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::VxlanTruncated => "vxlan_truncated",
+            DropReason::VxlanMalformed => "vxlan_malformed",
+            DropReason::VxlanUnknownVni => "vxlan_unknown_vni",
+            DropReason::VxlanUnknownPeer => "vxlan_unknown_peer",
+            DropReason::NoMapping => "no_mapping",
         }
     }
 }

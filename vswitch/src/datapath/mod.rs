@@ -73,6 +73,10 @@ pub enum PortKind {
         vlan: u16,
         l2bridge: Option<MacAddr>,
     },
+    /// An overlay network's tunnel port: a TAP whose frames the kernel
+    /// encapsulates to other hosts (and through which it hands the slow
+    /// path what it decapsulated and did not deliver itself).
+    Tunnel(Box<dyn PortIo>),
 }
 
 /// A port as handed to the datapath.
@@ -160,6 +164,11 @@ enum Command {
     SetPortMirror {
         port: PortId,
         role: PortMirroring,
+    },
+    SetRemote {
+        net: NetId,
+        ip: IpAddr,
+        mac: Option<MacAddr>,
     },
 }
 
@@ -315,6 +324,12 @@ impl Datapath {
     /// offloaded flows are taken back, so its frames cross the datapath.
     pub fn set_port_mirror(&self, port: PortId, role: PortMirroring) -> io::Result<()> {
         self.call(Command::SetPortMirror { port, role }).map(drop)
+    }
+
+    /// Adds (`mac` given) or removes a customer address of overlay network
+    /// `net` on another host.
+    pub fn set_remote(&self, net: NetId, ip: IpAddr, mac: Option<MacAddr>) -> io::Result<()> {
+        self.call(Command::SetRemote { net, ip, mac }).map(drop)
     }
 
     /// Every port's flow cache counters and number of entries.
@@ -532,6 +547,12 @@ impl Tables {
                 }
                 (SlotKind::Local(io), PortRole::Vnic)
             }
+            PortKind::Tunnel(io) => {
+                if let Err(e) = epoll.add(io.raw_fd(), u64::from(spec.id)) {
+                    return Outcome::Failed(e);
+                }
+                (SlotKind::Local(io), PortRole::Tunnel)
+            }
             PortKind::Uplink {
                 trunk,
                 vlan,
@@ -744,6 +765,13 @@ impl Worker {
                     Outcome::Done
                 } else {
                     Outcome::Failed(io::Error::other(format!("datapath has no port {port}")))
+                }
+            }
+            Command::SetRemote { net, ip, mac } => {
+                if t.pipeline.set_remote(net, ip, mac) {
+                    Outcome::Done
+                } else {
+                    Outcome::Failed(io::Error::other(format!("datapath has no network {net}")))
                 }
             }
             Command::SetNat { net, cfg, echo_ids } => {

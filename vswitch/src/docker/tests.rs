@@ -34,6 +34,8 @@ fn network(name: &str, docker_id: &str, driver: &str) -> Network {
         host_interface: None,
         uplink_interface: None,
         vlan_id: None,
+        vsid: None,
+        provider_address: None,
         endpoints: vec![],
         state: NetworkState::Up,
         labels: BTreeMap::from([(NETWORK_LABEL.to_owned(), docker_id.to_owned())]),

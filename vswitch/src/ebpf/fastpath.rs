@@ -28,7 +28,7 @@ static FASTPATH_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
 
 /// `FP_LAYOUT` in xdp-prog/fastpath.h.
-pub const LAYOUT: u32 = 4;
+pub const LAYOUT: u32 = 5;
 
 /// `FP_MAX_PORTS`: slots of the per-CPU `counters` array.
 const FP_MAX_PORTS: u32 = 4096;
@@ -41,7 +41,13 @@ const MAP_META: &str = "meta";
 const MAP_UPLINKS: &str = "uplinks";
 const MAP_IPS: &str = "endpoint_ips";
 const MAP_FLOWS: &str = "flows";
-const MAPS: [&str; 8] = [
+const MAP_TUNNELS: &str = "tunnels";
+const MAP_PEERS: &str = "peers";
+const MAP_VTEPS: &str = "vteps";
+const MAPS: [&str; 11] = [
+    MAP_TUNNELS,
+    MAP_PEERS,
+    MAP_VTEPS,
     MAP_FLOWS,
     MAP_PORTS,
     MAP_FDB,
@@ -52,6 +58,8 @@ const MAPS: [&str; 8] = [
     MAP_IPS,
 ];
 const LINKS: &str = "links";
+/// Links of [`Program::VtepGuard`], which shares its device with others.
+const GUARD_LINKS: &str = "links/guard";
 
 /// The programs, by the section function name in fastpath.bpf.c.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,17 +71,42 @@ pub enum Program {
     /// On an uplink, behind its XDP program: frames from the wire for veth
     /// endpoints.
     Uplink,
+    /// On an overlay network's tunnel TAP: what the slow path sends to
+    /// other hosts.
+    TunnelInject,
+    /// On a VXLAN device: decapsulated frames from other hosts.
+    Tunnel,
+    /// On the provider interface: VXLAN no network accepts is dropped and
+    /// counted.
+    VtepGuard,
 }
 
 impl Program {
-    pub const ALL: [Program; 3] = [Program::Port, Program::Inject, Program::Uplink];
+    pub const ALL: [Program; 6] = [
+        Program::Port,
+        Program::Inject,
+        Program::Uplink,
+        Program::TunnelInject,
+        Program::Tunnel,
+        Program::VtepGuard,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Program::Port => "vswitch_port",
             Program::Inject => "vswitch_inject",
             Program::Uplink => "vswitch_uplink",
+            Program::TunnelInject => "vswitch_tunnel_inject",
+            Program::Tunnel => "vswitch_tunnel",
+            Program::VtepGuard => "vswitch_vtep_guard",
         }
+    }
+
+    fn index(self) -> usize {
+        Program::ALL
+            .iter()
+            .position(|p| *p == self)
+            .expect("listed")
     }
 }
 
@@ -83,6 +116,8 @@ pub mod port_flags {
     pub const SPOOF: u32 = 1 << 1;
     pub const INJECT: u32 = 1 << 3;
     pub const SLOW_IN: u32 = 1 << 4;
+    pub const TUNNEL: u32 = 1 << 5;
+    pub const VXLAN: u32 = 1 << 6;
 }
 
 /// `fp_fdb.flags`.
@@ -90,6 +125,7 @@ pub mod fdb_flags {
     pub const ENDPOINT: u32 = 1 << 0;
     pub const UPLINK: u32 = 1 << 1;
     pub const SLOW: u32 = 1 << 2;
+    pub const TUNNEL: u32 = 1 << 3;
 }
 
 /// `fp_net.flags`.
@@ -97,6 +133,7 @@ pub mod net_flags {
     pub const L2BRIDGE: u32 = 1 << 0;
     pub const VLAN: u32 = 1 << 1;
     pub const SLOW: u32 = 1 << 2;
+    pub const TUNNEL: u32 = 1 << 3;
 }
 
 /// `struct fp_port`.
@@ -132,6 +169,8 @@ pub struct FdbEntry {
     pub ifindex: u32,
     pub flags: u32,
     pub slot: u32,
+    /// [`fdb_flags::TUNNEL`]: the provider address, network byte order.
+    pub remote: [u8; 4],
 }
 
 /// `struct fp_net`.
@@ -143,6 +182,38 @@ pub struct FpNet {
     pub vlan: u16,
     pub uplink_mac: [u8; 6],
     pub uplink_slot: u32,
+    pub vni: u32,
+    pub vxlan: u32,
+    /// Network byte order.
+    pub local_pa: [u8; 4],
+    pub tunnel_slot: u32,
+}
+
+/// `struct fp_tunnel`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FpTunnel {
+    pub net: u32,
+    pub punt: u32,
+    pub slot: u32,
+    pub pad: u32,
+}
+
+/// `struct fp_peer_key`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct PeerKey {
+    pub net: u32,
+    /// Network byte order.
+    pub pa: [u8; 4],
+}
+
+/// `struct fp_vtep`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FpVtep {
+    pub ifindex: u32,
+    pub slot: u32,
 }
 
 /// `struct fp_uplink_key`.
@@ -280,6 +351,9 @@ unsafe impl aya::Pod for FpUplink {}
 unsafe impl aya::Pod for IpKey {}
 unsafe impl aya::Pod for FpIp {}
 unsafe impl aya::Pod for FpFlow {}
+unsafe impl aya::Pod for FpTunnel {}
+unsafe impl aya::Pod for PeerKey {}
+unsafe impl aya::Pod for FpVtep {}
 // SAFETY: as above; both are asserted to be 64 bytes with every byte a
 // named field (classify.rs, verdict.rs).
 unsafe impl aya::Pod for FlowKey {}
@@ -294,9 +368,13 @@ const _: () = {
     assert!(offset_of!(FpPort, ll6) == 44);
     assert!(offset_of!(FpPort, slot) == 60);
     assert!(size_of::<FdbKey>() == 12);
-    assert!(size_of::<FdbEntry>() == 12);
-    assert!(size_of::<FpNet>() == 20);
+    assert!(size_of::<FdbEntry>() == 16);
+    assert!(size_of::<FpNet>() == 36);
     assert!(offset_of!(FpNet, uplink_mac) == 10);
+    assert!(offset_of!(FpNet, vni) == 20);
+    assert!(size_of::<FpTunnel>() == 16);
+    assert!(size_of::<PeerKey>() == 8);
+    assert!(size_of::<FpVtep>() == 8);
     assert!(size_of::<FpCounters>() == 64 + 32 * 8);
     assert!(size_of::<FpMeta>() == 16);
     assert!(size_of::<UplinkKey>() == 8);
@@ -347,9 +425,11 @@ pub struct Attachment {
 pub struct FastPath {
     dir: PathBuf,
     origin: Origin,
-    port_prog: SchedClassifier,
-    inject_prog: SchedClassifier,
-    uplink_prog: SchedClassifier,
+    /// By [`Program::index`].
+    progs: Vec<SchedClassifier>,
+    tunnels: HashMap<MapData, u32, FpTunnel>,
+    peers: HashMap<MapData, PeerKey, u32>,
+    vteps: HashMap<MapData, u32, FpVtep>,
     ports: HashMap<MapData, u32, FpPort>,
     uplinks: HashMap<MapData, UplinkKey, FpUplink>,
     ips: HashMap<MapData, IpKey, FpIp>,
@@ -422,7 +502,7 @@ impl FastPath {
             tracing::warn!(dir = %dir.display(),
                 "vswitchd runs in a mount namespace of its own: its pins vanish when it exits, so forwarding stops across a restart (start it with `nsenter --net=...`, not `ip netns exec`)");
         }
-        std::fs::create_dir_all(dir.join(LINKS)).map_err(dir_err(dir))?;
+        std::fs::create_dir_all(dir.join(GUARD_LINKS)).map_err(dir_err(dir))?;
         let ours = (LAYOUT, program_version());
         let origin = match read_meta(dir) {
             Some(found) if found == ours => Origin::Adopted,
@@ -454,9 +534,16 @@ impl FastPath {
         Ok(FastPath {
             dir: dir.to_owned(),
             origin,
-            port_prog: prog(Program::Port)?,
-            inject_prog: prog(Program::Inject)?,
-            uplink_prog: prog(Program::Uplink)?,
+            progs: Program::ALL
+                .into_iter()
+                .map(prog)
+                .collect::<Result<_, _>>()?,
+            tunnels: HashMap::try_from(Map::HashMap(map(MAP_TUNNELS)?))
+                .map_err(map_err(MAP_TUNNELS, "checking key and value sizes"))?,
+            peers: HashMap::try_from(Map::HashMap(map(MAP_PEERS)?))
+                .map_err(map_err(MAP_PEERS, "checking key and value sizes"))?,
+            vteps: HashMap::try_from(Map::HashMap(map(MAP_VTEPS)?))
+                .map_err(map_err(MAP_VTEPS, "checking key and value sizes"))?,
             uplinks: HashMap::try_from(Map::HashMap(map(MAP_UPLINKS)?))
                 .map_err(map_err(MAP_UPLINKS, "checking key and value sizes"))?,
             ips: HashMap::try_from(Map::HashMap(map(MAP_IPS)?))
@@ -521,6 +608,11 @@ impl FastPath {
         Ok(slot)
     }
 
+    /// The counter slot `ifindex` holds (0: none).
+    pub fn slot_of(&self, ifindex: u32) -> u32 {
+        self.slots.get(&ifindex).copied().unwrap_or(0)
+    }
+
     /// Gives a device's counter slot back.
     pub fn release_slot(&mut self, ifindex: u32) {
         self.slots.remove(&ifindex);
@@ -534,16 +626,20 @@ impl FastPath {
         &self.dir
     }
 
-    fn link_path(&self, ifname: &IfName) -> PathBuf {
-        self.dir.join(LINKS).join(ifname.as_str())
+    /// Where the link of `which` on `ifname` is pinned: one per device,
+    /// but for the VTEP guard, which shares the provider interface with an
+    /// uplink's program.
+    fn link_path(&self, ifname: &IfName, which: Program) -> PathBuf {
+        let dir = if which == Program::VtepGuard {
+            GUARD_LINKS
+        } else {
+            LINKS
+        };
+        self.dir.join(dir).join(ifname.as_str())
     }
 
     fn program(&mut self, which: Program) -> &mut SchedClassifier {
-        match which {
-            Program::Port => &mut self.port_prog,
-            Program::Inject => &mut self.inject_prog,
-            Program::Uplink => &mut self.uplink_prog,
-        }
+        &mut self.progs[which.index()]
     }
 
     /// Attaches `which` to the tcx ingress of `ifname` (in the calling
@@ -551,7 +647,7 @@ impl FastPath {
     /// there with the same program is kept: that is how a restart adopts.
     /// Returns true when it was kept.
     pub fn attach(&mut self, ifname: &IfName, which: Program) -> Result<bool, EbpfError> {
-        let path = self.link_path(ifname);
+        let path = self.link_path(ifname, which);
         if path.exists() {
             if self.is_attached(ifname, which) {
                 return Ok(true);
@@ -581,11 +677,7 @@ impl FastPath {
 
     /// Whether `which` is on the tcx ingress of `ifname` now.
     fn is_attached(&self, ifname: &IfName, which: Program) -> bool {
-        let prog = match which {
-            Program::Port => &self.port_prog,
-            Program::Inject => &self.inject_prog,
-            Program::Uplink => &self.uplink_prog,
-        };
+        let prog = &self.progs[which.index()];
         let Ok(ours) = prog.info().map(|i| i.id()) else {
             return false;
         };
@@ -598,11 +690,68 @@ impl FastPath {
     /// Detaches whatever this instance pinned on `ifname`. Nothing pinned
     /// is success.
     pub fn detach(&mut self, ifname: &IfName) -> Result<(), EbpfError> {
-        let path = self.link_path(ifname);
+        let path = self.link_path(ifname, Program::Port);
         if path.exists() {
             unpin_link(&path)?;
         }
         Ok(())
+    }
+
+    /// Detaches the VTEP guard from `ifname`, if this instance attached it.
+    pub fn detach_guard(&mut self, ifname: &IfName) -> Result<(), EbpfError> {
+        let path = self.link_path(ifname, Program::VtepGuard);
+        if path.exists() {
+            unpin_link(&path)?;
+        }
+        Ok(())
+    }
+
+    pub fn set_tunnel(&mut self, vni: u32, entry: &FpTunnel) -> Result<(), EbpfError> {
+        self.tunnels
+            .insert(vni, *entry, 0)
+            .map_err(map_err(MAP_TUNNELS, "insert"))
+    }
+
+    pub fn remove_tunnel(&mut self, vni: u32) -> Result<(), EbpfError> {
+        ignore_missing(self.tunnels.remove(&vni)).map_err(map_err(MAP_TUNNELS, "remove"))
+    }
+
+    pub fn set_peer(&mut self, key: PeerKey) -> Result<(), EbpfError> {
+        self.peers
+            .insert(key, 1, 0)
+            .map_err(map_err(MAP_PEERS, "insert"))
+    }
+
+    pub fn remove_peer(&mut self, key: PeerKey) -> Result<(), EbpfError> {
+        ignore_missing(self.peers.remove(&key)).map_err(map_err(MAP_PEERS, "remove"))
+    }
+
+    /// The peers of network `net` the kernel accepts VXLAN from.
+    pub fn peers_of(&self, net: u32) -> Vec<PeerKey> {
+        self.peers
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.net == net)
+            .collect()
+    }
+
+    pub fn set_vtep(&mut self, port: u16, entry: &FpVtep) -> Result<(), EbpfError> {
+        self.vteps
+            .insert(u32::from(port), *entry, 0)
+            .map_err(map_err(MAP_VTEPS, "insert"))
+    }
+
+    pub fn remove_vtep(&mut self, port: u16) -> Result<(), EbpfError> {
+        ignore_missing(self.vteps.remove(&u32::from(port))).map_err(map_err(MAP_VTEPS, "remove"))
+    }
+
+    /// The FDB entries of network `net` (tunnel entries, for a resync).
+    pub fn fdb_of(&self, net: u32) -> Vec<(FdbKey, FdbEntry)> {
+        self.fdb
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.net == net)
+            .collect()
     }
 
     pub fn set_port(&mut self, ifindex: u32, port: &FpPort) -> Result<(), EbpfError> {
@@ -733,10 +882,27 @@ impl FastPath {
     /// Every pinned attachment, with whether the kernel still runs it.
     pub fn attachments(&self) -> Vec<Attachment> {
         let mut out = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.join(GUARD_LINKS)) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Ok(ifname) = IfName::new(&name) else {
+                    continue;
+                };
+                out.push(Attachment {
+                    attached: self.is_attached(&ifname, Program::VtepGuard),
+                    ifindex: crate::sys::if_index(&name).unwrap_or(0),
+                    ifname: name,
+                    program: Program::VtepGuard.name(),
+                });
+            }
+        }
         let Ok(entries) = std::fs::read_dir(self.dir.join(LINKS)) else {
             return out;
         };
         for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
             let name = entry.file_name().to_string_lossy().into_owned();
             let Ok(ifname) = IfName::new(&name) else {
                 continue;
@@ -744,6 +910,8 @@ impl FastPath {
             let ifindex = crate::sys::if_index(&name).unwrap_or(0);
             let which = match self.ports.get(&ifindex, 0) {
                 Ok(p) if p.flags & port_flags::INJECT != 0 => Program::Inject,
+                Ok(p) if p.flags & port_flags::TUNNEL != 0 => Program::TunnelInject,
+                Ok(p) if p.flags & port_flags::VXLAN != 0 => Program::Tunnel,
                 Ok(_) => Program::Port,
                 Err(_) => Program::Uplink,
             };
@@ -813,9 +981,8 @@ impl FdbMirror {
                 continue;
             }
             let entry = FdbEntry {
-                ifindex: 0,
                 flags: fdb_flags::UPLINK,
-                slot: 0,
+                ..FdbEntry::default()
             };
             match self.fdb.insert(key, entry, 0) {
                 Ok(()) => {
@@ -949,9 +1116,13 @@ fn unpin_link(path: &Path) -> Result<(), EbpfError> {
 /// Removes everything pinned in `dir`: links first (detaching them), then
 /// programs and maps.
 fn remove_pins(dir: &Path) -> Result<(), EbpfError> {
-    if let Ok(entries) = std::fs::read_dir(dir.join(LINKS)) {
-        for entry in entries.flatten() {
-            unpin_link(&entry.path())?;
+    for links in [GUARD_LINKS, LINKS] {
+        if let Ok(entries) = std::fs::read_dir(dir.join(links)) {
+            for entry in entries.flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    unpin_link(&entry.path())?;
+                }
+            }
         }
     }
     // meta first, so an interrupted removal is never mistaken for a

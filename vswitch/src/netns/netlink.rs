@@ -30,8 +30,8 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeader, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use netlink_packet_route::link::{
-    self, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkHeader,
-    LinkMessage,
+    self, InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags,
+    LinkHeader, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourHeader,
@@ -370,6 +370,18 @@ impl Netlink {
                 format!("{name}/{peer_name} (peer in netns fd {peer_netns_fd})"),
             )
         })
+    }
+
+    /// Creates a VXLAN device in external (collect-metadata) mode on UDP
+    /// `port`: one device carries every VNI, the tunnel key of each packet
+    /// (VNI, remote and local address) set and read by TC programs.
+    /// Learning is off: the switch's CA->PA table is the only source of
+    /// destinations. IPv4 outer headers, UDP checksum zero (RFC 7348's
+    /// SHOULD for IPv4, and the kernel's default).
+    pub fn vxlan_create(&mut self, name: &str, port: u16) -> Result<(), NetlinkError> {
+        let req = encode_vxlan_create(name, port)?;
+        self.transact(req, |_| ())
+            .map_err(|f| f.into_error("create vxlan", format!("{name} (port {port})")))
     }
 
     /// Deletes link `index` (both ends, for a veth).
@@ -824,6 +836,21 @@ fn encode_veth_create(
     let info = vec![
         link::LinkInfo::Kind(InfoKind::Veth),
         link::LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+    ];
+    Ok(new_link(&name, info))
+}
+
+fn encode_vxlan_create(name: &str, port: u16) -> Result<Request, NetlinkError> {
+    let name = IfName::checked(name)?;
+    let info = vec![
+        link::LinkInfo::Kind(InfoKind::Vxlan),
+        link::LinkInfo::Data(InfoData::Vxlan(vec![
+            InfoVxlan::CollectMetadata(true),
+            InfoVxlan::Port(port),
+            InfoVxlan::Learning(false),
+            InfoVxlan::Ttl(64),
+            InfoVxlan::UDPCsum(false),
+        ])),
     ];
     Ok(new_link(&name, info))
 }

@@ -68,6 +68,10 @@ pub enum PortRole {
         vlan: u16,
         l2bridge: Option<MacAddr>,
     },
+    /// An overlay network's VXLAN tunnel port: endpoints on other hosts,
+    /// by the MACs of the CA->PA table. Never flooded to: nothing crosses
+    /// hosts but unicast to a known customer address.
+    Tunnel,
 }
 
 /// A port as the pipeline sees it.
@@ -139,6 +143,11 @@ struct Network {
     police_local: bool,
     /// A nat network's translation.
     nat: Option<Nat>,
+    /// overlay: customer addresses on other hosts and their MACs (the
+    /// CA->PA table without the PAs, which the tunnel port looks up).
+    remotes: Locals,
+    /// overlay: the tunnel port.
+    tunnel: Option<PortId>,
 }
 
 /// How full the tables that grow with traffic are (for `/metrics`): each
@@ -242,6 +251,8 @@ impl Pipeline {
             offload: cfg.offload,
             police_local: cfg.police_local,
             nat: None,
+            remotes: Locals::new(),
+            tunnel: None,
         });
     }
 
@@ -260,7 +271,7 @@ impl Pipeline {
             return false;
         };
         let egress = match policy.role {
-            PortRole::Vnic => HeaderTransform::NONE,
+            PortRole::Vnic | PortRole::Tunnel => HeaderTransform::NONE,
             PortRole::Uplink { vlan, l2bridge } => {
                 net.l2bridge |= l2bridge.is_some();
                 let x = l2bridge.map_or(HeaderTransform::NONE, l2bridge::egress_transform);
@@ -275,6 +286,12 @@ impl Pipeline {
         net.locals.extend(policy.addrs.iter().copied());
         if let Some(mac) = policy.mac {
             net.statics.insert(mac, id);
+        }
+        if policy.role == PortRole::Tunnel {
+            net.tunnel = Some(id);
+            for mac in net.remotes.values() {
+                net.statics.insert(*mac, id);
+            }
         }
         let now = Instant::now();
         self.ports.insert(
@@ -379,6 +396,9 @@ impl Pipeline {
             if matches!(state.role, PortRole::Uplink { .. }) {
                 net.l2bridge = false;
             }
+            if net.tunnel == Some(port) {
+                net.tunnel = None;
+            }
         }
         self.conntrack.forget_port(port);
         self.release_nat_ports();
@@ -414,8 +434,35 @@ impl Pipeline {
             if local_only && matches!(state.role, PortRole::Uplink { .. }) {
                 return None;
             }
+            if state.role == PortRole::Tunnel {
+                return None;
+            }
             Some((out, &state.egress))
         })
+    }
+
+    /// Adds (`mac` given) or removes an overlay network's remote customer
+    /// address. Frames to its MAC go to the tunnel port; ARP and neighbour
+    /// solicitations for it are answered by the switch.
+    pub fn set_remote(&mut self, net: NetId, ip: IpAddr, mac: Option<MacAddr>) -> bool {
+        let Some(n) = self.nets.get_mut(&net) else {
+            return false;
+        };
+        let old = match mac {
+            Some(mac) => n.remotes.insert(ip, mac),
+            None => n.remotes.remove(&ip),
+        };
+        // A MAC stays the tunnel's while another address still maps to it
+        // (an endpoint's IPv4 and IPv6 addresses share one).
+        if let Some(old) = old.filter(|m| !n.remotes.values().any(|v| v == m)) {
+            if n.tunnel.is_some() && n.statics.get(&old) == n.tunnel.as_ref() {
+                n.statics.remove(&old);
+            }
+        }
+        if let (Some(mac), Some(tunnel)) = (mac, n.tunnel) {
+            n.statics.entry(mac).or_insert(tunnel);
+        }
+        true
     }
 
     /// The answer of the last [`Verdict::Reply`].
@@ -498,8 +545,9 @@ impl Pipeline {
         };
         let (from_wire, l2bridge_mac) = match src.role {
             PortRole::Uplink { l2bridge, .. } => (true, l2bridge),
-            PortRole::Vnic => (false, None),
+            PortRole::Vnic | PortRole::Tunnel => (false, None),
         };
+        let from_vnic = src.role == PortRole::Vnic;
         let admitted = forward::admit(src.security.as_ref(), !from_wire, frame)
             .and_then(|addrs| forward::guard(src.layers.guards, frame).map(|()| addrs));
         let (src_mac, mut dst_mac) = match admitted {
@@ -550,6 +598,23 @@ impl Pipeline {
             }
         }
         let net = self.nets.get_mut(&net_id)?;
+        if from_vnic
+            && !net.remotes.is_empty()
+            && dst_mac.is_multicast()
+            && super::overlay::answer(frame, &net.remotes, &mut self.reply)
+        {
+            step!(
+                trace,
+                "overlay",
+                "the switch answers for a customer address on another host"
+            );
+            return Some(Decision {
+                verdict: Verdict::Reply { out: in_port },
+                meta,
+                learn_refused: false,
+                resolve: None,
+            });
+        }
         let mut xform = HeaderTransform::NONE;
         if let Some(uplink_mac) = l2bridge_mac {
             match l2bridge::ingress(frame, uplink_mac, &net.locals, &mut self.reply) {

@@ -229,7 +229,7 @@ pub fn asks_for_local(frame: &[u8], locals: &Locals) -> bool {
     }
 }
 
-fn write_arp(out: &mut Packet, to: MacAddr, from: MacAddr, arp: &ArpRepr) {
+pub(super) fn write_arp(out: &mut Packet, to: MacAddr, from: MacAddr, arp: &ArpRepr) {
     let len = ETH_HEADER + arp.buffer_len();
     // Ethernet minimum frame size, without FCS.
     let padded = len.max(60);
@@ -249,7 +249,7 @@ fn write_arp(out: &mut Packet, to: MacAddr, from: MacAddr, arp: &ArpRepr) {
     ));
 }
 
-fn write_advert(
+pub(super) fn write_advert(
     out: &mut Packet,
     ns_src: Ipv6Addr,
     target: Ipv6Addr,

@@ -21,6 +21,7 @@ pub mod forward;
 pub mod l2bridge;
 pub mod layers;
 pub mod nat;
+pub mod overlay;
 pub mod qos;
 pub mod translate;
 pub mod verdict;
