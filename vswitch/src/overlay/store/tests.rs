@@ -400,7 +400,20 @@ struct Seen {
     connected: bool,
     snapshots: usize,
     conflicts: Vec<(u32, IpAddr, String)>,
-    events: usize,
+    /// Every event, in order.
+    log: Vec<Event>,
+}
+
+impl Seen {
+    /// The events since the last snapshot.
+    fn since_snapshot(&self) -> &[Event] {
+        let last = self
+            .log
+            .iter()
+            .rposition(|e| matches!(e, Event::Snapshot { .. }))
+            .map_or(0, |i| i + 1);
+        &self.log[last..]
+    }
 }
 
 #[derive(Clone, Default)]
@@ -412,7 +425,7 @@ impl View {
         Box::new(move |ev| {
             let (lock, cv) = &*view.0;
             let mut s = lock.lock().unwrap();
-            s.events += 1;
+            s.log.push(ev.clone());
             match ev {
                 Event::Snapshot { networks, mappings } => {
                     s.snapshots += 1;
@@ -1008,4 +1021,15 @@ fn a_host_cut_off_catches_up_and_claims_again() {
         start.elapsed()
     );
     assert_eq!(va.with(|s| s.snapshots), 2);
+    // What the snapshot brought does not come again over the watch (it
+    // starts after the snapshot's revision).
+    va.with(|s| {
+        for e in s.since_snapshot() {
+            assert!(
+                !matches!(e, Event::NetworkPut(n) if n.name == "red")
+                    && !matches!(e, Event::MappingPut(m) if m.host == "b"),
+                "{e:?} seen twice"
+            );
+        }
+    });
 }
