@@ -22,6 +22,10 @@
 //!   once; a crash leaves them until the lease expires.
 //! * A mapping is claimed by a transaction: granted only if the key is absent
 //!   or already this host's, never settled by the last writer.
+//! * The store keeps a desired set: every mapping it holds, and the network
+//!   writes and releases etcd has not taken yet. A mapping of this host's
+//!   that disappears from etcd while it still holds it (deleted by hand, or
+//!   its lease lost) is claimed again.
 //!
 //! # Keys
 //!

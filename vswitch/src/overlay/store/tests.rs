@@ -400,7 +400,20 @@ struct Seen {
     connected: bool,
     snapshots: usize,
     conflicts: Vec<(u32, IpAddr, String)>,
-    events: usize,
+    /// Every event, in order.
+    log: Vec<Event>,
+}
+
+impl Seen {
+    /// The events since the last snapshot.
+    fn since_snapshot(&self) -> &[Event] {
+        let last = self
+            .log
+            .iter()
+            .rposition(|e| matches!(e, Event::Snapshot { .. }))
+            .map_or(0, |i| i + 1);
+        &self.log[last..]
+    }
 }
 
 #[derive(Clone, Default)]
@@ -412,7 +425,7 @@ impl View {
         Box::new(move |ev| {
             let (lock, cv) = &*view.0;
             let mut s = lock.lock().unwrap();
-            s.events += 1;
+            s.log.push(ev.clone());
             match ev {
                 Event::Snapshot { networks, mappings } => {
                     s.snapshots += 1;
@@ -848,4 +861,175 @@ fn starting_with_etcd_down_returns_at_once_and_publishes_later() {
     let start = StdInstant::now();
     a.stop();
     assert!(start.elapsed() < CALL_DEADLINE);
+}
+
+#[test]
+fn a_lost_lease_is_renewed_and_the_mappings_claimed_again() {
+    let Some(etcd) = Etcd::start("renew") else {
+        return;
+    };
+    let (a, va) = host(&etcd, "a");
+    let (_b, vb) = host(&etcd, "b");
+    assert_eq!(a.claim(&mapping("a", 4, v4(1))), Ok(Claim::Granted));
+    assert_eq!(a.claim(&mapping("a", 4, v4(2))), Ok(Claim::Granted));
+    vb.wait(Duration::from_secs(1), "a's mappings on b", |s| {
+        s.mappings.len() == 2
+    });
+    // The lease goes (as if it had expired while a was cut off).
+    let mut raw = Raw::connect(&etcd.url());
+    let c = &mut raw.client;
+    let got = raw
+        .rt
+        .block_on(c.get(mapping_key(P, 4, v4(1)), None))
+        .unwrap();
+    let lease = got.kvs()[0].lease();
+    let c = &mut raw.client;
+    raw.rt.block_on(c.lease_revoke(lease)).unwrap();
+    vb.wait(Duration::from_secs(1), "gone with the lease", |s| {
+        s.mappings.is_empty()
+    });
+    let start = StdInstant::now();
+    vb.wait(
+        Duration::from_secs(5),
+        "claimed again on a new lease",
+        |s| s.mappings.len() == 2,
+    );
+    eprintln!("claimed again {:?} after the lease went", start.elapsed());
+    va.wait(Duration::from_secs(2), "a in sync", |s| {
+        s.connected && s.mappings.len() == 2
+    });
+    let c = &mut raw.client;
+    let got = raw
+        .rt
+        .block_on(c.get(mapping_key(P, 4, v4(2)), None))
+        .unwrap();
+    assert_ne!(got.kvs()[0].lease(), lease);
+}
+
+/// A TCP relay in front of etcd that can cut one host off (its connections
+/// reset, new ones refused) while the others still reach etcd.
+struct Relay {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(to: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let relay = Relay {
+            port,
+            cut: Arc::default(),
+            stop: Arc::default(),
+            conns: Arc::default(),
+        };
+        let (cut, stop, conns) = (relay.cut.clone(), relay.stop.clone(), relay.conns.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(inbound) = inbound else { continue };
+                if cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(outbound) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                let mut list = conns.lock().unwrap();
+                for (from, to) in [(&inbound, &outbound), (&outbound, &inbound)] {
+                    let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                list.push(inbound);
+                list.push(outbound);
+            }
+        });
+        relay
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+#[test]
+fn a_host_cut_off_catches_up_and_claims_again() {
+    let Some(etcd) = Etcd::start("cutoff") else {
+        return;
+    };
+    let relay = Relay::start(etcd.client);
+    let va = View::default();
+    let cfg = StoreConfig {
+        lease_ttl: TTL,
+        ..StoreConfig::new(vec![relay.url()], "a")
+    };
+    let a = Store::start(cfg, va.sink()).unwrap();
+    va.wait(Duration::from_secs(5), "a connected", |s| s.connected);
+    let (b, vb) = host(&etcd, "b");
+    assert_eq!(a.claim(&mapping("a", 2, v4(1))), Ok(Claim::Granted));
+    vb.wait(Duration::from_secs(1), "a's mapping on b", |s| {
+        s.mappings.contains_key(&(2, v4(1)))
+    });
+
+    relay.cut();
+    va.wait(Duration::from_secs(5), "a cut off", |s| !s.connected);
+    // While a is away: its lease expires on etcd, b changes things, a
+    // queues a claim of its own.
+    vb.wait(TTL * 3, "a's mapping expired", |s| {
+        !s.mappings.contains_key(&(2, v4(1)))
+    });
+    b.put_network(&net("red", 2)).unwrap();
+    assert_eq!(b.claim(&mapping("b", 2, v4(2))), Ok(Claim::Granted));
+    assert_eq!(a.claim(&mapping("a", 2, v4(3))), Ok(Claim::Queued));
+    assert_eq!(va.with(|s| s.mappings.len()), 1, "a keeps what it knew");
+
+    relay.heal();
+    let start = StdInstant::now();
+    va.wait(Duration::from_secs(5), "b's changes on a", |s| {
+        s.connected && s.networks.contains_key("red") && s.mappings.len() == 3
+    });
+    vb.wait(Duration::from_secs(2), "a's mappings back on b", |s| {
+        s.mappings.contains_key(&(2, v4(1))) && s.mappings.contains_key(&(2, v4(3)))
+    });
+    eprintln!(
+        "cut-off host caught up {:?} after the relay healed",
+        start.elapsed()
+    );
+    assert_eq!(va.with(|s| s.snapshots), 2);
+    // What the snapshot brought does not come again over the watch (it
+    // starts after the snapshot's revision).
+    va.with(|s| {
+        for e in s.since_snapshot() {
+            assert!(
+                !matches!(e, Event::NetworkPut(n) if n.name == "red")
+                    && !matches!(e, Event::MappingPut(m) if m.host == "b"),
+                "{e:?} seen twice"
+            );
+        }
+    });
 }
