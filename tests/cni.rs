@@ -49,12 +49,16 @@ fn invoke(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", plugin.display()));
-    child
+    // A plugin may refuse its environment before it reads the config.
+    match child
         .stdin
         .take()
         .unwrap()
         .write_all(conf.to_string().as_bytes())
-        .unwrap();
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.unwrap(),
+    }
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let value = if text.trim().is_empty() {
