@@ -148,6 +148,45 @@ fn vxlan_frames(cap: &Capture) -> Vec<(Vec<u8>, [u8; 8], Vec<u8>)> {
         .collect()
 }
 
+/// A Linux VXLAN device `dev` of `vni` on `host` (a foreign VTEP) holding
+/// the customer address `cidr` itself; no learning.
+fn linux_vtep(host: &Host, dev: &str, vni: &str, cidr: &str) {
+    host.ns.ok(&[
+        "ip",
+        "link",
+        "add",
+        dev,
+        "type",
+        "vxlan",
+        "id",
+        vni,
+        "dstport",
+        "4789",
+        "local",
+        &host.pa,
+        "nolearning",
+    ]);
+    host.ns.ok(&["ip", "addr", "add", cidr, "dev", dev]);
+    host.ns.ok(&["ip", "link", "set", dev, "up"]);
+}
+
+/// Static entries on a Linux VTEP: `ip` is at `mac`, behind `pa`.
+fn linux_route(ns: &Netns, dev: &str, mac: &str, ip: &str, pa: &str) {
+    ns.ok(&["bridge", "fdb", "append", mac, "dev", dev, "dst", pa]);
+    ns.ok(&[
+        "ip",
+        "neigh",
+        "replace",
+        ip,
+        "lladdr",
+        mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ]);
+}
+
 fn vni_of(vx: &[u8; 8]) -> u32 {
     u32::from_be_bytes([0, vx[4], vx[5], vx[6]])
 }
@@ -303,39 +342,10 @@ fn a_linux_vxlan_device_is_a_peer() {
     let (_nt, et) = endpoint(&da, "ov", "a2", &["10.79.0.11"], "tap");
     // The foreign VTEP: a VXLAN device holding the customer address itself.
     let fns = &foreign.ns;
-    fns.ok(&[
-        "ip",
-        "link",
-        "add",
-        "vx0",
-        "type",
-        "vxlan",
-        "id",
-        "7000",
-        "dstport",
-        "4789",
-        "local",
-        &foreign.pa,
-        "nolearning",
-    ]);
-    fns.ok(&["ip", "addr", "add", "10.79.0.50/24", "dev", "vx0"]);
-    fns.ok(&["ip", "link", "set", "vx0", "up"]);
+    linux_vtep(&foreign, "vx0", "7000", "10.79.0.50/24");
     for ep in [&ea, &et] {
         let mac = ep["MacAddress"].as_str().unwrap();
-        let ip = ep["IPAddress"].as_str().unwrap();
-        fns.ok(&["bridge", "fdb", "append", mac, "dev", "vx0", "dst", &ha.pa]);
-        fns.ok(&[
-            "ip",
-            "neigh",
-            "replace",
-            ip,
-            "lladdr",
-            mac,
-            "dev",
-            "vx0",
-            "nud",
-            "permanent",
-        ]);
+        linux_route(fns, "vx0", mac, ep["IPAddress"].as_str().unwrap(), &ha.pa);
     }
     let vx_mac = link_mac(fns, "vx0");
     da.ok(&[
@@ -385,28 +395,8 @@ fn overlay_networks_with_different_vsids_are_isolated() {
     // The foreign VTEP is a peer of red only, and sends with red's VNI to
     // blue's endpoint (its MAC and address), and with blue's VNI.
     let fns = &foreign.ns;
-    for (dev, vni, addr) in [
-        ("vr", "100", "10.80.1.50/24"),
-        ("vb", "200", "10.80.2.50/24"),
-    ] {
-        fns.ok(&[
-            "ip",
-            "link",
-            "add",
-            dev,
-            "type",
-            "vxlan",
-            "id",
-            vni,
-            "dstport",
-            "4789",
-            "local",
-            &foreign.pa,
-            "nolearning",
-        ]);
-        fns.ok(&["ip", "addr", "add", addr, "dev", dev]);
-        fns.ok(&["ip", "link", "set", dev, "up"]);
-    }
+    linux_vtep(&foreign, "vr", "100", "10.80.1.50/24");
+    linux_vtep(&foreign, "vb", "200", "10.80.2.50/24");
     let (rmac, bmac) = (
         red["MacAddress"].as_str().unwrap(),
         blue["MacAddress"].as_str().unwrap(),
@@ -416,19 +406,7 @@ fn overlay_networks_with_different_vsids_are_isolated() {
         ("vr", bmac, "10.80.1.11"),
         ("vb", bmac, "10.80.2.10"),
     ] {
-        fns.ok(&["bridge", "fdb", "append", mac, "dev", dev, "dst", &ha.pa]);
-        fns.ok(&[
-            "ip",
-            "neigh",
-            "replace",
-            ip,
-            "lladdr",
-            mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
+        linux_route(fns, dev, mac, ip, &ha.pa);
     }
     da.ok(&[
         "network",

@@ -660,22 +660,11 @@ impl Controller {
         let net = self.overlay_network(&req.network)?;
         let m =
             self.check_ca_mapping(&net, &req.ip, &req.mac_address, &req.provider_address, "")?;
-        let before = self.state.clone();
-        let rec = self
-            .state
-            .networks
-            .iter_mut()
-            .find(|n| n.id == net.id)
-            .expect("checked above");
-        rec.mappings.retain(|o| o.ip != m.ip);
-        rec.mappings.push(m);
-        rec.mappings.sort_by_key(|o| o.ip);
-        let rec = rec.clone();
-        if let Err(e) = self.save() {
-            self.state = before;
-            return Err(e);
-        }
-        self.overlay_sync(&rec)?;
+        let rec = self.edit_mappings(&net, |list| {
+            list.retain(|o| o.ip != m.ip);
+            list.push(m);
+            list.sort_by_key(|o| o.ip);
+        })?;
         tracing::info!(network = %rec.name, ip = %m.ip, mac = %m.mac, pa = %m.pa, "mapping added");
         self.mapping_list(&rec.name)
     }
@@ -693,21 +682,32 @@ impl Controller {
                 format!("network '{network}' has no static mapping for {addr}"),
             ));
         }
+        let rec = self.edit_mappings(&net, |list| list.retain(|m| m.ip != addr))?;
+        tracing::info!(network = %rec.name, ip = %addr, "mapping removed");
+        self.mapping_list(&rec.name)
+    }
+
+    /// Changes the static entries of `net`, saves (undoing the change if
+    /// that fails) and pushes the table; returns the record as it now is.
+    fn edit_mappings(
+        &mut self,
+        net: &NetworkRecord,
+        edit: impl FnOnce(&mut Vec<StaticMapping>),
+    ) -> ApiResult<NetworkRecord> {
         let before = self.state.clone();
         let rec = self
             .state
             .networks
             .iter_mut()
             .find(|n| n.id == net.id)
-            .expect("checked above");
-        rec.mappings.retain(|m| m.ip != addr);
+            .expect("the caller found it");
+        edit(&mut rec.mappings);
         let rec = rec.clone();
         if let Err(e) = self.save() {
             self.state = before;
             return Err(e);
         }
         self.overlay_sync(&rec)?;
-        tracing::info!(network = %rec.name, ip = %addr, "mapping removed");
-        self.mapping_list(&rec.name)
+        Ok(rec)
     }
 }
