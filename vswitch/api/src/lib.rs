@@ -268,6 +268,17 @@ const fn driver_names() -> [&'static str; Driver::ALL.len()] {
 /// The network drivers, as named on the command line ([`Driver::ALL`]).
 pub const DRIVERS: [&str; Driver::ALL.len()] = driver_names();
 
+/// The rule for network and endpoint names: 1-64 of `[A-Za-z0-9_.-]`,
+/// starting with a letter or digit (safe in file names, interface listings,
+/// shells and etcd keys).
+pub fn is_valid_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
 /// One call to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "Op", content = "Args", rename_all_fields = "PascalCase")]

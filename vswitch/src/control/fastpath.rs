@@ -50,11 +50,11 @@ pub(super) fn kernel_uplink(net: &NetworkRecord) -> bool {
         && net.parsed.interface.is_some()
 }
 
-fn fast_error(e: EbpfError) -> api::ApiError {
+pub(super) fn fast_error(e: EbpfError) -> api::ApiError {
     internal(format!("kernel fast path: {}", crate::sys::error_chain(&e)))
 }
 
-fn ifname(name: &str) -> ApiResult<IfName> {
+pub(super) fn ifname(name: &str) -> ApiResult<IfName> {
     IfName::new(name).map_err(|e| internal(format!("device name {name}: {e}")))
 }
 

@@ -466,16 +466,7 @@ impl Controller {
 /// Network and endpoint names: 1-64 of `[A-Za-z0-9_.-]`, starting with a
 /// letter or digit (safe in file names, interface listings and shells).
 fn check_name(field: &str, name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
+    if crate::api::is_valid_name(name) {
         Ok(())
     } else {
         Err(invalid(

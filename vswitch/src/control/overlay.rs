@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::errors::{conflict, internal, invalid, plumb_error};
+use super::fastpath::{fast_error, ifname};
 use super::plumb::{self, TapOrigin};
 use super::state::{NetworkRecord, StaticMapping};
 use super::{ApiResult, Controller, PortHandle};
@@ -79,14 +80,6 @@ pub fn tunnel_tap_name(net_id: &str) -> String {
 
 fn vtep_name(port: u16) -> String {
     format!("vsx{port}")
-}
-
-fn fast_error(e: crate::ebpf::EbpfError) -> ApiError {
-    internal(format!("kernel fast path: {}", crate::sys::error_chain(&e)))
-}
-
-fn ifname(name: &str) -> ApiResult<IfName> {
-    IfName::new(name).map_err(|e| internal(format!("device name {name}: {e}")))
 }
 
 /// The interface holding `pa`, in the daemon's namespace.
@@ -186,7 +179,7 @@ impl Controller {
         let port = net.parsed.vxlan_port;
         let pa = self.provider_address(&net.parsed)?;
         self.fast_path()?;
-        let vxlan = self.acquire_vtep(port)?;
+        self.acquire_vtep(port)?;
         let tap_name = tunnel_tap_name(&net.id);
         let made = plumb::tunnel_tap(&tap_name, net.mtu).map_err(|e| plumb_error(e, "tunnel"));
         let (tap, tap_index) = match made {
@@ -241,7 +234,6 @@ impl Controller {
                 fp.attach(&ifname(g)?, Program::VtepGuard)
                     .map_err(fast_error)?;
             }
-            let _ = vxlan;
             self.attach(
                 port_id,
                 dp,

@@ -277,7 +277,7 @@ fn make_veth(
     } else {
         configure_in(ns, cfg)?;
     }
-    let host_index = switch_side_up(&mut nl, &names.host, cfg.mtu)?;
+    let host_index = switch_side_up(&mut nl, &names.host, Some(cfg.mtu))?;
     let (punt, punt_index) = punt_tap(&mut nl, &names.punt, cfg.mtu)?;
     Ok(VethPort {
         host_index,
@@ -321,32 +321,15 @@ pub fn vxlan_device(name: &str, port: u16) -> Result<u32, PlumbError> {
         Some(_) => return Err(PlumbError::NotVxlan(name.to_owned())),
         None => nl.vxlan_create(name, port)?,
     }
-    let index = nl
-        .link_index(name)?
-        .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))?;
-    silence_ipv6(name)?;
-    nl.link_set(
-        index,
-        &LinkChange {
-            up: Some(true),
-            ..LinkChange::default()
-        },
-    )?;
-    Ok(index)
+    switch_side_up(&mut nl, name, None)
 }
 
 /// Deletes a device of the switch's own by name if it is of `kind` ("tun",
 /// "vxlan"); anything else of that name is left alone. Failures are logged.
 pub fn delete_own(name: &str, kind: &str) {
-    let result = (|| -> Result<(), PlumbError> {
-        let mut nl = Netlink::open()?;
-        if let Some(info) = nl.link_info(name)? {
-            if info.kind.as_deref() == Some(kind) {
-                nl.link_del(info.index)?;
-            }
-        }
-        Ok(())
-    })();
+    let result = Netlink::open()
+        .map_err(PlumbError::from)
+        .and_then(|mut nl| delete_kind(&mut nl, name, kind));
     if let Err(e) = result {
         tracing::warn!(ifname = name, error = %e, "could not delete device");
     }
@@ -362,14 +345,15 @@ fn punt_tap(nl: &mut Netlink, name: &str, mtu: u32) -> Result<(Tap, u32), PlumbE
         Some(_) => return Err(PlumbError::NotTap(name.to_owned())),
         None => Tap::create(name, true)?,
     };
-    let index = switch_side_up(nl, name, mtu)?;
+    let index = switch_side_up(nl, name, Some(mtu))?;
     tap.set_persist(true)?;
     Ok((tap, index))
 }
 
 /// Brings up a device of the switch's own side (a veth's host end, a punt
-/// TAP) with `mtu` and IPv6 off; returns its ifindex.
-fn switch_side_up(nl: &mut Netlink, name: &str, mtu: u32) -> Result<u32, PlumbError> {
+/// TAP, a VXLAN device) with IPv6 off, and `mtu` if given; returns its
+/// ifindex.
+fn switch_side_up(nl: &mut Netlink, name: &str, mtu: Option<u32>) -> Result<u32, PlumbError> {
     let index = nl
         .link_index(name)?
         .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))?;
@@ -377,7 +361,7 @@ fn switch_side_up(nl: &mut Netlink, name: &str, mtu: u32) -> Result<u32, PlumbEr
     nl.link_set(
         index,
         &LinkChange {
-            mtu: Some(mtu),
+            mtu,
             up: Some(true),
             ..LinkChange::default()
         },
@@ -401,14 +385,8 @@ fn silence_ipv6(ifname: &str) -> Result<(), PlumbError> {
 pub fn delete_veth(names: &VethNames) {
     let result = (|| -> Result<(), PlumbError> {
         let mut nl = Netlink::open()?;
-        for (name, kind) in [(&names.host, "veth"), (&names.punt, "tun")] {
-            if let Some(info) = nl.link_info(name)? {
-                if info.kind.as_deref() == Some(kind) {
-                    nl.link_del(info.index)?;
-                }
-            }
-        }
-        Ok(())
+        delete_kind(&mut nl, &names.host, "veth")?;
+        delete_kind(&mut nl, &names.punt, "tun")
     })();
     if let Err(e) = result {
         tracing::warn!(host = %names.host, error = %e, "could not delete veth endpoint devices");
@@ -423,9 +401,14 @@ pub fn loopback_only(ns: &Netns) -> Result<(), PlumbError> {
 /// Deletes a TAP by name in the current namespace; anything else of that
 /// name is left alone. Failures are logged: the caller is already undoing.
 fn delete_tap(ifname: &str) -> Result<(), PlumbError> {
-    let mut nl = Netlink::open()?;
-    if let Some(info) = nl.link_info(ifname)? {
-        if info.kind.as_deref() == Some("tun") {
+    delete_kind(&mut Netlink::open()?, ifname, "tun")
+}
+
+/// Deletes link `name` of the calling thread's namespace if it is of
+/// `kind`; anything else of that name, or nothing, is left alone.
+fn delete_kind(nl: &mut Netlink, name: &str, kind: &str) -> Result<(), PlumbError> {
+    if let Some(info) = nl.link_info(name)? {
+        if info.kind.as_deref() == Some(kind) {
             nl.link_del(info.index)?;
         }
     }

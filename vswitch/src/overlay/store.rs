@@ -238,12 +238,7 @@ pub fn check_host_id(id: &str) -> Result<(), StoreError> {
 /// Network names, by the control plane's rule: 1-64 of `[A-Za-z0-9_.-]`,
 /// starting with a letter or digit.
 pub fn check_network_name(name: &str) -> Result<(), StoreError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    let ok = crate::api::is_valid_name(name);
     if ok {
         Ok(())
     } else {
