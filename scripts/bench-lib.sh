@@ -218,20 +218,24 @@ wait_path() {
 # ---------------------------------------------------------- measurement ----
 
 CLK_TCK=$(getconf CLK_TCK)
-# utime + stime of a daemon, all threads, in clock ticks. The command name
-# is "(vswitchd)" without spaces, so the fields can be split on whitespace.
-# Called in $(...): die prints its message, the failed assignment then stops
-# the script through set -e.
+# daemon_ticks "PID [PID...]": utime + stime of the daemons, all threads, in
+# clock ticks, added up (an overlay has a vswitchd on each host). The command
+# name is "(vswitchd)" without spaces, so the fields can be split on
+# whitespace. Called in $(...): die prints its message, the failed
+# assignment then stops the script through set -e.
 daemon_ticks() {
-    local pid=$1 stat
-    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || die "vswitchd (pid $pid) is no longer running"
-    awk '{ print $14 + $15 }' <<<"$stat"
+    local pid stat sum=0
+    for pid in $1; do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || die "vswitchd (pid $pid) is no longer running"
+        sum=$((sum + $(awk '{ print $14 + $15 }' <<<"$stat")))
+    done
+    echo "$sum"
 }
 
 # run_iperf NAME CLIENT_NS SERVER_ADDR ROUND DAEMON_PID [IPERF3_ARG...]: one
 # iperf3 test of DURATION s (-R: the server sends); writes
 # $WORK/NAME.ROUND.json and $WORK/NAME.ROUND.cpu (CPU ticks of the vswitchd
-# DAEMON_PID during the test).
+# DAEMON_PID, or of the space-separated PIDs, during the test).
 run_iperf() {
     local name=$1 ns=$2 addr=$3 round=$4 dpid=$5 out="$WORK/$1.$4.json" t0 t1
     shift 5

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The benchmark suite: every case a topology in namespaces of its own, built
-# for vswitch and for its competitors (the Linux bridge always; Open
-# vSwitch's userspace datapath with afxdp ports on the same-host case), all
-# measured in the same run with the same tests, and reported as ratios to
-# the bridge: a table on stdout, a CSV and a PNG chart in --out. The older
-# bench-*.sh scripts each look at one question in more depth; this one is
-# the overview. Everything it creates has $$ in its name and is removed on
-# exit, failure or Ctrl-C.
+# for vswitch and for its competitors (the Linux bridge always, with kernel
+# VXLAN devices on the overlay case; Open vSwitch's userspace datapath with
+# afxdp ports on the same-host case), all measured in the same run with the
+# same tests, and reported as ratios to the bridge: a table on stdout, a CSV
+# and a PNG chart in --out. The older bench-*.sh scripts each look at one
+# question in more depth; this one is the overview. Everything it creates
+# has $$ in its name and is removed on exit, failure or Ctrl-C.
 set -euo pipefail
 
-ALL_CASES=fast,acl,tap,uplink,nat,capture
+ALL_CASES=fast,acl,tap,uplink,nat,capture,overlay
 
 usage() {
     cat <<'EOF'
@@ -19,7 +19,7 @@ Usage: scripts/bench.sh [--cases LIST] [--duration N] [--repeat N] [--out DIR]
 Runs the benchmark suite: vswitch against the Linux bridge (and Open vSwitch)
 on the same topologies, in the same run. Needs root; installs what it needs.
 
-Cases (--cases, comma-separated; default all: fast,acl,tap,uplink,nat,capture):
+Cases (--cases, comma-separated; default all):
   fast    two endpoints on one internal network, veth backend (the eBPF fast
           path); competitors: Linux bridge, Open vSwitch userspace datapath
           with afxdp ports (ovs-vswitchd datapath_type=netdev)
@@ -37,6 +37,13 @@ Cases (--cases, comma-separated; default all: fast,acl,tap,uplink,nat,capture):
           matches ('udp port 1'), and one of everything (pcap to
           /dev/null); each capture runs only while its path is measured;
           competitor: Linux bridge
+  overlay two hosts (namespaces, each with a veth uplink into a fabric
+          bridge) and an endpoint on each, the client on host A: vswitchd on
+          both hosts, -d overlay (VXLAN, UDP 4789) with static mappings and
+          veth endpoints; competitor: on the same hosts and uplinks, a
+          kernel VXLAN device (UDP 4790, static FDB and neighbour entries)
+          in a Linux bridge with the endpoint's veth. Endpoints of both have
+          the uplink's MTU less 50
 When the vswitchctl at hand has no --backend, the veth rows run on TAP and
 say "tap (veth backend not available)".
 
@@ -55,8 +62,11 @@ Measures (each path, each round, every test DURATION s):
   conn/s      new TCP connections per second (connect, 1 byte each way,
               reset; scripts/connrate.c)
   CPU         the switch daemon's user+system CPU during the TCP1 test, % of
-              one core (vswitchd; ovs-vswitchd for OVS; "-" for the bridge,
-              whose work is kernel softirq time of the traffic's own cores)
+              one core (vswitchd, on overlay both hosts' added up;
+              ovs-vswitchd for OVS; "-" for the bridge, whose work is kernel
+              softirq time of the traffic's own cores)
+  retr        TCP retransmits of the TCP1 test (iperf3's sender count): a
+              value, not a ratio
 
 Reading the ratios: each is the competitor's value over the Linux bridge's on
 the same case; for TCP, pps and conn/s higher is better, for p50 and p99
@@ -66,7 +76,8 @@ Targets: fast TCP1 >= 1.0x, pps >= 1.5x, p50 <= 1.0x; acl TCP1 >= 0.95x of
 the unpoliced fast path (vswitch acl / vswitch fast); uplink TCP1 both
 directions >= 0.95x with a veth endpoint, >= 0.7x with a TAP endpoint;
 capture: no capture TCP1 >= 1.0x bridge (nothing spent when nobody
-captures), a capture matching nothing TCP1 >= 0.9x of no capture.
+captures), a capture matching nothing TCP1 >= 0.9x of no capture; overlay
+TCP1 and TCP4 >= 0.9x bridge.
 
 Options:
   --cases LIST   cases to run (default all; with --smoke: fast)
@@ -86,11 +97,13 @@ vswitch or bridge path moved no data. An OVS row that cannot run says why in
 its note and does not change the exit status.
 
 CSV columns: case, competitor, backend, measure, unit, value, bridge (the
-bridge's value on the case), ratio, target, target_met, note.
+bridge's value on the case), ratio, target, target_met, note (retr: no
+ratio).
 
 Topology (names contain the script's PID <P>; addresses only inside the
 script's namespaces; 10.61.0.0/16 same-host, 10.62.0.0/16 uplink,
-172.31.1.0/24 behind 10.63.1.0/24 nat; eth0 in every endpoint namespace):
+172.31.1.0/24 behind 10.63.1.0/24 nat, 10.64.0.0/16 on overlay's provider
+addresses 192.168.64.0/24; eth0 in every endpoint namespace):
   vswitchd: one private instance in vsu<P>-vh, which also holds the uplinks
   bridge:   vsu<P>-b1 --veth-- [br0 in vsu<P>-br] --veth-- vsu<P>-b2
   ovs:      vsu<P>-o1 --veth-- [ovs-vswitchd in vsu<P>-ov, afxdp] --veth-- vsu<P>-o2
@@ -102,6 +115,12 @@ script's namespaces; 10.61.0.0/16 same-host, 10.62.0.0/16 uplink,
             vswitch: vsu<P>-{v,p}e -- vswitchd + uplink vsu<P>{v,p}u -- vsu<P>-{v,p}o
   nat:      vsu<P>-me --veth-- [br0, MASQUERADE in vsu<P>-mh] --veth-- vsu<P>-mo
             vsu<P>-ne -- vswitchd -d nat, uplink vsu<P>nu -- vsu<P>-no
+  overlay:  host A is vsu<P>-vh (uplink vsu<P>oa, 192.168.64.1), host B
+            vsu<P>-hb (a second private vswitchd; uplink vsu<P>ob, .2), the
+            uplinks in br0 of vsu<P>-of
+            bridge:  vsu<P>-xa --veth-- [ovbr + ovx (VXLAN 4790) in A] ==
+                     [ovbr + ovx in B] --veth-- vsu<P>-xb
+            vswitch: vsu<P>-va -- vswitchd A (VXLAN 4789) == vswitchd B -- vsu<P>-vb
 EOF
 }
 
@@ -190,6 +209,32 @@ OVS_DIR="$WORK/ovs"
 OVSDB_PID="" OVS_PID=""
 DAEMON_LOGS+=("$OVS_DIR/ovs-vswitchd.log")
 
+# Host B of the overlay case: a second private vswitchd (host A's is the one
+# in NS_VH) and what was made through it.
+SOCK_B="$WORK/vswitchd-b.sock" STATE_B="$WORK/state-b" DLOG_B="$WORK/vswitchd-b.log"
+DAEMON_B_PID=""
+CREATED_EP_B=() CREATED_NET_B=()
+DAEMON_LOGS+=("$DLOG_B")
+ctl_b() { "$VSWITCHCTL" --socket "$SOCK_B" "$@"; }
+
+# Removes host B's endpoints and networks, stops its vswitchd and removes
+# its pins (as cleanup does for DAEMON_PID).
+daemon_b_down() {
+    local i pins=""
+    [ -n "$DAEMON_B_PID" ] || return 0
+    if kill -0 "$DAEMON_B_PID" 2>/dev/null; then
+        pins=$(ctl_b datapath show --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["PinDir"])' 2>/dev/null)
+        for ((i = ${#CREATED_EP_B[@]} - 1; i >= 0; i--)); do
+            ctl_b endpoint rm "${CREATED_EP_B[i]}" >/dev/null 2>&1 || echo "warning: could not remove endpoint ${CREATED_EP_B[i]} (host B)" >&2
+        done
+        for ((i = ${#CREATED_NET_B[@]} - 1; i >= 0; i--)); do
+            ctl_b network rm "${CREATED_NET_B[i]}" >/dev/null 2>&1 || echo "warning: could not remove network ${CREATED_NET_B[i]} (host B)" >&2
+        done
+    fi
+    stop_pid "$DAEMON_B_PID"
+    case "$pins" in /sys/fs/bpf/vswitch/fastpath-*) rm -rf "$pins" ;; esac
+}
+
 # Run by cleanup: the raw results are kept, OVS is stopped by its PIDs.
 cleanup_suite() {
     mkdir -p "$OUT/raw"
@@ -198,6 +243,7 @@ cleanup_suite() {
     [ -z "$OVS_PID" ] || stop_pid "$OVS_PID"
     [ -z "$OVSDB_PID" ] || stop_pid "$OVSDB_PID"
     [ -z "${CAPTURE_PID:-}" ] || stop_pid "$CAPTURE_PID"
+    daemon_b_down
 }
 CLEANUP_EXTRA=cleanup_suite
 
@@ -256,7 +302,8 @@ new_bridge() {
 # address of the test, and the daemon whose CPU is read.
 PATH_IDS=()
 declare -A CLIENT SERVER ADDR CPU_OF
-# add_path ID CLIENT_NS SERVER_NS SERVER_ADDR CPU(vswitchd|ovs|none)
+# add_path ID CLIENT_NS SERVER_NS SERVER_ADDR CPU(vswitchd|ovs|overlay|none)
+# (overlay: both hosts' vswitchd)
 add_path() {
     PATH_IDS+=("$1")
     CLIENT[$1]=$2 SERVER[$1]=$3 ADDR[$1]=$4 CPU_OF[$1]=$5
@@ -476,6 +523,93 @@ if [ -n "${RUN[nat]:-}" ]; then
     row nat "vswitch -d nat" tap nat-vswitch nat-masq ""
 fi
 
+# --------------------------------------------------------- overlay case ----
+
+# ep_create_b NET NS ADDR NAME BACKEND: ep_create on host B.
+ep_create_b() {
+    local args=(endpoint create --network "$1" --netns "$2" --ip "$3")
+    [ "$HAVE_BACKEND" -eq 0 ] || args+=(--backend "$5")
+    add_ns "$2"
+    ctl_b "${args[@]}" "$4" >/dev/null
+    CREATED_EP_B+=("$4")
+}
+
+# ep_mac CTL NAME: the MAC of endpoint NAME, asked through CTL (ctl, ctl_b).
+ep_mac() { "$1" endpoint inspect "$2" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["MacAddress"])'; }
+# link_mtu NS DEV, link_mac NS DEV
+link_mtu() { ip -n "$1" -j link show dev "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["mtu"])'; }
+link_mac() { ip -n "$1" -j link show dev "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["address"])'; }
+
+if [ -n "${RUN[overlay]:-}" ]; then
+    NS_HB="$P-hb" NS_OF="$P-of"
+    declare -A HOST_NS=([a]="$NS_VH" [b]="$NS_HB") PA=([a]=192.168.64.1 [b]=192.168.64.2)
+    say "overlay fabric: br0 in $NS_OF; host A $NS_VH (uplink ${P}oa, ${PA[a]}), host B $NS_HB (uplink ${P}ob, ${PA[b]})"
+    add_ns "$NS_HB"
+    add_ns "$NS_OF"
+    ip -n "$NS_OF" link add br0 type bridge
+    ip -n "$NS_OF" link set br0 up
+    for h in a b; do
+        ns=${HOST_NS[$h]}
+        # The uplink's name carries the PID, as on the uplink case.
+        ip -n "$ns" link add "${P}o$h" type veth peer name "f$h" netns "$NS_OF"
+        ip -n "$NS_OF" link set "f$h" master br0
+        ip -n "$NS_OF" link set "f$h" up
+        ip -n "$ns" addr add "${PA[$h]}/24" dev "${P}o$h"
+        ip -n "$ns" link set "${P}o$h" up
+    done
+    OV_MTU=$(($(link_mtu "$NS_VH" "${P}oa") - 50))
+
+    say "overlay bridge: $P-xa (10.64.1.11) <-> ovbr + ovx (VXLAN 4101, UDP 4790) on A <-> fabric <-> B <-> $P-xb (10.64.1.12), MTU $OV_MTU"
+    declare -A XADDR=([a]=10.64.1.11 [b]=10.64.1.12) XMAC=()
+    for h in a b; do
+        ns=${HOST_NS[$h]}
+        ip -n "$ns" link add ovx type vxlan id 4101 dstport 4790 local "${PA[$h]}" nolearning dev "${P}o$h"
+        ip -n "$ns" link add ovbr type bridge
+        ip -n "$ns" link set ovx master ovbr
+        veth_into "$ns" ovp "$P-x$h" "${XADDR[$h]}"
+        ip -n "$ns" link set ovp mtu "$OV_MTU" master ovbr
+        ip -n "$P-x$h" link set eth0 mtu "$OV_MTU"
+        ip -n "$ns" link set ovx up
+        ip -n "$ns" link set ovbr up
+        XMAC[$h]=$(link_mac "$P-x$h" eth0)
+    done
+    # Static entries, as the switch has them from its mappings: the remote
+    # endpoint's MAC behind the remote PA (VXLAN FDB) and on the VXLAN port
+    # (bridge FDB), its address at that MAC (no ARP across the fabric).
+    for h in a b; do
+        o=$([ "$h" = a ] && echo b || echo a)
+        ns=${HOST_NS[$h]}
+        ip netns exec "$ns" bridge fdb append "${XMAC[$o]}" dev ovx dst "${PA[$o]}"
+        ip netns exec "$ns" bridge fdb add "${XMAC[$o]}" dev ovx master static
+        ip -n "$P-x$h" neigh replace "${XADDR[$o]}" lladdr "${XMAC[$o]}" dev eth0 nud permanent
+    done
+    [ "$(link_mtu "$NS_VH" ovx)" -eq "$OV_MTU" ] || die "overlay bridge: ovx has MTU $(link_mtu "$NS_VH" ovx), not $OV_MTU"
+    add_path ov-bridge "$P-xa" "$P-xb" 10.64.1.12 none
+
+    say "overlay vswitch: $P-va (10.64.2.11) <-> vswitchd A, -d overlay vsid 4102 (UDP 4789) <-> fabric <-> vswitchd B <-> $P-vb (10.64.2.12)"
+    say "starting a second private vswitchd in $NS_HB (host B; state and socket in $WORK)"
+    mkdir -m 0700 "$STATE_B"
+    setsid nsenter --net="/run/netns/$NS_HB" "$VSWITCHD" --state-dir "$STATE_B" --socket "$SOCK_B" \
+        --log-level warn --detach-on-exit --conntrack-max "$CT_MAX" --conntrack-max-per-port "$CT_MAX" \
+        >"$DLOG_B" 2>&1 </dev/null &
+    DAEMON_B_PID=$!
+    wait_daemon "$DAEMON_B_PID" "$SOCK_B" "$DLOG_B"
+    ctl network create -d overlay --subnet 10.64.2.0/24 -o vsid=4102 -o interface="${P}oa" "${P}o" >/dev/null
+    CREATED_NET+=("${P}o")
+    ctl_b network create -d overlay --subnet 10.64.2.0/24 -o vsid=4102 -o interface="${P}ob" "${P}o" >/dev/null
+    CREATED_NET_B+=("${P}o")
+    ep_create "${P}o" "$P-va" 10.64.2.11 "${P}va" veth
+    ep_create_b "${P}o" "$P-vb" 10.64.2.12 "${P}vb" veth
+    ctl network mapping add "${P}o" --ip 10.64.2.12 --mac "$(ep_mac ctl_b "${P}vb")" --pa "${PA[b]}" >/dev/null
+    ctl_b network mapping add "${P}o" --ip 10.64.2.11 --mac "$(ep_mac ctl "${P}va")" --pa "${PA[a]}" >/dev/null
+    for ns in "$P-va" "$P-vb"; do
+        [ "$(link_mtu "$ns" eth0)" -eq "$OV_MTU" ] || die "overlay vswitch: eth0 in $ns has MTU $(link_mtu "$ns" eth0), not $OV_MTU"
+    done
+    add_path ov-vswitch "$P-va" "$P-vb" 10.64.2.12 overlay
+    row overlay "linux bridge + vxlan" veth ov-bridge ov-bridge ""
+    row overlay vswitch "$(backend_label veth)" ov-vswitch ov-bridge ""
+fi
+
 # ------------------------------------------------------------ readiness ----
 
 declare -A SERVING=()
@@ -498,9 +632,11 @@ measure() {
     local id=$1 r=$2 c=${CLIENT[$1]} s=${SERVER[$1]} a=${ADDR[$1]} pid
     case ${CPU_OF[$id]} in
         ovs) pid=$OVS_PID ;;
+        overlay) pid="$DAEMON_PID $DAEMON_B_PID" ;;
         *) pid=$DAEMON_PID ;;
     esac
     kill -0 "$DAEMON_PID" 2>/dev/null || die "vswitchd is no longer running"
+    [ -z "$DAEMON_B_PID" ] || kill -0 "$DAEMON_B_PID" 2>/dev/null || die "vswitchd of host B is no longer running"
     run_iperf "$id.tcp1" "$c" "$a" "$r" "$pid" -P 1
     run_iperf "$id.tcp4" "$c" "$a" "$r" "$pid" -P 4
     run_pps "$id" "$c" "$s" "$a" "$r"
@@ -528,6 +664,7 @@ for ((r = 1; r <= REPEAT; r++)); do
 done
 
 ctl stats --json >"$WORK/stats.json"
+[ -z "$DAEMON_B_PID" ] || ctl_b stats --json >"$WORK/stats-b.json"
 
 # -------------------------------------------------------------- report ----
 
