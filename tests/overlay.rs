@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use vswitch_systests::{
     exclusive, fast_counter, fast_drops, iperf3, link_mac, port_stats, require_root, run, shared,
-    tag, wait_until, Capture, Daemon, Netns,
+    tag, wait_until, write_doc, Capture, Daemon, Netns,
 };
 
 const BRIDGE: &str = "br0";
@@ -654,6 +654,198 @@ fn overlay_survives_a_daemon_restart() {
         .filter_map(|l| l["ifname"].as_str())
         .collect();
     assert_eq!(names, ["lo", UPLINK], "devices left behind");
+}
+
+/// A RemoteSubnetRoute document, as HNS's v2 schema writes it.
+fn subnet_route(prefix: &str, vsid: u32, pa: &str, router_mac: &str) -> Value {
+    serde_json::json!({"Type": "RemoteSubnetRoute", "Settings": {
+        "DestinationPrefix": prefix,
+        "IsolationId": vsid,
+        "ProviderAddress": pa,
+        "DistributedRouterMacAddress": router_mac,
+    }})
+}
+
+/// `policy add --network NET`, which must succeed.
+fn add_network_policy(d: &Daemon, net: &str, doc: &Value) {
+    let path = write_doc(d, doc);
+    d.ok(&[
+        "policy",
+        "add",
+        "--network",
+        net,
+        "--file",
+        path.to_str().unwrap(),
+    ]);
+}
+
+/// Each host of the VSID has a subnet of its own; RemoteSubnetRoute
+/// policies (flannel's Windows backend writes one per other host) route
+/// between them through the hosts' distributed routers.
+#[test]
+fn remote_subnet_routes_join_subnets_on_two_hosts() {
+    if !require_root("remote_subnet_routes_join_subnets_on_two_hosts") {
+        return;
+    }
+    let _g = shared();
+    let f = Fabric::new();
+    let (ha, hb) = (f.host(1), f.host(2));
+    let (mut da, db) = (daemon(&ha, true), daemon(&hb, true));
+    for (d, n) in [(&da, 1), (&db, 2)] {
+        let (s4, g4) = (format!("10.91.{n}.0/24"), format!("10.91.{n}.1"));
+        let (s6, g6) = (format!("fd00:91:{n}::/64"), format!("fd00:91:{n}::1"));
+        d.ok(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "-o",
+            "vsid=4300",
+            "--subnet",
+            &s4,
+            "--gateway",
+            &g4,
+            "--subnet",
+            &s6,
+            "--gateway",
+            &g6,
+            "ov",
+        ]);
+    }
+    let router = |d: &Daemon| {
+        let net = d.json(&["network", "inspect", "ov"]);
+        net["DistributedRouterMacAddress"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no router MAC: {net}"))
+            .to_owned()
+    };
+    let (ra, rb) = (router(&da), router(&db));
+    let pa_b: std::net::Ipv4Addr = hb.pa.parse().unwrap();
+    let o = pa_b.octets();
+    assert_eq!(
+        rb,
+        format!("0e:2a:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]),
+        "the router MAC is 0e:2a and the PA"
+    );
+    // The switch routes TAP and veth endpoints alike (the slow path).
+    let (na, _) = endpoint(&da, "ov", "a1", &["10.91.1.10", "fd00:91:1::10"], "veth");
+    let (nb, _) = endpoint(&db, "ov", "b1", &["10.91.2.10", "fd00:91:2::10"], "tap");
+    assert!(!na.ping("10.91.2.10"), "routed before any route was given");
+    // Windows' dashed MAC form, as HNS documents carry it.
+    let dashed = |m: &str| m.replace(':', "-").to_uppercase();
+    for (prefix, on) in [("10.91.2.0/24", &da), ("fd00:91:2::/64", &da)] {
+        add_network_policy(on, "ov", &subnet_route(prefix, 4300, &hb.pa, &dashed(&rb)));
+    }
+    for prefix in ["10.91.1.0/24", "fd00:91:1::/64"] {
+        add_network_policy(&db, "ov", &subnet_route(prefix, 4300, &ha.pa, &ra));
+    }
+    assert!(na.ping_within("10.91.2.10", Duration::from_secs(5)));
+    assert!(na.ping_within("fd00:91:2::10", Duration::from_secs(5)));
+    assert!(nb.ping_within("10.91.1.10", Duration::from_secs(5)));
+    // Each router is a hop: the reply left b1 with TTL 64.
+    let out = na.ok(&["ping", "-c", "1", "-W", "2", "10.91.2.10"]);
+    assert!(out.contains("ttl=62"), "two routed hops expected: {out}");
+    let rate = iperf3(&na, &nb, "10.91.2.10", 2);
+    assert!(rate > 1e8, "iperf3 across the routers: {rate} bit/s");
+    // The routes are policies: kept across a restart.
+    da.kill9();
+    da.spawn();
+    assert!(na.ping_within("10.91.2.10", Duration::from_secs(5)));
+    // Removing the route stops the traffic.
+    let policies = da.json(&["policy", "ls", "--network", "ov"]);
+    for p in policies.as_array().unwrap() {
+        da.ok(&["policy", "rm", "--network", "ov", p["ID"].as_str().unwrap()]);
+    }
+    assert!(
+        !na.ping("10.91.2.10"),
+        "routed after the routes were removed"
+    );
+
+    // What does not belong is refused, naming the field.
+    let bad = [
+        (
+            subnet_route("10.91.3.0/24", 4301, &hb.pa, &rb),
+            "policies.Settings.IsolationId",
+        ),
+        (
+            subnet_route("10.91.1.128/25", 4300, &hb.pa, &rb),
+            "policies.Settings.DestinationPrefix",
+        ),
+        (
+            subnet_route("10.91.3.1/24", 4300, &hb.pa, &rb),
+            "policies.Settings.DestinationPrefix",
+        ),
+        (
+            subnet_route("10.91.3.0/24", 4300, &ha.pa, &rb),
+            "policies.Settings.ProviderAddress",
+        ),
+        (
+            subnet_route("10.91.3.0/24", 4300, &hb.pa, "ff-ff-ff-ff-ff-ff"),
+            "policies.Settings.DistributedRouterMacAddress",
+        ),
+    ];
+    for (doc, field) in bad {
+        let path = write_doc(&da, &doc);
+        da.refused(
+            &[
+                "policy",
+                "add",
+                "--network",
+                "ov",
+                "--file",
+                path.to_str().unwrap(),
+            ],
+            field,
+        );
+    }
+    let route = write_doc(&da, subnet_route("10.91.3.0/24", 4300, &hb.pa, &rb));
+    da.refused(
+        &[
+            "policy",
+            "add",
+            "--endpoint",
+            "a1",
+            "--file",
+            route.to_str().unwrap(),
+        ],
+        "policies.Type",
+    );
+    // A ProviderAddress names the host an endpoint is on: this one.
+    let own = write_doc(
+        &da,
+        serde_json::json!({"Type": "ProviderAddress", "Settings": {"ProviderAddress": ha.pa}}),
+    );
+    da.ok(&[
+        "policy",
+        "add",
+        "--endpoint",
+        "a1",
+        "--file",
+        own.to_str().unwrap(),
+    ]);
+    let other = write_doc(&da, serde_json::json!({"Type": "PA", "PA": hb.pa}));
+    da.refused(
+        &[
+            "policy",
+            "add",
+            "--endpoint",
+            "a1",
+            "--file",
+            other.to_str().unwrap(),
+        ],
+        "policies.PA",
+    );
+    da.refused(
+        &[
+            "policy",
+            "add",
+            "--network",
+            "ov",
+            "--file",
+            own.to_str().unwrap(),
+        ],
+        "policies.Type",
+    );
 }
 
 // ---------------------------------------------------------------------------

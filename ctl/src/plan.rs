@@ -1490,6 +1490,7 @@ fabric:
             vlan_id: None,
             vsid: None,
             provider_address: None,
+            distributed_router_mac_address: None,
             endpoints: eps.iter().map(|e| (*e).to_owned()).collect(),
             state: NetworkState::Up,
             labels: BTreeMap::new(),

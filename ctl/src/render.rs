@@ -728,6 +728,7 @@ pub(crate) mod tests {
             vlan_id: None,
             vsid: None,
             provider_address: None,
+            distributed_router_mac_address: None,
             endpoints: vec!["ep1".into(), "ep2".into()],
             state: vswitch_api::NetworkState::Up,
             labels: BTreeMap::new(),

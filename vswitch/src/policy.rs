@@ -18,9 +18,11 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::{Map, Value};
+
+use crate::wire::MacAddr;
 
 /// Why a policy document was refused: the JSON path of the field at fault
 /// and what was expected there.
@@ -54,7 +56,13 @@ pub enum Policy {
     Qos(Qos),
     PortMapping(PortMapping),
     OutBoundNat(OutBoundNat),
+    RemoteSubnetRoute(RemoteSubnetRoute),
+    ProviderAddress(ProviderAddress),
 }
+
+/// The policy types this switch reads, for error messages.
+const KNOWN_TYPES: &str =
+    "ACL, QOS, PortMapping (or NAT), OutBoundNAT, RemoteSubnetRoute or ProviderAddress (or PA)";
 
 impl Policy {
     /// HNS's name of the policy's type, as `Type` says it in v2.
@@ -64,6 +72,8 @@ impl Policy {
             Policy::Qos(_) => "QOS",
             Policy::PortMapping(_) => "PortMapping",
             Policy::OutBoundNat(_) => "OutBoundNAT",
+            Policy::RemoteSubnetRoute(_) => "RemoteSubnetRoute",
+            Policy::ProviderAddress(_) => "ProviderAddress",
         }
     }
 }
@@ -129,6 +139,29 @@ pub struct Prefix {
 }
 
 impl Prefix {
+    /// The address with its host bits cleared.
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & mask))
+            }
+        }
+    }
+
+    /// Whether the two share an address.
+    pub fn overlaps(&self, other: &Prefix) -> bool {
+        let shorter = if self.len <= other.len { self } else { other };
+        let longer = if self.len <= other.len { other } else { self };
+        shorter.contains(longer.addr)
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
@@ -195,6 +228,26 @@ pub struct OutBoundNat {
     pub exceptions: Vec<Prefix>,
 }
 
+/// HNS's RemoteSubnetRoute, a policy of an overlay network: the customer
+/// subnet `destination_prefix` of virtual subnet `isolation_id` is on the
+/// host at `provider_address`, behind its distributed router
+/// `router_mac`. The switch routes frames sent to its own router MAC and
+/// bound there across the tunnel, with that MAC as destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteSubnetRoute {
+    pub destination_prefix: Prefix,
+    pub isolation_id: u32,
+    pub provider_address: Ipv4Addr,
+    pub router_mac: MacAddr,
+}
+
+/// HNS's ProviderAddress, a policy of an overlay endpoint: the provider
+/// address its traffic is carried from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderAddress {
+    pub provider_address: Ipv4Addr,
+}
+
 /// Reads a document holding one policy or a list of them, in either form.
 /// Two ACLs with one `Id` are refused.
 pub fn parse_document(text: &str) -> Result<Vec<Policy>> {
@@ -227,7 +280,7 @@ pub fn parse_policy(value: &Value, path: &str) -> Result<Policy> {
     let kind = top.string("Type")?.ok_or_else(|| {
         err(
             &join(path, "Type"),
-            "missing; expected ACL, QOS, PortMapping (or NAT) or OutBoundNAT",
+            format!("missing; expected {KNOWN_TYPES}"),
         )
     })?;
     // v2 puts the settings under Settings; v1 beside Type.
@@ -243,10 +296,12 @@ pub fn parse_policy(value: &Value, path: &str) -> Result<Policy> {
         "qos" => Policy::Qos(qos(&settings)?),
         "portmapping" | "nat" => Policy::PortMapping(port_mapping(&settings)?),
         "outboundnat" => Policy::OutBoundNat(outbound_nat(&settings)?),
+        "remotesubnetroute" => Policy::RemoteSubnetRoute(remote_subnet_route(&settings)?),
+        "provideraddress" | "pa" => Policy::ProviderAddress(provider_address(&settings)?),
         _ => {
             return Err(err(
                 &join(path, "Type"),
-                format!("unknown policy type '{kind}'; expected ACL, QOS, PortMapping (or NAT) or OutBoundNAT"),
+                format!("unknown policy type '{kind}'; expected {KNOWN_TYPES}"),
             ))
         }
     };
@@ -399,6 +454,97 @@ fn outbound_nat(s: &Fields) -> Result<OutBoundNat> {
     let mut exceptions = prefixes(s, "Exceptions")?;
     exceptions.extend(prefixes(s, "ExceptionList")?);
     Ok(OutBoundNat { exceptions })
+}
+
+fn remote_subnet_route(s: &Fields) -> Result<RemoteSubnetRoute> {
+    s.only(&[
+        "DestinationPrefix",
+        "IsolationId",
+        "ProviderAddress",
+        "DistributedRouterMacAddress",
+    ])?;
+    let required = |name: &str, what: &str| {
+        s.string(name)?
+            .ok_or_else(|| s.err(name, format!("missing; expected {what}")))
+    };
+    let prefix = required("DestinationPrefix", "the remote subnet as a CIDR")?;
+    let destination_prefix = match prefixes(s, "DestinationPrefix")?.as_slice() {
+        [p] if prefix.contains('/') => *p,
+        _ => {
+            return Err(s.err(
+                "DestinationPrefix",
+                format!("'{prefix}': expected one subnet as a CIDR, e.g. 10.244.2.0/24"),
+            ))
+        }
+    };
+    if destination_prefix.network() != destination_prefix.addr {
+        return Err(s.err(
+            "DestinationPrefix",
+            format!(
+                "'{prefix}' has host bits set; expected {}/{}",
+                destination_prefix.network(),
+                destination_prefix.len
+            ),
+        ));
+    }
+    let isolation_id = s
+        .number("IsolationId")?
+        .ok_or_else(|| s.err("IsolationId", "missing; expected the network's VSID"))?;
+    let isolation_id = u32::try_from(isolation_id)
+        .ok()
+        .filter(|v| (1..=0xff_ffff).contains(v))
+        .ok_or_else(|| {
+            s.err(
+                "IsolationId",
+                format!("{isolation_id} is not a VSID (1-16777215)"),
+            )
+        })?;
+    let provider_address = ipv4(s, "ProviderAddress")?;
+    let mac = required(
+        "DistributedRouterMacAddress",
+        "a MAC such as 0e-2a-c0-a8-01-02",
+    )?;
+    let router_mac = mac
+        .parse::<MacAddr>()
+        .ok()
+        .filter(|m| !m.is_multicast() && *m != MacAddr([0; 6]))
+        .ok_or_else(|| {
+            s.err(
+                "DistributedRouterMacAddress",
+                format!("'{mac}' is not a unicast MAC; expected e.g. 0e-2a-c0-a8-01-02"),
+            )
+        })?;
+    Ok(RemoteSubnetRoute {
+        destination_prefix,
+        isolation_id,
+        provider_address,
+        router_mac,
+    })
+}
+
+fn provider_address(s: &Fields) -> Result<ProviderAddress> {
+    // v1 names the field after the type (`{"Type": "PA", "PA": ...}`).
+    s.only(&["ProviderAddress", "PA"])?;
+    let name = if s.get("PA").is_some() {
+        "PA"
+    } else {
+        "ProviderAddress"
+    };
+    Ok(ProviderAddress {
+        provider_address: ipv4(s, name)?,
+    })
+}
+
+/// A required unicast IPv4 address.
+fn ipv4(s: &Fields, name: &str) -> Result<Ipv4Addr> {
+    let text = s
+        .string(name)?
+        .ok_or_else(|| s.err(name, "missing; expected an IPv4 address"))?;
+    text.trim()
+        .parse::<Ipv4Addr>()
+        .ok()
+        .filter(|a| !a.is_unspecified() && !a.is_multicast() && !a.is_broadcast())
+        .ok_or_else(|| s.err(name, format!("'{text}' is not a unicast IPv4 address")))
 }
 
 fn ports(s: &Fields, name: &str) -> Result<Vec<PortRange>> {
@@ -667,6 +813,70 @@ mod tests {
             panic!()
         };
         assert_eq!(nat.exceptions.len(), 2);
+    }
+
+    #[test]
+    fn overlay_policies_as_flannel_and_hns_write_them() {
+        let route = one(
+            r#"{"Type": "RemoteSubnetRoute", "Settings": {"DestinationPrefix": "10.244.2.0/24",
+                "IsolationId": 4096, "ProviderAddress": "192.168.1.12",
+                "DistributedRouterMacAddress": "0E-2A-C0-A8-01-0C"}}"#,
+        );
+        assert_eq!(
+            route,
+            Policy::RemoteSubnetRoute(RemoteSubnetRoute {
+                destination_prefix: Prefix {
+                    addr: "10.244.2.0".parse().unwrap(),
+                    len: 24
+                },
+                isolation_id: 4096,
+                provider_address: Ipv4Addr::new(192, 168, 1, 12),
+                router_mac: MacAddr([0x0e, 0x2a, 0xc0, 0xa8, 0x01, 0x0c]),
+            })
+        );
+        let v1 = one(r#"{"Type": "PA", "PA": "192.168.1.11"}"#);
+        let v2 =
+            one(r#"{"Type": "ProviderAddress", "Settings": {"ProviderAddress": "192.168.1.11"}}"#);
+        assert_eq!(v1, v2);
+        let route = |settings: &str| {
+            format!(
+                r#"{{"Type": "RemoteSubnetRoute", "Settings": {{"IsolationId": 4096, "ProviderAddress": "192.168.1.12", "DistributedRouterMacAddress": "0e:2a:c0:a8:01:0c", {settings}}}}}"#
+            )
+        };
+        for (doc, field, says) in [
+            (route(r#""DestinationPrefix": "10.244.2.1/24""#), "Settings.DestinationPrefix", "host bits"),
+            (route(r#""DestinationPrefix": "10.244.2.1""#), "Settings.DestinationPrefix", "CIDR"),
+            (
+                r#"{"Type": "RemoteSubnetRoute", "Settings": {"DestinationPrefix": "10.244.2.0/24"}}"#.to_owned(),
+                "Settings.IsolationId",
+                "missing",
+            ),
+            (
+                r#"{"Type": "PA", "PA": "::1"}"#.to_owned(),
+                "PA",
+                "unicast IPv4",
+            ),
+            (
+                r#"{"Type": "ProviderAddress", "Settings": {"ProviderAddress": "10.0.0.1", "Vip": 1}}"#.to_owned(),
+                "Settings.Vip",
+                "",
+            ),
+        ] {
+            let e = refused(&doc);
+            assert_eq!(e.field, field, "{doc}: {e}");
+            assert!(e.message.contains(says), "{doc}: {e}");
+        }
+        let p = |a: &str, len| Prefix {
+            addr: a.parse().unwrap(),
+            len,
+        };
+        assert!(p("10.0.0.0", 8).overlaps(&p("10.1.0.0", 16)));
+        assert!(p("10.1.0.0", 16).overlaps(&p("10.0.0.0", 8)));
+        assert!(!p("10.1.0.0", 16).overlaps(&p("10.2.0.0", 16)));
+        assert_eq!(
+            p("10.1.2.3", 16).network(),
+            "10.1.0.0".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

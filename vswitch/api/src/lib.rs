@@ -725,6 +725,11 @@ pub struct Network {
     /// VXLAN packets.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub provider_address: Option<String>,
+    /// overlay: the MAC of this host's distributed router, which answers
+    /// for the network's gateways once it has RemoteSubnetRoute policies
+    /// (other hosts name it in theirs: 0e-2a and the PA's four bytes).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub distributed_router_mac_address: Option<String>,
     /// Names of the network's endpoints.
     pub endpoints: Vec<String>,
     pub state: NetworkState,

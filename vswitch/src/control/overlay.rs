@@ -1,13 +1,14 @@
 //! Overlay networks: the VXLAN tunnel port and the CA->PA table.
 //!
-//! One VXLAN device per UDP port (`vsx<port>`, external mode) carries every
-//! overlay network of the host; the kernel builds and parses the outer
-//! headers, TC programs choose the tunnel key (xdp-prog/fastpath.bpf.c).
+//! One VXLAN device per UDP port (`vsx<port>`, external mode) receives for
+//! every overlay network of the host; TC programs encapsulate what they
+//! send themselves, onto the provider interface (xdp-prog/fastpath.bpf.c).
 //! Each overlay network has a tunnel TAP (`vst<id>`), its tunnel port in
 //! the datapath: what the slow path sends to another host is written to
-//! it and encapsulated by the kernel, and what the kernel decapsulates but
-//! does not deliver itself (TAP endpoints, policed ports, broadcasts)
-//! arrives through it. Both paths thus put the same bytes on the wire.
+//! it and encapsulated by the same program code as a veth endpoint's, and
+//! what the kernel decapsulates but does not deliver itself (TAP
+//! endpoints, policed ports, broadcasts) arrives through it. Both paths
+//! thus put the same bytes on the wire.
 //!
 //! The CA->PA table of a network is its endpoints (on this host, at our
 //! provider address), static entries (`network mapping add`, persisted)
@@ -16,6 +17,10 @@
 //! answers ARP and neighbour solicitations for them) and to the kernel
 //! (FDB entries marked "tunnel" with the PA, and the set of peers VXLAN is
 //! accepted from).
+//!
+//! HNS's RemoteSubnetRoute policies on a network give it a distributed
+//! router: other customer subnets of the VSID, each behind a host's router
+//! MAC at its PA. This host's router MAC is [`router_mac`] of its PA.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -31,6 +36,8 @@ use crate::ebpf::fastpath::{
     fdb_flags, port_flags, FdbEntry, FpPort, FpTunnel, FpVtep, PeerKey, Program,
 };
 use crate::ifname::IfName;
+use crate::pipeline::overlay::Router;
+use crate::policy::{parse_policy, Policy, RemoteSubnetRoute};
 use crate::wire::MacAddr;
 
 /// Bytes VXLAN adds around a frame: outer IPv4 (20), UDP (8), VXLAN (8)
@@ -58,6 +65,27 @@ pub(super) struct TunnelHandle {
     pub guard: Option<String>,
     /// The entries elsewhere as pushed to the datapath and the kernel.
     pub applied: BTreeMap<IpAddr, (MacAddr, Ipv4Addr)>,
+    /// The remote routers' MACs and PAs as pushed to the kernel.
+    pub routed: BTreeMap<MacAddr, Ipv4Addr>,
+}
+
+/// This host's distributed router MAC on its overlay networks: 0e:2a (a
+/// locally administered prefix) and then its provider address, so that
+/// every host can work out another's from its PA.
+pub fn router_mac(pa: Ipv4Addr) -> MacAddr {
+    let o = pa.octets();
+    MacAddr([0x0e, 0x2a, o[0], o[1], o[2], o[3]])
+}
+
+/// Network `net`'s RemoteSubnetRoute policies.
+pub(super) fn remote_routes(net: &NetworkRecord) -> Vec<RemoteSubnetRoute> {
+    net.policies
+        .iter()
+        .filter_map(|r| match parse_policy(&r.document, "") {
+            Ok(Policy::RemoteSubnetRoute(route)) => Some(route),
+            _ => None,
+        })
+        .collect()
 }
 
 /// An entry published by another host (etcd).
@@ -115,6 +143,91 @@ impl Controller {
                 format!("'{ifname}' has no IPv4 address to be the provider address"),
             )
         })
+    }
+
+    /// HNS's overlay policies where they belong: a RemoteSubnetRoute on an
+    /// overlay network (its VSID, a subnet not its own, another host's
+    /// PA), a ProviderAddress on an overlay endpoint (this host's PA, the
+    /// only one its traffic can come from).
+    pub(super) fn check_overlay_policies(
+        &self,
+        docs: &[(String, serde_json::Value)],
+        policies: &[Policy],
+        on_network: bool,
+        net: Option<&NetworkRecord>,
+    ) -> ApiResult<()> {
+        use super::policies::{setting, setting_path};
+        let overlay = net.filter(|n| n.driver.tunnel());
+        for ((path, doc), policy) in docs.iter().zip(policies) {
+            let field = |name: &str| setting_path(path, doc, name);
+            match policy {
+                Policy::RemoteSubnetRoute(r) => {
+                    let Some(net) = overlay.filter(|_| on_network) else {
+                        return Err(invalid(
+                            &format!("{path}.Type"),
+                            "a RemoteSubnetRoute belongs to an overlay network (vswitchctl policy add --network NET)",
+                        ));
+                    };
+                    let vsid = net.parsed.vsid.unwrap_or_default();
+                    if r.isolation_id != vsid {
+                        return Err(invalid(
+                            &field("IsolationId"),
+                            format!(
+                                "{} is not the VSID of network '{}' ({vsid})",
+                                r.isolation_id, net.name
+                            ),
+                        ));
+                    }
+                    let own = [
+                        net.subnet4.map(|s| (IpAddr::V4(s.network()), s.prefix())),
+                        net.subnet6.map(|s| (IpAddr::V6(s.network()), s.prefix())),
+                    ];
+                    for (addr, len) in own.into_iter().flatten() {
+                        let subnet = crate::policy::Prefix { addr, len };
+                        if subnet.overlaps(&r.destination_prefix) {
+                            return Err(invalid(
+                                &field("DestinationPrefix"),
+                                format!(
+                                    "overlaps the network's own subnet {addr}/{len}; a route is for a subnet on another host"
+                                ),
+                            ));
+                        }
+                    }
+                    if self.provider_address(&net.parsed).ok() == Some(r.provider_address) {
+                        return Err(invalid(
+                            &field("ProviderAddress"),
+                            format!(
+                                "{} is this host's own provider address; a route leads to another host",
+                                r.provider_address
+                            ),
+                        ));
+                    }
+                }
+                Policy::ProviderAddress(p) => {
+                    let Some(net) = overlay.filter(|_| !on_network) else {
+                        return Err(invalid(
+                            &format!("{path}.Type"),
+                            "a ProviderAddress belongs to an endpoint of an overlay network",
+                        ));
+                    };
+                    let ours = self.provider_address(&net.parsed)?;
+                    if p.provider_address != ours {
+                        // v1 names the field after its type.
+                        let v1 = setting(doc, "PA").is_some();
+                        let name = if v1 { "PA" } else { "ProviderAddress" };
+                        return Err(invalid(
+                            &field(name),
+                            format!(
+                                "{} is not this host's provider address ({ours}): an endpoint's traffic leaves from the host it is on (one on another host is a mapping: vswitchctl network mapping add)",
+                                p.provider_address
+                            ),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Checks an overlay network's options at creation: its VSID (unique
@@ -203,6 +316,7 @@ impl Controller {
             pa,
             guard: None,
             applied: BTreeMap::new(),
+            routed: BTreeMap::new(),
         };
         let result = (|| -> ApiResult<PortHandle> {
             let fp = self.fast_path()?;
@@ -341,7 +455,7 @@ impl Controller {
     /// deletes the tunnel TAP (the network is removed).
     pub(super) fn stop_tunnel(&mut self, t: TunnelHandle, dp: NetId, delete: bool) {
         if let Some(fp) = self.fast.as_mut() {
-            for (mac, _) in t.applied.values() {
+            for mac in t.applied.values().map(|(m, _)| m).chain(t.routed.keys()) {
                 let _ = fp.remove_fdb(dp, mac.0);
             }
             for key in fp.peers_of(dp) {
@@ -445,9 +559,30 @@ impl Controller {
             .and_then(|rt| rt.overlay.as_mut())
             .expect("checked above");
         let had = std::mem::take(&mut t.applied);
+        let had_routed = std::mem::take(&mut t.routed);
+        let pa = t.pa;
+        let routes = remote_routes(net);
+        let routed: BTreeMap<MacAddr, Ipv4Addr> = routes
+            .iter()
+            .map(|r| (r.router_mac, r.provider_address))
+            .collect();
         let local_macs: BTreeSet<MacAddr> =
             self.state.endpoints_of(&net.id).map(|e| e.mac).collect();
         let mut result = Ok(());
+        let router = (!routes.is_empty()).then(|| Router {
+            mac: router_mac(pa),
+            gateways: [net.gateway4.map(IpAddr::V4), net.gateway6.map(IpAddr::V6)]
+                .into_iter()
+                .flatten()
+                .collect(),
+            routes: routes
+                .iter()
+                .map(|r| (r.destination_prefix, r.router_mac))
+                .collect(),
+        });
+        if let Err(e) = self.datapath.set_router(dp, router) {
+            result = Err(internal(e));
+        }
         // Removed or changed first (a MAC that moved to another address
         // must not be deleted after it was written).
         for (ip, (mac, _)) in &had {
@@ -457,10 +592,32 @@ impl Controller {
             if let Err(e) = self.datapath.set_remote(dp, *ip, None) {
                 result = Err(internal(e));
             }
-            let still = want.values().any(|(m, _)| m == mac);
+            let still = want.values().any(|(m, _)| m == mac) || routed.contains_key(mac);
             if let (false, false, Some(fp)) = (still, local_macs.contains(mac), self.fast.as_mut())
             {
                 let _ = fp.remove_fdb(dp, mac.0);
+            }
+        }
+        for mac in had_routed.keys() {
+            let still = routed.contains_key(mac) || want.values().any(|(m, _)| m == mac);
+            if let (false, Some(fp)) = (still, self.fast.as_mut()) {
+                let _ = fp.remove_fdb(dp, mac.0);
+            }
+        }
+        // A remote router is a tunnel destination like a remote endpoint.
+        for (mac, pa) in &routed {
+            if had_routed.get(mac) == Some(pa) {
+                continue;
+            }
+            if let Some(fp) = self.fast.as_mut() {
+                let entry = FdbEntry {
+                    flags: fdb_flags::TUNNEL,
+                    remote: pa.octets(),
+                    ..FdbEntry::default()
+                };
+                if let Err(e) = fp.set_fdb(dp, mac.0, entry) {
+                    result = Err(fast_error(e));
+                }
             }
         }
         for (ip, (mac, pa)) in &want {
@@ -485,8 +642,13 @@ impl Controller {
                 }
             }
         }
-        // The peers VXLAN is accepted from: the PAs the table names.
-        let peers: BTreeSet<Ipv4Addr> = want.values().map(|(_, pa)| *pa).collect();
+        // The peers VXLAN is accepted from: the PAs the table and the
+        // routes name.
+        let peers: BTreeSet<Ipv4Addr> = want
+            .values()
+            .map(|(_, pa)| *pa)
+            .chain(routed.values().copied())
+            .collect();
         if let Some(fp) = self.fast.as_mut() {
             for key in fp.peers_of(dp) {
                 if !peers.contains(&Ipv4Addr::from(key.pa)) {
@@ -512,6 +674,7 @@ impl Controller {
             .and_then(|rt| rt.overlay.as_mut())
         {
             t.applied = applied;
+            t.routed = routed;
         }
         result
     }

@@ -123,6 +123,33 @@ fn set_setting(doc: &mut Value, field: &str, value: Value) {
     obj.insert(key, value);
 }
 
+/// The request field of a document's setting `field`: under its
+/// `Settings` in the v2 form, beside `Type` in v1.
+pub(super) fn setting_path(path: &str, doc: &Value, field: &str) -> String {
+    let settings = doc
+        .as_object()
+        .and_then(|o| o.keys().find(|k| k.eq_ignore_ascii_case("settings")));
+    match settings {
+        Some(key) => format!("{path}.{key}.{field}"),
+        None => format!("{path}.{field}"),
+    }
+}
+
+/// A document's setting `field` (in `Settings` for the v2 form), matched
+/// case-insensitively as HNS does.
+pub(super) fn setting<'a>(doc: &'a Value, field: &str) -> Option<&'a Value> {
+    let top = doc.as_object()?;
+    let find = |o: &'a serde_json::Map<String, Value>, name: &str| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    match find(top, "settings").and_then(Value::as_object) {
+        Some(settings) => find(settings, field),
+        None => find(top, field),
+    }
+}
+
 fn parsed(records: &[PolicyRecord]) -> impl Iterator<Item = (&PolicyRecord, Policy)> + '_ {
     // Records were checked when added and again on load.
     records
@@ -190,6 +217,8 @@ impl Controller {
         let nat_endpoint = nat && !matches!(owner, Some(Owner::Network(_)));
         let bridged = net.is_some_and(|n| n.driver.wire_mac() == Some(crate::api::WireMac::Uplink));
         let policies = parse_all(&docs, nat_endpoint, bridged)?;
+        let on_network = matches!(owner, Some(Owner::Network(_)));
+        self.check_overlay_policies(&docs, &policies, on_network, net)?;
         // Mappings: a free external port (one picked for 0, written back
         // into the document so it is reported and kept).
         let mut taken: Vec<(u8, u16)> = Vec::new();
@@ -245,15 +274,8 @@ impl Controller {
                 Some(id) => {
                     let clash = old_ids.contains(id) || !new_ids.insert(id.to_owned());
                     if clash {
-                        let settings = doc
-                            .as_object()
-                            .and_then(|o| o.keys().find(|k| k.eq_ignore_ascii_case("settings")));
-                        let field = match settings {
-                            Some(key) => format!("{path}.{key}.Id"),
-                            None => format!("{path}.Id"),
-                        };
                         return Err(conflict(
-                            &field,
+                            &setting_path(path, doc, "Id"),
                             format!("an ACL with Id '{id}' already applies here"),
                         ));
                     }
@@ -342,7 +364,7 @@ impl Controller {
             .iter()
             .try_for_each(|id| self.push_layers(id))
             .and_then(|()| match self.state.network_by_id(&net_id).cloned() {
-                Some(net) => self.push_nat(&net),
+                Some(net) => self.push_nat(&net).and_then(|()| self.overlay_sync(&net)),
                 None => Ok(()),
             })
             .and_then(|()| self.save());
@@ -353,6 +375,7 @@ impl Controller {
             }
             if let Some(net) = self.state.network_by_id(&net_id).cloned() {
                 let _ = self.push_nat(&net);
+                let _ = self.overlay_sync(&net);
             }
             return Err(e);
         }
@@ -380,7 +403,10 @@ impl Controller {
                 Policy::Qos(q) => {
                     qos.get_or_insert(q.max_bytes_per_second);
                 }
-                Policy::PortMapping(_) | Policy::OutBoundNat(_) => {}
+                Policy::PortMapping(_)
+                | Policy::OutBoundNat(_)
+                | Policy::RemoteSubnetRoute(_)
+                | Policy::ProviderAddress(_) => {}
             }
         }
         let guards = Guards {

@@ -45,6 +45,11 @@ impl Controller {
                 .get(&n.id)
                 .and_then(|rt| rt.overlay.as_ref())
                 .map(|t| t.pa.to_string()),
+            distributed_router_mac_address: self
+                .nets
+                .get(&n.id)
+                .and_then(|rt| rt.overlay.as_ref())
+                .map(|t| super::overlay::router_mac(t.pa).to_string()),
             state: match self.network_fault(n) {
                 None => api::NetworkState::Up,
                 Some(reason) => api::NetworkState::Degraded { reason },

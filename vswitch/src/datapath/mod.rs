@@ -170,6 +170,10 @@ enum Command {
         ip: IpAddr,
         mac: Option<MacAddr>,
     },
+    SetRouter {
+        net: NetId,
+        router: Option<crate::pipeline::overlay::Router>,
+    },
 }
 
 /// A traced decision: what it was, and how it was reached; the ports it
@@ -330,6 +334,16 @@ impl Datapath {
     /// `net` on another host.
     pub fn set_remote(&self, net: NetId, ip: IpAddr, mac: Option<MacAddr>) -> io::Result<()> {
         self.call(Command::SetRemote { net, ip, mac }).map(drop)
+    }
+
+    /// Replaces overlay network `net`'s distributed router (its
+    /// RemoteSubnetRoute policies; `None`: none).
+    pub fn set_router(
+        &self,
+        net: NetId,
+        router: Option<crate::pipeline::overlay::Router>,
+    ) -> io::Result<()> {
+        self.call(Command::SetRouter { net, router }).map(drop)
     }
 
     /// Every port's flow cache counters and number of entries.
@@ -769,6 +783,13 @@ impl Worker {
             }
             Command::SetRemote { net, ip, mac } => {
                 if t.pipeline.set_remote(net, ip, mac) {
+                    Outcome::Done
+                } else {
+                    Outcome::Failed(io::Error::other(format!("datapath has no network {net}")))
+                }
+            }
+            Command::SetRouter { net, router } => {
+                if t.pipeline.set_router(net, router) {
                     Outcome::Done
                 } else {
                     Outcome::Failed(io::Error::other(format!("datapath has no network {net}")))

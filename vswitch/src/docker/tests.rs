@@ -36,6 +36,7 @@ fn network(name: &str, docker_id: &str, driver: &str) -> Network {
         vlan_id: None,
         vsid: None,
         provider_address: None,
+        distributed_router_mac_address: None,
         endpoints: vec![],
         state: NetworkState::Up,
         labels: BTreeMap::from([(NETWORK_LABEL.to_owned(), docker_id.to_owned())]),

@@ -148,6 +148,26 @@ struct Network {
     remotes: Locals,
     /// overlay: the tunnel port.
     tunnel: Option<PortId>,
+    /// overlay: the distributed router, with RemoteSubnetRoute policies.
+    router: Option<super::overlay::Router>,
+}
+
+impl Network {
+    /// `mac` no longer names a remote address or router: it stops being
+    /// the tunnel port's, unless another address or route still maps to
+    /// it (an endpoint's IPv4 and IPv6 addresses share one MAC).
+    fn release_tunnel_mac(&mut self, mac: MacAddr) {
+        let routed = self
+            .router
+            .iter()
+            .any(|r| r.routes.iter().any(|(_, m)| *m == mac));
+        if routed || self.remotes.values().any(|v| *v == mac) {
+            return;
+        }
+        if self.tunnel.is_some() && self.statics.get(&mac) == self.tunnel.as_ref() {
+            self.statics.remove(&mac);
+        }
+    }
 }
 
 /// How full the tables that grow with traffic are (for `/metrics`): each
@@ -252,6 +272,7 @@ impl Pipeline {
             police_local: cfg.police_local,
             nat: None,
             remotes: Locals::new(),
+            router: None,
             tunnel: None,
         });
     }
@@ -289,7 +310,11 @@ impl Pipeline {
         }
         if policy.role == PortRole::Tunnel {
             net.tunnel = Some(id);
-            for mac in net.remotes.values() {
+            let routers = net
+                .router
+                .iter()
+                .flat_map(|r| r.routes.iter().map(|(_, m)| m));
+            for mac in net.remotes.values().chain(routers) {
                 net.statics.insert(*mac, id);
             }
         }
@@ -452,15 +477,30 @@ impl Pipeline {
             Some(mac) => n.remotes.insert(ip, mac),
             None => n.remotes.remove(&ip),
         };
-        // A MAC stays the tunnel's while another address still maps to it
-        // (an endpoint's IPv4 and IPv6 addresses share one).
-        if let Some(old) = old.filter(|m| !n.remotes.values().any(|v| v == m)) {
-            if n.tunnel.is_some() && n.statics.get(&old) == n.tunnel.as_ref() {
-                n.statics.remove(&old);
-            }
+        if let Some(old) = old {
+            n.release_tunnel_mac(old);
         }
         if let (Some(mac), Some(tunnel)) = (mac, n.tunnel) {
             n.statics.entry(mac).or_insert(tunnel);
+        }
+        true
+    }
+
+    /// Replaces an overlay network's distributed router (`None`: it has no
+    /// RemoteSubnetRoute). Frames to the remote routers' MACs go to the
+    /// tunnel port.
+    pub fn set_router(&mut self, net: NetId, router: Option<super::overlay::Router>) -> bool {
+        let Some(n) = self.nets.get_mut(&net) else {
+            return false;
+        };
+        let old = std::mem::replace(&mut n.router, router);
+        for (_, mac) in old.iter().flat_map(|r| &r.routes) {
+            n.release_tunnel_mac(*mac);
+        }
+        if let (Some(r), Some(tunnel)) = (&n.router, n.tunnel) {
+            for (_, mac) in &r.routes {
+                n.statics.entry(*mac).or_insert(tunnel);
+            }
         }
         true
     }
@@ -548,6 +588,7 @@ impl Pipeline {
             PortRole::Vnic | PortRole::Tunnel => (false, None),
         };
         let from_vnic = src.role == PortRole::Vnic;
+        let from_tunnel = src.role == PortRole::Tunnel;
         let admitted = forward::admit(src.security.as_ref(), !from_wire, frame)
             .and_then(|addrs| forward::guard(src.layers.guards, frame).map(|()| addrs));
         let (src_mac, mut dst_mac) = match admitted {
@@ -598,15 +639,20 @@ impl Pipeline {
             }
         }
         let net = self.nets.get_mut(&net_id)?;
+        let router_mac = net.router.as_ref().map(|r| r.mac);
+        let lookup = |ip| {
+            let gateway = net.router.as_ref().and_then(|r| r.answers(ip));
+            gateway.or_else(|| net.remotes.get(&ip).copied())
+        };
         if from_vnic
-            && !net.remotes.is_empty()
-            && dst_mac.is_multicast()
-            && super::overlay::answer(frame, &net.remotes, &mut self.reply)
+            && (!net.remotes.is_empty() || router_mac.is_some())
+            && (dst_mac.is_multicast() || Some(dst_mac) == router_mac)
+            && super::overlay::answer(frame, lookup, &mut self.reply)
         {
             step!(
                 trace,
                 "overlay",
-                "the switch answers for a customer address on another host"
+                "the switch answers for a gateway or a customer address on another host"
             );
             return Some(Decision {
                 verdict: Verdict::Reply { out: in_port },
@@ -616,6 +662,35 @@ impl Pipeline {
             });
         }
         let mut xform = HeaderTransform::NONE;
+        if let Some(r) = net
+            .router
+            .as_ref()
+            .filter(|r| r.mac == dst_mac && !from_wire)
+        {
+            match r.route(frame, &net.locals, from_tunnel) {
+                super::overlay::Routed::To(next) => {
+                    step!(
+                        trace,
+                        "overlay",
+                        "routed by the distributed router to {next}"
+                    );
+                    xform = HeaderTransform::NONE.set_src(r.mac).set_dst(next);
+                    xform.flags |= HeaderTransform::DEC_TTL;
+                    dst_mac = next;
+                }
+                super::overlay::Routed::NoRoute => {
+                    step!(
+                        trace,
+                        "overlay",
+                        "the distributed router has no route for it"
+                    );
+                    return Some(Decision::drop(DropReason::NoMapping, meta));
+                }
+                super::overlay::Routed::TtlExceeded => {
+                    return Some(Decision::drop(DropReason::TtlExceeded, meta));
+                }
+            }
+        }
         if let Some(uplink_mac) = l2bridge_mac {
             match l2bridge::ingress(frame, uplink_mac, &net.locals, &mut self.reply) {
                 Ingress::Forward(x) => {
