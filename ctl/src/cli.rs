@@ -75,7 +75,8 @@ Examples:
 
 const POLICY_ADD_EXAMPLES: &str = "\
 The file holds one HNS policy (a JSON object) or a list of them, in HNS's v1 or v2
-form: ACL, QOS, PortMapping, OutBoundNAT. For example, acl.json:
+form: ACL, QOS, PortMapping, OutBoundNAT, and for overlay networks RemoteSubnetRoute
+(a network's) and ProviderAddress (an endpoint's). For example, acl.json:
   {\"Type\": \"ACL\", \"Settings\": {\"Id\": \"allow-web\", \"Action\": \"Allow\", \"Direction\": \"In\",
    \"Protocols\": \"6\", \"LocalPorts\": \"80\", \"Priority\": 100}}
 
@@ -185,7 +186,7 @@ pub enum Command {
     /// Show the MAC learning tables
     #[command(subcommand)]
     Fdb(FdbCommand),
-    /// Manage HNS policies (ACL, QOS, PortMapping, OutBoundNAT) of endpoints and networks
+    /// Manage HNS policies (ACL, QOS, PortMapping, OutBoundNAT, RemoteSubnetRoute, ProviderAddress) of endpoints and networks
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Show what the switch would do with a packet, step by step
