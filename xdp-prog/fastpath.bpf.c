@@ -65,7 +65,6 @@
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
-#include <linux/udp.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -77,8 +76,6 @@
 #define ICMPV6_ECHO_REPLY 129
 #define DHCP_SERVER_PORT 67
 #define DHCPV6_SERVER_PORT 547
-#define VXLAN_HLEN 8
-#define VXLAN_FLAG_VNI 0x08
 /* tcx: on to the next program on the hook (the uplink's own steering, when
  * it runs in TC); with none, the host stack. */
 #define UPLINK_NEXT (-1) /* TCX_NEXT (TC_ACT_UNSPEC); older uapi headers lack the name */
@@ -402,112 +399,10 @@ static __always_inline int offloaded(struct __sk_buff *skb, __u32 slot,
 	return bpf_redirect_peer(to, 0);
 }
 
-/* The outer headers of a VXLAN frame and the inner Ethernet header. */
-struct vxlan_encap {
-	struct ethhdr eth;
-	struct iphdr ip;
-	struct udphdr udp;
-	__u8 vxlan[8];
-	struct ethhdr inner;
-} __attribute__((packed));
-
-#define VXLAN_ENCAP_ROOM (sizeof(struct vxlan_encap) - sizeof(struct ethhdr))
-/* The kernel's default local port range, where the VXLAN device takes its
- * source ports from (udp_flow_src_port) when it is given none. */
-#define VXLAN_SPORT_MIN 32768
-#define VXLAN_SPORT_MAX 60999
-#define INET_ECN_MASK 3
-#define INET_ECN_CE 3
-#define INET_ECN_ECT_0 2
-
-static __always_inline __u16 ipv4_csum(const struct iphdr *ip)
-{
-	const __u16 *w = (const __u16 *)ip;
-	__u32 sum = 0;
-
-#pragma unroll
-	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
-}
-
-/* The outer ECN field of an inner packet (RFC 6040's normal mode, as the
- * kernel's ip_tunnel_ecn_encap does it): ECT copied, CE sent as ECT(0). */
-static __always_inline __u8 outer_ecn(struct __sk_buff *skb, __be16 proto)
-{
-	__u8 b[2];
-
-	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), b, sizeof(b)))
-		return 0;
-	__u8 ecn = proto == bpf_htons(ETH_P_IP) ? b[1] & INET_ECN_MASK : (b[1] >> 4) & INET_ECN_MASK;
-
-	return ecn == INET_ECN_CE ? INET_ECN_ECT_0 : ecn;
-}
-
-/* Encapsulates an IPv4 or IPv6 frame of `net` in VXLAN for the host at
- * `remote` and sends it out of the provider interface, the neighbour
- * subsystem writing the outer MACs. The kernel's VXLAN device would do the
- * same, but a tunnel key set from BPF turns its route cache off
- * (TUNNEL_NOCACHE) and costs a metadata dst per packet. A GSO super-frame
- * stays whole: UDP tunnel GSO segments it, if at all, at the device.
- * Returns -1, with the frame unchanged, where the VXLAN device must do it
- * (no provider interface known, another ethertype). */
-static __always_inline int encap_here(struct __sk_buff *skb, const struct fp_net *net,
-				      __u32 remote)
-{
-	struct vxlan_encap h = {};
-	struct iphdr ip = {};
-	__u32 provider = net->provider, vni = net->vni;
-	__be16 dport = bpf_htons(net->vxlan_port);
-
-	if (!provider || bpf_skb_load_bytes(skb, 0, &h.inner, sizeof(h.inner)))
-		return -1;
-	if (h.inner.h_proto != bpf_htons(ETH_P_IP) && h.inner.h_proto != bpf_htons(ETH_P_IPV6))
-		return -1;
-	__u32 hash = bpf_get_hash_recalc(skb);
-
-	hash ^= hash << 16;
-	ip.version = 4;
-	ip.ihl = 5;
-	ip.tos = outer_ecn(skb, h.inner.h_proto);
-	ip.ttl = 64;
-	ip.protocol = IPPROTO_UDP;
-	ip.id = (__u16)bpf_get_prandom_u32();
-	ip.saddr = net->local_pa;
-	ip.daddr = remote;
-	h.udp.source = bpf_htons(
-		(__u16)((((__u64)hash * (VXLAN_SPORT_MAX - VXLAN_SPORT_MIN)) >> 32) + VXLAN_SPORT_MIN));
-	h.udp.dest = dport;
-	h.vxlan[0] = VXLAN_FLAG_VNI;
-	h.vxlan[4] = vni >> 16;
-	h.vxlan[5] = vni >> 8;
-	h.vxlan[6] = vni;
-	/* The endpoint's MTU already leaves room for the outer headers: keep
-	 * its segment size. */
-	if (bpf_skb_adjust_room(skb, VXLAN_ENCAP_ROOM, BPF_ADJ_ROOM_MAC,
-				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
-					BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
-					BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr))))
-		return -1;
-	/* A GSO super-frame's lengths and checksum are redone per segment. */
-	__u32 len = skb->len - sizeof(struct ethhdr);
-
-	ip.tot_len = bpf_htons(len > 0xffff ? 0 : len);
-	ip.check = ipv4_csum(&ip);
-	__builtin_memcpy(&h.ip, &ip, sizeof(ip));
-	h.udp.len = bpf_htons(len - sizeof(struct iphdr));
-	h.eth.h_proto = bpf_htons(ETH_P_IP);
-	if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0))
-		return TC_ACT_SHOT;
-	return bpf_redirect_neigh(provider, 0, 0, 0);
-}
-
 /* Sends a frame of overlay network `net_id` to the host at provider
- * address `remote` (network byte order), encapsulated with our tunnel key
- * (VNI, our PA, its PA): here (encap_here), or by the VXLAN device. The
- * outer UDP source port is a hash of the inner flow either way. */
+ * address `remote` (network byte order): the VXLAN device encapsulates it
+ * with our tunnel key. The outer UDP source port is the kernel's hash of
+ * the inner flow. */
 static __always_inline int encap(struct __sk_buff *skb, __u32 net_id, __u32 remote, __u32 slot)
 {
 	struct fp_net *net = bpf_map_lookup_elem(&nets, &net_id);
@@ -523,12 +418,6 @@ static __always_inline int encap(struct __sk_buff *skb, __u32 net_id, __u32 remo
 	__u32 vxlan = net->vxlan;
 
 	count_fast(skb, slot, net->tunnel_slot);
-	int sent = encap_here(skb, net, remote);
-
-	if (sent == TC_ACT_SHOT)
-		return drop(skb, slot, DROP_TX_FAILED);
-	if (sent >= 0)
-		return sent;
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
 		return drop(skb, slot, DROP_TX_FAILED);
 	return bpf_redirect(vxlan, 0);
@@ -811,6 +700,9 @@ int vswitch_tunnel(struct __sk_buff *skb)
 	}
 	return bpf_redirect(punt_to, 0);
 }
+
+#define VXLAN_HLEN 8
+#define VXLAN_FLAG_VNI 0x08
 
 SEC("classifier")
 int vswitch_vtep_guard(struct __sk_buff *skb)

@@ -16,7 +16,7 @@
 
 /* Bumped whenever a struct below, a map's definition or a flag changes
  * meaning. */
-#define FP_LAYOUT 6
+#define FP_LAYOUT 5
 
 /* fp_port.flags */
 /* Every frame from this port goes to the slow path (it has policy, or its
@@ -124,15 +124,9 @@ struct fp_net {
 	__u32 vxlan;
 	__u32 local_pa;
 	__u32 tunnel_slot;
-	/* overlay: the provider interface, where the programs send what they
-	 * encapsulate themselves (0: the VXLAN device encapsulates), and the
-	 * VXLAN UDP port (host byte order). */
-	__u32 provider;
-	__u16 vxlan_port;
-	__u16 pad;
 };
 
-_Static_assert(sizeof(struct fp_net) == 44, "fp_net size");
+_Static_assert(sizeof(struct fp_net) == 36, "fp_net size");
 _Static_assert(offsetof(struct fp_net, vni) == 20, "fp_net.vni");
 
 /* `tunnels`, keyed by VNI: the overlay network a decapsulated frame belongs

@@ -251,12 +251,6 @@ impl Controller {
             entry.vxlan = vxlan;
             entry.local_pa = t.pa.octets();
             entry.tunnel_slot = fp.map_or(0, |fp| fp.slot_of(t.tap_index));
-            entry.provider = t
-                .guard
-                .as_deref()
-                .and_then(crate::sys::if_index)
-                .unwrap_or(0);
-            entry.vxlan_port = t.port;
         }
         let uplink = net
             .parsed

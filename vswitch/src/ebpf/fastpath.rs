@@ -28,7 +28,7 @@ static FASTPATH_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
 
 /// `FP_LAYOUT` in xdp-prog/fastpath.h.
-pub const LAYOUT: u32 = 6;
+pub const LAYOUT: u32 = 5;
 
 /// `FP_MAX_PORTS`: slots of the per-CPU `counters` array.
 const FP_MAX_PORTS: u32 = 4096;
@@ -187,12 +187,6 @@ pub struct FpNet {
     /// Network byte order.
     pub local_pa: [u8; 4],
     pub tunnel_slot: u32,
-    /// The provider interface the programs encapsulate onto themselves (0:
-    /// the VXLAN device `vxlan` does it).
-    pub provider: u32,
-    /// Host byte order.
-    pub vxlan_port: u16,
-    pub pad: u16,
 }
 
 /// `struct fp_tunnel`.
@@ -375,7 +369,7 @@ const _: () = {
     assert!(offset_of!(FpPort, slot) == 60);
     assert!(size_of::<FdbKey>() == 12);
     assert!(size_of::<FdbEntry>() == 16);
-    assert!(size_of::<FpNet>() == 44);
+    assert!(size_of::<FpNet>() == 36);
     assert!(offset_of!(FpNet, uplink_mac) == 10);
     assert!(offset_of!(FpNet, vni) == 20);
     assert!(size_of::<FpTunnel>() == 16);
