@@ -1,14 +1,13 @@
 //! Overlay networks: the VXLAN tunnel port and the CA->PA table.
 //!
-//! One VXLAN device per UDP port (`vsx<port>`, external mode) receives for
-//! every overlay network of the host; TC programs encapsulate what they
-//! send themselves, onto the provider interface (xdp-prog/fastpath.bpf.c).
+//! One VXLAN device per UDP port (`vsx<port>`, external mode) carries every
+//! overlay network of the host; the kernel builds and parses the outer
+//! headers, TC programs choose the tunnel key (xdp-prog/fastpath.bpf.c).
 //! Each overlay network has a tunnel TAP (`vst<id>`), its tunnel port in
 //! the datapath: what the slow path sends to another host is written to
-//! it and encapsulated by the same program code as a veth endpoint's, and
-//! what the kernel decapsulates but does not deliver itself (TAP
-//! endpoints, policed ports, broadcasts) arrives through it. Both paths
-//! thus put the same bytes on the wire.
+//! it and encapsulated by the kernel, and what the kernel decapsulates but
+//! does not deliver itself (TAP endpoints, policed ports, broadcasts)
+//! arrives through it. Both paths thus put the same bytes on the wire.
 //!
 //! The CA->PA table of a network is its endpoints (on this host, at our
 //! provider address), static entries (`network mapping add`, persisted)
