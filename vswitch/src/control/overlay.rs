@@ -538,6 +538,20 @@ impl Controller {
         self.elsewhere(net).into_keys().collect()
     }
 
+    /// Tells the kernel that `mac` of network `dp` is behind the host at
+    /// `pa`.
+    fn tunnel_fdb(&mut self, dp: NetId, mac: MacAddr, pa: Ipv4Addr) -> ApiResult<()> {
+        let Some(fp) = self.fast.as_mut() else {
+            return Ok(());
+        };
+        let entry = FdbEntry {
+            flags: fdb_flags::TUNNEL,
+            remote: pa.octets(),
+            ..FdbEntry::default()
+        };
+        fp.set_fdb(dp, mac.0, entry).map_err(fast_error)
+    }
+
     /// Brings the datapath and the kernel to network `net`'s table: what
     /// changed since the last call is added, replaced or removed.
     pub(super) fn overlay_sync(&mut self, net: &NetworkRecord) -> ApiResult<()> {
@@ -608,15 +622,8 @@ impl Controller {
             if had_routed.get(mac) == Some(pa) {
                 continue;
             }
-            if let Some(fp) = self.fast.as_mut() {
-                let entry = FdbEntry {
-                    flags: fdb_flags::TUNNEL,
-                    remote: pa.octets(),
-                    ..FdbEntry::default()
-                };
-                if let Err(e) = fp.set_fdb(dp, mac.0, entry) {
-                    result = Err(fast_error(e));
-                }
+            if let Err(e) = self.tunnel_fdb(dp, *mac, *pa) {
+                result = Err(e);
             }
         }
         for (ip, (mac, pa)) in &want {
@@ -630,15 +637,8 @@ impl Controller {
             if let Err(e) = self.datapath.set_remote(dp, *ip, Some(*mac)) {
                 result = Err(internal(e));
             }
-            if let Some(fp) = self.fast.as_mut() {
-                let entry = FdbEntry {
-                    flags: fdb_flags::TUNNEL,
-                    remote: pa.octets(),
-                    ..FdbEntry::default()
-                };
-                if let Err(e) = fp.set_fdb(dp, mac.0, entry) {
-                    result = Err(fast_error(e));
-                }
+            if let Err(e) = self.tunnel_fdb(dp, *mac, *pa) {
+                result = Err(e);
             }
         }
         // The peers VXLAN is accepted from: the PAs the table and the
