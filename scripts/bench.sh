@@ -264,14 +264,21 @@ backend_label() {
     if [ "$1" = veth ] && [ "$HAVE_BACKEND" -eq 0 ]; then echo "tap (veth backend not available)"; else echo "$1"; fi
 }
 
-# ep_create NET NS ADDR NAME BACKEND: a vswitch endpoint, recorded.
-ep_create() {
+# ep_create_via CTL LIST NET NS ADDR NAME BACKEND: an endpoint made through
+# CTL (ctl, ctl_b), its name recorded in the array named LIST for cleanup.
+ep_create_via() {
+    local via=$1
+    local -n created=$2
+    shift 2
     local args=(endpoint create --network "$1" --netns "$2" --ip "$3")
     [ "$HAVE_BACKEND" -eq 0 ] || args+=(--backend "$5")
     add_ns "$2"
-    ctl "${args[@]}" "$4" >/dev/null
-    CREATED_EP+=("$4")
+    "$via" "${args[@]}" "$4" >/dev/null
+    created+=("$4")
 }
+
+# ep_create NET NS ADDR NAME BACKEND: a vswitch endpoint, recorded.
+ep_create() { ep_create_via ctl CREATED_EP "$@"; }
 
 # veth_into OUTER_NS OUTER_NAME NS ADDR: a veth from OUTER_NS to eth0 (ADDR/24)
 # in a new namespace NS.
@@ -526,13 +533,7 @@ fi
 # --------------------------------------------------------- overlay case ----
 
 # ep_create_b NET NS ADDR NAME BACKEND: ep_create on host B.
-ep_create_b() {
-    local args=(endpoint create --network "$1" --netns "$2" --ip "$3")
-    [ "$HAVE_BACKEND" -eq 0 ] || args+=(--backend "$5")
-    add_ns "$2"
-    ctl_b "${args[@]}" "$4" >/dev/null
-    CREATED_EP_B+=("$4")
-}
+ep_create_b() { ep_create_via ctl_b CREATED_EP_B "$@"; }
 
 # ep_mac CTL NAME: the MAC of endpoint NAME, asked through CTL (ctl, ctl_b).
 ep_mac() { "$1" endpoint inspect "$2" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["MacAddress"])'; }

@@ -141,7 +141,12 @@ pub struct Prefix {
 impl Prefix {
     /// The address with its host bits cleared.
     pub fn network(&self) -> IpAddr {
-        match self.addr {
+        self.masked(self.addr)
+    }
+
+    /// `ip` with only the prefix's leading `len` bits kept.
+    fn masked(&self, ip: IpAddr) -> IpAddr {
+        match ip {
             IpAddr::V4(a) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
@@ -163,19 +168,7 @@ impl Prefix {
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.addr.is_ipv4() == ip.is_ipv4() && self.masked(ip) == self.network()
     }
 }
 

@@ -64,8 +64,9 @@ pub(super) struct TunnelHandle {
     pub guard: Option<String>,
     /// The entries elsewhere as pushed to the datapath and the kernel.
     pub applied: BTreeMap<IpAddr, (MacAddr, Ipv4Addr)>,
-    /// The remote routers' MACs and PAs as pushed to the kernel.
-    pub routed: BTreeMap<MacAddr, Ipv4Addr>,
+    /// The kernel's tunnel entries (remote endpoints' and remote
+    /// routers' MACs, and their PAs) as pushed.
+    pub tunnels: BTreeMap<MacAddr, Ipv4Addr>,
 }
 
 /// This host's distributed router MAC on its overlay networks: 0e:2a (a
@@ -315,7 +316,7 @@ impl Controller {
             pa,
             guard: None,
             applied: BTreeMap::new(),
-            routed: BTreeMap::new(),
+            tunnels: BTreeMap::new(),
         };
         let result = (|| -> ApiResult<PortHandle> {
             let fp = self.fast_path()?;
@@ -454,7 +455,7 @@ impl Controller {
     /// deletes the tunnel TAP (the network is removed).
     pub(super) fn stop_tunnel(&mut self, t: TunnelHandle, dp: NetId, delete: bool) {
         if let Some(fp) = self.fast.as_mut() {
-            for mac in t.applied.values().map(|(m, _)| m).chain(t.routed.keys()) {
+            for mac in t.tunnels.keys() {
                 let _ = fp.remove_fdb(dp, mac.0);
             }
             for key in fp.peers_of(dp) {
@@ -572,15 +573,25 @@ impl Controller {
             .and_then(|rt| rt.overlay.as_mut())
             .expect("checked above");
         let had = std::mem::take(&mut t.applied);
-        let had_routed = std::mem::take(&mut t.routed);
+        let had_tunnels = std::mem::take(&mut t.tunnels);
         let pa = t.pa;
         let routes = remote_routes(net);
-        let routed: BTreeMap<MacAddr, Ipv4Addr> = routes
-            .iter()
-            .map(|r| (r.router_mac, r.provider_address))
-            .collect();
         let local_macs: BTreeSet<MacAddr> =
             self.state.endpoints_of(&net.id).map(|e| e.mac).collect();
+        let mut applied = BTreeMap::new();
+        for (ip, (mac, pa)) in want {
+            if local_macs.contains(&mac) {
+                tracing::warn!(network = %net.name, %ip, %mac, "a mapping names the MAC of an endpoint here: ignored");
+            } else {
+                applied.insert(ip, (mac, pa));
+            }
+        }
+        // The kernel's tunnel entries: remote endpoints and remote routers.
+        let tunnels: BTreeMap<MacAddr, Ipv4Addr> = applied
+            .values()
+            .copied()
+            .chain(routes.iter().map(|r| (r.router_mac, r.provider_address)))
+            .collect();
         let mut result = Ok(());
         let router = (!routes.is_empty()).then(|| Router {
             mac: router_mac(pa),
@@ -598,44 +609,32 @@ impl Controller {
         }
         // Removed or changed first (a MAC that moved to another address
         // must not be deleted after it was written).
+        let mac_of = |m: &BTreeMap<IpAddr, (MacAddr, Ipv4Addr)>, ip| m.get(ip).map(|(mac, _)| *mac);
         for (ip, (mac, _)) in &had {
-            if want.get(ip).map(|(m, _)| m) == Some(mac) {
+            if mac_of(&applied, ip) == Some(*mac) {
                 continue;
             }
             if let Err(e) = self.datapath.set_remote(dp, *ip, None) {
                 result = Err(internal(e));
             }
-            let still = want.values().any(|(m, _)| m == mac) || routed.contains_key(mac);
-            if let (false, false, Some(fp)) = (still, local_macs.contains(mac), self.fast.as_mut())
-            {
-                let _ = fp.remove_fdb(dp, mac.0);
-            }
         }
-        for mac in had_routed.keys() {
-            let still = routed.contains_key(mac) || want.values().any(|(m, _)| m == mac);
-            if let (false, Some(fp)) = (still, self.fast.as_mut()) {
-                let _ = fp.remove_fdb(dp, mac.0);
-            }
-        }
-        // A remote router is a tunnel destination like a remote endpoint.
-        for (mac, pa) in &routed {
-            if had_routed.get(mac) == Some(pa) {
-                continue;
-            }
-            if let Err(e) = self.tunnel_fdb(dp, *mac, *pa) {
-                result = Err(e);
-            }
-        }
-        for (ip, (mac, pa)) in &want {
-            if had.get(ip) == Some(&(*mac, *pa)) {
-                continue;
-            }
-            if local_macs.contains(mac) {
-                tracing::warn!(network = %net.name, %ip, %mac, "a mapping names the MAC of an endpoint here: ignored");
+        for (ip, (mac, _)) in &applied {
+            if mac_of(&had, ip) == Some(*mac) {
                 continue;
             }
             if let Err(e) = self.datapath.set_remote(dp, *ip, Some(*mac)) {
                 result = Err(internal(e));
+            }
+        }
+        for mac in had_tunnels.keys() {
+            let gone = !tunnels.contains_key(mac) && !local_macs.contains(mac);
+            if let (true, Some(fp)) = (gone, self.fast.as_mut()) {
+                let _ = fp.remove_fdb(dp, mac.0);
+            }
+        }
+        for (mac, pa) in &tunnels {
+            if had_tunnels.get(mac) == Some(pa) {
+                continue;
             }
             if let Err(e) = self.tunnel_fdb(dp, *mac, *pa) {
                 result = Err(e);
@@ -643,11 +642,7 @@ impl Controller {
         }
         // The peers VXLAN is accepted from: the PAs the table and the
         // routes name.
-        let peers: BTreeSet<Ipv4Addr> = want
-            .values()
-            .map(|(_, pa)| *pa)
-            .chain(routed.values().copied())
-            .collect();
+        let peers: BTreeSet<Ipv4Addr> = tunnels.values().copied().collect();
         if let Some(fp) = self.fast.as_mut() {
             for key in fp.peers_of(dp) {
                 if !peers.contains(&Ipv4Addr::from(key.pa)) {
@@ -663,17 +658,13 @@ impl Controller {
                 }
             }
         }
-        let applied: BTreeMap<IpAddr, (MacAddr, Ipv4Addr)> = want
-            .into_iter()
-            .filter(|(_, (mac, _))| !local_macs.contains(mac))
-            .collect();
         if let Some(t) = self
             .nets
             .get_mut(&net.id)
             .and_then(|rt| rt.overlay.as_mut())
         {
             t.applied = applied;
-            t.routed = routed;
+            t.tunnels = tunnels;
         }
         result
     }

@@ -98,16 +98,21 @@ fn parse_all(
     Ok(out)
 }
 
+/// The key of a document's `Settings` (v2), matched case-insensitively as
+/// HNS does; `None` in the v1 form.
+fn settings_key(doc: &Value) -> Option<&str> {
+    let top = doc.as_object()?;
+    let key = top.keys().find(|k| k.eq_ignore_ascii_case("settings"))?;
+    Some(key)
+}
+
 /// Sets `field` of a policy document (in `Settings` for the v2 form),
 /// matching its name as HNS does, case-insensitively.
 fn set_setting(doc: &mut Value, field: &str, value: Value) {
+    let settings_key = settings_key(doc).map(str::to_owned);
     let Some(top) = doc.as_object_mut() else {
         return;
     };
-    let settings_key = top
-        .keys()
-        .find(|k| k.eq_ignore_ascii_case("settings"))
-        .cloned();
     let obj = match settings_key {
         Some(k) => match top.get_mut(&k).and_then(Value::as_object_mut) {
             Some(o) => o,
@@ -126,10 +131,7 @@ fn set_setting(doc: &mut Value, field: &str, value: Value) {
 /// The request field of a document's setting `field`: under its
 /// `Settings` in the v2 form, beside `Type` in v1.
 pub(super) fn setting_path(path: &str, doc: &Value, field: &str) -> String {
-    let settings = doc
-        .as_object()
-        .and_then(|o| o.keys().find(|k| k.eq_ignore_ascii_case("settings")));
-    match settings {
+    match settings_key(doc) {
         Some(key) => format!("{path}.{key}.{field}"),
         None => format!("{path}.{field}"),
     }
@@ -138,16 +140,13 @@ pub(super) fn setting_path(path: &str, doc: &Value, field: &str) -> String {
 /// A document's setting `field` (in `Settings` for the v2 form), matched
 /// case-insensitively as HNS does.
 pub(super) fn setting<'a>(doc: &'a Value, field: &str) -> Option<&'a Value> {
-    let top = doc.as_object()?;
-    let find = |o: &'a serde_json::Map<String, Value>, name: &str| {
-        o.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+    let obj = match settings_key(doc) {
+        Some(key) => doc.get(key)?.as_object()?,
+        None => doc.as_object()?,
     };
-    match find(top, "settings").and_then(Value::as_object) {
-        Some(settings) => find(settings, field),
-        None => find(top, field),
-    }
+    obj.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(field))
+        .map(|(_, v)| v)
 }
 
 fn parsed(records: &[PolicyRecord]) -> impl Iterator<Item = (&PolicyRecord, Policy)> + '_ {
